@@ -1,0 +1,160 @@
+"""The artefact folder: file and tensor names, meta.json, hashes, atomic writes.
+
+One place for the names that the exporter writes and every reader loads. Every
+reader checks the sha256 of the files it relies on against meta.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.errors import FSAError
+
+FORMAT = "fsa-deploy-artifact"
+FORMAT_VERSION = 1
+META = "meta.json"
+IMAGE_ONNX = "image.onnx"
+TEXT_ONNX = "text.onnx"
+
+# Tensor names of the graphs (inputs and outputs), used by the exporter and every backend.
+IMAGE = "image"  # float32 [B, 3, S, S], RGB 0-255
+TEXT_EMBEDDINGS = "text_embeddings"  # float32 [K, D], rows L2-normalised
+LOGITS = "logits"  # float32 [B, K, H', W']
+TOKENS = "tokens"  # int32 [T, 77]
+EMBEDDINGS = "embeddings"  # float32 [T, D]
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    """A loaded artefact folder: `meta` is meta.json as a dict."""
+
+    root: Path
+    meta: dict[str, Any]
+    _verified: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str]) -> Artifact:
+        root = Path(root)
+        if not root.is_dir():
+            raise FSAError(f"{root}: not a folder (expected an artefact folder written by `fsa export`)")
+        path = root / META
+        if not path.is_file():
+            raise FSAError(f"{root}: no {META} (not an artefact folder written by `fsa export`)")
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise FSAError(f"{path}: unreadable meta.json ({e})") from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise FSAError(f"{path}: not an fsa-deploy meta.json (format field missing or wrong)")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise FSAError(
+                f"{path}: format_version {meta.get('format_version')} is not supported "
+                f"(this fsa-deploy reads {FORMAT_VERSION}); re-export"
+            )
+        return cls(root, meta)
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        return self.meta.setdefault("files", {})
+
+    def path(self, name: str, verify: bool = True) -> Path:
+        """Path of a file of the folder; with `verify`, its sha256 must match meta.json."""
+        info = self.files().get(name)
+        if info is None:
+            raise FSAError(f"{self.root}: {name} is not recorded in {META} (files: {', '.join(self.files())})")
+        p = self.root / name
+        if not p.is_file():
+            raise FSAError(f"{p}: missing (recorded in {META})")
+        if verify and name not in self._verified:
+            digest = sha256_file(p)
+            if digest != info.get("sha256"):
+                raise FSAError(f"{p}: sha256 does not match {META} (file changed after export); re-export")
+            self._verified.add(name)
+        return p
+
+    def verify_all(self) -> None:
+        for name in self.files():
+            self.path(name)
+
+    def record(self, name: str, **info: Any) -> None:
+        """Record (or refresh) a file of the folder in meta.json, with its hash and size."""
+        p = self.root / name
+        self.files()[name] = {**self.files().get(name, {}), **info, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+        self._verified.add(name)
+
+    def save(self) -> None:
+        write_json_atomic(self.root / META, self.meta)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON to a temporary name beside `path`, then rename: never half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def staging_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name beside `final`, then move it into place.
+
+    `final` may not exist, or must be an artefact folder (it is replaced only with
+    `overwrite`); anything else is refused, so a user's folder is never clobbered.
+    """
+    final = Path(final)
+    if final.exists():
+        if not final.is_dir() or not (final / META).is_file():
+            raise FSAError(f"{final}: exists and is not an artefact folder; choose another --out")
+        if not overwrite:
+            raise FSAError(f"{final}: artefact folder exists; pass --overwrite to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,72 @@
+"""`fsa`: the thin dispatcher. Each verb lives with the package it belongs to.
+
+A verb's module is imported only when the verb is used, so `fsa doctor` on an
+edge box never imports open_clip or timm. Each module exposes `add_parser(sub)`
+that registers its verb with argparse and sets `func`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module that defines it as module.add_<verb>(subparsers), one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "export": ("export.cli", "PyTorch model -> artefact folder (ONNX graphs + meta.json)"),
+    "lint": ("export.cli", "check an ONNX graph against TensorRT's ONNX parser rules"),
+    "build": ("export.cli", "artefact folder -> TensorRT engines"),
+    "calibrate": ("calibration.cli", "explicit Q/DQ (int8, fp8) ONNX from calibration images"),
+    "segment": ("runtime.cli", "label maps, overlays and a JSON summary per image"),
+    "validate": ("runtime.cli", "artefact vs PyTorch reference, in numbers"),
+    "dump": ("models.cli", "reference stage tensors of one crop to an .npz"),
+    "bench": ("runtime.cli", "latency / memory / fidelity table"),
+    "doctor": ("runtime.cli", "what this machine can run: CUDA, GPU, TensorRT, ORT providers"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(verb: str | None) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="fsa", description="FSA open-vocabulary segmentation: export, run, validate.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
+    # Only the module of the verb in use is imported; `fsa --help` lists every verb.
+    for name, (module, text) in VERBS.items():
+        if name == verb:
+            getattr(importlib.import_module(module), f"add_{name}")(sub, text)
+        else:
+            sub.add_parser(name, help=text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models.errors import CheckFailed, FSAError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(verb if verb in VERBS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except FSAError as e:
+        print(f"fsa {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except CheckFailed as e:
+        print(f"fsa {args.verb}: FAILED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fsa {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

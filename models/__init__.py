@@ -1,0 +1,7 @@
+"""The PyTorch reference of FSA (CLIP via open_clip, proxies via timm).
+
+Kept import-light on purpose: the heavy modules (`models.clip`, `models.proxies`,
+`models.reference`) are imported by name where they are needed, so that the
+runtime can use `models.errors` and `models.pipeline` without pulling open_clip
+or timm.
+"""

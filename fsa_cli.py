@@ -14,14 +14,14 @@ import sys
 # verb -> (module that defines it as module.add_<verb>(subparsers), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "export": ("export.cli", "PyTorch model -> artefact folder (ONNX graphs + meta.json)"),
-    "lint": ("export.cli", "check an ONNX graph against TensorRT's ONNX parser rules"),
-    "build": ("export.cli", "artefact folder -> TensorRT engines"),
+    "lint": ("export.lint", "check an ONNX graph against TensorRT's ONNX parser rules"),
+    "build": ("export.trt_build", "artefact folder -> TensorRT engines"),
     "calibrate": ("calibration.cli", "explicit Q/DQ (int8, fp8) ONNX from calibration images"),
     "segment": ("runtime.cli", "label maps, overlays and a JSON summary per image"),
-    "validate": ("runtime.cli", "artefact vs PyTorch reference, in numbers"),
+    "validate": ("runtime.validate", "artefact vs PyTorch reference, in numbers"),
     "dump": ("models.cli", "reference stage tensors of one crop to an .npz"),
-    "bench": ("runtime.cli", "latency / memory / fidelity table"),
-    "doctor": ("runtime.cli", "what this machine can run: CUDA, GPU, TensorRT, ORT providers"),
+    "bench": ("runtime.bench", "latency / memory / fidelity table"),
+    "doctor": ("runtime.doctor", "what this machine can run: CUDA, GPU, TensorRT, ORT providers"),
 }
 
 

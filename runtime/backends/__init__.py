@@ -1,0 +1,1 @@
+"""Backends behind one interface (see `base.Backend`); each imports its engine lazily."""

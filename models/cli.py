@@ -1,0 +1,84 @@
+"""Model-selection options shared by export, dump and validate; the `fsa dump` verb."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_CLASSES = Path(__file__).parent / "data" / "voc21.txt"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, weights, --attention, --proxy, --crop, --no-fsa and the hyper-parameters."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="ViT-B-16", help="ViT-B-16, ViT-L-14, ViT-H-14 or tiny (default ViT-B-16)")
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (needs the hub or its cache)")
+    w.add_argument("--checkpoint", metavar="PATH", help="local CLIP state dict")
+    w.add_argument("--random-init", action="store_true", help="deterministic random weights (see --seed)")
+    g.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
+    g.add_argument("--attention", default="proxy", help="proxy, qk, sclip, clearclip or naclip (default proxy)")
+    g.add_argument("--proxy", default="dino", help="dino, dinov2, sam, mae or tiny-* (default dino; proxy only)")
+    g.add_argument("--proxy-checkpoint", metavar="PATH", help="local state dict of the proxy")
+    g.add_argument("--crop", type=int, default=336, help="square crop size (default 336)")
+    g.add_argument("--no-fsa", action="store_true", help="the base method alone")
+    for name in ("lamda", "beta", "gamma", "top-p"):
+        g.add_argument(f"--{name}", type=float, default=None, help="override shared/spec/FSA.md's default")
+
+
+def spec_from_args(args: argparse.Namespace):
+    """The ModelSpec the options describe (FSAError on a bad combination)."""
+    from models.errors import FSAError
+    from models.factory import ModelSpec, default_hp
+    from models.weights import Weights
+
+    if args.pretrained:
+        weights = Weights(pretrained=args.pretrained)
+    elif args.checkpoint:
+        weights = Weights(checkpoint=args.checkpoint)
+    elif args.random_init:
+        weights = Weights(seed=args.seed)
+    else:
+        raise FSAError("weights: give --pretrained TAG, --checkpoint PATH or --random-init [--seed N]")
+    proxy = args.proxy if args.attention == "proxy" else None
+    hp = default_hp(args.model, proxy, lamda=args.lamda, beta=args.beta, gamma=args.gamma, top_p=args.top_p)
+    return ModelSpec(model=args.model, weights=weights, attention=args.attention, proxy=proxy,
+                     proxy_checkpoint=args.proxy_checkpoint, crop=args.crop, fsa=not args.no_fsa, hp=hp)
+
+
+def add_vocabulary_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--classes", help='"cat; kitty, dog, grass": commas separate classes, semicolons synonyms')
+    g.add_argument("--classes-file", metavar="FILE", help="one class a line, synonyms separated by ';'")
+
+
+def vocabulary_from_args(args: argparse.Namespace):
+    from models.text import Vocabulary
+
+    if getattr(args, "classes", None) is not None:
+        return Vocabulary.parse(args.classes)
+    if getattr(args, "classes_file", None) is not None:
+        return Vocabulary.from_file(args.classes_file)
+    return Vocabulary.from_file(DEFAULT_CLASSES)
+
+
+def add_dump(sub, help_text: str) -> None:
+    p = sub.add_parser("dump", help=help_text, description=(
+        "Prepare IMAGE as `fsa segment` does, take its first (top-left) window and write every "
+        "reference stage of shared/spec/CLI.md, the tail weights and the hyper-parameters to an .npz."))
+    p.add_argument("--image", required=True, help="an image file")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--formulation", choices=("deploy", "literal"), default="deploy")
+    p.add_argument("--stride", type=int, default=None, help="window stride (default crop // 3)")
+    add_model_args(p)
+    add_vocabulary_args(p)
+    p.set_defaults(func=run_dump)
+
+
+def run_dump(args: argparse.Namespace) -> int:
+    from models.dump import dump_stages
+
+    dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
+                formulation=args.formulation, stride=args.stride)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,59 @@
+"""`fsa dump`: the reference stages of one crop, and the tail weights, to an .npz."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.errors import FSAError
+from models.factory import ModelSpec, Reference, build
+from models.images import load_image
+from models.pipeline import Geometry, crops_of, resize_image
+from models.text import Vocabulary, classifier, openai_templates
+
+# shared/spec/CLI.md's stage keys, in forward order (proxy-only ones marked)
+STAGES = ("image", "proxy_features", "values", "text_embeddings", "attn_proxy", "attn_out1", "patch_logits",
+          "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new", "features", "logits")
+PROXY_ONLY = ("proxy_features", "attn_proxy")
+FSA_ONLY = ("patch_logits", "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new")
+
+
+def first_crop(path: str, crop: int, stride: int | None = None) -> torch.Tensor:
+    """The image prepared exactly as `fsa segment` does; its top-left window [3, S, S]."""
+    geo = Geometry(crop=crop, stride=stride)
+    crops, _ = crops_of(resize_image(load_image(path), geo), geo)
+    return crops[0]
+
+
+def tail_weights(ref: Reference) -> dict[str, np.ndarray]:
+    m = ref.model
+    out_proj, ln = m.last.attn.out_proj, m.ln_post
+    w = {"w.out_proj.weight": out_proj.weight, "w.out_proj.bias": out_proj.bias, "w.ln_post.weight": ln.weight,
+         "w.ln_post.bias": ln.bias, "w.proj": m.proj}
+    out = {k: v.detach().float().numpy() for k, v in w.items()}
+    out["w.ln_post.eps"] = np.array(ln.eps, dtype=np.float64)
+    return out
+
+
+def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formulation: str = "deploy",
+                stride: int | None = None) -> dict[str, np.ndarray]:
+    if not str(out).endswith(".npz"):
+        raise FSAError(f"--out {out}: must end in .npz")
+    crop = first_crop(image, spec.crop, stride)
+    ref = build(spec, formulation)
+    with torch.no_grad():
+        text = classifier(ref.encode_text, vocab.queries, openai_templates())
+        stages = ref.model.stages(crop.unsqueeze(0).float(), text)
+    arrays = {k: stages[k][0].detach().cpu().numpy() if k != "text_embeddings" else stages[k].cpu().numpy()
+              for k in STAGES if k in stages}
+    arrays.update(tail_weights(ref))
+    for k in ("beta", "gamma", "lamda", "top_p"):
+        arrays[f"hp.{k}"] = np.array(getattr(spec.hp, k), dtype=np.float64)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{out}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out)
+    return arrays

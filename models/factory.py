@@ -1,0 +1,82 @@
+"""One description of a model selection (what `fsa export` records) and its builder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from models.errors import FSAError
+from models.registry import ATTENTIONS, HyperParams, clip_spec, default_lamda, proxy_spec
+from models.weights import Weights
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Model, weights, attention type, proxy, crop, hyper-parameters: everything a forward depends on."""
+
+    model: str = "ViT-B-16"
+    weights: Weights = field(default_factory=lambda: Weights(seed=0))
+    attention: str = "proxy"
+    proxy: str | None = "dino"
+    proxy_checkpoint: str | None = None
+    crop: int = 336
+    fsa: bool = True
+    hp: HyperParams = field(default_factory=HyperParams)
+
+    def __post_init__(self) -> None:
+        clip_spec(self.model)
+        if self.attention not in ATTENTIONS:
+            raise FSAError(f"--attention {self.attention!r}: unknown (choose from {', '.join(ATTENTIONS)})")
+        if self.attention == "proxy":
+            if self.proxy is None:
+                raise FSAError("--attention proxy needs --proxy")
+            proxy_spec(self.proxy)
+        if self.crop <= 0:
+            raise FSAError(f"--crop {self.crop}: must be positive")
+
+    def describe(self) -> dict[str, Any]:
+        """The selection as JSON-able data (meta.json's `model` section)."""
+        return {
+            "model": self.model,
+            "weights": self.weights.describe(),
+            "attention": self.attention,
+            "proxy": self.proxy if self.attention == "proxy" else None,
+            "proxy_weights": ({"source": "checkpoint", "path": self.proxy_checkpoint} if self.proxy_checkpoint
+                              else self.weights.describe()) if self.attention == "proxy" else None,
+            "crop": self.crop,
+            "fsa": self.fsa,
+            "hyper_parameters": asdict(self.hp),
+        }
+
+
+def default_hp(model: str, proxy: str | None, **overrides: float | None) -> HyperParams:
+    """The spec's defaults (lambda by backbone and proxy), with the given overrides."""
+    hp = HyperParams(lamda=default_lamda(model, proxy))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return HyperParams(**{**asdict(hp), **given})
+
+
+@dataclass
+class Reference:
+    """The PyTorch reference of a selection: the crop forward and CLIP's text tower."""
+
+    spec: ModelSpec
+    model: Any  # models.reference.FSAModel
+    clip: Any  # the open_clip model (its text tower encodes prompts)
+
+    def encode_text(self, tokens):
+        return self.clip.encode_text(tokens.long())
+
+
+def build(spec: ModelSpec, formulation: str = "deploy") -> Reference:
+    """The PyTorch reference for a selection: an FSAModel in eval mode, fp32, CPU."""
+    from models.clip import create_clip
+    from models.proxies import create_proxy
+    from models.reference import FSAConfig, FSAModel
+
+    clip = create_clip(spec.model, spec.weights)
+    proxy = None
+    if spec.attention == "proxy":
+        proxy = create_proxy(str(spec.proxy), spec.crop, spec.weights, spec.proxy_checkpoint)
+    cfg = FSAConfig(attention=spec.attention, fsa=spec.fsa, crop=spec.crop, hp=spec.hp)
+    return Reference(spec, FSAModel(clip, proxy, cfg, formulation).eval(), clip)

@@ -1,0 +1,194 @@
+"""FSA's attention math (shared/spec/FSA.md steps 6-14), in two formulations of one function.
+
+`literal`: the official code's math as written (per-head repetition, the N x N x K KL,
+sort-based top-p, N^3 ensemble products). It exists as the oracle for tests and
+benchmarks. `deploy`: what is exported: head-independent attention once, the KL as a
+matmul, top-p by an unrolled bisection (no TopK/Sort: legal in TensorRT at any N), the
+ensemble reassociated. Steps 8-13 always run in fp32 (or fp64 for checks).
+
+Every function takes a batch of crops; every statistic is per crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from models.registry import HyperParams
+
+Tail = Callable[[torch.Tensor], torch.Tensor]  # tokens [.., d] -> features [.., D] (ln_post, proj)
+NEG_INF = float("-inf")
+
+
+# --- step 6: ProxyCLIP attention from the proxy's features --------------------------------------
+
+
+def proxy_attention(feats: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """F [B, C', H', W'] -> A [B, N, N]: thresholded cosine similarity, row softmax.
+
+    The mean is per crop (our decision; the official code takes it over the batch).
+    """
+    f = F.normalize(feats.flatten(2), dim=1)  # [B, C', N]
+    s0 = f.transpose(1, 2) @ f
+    s1 = (s0 - beta * s0.mean(dim=(1, 2), keepdim=True)) * gamma
+    return torch.softmax(s1.masked_fill(s1 < 0, NEG_INF), dim=-1)
+
+
+# --- base attentions of the other methods (per head, over CLS + patches) ------------------------
+
+
+def base_attention(kind: str, q: torch.Tensor, k: torch.Tensor, omega: torch.Tensor | None) -> torch.Tensor:
+    """q, k [B, h, L, dh] -> A_h [B, h, L, L] for qk, sclip, clearclip, naclip."""
+    s = q.shape[-1] ** -0.5
+    if kind == "qk":
+        return torch.softmax((q * s) @ k.transpose(-1, -2), dim=-1)
+    if kind == "sclip":
+        return torch.softmax((q * s) @ q.transpose(-1, -2), -1) + torch.softmax((k * s) @ k.transpose(-1, -2), -1)
+    if kind == "clearclip":
+        return torch.softmax((q * s) @ q.transpose(-1, -2), dim=-1)
+    if kind == "naclip":
+        assert omega is not None, "naclip needs its neighbourhood term"
+        return torch.softmax((k * s) @ k.transpose(-1, -2) + omega, dim=-1)
+    raise ValueError(f"unknown attention {kind!r}")
+
+
+def naclip_omega(grid: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Omega [1 + g*g, 1 + g*g]: a Gaussian of patch-grid distance, 0 on the CLS row and column."""
+    ys, xs = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    pos = torch.stack([ys.flatten(), xs.flatten()], dim=1).double()
+    d2 = torch.cdist(pos, pos).square()
+    omega = torch.zeros(1 + pos.shape[0], 1 + pos.shape[0], dtype=torch.float64)
+    omega[1:, 1:] = torch.exp(-d2 / (2 * sigma**2))
+    return omega.float()
+
+
+# --- steps 8-10: feedback probabilities ---------------------------------------------------------
+
+
+def class_logits(tokens: torch.Tensor, tail: Tail, text: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * cos(proj(ln_post(tokens)), T): [.., d] -> [.., K]."""
+    return scale * (F.normalize(tail(tokens), dim=-1) @ text.transpose(0, 1))
+
+
+def feedback_probs(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Q = softmax over queries of (z - u); z [B, N, K], u [B, 1, K]."""
+    return torch.softmax(z - u, dim=-1)
+
+
+# --- step 11: KL and similarity ------------------------------------------------------------------
+
+
+def kl_deploy(q: torch.Tensor, eps: float) -> torch.Tensor:
+    """KL_ij = rowsum(Q log Q)_i - (Q log Q^T)_ij, clamped at 0: no N x N x K tensor."""
+    logq = torch.log(q + eps)
+    return ((q * logq).sum(-1, keepdim=True) - q @ logq.transpose(1, 2)).clamp_min(0.0)
+
+
+def kl_literal(q: torch.Tensor, eps: float) -> torch.Tensor:
+    """The official N x N x K form."""
+    logq = torch.log(q + eps)
+    return torch.sum(q.unsqueeze(2) * (logq.unsqueeze(2) - logq.unsqueeze(1)), dim=3).clamp_min(0.0)
+
+
+def similarity(kl: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + kl)
+
+
+# --- step 12: top-p pruning ---------------------------------------------------------------------
+
+
+def top_p_keep_sort(sim: torch.Tensor, p: float) -> torch.Tensor:
+    """The official rule: sort, softmax, inclusive cumsum <= p, always the first; scattered back."""
+    sorted_sim, order = torch.sort(sim, dim=-1, descending=True)
+    keep_sorted = torch.cumsum(torch.softmax(sorted_sim, dim=-1), dim=-1) <= p
+    keep_sorted[..., 0] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def top_p_keep_bisect(sim: torch.Tensor, p: float, steps: int = 32) -> torch.Tensor:
+    """Keep j iff the softmax mass of all entries >= Sim_ij is <= p (the row max always).
+
+    mass(t) falls as t rises, so the cut is found by bisection on t between the row's
+    min and max; 32 steps bring fp32 bounds to adjacent floats for Sim in (2^-9, 1].
+    Every step is a compare, a masked sum and a select: no TopK, no Sort, no Loop.
+    """
+    hi = sim.amax(dim=-1, keepdim=True)
+    lo = sim.amin(dim=-1, keepdim=True)
+    e = torch.exp(sim - hi)
+    budget = p * e.sum(dim=-1, keepdim=True)  # mass(t) <= p  <=>  masked sum <= p * Z
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        inside = torch.where(sim >= mid, e, torch.zeros_like(e)).sum(dim=-1, keepdim=True) <= budget
+        hi = torch.where(inside, mid, hi)
+        lo = torch.where(inside, lo, mid)
+    return sim >= hi
+
+
+# --- step 13: re-weighting ------------------------------------------------------------------------
+
+
+def feedback_attention(sim: torch.Tensor, keep: torch.Tensor, lamda: float) -> torch.Tensor:
+    """A_new = row softmax of Sim * exp(lamda * Sim) over kept entries."""
+    e = sim * torch.exp(lamda * sim)
+    return torch.softmax(e.masked_fill(~keep, NEG_INF), dim=-1)
+
+
+def feedback(
+    o1: torch.Tensor, u: torch.Tensor, tail: Tail, text: torch.Tensor, hp: HyperParams, literal: bool,
+    stages: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Steps 8-13: O1 [B, N, d] and U [B, 1, d] (after out_proj) -> A_new [B, N, N].
+
+    Runs in the dtype of `o1` (the caller casts to fp32 / fp64 for this block).
+    """
+    z = class_logits(o1, tail, text, hp.patch_scale)
+    uu = class_logits(u, tail, text, hp.uniform_scale)
+    q = feedback_probs(z, uu)
+    kl = (kl_literal if literal else kl_deploy)(q, hp.kl_eps)
+    sim = similarity(kl)
+    keep = top_p_keep_sort(sim, hp.top_p) if literal else top_p_keep_bisect(sim, hp.top_p)
+    attn_new = feedback_attention(sim, keep, hp.lamda)
+    if stages is not None:
+        stages.update(patch_logits=z, uniform_logits=uu[:, 0], feedback_probs=q, kl=kl, sim=sim, keep=keep,
+                      attn_new=attn_new)
+    return attn_new
+
+
+# --- step 14: ensemble ----------------------------------------------------------------------------
+
+
+def ensemble_deploy(attn_new: torch.Tensor, attn: torch.Tensor, v: torch.Tensor, av: torch.Tensor) -> torch.Tensor:
+    """A_ens V = (A_new (A V) + A (A_new V) + A_new V) / 3, with `av` = A V already known.
+
+    attn_new [B, N, N] broadcasts over heads when attn / v carry a head axis.
+    """
+    w = attn_new @ v
+    return (attn_new @ av + attn @ w + w) / 3.0
+
+
+def ensemble_literal(attn_new: torch.Tensor, attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The official form: materialise A_ens = (A_new A + A A_new + A_new) / 3, then A_ens V."""
+    return ((attn_new @ attn + attn @ attn_new + attn_new) / 3.0) @ v
+
+
+def ambiguous_entries(sim: torch.Tensor, p: float, tol: float = 1e-5) -> torch.Tensor:
+    """Entries whose keep decision is not defined by the math alone (shared/spec/FSA.md).
+
+    An entry is ambiguous if its value is tied with another entry of its row at the cut, or
+    its inclusive softmax mass, recomputed in float64, lies within `tol` of p.
+    Returns a bool mask [.., N, N]. Costs an N x N sort per row: for checks, not for graphs.
+    """
+    s = sim.double()
+    sorted_s, order = torch.sort(s, dim=-1, descending=True)
+    cum = torch.cumsum(torch.softmax(sorted_s, dim=-1), dim=-1)
+    # mass of all entries >= a value: the cumsum at the last member of its tie group
+    last = torch.searchsorted(-sorted_s.contiguous(), -sorted_s.contiguous(), right=True) - 1
+    first = torch.searchsorted(-sorted_s.contiguous(), -sorted_s.contiguous(), right=False)
+    group_mass = cum.gather(-1, last)
+    mass_before = torch.where(first > 0, cum.gather(-1, (first - 1).clamp_min(0)), torch.zeros_like(cum))
+    near = (group_mass - p).abs() <= tol
+    tied_at_cut = (last > first) & (mass_before <= p + tol) & (group_mass > p - tol)
+    amb_sorted = near | tied_at_cut
+    return torch.zeros_like(amb_sorted).scatter(-1, order, amb_sorted)

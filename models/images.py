@@ -1,0 +1,77 @@
+"""Image loading shared by the reference and the runtime: any Pillow mode to RGB, EXIF applied."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from models.errors import FSAError
+
+MAX_PIXELS = 20_000 * 20_000  # above this, refuse rather than exhaust memory
+
+
+def to_rgb(img) -> np.ndarray:
+    """A PIL image of any mode (L, LA, P, RGBA, I;16, I, F, CMYK, ...) -> uint8 [H, W, 3].
+
+    Alpha is composited on black; 16-bit and float images are scaled from their range.
+    """
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(black, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """A file -> uint8 tensor [3, H, W] RGB, EXIF orientation applied; one-line errors."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise FSAError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise FSAError(f"{path}: is a folder, not an image")
+    if os.path.getsize(path) == 0:
+        raise FSAError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise FSAError(f"{path}: {img.width}x{img.height} pixels is too large")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = to_rgb(img)
+    except FSAError:
+        raise
+    except UnidentifiedImageError as e:
+        raise FSAError(f"{path}: not an image Pillow can read") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise FSAError(f"{path}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from e
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise FSAError(f"{path}: image has no pixels")
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+
+
+SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+
+
+def sample_photos() -> list[str]:
+    """Real photos that scikit-image's wheel ships (found by path; skimage is not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise FSAError("no images given and scikit-image's sample photos are not installed: "
+                       "pip install scikit-image, or pass --images")
+    root = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    return [os.path.join(root, n) for n in SAMPLE_PHOTOS if os.path.isfile(os.path.join(root, n))]

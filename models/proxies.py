@@ -1,0 +1,74 @@
+"""Proxies (vision foundation models) from timm: features F of a crop (shared/spec/FSA.md step 5).
+
+Input is the crop as the graph receives it (RGB 0-255); ImageNet normalisation, the
+resize to the proxy's input size (SAM: 1024) and the token-to-grid reshape happen here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.errors import FSAError
+from models.registry import IMAGENET_MEAN, IMAGENET_STD, ProxySpec, proxy_spec
+from models.weights import Weights, load_state_dict, quiet, seeded
+
+
+class ProxyFeatures(nn.Module):
+    """crop [B, 3, S, S] (0-255) -> F [B, C', H', W'] (before L2 normalisation)."""
+
+    def __init__(self, spec: ProxySpec, net: nn.Module, crop: int):
+        super().__init__()
+        self.spec = spec
+        self.net = net
+        self.input_size = spec.input_size or crop
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.prefix = int(getattr(net, "num_prefix_tokens", 0))
+        patch = net.patch_embed.patch_size
+        self.grid = (self.input_size // patch[0], self.input_size // patch[1])
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image - self.mean) / self.std
+        if self.input_size != x.shape[-1]:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        y = self.net.forward_features(x.to(self.mean.dtype))
+        if y.dim() == 4:  # SAM: neck output is already a feature map
+            return y
+        tokens = y[:, self.prefix :]
+        b, n, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, c, self.grid[0], self.grid[1])
+
+
+def create_proxy(name: str, crop: int, weights: Weights, checkpoint: str | None = None) -> ProxyFeatures:
+    """A timm proxy at the crop's input size; `checkpoint` overrides `weights` for the proxy.
+
+    With `weights.seed`, the proxy is built under seed + 1 (the CLIP takes the seed itself).
+    """
+    import timm
+
+    spec = proxy_spec(name)
+    size = spec.input_size or crop
+    kwargs = dict(spec.kwargs, img_size=size, num_classes=0)
+    if size % spec.patch != 0:
+        raise FSAError(f"--crop {crop}: the {name} proxy's input {size} is not a multiple of its patch")
+    with quiet("timm"):
+        if checkpoint is not None:
+            net = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+            state = load_state_dict(checkpoint, "--proxy-checkpoint")
+            try:
+                net.load_state_dict(state, strict=False)
+            except RuntimeError as e:
+                raise FSAError(f"--proxy-checkpoint {checkpoint}: does not fit {name} "
+                               f"({str(e).splitlines()[0][:160]})") from e
+        elif weights.seed is not None:
+            with seeded(weights.seed + 1):
+                net = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        else:
+            try:
+                net = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+            except Exception as e:
+                raise FSAError(f"--proxy {name}: pretrained weights unavailable ({type(e).__name__}); "
+                               "pass --proxy-checkpoint PATH") from e
+    return ProxyFeatures(spec, net.eval().float(), crop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,12 +42,27 @@ class ModelSpec:
             "weights": self.weights.describe(),
             "attention": self.attention,
             "proxy": self.proxy if self.attention == "proxy" else None,
-            "proxy_weights": ({"source": "checkpoint", "path": self.proxy_checkpoint} if self.proxy_checkpoint
+            "proxy_weights": ({"source": "checkpoint", "path": os.path.abspath(self.proxy_checkpoint)}
+                              if self.proxy_checkpoint
                               else self.weights.describe()) if self.attention == "proxy" else None,
             "crop": self.crop,
             "fsa": self.fsa,
             "hyper_parameters": asdict(self.hp),
         }
+
+
+def spec_from_meta(meta: dict[str, Any], what: str = "meta.json") -> ModelSpec:
+    """The selection an artefact was exported from (the reference the validator rebuilds)."""
+    try:
+        pw = meta.get("proxy_weights") or {}
+        return ModelSpec(
+            model=meta["model"], weights=Weights.from_description(meta["weights"], what),
+            attention=meta["attention"], proxy=meta.get("proxy"),
+            proxy_checkpoint=pw.get("path") if pw.get("source") == "checkpoint" else None,
+            crop=int(meta["crop"]), fsa=bool(meta["fsa"]), hp=HyperParams(**meta["hyper_parameters"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise FSAError(f"{what}: model selection incomplete or malformed ({e})") from e
 
 
 def default_hp(model: str, proxy: str | None, **overrides: float | None) -> HyperParams:

@@ -37,9 +37,27 @@ class Weights:
         if self.seed is not None:
             return {"source": "random-init", "seed": self.seed}
         if self.checkpoint is not None:
-            return {"source": "checkpoint", "path": os.path.basename(self.checkpoint),
+            return {"source": "checkpoint", "path": os.path.abspath(self.checkpoint),
                     "sha256": file_sha256(self.checkpoint)}
         return {"source": "pretrained", "tag": self.pretrained}
+
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any], what: str = "meta.json") -> Weights:
+        """The inverse of `describe`; a checkpoint must still match its recorded sha256."""
+        source = d.get("source")
+        if source == "random-init":
+            return cls(seed=int(d["seed"]))
+        if source == "pretrained":
+            return cls(pretrained=str(d["tag"]))
+        if source == "checkpoint":
+            path = str(d["path"])
+            if not os.path.isfile(path):
+                raise FSAError(f"{what}: the reference checkpoint {path} is not on this machine")
+            if file_sha256(path) != d.get("sha256"):
+                raise FSAError(f"{what}: {path} changed since export (sha256 differs)")
+            return cls(checkpoint=path)
+        raise FSAError(f"{what}: unknown weights source {source!r}")
 
 
 def file_sha256(path: str) -> str:

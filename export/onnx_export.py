@@ -1,0 +1,276 @@
+"""`fsa export`: the two-pass FSA forward as one static ONNX graph, plus the text graph.
+
+Steps: build the reference (deploy formulation) -> torch.onnx (dynamo) export of a twin
+that also returns every stage tensor -> onnxslim (constant folding, dead code) -> stage
+tensors renamed `stage.<name>`, feedback nodes renamed `feedback/...` (stable names for
+the validator's --stages and for calibration's exclusions) -> only `logits` kept as
+output -> checker, shape inference, lint -> meta.json with hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from export import artifact as A
+from models.dump import STAGES
+from models.errors import FSAError
+from models.factory import ModelSpec, Reference, build
+from models.text import CONTEXT_LENGTH, openai_templates
+
+OPSET = 18
+EXTERNAL_DATA_BYTES = 1_900_000_000  # protobuf's 2 GB limit, with a margin
+STAGE_PREFIX = "stage."
+FEEDBACK_SCOPE = "feedback/"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+# stage tensors that are graph inputs (no node produces them)
+INPUT_STAGES = ("image", "text_embeddings")
+
+
+class Progress:
+    """Numbered steps with their durations on stderr: full-size exports take minutes."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.i, self.enabled, self.t0 = total, 0, enabled, time.perf_counter()
+
+    def step(self, what: str) -> None:
+        self.i += 1
+        if self.enabled:
+            print(f"[{self.i}/{self.total}] {what} (+{time.perf_counter() - self.t0:.1f}s)", file=sys.stderr,
+                  flush=True)
+
+
+class StagesOutput(nn.Module):
+    """The crop forward returning logits and every stage tensor (in STAGES order)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor):
+        stages: dict[str, torch.Tensor] = {}
+        logits = self.model.run(image, text, stages)
+        return (logits, *(stages[n] for n in self.names))
+
+
+class TextTower(nn.Module):
+    """tokens int32 [T, 77] -> embeddings float32 [T, D] (open_clip's encode_text)."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens.long()).float()
+
+
+def stage_names(ref: Reference) -> list[str]:
+    """The stage tensors this model produces, besides the graph inputs and `logits`."""
+    probe: dict[str, torch.Tensor] = {}
+    s = ref.spec.crop
+    with torch.no_grad():
+        ref.model.run(torch.zeros(1, 3, s, s), torch.nn.functional.normalize(torch.ones(1, ref.model.embed_dim), dim=-1),
+                      probe)
+    return [n for n in STAGES if n in probe and n not in (*INPUT_STAGES, "logits")]
+
+
+def _torch_export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                  dynamic: dict[str, dict[int, Any]]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_shapes=dynamic, dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
+                          external_data=True)
+
+
+def _slim(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding and dead-code removal with onnxslim (keeps names of graph outputs)."""
+    import onnxslim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return onnxslim.slim(model, no_shape_infer=False)
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if x == old else x for x in node.input]
+        node.output[:] = [new if x == old else x for x in node.output]
+    for vi in (*graph.output, *graph.value_info):
+        if vi.name == old:
+            vi.name = new
+
+
+def _ancestors(graph: onnx.GraphProto, tensors: Iterable[str]) -> set[int]:
+    """Indices of the nodes that the given tensors depend on (themselves included)."""
+    producer = {out: i for i, n in enumerate(graph.node) for out in n.output}
+    todo, seen = [producer[t] for t in tensors if t in producer], set()
+    while todo:
+        i = todo.pop()
+        if i not in seen:
+            seen.add(i)
+            todo.extend(producer[x] for x in graph.node[i].input if x in producer)
+    return seen
+
+
+def name_nodes(graph: onnx.GraphProto, stages: list[str]) -> None:
+    """Stable node names: `feedback/<Op>_<i>` for steps 8-13, `<Op>_<i>` elsewhere."""
+    if "attn_new" in stages:
+        inputs = [STAGE_PREFIX + s for s in ("attn_out1", "values", "attn_proxy") if s in stages]
+        block = _ancestors(graph, [STAGE_PREFIX + "attn_new"]) - _ancestors(graph, inputs)
+    else:
+        block = set()
+    counts: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        scope = FEEDBACK_SCOPE if i in block else ""
+        key = scope + node.op_type
+        node.name = f"{key}_{counts.get(key, 0)}"
+        counts[key] = counts.get(key, 0) + 1
+
+
+def finish_image_graph(model: onnx.ModelProto, stages: list[str]) -> dict[str, str]:
+    """Rename stage outputs, keep `logits` as the only output; returns stage -> tensor name."""
+    graph = model.graph
+    outputs = [o.name for o in graph.output]
+    mapping = {}
+    for name, tensor in zip(stages, outputs[1:]):
+        new = STAGE_PREFIX + name
+        _rename_tensor(graph, tensor, new)
+        mapping[name] = new
+    _rename_tensor(graph, graph.output[0].name, A.LOGITS)
+    name_nodes(graph, stages)
+    keep = [o for o in graph.output if o.name == A.LOGITS]
+    del graph.output[:]
+    graph.output.extend(keep)
+    return mapping
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """Save with external data past protobuf's 2 GB limit (ViT-H); checker and shape inference first."""
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    if large:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data")
+        onnx.checker.check_model(str(path))
+        onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred")
+        Path(str(path) + ".inferred").unlink()
+    else:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save_model(onnx.shape_inference.infer_shapes(model, strict_mode=True), str(path))
+
+
+def export_image(ref: Reference, work: Path, precision: str, max_batch: int) -> tuple[dict[str, str], int]:
+    model = ref.model
+    if precision == "fp16":
+        model.set_precision(torch.float16, torch.float32)
+    stages = stage_names(ref)
+    s = ref.spec.crop
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    classes = torch.export.Dim("classes", min=1, max=16384)
+    raw = work / "raw.onnx"
+    example = (torch.rand(2, 3, s, s) * 255, torch.nn.functional.normalize(torch.randn(3, model.embed_dim), dim=-1))
+    _torch_export(StagesOutput(model, stages), example, raw, [A.IMAGE, A.TEXT_EMBEDDINGS],
+                  [A.LOGITS, *(STAGE_PREFIX + n for n in stages)], {"image": {0: batch}, "text": {0: classes}})
+    graph = _slim(onnx.load(str(raw)))
+    for f in work.glob("raw.onnx*"):
+        f.unlink()
+    mapping = finish_image_graph(graph, stages)
+    graph.producer_name, graph.doc_string = "fsa-deploy", "FSA crop forward (shared/spec/FSA.md steps 1-15)"
+    save_onnx(graph, work / A.IMAGE_ONNX)
+    return mapping, len(graph.graph.node)
+
+
+def export_text(ref: Reference, work: Path) -> int:
+    tokens = torch.export.Dim("prompts", min=1, max=4096)
+    raw = work / "text.raw.onnx"
+    example = (torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int32),)
+    _torch_export(TextTower(ref.clip).eval(), example, raw, [A.TOKENS], [A.EMBEDDINGS], {"tokens": {0: tokens}})
+    graph = _slim(onnx.load(str(raw)))
+    for f in work.glob("text.raw.onnx*"):
+        f.unlink()
+    _rename_tensor(graph.graph, graph.graph.output[0].name, A.EMBEDDINGS)
+    save_onnx(graph, work / A.TEXT_ONNX)
+    return len(graph.graph.node)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "open_clip_torch", "timm", "onnx", "onnxscript", "onnxslim", "onnxruntime", "fsa-deploy"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def build_meta(spec: ModelSpec, ref: Reference, precision: str, mapping: dict[str, str]) -> dict[str, Any]:
+    m = ref.model
+    return {
+        "format": A.FORMAT,
+        "format_version": A.FORMAT_VERSION,
+        **spec.describe(),
+        "precision": precision,
+        "feedback_precision": "fp32",
+        "opset": OPSET,
+        "clip_grid": [m.grid, m.grid],
+        "grid": list(m.out_grid),
+        "patch": m.patch,
+        "width": m.width,
+        "heads": m.heads,
+        "embed_dim": m.embed_dim,
+        "logit_scale": spec.hp.logit_scale,
+        "templates": openai_templates(),
+        "context_length": CONTEXT_LENGTH,
+        "stages": mapping,
+        "feedback_scope": FEEDBACK_SCOPE,
+        "versions": library_versions(),
+        "files": {},
+    }
+
+
+def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", overwrite: bool = False,
+                    progress: bool = True, max_batch: int = 64, lint: bool = True) -> A.Artifact:
+    """Write the artefact folder for `spec` at `out`; nothing is left there if a step fails."""
+    if precision not in PRECISIONS:
+        raise FSAError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    steps = Progress(6 if lint else 5, progress)
+    steps.step(f"building {spec.model}" + (f" + {spec.proxy}" if spec.attention == "proxy" else "")
+               + f" ({spec.attention}, {'FSA' if spec.fsa else 'no FSA'}, crop {spec.crop})")
+    ref = build(spec, "deploy")
+    with A.staging_folder(out, overwrite) as work, torch.no_grad():
+        steps.step(f"exporting {A.IMAGE_ONNX} ({precision}; dynamic batch and classes)")
+        mapping, n_image = export_image(ref, work, precision, max_batch)
+        steps.step(f"exporting {A.TEXT_ONNX}")
+        n_text = export_text(ref, work)
+        steps.step("writing meta.json")
+        art = A.Artifact(work, build_meta(spec, ref, precision, mapping))
+        art.record(A.IMAGE_ONNX, role="image", precision=precision, nodes=n_image)
+        art.record(A.TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
+        for extra in sorted(work.glob("*.data")):
+            art.record(extra.name, role="external-data")
+        art.save()
+        if lint:
+            steps.step("linting against TensorRT 10 and 11 ONNX rules")
+            from export.lint import assert_lint_clean
+
+            for name in (A.IMAGE_ONNX, A.TEXT_ONNX):
+                assert_lint_clean(str(work / name))
+        steps.step(f"done: {out}")
+    return A.Artifact.load(out)
+
+
+def describe(art: A.Artifact) -> str:
+    files = {k: v["bytes"] for k, v in art.files().items()}
+    return json.dumps({"artifact": str(art.root), "files": files})

@@ -1,0 +1,148 @@
+"""`fsa doctor`: what this machine can run, in one screen (or one JSON object).
+
+Each probe is a small function returning plain data, and none may fail the verb:
+a probe that raises is reported with its reason. open_clip, timm and ModelOpt are
+only looked up (find_spec, package metadata), never imported: importing them is
+slow and, on an edge box, beside the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import platform
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from export.trt_build import require_tensorrt
+from models.errors import FSAError
+
+
+def _dist_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def package(module: str, *dists: str) -> dict[str, Any]:
+    """Installed or not, and its version, without importing it."""
+    found = importlib.util.find_spec(module) is not None
+    return {"installed": found, "version": _dist_version(*dists) if found else None}
+
+
+def probe_torch() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"version": torch.__version__, "cuda_build": torch.version.cuda}
+    info["cuda_available"] = torch.cuda.is_available()
+    info["gpus"] = [
+        {
+            "name": torch.cuda.get_device_name(i),
+            "compute_capability": "{}.{}".format(*torch.cuda.get_device_capability(i)),
+            "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+        }
+        for i in range(torch.cuda.device_count() if info["cuda_available"] else 0)
+    ]
+    return info
+
+
+def probe_tensorrt() -> dict[str, Any]:
+    try:
+        return {"available": True, "version": require_tensorrt()}
+    except FSAError as e:
+        return {"available": False, "version": None, "reason": str(e)}
+
+
+def probe_onnxruntime() -> dict[str, Any]:
+    import onnxruntime
+
+    return {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
+
+
+def safely(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A probe's result, or why it could not run (doctor always finishes)."""
+    try:
+        return probe()
+    except Exception as e:  # reporting, not handling: whatever failed is the answer
+        return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+
+
+def capabilities(report: dict[str, Any]) -> dict[str, bool]:
+    """Which verbs / backends the probes say can run here."""
+    gpu = bool(report["torch"].get("cuda_available"))
+    trt = bool(report["tensorrt"].get("available"))
+    providers = report["onnxruntime"].get("providers") or []
+    torch_ok = "version" in report["torch"]
+    return {
+        "export": torch_ok and report["open_clip"]["installed"] and report["timm"]["installed"],
+        "build": trt and gpu,
+        "calibrate": report["modelopt"]["installed"] and bool(providers),
+        "onnxruntime-cpu": "CPUExecutionProvider" in providers,
+        "onnxruntime-cuda": "CUDAExecutionProvider" in providers and gpu,
+        "onnxruntime-tensorrt": "TensorrtExecutionProvider" in providers and gpu,
+        "tensorrt": trt and gpu,
+        "pytorch-cuda": gpu,
+    }
+
+
+def collect() -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "torch": safely(probe_torch),
+        "tensorrt": safely(probe_tensorrt),
+        "onnxruntime": safely(probe_onnxruntime),
+        "modelopt": package("modelopt", "nvidia-modelopt", "nvidia_modelopt"),
+        "open_clip": package("open_clip", "open_clip_torch", "open-clip-torch"),
+        "timm": package("timm", "timm"),
+    }
+    report["can_run"] = capabilities(report)
+    return report
+
+
+def _line(key: str, value: Any) -> str:
+    return f"{key:<14}{value}"
+
+
+def format_text(r: dict[str, Any]) -> str:
+    t, trt, ort = r["torch"], r["tensorrt"], r["onnxruntime"]
+    lines = [_line("python", f"{r['python']} ({r['platform']})")]
+    lines.append(_line("torch", t.get("error") or f"{t['version']} (CUDA build {t['cuda_build'] or 'none'})"))
+    gpus = t.get("gpus") or []
+    cuda = "; ".join(f"{g['name']} SM {g['compute_capability']} {g['memory_gib']} GiB" for g in gpus)
+    lines.append(_line("cuda", cuda or "no CUDA GPU available"))
+    lines.append(_line("tensorrt", trt.get("version") or trt.get("reason") or trt.get("error")))
+    ort_text = ort.get("error") or f"{ort['version']} ({', '.join(ort['providers'])})"
+    lines.append(_line("onnxruntime", ort_text))
+    for key in ("modelopt", "open_clip", "timm"):
+        p = r[key]
+        lines.append(_line(key, (p["version"] or "installed") if p["installed"] else "not installed"))
+    yes = [k for k, v in r["can_run"].items() if v]
+    no = [k for k, v in r["can_run"].items() if not v]
+    lines.append(_line("can run", ", ".join(yes) or "nothing"))
+    lines.append(_line("cannot run", ", ".join(no) or "-"))
+    return "\n".join(lines)
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    report = collect()
+    print(json.dumps(report, indent=2) if args.json else format_text(report))
+    sys.stdout.flush()
+    return 0
+
+
+def add_doctor(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "doctor",
+        help=help_text,
+        description="Report Python, torch, CUDA GPU, TensorRT, ONNX Runtime, ModelOpt.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout instead of text")
+    p.set_defaults(func=run_doctor)
+    return p

@@ -87,7 +87,9 @@ def require_tensorrt() -> str:
         raise FSAError(f"TensorRT is not installed ({e}): {TENSORRT_HINT}") from e
     version = getattr(tensorrt, "__version__", None)
     if not hasattr(tensorrt, "Builder") or not isinstance(version, str):
-        raise FSAError(f"TensorRT is not installed (the tensorrt module found holds only type stubs): {TENSORRT_HINT}")
+        raise FSAError(
+            f"TensorRT is not installed (the tensorrt module found holds only type stubs): {TENSORRT_HINT}"
+        )
     return version
 
 
@@ -176,7 +178,9 @@ def image_source(files: Mapping[str, Mapping[str, Any]], precision: str, default
     raise FSAError(f"no {precision} image graph recorded in meta.json (image graphs: {have}); {how}")
 
 
-def profile_shapes(name: str, shape: Sequence[int], dims: DimRange, tail: Sequence[int] | None) -> dict[str, list[int]]:
+def profile_shapes(
+    name: str, shape: Sequence[int], dims: DimRange, tail: Sequence[int] | None
+) -> dict[str, list[int]]:
     """min/opt/max shapes of an input whose leading dimension is dynamic and the rest static.
 
     `tail` is what meta.json says the static dimensions are (None: take the graph's);
@@ -188,7 +192,9 @@ def profile_shapes(name: str, shape: Sequence[int], dims: DimRange, tail: Sequen
     rest = shape[1:]
     if tail is not None:
         if any(d not in (-1, t) for d, t in zip(rest, tail)) or len(rest) != len(tail):
-            raise FSAError(f"input {name!r} has shape {shape}, meta.json says [N, {', '.join(map(str, tail))}]")
+            raise FSAError(
+                f"input {name!r} has shape {shape}, meta.json says [N, {', '.join(map(str, tail))}]"
+            )
         rest = list(tail)
     if any(d < 0 for d in rest):
         raise FSAError(f"input {name!r} has shape {shape}: only the first dimension may be dynamic")
@@ -237,7 +243,9 @@ def network_io(network: trt.INetworkDefinition) -> tuple[dict[str, list[int]], s
     return inputs, outputs
 
 
-def check_io(path: Path, inputs: Mapping[str, Any], outputs: set[str], want_in: set[str], want_out: set[str]) -> None:
+def check_io(
+    path: Path, inputs: Mapping[str, Any], outputs: set[str], want_in: set[str], want_out: set[str]
+) -> None:
     if set(inputs) != want_in or not want_out <= outputs:
         raise FSAError(
             f"{path}: inputs {sorted(inputs)} and outputs {sorted(outputs)}, "
@@ -303,11 +311,19 @@ class EngineJob:
     dla_core: int | None = None
 
 
+def verified_source(art: Artifact, source: str) -> Path:
+    """The source graph, and the external weights beside it (`image.onnx.data`), checked by sha256."""
+    for name, info in art.files().items():
+        if info.get("role") == "external-data" and name.startswith(source):
+            art.path(name)
+    return art.path(source)
+
+
 def build_engine(art: Artifact, job: EngineJob, opts: BuildOptions, device: tuple[str, str]) -> float:
     """Build one engine into the folder (atomically) and record it in meta.json; returns seconds."""
     import tensorrt as trt
 
-    source = art.path(job.source)  # sha256 checked against meta.json
+    source = verified_source(art, job.source)
     t0 = time.perf_counter()
     builder = trt.Builder(trt_logger())
     network, _parser = network_from_onnx(builder, source)
@@ -348,7 +364,7 @@ def build_engine(art: Artifact, job: EngineJob, opts: BuildOptions, device: tupl
 
 def engine_jobs(art: Artifact, opts: BuildOptions) -> list[EngineJob]:
     meta, files = art.meta, art.files()
-    crop, dim = meta.get("crop"), meta.get("embed_dim")
+    crop, dim, context = meta.get("crop"), meta.get("embed_dim"), meta.get("context_length")
     jobs = [
         EngineJob(
             engine=image_engine_name(opts.precision),
@@ -374,7 +390,7 @@ def engine_jobs(art: Artifact, opts: BuildOptions) -> list[EngineJob]:
                 source=TEXT_ONNX,
                 precision=files[TEXT_ONNX].get("precision") or meta.get("precision", "fp32"),
                 dims={TOKENS: opts.prompts},
-                tails={TOKENS: None},
+                tails={TOKENS: None if context is None else [context]},
                 outputs=frozenset({EMBEDDINGS}),
             )
         )
@@ -395,7 +411,9 @@ def run_build(args: argparse.Namespace) -> int:
     for job in engine_jobs(art, opts):
         seconds = build_engine(art, job, opts, device)
         size = (art.root / job.engine).stat().st_size / 2**20
-        print(f"{job.engine}: {size:.1f} MiB from {job.source} in {seconds:.0f} s ({device[0]}, SM {device[1]})")
+        print(
+            f"{job.engine}: {size:.1f} MiB from {job.source} in {seconds:.0f} s ({device[0]}, SM {device[1]})"
+        )
     return 0
 
 

@@ -84,7 +84,8 @@ without_tensorrt = pytest.mark.skipif(
 def write_artifact(root: Path, files: dict[str, dict[str, Any]], **meta: Any) -> Artifact:
     """meta.json for files already in `root` (name -> record without hash), as `fsa export` would."""
     records = {
-        n: {**info, "sha256": sha256_file(root / n), "bytes": (root / n).stat().st_size} for n, info in files.items()
+        n: {**info, "sha256": sha256_file(root / n), "bytes": (root / n).stat().st_size}
+        for n, info in files.items()
     }
     write_json_atomic(
         root / META,
@@ -93,6 +94,7 @@ def write_artifact(root: Path, files: dict[str, dict[str, Any]], **meta: Any) ->
             "format_version": FORMAT_VERSION,
             "crop": CROP,
             "embed_dim": DIM,
+            "context_length": CONTEXT,
             "precision": "fp32",
             "files": records,
             **meta,
@@ -337,12 +339,18 @@ def test_no_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_doctor_json() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "fsa_cli", "doctor", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fsa_cli", "doctor", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["python"] == ".".join(map(str, sys.version_info[:3]))
-    assert report["tensorrt"]["available"] is (MISSING != "TensorRT not installed (tensorrt module not importable)")
+    assert report["tensorrt"]["available"] is (
+        MISSING != "TensorRT not installed (tensorrt module not importable)"
+    )
     assert isinstance(report["torch"]["cuda_available"], bool)
     assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
     assert set(report["can_run"]) >= {"build", "tensorrt", "onnxruntime-cpu"}
@@ -361,7 +369,9 @@ class FakeTensorRT(types.ModuleType):
         names = types.SimpleNamespace
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
         self.NetworkDefinitionCreationFlag = names(STRONGLY_TYPED=1)
-        self.BuilderFlag = names(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE", GPU_FALLBACK="GPU_FALLBACK")
+        self.BuilderFlag = names(
+            TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE", GPU_FALLBACK="GPU_FALLBACK"
+        )
         self.MemoryPoolType = names(WORKSPACE="WORKSPACE")
         self.HardwareCompatibilityLevel = names(AMPERE_PLUS="AMPERE_PLUS")
         self.DeviceType = names(DLA="DLA")
@@ -414,9 +424,14 @@ class FakeParser:
         graph = onnx.load(path).graph
 
         def io(v: Any) -> types.SimpleNamespace:
-            return types.SimpleNamespace(name=v.name, shape=[d.dim_value or -1 for d in v.type.tensor_type.shape.dim])
+            return types.SimpleNamespace(
+                name=v.name, shape=[d.dim_value or -1 for d in v.type.tensor_type.shape.dim]
+            )
 
-        self.network.inputs, self.network.outputs = [io(v) for v in graph.input], [io(v) for v in graph.output]
+        self.network.inputs, self.network.outputs = (
+            [io(v) for v in graph.input],
+            [io(v) for v in graph.output],
+        )
         self.network.num_inputs, self.network.num_outputs = len(graph.input), len(graph.output)
         self.network.get_input, self.network.get_output = (
             self.network.inputs.__getitem__,
@@ -442,7 +457,10 @@ def test_build_wiring(tmp_path: Path, fake_tensorrt: Callable[[str], None], vers
     """Strongly typed on 10 (the flag) and 11 (implicit), no precision flags, options reach the config."""
     fake_tensorrt(version)
     tiny_graphs(tmp_path)
-    records = {IMAGE_ONNX: {"role": "image", "precision": "fp16"}, TEXT_ONNX: {"role": "text", "precision": "fp32"}}
+    records = {
+        IMAGE_ONNX: {"role": "image", "precision": "fp16"},
+        TEXT_ONNX: {"role": "text", "precision": "fp32"},
+    }
     write_artifact(tmp_path, records, precision="fp16")
     argv = ["build", str(tmp_path), "--max-batch", "4", "--workspace", "64", "--version-compatible"]
     assert fsa_cli.main([*argv, "--hardware-compatible"]) == 0
@@ -450,7 +468,11 @@ def test_build_wiring(tmp_path: Path, fake_tensorrt: Callable[[str], None], vers
     art.verify_all()
     record = art.files()["image.fp16.engine"]
     plan = json.loads((tmp_path / "image.fp16.engine").read_bytes())
-    assert plan["network_flags"] == flags and plan["set"] == ["VERSION_COMPATIBLE"] and plan["cleared"] == ["TF32"]
+    assert (
+        plan["network_flags"] == flags
+        and plan["set"] == ["VERSION_COMPATIBLE"]
+        and plan["cleared"] == ["TF32"]
+    )
     assert plan["hw"] == "AMPERE_PLUS" and plan["pools"] == {"WORKSPACE": 64 << 20}
     assert plan["profiles"] == [
         {
@@ -468,14 +490,35 @@ def test_build_wiring(tmp_path: Path, fake_tensorrt: Callable[[str], None], vers
     check_engine_record(record, version, "8.7")  # the record the builder writes is one the runtime accepts
 
 
-def test_build_refuses_missing_precision_and_dla(tmp_path: Path, fake_tensorrt: Callable[[str], None]) -> None:
+def test_build_refuses_missing_precision_and_dla(
+    tmp_path: Path, fake_tensorrt: Callable[[str], None]
+) -> None:
     fake_tensorrt("10.13.0.35")
     tiny_graphs(tmp_path)
-    write_artifact(tmp_path, {IMAGE_ONNX: {"role": "image", "precision": "fp32"}, TEXT_ONNX: {"role": "text"}})
+    write_artifact(
+        tmp_path, {IMAGE_ONNX: {"role": "image", "precision": "fp32"}, TEXT_ONNX: {"role": "text"}}
+    )
     with pytest.raises(FSAError, match="no int8 image graph"):
-        trt_build.run_build(fsa_cli.build_parser("build").parse_args(["build", str(tmp_path), "--precision", "int8"]))
+        trt_build.run_build(
+            fsa_cli.build_parser("build").parse_args(["build", str(tmp_path), "--precision", "int8"])
+        )
     with pytest.raises(FSAError, match="--dla-core 0: this device has 0 DLA core"):
-        trt_build.run_build(fsa_cli.build_parser("build").parse_args(["build", str(tmp_path), "--dla-core", "0"]))
+        trt_build.run_build(
+            fsa_cli.build_parser("build").parse_args(["build", str(tmp_path), "--dla-core", "0"])
+        )
+
+
+def test_build_checks_the_source_and_its_external_data(
+    tmp_path: Path, fake_tensorrt: Callable[[str], None]
+) -> None:
+    fake_tensorrt("10.13.0.35")
+    tiny_graphs(tmp_path)
+    (tmp_path / "image.onnx.data").write_bytes(b"weights")
+    records = {IMAGE_ONNX: {"role": "image"}, "image.onnx.data": {"role": "external-data"}}
+    write_artifact(tmp_path, records)
+    (tmp_path / "image.onnx.data").write_bytes(b"changed")
+    with pytest.raises(FSAError, match="image.onnx.data: sha256 does not match"):
+        trt_build.run_build(fsa_cli.build_parser("build").parse_args(["build", str(tmp_path), "--no-text"]))
 
 
 # ---------------------------------------------------------------- real engines (TensorRT and a GPU)
@@ -490,7 +533,9 @@ def test_tiny_graphs_match_their_reference_on_onnxruntime(tmp_path: Path) -> Non
     tokens = torch.randint(0, VOCAB, (5, CONTEXT), dtype=torch.int32)
     run = ort.InferenceSession(str(tmp_path / IMAGE_ONNX), providers=["CPUExecutionProvider"]).run
     (logits,) = run([LOGITS], {IMAGE: image.numpy(), TEXT_EMBEDDINGS: text.numpy()})
-    torch.testing.assert_close(torch.from_numpy(logits), reference_logits(w, image, text), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        torch.from_numpy(logits), reference_logits(w, image, text), rtol=1e-4, atol=1e-3
+    )
     run = ort.InferenceSession(str(tmp_path / TEXT_ONNX), providers=["CPUExecutionProvider"]).run
     (embeddings,) = run([EMBEDDINGS], {TOKENS: tokens.numpy()})
     torch.testing.assert_close(torch.from_numpy(embeddings), reference_embeddings(w, tokens))
@@ -503,7 +548,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.
     root = tmp_path_factory.mktemp("artefact")
     w = tiny_graphs(root)
     write_artifact(
-        root, {IMAGE_ONNX: {"role": "image", "precision": "fp32"}, TEXT_ONNX: {"role": "text", "precision": "fp32"}}
+        root,
+        {
+            IMAGE_ONNX: {"role": "image", "precision": "fp32"},
+            TEXT_ONNX: {"role": "text", "precision": "fp32"},
+        },
     )
     argv = [
         "build",

@@ -112,7 +112,9 @@ def read_engine(art: Artifact, name: str, trt_version: str, compute_capability: 
     return art.path(name).read_bytes()  # sha256 checked against meta.json
 
 
-def deserialize_engine(data: bytes, info: Mapping[str, Any], name: str) -> tuple[trt.Runtime, trt.ICudaEngine]:
+def deserialize_engine(
+    data: bytes, info: Mapping[str, Any], name: str
+) -> tuple[trt.Runtime, trt.ICudaEngine]:
     """Runtime and engine; the runtime is returned because it must outlive the engine."""
     import tensorrt as trt
 
@@ -125,7 +127,9 @@ def deserialize_engine(data: bytes, info: Mapping[str, Any], name: str) -> tuple
         runtime.DLA_core = int(info["dla_core"])
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
-        raise FSAError(f"{name}: TensorRT could not deserialize it (its log above says why); rebuild with `fsa build`")
+        raise FSAError(
+            f"{name}: TensorRT could not deserialize it (its log above says why); rebuild with `fsa build`"
+        )
     return runtime, engine
 
 

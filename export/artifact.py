@@ -102,6 +102,24 @@ class Artifact:
         write_json_atomic(self.root / META, self.meta)
 
 
+def with_stage_outputs(model, stages: dict[str, str], names: list[str] | None = None):
+    """A copy of an image graph (onnx.ModelProto) whose stage tensors are also graph outputs.
+
+    `stages` is meta.json's stage -> tensor map; shapes and types come from shape inference.
+    """
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(m).graph.value_info}
+    for stage in names or list(stages):
+        tensor = stages[stage]
+        if tensor not in inferred:
+            raise FSAError(f"stage {stage!r}: tensor {tensor} not found in the graph")
+        m.graph.output.append(inferred[tensor])
+    return m
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON to a temporary name beside `path`, then rename: never half-written."""
     path = Path(path)

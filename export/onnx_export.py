@@ -78,9 +78,9 @@ def stage_names(ref: Reference) -> list[str]:
     """The stage tensors this model produces, besides the graph inputs and `logits`."""
     probe: dict[str, torch.Tensor] = {}
     s = ref.spec.crop
+    text = torch.nn.functional.normalize(torch.ones(1, ref.model.embed_dim), dim=-1)
     with torch.no_grad():
-        ref.model.run(torch.zeros(1, 3, s, s), torch.nn.functional.normalize(torch.ones(1, ref.model.embed_dim), dim=-1),
-                      probe)
+        ref.model.run(torch.zeros(1, 3, s, s), text, probe)
     return [n for n in STAGES if n in probe and n not in (*INPUT_STAGES, "logits")]
 
 

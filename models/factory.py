@@ -25,15 +25,15 @@ class ModelSpec:
     hp: HyperParams = field(default_factory=HyperParams)
 
     def __post_init__(self) -> None:
-        clip_spec(self.model)
+        patch = clip_spec(self.model).patch
+        if self.crop <= 0 or self.crop % patch:
+            raise FSAError(f"--crop {self.crop}: must be a positive multiple of {self.model}'s patch size {patch}")
         if self.attention not in ATTENTIONS:
             raise FSAError(f"--attention {self.attention!r}: unknown (choose from {', '.join(ATTENTIONS)})")
         if self.attention == "proxy":
             if self.proxy is None:
                 raise FSAError("--attention proxy needs --proxy")
             proxy_spec(self.proxy)
-        if self.crop <= 0:
-            raise FSAError(f"--crop {self.crop}: must be positive")
 
     def describe(self) -> dict[str, Any]:
         """The selection as JSON-able data (meta.json's `model` section)."""

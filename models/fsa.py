@@ -137,18 +137,20 @@ def feedback_attention(sim: torch.Tensor, keep: torch.Tensor, lamda: float) -> t
 
 def feedback(
     o1: torch.Tensor, u: torch.Tensor, tail: Tail, text: torch.Tensor, hp: HyperParams, literal: bool,
-    stages: dict[str, torch.Tensor] | None = None,
+    stages: dict[str, torch.Tensor] | None = None, keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Steps 8-13: O1 [B, N, d] and U [B, 1, d] (after out_proj) -> A_new [B, N, N].
 
-    Runs in the dtype of `o1` (the caller casts to fp32 / fp64 for this block).
+    Runs in the dtype of `o1` (the caller casts to fp32 / fp64 for this block). A given
+    `keep` mask replaces the pruning's: checks compare the later stages under one mask.
     """
     z = class_logits(o1, tail, text, hp.patch_scale)
     uu = class_logits(u, tail, text, hp.uniform_scale)
     q = feedback_probs(z, uu)
     kl = (kl_literal if literal else kl_deploy)(q, hp.kl_eps)
     sim = similarity(kl)
-    keep = top_p_keep_sort(sim, hp.top_p) if literal else top_p_keep_bisect(sim, hp.top_p)
+    if keep is None:
+        keep = top_p_keep_sort(sim, hp.top_p) if literal else top_p_keep_bisect(sim, hp.top_p)
     attn_new = feedback_attention(sim, keep, hp.lamda)
     if stages is not None:
         stages.update(patch_logits=z, uniform_logits=uu[:, 0], feedback_probs=q, kl=kl, sim=sim, keep=keep,
@@ -173,22 +175,29 @@ def ensemble_literal(attn_new: torch.Tensor, attn: torch.Tensor, v: torch.Tensor
     return ((attn_new @ attn + attn @ attn_new + attn_new) / 3.0) @ v
 
 
-def ambiguous_entries(sim: torch.Tensor, p: float, tol: float = 1e-5) -> torch.Tensor:
+def ambiguous_entries(sim: torch.Tensor, p: float, tol: float = 1e-5, value_tol: float = 4e-6) -> torch.Tensor:
     """Entries whose keep decision is not defined by the math alone (shared/spec/FSA.md).
 
-    An entry is ambiguous if its value is tied with another entry of its row at the cut, or
-    its inclusive softmax mass, recomputed in float64, lies within `tol` of p.
-    Returns a bool mask [.., N, N]. Costs an N x N sort per row: for checks, not for graphs.
+    Ambiguous: tied with another entry of its row at the cut; or its inclusive softmax mass,
+    recomputed in float64, within `tol` of p; or (our addition) within `value_tol` of an entry
+    on the other side of the cut: two fp32 computations of Sim (batched vs single, torch vs
+    an engine) differ by ~1e-6, enough to swap two near-equal entries across the cut.
+    Returns a bool mask [.., N, N]. Costs a sort per row: for checks, not for graphs.
     """
     s = sim.double()
     sorted_s, order = torch.sort(s, dim=-1, descending=True)
+    desc = -sorted_s.contiguous()  # ascending, for searchsorted
     cum = torch.cumsum(torch.softmax(sorted_s, dim=-1), dim=-1)
     # mass of all entries >= a value: the cumsum at the last member of its tie group
-    last = torch.searchsorted(-sorted_s.contiguous(), -sorted_s.contiguous(), right=True) - 1
-    first = torch.searchsorted(-sorted_s.contiguous(), -sorted_s.contiguous(), right=False)
+    last = torch.searchsorted(desc, desc, right=True) - 1
+    first = torch.searchsorted(desc, desc, right=False)
     group_mass = cum.gather(-1, last)
     mass_before = torch.where(first > 0, cum.gather(-1, (first - 1).clamp_min(0)), torch.zeros_like(cum))
     near = (group_mass - p).abs() <= tol
     tied_at_cut = (last > first) & (mass_before <= p + tol) & (group_mass > p - tol)
-    amb_sorted = near | tied_at_cut
+    # the cut: the last kept and the first dropped value of each row
+    kept = (cum <= p).sum(-1, keepdim=True).clamp(1, s.shape[-1] - 1)
+    v_last, v_next = sorted_s.gather(-1, kept - 1), sorted_s.gather(-1, kept)
+    close_cut = ((v_last - v_next) <= value_tol) & (sorted_s >= v_next - value_tol) & (sorted_s <= v_last + value_tol)
+    amb_sorted = near | tied_at_cut | close_cut
     return torch.zeros_like(amb_sorted).scatter(-1, order, amb_sorted)

@@ -59,7 +59,7 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise FSAError(f"{path}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from e
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise FSAError(f"{path}: image has no pixels")
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).contiguous()
 
 
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")

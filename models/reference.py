@@ -141,13 +141,15 @@ class FSAModel(nn.Module):
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.run(image, text)
 
-    def run(self, image: torch.Tensor, text: torch.Tensor, stages: dict[str, torch.Tensor] | None = None):
+    def run(self, image: torch.Tensor, text: torch.Tensor, stages: dict[str, torch.Tensor] | None = None,
+            keep: torch.Tensor | None = None):
+        """The crop forward; `stages` collects stage tensors, `keep` imposes a top-p mask (checks)."""
         x = self.trunk(image).to(self.head_dtype)
         text = text.to(self.head_dtype)
         if self.cfg.attention == "proxy":
-            feats = self.proxy_head(image, x, text, stages)
+            feats = self.proxy_head(image, x, text, stages, keep)
         else:
-            feats = self.base_head(x, text, stages)
+            feats = self.base_head(x, text, stages, keep)
         feats = F.normalize(feats, dim=-1)
         logits = (feats @ text.transpose(0, 1)).transpose(1, 2)
         logits = logits.reshape(logits.shape[0], logits.shape[1], *self.out_grid).float()
@@ -157,7 +159,7 @@ class FSAModel(nn.Module):
 
     # -- pass 1 + feedback + pass 2: ProxyCLIP --------------------------------------------------
 
-    def proxy_head(self, image, x, text, stages):
+    def proxy_head(self, image, x, text, stages, keep):
         """Steps 4-15 with the proxy's attention, head-independent."""
         assert self.proxy is not None
         feats = self.proxy(image.to(self.proxy.mean.dtype)).to(self.head_dtype)
@@ -169,17 +171,17 @@ class FSAModel(nn.Module):
         if stages is not None:
             stages.update(proxy_features=feats, values=v, attn_proxy=attn)
         if self.literal:
-            return self._proxy_literal(attn, v, text, stages)
+            return self._proxy_literal(attn, v, text, stages, keep)
         vo = self.out_proj(v)  # out_proj once: rows of A, A_new, A_ens sum to 1
         o1 = attn @ vo
         if stages is not None:
             stages["attn_out1"] = o1
         if not self.cfg.fsa:
             return self.tail(o1)
-        attn_new = fsa.feedback(o1, vo.mean(dim=1, keepdim=True), self.tail, text, self.cfg.hp, False, stages)
+        attn_new = fsa.feedback(o1, vo.mean(dim=1, keepdim=True), self.tail, text, self.cfg.hp, False, stages, keep)
         return self.tail(fsa.ensemble_deploy(attn_new, attn, vo, o1))
 
-    def _proxy_literal(self, attn, v, text, stages):
+    def _proxy_literal(self, attn, v, text, stages, keep):
         """The official per-head code path: A repeated per head, uniform attention as a matrix."""
         vh = self.split_heads(v)  # [B, h, N, dh]
         a_h = attn.unsqueeze(1).expand(-1, self.heads, -1, -1)
@@ -190,13 +192,13 @@ class FSAModel(nn.Module):
             return self.tail(o1)
         uniform = torch.softmax(torch.ones_like(a_h), dim=-1)
         u_all = self.out_proj(self.merge_heads(uniform @ vh))  # every row equal
-        attn_new = fsa.feedback(o1, u_all[:, :1], self.tail, text, self.cfg.hp, True, stages)
+        attn_new = fsa.feedback(o1, u_all[:, :1], self.tail, text, self.cfg.hp, True, stages, keep)
         new_h = attn_new.unsqueeze(1).expand(-1, self.heads, -1, -1)
         return self.tail(self.out_proj(self.merge_heads(fsa.ensemble_literal(new_h, a_h, vh))))
 
     # -- pass 1 + feedback + pass 2: Q-K, SCLIP, ClearCLIP, NACLIP -------------------------------
 
-    def base_head(self, x, text, stages):
+    def base_head(self, x, text, stages, keep):
         """The base method's per-head attention; FSA re-weights its patch-to-patch block."""
         q, k, v = (self.split_heads(t) for t in self.qkv(x))  # [B, h, L, dh]
         attn = fsa.base_attention(self.cfg.attention, q, k, self.omega)
@@ -213,7 +215,7 @@ class FSAModel(nn.Module):
             u = self.out_proj(self.merge_heads(uniform @ vp))[:, :1]
         else:
             u = self.out_proj(self.merge_heads(vp.mean(dim=2, keepdim=True)))
-        attn_new = fsa.feedback(o1, u, self.tail, text, self.cfg.hp, self.literal, stages)
+        attn_new = fsa.feedback(o1, u, self.tail, text, self.cfg.hp, self.literal, stages, keep)
         pp = attn[:, :, 1:, 1:]
         pp = pp / pp.sum(dim=-1, keepdim=True)  # patch-to-patch block, rows renormalised
         new_h = attn_new.unsqueeze(1)
@@ -230,10 +232,11 @@ class FSAModel(nn.Module):
         x = x + self.last.ls_1(o)
         return x + self.last.ls_2(self.last.mlp(self.last.ln_2(x)))
 
-    def stages(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stages(self, image: torch.Tensor, text: torch.Tensor, keep: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
         """Every stage of shared/spec/CLI.md for a batch of crops (batch index kept)."""
         out: dict[str, torch.Tensor] = {}
-        self.run(image, text, out)
+        self.run(image, text, out, keep)
         return out
 
     def with_formulation(self, formulation: str) -> FSAModel:

@@ -24,6 +24,7 @@ class ClipSpec:
 
     name: str
     open_clip_name: str
+    patch: int
     lamda: float  # FSA lambda with DINO / DINOv2 / SAM (MAE overrides it, see ProxySpec.lamda)
 
 
@@ -64,10 +65,10 @@ class HyperParams:
 CLIPS: dict[str, ClipSpec] = {
     s.name: s
     for s in (
-        ClipSpec("ViT-B-16", "ViT-B-16", lamda=3.0),
-        ClipSpec("ViT-L-14", "ViT-L-14", lamda=3.0),
-        ClipSpec("ViT-H-14", "ViT-H-14", lamda=2.3),
-        ClipSpec("tiny", "tiny", lamda=3.0),
+        ClipSpec("ViT-B-16", "ViT-B-16", 16, lamda=3.0),
+        ClipSpec("ViT-L-14", "ViT-L-14", 14, lamda=3.0),
+        ClipSpec("ViT-H-14", "ViT-H-14", 14, lamda=2.3),
+        ClipSpec("tiny", "tiny", 16, lamda=3.0),
     )
 }
 

@@ -1,0 +1,58 @@
+# fsa-deploy: `make demo` and `make test` each set up from scratch on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+ART ?= out/demo/artifact
+IMAGE ?= $(shell $(BIN)/python -c "from models.images import sample_photos; print(sample_photos()[1])" 2>/dev/null)
+
+.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# tensorrt-stubs' metadata requires the placeholder `tensorrt` wheel: install the stubs alone
+	$(PIP) install -q --no-deps "tensorrt-stubs>=10.13,<11"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(MAKE) typecheck
+
+typecheck: setup
+	PYTHON=$(BIN)/python tools/typecheck.sh
+
+# The main job: export a random-init ViT-B-16 + DINO ViT-B/8 at 336, segment a real photo on
+# ONNX Runtime CPU, validate the artefact against the PyTorch reference.
+DEMO_MODEL ?= --model ViT-B-16 --random-init --seed 0 --proxy dino --crop 336
+demo: setup
+	$(BIN)/fsa export $(DEMO_MODEL) --out $(ART) --overwrite
+	$(BIN)/fsa segment $(IMAGE) --artifact $(ART) --out out/demo --backend onnx --classes-file models/data/voc21.txt
+	$(BIN)/fsa validate $(ART) --images $(IMAGE) --backend onnx --json out/demo/report.json --md out/demo/report.md
+	@echo "overlay: out/demo/$$(basename $(IMAGE) | sed 's/\.[^.]*$$//')_overlay.png  report: out/demo/report.md"
+
+bench-block: setup
+	$(BIN)/fsa bench --block --tokens 1764 --classes 171 --device cpu --json out/bench/block.json
+
+export-b16: setup
+	$(BIN)/python -m runtime.bench_export --out out/b16 --json out/bench/export_b16.json
+
+bench: setup
+	$(BIN)/fsa bench --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png
+
+# On a machine with an NVIDIA GPU (and TensorRT, where it can be installed):
+test-gpu: setup
+	$(BIN)/python -m pytest -q -ra -m "gpu or tensorrt"
+
+clean:
+	rm -rf out .pytest_cache

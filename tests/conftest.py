@@ -1,0 +1,81 @@
+"""Shared helpers: tiny model selections, real-photo crops, the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.factory import ModelSpec, build, default_hp
+from models.images import load_image, sample_photos
+from models.pipeline import Geometry, crops_of, resize_image
+from models.weights import Weights
+
+REPO = Path(__file__).resolve().parents[1]
+CROP = 112
+TINY_PROXIES = ("tiny-dino", "tiny-dinov2", "tiny-sam", "tiny-mae")
+OTHER_ATTENTIONS = ("qk", "sclip", "clearclip", "naclip")
+# (attention, proxy) pairs: every proxy with ProxyCLIP attention, then every other attention type
+CONFIGS = [("proxy", p) for p in TINY_PROXIES] + [(a, None) for a in OTHER_ATTENTIONS]
+QUERY_COUNTS = (1, 21, 171)
+
+
+def tiny_spec(attention: str = "proxy", proxy: str | None = "tiny-dino", fsa: bool = True, seed: int = 0,
+              **hp) -> ModelSpec:
+    proxy = proxy if attention == "proxy" else None
+    return ModelSpec(model="tiny", weights=Weights(seed=seed), attention=attention, proxy=proxy, crop=CROP,
+                     fsa=fsa, hp=default_hp("tiny", proxy, **hp))
+
+
+@lru_cache(maxsize=32)
+def tiny_reference(attention: str = "proxy", proxy: str | None = "tiny-dino", fsa: bool = True):
+    return build(tiny_spec(attention, proxy, fsa))
+
+
+@lru_cache(maxsize=1)
+def photos() -> tuple[str, ...]:
+    found = sample_photos()
+    assert len(found) >= 3, f"scikit-image sample photos missing: {found}"
+    return tuple(found)
+
+
+def photo_crops(n: int, crop: int = CROP) -> torch.Tensor:
+    """n crops as the pipeline makes them, taken from different real photos in turn."""
+    geo = Geometry(crop=crop)
+    out = []
+    for i in range(n):
+        crops, _ = crops_of(resize_image(load_image(photos()[i % len(photos())]), geo), geo)
+        out.append(crops[(i // len(photos())) % len(crops)])
+    return torch.stack(out)
+
+
+def unit_text(k: int, d: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + k)
+    return torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=-1)
+
+
+def rel_l2(a, b) -> float:
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsa_cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, f"exit {proc.returncode}, stderr: {proc.stderr}"
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one error line, got: {proc.stderr}"
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,192 @@
+"""The exporter: image.onnx on ONNX Runtime equals the PyTorch deploy reference; lint; meta; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import (
+    CONFIGS,
+    CROP,
+    QUERY_COUNTS,
+    REPO,
+    assert_one_line_error,
+    photo_crops,
+    rel_l2,
+    run_cli,
+    tiny_reference,
+    tiny_spec,
+    unit_text,
+)
+
+from export import artifact as A
+from export.lint import lint
+from export.onnx_export import export_artifact, export_image
+from models.errors import FSAError
+from models.fsa import ambiguous_entries, top_p_keep_bisect, top_p_keep_sort
+
+
+def ort_session(model_or_path):
+    import onnxruntime as ort
+
+    data = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """One full tiny export (tiny CLIP + tiny DINO, FSA on), the way `fsa export` writes it."""
+    out = tmp_path_factory.mktemp("art") / "tiny-dino"
+    return export_artifact(tiny_spec(), out, progress=False)
+
+
+def assert_matches_reference(model, stage_map, path, crops, ks=QUERY_COUNTS, what=""):
+    """ORT's logits equal torch's; a top-p flip (ambiguous only) is compared under torch's mask."""
+    names = [n for n in ("keep", "sim") if n in stage_map]
+    sess = ort_session(A.with_stage_outputs(onnx.load(str(path)), stage_map, names) if names else path)
+    for k in ks:
+        text = unit_text(k)
+        got = dict(zip([A.LOGITS, *names], sess.run(None, {A.IMAGE: crops.numpy(), A.TEXT_EMBEDDINGS: text.numpy()})))
+        with torch.no_grad():
+            ref = model.stages(crops, text)
+        flips = 0
+        if names:
+            differ = torch.from_numpy(got["keep"]) != ref["keep"]
+            amb = ambiguous_entries(ref["sim"], model.cfg.hp.top_p)
+            flips = int(differ.sum())
+            assert int((differ & ~amb).sum()) == 0, f"{what} K={k}: unambiguous top-p flips"
+            if flips:
+                sess_keep = torch.from_numpy(got["keep"])
+                with torch.no_grad():
+                    ref = model.stages(crops, text, keep=sess_keep)
+        err = rel_l2(got[A.LOGITS], ref["logits"])
+        print(f"{what} K={k}: ORT vs torch rel L2 {err:.2e} (keep flips {flips}, excused)")
+        assert got[A.LOGITS].shape == tuple(ref["logits"].shape)
+        assert err <= 1e-5, f"{what} K={k}: rel L2 {err:.2e}"
+
+
+@pytest.mark.parametrize("fsa", [True, False], ids=["fsa", "base"])
+@pytest.mark.parametrize("attention,proxy", CONFIGS, ids=[p or a for a, p in CONFIGS])
+def test_image_graph_equals_reference(tmp_path, attention, proxy, fsa):
+    ref = tiny_reference(attention, proxy, fsa)
+    with torch.no_grad():
+        stage_map, nodes = export_image(ref, tmp_path, "fp32", 64)
+    path = tmp_path / A.IMAGE_ONNX
+    for major in (10, 11):
+        report = lint(str(path), major)
+        assert report.ok, report.format()
+    graph = onnx.load(str(path))
+    ops = {n.op_type for n in graph.graph.node}
+    assert not ops & {"Loop", "If", "Scan", "TopK", "Sort", "NonZero"}, ops
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input]
+    assert dims == [["batch", 3, CROP, CROP], ["classes", ref.model.embed_dim]], dims
+    assert_matches_reference(ref.model, stage_map, path, photo_crops(2), what=f"{attention}/{proxy}/fsa={fsa}")
+
+
+def test_batch_of_three_equals_three_singles(artifact):
+    sess = ort_session(artifact.path(A.IMAGE_ONNX))
+    crops, text = photo_crops(3).numpy(), unit_text(21).numpy()
+    batched = sess.run(None, {A.IMAGE: crops, A.TEXT_EMBEDDINGS: text})[0]
+    singles = np.concatenate([sess.run(None, {A.IMAGE: c[None], A.TEXT_EMBEDDINGS: text})[0] for c in crops])
+    assert rel_l2(batched, singles) <= 1e-6
+
+
+def test_text_graph_equals_open_clip(artifact):
+    from models.text import tokenize
+
+    tokens = tokenize(["a photo of a cat.", "a bad photo of the dog.", "itap of a sofa.", "grass"])
+    sess = ort_session(artifact.path(A.TEXT_ONNX))
+    got = sess.run(None, {A.TOKENS: tokens.numpy().astype(np.int32)})[0]
+    with torch.no_grad():
+        want = tiny_reference().encode_text(tokens)
+    assert rel_l2(got, want) <= 1e-6
+
+
+def test_meta_records_contract_and_hashes(artifact):
+    meta = json.loads((artifact.root / A.META).read_text())
+    for key in ("format_version", "model", "weights", "attention", "proxy", "crop", "clip_grid", "grid",
+                "hyper_parameters", "logit_scale", "templates", "precision", "opset", "versions", "files"):
+        assert key in meta, key
+    assert meta["weights"] == {"source": "random-init", "seed": 0}
+    assert len(meta["templates"]) == 80
+    for name, info in meta["files"].items():
+        assert A.sha256_file(artifact.root / name) == info["sha256"], name
+    for major in (10, 11):
+        assert lint(str(artifact.root / A.TEXT_ONNX), major).ok
+
+
+def test_changed_file_is_detected(artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact.root, copy)
+    with open(copy / A.IMAGE_ONNX, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(FSAError, match="sha256 does not match"):
+        A.Artifact.load(copy).path(A.IMAGE_ONNX)
+    proc = run_cli("segment", REPO / "README.md", "--artifact", copy, "--out", tmp_path / "seg")
+    assert proc.returncode == 2
+
+
+def test_top_p_bisection_graph_at_sam_grid(tmp_path):
+    """The deploy top-p alone at N = 4096 (SAM's grid): lint-clean, and equal to the sort on ORT."""
+
+    class TopP(torch.nn.Module):
+        def forward(self, sim):
+            return top_p_keep_bisect(sim, 0.45)
+
+    path = tmp_path / "top_p.onnx"
+    torch.onnx.export(TopP(), (torch.rand(1, 4096, 4096),), str(path), input_names=["sim"], output_names=["keep"],
+                      dynamo=True, opset_version=18, optimize=False, verbose=False)
+    for major in (10, 11):
+        assert lint(str(path), major).ok, lint(str(path), major).format()
+    g = torch.Generator().manual_seed(1)
+    sim = 1.0 / (1.0 + 3.0 * torch.rand(1, 4096, 4096, generator=g))
+    got = torch.from_numpy(ort_session(path).run(None, {"sim": sim.numpy()})[0])
+    differ = got != top_p_keep_sort(sim, 0.45)
+    amb = ambiguous_entries(sim, 0.45)
+    print(f"N=4096 on ORT: {int(differ.sum())} flips, all ambiguous: {bool((differ <= amb).all())}")
+    assert int((differ & ~amb).sum()) == 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "ViT-Q-1", "--random-init"], "--model 'ViT-Q-1'"),
+    (["--model", "tiny", "--random-init", "--proxy", "dinov9"], "--proxy 'dinov9'"),
+    (["--model", "tiny", "--random-init", "--proxy", "tiny-dino", "--crop", "120"], "--crop 120"),
+    (["--model", "tiny", "--proxy", "tiny-dino"], "weights"),
+])
+def test_export_bad_input(tmp_path, args, needle):
+    proc = run_cli("export", "--out", tmp_path / "a", "--quiet", *args)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "a").exists()
+
+
+def test_export_refuses_a_folder_that_is_not_an_artifact(tmp_path):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    proc = run_cli("export", "--out", mine, "--model", "tiny", "--random-init", "--proxy", "tiny-dino",
+                   "--crop", "112", "--quiet")
+    assert_one_line_error(proc, str(mine), "not an artefact folder")
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+
+
+def test_zero_classes_is_refused(artifact):
+    from models.text import Vocabulary
+
+    with pytest.raises(FSAError, match="no class names"):
+        Vocabulary.parse(" ; , ")
+    sess = ort_session(artifact.path(A.IMAGE_ONNX))
+    with pytest.raises(Exception):  # noqa: B017 - ORT refuses K = 0 below the graph's minimum of 1
+        sess.run(None, {A.IMAGE: photo_crops(1).numpy(), A.TEXT_EMBEDDINGS: np.zeros((0, 64), np.float32)})
+
+
+def test_fsa_export_cli_prints_progress(tmp_path):
+    proc = run_cli("export", "--out", tmp_path / "b", "--model", "tiny", "--random-init", "--attention", "qk",
+                   "--crop", "112", "--no-fsa")
+    assert proc.returncode == 0, proc.stderr
+    assert "[1/6]" in proc.stderr and "linting" in proc.stderr
+    assert (tmp_path / "b" / A.META).is_file()

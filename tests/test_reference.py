@@ -1,0 +1,200 @@
+"""The PyTorch reference: literal and deploy formulations agree; dump, batching, seeds, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    CONFIGS,
+    QUERY_COUNTS,
+    REPO,
+    assert_one_line_error,
+    photo_crops,
+    photos,
+    rel_l2,
+    run_cli,
+    tiny_reference,
+    unit_text,
+)
+
+from models.fsa import ambiguous_entries, top_p_keep_bisect, top_p_keep_sort
+
+
+@pytest.mark.parametrize("fsa", [True, False], ids=["fsa", "base"])
+@pytest.mark.parametrize("attention,proxy", CONFIGS, ids=[p or a for a, p in CONFIGS])
+def test_literal_equals_deploy(attention, proxy, fsa):
+    ref = tiny_reference(attention, proxy, fsa)
+    deploy, literal = ref.model, ref.model.with_formulation("literal")
+    crops = photo_crops(2)
+    for k in QUERY_COUNTS:
+        text = unit_text(k)
+        with torch.no_grad():
+            d, lit = deploy.stages(crops, text), literal.stages(crops, text)
+        flips = unambiguous = ambiguous = 0
+        if fsa:
+            differ = d["keep"] != lit["keep"]
+            amb = ambiguous_entries(lit["sim"], ref.spec.hp.top_p)
+            flips, unambiguous, ambiguous = int(differ.sum()), int((differ & ~amb).sum()), int(amb.sum())
+            assert unambiguous == 0, f"K={k}: {unambiguous} unambiguous top-p flips"
+        if flips:  # ties decide differently: compare the stages after the pruning under one mask
+            with torch.no_grad():
+                d = deploy.stages(crops, text, keep=lit["keep"])
+        err = rel_l2(d["logits"], lit["logits"])
+        print(f"{attention}/{proxy} fsa={fsa} K={k}: rel L2 {err:.2e}, keep flips {flips} "
+              f"(ambiguous entries {ambiguous})")
+        assert err <= 1e-5, f"K={k}: crop logits rel L2 {err:.2e} (keep flips {flips}, all ambiguous)"
+
+
+def test_top_p_bisection_equals_sort_at_sam_grid():
+    """N = 4096 (SAM's 64 x 64 grid): the bisection keeps what the sort keeps, ties aside."""
+    g = torch.Generator().manual_seed(0)
+    sim = 1.0 / (1.0 + 4.0 * torch.rand(2, 4096, 4096, generator=g))
+    sim[:, :, :64] = 0.97  # a tie group near the top of every row
+    a, b = top_p_keep_sort(sim, 0.45), top_p_keep_bisect(sim, 0.45)
+    amb = ambiguous_entries(sim, 0.45)
+    differ = a != b
+    print(f"N=4096: {int(differ.sum())} flips, {int(amb.sum())} ambiguous entries")
+    assert int((differ & ~amb).sum()) == 0
+
+
+def test_batching_changes_nothing():
+    """4 crops in one batch equal 4 single-crop runs (per-crop mean of the proxy similarity)."""
+    ref = tiny_reference("proxy", "tiny-dino", True)
+    crops, text = photo_crops(4), unit_text(21)
+    with torch.no_grad():
+        batched = ref.model.stages(crops, text)
+        single = [ref.model.stages(c[None], text) for c in crops]
+        keep = torch.cat([s["keep"] for s in single])
+        differ = batched["keep"] != keep
+        amb = ambiguous_entries(batched["sim"], ref.spec.hp.top_p)
+        print(f"batch of 4 vs singles: {int(differ.sum())} keep flips, {int(amb.sum())} ambiguous entries")
+        assert int((differ & ~amb).sum()) == 0
+        single_logits = torch.cat([ref.model.stages(c[None], text, keep=batched["keep"][i:i + 1])["logits"]
+                                   for i, c in enumerate(crops)])
+    assert rel_l2(batched["logits"], single_logits) <= 1e-6
+
+
+# --- fsa dump, checked by an independent float64 recomputation that reads only the .npz -----------
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def recompute_stages(z: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each stage from the dumped stages before it, in float64, straight from shared/spec/FSA.md."""
+    d = {k: np.asarray(v, dtype=np.float64) if v.dtype != bool else v for k, v in z.items()}
+    w, b = d["w.out_proj.weight"], d["w.out_proj.bias"]
+
+    def tail(x):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        x = (x - mu) / np.sqrt(var + d["w.ln_post.eps"])
+        return (x * d["w.ln_post.weight"] + d["w.ln_post.bias"]) @ d["w.proj"]
+
+    beta, gamma, lamda, p = (float(d[f"hp.{k}"]) for k in ("beta", "gamma", "lamda", "top_p"))
+    text, values = d["text_embeddings"], d["values"]
+    out = {}
+    feats = d["proxy_features"]
+    f = feats.reshape(feats.shape[0], -1)
+    f = f / np.linalg.norm(f, axis=0, keepdims=True)
+    s0 = f.T @ f
+    s1 = (s0 - beta * s0.mean()) * gamma
+    out["attn_proxy"] = _softmax(np.where(s1 < 0, -np.inf, s1))
+    out["attn_out1"] = (d["attn_proxy"] @ values) @ w.T + b
+    out["patch_logits"] = 20.0 * _normalize(tail(d["attn_out1"])) @ text.T
+    out["uniform_logits"] = 35.0 * _normalize(tail(values.mean(0) @ w.T + b)) @ text.T
+    out["feedback_probs"] = _softmax(d["patch_logits"] - d["uniform_logits"][None])
+    q = d["feedback_probs"]
+    logq = np.log(q + 1e-10)
+    out["kl"] = np.maximum(0.0, np.einsum("ik,ijk->ij", q, logq[:, None, :] - logq[None, :, :]))
+    out["sim"] = 1.0 / (1.0 + d["kl"])
+    out["keep"] = top_p_keep_sort(torch.from_numpy(d["sim"]), p).numpy()
+    e = d["sim"] * np.exp(lamda * d["sim"])
+    out["attn_new"] = _softmax(np.where(z["keep"], e, -np.inf))
+    a, a_new = d["attn_proxy"], d["attn_new"]
+    ens = (a_new @ a + a @ a_new + a_new) / 3.0
+    out["features"] = _normalize(tail((ens @ values) @ w.T + b))
+    grid = d["logits"].shape[1:]
+    out["logits"] = (d["features"] @ text.T).T.reshape(-1, *grid)
+    return out
+
+
+def test_dump_stages_recomputed_in_float64(tmp_path):
+    out = tmp_path / "stages.npz"
+    proc = run_cli("dump", "--image", photos()[1], "--out", out, "--model", "tiny", "--random-init",
+                   "--proxy", "tiny-dino", "--crop", "112", "--classes", "cat; kitten, grass, sofa, floor, wall")
+    assert proc.returncode == 0, proc.stderr
+    z = dict(np.load(out))
+    for key in ("image", "proxy_features", "values", "text_embeddings", "attn_proxy", "attn_out1", "patch_logits",
+                "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new", "features", "logits",
+                "w.out_proj.weight", "w.out_proj.bias", "w.ln_post.weight", "w.ln_post.bias", "w.ln_post.eps",
+                "w.proj", "hp.beta", "hp.gamma", "hp.lamda", "hp.top_p"):
+        assert key in z, f"{key} missing from the dump"
+    assert z["image"].shape == (3, 112, 112) and z["logits"].shape == (6, 14, 14)
+    again = recompute_stages(z)
+    amb = ambiguous_entries(torch.from_numpy(z["sim"]).double(), float(z["hp.top_p"])).numpy()
+    flips = (again["keep"] != z["keep"])
+    print(f"keep: {int(flips.sum())} flips, {int(amb.sum())} ambiguous entries")
+    assert int((flips & ~amb).sum()) == 0
+    for name, value in again.items():
+        if name == "keep":
+            continue
+        err = rel_l2(value, z[name])
+        print(f"{name}: rel L2 {err:.2e}")
+        assert err <= 1e-5, f"stage {name}: rel L2 {err:.2e}"
+
+
+# --- seeds and bad input ---------------------------------------------------------------------
+
+
+def _digest(seed: int) -> str:
+    code = ("from models.factory import build; from conftest import tiny_spec; from models.weights import state_digest;"
+            f"r = build(tiny_spec(seed={seed})); print(state_digest(r.clip) + state_digest(r.model.proxy))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_random_init_is_deterministic_across_processes():
+    a, b, c = _digest(3), _digest(3), _digest(4)
+    assert a == b, "same seed, different weights"
+    assert a != c, "different seeds, same weights"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "ViT-Z-99", "--random-init"], "--model 'ViT-Z-99'"),
+    (["--model", "tiny", "--random-init", "--proxy", "tiny-clip"], "--proxy 'tiny-clip'"),
+    (["--model", "tiny", "--checkpoint", "/nonexistent/ckpt.pt"], "/nonexistent/ckpt.pt"),
+    (["--model", "tiny", "--random-init", "--classes", " , ;"], "--classes"),
+    (["--model", "tiny", "--random-init", "--attention", "flash"], "--attention 'flash'"),
+    (["--model", "tiny", "--random-init", "--crop", "100"], "--crop 100"),
+])
+def test_dump_bad_input(tmp_path, args, needle):
+    proc = run_cli("dump", "--image", photos()[0], "--out", tmp_path / "x.npz", "--proxy", "tiny-dino", *args)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_dump_corrupt_checkpoint_and_unreadable_image(tmp_path):
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(b"\x80\x02 not a checkpoint")
+    proc = run_cli("dump", "--image", photos()[0], "--out", tmp_path / "x.npz", "--model", "tiny",
+                   "--checkpoint", bad, "--proxy", "tiny-dino")
+    assert_one_line_error(proc, str(bad))
+    img = tmp_path / "photo.png"
+    img.write_text("not an image")
+    proc = run_cli("dump", "--image", img, "--out", tmp_path / "x.npz", "--model", "tiny", "--random-init",
+                   "--proxy", "tiny-dino")
+    assert_one_line_error(proc, str(img))
+    assert not (tmp_path / "x.npz").exists()

@@ -1,0 +1,50 @@
+"""The `fsa calibrate` verb: argument parsing only; the work is in calibration.quantize."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from models.cli import add_vocabulary_args
+
+
+def add_calibrate(sub, help_text: str) -> None:
+    from calibration.quantize import METHODS, PRECISIONS, Options
+
+    p = sub.add_parser("calibrate", help=help_text, description=(
+        "Explicit quantization with NVIDIA ModelOpt: image.onnx -> image.int8.onnx or image.fp8.onnx (Q/DQ "
+        "nodes), calibrated on the CPU with crops cut as `fsa segment` cuts them. The FSA feedback block, "
+        "everything after it and every Softmax stay in fp32. The result is recorded in meta.json."))
+    p.add_argument("dir", metavar="DIR", help="artefact folder written by `fsa export` (fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default=Options.precision,
+                   help=f"Q/DQ precision (default {Options.precision})")
+    p.add_argument("--images", nargs="+", metavar="PATH",
+                   help="calibration images: files and/or folders (default: scikit-image's sample photos)")
+    p.add_argument("--count", type=int, default=Options.count,
+                   help=f"crops used: the first N crops of the images (default {Options.count})")
+    p.add_argument("--method", choices=tuple(METHODS), default=Options.method,
+                   help=f"activation ranges: entropy (KL divergence) or max (default {Options.method})")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the calibration tensors cached in DIR (calibration-*.npz)")
+    p.add_argument("--no-lint", action="store_true", help="skip the TensorRT lint of the Q/DQ graph")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_vocabulary_args(p)
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from calibration.quantize import Options, calibrate
+
+    classes = None
+    if args.classes is not None or args.classes_file is not None:
+        from models.cli import vocabulary_from_args
+
+        classes = vocabulary_from_args(args)
+    opts = Options(precision=args.precision, images=tuple(args.images or ()), count=args.count, method=args.method,
+                   cache=not args.no_cache, classes=classes, lint=not args.no_lint)
+    r = calibrate(args.dir, opts, progress=not args.quiet)
+    print(json.dumps({"artifact": str(r.path.parent), "file": r.path.name, "precision": r.precision,
+                      "qdq_pairs": r.summary.pairs, "quantized_ops": dict(r.summary.quantized_ops),
+                      "fp32_tail_nodes": r.excluded, "crops": int(len(r.data.crops)),
+                      "cache_hit": r.data.cache_hit, "seconds": round(r.seconds, 1)}))
+    return 0

@@ -1,0 +1,265 @@
+"""`fsa calibrate`: Q/DQ graphs from ModelOpt on a tiny artefact, and one-line errors on bad input.
+
+The ModelOpt tests (marked `quant`) share one tiny export and one int8 and one fp8 calibration
+(module fixtures, about a minute on 2 cores). The bad-input tests use a hand-made artefact
+folder: every check they hit runs before ModelOpt or the graph is touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+from onnx import helper as h
+
+from export import artifact as A
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
+needs_modelopt = pytest.mark.skipif(not HAVE_MODELOPT, reason="NVIDIA ModelOpt not installed")
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+COUNT = 8
+
+
+def fsa(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fsa_cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+def calibrate(folder: Path, *args: str) -> dict:
+    r = fsa("calibrate", folder, "--count", str(COUNT), *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit 2 and a single stderr line that names what is wrong."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def artefact(tmp_path_factory) -> Path:
+    if not HAVE_MODELOPT:
+        pytest.skip("NVIDIA ModelOpt not installed")
+    from export.onnx_export import export_artifact
+    from models.factory import ModelSpec, default_hp
+    from models.weights import Weights
+
+    spec = ModelSpec(model="tiny", weights=Weights(seed=0), attention="proxy", proxy="tiny-dino", crop=112,
+                     hp=default_hp("tiny", "tiny-dino"))
+    out = tmp_path_factory.mktemp("cal") / "art"
+    export_artifact(spec, out, lint=False, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8(artefact: Path) -> dict:
+    return calibrate(artefact)
+
+
+@pytest.fixture(scope="module")
+def fp8(artefact: Path, int8: dict) -> dict:
+    """After int8 with the same images and count: the cached calibration tensors are reused."""
+    return calibrate(artefact, "--precision", "fp8")
+
+
+def neighbours(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    producer = {t: n for n in graph.node for t in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    return producer, consumers
+
+
+def held_out(folder: Path, n: int = 4) -> dict[str, np.ndarray]:
+    """Crops of the last sample photo (not among the first COUNT crops) with the default vocabulary."""
+    from calibration.quantize import default_vocabulary, pipeline_crops, vocabulary_text
+    from models.images import sample_photos
+
+    art = A.Artifact.load(folder)
+    crops, _ = pipeline_crops([Path(sample_photos()[-1])], int(art.meta["crop"]), n)
+    return {A.IMAGE: crops, A.TEXT_EMBEDDINGS: vocabulary_text(art, default_vocabulary())}
+
+
+def compare(folder: Path, name: str) -> tuple[float, float]:
+    """rel L2 and cosine of a Q/DQ graph's crop logits against image.onnx's, on ORT CPU."""
+    import onnxruntime as ort
+
+    feed = held_out(folder)
+    run = lambda f: ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    ref, out = run(A.IMAGE_ONNX), run(name)
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    cos = float((out * ref).sum() / (np.linalg.norm(out) * np.linalg.norm(ref)))
+    n = len(feed[A.IMAGE])
+    print(f"\n{name} vs {A.IMAGE_ONNX} on {n} held-out photo crops: rel L2 {rel:.4f}, cosine {cos:.5f}")
+    return rel, cos
+
+
+# ---------------------------------------------------------------- ModelOpt
+
+
+@pytest.mark.quant
+@needs_modelopt
+def test_int8_quantizes_backbone_not_feedback(artefact: Path, int8: dict) -> None:
+    graph = onnx.load(str(artefact / "image.int8.onnx")).graph
+    scope = A.Artifact.load(artefact).meta["feedback_scope"]
+    producer, consumers = neighbours(graph)
+    qdq = [n for n in graph.node if n.op_type in QDQ]
+    assert qdq and int8["qdq_pairs"] == sum(n.op_type == "QuantizeLinear" for n in qdq)
+    fed = {c.op_type for n in qdq if n.op_type == "DequantizeLinear" for t in n.output for c in consumers.get(t, [])
+           if not c.name.startswith(scope)}
+    assert {"MatMul", "Conv", "Gemm"} <= fed, fed
+    for n in qdq:
+        around = [producer[t] for t in n.input if t in producer] + [c for t in n.output for c in consumers.get(t, [])]
+        assert not [m.name for m in around if m.name.startswith(scope)], f"{n.name} touches the feedback block"
+    for sm in (n for n in graph.node if n.op_type == "Softmax"):
+        assert all(producer[t].op_type != "DequantizeLinear" for t in sm.input if t in producer), sm.name
+    print(f"\nimage.int8.onnx: {int8['qdq_pairs']} Q/DQ pairs, feeding {int8['quantized_ops']}, "
+          f"{int8['seconds']} s")
+
+
+@pytest.mark.quant
+@needs_modelopt
+def test_int8_recorded_in_meta(artefact: Path, int8: dict) -> None:
+    art = A.Artifact.load(artefact)
+    info = art.files()["image.int8.onnx"]
+    assert info["role"] == "image-qdq" and info["precision"] == "int8" and info["source"] == A.IMAGE_ONNX
+    assert info["source_sha256"] == art.files()[A.IMAGE_ONNX]["sha256"]
+    assert info["calibration"]["method"] == "entropy" and info["calibration"]["count"] == COUNT
+    assert info["calibration"]["images"], info["calibration"]
+    art.verify_all()  # every file, the cache included, matches its recorded sha256
+    assert not [p.name for p in artefact.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+@pytest.mark.quant
+@needs_modelopt
+def test_int8_runs_on_ort_close_to_fp32(artefact: Path, int8: dict) -> None:
+    rel, cos = compare(artefact, "image.int8.onnx")
+    # random weights: a smoke bound; the pixel-agreement gate is `fsa validate --artifact image.int8.onnx`
+    assert cos > 0.9 and rel < 0.5
+
+
+@pytest.mark.quant
+@needs_modelopt
+def test_fp8_reuses_cache_and_runs_on_ort(artefact: Path, fp8: dict) -> None:
+    assert fp8["cache_hit"] and fp8["precision"] == "fp8" and fp8["crops"] == COUNT
+    graph = onnx.load(str(artefact / "image.fp8.onnx")).graph
+    zero_points = {i.name: i.data_type for i in graph.initializer}
+    q_types = {zero_points.get(n.input[2]) for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert q_types == {TensorProto.FLOAT8E4M3FN}, q_types
+    rel, cos = compare(artefact, "image.fp8.onnx")
+    assert cos > 0.95 and rel < 0.3
+
+
+@pytest.mark.quant
+@needs_modelopt
+@pytest.mark.parametrize("name", ["image.int8.onnx", "image.fp8.onnx"])
+def test_qdq_graphs_pass_lint(artefact: Path, int8: dict, fp8: dict, name: str) -> None:
+    lint = getattr(pytest.importorskip("export.lint"), "lint", None)
+    if lint is None:
+        pytest.skip("export.lint has no lint(path, trt_major)")
+    for major in (10, 11):
+        report = lint(str(artefact / name), major)
+        assert report.ok, report.format()
+
+
+# ---------------------------------------------------------------- the fp32 region, on a hand-made graph
+
+
+def test_excluded_nodes_cover_tail_and_shared_inputs() -> None:
+    """x feeds a backbone MatMul and the block; the block's output feeds the tail (two nodes)."""
+    from calibration.quantize import excluded_nodes
+
+    f = TensorProto.FLOAT
+    nodes = [
+        h.make_node("MatMul", ["x", "w"], ["y"], name="MatMul_0"),  # backbone
+        h.make_node("MatMul", ["y", "w"], ["z"], name="MatMul_1"),  # reads y, as the block does
+        h.make_node("Softmax", ["y"], ["p"], name="feedback/Softmax_0"),
+        h.make_node("MatMul", ["p", "z"], ["o"], name="MatMul_2"),  # tail
+        h.make_node("Relu", ["o"], ["out"], name="Relu_0"),  # tail
+    ]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", f, [4, 4]),
+                                      h.make_tensor_value_info("w", f, [4, 4])],
+                         [h.make_tensor_value_info("out", f, [4, 4])])
+    assert excluded_nodes(graph, "feedback/") == ["MatMul_1", "MatMul_2", "Relu_0"]
+    assert excluded_nodes(graph, "nothing/") == []
+
+
+# ---------------------------------------------------------------- bad input (no ModelOpt needed)
+
+
+def fake_artefact(root: Path, with_image: bool = True) -> Path:
+    """meta.json (and a placeholder image.onnx): enough for every check before ModelOpt runs."""
+    root.mkdir(parents=True)
+    art = A.Artifact(root, {"format": A.FORMAT, "format_version": A.FORMAT_VERSION, "crop": 112,
+                            "feedback_scope": "feedback/", "files": {}})
+    if with_image:
+        (root / A.IMAGE_ONNX).write_bytes(b"placeholder: never parsed by these tests")
+        art.record(A.IMAGE_ONNX, role="image", precision="fp32")
+    art.save()
+    return root
+
+
+def photo(folder: Path) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "grey.png"
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(path)
+    return path
+
+
+def test_artefact_without_image_onnx(tmp_path: Path) -> None:
+    r = fsa("calibrate", fake_artefact(tmp_path / "a", with_image=False), "--images", photo(tmp_path / "i"))
+    one_line_error(r, "image.onnx")
+
+
+def test_empty_image_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    r = fsa("calibrate", fake_artefact(tmp_path / "a"), "--images", tmp_path / "empty")
+    one_line_error(r, "--images", "no calibration images")
+
+
+def test_missing_image(tmp_path: Path) -> None:
+    r = fsa("calibrate", fake_artefact(tmp_path / "a"), "--images", tmp_path / "nope.png")
+    one_line_error(r, "--images", "nope.png")
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_count_below_one(tmp_path: Path, count: str) -> None:
+    r = fsa("calibrate", fake_artefact(tmp_path / "a"), "--count", count, "--images", photo(tmp_path / "i"))
+    one_line_error(r, f"--count {count}")
+
+
+def test_not_an_artefact(tmp_path: Path) -> None:
+    one_line_error(fsa("calibrate", tmp_path), "meta.json")
+
+
+def run_without_modelopt(args: Sequence[str | Path]) -> subprocess.CompletedProcess:
+    """The CLI in a process where `import modelopt` fails, as on a machine without it."""
+    code = ("import sys; sys.modules['modelopt'] = None; import fsa_cli; "
+            f"sys.exit(fsa_cli.main({[str(a) for a in args]!r}))")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_missing_modelopt_names_the_install(tmp_path: Path) -> None:
+    r = run_without_modelopt(["calibrate", fake_artefact(tmp_path / "a"), "--images", photo(tmp_path / "i")])
+    one_line_error(r, "NVIDIA ModelOpt is not installed", "pip install 'fsa-deploy[quant]'")

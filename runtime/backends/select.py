@@ -1,0 +1,95 @@
+"""Pick and open a backend for an artefact folder: TensorRT, ONNX Runtime or PyTorch.
+
+`auto` prefers a TensorRT engine this machine can run, then ONNX Runtime (CUDA provider
+when installed, CPU otherwise); the reason for the choice is kept for the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from export.artifact import Artifact
+from models.errors import FSAError
+
+BACKENDS = ("auto", "trt", "onnx", "torch")
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A backend and why it was picked (printed by `fsa segment`)."""
+
+    backend: Any  # runtime.backends.base.Backend
+    reason: str
+
+
+def engines_recorded(art: Artifact) -> list[str]:
+    return sorted(name for name, info in art.files().items() if info.get("role") == "engine")
+
+
+def tensorrt_unusable() -> str | None:
+    """Why TensorRT cannot run here, or None when it can (import and CUDA only; engines are checked on load)."""
+    from export.trt_build import require_tensorrt
+
+    try:
+        require_tensorrt()
+    except FSAError as e:
+        return str(e)
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    return None
+
+
+def open_backend(art: Artifact, backend: str = "auto", *, threads: int | None = None,
+                 precision: str | None = None, device: str | None = None) -> Any:
+    """The backend named by `backend` (see BACKENDS) on `art`; `select_backend` also says why."""
+    return select_backend(art, backend, threads=threads, precision=precision, device=device).backend
+
+
+def select_backend(art: Artifact, backend: str = "auto", *, threads: int | None = None,
+                   precision: str | None = None, device: str | None = None) -> Opened:
+    """The backend named by `backend` (see BACKENDS) on `art`, and the reason it was picked.
+
+    `threads` caps ONNX Runtime's CPU threads; `precision` picks a TensorRT image engine
+    when several were built; `device` is the torch backend's device (default cuda if present).
+    """
+    if backend not in BACKENDS:
+        raise FSAError(f"--backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if backend == "trt":
+        return Opened(_tensorrt(art, precision), "asked for")
+    if backend == "onnx":
+        return Opened(_onnxruntime(art, threads), "asked for")
+    if backend == "torch":
+        from runtime.backends.torch_backend import TorchBackend
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return Opened(TorchBackend(art, device=dev), "asked for")
+    return _auto(art, threads, precision)
+
+
+def _auto(art: Artifact, threads: int | None, precision: str | None) -> Opened:
+    engines = engines_recorded(art)
+    if not engines:
+        why = "no TensorRT engine in the artefact"
+    elif (why_not := tensorrt_unusable()) is not None:
+        why = f"TensorRT engine present but {why_not}"
+    else:
+        try:
+            return Opened(_tensorrt(art, precision), f"auto: TensorRT engine {', '.join(engines)}")
+        except FSAError as e:  # e.g. built for another GPU or TensorRT: ORT still runs the ONNX graph
+            why = f"TensorRT engine unusable here ({e})"
+    return Opened(_onnxruntime(art, threads), f"auto: {why}")
+
+
+def _tensorrt(art: Artifact, precision: str | None) -> Any:
+    from runtime.backends.trt import TensorRTBackend
+
+    return TensorRTBackend(art, precision)
+
+
+def _onnxruntime(art: Artifact, threads: int | None) -> Any:
+    from runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(art, threads=threads)

@@ -1,0 +1,77 @@
+"""PyTorch backend: the reference model itself behind the Backend interface.
+
+For comparisons (the same pipeline code around a different crop forward) and for users
+without an export. models.factory (open_clip, timm) is imported only when one is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from export.artifact import Artifact
+from models.errors import FSAError
+
+if TYPE_CHECKING:
+    from models.factory import ModelSpec
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def spec_of(source: Artifact | ModelSpec | str | os.PathLike[str]) -> tuple[ModelSpec, Artifact | None]:
+    """The model selection of an artefact (its meta.json) or a ModelSpec given directly."""
+    from models.factory import ModelSpec, spec_from_meta
+
+    if isinstance(source, ModelSpec):
+        return source, None
+    art = source if isinstance(source, Artifact) else Artifact.load(source)
+    return spec_from_meta(art.meta, str(art.root / "meta.json")), art
+
+
+class TorchBackend:
+    """Backend (runtime/backends/base.py) on the PyTorch reference of an artefact or a ModelSpec.
+
+    `dtype` fp16 puts the trunk and proxy in fp16 and keeps the last block, the feedback
+    and the tail in fp32, as fp16 exports do; CUDA only (CPU half kernels are slow or absent).
+    """
+
+    def __init__(self, source: Artifact | ModelSpec | str | os.PathLike[str], device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str = torch.float32, formulation: str = "deploy") -> None:
+        from models.factory import build
+
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        if self.dtype not in DTYPES.values():
+            raise FSAError(f"torch backend: dtype {dtype} not supported (fp32 or fp16)")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise FSAError("torch backend: device cuda requested but torch.cuda.is_available() is False")
+        if self.dtype == torch.float16 and self.device.type != "cuda":
+            raise FSAError("torch backend: fp16 needs device cuda")
+        self.spec, self.artifact = spec_of(source)
+        self.formulation = formulation
+        self.ref = build(self.spec, formulation)
+        self.ref.model.to(self.device)
+        self.ref.clip.to(self.device)
+        if self.dtype == torch.float16:
+            self.ref.model.set_precision(torch.float16, torch.float32)
+        precision = "" if self.dtype == torch.float32 else "-fp16"
+        self.name = f"pytorch-{self.device.type}{precision}"
+        self.text_key = f"pytorch:{spec_key(self.spec)}"  # the text tower stays fp32 in every precision
+
+    def run(self, image: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.ref.model(image.to(self.device), text_embeddings.to(self.device)).float()
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.ref.encode_text(tokens.to(self.device)).float()
+
+
+def spec_key(spec: ModelSpec) -> str:
+    """A short stable hash of a model selection (cache key of a reference without an artefact)."""
+    blob: dict[str, Any] = spec.describe()
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:32]

@@ -1,0 +1,138 @@
+"""The `fsa segment` verb: label maps, overlays and a JSON summary per image.
+
+A bad input is reported on stderr (one line naming it) and skipped; the others are
+written; the exit code is 2 at the end if any failed. Nothing is written for a failed
+image (runtime.segmenter writes each file under a temporary name first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from models.cli import add_vocabulary_args, vocabulary_from_args
+from models.errors import FSAError
+from runtime.backends.select import BACKENDS
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                            ".pbm", ".pnm"})
+PROG = "fsa segment"
+
+
+def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser("segment", help=help_text, description=(
+        "Segment images with an artefact folder: for each input NAME.ext, write NAME.png (palette PNG of class "
+        "indices, original size), NAME_overlay.png (coloured masks and a legend) and NAME.json (classes present "
+        "with pixel fractions, timings, backend, artefact hash) to --out."))
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders (their image files, sorted)")
+    p.add_argument("--artifact", required=True, metavar="DIR", help="artefact folder written by `fsa export`")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: a TensorRT engine when this machine can run it, else ONNX Runtime (default auto)")
+    add_vocabulary_args(p)
+    p.add_argument("--prob-thd", type=float, default=0.0,
+                   help="pixels whose top class probability is below this become class 0 (default 0)")
+    p.add_argument("--max-batch", type=int, default=16, help="crops per backend call (default 16)")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default crop // 3)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores)")
+    p.add_argument("--precision", default=None, help="TensorRT image engine to use when several were built")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", metavar="DIR", help="class-embedding cache (default $FSA_CACHE_DIR or "
+                                                          "~/.cache/fsa-deploy)")
+    cache.add_argument("--no-cache", action="store_true", help="always recompute the class embeddings")
+    p.set_defaults(func=run_segment)
+    return p
+
+
+def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders as their image files (sorted); returns (files, error lines)."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(f"{item}: folder has no image files")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            errors.append(f"{item}: no such file")
+    return files, errors
+
+
+def unique_stems(files: Sequence[Path]) -> list[str]:
+    """Output names: the input's stem, with its suffix (then a counter) added when two inputs share it."""
+    seen: set[str] = set()
+    stems = []
+    for f in files:
+        stem = f.stem
+        if stem in seen:
+            stem = f"{f.stem}_{f.suffix.lstrip('.')}" if f.suffix else f"{f.stem}_1"
+        n = 1
+        while stem in seen:
+            n += 1
+            stem = f"{f.stem}_{n}"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def _report(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from models.text import default_cache_dir
+    from runtime.segmenter import Segmenter
+
+    files, errors = expand_inputs(args.images)
+    for line in errors:
+        _report(line)
+    total = len(files) + len(errors)
+    failed = len(errors)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FSAError(f"--out {out}: exists and is not a folder")
+    if files:
+        cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+        seg = Segmenter.from_artifact(args.artifact, args.backend, threads=args.threads, precision=args.precision,
+                                      max_batch=args.max_batch, cache_dir=cache, prob_thd=args.prob_thd,
+                                      stride=args.stride)
+        print(f"backend: {seg.backend.name} ({seg.backend_reason})", flush=True)
+        seg.set_classes(vocabulary_from_args(args))
+        out.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(list(zip(files, unique_stems(files))), disable=len(files) <= 1, unit="image", file=sys.stderr)
+        for path, stem in bar:
+            if not _segment_one(seg, path, out, stem):
+                failed += 1
+    if failed:
+        raise FSAError(f"{failed} of {total} images failed")
+    return 0
+
+
+def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
+    """Segment and write one image; False (after a one-line report) if it failed."""
+    from tqdm import tqdm
+
+    targets = [out / f"{stem}.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
+    try:
+        if any(t.resolve() == path.resolve() for t in targets):
+            raise FSAError(f"{path}: writing its results to {out} would overwrite it; choose another --out")
+        written = seg.segment(path).save(out, stem)
+    except FSAError as e:
+        msg = str(e)
+        _report(msg if msg.startswith(str(path)) else f"{path}: {msg}")
+        return False
+    except OSError as e:
+        _report(f"{path}: could not write its results to {out} ({e.strerror or e})")
+        return False
+    tqdm.write(str(written["overlay"]))
+    return True

@@ -1,0 +1,375 @@
+"""The Python API of `fsa segment`, as short as the command:
+
+    seg = Segmenter.from_artifact("artefacts/vit-b16").set_classes("cat; kitty, dog, grass")
+    seg.segment("photo.jpg").save("out", "photo")
+
+The pipeline is models.pipeline's (resize, windows, stitching, post-processing) around
+the backend's crop forward, on the backend's device; class embeddings come from the
+backend's text graph through models.text's on-disk cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from export.artifact import IMAGE_ONNX, Artifact, atomic_file
+from models.errors import FSAError
+from models.images import load_image, to_rgb
+from models.pipeline import Geometry, class_probs, labels_of, segment_logits, windows
+from models.text import Vocabulary, cached_classifier, default_cache_dir
+
+if TYPE_CHECKING:
+    from models.factory import ModelSpec
+
+ImageLike = Any  # a path, a PIL image, numpy HWC uint8 or torch [3, H, W] (0-255)
+Classes = Vocabulary | str | Sequence[str]
+
+
+class _DefaultCache:
+    """Marker for `cache_dir`: models.text.default_cache_dir() when the Segmenter is made."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_CACHE"
+
+
+DEFAULT_CACHE = _DefaultCache()
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def as_vocabulary(classes: Classes) -> Vocabulary:
+    """A Vocabulary, the CLI string ("cat; kitty, dog") or a list of names ("cat; kitty" = synonyms)."""
+    if isinstance(classes, Vocabulary):
+        return classes
+    lines = classes.split(",") if isinstance(classes, str) else [str(c) for c in classes]
+    if not any(n.strip() for line in lines for n in line.split(";")):
+        raise FSAError("classes: no class names (K = 0)")
+    return Vocabulary.from_lines(lines, "classes")
+
+
+def as_image(image: ImageLike) -> tuple[torch.Tensor, str | None]:
+    """Any accepted image -> (uint8 [3, H, W] RGB, the path it came from or None)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image), str(image)
+    if isinstance(image, Image.Image):
+        t = torch.from_numpy(_writable(to_rgb(ImageOps.exif_transpose(image)))).permute(2, 0, 1)
+    elif isinstance(image, np.ndarray):
+        t = _from_numpy(image)
+    elif isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise FSAError(f"image tensor of shape {list(image.shape)}: expected [3, H, W] RGB 0-255")
+        t = image.detach()
+        if t.dtype != torch.uint8:
+            t = t.float().round().clamp(0, 255).to(torch.uint8)
+    else:
+        raise FSAError(f"image of type {type(image).__name__}: give a path, a PIL image, "
+                       "a numpy HWC uint8 array or a torch [3, H, W] tensor")
+    if t.shape[1] == 0 or t.shape[2] == 0:
+        raise FSAError(f"image of shape {list(t.shape)}: no pixels")
+    return t.contiguous(), None
+
+
+def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+        raise FSAError(f"numpy image {a.dtype} {list(a.shape)}: expected uint8 [H, W, 3] RGB or [H, W] grey")
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return torch.from_numpy(_writable(a)).permute(2, 0, 1)
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """torch wants writable memory (Pillow's arrays are read-only); copies only when needed."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()
+
+
+# ---------------------------------------------------------------- drawing
+
+
+@functools.cache
+def palette() -> np.ndarray:
+    """[256, 3] uint8: the PASCAL VOC bit-interleaved palette (deterministic, index 0 black)."""
+    out = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(256):
+        c, rgb = i, [0, 0, 0]
+        for bit in range(7, -1, -1):
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << bit
+            c >>= 3
+        out[i] = rgb
+    return out
+
+
+def label_image(labels: np.ndarray) -> Image.Image:
+    """Palette PNG of class indices; above 256 classes, 16-bit grey (a palette holds 256 colours)."""
+    if labels.max(initial=0) < 256:
+        img = Image.fromarray(labels.astype(np.uint8), mode="P")
+        img.putpalette(palette().tobytes())
+        return img
+    return Image.fromarray(labels.astype(np.uint16))
+
+
+def _text_width(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[str, int, int]:
+    """The text as the font can draw it (the bitmap fallback font is latin-1 only), its size."""
+    try:
+        box = draw.textbbox((0, 0), text, font=font)
+    except UnicodeEncodeError:
+        text = text.encode("latin-1", "replace").decode("latin-1")
+        box = draw.textbbox((0, 0), text, font=font)
+    return text, math.ceil(box[2] - box[0]), math.ceil(box[3] - box[1])
+
+
+def with_legend(img: Image.Image, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> Image.Image:
+    """`img` above a legend: a swatch and a label per entry, laid out in rows that wrap."""
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items = [(*_text_width(probe, label, font), color) for label, color in entries]
+    pad, gap = 4, 12
+    row_h = max([h for _, _, h, _ in items] + [10]) + 2 * pad
+    sw = row_h - 2 * pad
+    widths = [sw + pad + w + gap for _, w, _, _ in items]
+    width = max([img.width, *(w + 2 * pad for w in widths)])
+    places, x, y = [], pad, 0
+    for w in widths:
+        if x > pad and x + w > width:
+            x, y = pad, y + row_h
+        places.append((x, y))
+        x += w
+    legend_h = y + row_h if items else 0
+    canvas = Image.new("RGB", (width, img.height + legend_h), (255, 255, 255))
+    canvas.paste(img, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for (text, _, _, color), (x, y) in zip(items, places):
+        top = img.height + y + pad
+        draw.rectangle((x, top, x + sw - 1, top + sw - 1), fill=color, outline=(0, 0, 0))
+        draw.text((x + sw + pad, top), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+# ---------------------------------------------------------------- the result
+
+
+@dataclass
+class SegmentationResult:
+    """One image's segmentation. `labels` [H, W] class indices, `probs` [C, H, W] class
+    probabilities (synonyms merged), `image` the RGB input [H, W, 3], `logits` the image
+    logits [K, H, W] before the scale (kept only if asked: they are K full-size planes)."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    classes: list[str]
+    image: np.ndarray
+    timings: dict[str, float]
+    backend: str
+    artifact_sha256: str | None = None
+    source: str | None = None
+    prob_thd: float = 0.0
+    logits: torch.Tensor | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the original image."""
+        return self.labels.shape[0], self.labels.shape[1]
+
+    def fractions(self) -> dict[int, float]:
+        """Class index -> fraction of the pixels, for the classes present."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
+        return {int(i): float(c) / self.labels.size for i, c in enumerate(counts) if c}
+
+    def summary(self) -> dict[str, Any]:
+        """What `stem.json` holds."""
+        colors = palette()
+        return {
+            "image": self.source,
+            "height": self.size[0],
+            "width": self.size[1],
+            "classes": [{"index": i, "name": self.classes[i], "fraction": round(f, 6),
+                         "color": colors[i % 256].tolist()} for i, f in self.fractions().items()],
+            "vocabulary": self.classes,
+            "prob_thd": self.prob_thd,
+            "timings_ms": self.timings,
+            "backend": self.backend,
+            "artifact_sha256": self.artifact_sha256,
+        }
+
+    def overlay(self, alpha: float = 0.5) -> Image.Image:
+        """The image blended with the class colours, above a legend of the classes present."""
+        colors = palette()[self.labels % 256].astype(np.float32)
+        blend = self.image.astype(np.float32) * (1 - alpha) + colors * alpha
+        img = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
+        entries = [(f"{self.classes[i]} {100 * f:.1f}%", tuple(palette()[i % 256].tolist()))
+                   for i, f in self.fractions().items()]
+        return with_legend(img, entries)
+
+    def save(self, out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
+        """stem.png, stem_overlay.png and stem.json in `out_dir`; all three written under
+        temporary names and renamed only once all three are complete."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"labels": out / f"{stem}.png", "overlay": out / f"{stem}_overlay.png", "summary": out / f"{stem}.json"}
+        writers: dict[str, Callable[[Path], object]] = {
+            "labels": lambda p: label_image(self.labels).save(p, format="PNG"),
+            "overlay": lambda p: self.overlay().save(p, format="PNG"),
+            "summary": lambda p: p.write_text(json.dumps(self.summary(), indent=2) + "\n"),
+        }
+        with contextlib.ExitStack() as stack:
+            for key, path in paths.items():
+                tmp = stack.enter_context(atomic_file(path))
+                writers[key](tmp)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs are for sharing
+        return paths
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------- the segmenter
+
+
+@dataclass
+class Segmenter:
+    """A backend, the geometry and post-processing options, and the current classes.
+
+    `model_key` names the text encoder for the class-embedding cache (the artefact's
+    image.onnx sha256 and the backend's text graph); `cache_dir` None disables the cache.
+    """
+
+    backend: Any  # runtime.backends.base.Backend
+    crop: int
+    logit_scale: float
+    templates: list[str] = field(repr=False)
+    model_key: str
+    max_batch: int = 16
+    cache_dir: str | os.PathLike[str] | None | _DefaultCache = DEFAULT_CACHE
+    prob_thd: float = 0.0
+    stride: int | None = None
+    keep_logits: bool = False
+    artifact_sha256: str | None = None
+    backend_reason: str = ""
+    vocabulary: Vocabulary | None = field(default=None, init=False)
+    text: torch.Tensor | None = field(default=None, init=False, repr=False)
+    last_cache_hit: bool | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cache_dir, _DefaultCache):
+            self.cache_dir = default_cache_dir()
+        if self.max_batch < 1:
+            raise FSAError(f"--max-batch {self.max_batch}: must be >= 1")
+        if not 0.0 <= self.prob_thd <= 1.0:
+            raise FSAError(f"--prob-thd {self.prob_thd}: must be between 0 and 1")
+        if self.stride is not None and not 1 <= self.stride <= self.crop:
+            raise FSAError(f"--stride {self.stride}: must be between 1 and the crop size {self.crop}")
+        self.geometry = Geometry(crop=self.crop, stride=self.stride)
+
+    @classmethod
+    def from_artifact(cls, folder: str | os.PathLike[str] | Artifact, backend: Any = "auto", *,
+                      threads: int | None = None, precision: str | None = None, **options: Any) -> Segmenter:
+        """A Segmenter on an artefact folder. `backend`: auto, trt, onnx, torch, or a Backend
+        object; `threads`/`precision` go to runtime.backends.select.select_backend; `options`
+        are the dataclass fields (max_batch, cache_dir, prob_thd, stride, keep_logits)."""
+        from runtime.backends.select import select_backend
+
+        art = folder if isinstance(folder, Artifact) else Artifact.load(folder)
+        if isinstance(backend, str):
+            opened = select_backend(art, backend, threads=threads, precision=precision)
+            backend, reason = opened.backend, opened.reason
+        else:
+            reason = "given"
+        sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
+        if not sha:
+            raise FSAError(f"{art.root}: meta.json records no {IMAGE_ONNX} hash; re-export")
+        meta = art.meta
+        return cls(backend, crop=int(meta["crop"]), logit_scale=float(meta["logit_scale"]),
+                   templates=list(meta["templates"]), model_key=sha, artifact_sha256=sha, backend_reason=reason,
+                   **options)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, device: str = "cpu", **options: Any) -> Segmenter:
+        """The PyTorch reference without an export (open_clip and timm needed)."""
+        from models.text import openai_templates
+        from runtime.backends.torch_backend import TorchBackend, spec_key
+
+        backend = TorchBackend(spec, device=device)
+        return cls(backend, crop=spec.crop, logit_scale=spec.hp.logit_scale, templates=openai_templates(),
+                   model_key=f"spec:{spec_key(spec)}", backend_reason="reference", **options)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def set_classes(self, classes: Classes, text_embeddings: torch.Tensor | None = None) -> Segmenter:
+        """Text embeddings of the classes (cached on disk); `last_cache_hit` says if the cache had them.
+
+        `text_embeddings` [K, D] (one row per query, L2-normalised) skips the text graph and the
+        cache: to run two backends on the very same classifier, so that only crop forwards differ.
+        """
+        vocab = as_vocabulary(classes)
+        if text_embeddings is not None:
+            if tuple(text_embeddings.shape[:1]) != (len(vocab.queries),) or text_embeddings.dim() != 2:
+                raise FSAError(f"text_embeddings of shape {list(text_embeddings.shape)}: expected "
+                               f"[{len(vocab.queries)}, D], one row per query")
+            self.text = text_embeddings.detach().to(self.device, torch.float32).contiguous()
+            self.vocabulary, self.last_cache_hit = vocab, None
+            return self
+        text_key = getattr(self.backend, "text_key", self.backend.name)
+        cache = None if isinstance(self.cache_dir, _DefaultCache) else self.cache_dir
+        t, hit = cached_classifier(cache, f"{self.model_key}|{text_key}", self.backend.encode_text, vocab.queries,
+                                   self.templates)
+        self.text = t.to(self.device, torch.float32).contiguous()
+        self.vocabulary, self.last_cache_hit = vocab, hit
+        return self
+
+    def _forward(self, crops: torch.Tensor) -> torch.Tensor:
+        assert self.text is not None
+        return self.backend.run(crops, self.text)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def segment(self, image: ImageLike) -> SegmentationResult:
+        """One image (path, PIL, numpy HWC uint8, torch [3, H, W]) -> its SegmentationResult."""
+        if self.text is None or self.vocabulary is None:
+            raise FSAError("no classes set: call set_classes(...) before segment(...)")
+        t0 = time.perf_counter()
+        img, source = as_image(image)
+        x = img.to(self.device)
+        self._sync()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            logits = segment_logits(x, self._forward, self.geometry, self.max_batch, self.device)
+            self._sync()
+            t2 = time.perf_counter()
+            with warnings.catch_warnings():  # torch flags index_reduce (the synonym merge) as beta
+                warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
+                probs = class_probs(logits, self.vocabulary.query_class, self.logit_scale)
+            labels = labels_of(probs, self.prob_thd).to(torch.int32).cpu().numpy()
+            probs_np = probs.float().cpu().numpy()
+        t3 = time.perf_counter()
+        h, w = img.shape[-2:]
+        timings = {"preprocess": 1e3 * (t1 - t0), "forward": 1e3 * (t2 - t1), "postprocess": 1e3 * (t3 - t2),
+                   "total": 1e3 * (t3 - t0), "crops": len(windows(*self.geometry.resized_size(h, w), self.geometry))}
+        return SegmentationResult(
+            labels=labels, probs=probs_np, classes=self.vocabulary.names, image=img.permute(1, 2, 0).cpu().numpy(),
+            timings={k: round(v, 3) for k, v in timings.items()}, backend=self.backend.name,
+            artifact_sha256=self.artifact_sha256, source=source, prob_thd=self.prob_thd,
+            logits=logits if self.keep_logits else None)

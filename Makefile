@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,quant]"
 	# tensorrt-stubs' metadata requires the placeholder `tensorrt` wheel: install the stubs alone
 	$(PIP) install -q --no-deps "tensorrt-stubs>=10.13,<11"
 	touch $(STAMP)

@@ -25,15 +25,30 @@ NEG_INF = float("-inf")
 # --- step 6: ProxyCLIP attention from the proxy's features --------------------------------------
 
 
-def proxy_attention(feats: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """F [B, C', H', W'] -> A [B, N, N]: thresholded cosine similarity, row softmax.
+def proxy_similarity(feats: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """F [B, C', H', W'] -> S1 [B, N, N] = (S0 - beta * mean(S0)) * gamma, S0 the cosine similarity.
 
     The mean is per crop (our decision; the official code takes it over the batch).
     """
     f = F.normalize(feats.flatten(2), dim=1)  # [B, C', N]
     s0 = f.transpose(1, 2) @ f
-    s1 = (s0 - beta * s0.mean(dim=(1, 2), keepdim=True)) * gamma
-    return torch.softmax(s1.masked_fill(s1 < 0, NEG_INF), dim=-1)
+    return (s0 - beta * s0.mean(dim=(1, 2), keepdim=True)) * gamma
+
+
+def proxy_attention(feats: torch.Tensor, beta: float, gamma: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """A [B, N, N]: row softmax of S1 with negative entries dropped (`keep` imposes the mask: checks)."""
+    s1 = proxy_similarity(feats, beta, gamma)
+    keep = s1 >= 0 if keep is None else keep
+    return torch.softmax(s1.masked_fill(~keep, NEG_INF), dim=-1)
+
+
+def proxy_keep_ambiguous(feats: torch.Tensor, beta: float, gamma: float, tol: float = 1e-5) -> torch.Tensor:
+    """Entries of the proxy attention's mask that rounding decides: |S1| <= tol (float64).
+
+    Dropping or keeping such an entry moves its row by up to exp(0) / Z: the analogue, for
+    step 6, of a top-p tie.
+    """
+    return proxy_similarity(feats.double(), beta, gamma).abs() <= tol
 
 
 # --- base attentions of the other methods (per head, over CLS + patches) ------------------------

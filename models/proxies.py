@@ -71,4 +71,7 @@ def create_proxy(name: str, crop: int, weights: Weights, checkpoint: str | None 
             except Exception as e:
                 raise FSAError(f"--proxy {name}: pretrained weights unavailable ({type(e).__name__}); "
                                "pass --proxy-checkpoint PATH") from e
+    for m in net.modules():  # explicit attention: exports to plain MatMul/Softmax at any rank
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
     return ProxyFeatures(spec, net.eval().float(), crop)

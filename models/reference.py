@@ -142,12 +142,13 @@ class FSAModel(nn.Module):
         return self.run(image, text)
 
     def run(self, image: torch.Tensor, text: torch.Tensor, stages: dict[str, torch.Tensor] | None = None,
-            keep: torch.Tensor | None = None):
-        """The crop forward; `stages` collects stage tensors, `keep` imposes a top-p mask (checks)."""
+            keep: torch.Tensor | None = None, proxy_keep: torch.Tensor | None = None):
+        """The crop forward; `stages` collects stage tensors. For checks, `keep` imposes the top-p
+        mask (step 12) and `proxy_keep` the proxy attention's mask (step 6)."""
         x = self.trunk(image).to(self.head_dtype)
         text = text.to(self.head_dtype)
         if self.cfg.attention == "proxy":
-            feats = self.proxy_head(image, x, text, stages, keep)
+            feats = self.proxy_head(image, x, text, stages, keep, proxy_keep)
         else:
             feats = self.base_head(x, text, stages, keep)
         feats = F.normalize(feats, dim=-1)
@@ -159,7 +160,7 @@ class FSAModel(nn.Module):
 
     # -- pass 1 + feedback + pass 2: ProxyCLIP --------------------------------------------------
 
-    def proxy_head(self, image, x, text, stages, keep):
+    def proxy_head(self, image, x, text, stages, keep, proxy_keep):
         """Steps 4-15 with the proxy's attention, head-independent."""
         assert self.proxy is not None
         feats = self.proxy(image.to(self.proxy.mean.dtype)).to(self.head_dtype)
@@ -167,7 +168,7 @@ class FSAModel(nn.Module):
         b, h2, w2 = v.shape[0], *self.out_grid
         v = v[:, 1:].transpose(1, 2).reshape(b, self.width, self.grid, self.grid)
         v = F.interpolate(v, size=(h2, w2), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
-        attn = fsa.proxy_attention(feats, self.cfg.hp.beta, self.cfg.hp.gamma)
+        attn = fsa.proxy_attention(feats, self.cfg.hp.beta, self.cfg.hp.gamma, proxy_keep)
         if stages is not None:
             stages.update(proxy_features=feats, values=v, attn_proxy=attn)
         if self.literal:
@@ -232,11 +233,11 @@ class FSAModel(nn.Module):
         x = x + self.last.ls_1(o)
         return x + self.last.ls_2(self.last.mlp(self.last.ln_2(x)))
 
-    def stages(self, image: torch.Tensor, text: torch.Tensor, keep: torch.Tensor | None = None
-               ) -> dict[str, torch.Tensor]:
+    def stages(self, image: torch.Tensor, text: torch.Tensor, keep: torch.Tensor | None = None,
+               proxy_keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Every stage of shared/spec/CLI.md for a batch of crops (batch index kept)."""
         out: dict[str, torch.Tensor] = {}
-        self.run(image, text, out, keep)
+        self.run(image, text, out, keep, proxy_keep)
         return out
 
     def with_formulation(self, formulation: str) -> FSAModel:
@@ -256,3 +257,46 @@ class FSAModel(nn.Module):
         rest = {k: v for k, v in changes.items() if not hasattr(self.cfg.hp, k)}
         twin.cfg = replace(self.cfg, hp=hp, **rest)
         return twin
+
+
+@dataclass
+class Alignment:
+    """Mask entries where two computations disagree: ties (rounding decides; excused) and flips (errors)."""
+
+    top_p_ties: int = 0
+    top_p_flips: int = 0
+    proxy_ties: int = 0
+    proxy_flips: int = 0
+
+
+def aligned_stages(model: FSAModel, crops: torch.Tensor, text: torch.Tensor, theirs: dict
+                   ) -> tuple[dict[str, torch.Tensor], Alignment]:
+    """The reference's stages with the masks that rounding decides resolved as `theirs` resolved them.
+
+    `theirs` holds another computation's `attn_proxy` and/or `keep` (an ONNX graph's stage
+    outputs, say). Where the two masks differ only at ambiguous entries (shared/spec/FSA.md),
+    the reference is re-run under the other side's mask, so the later stages compare like for
+    like; unambiguous differences are counted as flips and left alone.
+    """
+    al, hp = Alignment(), model.cfg.hp
+    ref = model.stages(crops, text)
+    imposed: dict[str, torch.Tensor] = {}
+    if theirs.get("attn_proxy") is not None and "attn_proxy" in ref:
+        other = torch.as_tensor(theirs["attn_proxy"]) > 0
+        differ = other != (ref["attn_proxy"] > 0)
+        if differ.any():
+            amb = fsa.proxy_keep_ambiguous(ref["proxy_features"], hp.beta, hp.gamma)
+            al.proxy_ties, al.proxy_flips = int((differ & amb).sum()), int((differ & ~amb).sum())
+            if not al.proxy_flips:
+                imposed["proxy_keep"] = other
+                ref = model.stages(crops, text, **imposed)
+    if theirs.get("keep") is not None and "keep" in ref:
+        other = torch.as_tensor(theirs["keep"])
+        differ = other != ref["keep"]
+        if differ.any():
+            amb = fsa.ambiguous_entries(ref["sim"], hp.top_p)
+            al.top_p_ties, al.top_p_flips = int((differ & amb).sum()), int((differ & ~amb).sum())
+            if not al.top_p_flips:
+                imposed["keep"] = other
+                ref = model.stages(crops, text, **imposed)
+    return ref, al

@@ -79,3 +79,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    """One full tiny export (tiny CLIP + tiny DINO, FSA on, crop 112), as `fsa export` writes it."""
+    from export.onnx_export import export_artifact
+
+    return export_artifact(tiny_spec(), tmp_path_factory.mktemp("art") / "tiny-dino", progress=False)

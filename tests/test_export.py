@@ -18,15 +18,15 @@ from conftest import (
     rel_l2,
     run_cli,
     tiny_reference,
-    tiny_spec,
     unit_text,
 )
 
 from export import artifact as A
 from export.lint import lint
-from export.onnx_export import export_artifact, export_image
+from export.onnx_export import export_image
 from models.errors import FSAError
 from models.fsa import ambiguous_entries, top_p_keep_bisect, top_p_keep_sort
+from models.reference import aligned_stages
 
 
 def ort_session(model_or_path):
@@ -37,33 +37,22 @@ def ort_session(model_or_path):
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    """One full tiny export (tiny CLIP + tiny DINO, FSA on), the way `fsa export` writes it."""
-    out = tmp_path_factory.mktemp("art") / "tiny-dino"
-    return export_artifact(tiny_spec(), out, progress=False)
+def artifact(tiny_artifact):
+    return tiny_artifact
 
 
 def assert_matches_reference(model, stage_map, path, crops, ks=QUERY_COUNTS, what=""):
-    """ORT's logits equal torch's; a top-p flip (ambiguous only) is compared under torch's mask."""
-    names = [n for n in ("keep", "sim") if n in stage_map]
+    """ORT's logits equal torch's; masks that rounding decides are compared under ORT's choice."""
+    names = [n for n in ("keep", "attn_proxy") if n in stage_map]
     sess = ort_session(A.with_stage_outputs(onnx.load(str(path)), stage_map, names) if names else path)
     for k in ks:
         text = unit_text(k)
         got = dict(zip([A.LOGITS, *names], sess.run(None, {A.IMAGE: crops.numpy(), A.TEXT_EMBEDDINGS: text.numpy()})))
         with torch.no_grad():
-            ref = model.stages(crops, text)
-        flips = 0
-        if names:
-            differ = torch.from_numpy(got["keep"]) != ref["keep"]
-            amb = ambiguous_entries(ref["sim"], model.cfg.hp.top_p)
-            flips = int(differ.sum())
-            assert int((differ & ~amb).sum()) == 0, f"{what} K={k}: unambiguous top-p flips"
-            if flips:
-                sess_keep = torch.from_numpy(got["keep"])
-                with torch.no_grad():
-                    ref = model.stages(crops, text, keep=sess_keep)
+            ref, al = aligned_stages(model, crops, text, got)
+        assert al.top_p_flips == 0 and al.proxy_flips == 0, f"{what} K={k}: unambiguous mask flips {al}"
         err = rel_l2(got[A.LOGITS], ref["logits"])
-        print(f"{what} K={k}: ORT vs torch rel L2 {err:.2e} (keep flips {flips}, excused)")
+        print(f"{what} K={k}: ORT vs torch rel L2 {err:.2e} ({al}, excused)")
         assert got[A.LOGITS].shape == tuple(ref["logits"].shape)
         assert err <= 1e-5, f"{what} K={k}: rel L2 {err:.2e}"
 

@@ -1,0 +1,466 @@
+"""`fsa validate`: prove an artefact equals the PyTorch reference, in numbers.
+
+Both sides see the same crops of the same images and the same text embeddings (the
+reference's text tower; text.onnx is checked on its own). Crop logits, final label maps,
+the top-p ties and, with --stages, every stage tensor are compared; tolerance profiles are
+data. Exit 0 pass, 1 fail (CheckFailed), 2 bad input (FSAError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export import artifact as A
+from models.errors import CheckFailed, FSAError
+
+ARGMAX_TIE = 1e-5  # reference top-2 class probabilities closer than this: either label is right
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Thresholds of one profile; None: reported, not checked."""
+
+    logits_rel_l2_max: float | None = None
+    logits_cosine_min: float | None = None
+    pixel_agreement_min: float | None = None
+    miou_min: float | None = None
+    top_p_flips_max: int | None = None  # unambiguous keep-mask flips (top-p, step 12)
+    proxy_mask_flips_max: int | None = None  # unambiguous proxy-attention mask flips (step 6)
+    stage_rel_l2_max: float | None = None  # --stages: a stage above this "breaks"
+    text_rel_l2_max: float | None = 1e-5  # text.onnx is fp32 in every profile
+
+
+PROFILES: dict[str, Tolerances] = {
+    # stages: KL (a difference of near-equal terms) and A_new (exp(lamda * Sim)) amplify fp32
+    # rounding to ~3e-5 while the logits stay at ~3e-6, hence 1e-4 per stage
+    "fp32": Tolerances(logits_rel_l2_max=1e-5, pixel_agreement_min=1.0, top_p_flips_max=0, proxy_mask_flips_max=0,
+                       stage_rel_l2_max=1e-4),
+    "fp16": Tolerances(pixel_agreement_min=0.999, stage_rel_l2_max=1e-2),
+    "int8": Tolerances(pixel_agreement_min=0.99, miou_min=0.97, stage_rel_l2_max=1e-1),
+    "fp8": Tolerances(pixel_agreement_min=0.99, miou_min=0.97, stage_rel_l2_max=1e-1),
+}
+
+
+def tolerances_for(profile: str, overrides: dict[str, float]) -> Tolerances:
+    if profile not in PROFILES:
+        raise FSAError(f"--profile {profile!r}: unknown (choose from {', '.join(PROFILES)})")
+    names = {f.name for f in fields(Tolerances)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise FSAError(f"--tol {bad[0]}: unknown metric (choose from {', '.join(sorted(names))})")
+    return replace(PROFILES[profile], **overrides)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def miou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean IoU of two label maps over the classes present in either."""
+    ious = []
+    for c in np.union1d(np.unique(a), np.unique(b)):
+        inter = np.logical_and(a == c, b == c).sum()
+        union = np.logical_or(a == c, b == c).sum()
+        ious.append(inter / union)
+    return float(np.mean(ious))
+
+
+def argmax_ties(probs: torch.Tensor) -> torch.Tensor:
+    """Pixels whose two best class probabilities are within ARGMAX_TIE."""
+    if probs.shape[0] < 2:
+        return torch.zeros(probs.shape[1:], dtype=torch.bool)
+    top2 = probs.topk(2, dim=0).values
+    return (top2[0] - top2[1]) <= ARGMAX_TIE
+
+
+def error_stats(ref: dict[str, np.ndarray], art: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per tensor: Polygraphy's error statistics (max / mean / median abs diff) plus rel L2."""
+    from polygraphy.comparator import CompareFunc, IterationResult
+    from polygraphy.logger import G_LOGGER
+
+    names = [n for n in ref if n in art]
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL
+    try:
+        compare = CompareFunc.simple(atol=math.inf, rtol=math.inf, check_shapes=True)
+        to_f = {n: np.ascontiguousarray(ref[n], np.float64) for n in names}
+        from_f = {n: np.ascontiguousarray(art[n], np.float64) for n in names}
+        results = compare(IterationResult(to_f, runner_name="reference"),
+                          IterationResult(from_f, runner_name="artifact"))
+    finally:
+        G_LOGGER.module_severity = severity
+    out = {}
+    for n in names:
+        r = results[n]
+        out[n] = {"rel_l2": rel_l2(from_f[n], to_f[n]), "max_abs": float(r.max_absdiff),
+                  "mean_abs": float(r.mean_absdiff), "median_abs": float(r.median_absdiff)}
+    return out
+
+
+# --- the two sides ------------------------------------------------------------------------------
+
+
+class ArtifactSide:
+    """The artefact on its backend; ONNX graphs also return `keep`/`sim` (and all stages with --stages)."""
+
+    def __init__(self, art: A.Artifact, name: str, backend: str, stages: bool):
+        self.name, self.stage_names = name, []
+        info = art.files()[name]
+        if backend == "trt" or name.endswith(".engine"):
+            from runtime.backends.trt import TensorRTBackend
+
+            if stages:
+                raise FSAError("--stages: engines expose no stage tensors; validate the ONNX graph with --stages")
+            self.backend = TensorRTBackend(art, info.get("precision"))
+            self.kind = "tensorrt"
+            return
+        import onnx
+
+        from runtime.backends.onnxrt import default_providers, require_onnxruntime, session_options
+
+        ort = require_onnxruntime()
+        stage_map: dict[str, str] = art.meta.get("stages", {})
+        self.stage_names = list(stage_map) if stages else [n for n in ("keep", "attn_proxy") if n in stage_map]
+        path = art.path(name)
+        graph = onnx.load(str(path), load_external_data=True)
+        graph = A.with_stage_outputs(graph, stage_map, self.stage_names)
+        self.session = ort.InferenceSession(graph.SerializeToString(), session_options(None),
+                                            providers=default_providers())
+        self.kind = "onnxruntime-" + ("cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu")
+
+    def run(self, crops: torch.Tensor, text: torch.Tensor) -> dict[str, np.ndarray]:
+        if self.kind == "tensorrt":
+            return {"logits": self.backend.run(crops, text).float().cpu().numpy()}
+        outs = self.session.run(None, {A.IMAGE: crops.numpy(), A.TEXT_EMBEDDINGS: text.numpy()})
+        return dict(zip(["logits", *self.stage_names], outs))
+
+
+def reference_side(meta: dict[str, Any], fp64: bool):
+    from models.factory import build, spec_from_meta
+
+    ref = build(spec_from_meta(meta), "deploy")
+    if fp64:
+        ref.model.set_precision(torch.float32, torch.float64)
+    return ref
+
+
+# --- one image ------------------------------------------------------------------------------------
+
+
+def compare_crops(ref_model, side: ArtifactSide, crops: torch.Tensor, text: torch.Tensor, max_batch: int,
+                  want_stages: bool) -> dict[str, Any]:
+    """Both sides on the same crops; masks that rounding decides are resolved the artefact's way."""
+    from models.pipeline import batches
+    from models.reference import Alignment, aligned_stages
+
+    ref_logits, art_logits, stage_pairs, total = [], [], [], Alignment()
+    for sl in batches(len(crops), max_batch):
+        got = side.run(crops[sl].contiguous(), text)
+        with torch.no_grad():
+            ref, al = aligned_stages(ref_model, crops[sl], text, got)
+        for f in fields(Alignment):
+            setattr(total, f.name, getattr(total, f.name) + getattr(al, f.name))
+        ref_logits.append(ref["logits"].float().numpy())
+        art_logits.append(got["logits"].astype(np.float32))
+        if want_stages:
+            stage_pairs.append(({n: ref[n].double().numpy() for n in side.stage_names if n in ref},
+                                {n: got[n] for n in side.stage_names}))
+    return {"ref": np.concatenate(ref_logits), "art": np.concatenate(art_logits), "alignment": total,
+            "stages": stage_pairs}
+
+
+def stage_report(pairs: list[tuple[dict, dict]], order: list[str], tol: float | None) -> tuple[dict, str | None]:
+    ref = {n: np.concatenate([p[0][n] for p in pairs]) for n in pairs[0][0]}
+    art = {n: np.concatenate([p[1][n] for p in pairs]) for n in pairs[0][1]}
+    stats = error_stats(ref, art)
+    broken = [n for n in order if n in stats and tol is not None and stats[n]["rel_l2"] > tol]
+    return {n: stats[n] for n in order if n in stats}, (broken[0] if broken else None)
+
+
+def validate_image(path: str, ref, side: ArtifactSide, text: torch.Tensor, query_class: list[int], meta: dict,
+                   max_batch: int, stages: bool, stride: int | None, stage_tol: float | None) -> dict[str, Any]:
+    from models.dump import STAGES
+    from models.images import load_image
+    from models.pipeline import Geometry, class_probs, crops_of, labels_of, resize_image, stitch
+
+    geo = Geometry(crop=int(meta["crop"]), stride=stride)
+    image = load_image(path)
+    resized = resize_image(image, geo)
+    crops, wins = crops_of(resized, geo)
+    hp = ref.spec.hp
+    r = compare_crops(ref.model, side, crops, text, max_batch, stages)
+    al = r["alignment"]
+    per_crop_rel = [rel_l2(a, b) for a, b in zip(r["art"], r["ref"])]
+    per_crop_cos = [cosine(a, b) for a, b in zip(r["art"], r["ref"])]
+    size, out = tuple(resized.shape[-2:]), tuple(image.shape[-2:])
+    probs = {k: class_probs(stitch(torch.from_numpy(r[k]), wins, size, out, geo.crop), query_class, hp.logit_scale)
+             for k in ("ref", "art")}
+    thd = float(meta.get("prob_thd", 0.0))
+    labels = {k: labels_of(p, thd).numpy() for k, p in probs.items()}
+    tied = argmax_ties(probs["ref"]).numpy()
+    agree = (labels["ref"] == labels["art"]) | tied
+    report = {
+        "image": str(path), "size": list(out), "crops": len(wins),
+        "logits_rel_l2": max(per_crop_rel), "logits_cosine": min(per_crop_cos),
+        "logits_max_abs": float(np.abs(r["art"] - r["ref"]).max()),
+        "logits_mean_abs": float(np.abs(r["art"] - r["ref"]).mean()),
+        "pixel_agreement": float(agree.mean()), "miou": miou(labels["art"], labels["ref"]),
+        "top_p_tie_entries": al.top_p_ties, "top_p_flips": al.top_p_flips,
+        "proxy_mask_ties": al.proxy_ties, "proxy_mask_flips": al.proxy_flips, "argmax_ties": int(tied.sum()),
+    }
+    if stages:
+        report["stages"], report["first_failing_stage"] = stage_report(r["stages"], list(STAGES), stage_tol)
+    return report
+
+
+# --- the whole run --------------------------------------------------------------------------------
+
+
+CHECKS = (  # (tolerance field, summary metric, "max" or "min" bound)
+    ("logits_rel_l2_max", "logits_rel_l2_max", "max"),
+    ("logits_cosine_min", "logits_cosine_min", "min"),
+    ("pixel_agreement_min", "pixel_agreement_min", "min"),
+    ("miou_min", "miou_min", "min"),
+    ("top_p_flips_max", "top_p_flips", "max"),
+    ("proxy_mask_flips_max", "proxy_mask_flips", "max"),
+    ("text_rel_l2_max", "text_rel_l2", "max"),
+)
+
+
+def summarize(images: list[dict], text_err: float | None) -> dict[str, Any]:
+    return {
+        "logits_rel_l2_max": max(i["logits_rel_l2"] for i in images),
+        "logits_cosine_min": min(i["logits_cosine"] for i in images),
+        "logits_max_abs": max(i["logits_max_abs"] for i in images),
+        "pixel_agreement_min": min(i["pixel_agreement"] for i in images),
+        "miou_min": min(i["miou"] for i in images),
+        "top_p_tie_entries": sum(i["top_p_tie_entries"] for i in images),
+        "top_p_flips": sum(i["top_p_flips"] for i in images),
+        "proxy_mask_ties": sum(i["proxy_mask_ties"] for i in images),
+        "proxy_mask_flips": sum(i["proxy_mask_flips"] for i in images),
+        "argmax_ties": sum(i["argmax_ties"] for i in images),
+        "text_rel_l2": text_err,
+    }
+
+
+def failures_of(summary: dict[str, Any], tol: Tolerances) -> list[str]:
+    out = []
+    for field, metric, bound in CHECKS:
+        limit, value = getattr(tol, field), summary.get(metric)
+        if limit is None or value is None:
+            continue
+        if (bound == "max" and value > limit) or (bound == "min" and value < limit):
+            out.append(f"{metric} = {value:.6g} {'>' if bound == 'max' else '<'} {limit:g}")
+    return out
+
+
+def text_check(art: A.Artifact, ref, prompts: list[str]) -> float | None:
+    """text.onnx against the reference text tower on (some of) the prompts in use."""
+    if A.TEXT_ONNX not in art.files():
+        return None
+    from models.text import tokenize
+    from runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    tokens = tokenize(prompts[:16])
+    got = OnnxRuntimeBackend(art).encode_text(tokens).float().cpu().numpy()
+    with torch.no_grad():
+        want = ref.encode_text(tokens).float().numpy()
+    return rel_l2(got, want)
+
+
+def run_validation(folder: str, artifact: str | None = None, backend: str = "onnx", images: list[str] | None = None,
+                   vocab=None, profile: str | None = None, overrides: dict[str, float] | None = None,
+                   stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    from models.cli import DEFAULT_CLASSES
+    from models.images import sample_photos
+    from models.text import Vocabulary, classifier
+
+    art = A.Artifact.load(folder)
+    art.verify_all()  # refuse a folder whose files do not match meta.json
+    name = artifact or A.IMAGE_ONNX
+    if name not in art.files():
+        raise FSAError(f"--artifact {name}: not in {folder}/{A.META} (files: {', '.join(art.files())})")
+    profile = profile or str(art.files()[name].get("precision") or art.meta.get("precision", "fp32"))
+    tol = tolerances_for(profile, overrides or {})
+    images = images or sample_photos()
+    vocab = vocab or Vocabulary.from_file(DEFAULT_CLASSES)
+    side = ArtifactSide(art, name, backend, stages)
+    ref = reference_side(art.meta, fp64)
+    templates = art.meta.get("templates")
+    with torch.no_grad():
+        text = classifier(ref.encode_text, vocab.queries, templates)
+    reports = []
+    for i, path in enumerate(images):
+        if progress:
+            print(f"[{i + 1}/{len(images)}] {path}", file=sys.stderr, flush=True)
+        reports.append(validate_image(path, ref, side, text, vocab.query_class, art.meta, max_batch, stages, stride,
+                                      tol.stage_rel_l2_max))
+    prompts = [t.format(q) for q in vocab.queries for t in templates]
+    summary = summarize(reports, text_check(art, ref, prompts))
+    failures = failures_of(summary, tol)
+    report: dict[str, Any] = {
+        "passed": not failures, "tolerance_profile": profile, "tolerances": asdict(tol),
+        "artifact": str(Path(folder) / name), "backend": side.kind,
+        "reference": "pytorch-cpu-" + ("fp64-head" if fp64 else "fp32"), "classes": vocab.names,
+        "summary": summary, "failures": failures, "images": reports,
+    }
+    if stages:
+        from models.dump import STAGES
+
+        order = {n: i for i, n in enumerate(STAGES)}
+        first = [r["first_failing_stage"] for r in reports if r["first_failing_stage"]]
+        report["summary"]["first_failing_stage"] = min(first, key=order.__getitem__) if first else None
+    return report
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+COLUMNS = (("image", "image"), ("crops", "crops"), ("rel L2", "logits_rel_l2"), ("cosine", "logits_cosine"),
+           ("max abs", "logits_max_abs"), ("agreement", "pixel_agreement"), ("mIoU", "miou"),
+           ("top-p ties", "top_p_tie_entries"), ("top-p flips", "top_p_flips"), ("argmax ties", "argmax_ties"))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6f}" if 1e-3 <= abs(v) <= 1 or v == 0 else f"{v:.3e}"
+    return Path(v).name if isinstance(v, str) else str(v)
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[_fmt(img[key]) for _, key in COLUMNS] for img in report["images"]]
+
+
+def format_terminal(report: dict[str, Any]) -> str:
+    head = [c for c, _ in COLUMNS]
+    rows = table_rows(report)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [f"artifact {report['artifact']} on {report['backend']} vs {report['reference']}, "
+           f"profile {report['tolerance_profile']}", line(head), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    s = report["summary"]
+    out.append("summary: " + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items() if v is not None))
+    for r in report["images"]:
+        if "stages" in r:
+            out.append(f"stages of {Path(r['image']).name} (first failing: {r['first_failing_stage']}):")
+            out += [f"  {n:16s} rel L2 {v['rel_l2']:.3e}  max abs {v['max_abs']:.3e}" for n, v in r["stages"].items()]
+    verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
+    out.append(verdict)
+    return "\n".join(out)
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    head = [c for c, _ in COLUMNS]
+    out = [f"# fsa validate: {'PASSED' if report['passed'] else 'FAILED'}", "",
+           f"- artifact: `{report['artifact']}` on {report['backend']}",
+           f"- reference: {report['reference']}", f"- tolerance profile: {report['tolerance_profile']}",
+           "- tolerances: " + ", ".join(f"{k} {v}" for k, v in report["tolerances"].items() if v is not None), "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+    out += ["", "## Summary", "", "| metric | value |", "|---|---|"]
+    out += [f"| {k} | {_fmt(v)} |" for k, v in report["summary"].items()]
+    for r in report["images"]:
+        if "stages" in r:
+            out += ["", f"## Stages of {Path(r['image']).name} (first failing: {r['first_failing_stage']})", "",
+                    "| stage | rel L2 | max abs | mean abs |", "|---|---|---|---|"]
+            out += [f"| {n} | {v['rel_l2']:.3e} | {v['max_abs']:.3e} | {v['mean_abs']:.3e} |"
+                    for n, v in r["stages"].items()]
+    if report["failures"]:
+        out += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
+    return "\n".join(out) + "\n"
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def parse_tolerances(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise FSAError(f"--tol {item!r}: expected NAME=NUMBER") from None
+        if not sep:
+            raise FSAError(f"--tol {item!r}: expected NAME=NUMBER")
+    return out
+
+
+def expand_images(items: list[str] | None) -> list[str] | None:
+    if not items:
+        return None
+    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in exts)
+            if not found:
+                raise FSAError(f"--images {item}: folder holds no images")
+            out += found
+        elif p.is_file():
+            out.append(item)
+        else:
+            raise FSAError(f"--images {item}: no such file or folder")
+    return out
+
+
+def add_validate(sub, help_text: str) -> None:
+    from models.cli import add_vocabulary_args
+
+    p = sub.add_parser("validate", help=help_text, description=(
+        "Run the PyTorch reference and the artefact on the same crops of the same images and compare crop "
+        "logits, label maps and (with --stages) every stage. Exit 0 pass, 1 fail, 2 bad input."))
+    p.add_argument("folder", metavar="DIR", help="artefact folder (fsa export)")
+    p.add_argument("--artifact", help="file of the folder to check (default image.onnx; e.g. image.int8.onnx)")
+    p.add_argument("--backend", choices=("onnx", "trt"), default="onnx")
+    p.add_argument("--images", nargs="+", help="images or folders (default: scikit-image's sample photos)")
+    p.add_argument("--profile", help="fp32, fp16, int8 or fp8 (default: the artefact's precision)")
+    p.add_argument("--tol", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one tolerance, e.g. --tol pixel_agreement_min=0.995")
+    p.add_argument("--stages", action="store_true", help="compare every stage; name the first that breaks")
+    p.add_argument("--fp64", action="store_true", help="run the reference's last block and feedback in float64")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--md", help="write the report as Markdown")
+    add_vocabulary_args(p)
+    p.set_defaults(func=run_validate)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from models.cli import vocabulary_from_args
+
+    report = run_validation(args.folder, args.artifact, args.backend, expand_images(args.images),
+                            vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,
+                            args.fp64, args.max_batch, args.stride, progress=True)
+    import json
+
+    for path, text in ((args.json, lambda: json.dumps(report, indent=2)), (args.md, lambda: format_markdown(report))):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with A.atomic_file(path) as tmp:
+                tmp.write_text(text())
+    print(format_terminal(report))
+    if not report["passed"]:
+        raise CheckFailed("; ".join(report["failures"]) + (
+            f" (first failing stage: {report['summary'].get('first_failing_stage')})" if args.stages else ""))
+    return 0

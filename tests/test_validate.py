@@ -1,0 +1,124 @@
+"""The validator: passes a correct export, fails altered ones and locates the broken stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from conftest import assert_one_line_error, photos, run_cli
+
+from export import artifact as A
+
+
+def validate(folder, *extra):
+    return run_cli("validate", folder, "--images", *photos()[:2], *extra)
+
+
+def copy_artifact(src, dst):
+    shutil.copytree(src, dst)
+    return A.Artifact.load(dst)
+
+
+def rewrite_image_graph(art: A.Artifact, edit) -> None:
+    """Change image.onnx in place, then update meta.json's hash so that it loads."""
+    path = art.root / A.IMAGE_ONNX
+    model = onnx.load(str(path))
+    edit(model)
+    onnx.save(model, str(path))
+    art.record(A.IMAGE_ONNX, **{k: v for k, v in art.files()[A.IMAGE_ONNX].items() if k not in ("sha256", "bytes")})
+    art.save()
+
+
+def test_correct_export_passes_with_reports(tiny_artifact, tmp_path):
+    js, md = tmp_path / "r.json", tmp_path / "r.md"
+    proc = validate(tiny_artifact.root, "--json", js, "--md", md)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASSED" in proc.stdout
+    report = json.loads(js.read_text())
+    assert report["passed"] is True and report["tolerance_profile"] == "fp32"
+    for key in ("logits_rel_l2_max", "logits_cosine_min", "pixel_agreement_min", "miou_min", "top_p_tie_entries"):
+        assert key in report["summary"], key
+    assert report["tolerances"]["logits_rel_l2_max"] == 1e-5
+    assert report["summary"]["logits_rel_l2_max"] <= 1e-5
+    assert report["summary"]["pixel_agreement_min"] == 1.0
+    assert len(report["images"]) == 2
+    for img in report["images"]:
+        for key in ("logits_rel_l2", "logits_cosine", "pixel_agreement", "miou", "top_p_tie_entries"):
+            assert key in img, key
+    text = md.read_text()  # the Markdown report renders the JSON's numbers
+    for img in report["images"]:
+        assert f"{img['logits_rel_l2']:.3e}" in text
+        assert f"{img['pixel_agreement']:.6f}" in text
+    print(json.dumps(report["summary"]))
+
+
+def test_altered_weights_fail_and_stages_locate_them(tiny_artifact, tmp_path):
+    art = copy_artifact(tiny_artifact.root, tmp_path / "w")
+
+    def scale_proxy_patch_embedding(model):
+        # tiny DINO's patch embedding: the only conv weight with an 8 x 8 kernel
+        init = next(i for i in model.graph.initializer if list(i.dims)[-2:] == [8, 8])
+        w = onnx.numpy_helper.to_array(init) * np.float32(1.01)
+        init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+
+    rewrite_image_graph(art, scale_proxy_patch_embedding)
+    js = tmp_path / "r.json"
+    proc = validate(art.root, "--stages", "--json", js)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(js.read_text())
+    assert report["passed"] is False
+    assert report["summary"]["first_failing_stage"] == "proxy_features"
+    assert "proxy_features" in proc.stderr
+
+
+def test_wrong_feedback_step_is_located(tiny_artifact, tmp_path):
+    art = copy_artifact(tiny_artifact.root, tmp_path / "l")
+    lamda = tiny_artifact.meta["hyper_parameters"]["lamda"]
+
+    def change_lamda(model):
+        """lambda * Sim: the feedback Mul whose constant operand equals lambda becomes 4.5."""
+        consts = {i.name: i for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.name.startswith("feedback/Mul"):
+                for name in node.input:
+                    if name in consts and onnx.numpy_helper.to_array(consts[name]).size == 1 and \
+                            float(onnx.numpy_helper.to_array(consts[name])) == lamda:
+                        consts[name].CopyFrom(onnx.numpy_helper.from_array(np.array(4.5, np.float32), name))
+                        return
+        raise AssertionError("no lambda constant found in the feedback block")
+
+    rewrite_image_graph(art, change_lamda)
+    js = tmp_path / "r.json"
+    proc = validate(art.root, "--stages", "--json", js)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(js.read_text())
+    assert report["summary"]["first_failing_stage"] == "attn_new"
+
+
+def test_bad_input(tiny_artifact, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(validate(empty), str(empty), "meta.json")
+    art = copy_artifact(tiny_artifact.root, tmp_path / "h")
+    with open(art.root / A.TEXT_ONNX, "ab") as f:
+        f.write(b"x")
+    assert_one_line_error(validate(art.root), "text.onnx", "sha256")
+    assert_one_line_error(validate(tiny_artifact.root, "--artifact", "image.int8.onnx"), "image.int8.onnx")
+    art = copy_artifact(tiny_artifact.root, tmp_path / "m")
+    (art.root / A.TEXT_ONNX).unlink()
+    assert_one_line_error(validate(art.root), "text.onnx", "missing")
+    assert_one_line_error(validate(tiny_artifact.root, "--profile", "int4"), "--profile 'int4'")
+    assert_one_line_error(validate(tiny_artifact.root, "--tol", "nonsense=1"), "--tol nonsense")
+
+
+@pytest.mark.parametrize("profile", ["int8"])
+def test_profile_changes_thresholds(tiny_artifact, tmp_path, profile):
+    js = tmp_path / "r.json"
+    proc = validate(tiny_artifact.root, "--profile", profile, "--tol", "miou_min=0.5", "--json", js)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(js.read_text())
+    assert report["tolerance_profile"] == "int8"
+    assert report["tolerances"]["pixel_agreement_min"] == 0.99 and report["tolerances"]["miou_min"] == 0.5

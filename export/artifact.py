@@ -84,7 +84,8 @@ class Artifact:
         if verify and name not in self._verified:
             digest = sha256_file(p)
             if digest != info.get("sha256"):
-                raise FSAError(f"{p}: sha256 does not match {META} (file changed after export); re-export")
+                again = "rebuild it (fsa build)" if p.suffix == ".engine" else "re-export"
+                raise FSAError(f"{p}: sha256 does not match {META} (file changed after it was written); {again}")
             self._verified.add(name)
         return p
 
@@ -141,6 +142,9 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any other file
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -8,7 +8,6 @@ backends compares only their crop forwards.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -124,9 +123,10 @@ def class_probs(image_logits: torch.Tensor, query_class: list[int], logit_scale:
     n_cls = max(query_class) + 1
     if n_cls == len(query_class):
         return probs
-    idx = torch.as_tensor(query_class, device=probs.device)
-    merged = probs.new_full((n_cls, *probs.shape[1:]), -math.inf)
-    return merged.index_reduce_(0, idx, probs, "amax", include_self=True)
+    groups: list[list[int]] = [[] for _ in range(n_cls)]
+    for q, c in enumerate(query_class):
+        groups[c].append(q)
+    return torch.stack([probs[g].amax(dim=0) if len(g) > 1 else probs[g[0]] for g in groups])
 
 
 def labels_of(probs: torch.Tensor, prob_thd: float) -> torch.Tensor:

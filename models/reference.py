@@ -171,6 +171,10 @@ class FSAModel(nn.Module):
         attn = fsa.proxy_attention(feats, self.cfg.hp.beta, self.cfg.hp.gamma, proxy_keep)
         if stages is not None:
             stages.update(proxy_features=feats, values=v, attn_proxy=attn)
+        return self.proxy_attend(attn, v, text, stages, keep)
+
+    def proxy_attend(self, attn, v, text, stages=None, keep=None):
+        """Steps 7-15: A [B, N, N] and V' [B, N, d] -> features [B, N, D] (before normalisation)."""
         if self.literal:
             return self._proxy_literal(attn, v, text, stages, keep)
         vo = self.out_proj(v)  # out_proj once: rows of A, A_new, A_ens sum to 1

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,9 +358,7 @@ class Segmenter:
             logits = segment_logits(x, self._forward, self.geometry, self.max_batch, self.device)
             self._sync()
             t2 = time.perf_counter()
-            with warnings.catch_warnings():  # torch flags index_reduce (the synonym merge) as beta
-                warnings.filterwarnings("ignore", message="index_reduce", category=UserWarning)
-                probs = class_probs(logits, self.vocabulary.query_class, self.logit_scale)
+            probs = class_probs(logits, self.vocabulary.query_class, self.logit_scale)
             labels = labels_of(probs, self.prob_thd).to(torch.int32).cpu().numpy()
             probs_np = probs.float().cpu().numpy()
         t3 = time.perf_counter()

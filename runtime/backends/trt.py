@@ -301,6 +301,8 @@ class TensorRTBackend:
         self._image = self._load(self.engine_name, cuda_graph)
         self._image.check_io({IMAGE, TEXT_EMBEDDINGS}, {LOGITS})
         self._text: EngineRunner | None = None
+        # the text engine's own hash keys the class-embedding cache (its precision may differ from ORT's)
+        self.text_key = f"{TEXT_ENGINE}:{self.artifact.files().get(TEXT_ENGINE, {}).get('sha256')}"
 
     def _image_engine(self, precision: str | None) -> str:
         built = image_engines(self.artifact)

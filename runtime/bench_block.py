@@ -1,0 +1,124 @@
+"""`fsa bench --block`: steps 7-15 of shared/spec/FSA.md (the FSA feedback block and the
+re-attention) in the official (literal) and the deploy formulation, same inputs, one run.
+
+Each formulation runs in a child process of its own, so the peak resident memory it
+reports is its own (CPU); on CUDA the allocator's peak is reset between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BLOCK_MODEL = "ViT-B-16"  # width 768, 12 heads, output 512: the paper's default backbone
+
+
+def block_inputs(tokens: int, classes: int, device: str, seed: int = 0):
+    """A ViT-B-16 reference (random init) and random inputs of the block: A, V', T."""
+    from models.factory import ModelSpec, build, default_hp
+    from models.weights import Weights
+
+    spec = ModelSpec(model=BLOCK_MODEL, weights=Weights(seed=seed), attention="qk", proxy=None, crop=224,
+                     hp=default_hp(BLOCK_MODEL, "dino"))
+    model = build(spec).model.to(device)
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(1, 64, tokens, 1, generator=g)
+    from models.fsa import proxy_attention
+
+    attn = proxy_attention(feats, spec.hp.beta, spec.hp.gamma).to(device)
+    v = torch.randn(1, tokens, model.width, generator=g).to(device)
+    text = torch.nn.functional.normalize(torch.randn(classes, model.embed_dim, generator=g), dim=-1).to(device)
+    return model, attn, v, text
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS:")
+
+
+def peak_rss_mb() -> float:
+    return _status_mb("VmHWM:")
+
+
+def run_one(formulation: str, tokens: int, classes: int, device: str, repeats: int, out: str) -> None:
+    """Child process: time one formulation, record its peak memory and its output."""
+    torch.set_grad_enabled(False)
+    model, attn, v, text = block_inputs(tokens, classes, device)
+    model = model.with_formulation(formulation)
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    base = rss_mb()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    times = []
+    for i in range(repeats + 1):  # the first run is the warm-up
+        t0 = time.perf_counter()
+        feats = model.proxy_attend(attn, v, text)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append((time.perf_counter() - t0) * 1e3)
+    peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if device == "cuda" else peak_rss_mb() - base
+    logits = torch.nn.functional.normalize(feats, dim=-1) @ text.T
+    torch.save({"ms": sorted(times)[len(times) // 2], "peak_mb": peak, "logits": logits.cpu()}, out)
+
+
+def bench_block(tokens: int, classes: int, device: str = "cpu", repeats: int = 3) -> dict[str, Any]:
+    import tempfile
+
+    if device == "cuda" and not torch.cuda.is_available():
+        from models.errors import FSAError
+
+        raise FSAError("--device cuda: no CUDA device visible to torch")
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for form in ("literal", "deploy"):
+            out = os.path.join(tmp, f"{form}.pt")
+            code = ("import sys; from runtime.bench_block import run_one; "
+                    f"run_one({form!r}, {tokens}, {classes}, {device!r}, {repeats}, {out!r})")
+            root = Path(__file__).resolve().parents[1]
+            env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+            if proc.returncode:
+                raise RuntimeError(f"bench --block {form} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            res[form] = torch.load(out)
+    lit, dep = res["literal"], res["deploy"]
+    return {
+        "tokens": tokens, "classes": classes, "device": device, "model": BLOCK_MODEL, "repeats": repeats,
+        "literal_ms": lit["ms"], "deploy_ms": dep["ms"], "speedup": lit["ms"] / dep["ms"],
+        "literal_peak_mb": lit["peak_mb"], "deploy_peak_mb": dep["peak_mb"],
+        "memory_ratio": lit["peak_mb"] / max(dep["peak_mb"], 1e-6),
+        "max_abs_diff": float((lit["logits"] - dep["logits"]).abs().max()),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+
+
+def write_json(path: str | None, obj: dict[str, Any]) -> None:
+    if path:
+        from export.artifact import write_json_atomic
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, obj)
+
+
+def main_block(args) -> int:
+    r = bench_block(args.tokens, args.classes, args.device, args.repeats)
+    write_json(args.json, r)
+    print(json.dumps(r, indent=2))
+    return 0

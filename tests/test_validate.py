@@ -80,13 +80,15 @@ def test_wrong_feedback_step_is_located(tiny_artifact, tmp_path):
 
     def change_lamda(model):
         """lambda * Sim: the feedback Mul whose constant operand equals lambda becomes 4.5."""
-        consts = {i.name: i for i in model.graph.initializer}
+        consts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         for node in model.graph.node:
             if node.name.startswith("feedback/Mul"):
-                for name in node.input:
-                    if name in consts and onnx.numpy_helper.to_array(consts[name]).size == 1 and \
-                            float(onnx.numpy_helper.to_array(consts[name])) == lamda:
-                        consts[name].CopyFrom(onnx.numpy_helper.from_array(np.array(4.5, np.float32), name))
+                for k, name in enumerate(node.input):
+                    if name in consts and consts[name].size == 1 and float(consts[name]) == lamda:
+                        # a constant of its own: the exporter shares equal constants (gamma is 3.0 too)
+                        wrong = onnx.numpy_helper.from_array(np.array(4.5, consts[name].dtype), "wrong_lamda")
+                        model.graph.initializer.append(wrong)
+                        node.input[k] = wrong.name
                         return
         raise AssertionError("no lambda constant found in the feedback block")
 

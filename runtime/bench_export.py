@@ -1,0 +1,90 @@
+"""`make export-b16`: time a full-size export and compare one crop on ONNX Runtime CPU against
+the PyTorch literal (official) formulation, in the same run on the same machine.
+
+python -m runtime.bench_export --out out/b16 [--model ViT-B-16 --proxy dino --crop 336] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+
+def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), times
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="ViT-B-16")
+    p.add_argument("--proxy", default="dino")
+    p.add_argument("--crop", type=int, default=336)
+    p.add_argument("--classes", type=int, default=21)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+
+    import onnx
+
+    from export import artifact as A
+    from export.onnx_export import export_artifact
+    from models.factory import ModelSpec, build, default_hp
+    from models.images import load_image, sample_photos
+    from models.pipeline import Geometry, crops_of, resize_image
+    from models.weights import Weights
+    from runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    torch.set_grad_enabled(False)
+    spec = ModelSpec(model=args.model, weights=Weights(seed=0),
+                     proxy=args.proxy, crop=args.crop, hp=default_hp(args.model, args.proxy))
+    t0 = time.perf_counter()
+    art = export_artifact(spec, args.out, overwrite=True)
+    export_s = time.perf_counter() - t0
+    graph = onnx.load(str(art.path(A.IMAGE_ONNX)), load_external_data=False)
+    geo = Geometry(crop=args.crop)
+    crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]
+    text = torch.nn.functional.normalize(torch.randn(args.classes, art.meta["embed_dim"]), dim=-1)
+    ort = OnnxRuntimeBackend(art)
+    literal = build(spec, "literal").model
+    ort_ms, ort_all = median_ms(lambda: ort.run(crop, text), args.repeats)
+    lit_ms, lit_all = median_ms(lambda: literal(crop, text), args.repeats)
+    result = {
+        "model": args.model, "proxy": args.proxy, "crop": args.crop, "classes": args.classes,
+        "export_s": round(export_s, 1), "image_onnx_mb": art.files()[A.IMAGE_ONNX]["bytes"] / 2**20,
+        "image_onnx_nodes": len(graph.graph.node), "text_onnx_mb": art.files()[A.TEXT_ONNX]["bytes"] / 2**20,
+        "ort_cpu_crop_ms": ort_ms, "torch_literal_crop_ms": lit_ms, "speedup_vs_literal": lit_ms / ort_ms,
+        "ort_cpu_all_ms": ort_all, "torch_literal_all_ms": lit_all,
+        "machine": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "torch": torch.__version__},
+    }
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        A.write_json_atomic(args.json, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""`fsa bench`: one tiny run over the session's tiny export (every row, every output file, the
+speedups), the --min-agreement gate, one-line errors, and the work counting behind the floor.
+
+The run benches the `tiny_artifact` fixture with --artifact, so the test itself exports
+nothing (int8 is calibrated into bench's work folder when ModelOpt is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, assert_one_line_error, tiny_reference
+
+from models.errors import CheckFailed
+from runtime import bench as B
+from runtime.flops import PARTS, Rates, count_work, floor_ms
+
+BUDGET_S = 90  # the issue asks for under a minute; margin for a shared 2-core machine
+HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
+CPU_ROWS = ("PyTorch literal fp32 cpu", "PyTorch deploy fp32 cpu", "ONNX Runtime fp32 cpu", "ONNX Runtime fp16 cpu",
+            "ONNX Runtime int8 cpu")
+
+
+def bench(cache: Path, *args: str | Path) -> tuple[subprocess.CompletedProcess, float]:
+    """`fsa bench` in a subprocess, class embeddings cached under `cache`; (process, seconds)."""
+    env = dict(os.environ, FSA_CACHE_DIR=str(cache))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "fsa_cli", "bench", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return proc, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("text-cache")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_artifact, cache, tmp_path_factory):
+    """One bench of the tiny export, all three outputs written; threads 1 (two shared cores)."""
+    out = tmp_path_factory.mktemp("bench")
+    files = {"json": out / "bench.json", "md": out / "bench.md", "plot": out / "bench.png"}
+    proc, seconds = bench(cache, "--artifact", tiny_artifact.root, "--json", files["json"], "--md", files["md"],
+                          "--plot", files["plot"], "--repeats", "2", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, seconds, files
+
+
+def test_tiny_run_is_quick(run):
+    _, seconds, _ = run
+    assert seconds < BUDGET_S, f"fsa bench on the tiny export took {seconds:.0f} s (budget {BUDGET_S} s)"
+
+
+def test_every_row_in_every_output(run):
+    proc, _, files = run
+    report = json.loads(files["json"].read_text())
+    names = [r["name"] for r in report["rows"]]
+    for name in CPU_ROWS:
+        assert name in names, f"{name} missing from {names}"
+    assert any(n.startswith("TensorRT") for n in names), names
+    if not torch.cuda.is_available():
+        assert any(n.endswith("cuda") and n.startswith("PyTorch") for n in names), names
+    md, table = files["md"].read_text(), proc.stdout
+    for name in names:
+        assert name in md and name in table, f"{name} not in the Markdown or the terminal table"
+    assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "--plot did not write a PNG"
+
+
+def test_rows_say_why_or_carry_numbers(run):
+    rows = {r["name"]: r for r in json.loads(run[2]["json"].read_text())["rows"]}
+    for name, r in rows.items():
+        assert "speedup" in r, name
+        if r["status"] in ("ok", "failed validation"):
+            assert r["speedup"] and r["speedup"] > 0, name
+            assert 0 <= r["pixel_agreement"] <= 1 and 0 <= r["miou"] <= 1, name
+            assert r["crop_ms"]["median"] > 0 and r["crop_ms"]["p90"] >= r["crop_ms"]["median"], name
+            assert r["crops_per_s"] > 0 and r["peak_rss_mib"] > 0 and r["size_mib"] > 0, name
+            assert r["x_floor"] > 0, name
+        else:
+            assert r["reason"], f"{name}: status {r['status']} without a reason"
+    base = rows["PyTorch literal fp32 cpu"]
+    assert base["status"] == "ok" and base["speedup"] == pytest.approx(1.0)
+    assert rows["PyTorch deploy fp32 cpu"]["pixel_agreement"] == 1.0  # it is validate's reference
+    assert rows["ONNX Runtime fp32 cpu"]["status"] == "ok", rows["ONNX Runtime fp32 cpu"]["reason"]
+    assert rows["ONNX Runtime fp16 cpu"]["status"] == "skipped"  # the fixture is an fp32 export
+    assert "fsa export --precision fp16" in rows["ONNX Runtime fp16 cpu"]["reason"]
+    int8 = rows["ONNX Runtime int8 cpu"]
+    if HAVE_MODELOPT:
+        assert int8["status"] in ("ok", "failed validation"), int8["reason"]
+    else:
+        assert int8["status"] == "missing" and "ModelOpt" in int8["reason"]
+
+
+def test_report_names_the_machine_and_the_work(run):
+    report = json.loads(run[2]["json"].read_text())
+    m = report["machine"]
+    assert m["cpu"] and m["cores"] >= 1 and m["torch_threads"] == 1 and m["platform"]
+    assert all(report["work"][p]["flops"] > 0 for p in PARTS)
+    assert report["rates"]["cpu"]["matmul_flops"]["fp32"] > 0 and report["floors_ms"]["cpu"]["fp32"] > 0
+    assert report["baselines"]["cpu"] == "PyTorch literal fp32 cpu"
+
+
+def test_min_agreement_gate_exits_1(tiny_artifact, cache, tmp_path):
+    proc, _ = bench(cache, "--artifact", tiny_artifact.root, "--only", "deploy fp32 cpu", "--repeats", "1",
+                    "--warmup", "0", "--threads", "1", "--min-agreement", "1.01", "--json", tmp_path / "b.json")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "PyTorch deploy fp32 cpu" in proc.stderr.strip().splitlines()[-1]
+    assert [r["name"] for r in json.loads((tmp_path / "b.json").read_text())["rows"]] == ["PyTorch deploy fp32 cpu"]
+
+
+def test_bad_option_exits_2_with_one_line(cache):
+    proc, _ = bench(cache, "--repeats", "0")
+    assert_one_line_error(proc, "--repeats")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--warmup", "-1"), "--warmup"),
+    (("--tokens", "64"), "--tokens"),
+    (("--block", "--tokens", "64"), "--classes"),
+    (("--block", "--tokens", "64", "--classes", "cat"), "--classes"),
+    (("--artifact", "/nonexistent/folder"), "/nonexistent/folder"),
+    (("--model", "no-such-model"), "no-such-model"),
+    (("--model", "tiny", "--proxy", "tiny-dino", "--crop", "112", "--only", "no-such-row"), "no-such-row"),
+])
+def test_bad_options_are_one_line_errors(capsys, args, needle):
+    import fsa_cli
+
+    assert fsa_cli.main(["bench", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_model_options_conflict_with_artifact(tiny_artifact, capsys):
+    import fsa_cli
+
+    assert fsa_cli.main(["bench", "--artifact", str(tiny_artifact.root), "--crop", "224"]) == 2
+    err = capsys.readouterr().err
+    assert "--crop" in err and "--artifact" in err
+
+
+def test_block_reads_classes_as_a_count(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("runtime.bench_block.main_block", lambda ns: seen.setdefault("ns", ns) and 0)
+    B.run_block(argparse.Namespace(tokens=16, classes="3", device=None, repeats=3, json=None))
+    assert (seen["ns"].classes, seen["ns"].device, seen["ns"].tokens) == (3, "cpu", 16)
+
+
+# ---------------------------------------------------------------- in process: work, floor, rows, gate
+
+
+def test_work_parts_add_up_and_floor_follows_the_rates():
+    model = tiny_reference().model
+    text = torch.nn.functional.normalize(torch.randn(5, model.embed_dim), dim=-1)
+    work = count_work(model, model.cfg.crop, text)
+    assert set(work) == set(PARTS) and all(w.flops > 0 and w.param_bytes > 0 for w in work.values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert sum(w.param_bytes for w in work.values()) == params
+    slow = Rates("cpu", {"fp32": 1e9}, 1e9)
+    fast = Rates("cuda", {"fp32": 1e9, "fp16": 4e9}, 4e9)
+    assert floor_ms(work, fast, "fp16") < floor_ms(work, fast, "fp32") <= floor_ms(work, slow, "fp32")
+    assert fast.matmul("int8") == (4e9, "fp16") and slow.matmul("fp16") == (1e9, "fp32")  # nearest measured
+
+
+def test_rows_of_a_bare_machine_say_what_is_missing():
+    machine = B.Machine(cuda=False, ort_providers=("CPUExecutionProvider",), ort_missing=None,
+                        trt_missing="TensorRT is not installed", modelopt_missing="NVIDIA ModelOpt is not installed")
+    graphs = {"fp32": B.Source("/a", "image.onnx"), "fp16": B.Source(status=B.SKIPPED, why="no fp16 export"),
+              "int8": B.Source(status=B.MISSING, why=machine.modelopt_missing)}
+    opts = B.Options(spec=None, artifacts=(), work=None, images=(), vocab=None)
+    rows = {r.name: r for r in B.plan_rows(opts, machine, graphs, {})}
+    assert [n for n, r in rows.items() if r.runs] == ["PyTorch literal fp32 cpu", "PyTorch deploy fp32 cpu",
+                                                      "ONNX Runtime fp32 cpu"]
+    assert rows["ONNX Runtime int8 cpu"].why == "NVIDIA ModelOpt is not installed"
+    assert rows["TensorRT fp32/fp16/int8 cuda"].status == B.MISSING
+    only = B.plan_rows(B.Options(None, (), None, (), None, only=("onnx",)), machine, graphs, {})
+    assert all("ONNX" in r.name for r in only)
+
+
+def test_gate_counts_measured_rows_only():
+    def result(name: str, agreement: float | None) -> B.Result:
+        fid = None if agreement is None else B.Fidelity("fp32", True, agreement, 1.0, 0.0, [], "x")
+        lat = B.Latency.of([1.0, 2.0])
+        m = B.Measured("x", 1.0, lat, lat, 1, 1.0, 1.0, 0.5, None, None, fid)
+        return B.Result(B.Row(name, "fp32", "cpu"), B.OK, measured=m)
+
+    rows = [result("a", 1.0), result("b", 0.98), B.Result(B.Row("c", "fp32", "cpu"), B.MISSING, "why")]
+    B.gate(rows, 0.98)
+    with pytest.raises(CheckFailed, match="b fp32 cpu"):
+        B.gate(rows, 0.99)
+    lat = B.Latency.of([3.0, 1.0, 2.0])
+    assert (lat.median, lat.min, lat.max, lat.spread) == (2.0, 1.0, 3.0, 1.0)

@@ -256,17 +256,35 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def excluded_nodes(graph: onnx.GraphProto, scope: str) -> list[str]:
+def downstream(graph: onnx.GraphProto, tensors: list[str]) -> set[str]:
+    """Names of the nodes that read the given tensors, directly or through other nodes."""
+    consumers = _consumers(graph)
+    seen: set[str] = set()
+    todo = [c for t in tensors for c in consumers.get(t, [])]
+    while todo:
+        node = todo.pop()
+        if node.name not in seen:
+            seen.add(node.name)
+            todo.extend(c for t in node.output for c in consumers.get(t, []))
+    return seen
+
+
+def excluded_nodes(graph: onnx.GraphProto, scope: str, head_inputs: tuple[str, ...] = ()) -> list[str]:
     """Nodes kept out of quantization besides the block itself (the names under `scope`).
 
-    - downstream of the block (steps 14-15, the tail): the fp16 export keeps it in fp32 too,
-      and quantizing its inputs would put a Q on a feedback output;
+    - the FSA head: everything downstream of `head_inputs` (the stage tensors proxy_features
+      and values: steps 6-15). The proxy attention thresholds a cosine similarity at its
+      mean and the feedback sharpens it with exp(lamda * Sim); quantization noise there
+      flips masks (measured on the tiny config: 1,526 proxy-mask flips, pixel agreement
+      0.69 with it quantized). The fp16 export keeps the head in fp32 too;
+    - downstream of the block (steps 14-15, the tail), for the same reason;
     - outside nodes that read a tensor the block reads: ModelOpt quantizes a shared tensor
       once and feeds the DQ output to every consumer, the block's node included.
     """
+    head = downstream(graph, list(head_inputs))
     block = {n.name for n in graph.node if n.name.startswith(scope)}
     if not block:
-        return []
+        return sorted(head)
     consumers = _consumers(graph)
     block_out = {t for n in graph.node if n.name in block for t in n.output}
     block_in = {t for n in graph.node if n.name in block for t in n.input if t and t not in block_out}
@@ -278,7 +296,7 @@ def excluded_nodes(graph: onnx.GraphProto, scope: str) -> list[str]:
         if node.name not in tail:
             tail.add(node.name)
             todo.extend(c for t in node.output for c in consumers.get(t, []) if c.name not in block)
-    return sorted(neighbours | tail)
+    return sorted((neighbours | tail | head) - block)
 
 
 def summarize(graph: onnx.GraphProto, scope: str) -> QdqSummary:
@@ -424,10 +442,12 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=art.root) as tmp:
         work = Path(tmp)
         src, external = _link_source(art, work)
-        exclude = excluded_nodes(onnx.load(str(src), load_external_data=False).graph, scope)
+        stages = art.meta.get("stages", {})
+        head = tuple(stages[n] for n in ("proxy_features", "values") if n in stages)
+        exclude = excluded_nodes(onnx.load(str(src), load_external_data=False).graph, scope, head)
         if progress:
             say(f"ModelOpt {opts.precision} ({opts.method}, CPU); fp32 kept: {scope or '(no scope)'}* "
-                f"+ {len(exclude)} tail/boundary nodes + {', '.join(EXCLUDED_OP_TYPES)}")
+                f"+ {len(exclude)} head/tail/boundary nodes + {', '.join(EXCLUDED_OP_TYPES)}")
         run_modelopt(quantize, src, work / name, data, opts, exclude, external, scope)
         summary = summarize(onnx.load(str(work / name), load_external_data=False).graph, scope)
         if summary.in_scope:

@@ -48,7 +48,7 @@ export-b16: setup
 	$(BIN)/python -m runtime.bench_export --out out/b16 --json out/bench/export_b16.json
 
 bench: setup
-	$(BIN)/fsa bench --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png
+	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png
 
 # On a machine with an NVIDIA GPU (and TensorRT, where it can be installed):
 test-gpu: setup

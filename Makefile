@@ -4,8 +4,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
-ART ?= out/demo/artifact
-IMAGE ?= $(shell $(BIN)/python -c "from models.images import sample_photos; print(sample_photos()[1])" 2>/dev/null)
 
 .PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu clean
 
@@ -33,13 +31,9 @@ typecheck: setup
 	PYTHON=$(BIN)/python tools/typecheck.sh
 
 # The main job: export a random-init ViT-B-16 + DINO ViT-B/8 at 336, segment a real photo on
-# ONNX Runtime CPU, validate the artefact against the PyTorch reference.
-DEMO_MODEL ?= --model ViT-B-16 --random-init --seed 0 --proxy dino --crop 336
+# ONNX Runtime CPU, validate the artefact against the PyTorch reference (tools/demo.sh).
 demo: setup
-	$(BIN)/fsa export $(DEMO_MODEL) --out $(ART) --overwrite
-	$(BIN)/fsa segment $(IMAGE) --artifact $(ART) --out out/demo --backend onnx --classes-file models/data/voc21.txt
-	$(BIN)/fsa validate $(ART) --images $(IMAGE) --backend onnx --json out/demo/report.json --md out/demo/report.md
-	@echo "overlay: out/demo/$$(basename $(IMAGE) | sed 's/\.[^.]*$$//')_overlay.png  report: out/demo/report.md"
+	BIN=$(BIN) tools/demo.sh
 
 bench-block: setup
 	$(BIN)/fsa bench --block --tokens 1764 --classes 171 --device cpu --json out/bench/block.json

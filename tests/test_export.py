@@ -129,7 +129,8 @@ def test_top_p_bisection_graph_at_sam_grid(tmp_path):
             return top_p_keep_bisect(sim, 0.45)
 
     path = tmp_path / "top_p.onnx"
-    torch.onnx.export(TopP().eval(), (torch.rand(1, 4096, 4096),), str(path), input_names=["sim"], output_names=["keep"],
+    torch.onnx.export(TopP().eval(), (torch.rand(1, 4096, 4096),), str(path), input_names=["sim"],
+                      output_names=["keep"],
                       dynamo=True, opset_version=18, optimize=False, verbose=False)
     for major in (10, 11):
         assert lint(str(path), major).ok, lint(str(path), major).format()

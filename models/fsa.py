@@ -25,19 +25,29 @@ NEG_INF = float("-inf")
 # --- step 6: ProxyCLIP attention from the proxy's features --------------------------------------
 
 
-def proxy_similarity(feats: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+def proxy_similarity(feats: torch.Tensor, beta: float, gamma: float, literal: bool = False) -> torch.Tensor:
     """F [B, C', H', W'] -> S1 [B, N, N] = (S0 - beta * mean(S0)) * gamma, S0 the cosine similarity.
 
-    The mean is per crop (our decision; the official code takes it over the batch).
+    The mean is per crop (our decision; the official code takes it over the batch). The
+    deploy form uses mean(S0) = |sum_i f_i|^2 / N^2: the same number from a sum over N
+    tokens instead of N^2 entries. S1's sign decides the mask, and an fp32 sum of N^2 = 3.1M
+    entries (ONNX Runtime's ReduceMean) shifted S1 by up to 3e-5 at N = 1764: enough to
+    flip entries that the rounding of the features alone never flips.
     """
     f = F.normalize(feats.flatten(2), dim=1)  # [B, C', N]
     s0 = f.transpose(1, 2) @ f
-    return (s0 - beta * s0.mean(dim=(1, 2), keepdim=True)) * gamma
+    if literal:
+        mean = s0.mean(dim=(1, 2), keepdim=True)
+    else:
+        total = f.sum(dim=2)  # [B, C']
+        mean = (total * total).sum(dim=1).view(-1, 1, 1) / float(f.shape[-1] ** 2)
+    return (s0 - beta * mean) * gamma
 
 
-def proxy_attention(feats: torch.Tensor, beta: float, gamma: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+def proxy_attention(feats: torch.Tensor, beta: float, gamma: float, keep: torch.Tensor | None = None,
+                    literal: bool = False) -> torch.Tensor:
     """A [B, N, N]: row softmax of S1 with negative entries dropped (`keep` imposes the mask: checks)."""
-    s1 = proxy_similarity(feats, beta, gamma)
+    s1 = proxy_similarity(feats, beta, gamma, literal)
     keep = s1 >= 0 if keep is None else keep
     return torch.softmax(s1.masked_fill(~keep, NEG_INF), dim=-1)
 

@@ -168,7 +168,7 @@ class FSAModel(nn.Module):
         b, h2, w2 = v.shape[0], *self.out_grid
         v = v[:, 1:].transpose(1, 2).reshape(b, self.width, self.grid, self.grid)
         v = F.interpolate(v, size=(h2, w2), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
-        attn = fsa.proxy_attention(feats, self.cfg.hp.beta, self.cfg.hp.gamma, proxy_keep)
+        attn = fsa.proxy_attention(feats, self.cfg.hp.beta, self.cfg.hp.gamma, proxy_keep, self.literal)
         if stages is not None:
             stages.update(proxy_features=feats, values=v, attn_proxy=attn)
         return self.proxy_attend(attn, v, text, stages, keep)

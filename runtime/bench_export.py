@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -24,14 +23,6 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times), times
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.pipeline import Geometry, crops_of, resize_image
     from models.weights import Weights
     from runtime.backends.onnxrt import OnnxRuntimeBackend
+    from runtime.bench import cpu_model
 
     torch.set_grad_enabled(False)
     spec = ModelSpec(model=args.model, weights=Weights(seed=0),
@@ -75,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_onnx_nodes": len(graph.graph.node), "text_onnx_mb": art.files()[A.TEXT_ONNX]["bytes"] / 2**20,
         "ort_cpu_crop_ms": ort_ms, "torch_literal_crop_ms": lit_ms, "speedup_vs_literal": lit_ms / ort_ms,
         "ort_cpu_all_ms": ort_all, "torch_literal_all_ms": lit_all,
-        "machine": {"cpu": cpu_name(), "cores": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"cpu": cpu_model(), "cores": torch.get_num_threads(), "torch": torch.__version__},
     }
     if args.json:
         from pathlib import Path

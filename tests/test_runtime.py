@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rel_l2
 from PIL import Image
 
 from export.artifact import IMAGE_ONNX, Artifact
 from models.errors import FSAError
 from models.images import load_image, sample_photos
 from runtime.backends.onnxrt import OnnxRuntimeBackend
+from runtime.bench_block import rss_mb
 from runtime.segmenter import Segmenter, as_vocabulary, label_image, palette
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,10 +119,6 @@ class ReferenceUnderOnnxKeep:
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.ref.encode_text(tokens)
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def test_onnxruntime_matches_the_pytorch_reference(artifact, seg):
@@ -302,12 +300,6 @@ def test_save_writes_three_files(seg, tmp_path):
 
 
 # ---------------------------------------------------------------- memory and import weight
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        line = next(x for x in f if x.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")

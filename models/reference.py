@@ -9,7 +9,7 @@ official (`literal`) or the exported (`deploy`) math; both are the same function
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -252,14 +252,6 @@ class FSAModel(nn.Module):
         twin._parameters = dict(self._parameters)
         twin._buffers = dict(self._buffers)
         twin.formulation, twin.literal = formulation, formulation == "literal"
-        return twin
-
-    def with_config(self, **changes) -> FSAModel:
-        """A shallow twin with other hyper-parameters or FSA on/off (same weights)."""
-        twin = self.with_formulation(self.formulation)
-        hp = replace(self.cfg.hp, **{k: v for k, v in changes.items() if hasattr(self.cfg.hp, k)})
-        rest = {k: v for k, v in changes.items() if not hasattr(self.cfg.hp, k)}
-        twin.cfg = replace(self.cfg, hp=hp, **rest)
         return twin
 
 

@@ -3,8 +3,8 @@
 `literal`: the official code's math as written (per-head repetition, the N x N x K KL,
 sort-based top-p, N^3 ensemble products). It exists as the oracle for tests and
 benchmarks. `deploy`: what is exported: head-independent attention once, the KL as a
-matmul, top-p by an unrolled bisection (no TopK/Sort: legal in TensorRT at any N), the
-ensemble reassociated. Steps 8-13 always run in fp32 (or fp64 for checks).
+matmul, top-p from a TopK of the floor(p N) + 1 largest entries (legal in TensorRT up to
+N = 8530; an unrolled bisection beyond), the ensemble reassociated. Steps 8-13 always run in fp32 (or fp64 for checks).
 
 Every function takes a batch of crops; every statistic is per crop.
 """
@@ -132,13 +132,41 @@ def top_p_keep_sort(sim: torch.Tensor, p: float) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
+TOPK_MAX_K = 3840  # TensorRT's TopK: K < 3840
+
+
+def top_p_topk_k(n: int, p: float) -> int:
+    """How many sorted entries decide the cut: floor(p N) + 1, at most N.
+
+    The c kept entries are the c largest, so their mass is at least c / N; it is <= p, so
+    c <= p N. The (c + 1)-th value is never needed: the cut is the c-th.
+    """
+    return min(n, int(p * n) + 1)
+
+
+def top_p_keep_topk(sim: torch.Tensor, p: float) -> torch.Tensor:
+    """The sort rule on the top floor(p N) + 1 entries only, the cut applied as a threshold.
+
+    keep j iff Sim_ij >= the smallest kept sorted value: the sort's decision except inside
+    a tie group at the cut (kept whole here; the sort keeps an arbitrary prefix of it). The
+    cumulative mass is compared with p * Z rather than normalised, so one softmax is saved.
+    """
+    hi = sim.amax(dim=-1, keepdim=True)
+    # cum[0] = exp(0) = 1: a budget of at least 1 keeps the first, and only it when p Z < 1
+    budget = (p * torch.exp(sim - hi).sum(dim=-1, keepdim=True)).clamp_min(1.0)
+    top = torch.topk(sim, top_p_topk_k(sim.shape[-1], p), dim=-1).values
+    inside = torch.cumsum(torch.exp(top - hi), dim=-1) <= budget  # a prefix of the sorted row
+    cut = top.masked_fill(~inside, float("inf")).amin(dim=-1, keepdim=True)  # no integer index math
+    return sim >= cut
+
+
 def top_p_keep_bisect(sim: torch.Tensor, p: float, steps: int = 32) -> torch.Tensor:
     """Keep j iff the softmax mass of all entries >= Sim_ij is <= p (the row max always).
 
-    mass(t) falls as t rises, so the cut is found by bisection on t between the row's
-    min and max; 32 steps bring fp32 bounds to adjacent floats for Sim in (2^-9, 1].
-    Every step is a compare, a masked sum and a select: no TopK, no Sort, no Loop (a multiply by
-    the mask costs 35% less than a Where on the CPU).
+    For N past TensorRT's TopK limit. mass(t) falls as t rises, so the cut is found by
+    bisection on t between the row's min and max; 32 steps bring fp32 bounds to adjacent
+    floats for Sim in (2^-9, 1]. Every step is a compare, a masked sum and a select (a multiply
+    by the mask costs 35% less than a Where on the CPU); about 3x the TopK form's time.
     """
     hi = sim.amax(dim=-1, keepdim=True)
     lo = sim.amin(dim=-1, keepdim=True)
@@ -150,6 +178,13 @@ def top_p_keep_bisect(sim: torch.Tensor, p: float, steps: int = 32) -> torch.Ten
         hi = torch.where(inside, mid, hi)
         lo = torch.where(inside, lo, mid)
     return sim >= hi
+
+
+def top_p_keep(sim: torch.Tensor, p: float) -> torch.Tensor:
+    """The deploy top-p: TopK where TensorRT allows its K, the bisection past it."""
+    if top_p_topk_k(sim.shape[-1], p) < TOPK_MAX_K:
+        return top_p_keep_topk(sim, p)
+    return top_p_keep_bisect(sim, p)
 
 
 # --- step 13: re-weighting ------------------------------------------------------------------------
@@ -171,15 +206,17 @@ def feedback(
     `keep` mask replaces the pruning's: checks compare the later stages under one mask.
     """
     z = class_logits(o1, tail, text, hp.patch_scale)
-    uu = class_logits(u, tail, text, hp.uniform_scale)
-    q = feedback_probs(z, uu)
+    # [B, K], and on the path to Q: a stage tensor that only feeds the stage list would be
+    # pruned as dead by graph tools (ModelOpt's Q/DQ pass does), and --stages would miss it
+    uu = class_logits(u[:, 0], tail, text, hp.uniform_scale)
+    q = feedback_probs(z, uu.unsqueeze(1))
     kl = (kl_literal if literal else kl_deploy)(q, hp.kl_eps)
     sim = similarity(kl)
     if keep is None:
-        keep = top_p_keep_sort(sim, hp.top_p) if literal else top_p_keep_bisect(sim, hp.top_p)
+        keep = top_p_keep_sort(sim, hp.top_p) if literal else top_p_keep(sim, hp.top_p)
     attn_new = feedback_attention(sim, keep, hp.lamda)
     if stages is not None:
-        stages.update(patch_logits=z, uniform_logits=uu[:, 0], feedback_probs=q, kl=kl, sim=sim, keep=keep,
+        stages.update(patch_logits=z, uniform_logits=uu, feedback_probs=q, kl=kl, sim=sim, keep=keep,
                       attn_new=attn_new)
     return attn_new
 

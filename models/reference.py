@@ -8,6 +8,7 @@ official (`literal`) or the exported (`deploy`) math; both are the same function
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -246,11 +247,7 @@ class FSAModel(nn.Module):
 
     def with_formulation(self, formulation: str) -> FSAModel:
         """A shallow twin sharing the weights, computing the other formulation."""
-        twin = object.__new__(FSAModel)
-        twin.__dict__ = dict(self.__dict__)
-        twin._modules = dict(self._modules)
-        twin._parameters = dict(self._parameters)
-        twin._buffers = dict(self._buffers)
+        twin = copy.copy(self)  # a new __dict__; the module, parameter and buffer tables are shared
         twin.formulation, twin.literal = formulation, formulation == "literal"
         return twin
 

@@ -221,6 +221,7 @@ class Options:
     devices: tuple[str, ...] = ("cpu",)
     only: tuple[str, ...] = ()
     min_agreement: float | None = None
+    calibration_count: int = 64  # crops for the int8 calibration (fsa calibrate --count)
     json: str | None = None
     md: str | None = None
     plot: str | None = None
@@ -345,16 +346,16 @@ def writable_copy(folder: str, work: Path) -> Path:
     return dest
 
 
-def calibrate_into(fp32: Source, work: Path) -> Source:
-    """`fsa calibrate` with its defaults (int8, entropy, 64 crops of the sample photos); ModelOpt's
-    chatter goes to calibrate.log in the work folder."""
+def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
+    """`fsa calibrate` with its defaults (int8, entropy, the sample photos) on `count` crops;
+    ModelOpt's chatter goes to calibrate.log in the work folder."""
     from calibration.quantize import Options as CalibrationOptions
     from calibration.quantize import calibrate, output_name
 
     folder = writable_copy(str(fp32.folder), work)
     log = work / "calibrate.log"
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        calibrate(folder, CalibrationOptions(precision="int8", lint=False), progress=False)
+        calibrate(folder, CalibrationOptions(precision="int8", count=count, lint=False), progress=False)
     return Source(str(folder), output_name("int8"))
 
 
@@ -374,17 +375,17 @@ def build_engine_into(graph: Source, precision: str, work: Path, max_batch: int,
     return Source(str(folder), name)
 
 
-def graphs_from_exports(spec: Any, work: Path, machine: Machine, need: set[str]) -> dict[str, Source]:
+def graphs_from_exports(spec: Any, work: Path, machine: Machine, need: set[str], count: int) -> dict[str, Source]:
     """Default mode: export fp32 and fp16 into the work folder, calibrate int8 from fp32
     (only what the selected rows need)."""
     exports: list[str] = [p for p in ("fp32", "fp16") if p in need or (p == "fp32" and "int8" in need)]
     graphs = {p: _attempt(f"export {p}", functools.partial(export_into, spec, work / p, p)) for p in exports}
     if "int8" in need:
-        graphs["int8"] = int8_source(graphs["fp32"], work, machine)
+        graphs["int8"] = int8_source(graphs["fp32"], work, machine, count)
     return graphs
 
 
-def int8_source(fp32: Source, work: Path, machine: Machine) -> Source:
+def int8_source(fp32: Source, work: Path, machine: Machine, count: int) -> Source:
     if machine.modelopt_missing:
         return Source(status=MISSING, why=machine.modelopt_missing)
     if fp32.folder is None:
@@ -393,10 +394,10 @@ def int8_source(fp32: Source, work: Path, machine: Machine) -> Source:
 
     if "image.int8.onnx" in A.Artifact.load(fp32.folder).files():
         return Source(fp32.folder, "image.int8.onnx")
-    return _attempt("calibrate int8", lambda: calibrate_into(fp32, work))
+    return _attempt("calibrate int8", lambda: calibrate_into(fp32, work, count))
 
 
-def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine, need: set[str]
+def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine, need: set[str], count: int
                           ) -> dict[str, Source]:
     """--artifact mode: each folder's image graphs at their recorded precisions; int8 is
     calibrated into a copy when no folder has it; a missing fp32/fp16 export is skipped."""
@@ -412,7 +413,7 @@ def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine
         graphs.setdefault(p, Source(status=SKIPPED, why=f"no {p} image graph in the --artifact folders "
                                     f"(fsa export --precision {p}, then add that folder with --artifact)"))
     if "int8" not in graphs and "int8" in need:
-        graphs["int8"] = int8_source(graphs["fp32"], work, machine)
+        graphs["int8"] = int8_source(graphs["fp32"], work, machine, count)
     order = {p: i for i, p in enumerate(GRAPH_PRECISIONS)}
     return dict(sorted(graphs.items(), key=lambda kv: order.get(kv[0], len(order))))
 
@@ -843,9 +844,9 @@ def needed_precisions(opts: Options, machine: Machine) -> tuple[set[str], set[st
 def prepare(opts: Options, work: Path, machine: Machine, spec: Any, need: set[str], need_engines: set[str]
             ) -> tuple[dict[str, Source], dict[str, Source]]:
     if opts.artifacts:
-        graphs = graphs_from_artifacts(opts.artifacts, work, machine, need)
+        graphs = graphs_from_artifacts(opts.artifacts, work, machine, need, opts.calibration_count)
     else:
-        graphs = graphs_from_exports(spec, work, machine, need)
+        graphs = graphs_from_exports(spec, work, machine, need, opts.calibration_count)
     engines = engine_sources(graphs, work, opts.max_batch, len(opts.vocab.queries), need_engines)
     return graphs, engines
 
@@ -993,7 +994,9 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
         raise FSAError(f"--plot {path}: matplotlib is not installed: pip install matplotlib") from e
     from export.artifact import atomic_file
 
-    pts = [r for r in rep.results if r.measured and r.agreement is not None]
+    # by latency, so that neighbours on the x axis get labels at different heights
+    pts = sorted((r for r in rep.results if r.measured and r.agreement is not None),
+                 key=lambda r: r.measured.crop.median)  # type: ignore[union-attr]
     fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
     colors = {OK: "tab:green", INVALID: "tab:red", FAILED: "tab:orange"}
     for i, r in enumerate(pts):
@@ -1001,7 +1004,8 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
         ax.scatter([x], [y], s=60, color=colors.get(r.status, "gray"), marker="o" if r.row.device == "cpu" else "s",
                    edgecolors="black", zorder=3)
         label = f"{r.row.name}\n" + ("baseline" if r.row.baseline else f"{r.speedup:.2f}x" if r.speedup else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(7, 10 if i % 2 else -22), fontsize=8)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(10, (14, -30, 40, -56)[i % 4]), fontsize=8,
+                    arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.6})
     ys = [100 * r.agreement for r in pts] + ([100 * min_agreement] if min_agreement else [])  # type: ignore[operator]
     lo = min(ys, default=99.0)
     ax.set_ylim(lo - max(0.1, (100 - lo) * 0.15), 100 + max(0.05, (100 - lo) * 0.1))
@@ -1082,6 +1086,9 @@ def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
                    help="only rows whose name contains TEXT, e.g. onnx, deploy, cuda (repeatable)")
     p.add_argument("--min-agreement", type=float, metavar="X",
                    help="exit 1 if a measured row's pixel agreement is under X (0-1): a CI gate")
+    p.add_argument("--calibration-count", type=int, default=64, metavar="N",
+                   help="crops calibrating the int8 row when no folder has image.int8.onnx (default 64, as "
+                        "fsa calibrate)")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--md", help="write the report as Markdown")
     p.add_argument("--plot", metavar="PNG", help="latency against fidelity, one labelled point per row")
@@ -1094,7 +1101,8 @@ def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
 
 def _check_ranges(args: argparse.Namespace) -> None:
     for name, value, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
-                             ("--max-batch", args.max_batch, 1), ("--threads", args.threads, 1)):
+                             ("--max-batch", args.max_batch, 1), ("--threads", args.threads, 1),
+                             ("--calibration-count", args.calibration_count, 1)):
         if value is not None and value < low:
             raise FSAError(f"{name} {value}: must be >= {low}")
     if args.min_agreement is not None and not args.min_agreement >= 0:
@@ -1155,7 +1163,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     devices = (args.device,) if args.device else ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
     return Options(spec, tuple(args.artifact), args.work, tuple(expand_images(args.images) or _default_images()),
                    vocabulary_from_args(args), args.repeats, args.warmup, args.max_batch, args.threads, devices,
-                   tuple(args.only), args.min_agreement, args.json, args.md, args.plot)
+                   tuple(args.only), args.min_agreement, args.calibration_count, args.json, args.md, args.plot)
 
 
 def run_block(args: argparse.Namespace) -> int:

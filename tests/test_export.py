@@ -26,7 +26,7 @@ from export import artifact as A
 from export.lint import lint
 from export.onnx_export import export_image
 from models.errors import FSAError
-from models.fsa import ambiguous_entries, top_p_keep_bisect, top_p_keep_sort
+from models.fsa import ambiguous_entries, top_p_keep, top_p_keep_sort
 from models.reference import aligned_stages
 
 
@@ -70,7 +70,7 @@ def test_image_graph_equals_reference(tmp_path, attention, proxy, fsa):
         assert report.ok, report.format()
     graph = onnx.load(str(path))
     ops = {n.op_type for n in graph.graph.node}
-    assert not ops & {"Loop", "If", "Scan", "TopK", "Sort", "NonZero"}, ops
+    assert not ops & {"Loop", "If", "Scan", "Sort", "NonZero"}, ops
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input]
     assert dims == [["batch", 3, CROP, CROP], ["classes", ref.model.embed_dim]], dims
     assert_matches_reference(ref.model, stage_map, path, photo_crops(2), what=f"{attention}/{proxy}/fsa={fsa}")
@@ -121,12 +121,12 @@ def test_changed_file_is_detected(artifact, tmp_path):
     assert proc.returncode == 2
 
 
-def test_top_p_bisection_graph_at_sam_grid(tmp_path):
-    """The deploy top-p alone at N = 4096 (SAM's grid): lint-clean, and equal to the sort on ORT."""
+def test_top_p_graph_at_sam_grid(tmp_path):
+    """The deploy top-p alone at N = 4096 (SAM's grid): a TopK of 1844, lint-clean, equal to the sort on ORT."""
 
     class TopP(torch.nn.Module):
         def forward(self, sim):
-            return top_p_keep_bisect(sim, 0.45)
+            return top_p_keep(sim, 0.45)
 
     path = tmp_path / "top_p.onnx"
     torch.onnx.export(TopP().eval(), (torch.rand(1, 4096, 4096),), str(path), input_names=["sim"],
@@ -134,6 +134,8 @@ def test_top_p_bisection_graph_at_sam_grid(tmp_path):
                       dynamo=True, opset_version=18, optimize=False, verbose=False)
     for major in (10, 11):
         assert lint(str(path), major).ok, lint(str(path), major).format()
+    ks = [n for n in onnx.load(str(path)).graph.node if n.op_type == "TopK"]
+    assert len(ks) == 1, [n.op_type for n in onnx.load(str(path)).graph.node]
     g = torch.Generator().manual_seed(1)
     sim = 1.0 / (1.0 + 3.0 * torch.rand(1, 4096, 4096, generator=g))
     got = torch.from_numpy(ort_session(path).run(None, {"sim": sim.numpy()})[0])

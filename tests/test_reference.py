@@ -21,7 +21,15 @@ from conftest import (
     unit_text,
 )
 
-from models.fsa import ambiguous_entries, top_p_keep_bisect, top_p_keep_sort
+from export.lint import TOPK_MAX_K as LINT_TOPK_MAX_K
+from models.fsa import (
+    TOPK_MAX_K,
+    ambiguous_entries,
+    top_p_keep_bisect,
+    top_p_keep_sort,
+    top_p_keep_topk,
+    top_p_topk_k,
+)
 from models.reference import aligned_stages
 
 
@@ -43,16 +51,27 @@ def test_literal_equals_deploy(attention, proxy, fsa):
         assert err <= 1e-5, f"K={k}: crop logits rel L2 {err:.2e} ({al})"
 
 
-def test_top_p_bisection_equals_sort_at_sam_grid():
-    """N = 4096 (SAM's 64 x 64 grid): the bisection keeps what the sort keeps, ties aside."""
+@pytest.mark.parametrize("rule", [top_p_keep_topk, top_p_keep_bisect], ids=["topk", "bisect"])
+@pytest.mark.parametrize("spread", [4.0, 1e-3], ids=["wide", "flat"])
+def test_top_p_deploy_equals_sort_at_sam_grid(rule, spread):
+    """N = 4096 (SAM's 64 x 64 grid): the deploy rules keep what the sort keeps, ties aside.
+
+    `flat` rows (Sim within 1e-3) keep close to p N entries: the most the TopK form can see.
+    """
     g = torch.Generator().manual_seed(0)
-    sim = 1.0 / (1.0 + 4.0 * torch.rand(2, 4096, 4096, generator=g))
-    sim[:, :, :64] = 0.97  # a tie group near the top of every row
-    a, b = top_p_keep_sort(sim, 0.45), top_p_keep_bisect(sim, 0.45)
+    sim = 1.0 / (1.0 + spread * torch.rand(2, 4096, 4096, generator=g))
+    sim[:, :, :64] = sim.amax() - 0.03 * spread  # a tie group near the top of every row
+    a, b = top_p_keep_sort(sim, 0.45), rule(sim, 0.45)
     amb = ambiguous_entries(sim, 0.45)
     differ = a != b
-    print(f"N=4096: {int(differ.sum())} flips, {int(amb.sum())} ambiguous entries")
+    most = int(a.sum(-1).max())
+    print(f"N=4096 {rule.__name__}: {int(differ.sum())} flips, {int(amb.sum())} ambiguous, <= {most} kept a row")
+    assert most <= top_p_topk_k(4096, 0.45) < TOPK_MAX_K
     assert int((differ & ~amb).sum()) == 0
+
+
+def test_top_p_limit_is_tensorrt_s():
+    assert TOPK_MAX_K == LINT_TOPK_MAX_K
 
 
 def test_batching_changes_nothing():

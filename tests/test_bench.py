@@ -62,6 +62,10 @@ def test_tiny_run_is_quick(run):
 
 def test_every_row_in_every_output(run):
     proc, _, files = run
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in files.values():  # written under a temporary name, then renamed: as readable as any other file
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, (f.name, oct(f.stat().st_mode))
     report = json.loads(files["json"].read_text())
     names = [r["name"] for r in report["rows"]]
     for name in CPU_ROWS:

@@ -13,8 +13,9 @@ def add_calibrate(sub, help_text: str) -> None:
 
     p = sub.add_parser("calibrate", help=help_text, description=(
         "Explicit quantization with NVIDIA ModelOpt: image.onnx -> image.int8.onnx or image.fp8.onnx (Q/DQ "
-        "nodes), calibrated on the CPU with crops cut as `fsa segment` cuts them. The FSA feedback block, "
-        "everything after it and every Softmax stay in fp32. The result is recorded in meta.json."))
+        "nodes), calibrated on the CPU with crops cut as `fsa segment` cuts them. The FSA head (proxy attention, "
+        "feedback, ensemble, tail), every Softmax and every MatMul that reads one stay in fp32; by default only "
+        "the proxy's backbone is quantized (--quantize). The result is recorded in meta.json."))
     p.add_argument("dir", metavar="DIR", help="artefact folder written by `fsa export` (fp32)")
     p.add_argument("--precision", choices=PRECISIONS, default=Options.precision,
                    help=f"Q/DQ precision (default {Options.precision})")

@@ -419,10 +419,13 @@ def _link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
 
 
 def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: CalibrationData, opts: Options,
-                 exclude: list[str], external: bool, scope: str) -> None:
+                 exclude: list[str], external: bool, scope: str, progress: bool = True) -> None:
     patterns = ([f"^{re.escape(scope)}"] if scope else []) + [re.escape(n) + "$" for n in exclude]
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # ORT's calibrator prints; stdout is for the result
+        # ORT's calibrator prints and tqdm draws bars: on stderr with progress, nowhere with --quiet;
+        # stdout is for the result either way
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(sys.stderr if progress else null), \
+                contextlib.redirect_stderr(sys.stderr if progress else null):
             quantize(str(src), quantize_mode=opts.precision, calibration_data_reader=DataReader(data, opts.batch),
                      calibration_method=METHODS[opts.method], calibration_eps=list(CALIBRATION_EPS),
                      output_path=str(out), high_precision_dtype="fp32", nodes_to_exclude=patterns,
@@ -516,7 +519,7 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
             say(f"ModelOpt {opts.precision} ({opts.method}, CPU) on the {opts.region}; fp32 kept: "
                 f"{scope or '(no scope)'}* + {len(exclude)} head/tail/boundary/trunk nodes and probability MatMuls "
                 f"+ {', '.join(EXCLUDED_OP_TYPES)}")
-        run_modelopt(quantize, src, work / name, data, opts, exclude, external, scope)
+        run_modelopt(quantize, src, work / name, data, opts, exclude, external, scope, progress)
         summary = summarize(onnx.load(str(work / name), load_external_data=False).graph, scope)
         if summary.in_scope:
             raise FSAError(f"{name}: ModelOpt put Q/DQ next to the fp32 block ({', '.join(summary.in_scope[:3])}); "

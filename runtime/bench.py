@@ -355,7 +355,7 @@ def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
     folder = writable_copy(str(fp32.folder), work)
     log = work / "calibrate.log"
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        calibrate(folder, CalibrationOptions(precision="int8", count=count, lint=False), progress=False)
+        calibrate(folder, CalibrationOptions(precision="int8", count=count, lint=False), progress=True)
     return Source(str(folder), output_name("int8"))
 
 

@@ -148,6 +148,18 @@ def test_int8_quantizes_backbone_not_feedback(artefact: Path, int8: dict) -> Non
 
 @pytest.mark.quant
 @needs_modelopt
+def test_quiet_leaves_stderr_empty(artefact: Path, int8: dict, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(artefact, copy)  # the module's artefact keeps its cache and its int8 graph
+    r = fsa("calibrate", copy, "--count", "2", "--method", "max", "--quiet")
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    assert json.loads(r.stdout)["crops"] == 2
+
+
+@pytest.mark.quant
+@needs_modelopt
 def test_op_types_absent_from_the_graph(artefact: Path) -> None:
     one_line_error(fsa("calibrate", artefact, "--count", "1", "--op-types", "MatMul,Einsum"), "--op-types Einsum")
 

@@ -57,6 +57,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     r = calibrate(args.dir, opts, progress=not args.quiet)
     print(json.dumps({"artifact": str(r.path.parent), "file": r.path.name, "precision": r.precision,
                       "qdq_pairs": r.summary.pairs, "quantized_ops": dict(r.summary.quantized_ops),
-                      "fp32_tail_nodes": r.excluded, "crops": int(len(r.data.crops)),
+                      "fp32_tail_nodes": r.fp32_nodes["tail_and_boundary"],
+                      "fp32_probability_matmuls": r.fp32_nodes["probability_matmuls"],
+                      "fp32_clip_trunk_nodes": r.fp32_nodes["clip_trunk"], "crops": int(len(r.data.crops)),
                       "cache_hit": r.data.cache_hit, "seconds": round(r.seconds, 1)}))
     return 0

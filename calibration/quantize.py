@@ -104,7 +104,7 @@ class Result:
     path: Path
     precision: str
     summary: QdqSummary
-    excluded: int
+    fp32_nodes: dict[str, int]  # nodes each rule kept out of quantization (a node may match two rules)
     seconds: float
     data: CalibrationData
 
@@ -263,30 +263,30 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def downstream(graph: onnx.GraphProto, tensors: list[str]) -> set[str]:
-    """Names of the nodes that read the given tensors, directly or through other nodes."""
-    consumers = _consumers(graph)
+def _reach(start: Iterable[onnx.NodeProto], step: Callable[[onnx.NodeProto], Iterable[onnx.NodeProto]]) -> set[str]:
+    """Names of the nodes reached from `start` by following `step` (a walk over the graph)."""
     seen: set[str] = set()
-    todo = [c for t in tensors for c in consumers.get(t, [])]
+    todo = list(start)
     while todo:
         node = todo.pop()
         if node.name not in seen:
             seen.add(node.name)
-            todo.extend(c for t in node.output for c in consumers.get(t, []))
+            todo.extend(step(node))
     return seen
+
+
+def downstream(graph: onnx.GraphProto, tensors: list[str]) -> set[str]:
+    """Names of the nodes that read the given tensors, directly or through other nodes."""
+    consumers = _consumers(graph)
+    return _reach((c for t in tensors for c in consumers.get(t, [])),
+                  lambda n: (c for t in n.output for c in consumers.get(t, [])))
 
 
 def upstream(graph: onnx.GraphProto, tensors: list[str]) -> set[str]:
     """Names of the nodes the given tensors are computed from, directly or through other nodes."""
     producer = {t: n for n in graph.node for t in n.output}
-    seen: set[str] = set()
-    todo = [producer[t] for t in tensors if t in producer]
-    while todo:
-        node = todo.pop()
-        if node.name not in seen:
-            seen.add(node.name)
-            todo.extend(producer[t] for t in node.input if t in producer)
-    return seen
+    return _reach((producer[t] for t in tensors if t in producer),
+                  lambda n: (producer[t] for t in n.input if t in producer))
 
 
 def clip_trunk_nodes(graph: onnx.GraphProto, stages: dict[str, str]) -> list[str]:
@@ -323,13 +323,10 @@ def excluded_nodes(graph: onnx.GraphProto, scope: str, head_inputs: tuple[str, .
     block_out = {t for n in graph.node if n.name in block for t in n.output}
     block_in = {t for n in graph.node if n.name in block for t in n.input if t and t not in block_out}
     neighbours = {c.name for t in block_in for c in consumers.get(t, []) if c.name not in block}
-    tail: set[str] = set()
-    todo = [c for t in block_out for c in consumers.get(t, []) if c.name not in block]
-    while todo:
-        node = todo.pop()
-        if node.name not in tail:
-            tail.add(node.name)
-            todo.extend(c for t in node.output for c in consumers.get(t, []) if c.name not in block)
+    def readers_outside(tensors: Iterable[str]) -> Iterable[onnx.NodeProto]:
+        return (c for t in tensors for c in consumers.get(t, []) if c.name not in block)
+
+    tail = _reach(readers_outside(block_out), lambda n: readers_outside(n.output))
     return sorted((neighbours | tail | head) - block)
 
 
@@ -494,14 +491,14 @@ def calibrate(root: str | os.PathLike[str], opts: Options, progress: bool = True
         if len(data.crops) < opts.count:
             say(f"--count {opts.count}: the images give only {len(data.crops)} crops; using them all")
     name = output_name(opts.precision)
-    summary, excluded, written = quantize_into(art, name, quantize, data, opts, progress)
+    summary, fp32_nodes, written = quantize_into(art, name, quantize, data, opts, progress)
     seconds = time.perf_counter() - t0
-    record(art, name, opts, data, summary, excluded, seconds, has_data=len(written) > 1)
-    return Result(art.root / name, opts.precision, summary, excluded, seconds, data)
+    record(art, name, opts, data, summary, fp32_nodes, seconds, has_data=len(written) > 1)
+    return Result(art.root / name, opts.precision, summary, fp32_nodes, seconds, data)
 
 
 def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], data: CalibrationData, opts: Options,
-                  progress: bool) -> tuple[QdqSummary, int, list[str]]:
+                  progress: bool) -> tuple[QdqSummary, dict[str, int], list[str]]:
     """ModelOpt in a temporary folder inside the artefact; checks (fp32 block untouched, lint)
     before the result is renamed into place, so a failed run leaves nothing behind."""
     import onnx
@@ -513,12 +510,14 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
         stages = art.meta.get("stages", {})
         head = tuple(stages[n] for n in ("proxy_features", "values") if n in stages)
         graph = onnx.load(str(src), load_external_data=False).graph
-        trunk = clip_trunk_nodes(graph, stages) if opts.region == "proxy" else []
-        exclude = sorted(set(excluded_nodes(graph, scope, head)) | set(probability_matmuls(graph)) | set(trunk))
+        rules = {"tail_and_boundary": excluded_nodes(graph, scope, head),
+                 "probability_matmuls": probability_matmuls(graph),
+                 "clip_trunk": clip_trunk_nodes(graph, stages) if opts.region == "proxy" else []}
+        exclude = sorted(set().union(*rules.values()))
+        fp32_nodes = {k: len(v) for k, v in rules.items()}
         if progress:
             say(f"ModelOpt {opts.precision} ({opts.method}, CPU) on the {opts.region}; fp32 kept: "
-                f"{scope or '(no scope)'}* + {len(exclude)} head/tail/boundary/trunk nodes and probability MatMuls "
-                f"+ {', '.join(EXCLUDED_OP_TYPES)}")
+                f"{scope or '(no scope)'}* + {len(exclude)} nodes ({fp32_nodes}) + {', '.join(EXCLUDED_OP_TYPES)}")
         run_modelopt(quantize, src, work / name, data, opts, exclude, external, scope, progress)
         summary = summarize(onnx.load(str(work / name), load_external_data=False).graph, scope)
         if summary.in_scope:
@@ -531,11 +530,11 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
         written = [n for n in (name, name + "_data") if (work / n).is_file()]
         for n in written:
             os.replace(work / n, art.root / n)  # same file system: a rename, never a half-written file
-    return summary, len(exclude), written
+    return summary, fp32_nodes, written
 
 
-def record(art: A.Artifact, name: str, opts: Options, data: CalibrationData, summary: QdqSummary, excluded: int,
-           seconds: float, has_data: bool) -> None:
+def record(art: A.Artifact, name: str, opts: Options, data: CalibrationData, summary: QdqSummary,
+           fp32_nodes: dict[str, int], seconds: float, has_data: bool) -> None:
     if has_data:
         art.record(name + "_data", role="external-data")
     art.record(name, role="image-qdq", precision=opts.precision, source=A.IMAGE_ONNX,
@@ -544,7 +543,7 @@ def record(art: A.Artifact, name: str, opts: Options, data: CalibrationData, sum
                             "batch": opts.batch, "op_types": list(opts.op_types) or "modelopt", "images": data.images,
                             "classes": int(len(data.text)), "cache": data.cache, "seconds": round(seconds, 1)},
                qdq_pairs=summary.pairs, quantized_ops=dict(summary.quantized_ops),
-               fp32_nodes={"scope": art.meta.get("feedback_scope"), "tail_and_boundary": excluded,
+               fp32_nodes={"scope": art.meta.get("feedback_scope"), **fp32_nodes,
                            "op_types": list(EXCLUDED_OP_TYPES)},
                modelopt=modelopt_version())
     art.save()

@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[dev,quant]"
+	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant]"
 	# tensorrt-stubs' metadata requires the placeholder `tensorrt` wheel: install the stubs alone
 	$(PIP) install -q --no-deps "tensorrt-stubs>=10.13,<11"
 	touch $(STAMP)
@@ -39,7 +39,7 @@ bench-block: setup
 	$(BIN)/fsa bench --block --tokens 1764 --classes 171 --device cpu --repeats 5 --json out/bench/block.json
 
 export-b16: setup
-	$(BIN)/python -m runtime.bench_export --out out/b16 --json out/bench/export_b16.json
+	$(BIN)/python -m fsa_deploy.validation.bench_export --out out/b16 --json out/bench/export_b16.json
 
 bench: setup
 	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from models.cli import add_vocabulary_args
+from fsa_deploy.runtime.text import add_vocabulary_args
 
 
 def add_calibrate(sub, help_text: str) -> None:
-    from calibration.quantize import METHODS, PRECISIONS, REGIONS, Options
+    from fsa_deploy.calibration.quantize import METHODS, REGIONS, Options
+
+    from fsa_deploy.contract import CALIBRATE_PRECISIONS
 
     p = sub.add_parser("calibrate", help=help_text, description=(
         "Explicit quantization with NVIDIA ModelOpt: image.onnx -> image.int8.onnx or image.fp8.onnx (Q/DQ "
@@ -17,7 +19,7 @@ def add_calibrate(sub, help_text: str) -> None:
         "feedback, ensemble, tail), every Softmax and every MatMul that reads one stay in fp32; by default only "
         "the proxy's backbone is quantized (--quantize). The result is recorded in meta.json."))
     p.add_argument("dir", metavar="DIR", help="artefact folder written by `fsa export` (fp32)")
-    p.add_argument("--precision", choices=PRECISIONS, default=Options.precision,
+    p.add_argument("--precision", choices=CALIBRATE_PRECISIONS, default=Options.precision,
                    help=f"Q/DQ precision (default {Options.precision})")
     p.add_argument("--images", nargs="+", metavar="PATH",
                    help="calibration images: files and/or folders (default: scikit-image's sample photos)")
@@ -43,11 +45,11 @@ def add_calibrate(sub, help_text: str) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from calibration.quantize import Options, calibrate
+    from fsa_deploy.calibration.quantize import Options, calibrate
 
     classes = None
     if args.classes is not None or args.classes_file is not None:
-        from models.cli import vocabulary_from_args
+        from fsa_deploy.runtime.text import vocabulary_from_args
 
         classes = vocabulary_from_args(args)
     opts = Options(precision=args.precision, images=tuple(args.images or ()), count=args.count, batch=args.batch,

@@ -28,16 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from fsa_deploy.runtime import artifact as A
 
-from export import artifact as A
-from models.errors import FSAError
+from fsa_deploy.contract import CALIBRATE_PRECISIONS  # also ModelOpt's quantize_mode names
+from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     import onnx
+    from fsa_deploy.runtime.text import Vocabulary
 
-    from models.text import Vocabulary
-
-PRECISIONS = ("int8", "fp8")  # --precision, also ModelOpt's quantize_mode
 REGIONS = ("proxy", "backbones")  # --quantize: the proxy's backbone only, or CLIP's trunk too
 METHODS = {"entropy": "entropy", "max": "max"}  # --method -> ModelOpt's calibration_method
 EXCLUDED_OP_TYPES = ("Softmax",)  # never quantized: a Softmax in int8/fp8 flattens attention
@@ -69,8 +68,8 @@ class Options:
     lint: bool = True
 
     def check(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise FSAError(f"--precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
+        if self.precision not in CALIBRATE_PRECISIONS:
+            raise FSAError(f"--precision {self.precision!r}: choose from {', '.join(CALIBRATE_PRECISIONS)}")
         if self.method not in METHODS:
             raise FSAError(f"--method {self.method!r}: choose from {', '.join(METHODS)}")
         if self.count < 1:
@@ -115,7 +114,7 @@ class Result:
 def image_files(sources: Sequence[str]) -> list[Path]:
     """--images: files as given, folders expanded to their image files (sorted); none is an error."""
     if not sources:
-        from models.images import sample_photos
+        from fsa_deploy.runtime.images import sample_photos
 
         sources = sample_photos()
     files: list[Path] = []
@@ -136,9 +135,8 @@ def image_files(sources: Sequence[str]) -> list[Path]:
 def pipeline_crops(files: Iterable[Path], crop: int, count: int) -> tuple[np.ndarray, list[str]]:
     """The first `count` crops of the images, cut as `fsa segment` cuts them (default geometry)."""
     import torch
-
-    from models.images import load_image
-    from models.pipeline import Geometry, crops_of, resize_image
+    from fsa_deploy.runtime.images import load_image
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 
     geo, crops, used, have = Geometry(crop=crop), [], [], 0
     with torch.no_grad():
@@ -163,8 +161,8 @@ def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
     """
     import onnxruntime as ort
     import torch
-
-    from models.text import classifier, openai_templates
+    from fsa_deploy.models.text import openai_templates
+    from fsa_deploy.runtime.text import classifier
 
     session = ort.InferenceSession(str(art.path(A.TEXT_ONNX)), providers=["CPUExecutionProvider"])
 
@@ -177,8 +175,7 @@ def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
 
 
 def default_vocabulary() -> Vocabulary:
-    from models.cli import DEFAULT_CLASSES
-    from models.text import Vocabulary
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary
 
     return Vocabulary.from_file(DEFAULT_CLASSES)
 
@@ -524,7 +521,7 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
             raise FSAError(f"{name}: ModelOpt put Q/DQ next to the fp32 block ({', '.join(summary.in_scope[:3])}); "
                            "not written")
         if opts.lint:
-            from export.lint import assert_lint_clean
+            from fsa_deploy.export.lint import assert_lint_clean
 
             assert_lint_clean(str(work / name))
         written = [n for n in (name, name + "_data") if (work / n).is_file()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from models.cli import add_model_args, spec_from_args
+from fsa_deploy.models.cli import add_model_args, spec_from_args
 
 
 def add_export(sub, help_text: str) -> None:
@@ -24,8 +24,9 @@ def add_export(sub, help_text: str) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from export.onnx_export import describe, export_artifact
-    from models.errors import FSAError
+    from fsa_deploy.export.onnx_export import describe, export_artifact
+
+    from fsa_deploy.errors import FSAError
 
     if args.max_batch < 1:
         raise FSAError(f"--max-batch {args.max_batch}: must be >= 1")

@@ -35,7 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from models.errors import CheckFailed, FSAError
+from fsa_deploy.contract import TOPK_MAX_K
+from fsa_deploy.errors import CheckFailed, FSAError
 
 # ---------------------------------------------------------------- rules as data
 
@@ -106,7 +107,6 @@ RESIZE = (
     AttrRule("keep_aspect_ratio_policy", frozenset({"stretch"}), "stretch"),
     AttrRule("antialias", frozenset({0}), 0),
 )
-TOPK_MAX_K = 3840  # docs/operators.md: "`K` input must be less than 3840"
 
 # Default-domain ops. None: listed as unsupported. Missing: not in the table at all.
 _SUPPORTED_10: dict[str, OpRule] = {
@@ -173,7 +173,7 @@ _SUPPORTED_10: dict[str, OpRule] = {
     "STFT": OpRule(_t("FP32"), (ConstInput(1, "frame_step"), ConstInput(2, "window"))),
     "TensorScatter": OpRule(F | _t("INT32")),
     "TopK": OpRule(
-        FI, (ConstInput(1, "K", "topk-k", below=TOPK_MAX_K),), attrs=(AttrRule("sorted", frozenset({1}), 1),)
+        FI, (ConstInput(1, "K", "topk-k", below=TOPK_MAX_K + 1),), attrs=(AttrRule("sorted", frozenset({1}), 1),)
     ),
 }
 _UNSUPPORTED = _names(
@@ -709,7 +709,7 @@ def run_lint(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    from export.artifact import write_json_atomic
+    from fsa_deploy.runtime.artifact import write_json_atomic
 
     try:
         write_json_atomic(path, obj)

@@ -20,19 +20,19 @@ from typing import Any
 
 import onnx
 import torch
+from fsa_deploy.models.factory import ModelSpec, Reference, build
+from fsa_deploy.models.text import openai_templates
+from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime.text import CONTEXT_LENGTH
 from torch import nn
 
-from export import artifact as A
-from models.dump import STAGES
-from models.errors import FSAError
-from models.factory import ModelSpec, Reference, build
-from models.text import CONTEXT_LENGTH, openai_templates
+from fsa_deploy.contract import EXPORT_PRECISIONS, FEEDBACK_SCOPE, STAGE_PREFIX, STAGES
+from fsa_deploy.errors import FSAError
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 1_900_000_000  # protobuf's 2 GB limit, with a margin
-STAGE_PREFIX = "stage."
-FEEDBACK_SCOPE = "feedback/"
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+assert tuple(DTYPES) == EXPORT_PRECISIONS
 # stage tensors that are graph inputs (no node produces them)
 INPUT_STAGES = ("image", "text_embeddings")
 
@@ -243,8 +243,8 @@ def build_meta(spec: ModelSpec, ref: Reference, precision: str, mapping: dict[st
 def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", overwrite: bool = False,
                     progress: bool = True, max_batch: int = 64, lint: bool = True) -> A.Artifact:
     """Write the artefact folder for `spec` at `out`; nothing is left there if a step fails."""
-    if precision not in PRECISIONS:
-        raise FSAError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise FSAError(f"--precision {precision!r}: choose from {', '.join(EXPORT_PRECISIONS)}")
     steps = Progress(6 if lint else 5, progress)
     steps.step(f"building {spec.model}" + (f" + {spec.proxy}" if spec.attention == "proxy" else "")
                + f" ({spec.attention}, {'FSA' if spec.fsa else 'no FSA'}, crop {spec.crop})")
@@ -263,7 +263,7 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
         art.save()
         if lint:
             steps.step("linting against TensorRT 10 and 11 ONNX rules")
-            from export.lint import assert_lint_clean
+            from fsa_deploy.export.lint import assert_lint_clean
 
             for name in (A.IMAGE_ONNX, A.TEXT_ONNX):
                 assert_lint_clean(str(work / name))

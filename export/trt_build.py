@@ -18,14 +18,13 @@ project work without it, and a missing install is one line naming the fix.
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.artifact import (
+from fsa_deploy.runtime.artifact import (
     EMBEDDINGS,
     IMAGE,
     IMAGE_ONNX,
@@ -36,75 +35,27 @@ from export.artifact import (
     Artifact,
     atomic_file,
 )
-from models.errors import FSAError
+from fsa_deploy.runtime.backends.trt_lib import (  # noqa: F401  (the TensorRT environment lives with the runtime)
+    TEXT_ENGINE,
+    cuda_device,
+    image_engine_name,
+    require_tensorrt,
+    trt_logger,
+    version_tuple,
+)
+
+from fsa_deploy.contract import GRAPH_PRECISIONS, IMAGE_GRAPHS
+from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-# Conventional source graph of each precision; fp32 and fp16 share image.onnx (its
-# precision is recorded in meta.json), the others are written beside it.
-IMAGE_SOURCES = {
-    "fp32": IMAGE_ONNX,
-    "fp16": IMAGE_ONNX,
-    "bf16": "image.bf16.onnx",
-    "int8": "image.int8.onnx",
-    "fp8": "image.fp8.onnx",
-}
+# Source graph of each precision: fp32 and fp16 share image.onnx (its precision is recorded in
+# meta.json), the Q/DQ graphs of `fsa calibrate` sit beside it.
+PRECISIONS = GRAPH_PRECISIONS
+IMAGE_SOURCES = IMAGE_GRAPHS
 IMAGE_ROLES = ("image", "image-qdq")
-TEXT_ENGINE = "text.engine"
 TIMING_CACHE = "timing.cache"
-
-TENSORRT_HINT = "pip install tensorrt (NVIDIA's index) or, on Jetson, JetPack's python3-libnvinfer"
-
-
-def image_engine_name(precision: str) -> str:
-    return f"image.{precision}.engine"
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """'10.13.0.35' -> (10, 13, 0, 35), '8.7' -> (8, 7); stops at the first part that is not a number."""
-    parts = []
-    for part in version.split("."):
-        if not part.isdigit():
-            break
-        parts.append(int(part))
-    return tuple(parts)
-
-
-# ---------------------------------------------------------------- environment
-
-
-def require_tensorrt() -> str:
-    """Import TensorRT or raise one line naming the fix; returns its version.
-
-    `tensorrt-stubs` leaves an importable namespace package called `tensorrt`, so an
-    import that succeeds is not enough: the real module has `Builder`.
-    """
-    try:
-        import tensorrt
-    except (ImportError, OSError) as e:  # OSError: bindings present, libnvinfer missing
-        raise FSAError(f"TensorRT is not installed ({e}): {TENSORRT_HINT}") from e
-    version = getattr(tensorrt, "__version__", None)
-    if not hasattr(tensorrt, "Builder") or not isinstance(version, str):
-        raise FSAError(
-            f"TensorRT is not installed (the tensorrt module found holds only type stubs): {TENSORRT_HINT}"
-        )
-    return version
-
-
-def cuda_device() -> tuple[str, str]:
-    """Name and compute capability ("8.7") of the current GPU, or one line saying there is none."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise FSAError(
-            "no CUDA GPU: TensorRT needs an NVIDIA GPU and driver "
-            "(torch.cuda.is_available() is False; check nvidia-smi and a CUDA build of torch)"
-        )
-    major, minor = torch.cuda.get_device_capability()
-    return torch.cuda.get_device_name(), f"{major}.{minor}"
-
 
 # ---------------------------------------------------------------- options as data
 
@@ -202,14 +153,6 @@ def profile_shapes(
 
 
 # ---------------------------------------------------------------- TensorRT steps
-
-
-@functools.cache
-def trt_logger() -> trt.ILogger:
-    """One logger per process, as TensorRT asks; warnings and errors go to stdout."""
-    import tensorrt as trt
-
-    return trt.Logger(trt.Logger.WARNING)
 
 
 def network_flags() -> int:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-DEFAULT_CLASSES = Path(__file__).parent / "data" / "voc21.txt"
+from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -28,9 +27,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace):
     """The ModelSpec the options describe (FSAError on a bad combination)."""
-    from models.errors import FSAError
-    from models.factory import ModelSpec, default_hp
-    from models.weights import Weights
+    from fsa_deploy.models.factory import ModelSpec, default_hp
+    from fsa_deploy.models.weights import Weights
+
+    from fsa_deploy.errors import FSAError
 
     if args.pretrained:
         weights = Weights(pretrained=args.pretrained)
@@ -44,22 +44,6 @@ def spec_from_args(args: argparse.Namespace):
     hp = default_hp(args.model, proxy, lamda=args.lamda, beta=args.beta, gamma=args.gamma, top_p=args.top_p)
     return ModelSpec(model=args.model, weights=weights, attention=args.attention, proxy=proxy,
                      proxy_checkpoint=args.proxy_checkpoint, crop=args.crop, fsa=not args.no_fsa, hp=hp)
-
-
-def add_vocabulary_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--classes", help='"cat; kitty, dog, grass": commas separate classes, semicolons synonyms')
-    g.add_argument("--classes-file", metavar="FILE", help="one class a line, synonyms separated by ';'")
-
-
-def vocabulary_from_args(args: argparse.Namespace):
-    from models.text import Vocabulary
-
-    if getattr(args, "classes", None) is not None:
-        return Vocabulary.parse(args.classes)
-    if getattr(args, "classes_file", None) is not None:
-        return Vocabulary.from_file(args.classes_file)
-    return Vocabulary.from_file(DEFAULT_CLASSES)
 
 
 def add_dump(sub, help_text: str) -> None:
@@ -76,7 +60,7 @@ def add_dump(sub, help_text: str) -> None:
 
 
 def run_dump(args: argparse.Namespace) -> int:
-    from models.dump import dump_stages
+    from fsa_deploy.models.dump import dump_stages
 
     dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
                 formulation=args.formulation, stride=args.stride)

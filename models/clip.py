@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from fsa_deploy.models.registry import clip_spec
+from fsa_deploy.models.weights import Weights, load_state_dict, quiet, seeded
 
-from models.errors import FSAError
-from models.registry import clip_spec
-from models.weights import Weights, load_state_dict, quiet, seeded
+from fsa_deploy.errors import FSAError
 
 _CONFIGS = Path(__file__).parent / "configs"
 

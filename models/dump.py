@@ -7,18 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fsa_deploy.models.factory import ModelSpec, Reference, build
+from fsa_deploy.models.text import openai_templates
+from fsa_deploy.runtime.images import load_image
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+from fsa_deploy.runtime.text import Vocabulary, classifier
 
-from models.errors import FSAError
-from models.factory import ModelSpec, Reference, build
-from models.images import load_image
-from models.pipeline import Geometry, crops_of, resize_image
-from models.text import Vocabulary, classifier, openai_templates
-
-# shared/spec/CLI.md's stage keys, in forward order (proxy-only ones marked)
-STAGES = ("image", "proxy_features", "values", "text_embeddings", "attn_proxy", "attn_out1", "patch_logits",
-          "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new", "features", "logits")
-PROXY_ONLY = ("proxy_features", "attn_proxy")
-FSA_ONLY = ("patch_logits", "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new")
+from fsa_deploy.contract import STAGES
+from fsa_deploy.errors import FSAError
 
 
 def first_crop(path: str, crop: int, stride: int | None = None) -> torch.Tensor:

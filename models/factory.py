@@ -6,9 +6,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.errors import FSAError
-from models.registry import ATTENTIONS, HyperParams, clip_spec, default_lamda, proxy_spec
-from models.weights import Weights
+from fsa_deploy.models.registry import ATTENTIONS, HyperParams, clip_spec, default_lamda, proxy_spec
+from fsa_deploy.models.weights import Weights
+
+from fsa_deploy.errors import FSAError
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,9 @@ class Reference:
 
 def build(spec: ModelSpec, formulation: str = "deploy") -> Reference:
     """The PyTorch reference for a selection: an FSAModel in eval mode, fp32, CPU."""
-    from models.clip import create_clip
-    from models.proxies import create_proxy
-    from models.reference import FSAConfig, FSAModel
+    from fsa_deploy.models.clip import create_clip
+    from fsa_deploy.models.proxies import create_proxy
+    from fsa_deploy.models.reference import FSAConfig, FSAModel
 
     clip = create_clip(spec.model, spec.weights)
     proxy = None

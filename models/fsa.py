@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from fsa_deploy.models.registry import HyperParams
 
-from models.registry import HyperParams
+from fsa_deploy.contract import TOPK_MAX_K
 
 Tail = Callable[[torch.Tensor], torch.Tensor]  # tokens [.., d] -> features [.., D] (ln_post, proj)
 NEG_INF = float("-inf")
@@ -133,7 +134,6 @@ def top_p_keep_sort(sim: torch.Tensor, p: float) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
-TOPK_MAX_K = 3840  # TensorRT's TopK: K < 3840
 
 
 def top_p_topk_k(n: int, p: float) -> int:
@@ -183,7 +183,7 @@ def top_p_keep_bisect(sim: torch.Tensor, p: float, steps: int = 32) -> torch.Ten
 
 def top_p_keep(sim: torch.Tensor, p: float) -> torch.Tensor:
     """The deploy top-p: TopK where TensorRT allows its K, the bisection past it."""
-    if top_p_topk_k(sim.shape[-1], p) < TOPK_MAX_K:
+    if top_p_topk_k(sim.shape[-1], p) <= TOPK_MAX_K:
         return top_p_keep_topk(sim, p)
     return top_p_keep_bisect(sim, p)
 

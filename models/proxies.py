@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from fsa_deploy.models.registry import IMAGENET_MEAN, IMAGENET_STD, ProxySpec, proxy_spec
+from fsa_deploy.models.weights import Weights, load_state_dict, quiet, seeded
 from torch import nn
 
-from models.errors import FSAError
-from models.registry import IMAGENET_MEAN, IMAGENET_STD, ProxySpec, proxy_spec
-from models.weights import Weights, load_state_dict, quiet, seeded
+from fsa_deploy.errors import FSAError
 
 
 class ProxyFeatures(nn.Module):

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from fsa_deploy.models import fsa
+from fsa_deploy.models.proxies import ProxyFeatures
+from fsa_deploy.models.registry import ATTENTIONS, CLIP_MEAN, CLIP_STD, HyperParams
 from torch import nn
 
-from models import fsa
-from models.errors import FSAError
-from models.proxies import ProxyFeatures
-from models.registry import ATTENTIONS, CLIP_MEAN, CLIP_STD, HyperParams
+from fsa_deploy.errors import FSAError
 
 FORMULATIONS = ("deploy", "literal")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from models.errors import FSAError
+from fsa_deploy.errors import FSAError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.cli import add_vocabulary_args, vocabulary_from_args
-from models.errors import FSAError
-from runtime.backends.select import BACKENDS
+from fsa_deploy.runtime.backends.select import BACKENDS
+from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
+
+from fsa_deploy.errors import FSAError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                             ".pbm", ".pnm"})
@@ -88,10 +89,9 @@ def _report(message: str) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.text import default_cache_dir
     from tqdm import tqdm
-
-    from models.text import default_cache_dir
-    from runtime.segmenter import Segmenter
 
     files, errors = expand_inputs(args.images)
     for line in errors:

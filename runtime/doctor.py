@@ -17,8 +17,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from export.trt_build import require_tensorrt
-from models.errors import FSAError
+from fsa_deploy.runtime.backends.trt_lib import require_tensorrt
+
+from fsa_deploy.errors import FSAError
 
 
 def _dist_version(*names: str) -> str | None:

@@ -3,7 +3,7 @@
     seg = Segmenter.from_artifact("artefacts/vit-b16").set_classes("cat; kitty, dog, grass")
     seg.segment("photo.jpg").save("out", "photo")
 
-The pipeline is models.pipeline's (resize, windows, stitching, post-processing) around
+The pipeline is fsa_deploy.runtime.pipeline's (resize, windows, stitching, post-processing) around
 the backend's crop forward, on the backend's device; class embeddings come from the
 backend's text graph through models.text's on-disk cache.
 """
@@ -19,20 +19,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact, atomic_file
+from fsa_deploy.runtime.images import load_image, to_rgb
+from fsa_deploy.runtime.pipeline import Geometry, class_probs, labels_of, segment_logits, windows
+from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from export.artifact import IMAGE_ONNX, Artifact, atomic_file
-from models.errors import FSAError
-from models.images import load_image, to_rgb
-from models.pipeline import Geometry, class_probs, labels_of, segment_logits, windows
-from models.text import Vocabulary, cached_classifier, default_cache_dir
-
-if TYPE_CHECKING:
-    from models.factory import ModelSpec
+from fsa_deploy.errors import FSAError
 
 ImageLike = Any  # a path, a PIL image, numpy HWC uint8 or torch [3, H, W] (0-255)
 Classes = Vocabulary | str | Sequence[str]
@@ -285,7 +282,7 @@ class Segmenter:
         """A Segmenter on an artefact folder. `backend`: auto, trt, onnx, torch, or a Backend
         object; `threads`/`precision` go to runtime.backends.select.select_backend; `options`
         are the dataclass fields (max_batch, cache_dir, prob_thd, stride, keep_logits)."""
-        from runtime.backends.select import select_backend
+        from fsa_deploy.runtime.backends.select import select_backend
 
         art = folder if isinstance(folder, Artifact) else Artifact.load(folder)
         if isinstance(backend, str):
@@ -300,16 +297,6 @@ class Segmenter:
         return cls(backend, crop=int(meta["crop"]), logit_scale=float(meta["logit_scale"]),
                    templates=list(meta["templates"]), model_key=sha, artifact_sha256=sha, backend_reason=reason,
                    **options)
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec, device: str = "cpu", **options: Any) -> Segmenter:
-        """The PyTorch reference without an export (open_clip and timm needed)."""
-        from models.text import openai_templates
-        from runtime.backends.torch_backend import TorchBackend, spec_key
-
-        backend = TorchBackend(spec, device=device)
-        return cls(backend, crop=spec.crop, logit_scale=spec.hp.logit_scale, templates=openai_templates(),
-                   model_key=f"spec:{spec_key(spec)}", backend_reason="reference", **options)
 
     @property
     def device(self) -> torch.device:

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from models.factory import ModelSpec, build, default_hp
-from models.images import load_image, sample_photos
-from models.pipeline import Geometry, crops_of, resize_image
-from models.weights import Weights
+from fsa_deploy.models.factory import ModelSpec, build, default_hp
+from fsa_deploy.models.weights import Weights
+from fsa_deploy.runtime.images import load_image, sample_photos
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 
 REPO = Path(__file__).resolve().parents[1]
 CROP = 112
@@ -64,7 +63,7 @@ def rel_l2(a, b) -> float:
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsa_cli", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fsa_deploy", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -84,6 +83,6 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory):
     """One full tiny export (tiny CLIP + tiny DINO, FSA on, crop 112), as `fsa export` writes it."""
-    from export.onnx_export import export_artifact
+    from fsa_deploy.export.onnx_export import export_artifact
 
     return export_artifact(tiny_spec(), tmp_path_factory.mktemp("art") / "tiny-dino", progress=False)

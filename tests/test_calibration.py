@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from fsa_deploy.runtime import artifact as A
 from onnx import TensorProto
 from onnx import helper as h
-
-from export import artifact as A
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
@@ -30,7 +29,7 @@ COUNT = 8
 
 
 def fsa(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsa_cli", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fsa_deploy", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -57,9 +56,9 @@ def one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
 def artefact(tmp_path_factory) -> Path:
     if not HAVE_MODELOPT:
         pytest.skip("NVIDIA ModelOpt not installed")
-    from export.onnx_export import export_artifact
-    from models.factory import ModelSpec, default_hp
-    from models.weights import Weights
+    from fsa_deploy.export.onnx_export import export_artifact
+    from fsa_deploy.models.factory import ModelSpec, default_hp
+    from fsa_deploy.models.weights import Weights
 
     spec = ModelSpec(model="tiny", weights=Weights(seed=0), attention="proxy", proxy="tiny-dino", crop=112,
                      hp=default_hp("tiny", "tiny-dino"))
@@ -90,8 +89,8 @@ def neighbours(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[
 
 def held_out(folder: Path, n: int = 4) -> dict[str, np.ndarray]:
     """Crops of the last sample photo (not among the first COUNT crops) with the default vocabulary."""
-    from calibration.quantize import default_vocabulary, pipeline_crops, vocabulary_text
-    from models.images import sample_photos
+    from fsa_deploy.calibration.quantize import default_vocabulary, pipeline_crops, vocabulary_text
+    from fsa_deploy.runtime.images import sample_photos
 
     art = A.Artifact.load(folder)
     crops, _ = pipeline_crops([Path(sample_photos()[-1])], int(art.meta["crop"]), n)
@@ -134,7 +133,7 @@ def test_int8_quantizes_backbone_not_feedback(artefact: Path, int8: dict) -> Non
         assert all(producer[t].op_type != "DequantizeLinear" for t in sm.input if t in producer), sm.name
         for mm in (c for c in consumers.get(sm.output[0], []) if c.op_type == "MatMul"):  # probabilities x V
             assert all(producer[t].op_type != "DequantizeLinear" for t in mm.input if t in producer), mm.name
-    from calibration.quantize import clip_trunk_nodes
+    from fsa_deploy.calibration.quantize import clip_trunk_nodes
 
     stages = A.Artifact.load(artefact).meta["stages"]
     trunk = set(clip_trunk_nodes(onnx.load(str(artefact / A.IMAGE_ONNX)).graph, stages))
@@ -212,7 +211,7 @@ def test_fp8_reuses_cache_and_runs_on_ort(artefact: Path, fp8: dict) -> None:
 @needs_modelopt
 @pytest.mark.parametrize("name", ["image.int8.onnx", "image.fp8.onnx"])
 def test_qdq_graphs_pass_lint(artefact: Path, int8: dict, fp8: dict, name: str) -> None:
-    lint = getattr(pytest.importorskip("export.lint"), "lint", None)
+    lint = getattr(pytest.importorskip("fsa_deploy.export.lint"), "lint", None)
     if lint is None:
         pytest.skip("export.lint has no lint(path, trt_major)")
     for major in (10, 11):
@@ -225,7 +224,7 @@ def test_qdq_graphs_pass_lint(artefact: Path, int8: dict, fp8: dict, name: str) 
 
 def test_excluded_nodes_cover_tail_and_shared_inputs() -> None:
     """x feeds a backbone MatMul and the block; the block's output feeds the tail (two nodes)."""
-    from calibration.quantize import excluded_nodes
+    from fsa_deploy.calibration.quantize import excluded_nodes
 
     f = TensorProto.FLOAT
     nodes = [
@@ -243,7 +242,7 @@ def test_excluded_nodes_cover_tail_and_shared_inputs() -> None:
 
 
 def test_probability_matmuls_are_the_ones_reading_a_softmax() -> None:
-    from calibration.quantize import probability_matmuls
+    from fsa_deploy.calibration.quantize import probability_matmuls
 
     f = TensorProto.FLOAT
     nodes = [
@@ -322,7 +321,7 @@ def test_not_an_artefact(tmp_path: Path) -> None:
 
 def run_without_modelopt(args: Sequence[str | Path]) -> subprocess.CompletedProcess:
     """The CLI in a process where `import modelopt` fails, as on a machine without it."""
-    code = ("import sys; sys.modules['modelopt'] = None; import fsa_cli; "
+    code = ("import sys; sys.modules['modelopt'] = None; from fsa_deploy import cli as fsa_cli; "
             f"sys.exit(fsa_cli.main({[str(a) for a in args]!r}))")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
 

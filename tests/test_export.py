@@ -21,13 +21,13 @@ from conftest import (
     tiny_reference,
     unit_text,
 )
+from fsa_deploy.export.lint import lint
+from fsa_deploy.export.onnx_export import export_image
+from fsa_deploy.models.fsa import ambiguous_entries, top_p_keep, top_p_keep_sort
+from fsa_deploy.models.reference import aligned_stages
+from fsa_deploy.runtime import artifact as A
 
-from export import artifact as A
-from export.lint import lint
-from export.onnx_export import export_image
-from models.errors import FSAError
-from models.fsa import ambiguous_entries, top_p_keep, top_p_keep_sort
-from models.reference import aligned_stages
+from fsa_deploy.errors import FSAError
 
 
 def ort_session(model_or_path):
@@ -85,7 +85,7 @@ def test_batch_of_three_equals_three_singles(artifact):
 
 
 def test_text_graph_equals_open_clip(artifact):
-    from models.text import tokenize
+    from fsa_deploy.runtime.text import tokenize
 
     tokens = tokenize(["a photo of a cat.", "a bad photo of the dog.", "itap of a sofa.", "grass"])
     sess = ort_session(artifact.path(A.TEXT_ONNX))
@@ -168,7 +168,7 @@ def test_export_refuses_a_folder_that_is_not_an_artifact(tmp_path):
 
 
 def test_zero_classes_is_refused(artifact, tmp_path):
-    from models.text import Vocabulary
+    from fsa_deploy.runtime.text import Vocabulary
 
     with pytest.raises(FSAError, match="no class names"):
         Vocabulary.parse(" ; , ")

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from fsa_deploy.export.lint import assert_lint_clean, lint, lint_versions
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper
 
-from export.lint import TOPK_MAX_K, assert_lint_clean, lint, lint_versions
-from models.errors import CheckFailed, FSAError
+from fsa_deploy.contract import TOPK_MAX_K
+from fsa_deploy.errors import CheckFailed, FSAError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,8 @@ def test_clean_graph_passes_both_versions():
 
 def test_topk_k_over_limit():
     assert rules(_topk(4096, width=5000)) == {"topk-k"}
-    assert rules(_topk(TOPK_MAX_K - 1, width=5000)) == set()
+    assert rules(_topk(TOPK_MAX_K, width=5000)) == set()  # the parser's limit is K <= 3840
+    assert rules(_topk(TOPK_MAX_K + 1, width=5000)) == {"topk-k"}
 
 
 def test_topk_k_not_constant():
@@ -268,7 +270,7 @@ def test_assert_lint_clean(tmp_path):
 
 
 def fsa(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fsa_cli", *args], cwd=REPO, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "fsa_deploy", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def test_cli_clean_exit_0_and_json(tmp_path):

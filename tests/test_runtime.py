@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import rel_l2
+from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
+from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+from fsa_deploy.runtime.images import load_image, sample_photos
+from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary, label_image, palette
+from fsa_deploy.validation.bench_block import rss_mb
 from PIL import Image
 
-from export.artifact import IMAGE_ONNX, Artifact
-from models.errors import FSAError
-from models.images import load_image, sample_photos
-from runtime.backends.onnxrt import OnnxRuntimeBackend
-from runtime.bench_block import rss_mb
-from runtime.segmenter import Segmenter, as_vocabulary, label_image, palette
+from fsa_deploy.errors import FSAError
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = "person; astronaut, cat, cup; mug, rocket, motorcycle, grass, sky"
@@ -42,9 +42,9 @@ def save_rgb(t: torch.Tensor, path: Path, **kwargs) -> Path:
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Artifact:
-    from export.onnx_export import export_artifact
-    from models.factory import ModelSpec, default_hp
-    from models.weights import Weights
+    from fsa_deploy.export.onnx_export import export_artifact
+    from fsa_deploy.models.factory import ModelSpec, default_hp
+    from fsa_deploy.models.weights import Weights
 
     spec = ModelSpec(model="tiny", weights=Weights(seed=0), proxy="tiny-dino", crop=112,
                      hp=default_hp("tiny", "tiny-dino"))
@@ -91,9 +91,8 @@ class ReferenceUnderOnnxKeep:
     def __init__(self, ref, art: Artifact):
         import onnx
         import onnxruntime as ort
-
-        from export.artifact import with_stage_outputs
-        from runtime.backends.onnxrt import session_options
+        from fsa_deploy.runtime.artifact import with_stage_outputs
+        from fsa_deploy.runtime.backends.onnxrt import session_options
 
         self.ref, self.name, self.device = ref, "pytorch-cpu+onnx-keep", ref.device
         self.keep_name = art.meta["stages"]["keep"]
@@ -103,7 +102,7 @@ class ReferenceUnderOnnxKeep:
         self.flips = self.unexcused = 0
 
     def run(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        from models.fsa import ambiguous_entries
+        from fsa_deploy.models.fsa import ambiguous_entries
 
         feeds = {"image": crops.float().numpy(), "text_embeddings": text.float().numpy()}
         (keep,) = self.probe.run([self.keep_name], feeds)
@@ -124,7 +123,7 @@ class ReferenceUnderOnnxKeep:
 def test_onnxruntime_matches_the_pytorch_reference(artifact, seg):
     """Same pipeline code, same classifier: ORT's label maps equal the reference's except at
     ties; logits within 1e-5 under the same top-p mask; without it, the flips are ambiguous."""
-    from runtime.backends.torch_backend import TorchBackend
+    from fsa_deploy.models.backend import TorchBackend
 
     torch_backend = TorchBackend(artifact)
     free = Segmenter.from_artifact(artifact, torch_backend, cache_dir=None, keep_logits=True).set_classes(CLASSES)
@@ -327,7 +326,7 @@ def test_runtime_imports_neither_open_clip_models_nor_timm():
 
 
 def test_backend_choice(artifact):
-    from runtime.backends.select import select_backend
+    from fsa_deploy.runtime.backends.select import select_backend
 
     opened = select_backend(artifact, "auto", threads=THREADS)
     assert opened.backend.name == "onnxruntime-cpu" and "no TensorRT engine" in opened.reason
@@ -339,7 +338,7 @@ def test_backend_choice(artifact):
 
 
 def test_inputs_expand_and_stems_stay_unique(tmp_path):
-    from runtime.cli import expand_inputs, unique_stems
+    from fsa_deploy.runtime.cli import expand_inputs, unique_stems
 
     for name in ("b.png", "a.JPG", "a.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
@@ -354,7 +353,7 @@ def test_cli_writes_good_images_and_reports_bad_ones(artifact, tmp_path):
     good = save_rgb(photo("chelsea"), tmp_path / "chelsea.jpg", quality=95)
     bad = bad_files(tmp_path / "bad")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fsa_cli", "segment", str(good), *map(str, bad.values()), "--artifact",
+    cmd = [sys.executable, "-m", "fsa_deploy", "segment", str(good), *map(str, bad.values()), "--artifact",
            str(artifact.root), "--out", str(out), "--classes", "cat, dog, grass", "--cache-dir",
            str(tmp_path / "cache"), "--threads", str(THREADS)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

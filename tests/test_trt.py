@@ -20,11 +20,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
-
-import fsa_cli
-from export import trt_build
-from export.artifact import (
+from fsa_deploy.export import trt_build
+from fsa_deploy.export.trt_build import (
+    TEXT_ENGINE,
+    TIMING_CACHE,
+    DimRange,
+    image_engine_name,
+    image_source,
+    profile_shapes,
+    require_tensorrt,
+    version_tuple,
+)
+from fsa_deploy.runtime.artifact import (
     EMBEDDINGS,
     FORMAT,
     FORMAT_VERSION,
@@ -39,24 +46,17 @@ from export.artifact import (
     sha256_file,
     write_json_atomic,
 )
-from export.trt_build import (
-    TEXT_ENGINE,
-    TIMING_CACHE,
-    DimRange,
-    image_engine_name,
-    image_source,
-    profile_shapes,
-    require_tensorrt,
-    version_tuple,
-)
-from models.errors import FSAError
-from runtime.backends.trt import (
+from fsa_deploy.runtime.backends.trt import (
     TensorRTBackend,
     check_engine_record,
     image_engines,
     read_engine,
     torch_dtype,
 )
+from onnx import TensorProto, helper, numpy_helper
+
+from fsa_deploy import cli as fsa_cli
+from fsa_deploy.errors import FSAError
 
 REPO = Path(__file__).resolve().parents[1]
 CROP, DIM, PATCH, CONTEXT, VOCAB = 32, 8, 16, 77, 50
@@ -339,7 +339,7 @@ def test_no_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_doctor_json() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "fsa_cli", "doctor", "--json"],
+        [sys.executable, "-m", "fsa_deploy", "doctor", "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -9,8 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import assert_one_line_error, photos, run_cli
-
-from export import artifact as A
+from fsa_deploy.runtime import artifact as A
 
 
 def validate(folder, *extra):

@@ -8,7 +8,7 @@ OUT=${OUT:-out/demo}
 ART="$OUT/artifact"
 # 6 queries keep the 80-template text encoding short on a CPU; any --classes works
 CLASSES=${CLASSES:-"background; wall; floor, cat; kitten, sofa, plant"}
-IMAGE=${IMAGE:-$("$BIN/python" -c "from models.images import sample_photos; print(sample_photos()[1])")}
+IMAGE=${IMAGE:-$("$BIN/python" -c "from fsa_deploy.runtime.images import sample_photos; print(sample_photos()[1])")}
 
 "$BIN/fsa" export --model ViT-B-16 --random-init --seed 0 --proxy dino --crop 336 --out "$ART" --overwrite
 "$BIN/fsa" segment "$IMAGE" --artifact "$ART" --out "$OUT" --backend onnx --classes "$CLASSES"

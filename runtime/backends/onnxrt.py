@@ -13,9 +13,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from fsa_deploy.runtime.artifact import (
+    EMBEDDINGS,
+    IMAGE,
+    IMAGE_ONNX,
+    LOGITS,
+    TEXT_EMBEDDINGS,
+    TEXT_ONNX,
+    TOKENS,
+    Artifact,
+)
 
-from export.artifact import EMBEDDINGS, IMAGE, IMAGE_ONNX, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS, Artifact
-from models.errors import FSAError
+from fsa_deploy.errors import FSAError
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from fsa_deploy.runtime.artifact import Artifact
 
-from export.artifact import Artifact
-from models.errors import FSAError
+from fsa_deploy.errors import FSAError
 
 BACKENDS = ("auto", "trt", "onnx", "torch")
+PLUGIN_GROUP = "fsa_deploy.backends"
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,30 @@ class Opened:
     reason: str
 
 
+def plugin(name: str) -> Any:
+    """A backend class registered under the entry-point group `fsa_deploy.backends`.
+
+    The PyTorch reference registers itself as `torch` (pyproject.toml): the runtime reaches it
+    without importing fsa_deploy.models, and a runtime-only install says what is missing.
+    """
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name == name]
+    if not found:
+        raise FSAError(f"--backend {name}: no such backend installed (entry point group {PLUGIN_GROUP})")
+    try:
+        return found[0].load()
+    except ImportError as e:
+        raise FSAError(f"--backend {name}: needs the PyTorch reference: pip install 'fsa-deploy[export]' ({e})") from e
+
+
 def engines_recorded(art: Artifact) -> list[str]:
     return sorted(name for name, info in art.files().items() if info.get("role") == "engine")
 
 
 def tensorrt_unusable() -> str | None:
     """Why TensorRT cannot run here, or None when it can (import and CUDA only; engines are checked on load)."""
-    from export.trt_build import require_tensorrt
+    from fsa_deploy.runtime.backends.trt_lib import require_tensorrt
 
     try:
         require_tensorrt()
@@ -62,10 +80,8 @@ def select_backend(art: Artifact, backend: str = "auto", *, threads: int | None 
     if backend == "onnx":
         return Opened(_onnxruntime(art, threads), "asked for")
     if backend == "torch":
-        from runtime.backends.torch_backend import TorchBackend
-
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return Opened(TorchBackend(art, device=dev), "asked for")
+        return Opened(plugin("torch")(art, device=dev), "asked for")
     return _auto(art, threads, precision)
 
 
@@ -84,12 +100,12 @@ def _auto(art: Artifact, threads: int | None, precision: str | None) -> Opened:
 
 
 def _tensorrt(art: Artifact, precision: str | None) -> Any:
-    from runtime.backends.trt import TensorRTBackend
+    from fsa_deploy.runtime.backends.trt import TensorRTBackend
 
     return TensorRTBackend(art, precision)
 
 
 def _onnxruntime(art: Artifact, threads: int | None) -> Any:
-    from runtime.backends.onnxrt import OnnxRuntimeBackend
+    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(art, threads=threads)

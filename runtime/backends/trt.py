@@ -19,9 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from export.artifact import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TOKENS, Artifact
-from export.trt_build import (
+from fsa_deploy.runtime.artifact import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TOKENS, Artifact
+from fsa_deploy.runtime.backends.trt_lib import (
     TEXT_ENGINE,
     cuda_device,
     image_engine_name,
@@ -29,7 +28,8 @@ from export.trt_build import (
     trt_logger,
     version_tuple,
 )
-from models.errors import FSAError
+
+from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     import tensorrt as trt

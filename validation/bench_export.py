@@ -1,7 +1,7 @@
 """`make export-b16`: time a full-size export and compare one crop on ONNX Runtime CPU against
 the PyTorch literal (official) formulation, in the same run on the same machine.
 
-python -m runtime.bench_export --out out/b16 [--model ViT-B-16 --proxy dino --crop 336] [--json F]
+python -m fsa_deploy.validation.bench_export --out out/b16 [--model ViT-B-16 --proxy dino --crop 336] [--json F]
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import onnx
-
-    from export import artifact as A
-    from export.onnx_export import export_artifact
-    from models.factory import ModelSpec, build, default_hp
-    from models.images import load_image, sample_photos
-    from models.pipeline import Geometry, crops_of, resize_image
-    from models.weights import Weights
-    from runtime.backends.onnxrt import OnnxRuntimeBackend
-    from runtime.bench import cpu_model
+    from fsa_deploy.export.onnx_export import export_artifact
+    from fsa_deploy.models.factory import ModelSpec, build, default_hp
+    from fsa_deploy.models.weights import Weights
+    from fsa_deploy.runtime import artifact as A
+    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from fsa_deploy.runtime.images import load_image, sample_photos
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+    from fsa_deploy.validation.bench import cpu_model
 
     torch.set_grad_enabled(False)
     spec = ModelSpec(model=args.model, weights=Weights(seed=0),

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from models.errors import FSAError
+from fsa_deploy.errors import FSAError
 
 MAX_PIXELS = 20_000 * 20_000  # above this, refuse rather than exhaust memory
 

@@ -17,20 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import FSAError
-
-FORMAT = "fsa-deploy-artifact"
-FORMAT_VERSION = 1
-META = "meta.json"
-IMAGE_ONNX = "image.onnx"
-TEXT_ONNX = "text.onnx"
-
-# Tensor names of the graphs (inputs and outputs), used by the exporter and every backend.
-IMAGE = "image"  # float32 [B, 3, S, S], RGB 0-255
-TEXT_EMBEDDINGS = "text_embeddings"  # float32 [K, D], rows L2-normalised
-LOGITS = "logits"  # float32 [B, K, H', W']
-TOKENS = "tokens"  # int32 [T, 77]
-EMBEDDINGS = "embeddings"  # float32 [T, D]
+# The names live in fsa_deploy.contract; imported here for `artifact.IMAGE_ONNX`-style use.
+from fsa_deploy.contract import (  # noqa: F401
+    EMBEDDINGS,
+    FORMAT,
+    FORMAT_VERSION,
+    IMAGE,
+    IMAGE_ONNX,
+    LOGITS,
+    META,
+    TEXT_EMBEDDINGS,
+    TEXT_ONNX,
+    TOKENS,
+)
+from fsa_deploy.errors import FSAError
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

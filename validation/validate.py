@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from fsa_deploy.runtime import artifact as A
 
-from export import artifact as A
-from models.errors import CheckFailed, FSAError
+from fsa_deploy.errors import CheckFailed, FSAError
 
 ARGMAX_TIE = 1e-5  # reference top-2 class probabilities closer than this: either label is right
 
@@ -124,7 +124,7 @@ class ArtifactSide:
         self.name, self.stage_names = name, []
         info = art.files()[name]
         if backend == "trt" or name.endswith(".engine"):
-            from runtime.backends.trt import TensorRTBackend
+            from fsa_deploy.runtime.backends.trt import TensorRTBackend
 
             if stages:
                 raise FSAError("--stages: engines expose no stage tensors; validate the ONNX graph with --stages")
@@ -132,8 +132,7 @@ class ArtifactSide:
             self.kind = "tensorrt"
             return
         import onnx
-
-        from runtime.backends.onnxrt import default_providers, require_onnxruntime, session_options
+        from fsa_deploy.runtime.backends.onnxrt import default_providers, require_onnxruntime, session_options
 
         ort = require_onnxruntime()
         stage_map: dict[str, str] = art.meta.get("stages", {})
@@ -153,7 +152,7 @@ class ArtifactSide:
 
 
 def reference_side(meta: dict[str, Any], fp64: bool):
-    from models.factory import build, spec_from_meta
+    from fsa_deploy.models.factory import build, spec_from_meta
 
     ref = build(spec_from_meta(meta), "deploy")
     if fp64:
@@ -167,8 +166,8 @@ def reference_side(meta: dict[str, Any], fp64: bool):
 def compare_crops(ref_model, side: ArtifactSide, crops: torch.Tensor, text: torch.Tensor, max_batch: int,
                   want_stages: bool) -> dict[str, Any]:
     """Both sides on the same crops; masks that rounding decides are resolved the artefact's way."""
-    from models.pipeline import batches
-    from models.reference import Alignment, aligned_stages
+    from fsa_deploy.models.reference import Alignment, aligned_stages
+    from fsa_deploy.runtime.pipeline import batches
 
     ref_logits, art_logits, stage_pairs, total = [], [], [], Alignment()
     for sl in batches(len(crops), max_batch):
@@ -196,9 +195,10 @@ def stage_report(pairs: list[tuple[dict, dict]], order: list[str], tol: float | 
 
 def validate_image(path: str, ref, side: ArtifactSide, text: torch.Tensor, query_class: list[int], meta: dict,
                    max_batch: int, stages: bool, stride: int | None, stage_tol: float | None) -> dict[str, Any]:
-    from models.dump import STAGES
-    from models.images import load_image
-    from models.pipeline import Geometry, class_probs, crops_of, labels_of, resize_image, stitch
+    from fsa_deploy.runtime.images import load_image
+    from fsa_deploy.runtime.pipeline import Geometry, class_probs, crops_of, labels_of, resize_image, stitch
+
+    from fsa_deploy.contract import STAGES
 
     geo = Geometry(crop=int(meta["crop"]), stride=stride)
     image = load_image(path)
@@ -275,8 +275,8 @@ def text_check(art: A.Artifact, ref, prompts: list[str]) -> float | None:
     """text.onnx against the reference text tower on (some of) the prompts in use."""
     if A.TEXT_ONNX not in art.files():
         return None
-    from models.text import tokenize
-    from runtime.backends.onnxrt import OnnxRuntimeBackend
+    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from fsa_deploy.runtime.text import tokenize
 
     tokens = tokenize(prompts[:16])
     got = OnnxRuntimeBackend(art).encode_text(tokens).float().cpu().numpy()
@@ -289,9 +289,8 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "onn
                    vocab=None, profile: str | None = None, overrides: dict[str, float] | None = None,
                    stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
                    progress: bool = False) -> dict[str, Any]:
-    from models.cli import DEFAULT_CLASSES
-    from models.images import sample_photos
-    from models.text import Vocabulary, classifier
+    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
 
     art = A.Artifact.load(folder)
     art.verify_all()  # refuse a folder whose files do not match meta.json
@@ -323,7 +322,7 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "onn
         "summary": summary, "failures": failures, "images": reports,
     }
     if stages:
-        from models.dump import STAGES
+        from fsa_deploy.contract import STAGES
 
         order = {n: i for i, n in enumerate(STAGES)}
         first = [r["first_failing_stage"] for r in reports if r["first_failing_stage"]]
@@ -424,7 +423,7 @@ def expand_images(items: list[str] | None) -> list[str] | None:
 
 
 def add_validate(sub, help_text: str) -> None:
-    from models.cli import add_vocabulary_args
+    from fsa_deploy.runtime.text import add_vocabulary_args
 
     p = sub.add_parser("validate", help=help_text, description=(
         "Run the PyTorch reference and the artefact on the same crops of the same images and compare crop "
@@ -447,7 +446,7 @@ def add_validate(sub, help_text: str) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from models.cli import vocabulary_from_args
+    from fsa_deploy.runtime.text import vocabulary_from_args
 
     report = run_validation(args.folder, args.artifact, args.backend, expand_images(args.images),
                             vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,

@@ -12,19 +12,19 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import torch
+from fsa_deploy.runtime.artifact import Artifact
 
-from export.artifact import Artifact
-from models.errors import FSAError
+from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
-    from models.factory import ModelSpec
+    from fsa_deploy.models.factory import ModelSpec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def spec_of(source: Artifact | ModelSpec | str | os.PathLike[str]) -> tuple[ModelSpec, Artifact | None]:
     """The model selection of an artefact (its meta.json) or a ModelSpec given directly."""
-    from models.factory import ModelSpec, spec_from_meta
+    from fsa_deploy.models.factory import ModelSpec, spec_from_meta
 
     if isinstance(source, ModelSpec):
         return source, None
@@ -41,7 +41,7 @@ class TorchBackend:
 
     def __init__(self, source: Artifact | ModelSpec | str | os.PathLike[str], device: str | torch.device = "cpu",
                  dtype: torch.dtype | str = torch.float32, formulation: str = "deploy") -> None:
-        from models.factory import build
+        from fsa_deploy.models.factory import build
 
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -75,3 +75,13 @@ def spec_key(spec: ModelSpec) -> str:
     """A short stable hash of a model selection (cache key of a reference without an artefact)."""
     blob: dict[str, Any] = spec.describe()
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def reference_segmenter(spec: ModelSpec, device: str = "cpu", **options: Any):
+    """A runtime Segmenter on the PyTorch reference itself, without an export (open_clip and timm)."""
+    from fsa_deploy.models.text import openai_templates
+    from fsa_deploy.runtime.segmenter import Segmenter
+
+    return Segmenter(TorchBackend(spec, device=device), crop=spec.crop, logit_scale=spec.hp.logit_scale,
+                     templates=openai_templates(), model_key=f"spec:{spec_key(spec)}", backend_reason="reference",
+                     **options)

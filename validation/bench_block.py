@@ -22,15 +22,15 @@ BLOCK_MODEL = "ViT-B-16"  # width 768, 12 heads, output 512: the paper's default
 
 def block_inputs(tokens: int, classes: int, device: str, seed: int = 0):
     """A ViT-B-16 reference (random init) and random inputs of the block: A, V', T."""
-    from models.factory import ModelSpec, build, default_hp
-    from models.weights import Weights
+    from fsa_deploy.models.factory import ModelSpec, build, default_hp
+    from fsa_deploy.models.weights import Weights
 
     spec = ModelSpec(model=BLOCK_MODEL, weights=Weights(seed=seed), attention="qk", proxy=None, crop=224,
                      hp=default_hp(BLOCK_MODEL, "dino"))
     model = build(spec).model.to(device)
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(1, 64, tokens, 1, generator=g)
-    from models.fsa import proxy_attention
+    from fsa_deploy.models.fsa import proxy_attention
 
     attn = proxy_attention(feats, spec.hp.beta, spec.hp.gamma).to(device)
     v = torch.randn(1, tokens, model.width, generator=g).to(device)
@@ -97,14 +97,14 @@ def bench_block(tokens: int, classes: int, device: str = "cpu", repeats: int = 3
     import tempfile
 
     if device == "cuda" and not torch.cuda.is_available():
-        from models.errors import FSAError
+        from fsa_deploy.errors import FSAError
 
         raise FSAError("--device cuda: no CUDA device visible to torch")
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         for form in ("literal", "deploy"):
             out = os.path.join(tmp, f"{form}.pt")
-            code = ("import sys; from runtime.bench_block import run_one; "
+            code = ("import sys; from fsa_deploy.validation.bench_block import run_one; "
                     f"run_one({form!r}, {tokens}, {classes}, {device!r}, {repeats}, {out!r})")
             root = Path(__file__).resolve().parents[1]
             env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -125,7 +125,7 @@ def bench_block(tokens: int, classes: int, device: str = "cpu", repeats: int = 3
 
 def write_json(path: str | None, obj: dict[str, Any]) -> None:
     if path:
-        from export.artifact import write_json_atomic
+        from fsa_deploy.runtime.artifact import write_json_atomic
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, obj)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.registry import CLIP_MEAN
+from fsa_deploy.contract import CLIP_MEAN
 
 CropForward = Callable[[torch.Tensor], torch.Tensor]  # crops [B, 3, S, S] -> logits [B, K, H', W']
 

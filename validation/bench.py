@@ -10,7 +10,7 @@ How it measures, and why:
 - Every row runs in a fresh child process, forked from a server that imported torch,
   open_clip and onnxruntime once: peak memory is the row's own (VmHWM reset as in
   runtime/bench_block.py) and a row that crashes or runs out of memory fails alone.
-- Fidelity is `fsa validate`'s per-image check (runtime.validate.validate_image: same
+- Fidelity is `fsa validate`'s per-image check (fsa_deploy.validation.validate.validate_image: same
   reference, alignment of rounding-decided masks, tolerance profile of the row's precision)
   on the bench images, with the class embeddings computed once: run_validation would
   re-encode queries x 80 templates per row, minutes at ViT-B-16 on a CPU.
@@ -36,16 +36,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import CheckFailed, FSAError
+from fsa_deploy.contract import GRAPH_PRECISIONS
+from fsa_deploy.errors import CheckFailed, FSAError
 
 LITERAL, DEPLOY, ORT, TRT = "PyTorch literal", "PyTorch deploy", "ONNX Runtime", "TensorRT"
 TORCH_FORMATS = (LITERAL, DEPLOY)
 OK, INVALID, FAILED, MISSING, SKIPPED = "ok", "failed validation", "failed", "missing", "skipped"
-GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_IMAGE = "chelsea.png"  # one sample photo, three crops: per-crop and per-image times differ
-PRELOAD = ("numpy", "torch", "open_clip", "timm", "onnxruntime", "models.factory", "runtime.validate",
-           "runtime.segmenter", "runtime.backends.onnxrt", "runtime.backends.torch_backend", "runtime.flops")
+PRELOAD = ("numpy", "torch", "open_clip", "timm", "onnxruntime", "fsa_deploy.models.factory",
+           "fsa_deploy.validation.validate", "fsa_deploy.runtime.segmenter", "fsa_deploy.runtime.backends.onnxrt",
+           "fsa_deploy.models.backend", "fsa_deploy.validation.flops")
 MIB = 2**20
+# image graphs the bench measures: fp8 needs SM89+ and TensorRT, so its row comes from `fsa validate`
+BENCH_PRECISIONS = tuple(p for p in GRAPH_PRECISIONS if p != "fp8")
 
 
 _START = time.perf_counter()
@@ -245,12 +248,11 @@ class Machine:
         import importlib.util
 
         import torch
-
-        from calibration.quantize import MODELOPT_HINT
-        from runtime.backends.select import tensorrt_unusable
+        from fsa_deploy.calibration.quantize import MODELOPT_HINT
+        from fsa_deploy.runtime.backends.select import tensorrt_unusable
 
         try:
-            from runtime.backends.onnxrt import require_onnxruntime
+            from fsa_deploy.runtime.backends.onnxrt import require_onnxruntime
 
             providers, ort_missing = tuple(require_onnxruntime().get_available_providers()), None
         except FSAError as e:
@@ -313,9 +315,9 @@ def _attempt(what: str, fn: Callable[[], Source]) -> Source:
 
 def export_into(spec: Any, folder: Path, precision: str) -> Source:
     """`fsa export` into the work folder; a folder exported earlier from the same model is reused."""
-    from export import artifact as A
-    from export.onnx_export import export_artifact
-    from models.factory import spec_from_meta
+    from fsa_deploy.export.onnx_export import export_artifact
+    from fsa_deploy.models.factory import spec_from_meta
+    from fsa_deploy.runtime import artifact as A
 
     if (folder / A.META).is_file():
         with contextlib.suppress(FSAError):
@@ -332,7 +334,7 @@ def writable_copy(folder: str, work: Path) -> Path:
     folder (files linked, meta.json copied), so that a user's artefact is never modified."""
     import shutil
 
-    from export import artifact as A
+    from fsa_deploy.runtime import artifact as A
 
     src = Path(folder).resolve()
     if src.is_relative_to(work.resolve()):
@@ -349,8 +351,8 @@ def writable_copy(folder: str, work: Path) -> Path:
 def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
     """`fsa calibrate` with its defaults (int8, entropy, the sample photos) on `count` crops;
     ModelOpt's chatter goes to calibrate.log in the work folder."""
-    from calibration.quantize import Options as CalibrationOptions
-    from calibration.quantize import calibrate, output_name
+    from fsa_deploy.calibration.quantize import Options as CalibrationOptions
+    from fsa_deploy.calibration.quantize import calibrate, output_name
 
     folder = writable_copy(str(fp32.folder), work)
     log = work / "calibrate.log"
@@ -361,8 +363,15 @@ def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
 
 def build_engine_into(graph: Source, precision: str, work: Path, max_batch: int, classes: int) -> Source:
     """`fsa build` of one image engine (no text engine: bench times crops only)."""
-    from export import artifact as A
-    from export.trt_build import BuildOptions, DimRange, build_engine, cuda_device, engine_jobs, image_engine_name
+    from fsa_deploy.export.trt_build import (
+        BuildOptions,
+        DimRange,
+        build_engine,
+        cuda_device,
+        engine_jobs,
+        image_engine_name,
+    )
+    from fsa_deploy.runtime import artifact as A
 
     folder = writable_copy(str(graph.folder), work)
     art = A.Artifact.load(folder)
@@ -390,7 +399,7 @@ def int8_source(fp32: Source, work: Path, machine: Machine, count: int) -> Sourc
         return Source(status=MISSING, why=machine.modelopt_missing)
     if fp32.folder is None:
         return Source(status=FAILED, why=f"needs the fp32 export ({fp32.why})")
-    from export import artifact as A
+    from fsa_deploy.runtime import artifact as A
 
     if "image.int8.onnx" in A.Artifact.load(fp32.folder).files():
         return Source(fp32.folder, "image.int8.onnx")
@@ -401,7 +410,7 @@ def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine
                           ) -> dict[str, Source]:
     """--artifact mode: each folder's image graphs at their recorded precisions; int8 is
     calibrated into a copy when no folder has it; a missing fp32/fp16 export is skipped."""
-    from export import artifact as A
+    from fsa_deploy.runtime import artifact as A
 
     graphs: dict[str, Source] = {}
     for folder in folders:
@@ -414,7 +423,7 @@ def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine
                                     f"(fsa export --precision {p}, then add that folder with --artifact)"))
     if "int8" not in graphs and "int8" in need:
         graphs["int8"] = int8_source(graphs["fp32"], work, machine, count)
-    order = {p: i for i, p in enumerate(GRAPH_PRECISIONS)}
+    order = {p: i for i, p in enumerate(BENCH_PRECISIONS)}
     return dict(sorted(graphs.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
@@ -445,12 +454,12 @@ def plan_rows(opts: Options, machine: Machine, graphs: dict[str, Source], engine
             rows += [Row.of(LITERAL, "fp16", device), Row.of(DEPLOY, "fp16", device)]
         why = machine.ort_unusable(device)
         if why:
-            rows.append(Row.of(ORT, "/".join(GRAPH_PRECISIONS), device, Source(status=MISSING, why=why)))
+            rows.append(Row.of(ORT, "/".join(BENCH_PRECISIONS), device, Source(status=MISSING, why=why)))
         else:
             rows += [Row.of(ORT, p, device, src) for p, src in graphs.items()]
     if "cuda" in opts.devices or not machine.cuda:
         if machine.trt_missing:
-            rows.append(Row.of(TRT, "/".join(GRAPH_PRECISIONS), "cuda", Source(status=MISSING,
+            rows.append(Row.of(TRT, "/".join(BENCH_PRECISIONS), "cuda", Source(status=MISSING,
                                                                                why=machine.trt_missing)))
         else:
             rows += [Row.of(TRT, p, "cuda", src) for p, src in engines.items()]
@@ -521,11 +530,10 @@ def measure_work(plan: Plan, devices: tuple[str, ...]) -> dict[str, Any]:
     """Child: the class embeddings every row uses (text tower of the reference, disk-cached as
     `fsa segment` caches them), the crop forward's work, and each device's rates."""
     import torch
-
-    from models.factory import build
-    from models.text import cached_classifier, default_cache_dir
-    from runtime.backends.torch_backend import spec_key
-    from runtime.flops import count_work, measure_rates
+    from fsa_deploy.models.backend import spec_key
+    from fsa_deploy.models.factory import build
+    from fsa_deploy.runtime.text import cached_classifier, default_cache_dir
+    from fsa_deploy.validation.flops import count_work, measure_rates
 
     _apply_threads(plan.threads)
     ref = build(plan.spec, "deploy")
@@ -545,7 +553,7 @@ def measure_work(plan: Plan, devices: tuple[str, ...]) -> dict[str, Any]:
 def reset_peak_rss() -> float | None:
     """Reset VmHWM to the current RSS (as runtime/bench_block.py does); the RSS then, or None
     where /proc/self/clear_refs is not writable (the peak then includes loading)."""
-    from runtime.bench_block import rss_mb
+    from fsa_deploy.validation.bench_block import rss_mb
 
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -590,15 +598,15 @@ class DeviceMemory:
 def open_row_backend(row: Row, plan: Plan) -> Any:
     """The runtime backend of a row, as `fsa segment` would open it."""
     if row.format in TORCH_FORMATS:
-        from runtime.backends.torch_backend import TorchBackend
+        from fsa_deploy.models.backend import TorchBackend
 
         return TorchBackend(plan.spec, device=row.device, dtype=row.precision,
                             formulation="literal" if row.format == LITERAL else "deploy")
     if row.format == TRT:
-        from runtime.backends.trt import TensorRTBackend
+        from fsa_deploy.runtime.backends.trt import TensorRTBackend
 
         return TensorRTBackend(str(row.folder), row.precision)
-    from runtime.backends.onnxrt import CPU_EP, CUDA_EP, OnnxRuntimeBackend
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, CUDA_EP, OnnxRuntimeBackend
 
     providers = [CUDA_EP, CPU_EP] if row.device == "cuda" else [CPU_EP]
     backend = OnnxRuntimeBackend(str(row.folder), str(row.file), providers=providers, threads=plan.threads)
@@ -626,7 +634,7 @@ def size_mib(row: Row, backend: Any) -> float:
         model = backend.ref.model
         tensors = [*model.parameters(), *model.buffers()]
         return sum(t.numel() * t.element_size() for t in tensors) / MIB
-    from export import artifact as A
+    from fsa_deploy.runtime import artifact as A
 
     files = A.Artifact.load(str(row.folder)).files()
     file = str(row.file)
@@ -638,11 +646,10 @@ def timed(plan: Plan, row: Row, text: Any) -> tuple[Measured, Any]:
     """Load the row's backend, time one crop and whole images (the Segmenter `fsa segment`
     runs), read the memory peaks; returns them and the backend."""
     import torch
-
-    from models.images import load_image
-    from models.pipeline import Geometry, crops_of, resize_image, windows
-    from runtime.bench_block import peak_rss_mb
-    from runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.images import load_image
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image, windows
+    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.validation.bench_block import peak_rss_mb
 
     device_memory = DeviceMemory(row)
     backend = open_row_backend(row, plan)
@@ -689,7 +696,7 @@ def measure_row(plan: Plan, row: Row, text_np: Any) -> Measured:
 
 
 class TorchSide:
-    """A PyTorch row in the shape of runtime.validate.ArtifactSide: logits plus the masks
+    """A PyTorch row in the shape of fsa_deploy.validation.validate.ArtifactSide: logits plus the masks
     (`keep`, `attn_proxy`) that validate aligns when rounding decides them."""
 
     stage_names: list[str] = []
@@ -711,9 +718,9 @@ class TorchSide:
 
 def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fidelity:
     """validate_image on every bench image against validate's reference (PyTorch deploy, fp32, CPU)."""
-    from export.artifact import Artifact
-    from models.factory import Reference, build
-    from runtime import validate as V
+    from fsa_deploy.models.factory import Reference, build
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.validation import validate as V
 
     if backend is not None:  # a PyTorch row: its own model
         side: Any = TorchSide(backend)
@@ -738,9 +745,8 @@ def ort_fp16_note(row: Row) -> str | None:
     """Whether ONNX Runtime's CPU provider runs the fp16 graph natively: it inserts Casts to
     fp32 around nodes it has no fp16 kernel for; count them in its optimized graph."""
     import onnx
-
-    from export.artifact import Artifact
-    from runtime.backends.onnxrt import CPU_EP, require_onnxruntime, session_options
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, require_onnxruntime, session_options
 
     ort = require_onnxruntime()
     path = Artifact.load(str(row.folder)).path(str(row.file))
@@ -782,7 +788,7 @@ def run_rows(children: Children, plan: Plan, rows: list[Row], text: Any) -> list
 
 def add_ratios(results: list[Result], work: dict[str, Any], rates: dict[str, Any]) -> None:
     """Speedup against the literal fp32 row of the same device; distance from the roofline floor."""
-    from runtime.flops import floor_ms
+    from fsa_deploy.validation.flops import floor_ms
 
     base = {r.row.device: r.measured for r in results if r.row.baseline and r.measured}
     for r in results:
@@ -801,14 +807,14 @@ class Report:
     machine: dict[str, Any]
     model: dict[str, Any]
     settings: dict[str, Any]
-    work: dict[str, Any]  # part -> runtime.flops.PartWork
-    rates: dict[str, Any]  # device -> runtime.flops.Rates
+    work: dict[str, Any]  # part -> fsa_deploy.validation.flops.PartWork
+    rates: dict[str, Any]  # device -> fsa_deploy.validation.flops.Rates
     results: list[Result] = field(default_factory=list)
 
     def floors(self) -> dict[str, dict[str, float]]:
-        from runtime.flops import floor_ms
+        from fsa_deploy.validation.flops import floor_ms
 
-        return {d: {p: floor_ms(self.work, r, p) for p in GRAPH_PRECISIONS} for d, r in self.rates.items()}
+        return {d: {p: floor_ms(self.work, r, p) for p in BENCH_PRECISIONS} for d, r in self.rates.items()}
 
     def baselines(self) -> dict[str, str | None]:
         return {d: next((r.row.name for r in self.results if r.row.baseline and r.row.device == d and r.measured),
@@ -832,7 +838,7 @@ class Report:
 def needed_precisions(opts: Options, machine: Machine) -> tuple[set[str], set[str]]:
     """Precisions of the ONNX Runtime and TensorRT rows that --only keeps, so that nothing else
     is exported, calibrated or built; no row at all is a usage error."""
-    probe = {p: Source() for p in GRAPH_PRECISIONS}
+    probe = {p: Source() for p in BENCH_PRECISIONS}
     rows = plan_rows(opts, machine, probe, probe)
     if not rows:
         every = plan_rows(dataclasses.replace(opts, only=()), machine, probe, probe)
@@ -886,9 +892,9 @@ def run_bench(opts: Options) -> Report:
 
 def model_of(opts: Options) -> tuple[Any, tuple[str, ...]]:
     """The model selection and prompt templates: the options', or the artefacts' meta.json."""
-    from export.artifact import Artifact
-    from models.factory import spec_from_meta
-    from models.text import openai_templates
+    from fsa_deploy.models.factory import spec_from_meta
+    from fsa_deploy.models.text import openai_templates
+    from fsa_deploy.runtime.artifact import Artifact
 
     if not opts.artifacts:
         return opts.spec, tuple(openai_templates())
@@ -992,7 +998,7 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
         import matplotlib.ticker
     except ImportError as e:
         raise FSAError(f"--plot {path}: matplotlib is not installed: pip install matplotlib") from e
-    from export.artifact import atomic_file
+    from fsa_deploy.runtime.artifact import atomic_file
 
     # by latency, so that neighbours on the x axis get labels at different heights
     pts = sorted((r for r in rep.results if r.measured and r.agreement is not None),
@@ -1035,7 +1041,7 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
 
 
 def write_outputs(rep: Report, opts: Options) -> None:
-    from export.artifact import atomic_file, write_json_atomic
+    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
 
     if opts.json:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
@@ -1062,7 +1068,7 @@ def gate(results: list[Result], min_agreement: float | None) -> None:
 
 
 def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
-    from models.cli import add_model_args
+    from fsa_deploy.models.cli import add_model_args
 
     p = sub.add_parser("bench", help=help_text, description=(
         "Export the model (or take --artifact folders) and run every format and precision this machine has: "
@@ -1115,7 +1121,7 @@ def _check_ranges(args: argparse.Namespace) -> None:
 
 def _model_options_given(args: argparse.Namespace) -> list[str]:
     """Model options that differ from their defaults (with --artifact, meta.json decides the model)."""
-    from models.cli import add_model_args
+    from fsa_deploy.models.cli import add_model_args
 
     probe = argparse.ArgumentParser()
     add_model_args(probe)
@@ -1124,7 +1130,7 @@ def _model_options_given(args: argparse.Namespace) -> list[str]:
 
 
 def _default_images() -> tuple[str, ...]:
-    from models.images import sample_photos
+    from fsa_deploy.runtime.images import sample_photos
 
     photos = sample_photos()
     chosen = [p for p in photos if Path(p).name == DEFAULT_IMAGE] or photos[:1]
@@ -1138,9 +1144,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
     import importlib.util
 
     import torch
-
-    from models.cli import spec_from_args, vocabulary_from_args
-    from runtime.validate import expand_images
+    from fsa_deploy.models.cli import spec_from_args
+    from fsa_deploy.runtime.text import vocabulary_from_args
+    from fsa_deploy.validation.validate import expand_images
 
     _check_ranges(args)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -1152,7 +1158,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         given = _model_options_given(args)
         if given:
             raise FSAError(f"{given[0]}: with --artifact the model comes from the folder's meta.json; drop it")
-        from export.artifact import Artifact
+        from fsa_deploy.runtime.artifact import Artifact
 
         for folder in args.artifact:
             Artifact.load(folder)  # a bad folder is one line now, not after minutes
@@ -1168,7 +1174,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 def run_block(args: argparse.Namespace) -> int:
     """`--block`: runtime/bench_block.py, with --classes read as the class count K."""
-    from runtime.bench_block import main_block
+    from fsa_deploy.validation.bench_block import main_block
 
     if args.tokens is None or args.classes is None:
         raise FSAError("--block needs --tokens N and --classes K")

@@ -13,15 +13,15 @@ import sys
 
 # verb -> (module that defines it as module.add_<verb>(subparsers), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "export": ("export.cli", "PyTorch model -> artefact folder (ONNX graphs + meta.json)"),
-    "lint": ("export.lint", "check an ONNX graph against TensorRT's ONNX parser rules"),
-    "build": ("export.trt_build", "artefact folder -> TensorRT engines"),
-    "calibrate": ("calibration.cli", "explicit Q/DQ (int8, fp8) ONNX from calibration images"),
-    "segment": ("runtime.cli", "label maps, overlays and a JSON summary per image"),
-    "validate": ("runtime.validate", "artefact vs PyTorch reference, in numbers"),
-    "dump": ("models.cli", "reference stage tensors of one crop to an .npz"),
-    "bench": ("runtime.bench", "latency / memory / fidelity table"),
-    "doctor": ("runtime.doctor", "what this machine can run: CUDA, GPU, TensorRT, ORT providers"),
+    "export": ("fsa_deploy.export.cli", "PyTorch model -> artefact folder (ONNX graphs + meta.json)"),
+    "lint": ("fsa_deploy.export.lint", "check an ONNX graph against TensorRT's ONNX parser rules"),
+    "build": ("fsa_deploy.export.trt_build", "artefact folder -> TensorRT engines"),
+    "calibrate": ("fsa_deploy.calibration.cli", "explicit Q/DQ (int8, fp8) ONNX from calibration images"),
+    "segment": ("fsa_deploy.runtime.cli", "label maps, overlays and a JSON summary per image"),
+    "validate": ("fsa_deploy.validation.validate", "artefact vs PyTorch reference, in numbers"),
+    "dump": ("fsa_deploy.models.cli", "reference stage tensors of one crop to an .npz"),
+    "bench": ("fsa_deploy.validation.bench", "latency / memory / fidelity table"),
+    "doctor": ("fsa_deploy.runtime.doctor", "what this machine can run: CUDA, GPU, TensorRT, ORT providers"),
 }
 
 
@@ -45,7 +45,7 @@ def build_parser(verb: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.errors import CheckFailed, FSAError
+    from fsa_deploy.errors import CheckFailed, FSAError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)

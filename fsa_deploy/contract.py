@@ -1,0 +1,45 @@
+"""The names every part of fsa-deploy agrees on, in one place.
+
+The exporter writes them, the runtime, the validator and the server read them; shared/spec/CLI.md
+is their user-facing description. Nothing here imports anything heavy.
+"""
+
+from __future__ import annotations
+
+# ---- the artefact folder
+FORMAT = "fsa-deploy-artifact"
+FORMAT_VERSION = 1
+META = "meta.json"
+IMAGE_ONNX = "image.onnx"
+TEXT_ONNX = "text.onnx"
+
+# ---- tensor names of the graphs (inputs and outputs)
+IMAGE = "image"  # float32 [B, 3, S, S], RGB 0-255, the crop resized and padded
+TEXT_EMBEDDINGS = "text_embeddings"  # float32 [K, D], rows L2-normalised
+LOGITS = "logits"  # float32 [B, K, H', W'], crop logits before upsampling
+TOKENS = "tokens"  # int32 [T, 77]
+EMBEDDINGS = "embeddings"  # float32 [T, D], one per prompt, before template averaging
+CONTEXT_LENGTH = 77  # CLIP's token context
+
+# ---- stable names inside image.onnx
+STAGE_PREFIX = "stage."  # stage tensors are `stage.<name>`
+FEEDBACK_SCOPE = "feedback/"  # nodes of the feedback steps 8-13 are `feedback/<Op>_<i>`
+# shared/spec/CLI.md's stage keys, in forward order
+STAGES = ("image", "proxy_features", "values", "text_embeddings", "attn_proxy", "attn_out1", "patch_logits",
+          "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new", "features", "logits")
+PROXY_ONLY = ("proxy_features", "attn_proxy")
+FSA_ONLY = ("patch_logits", "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new")
+
+# ---- precisions: what each verb accepts
+EXPORT_PRECISIONS = ("fp32", "fp16")  # `fsa export --precision`: the precision is in the ONNX
+CALIBRATE_PRECISIONS = ("int8", "fp8")  # `fsa calibrate --precision`: Q/DQ graphs
+GRAPH_PRECISIONS = EXPORT_PRECISIONS + CALIBRATE_PRECISIONS  # image graphs an artefact can hold
+IMAGE_GRAPHS = {"fp32": IMAGE_ONNX, "fp16": IMAGE_ONNX, "int8": "image.int8.onnx", "fp8": "image.fp8.onnx"}
+PROFILES = GRAPH_PRECISIONS  # `fsa validate --profile`
+
+# ---- the crop's input colour: CLIP's normalisation (windows are padded with its mean colour)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# ---- TensorRT's ONNX parser: TopK's K must be <= 3840 (measured with TensorRT-RTX's parser)
+TOPK_MAX_K = 3840

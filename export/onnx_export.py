@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -23,10 +24,10 @@ import torch
 from fsa_deploy.models.factory import ModelSpec, Reference, build
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime.text import CONTEXT_LENGTH
+from fsa_deploy.runtime.text import CONTEXT_LENGTH, default_vocab_file
 from torch import nn
 
-from fsa_deploy.contract import EXPORT_PRECISIONS, FEEDBACK_SCOPE, STAGE_PREFIX, STAGES
+from fsa_deploy.contract import EXPORT_PRECISIONS, FEEDBACK_SCOPE, STAGE_PREFIX, STAGES, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
 
 OPSET = 18
@@ -258,6 +259,9 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
         art = A.Artifact(work, build_meta(spec, ref, precision, mapping))
         art.record(A.IMAGE_ONNX, role="image", precision=precision, nodes=n_image)
         art.record(A.TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
+        # the tokenizer's merges travel with the artefact: the runtime needs no open_clip
+        shutil.copyfile(default_vocab_file(), work / TOKENIZER_VOCAB)
+        art.record(TOKENIZER_VOCAB, role="tokenizer")
         for extra in sorted(work.glob("*.data")):
             art.record(extra.name, role="external-data")
         art.save()

@@ -2,6 +2,8 @@
 
 For comparisons (the same pipeline code around a different crop forward) and for users
 without an export. models.factory (open_clip, timm) is imported only when one is built.
+The Backend protocol is on host numpy arrays: this backend converts at its boundary
+(torch.from_numpy in, .cpu().numpy() out), so the pipeline around it is the runtime's own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from fsa_deploy.runtime.artifact import Artifact
 
@@ -43,6 +46,8 @@ class TorchBackend:
                  dtype: torch.dtype | str = torch.float32, formulation: str = "deploy") -> None:
         from fsa_deploy.models.factory import build
 
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         if self.dtype not in DTYPES.values():
@@ -62,13 +67,22 @@ class TorchBackend:
         self.name = f"pytorch-{self.device.type}{precision}"
         self.text_key = f"pytorch:{spec_key(self.spec)}"  # the text tower stays fp32 in every precision
 
-    def run(self, image: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+    def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
+        """image float32 [B, 3, S, S] RGB 0-255, text [K, D] -> logits float32 [B, K, H', W'] (host arrays)."""
         with torch.inference_mode():
-            return self.ref.model(image.to(self.device), text_embeddings.to(self.device)).float()
+            out = self.ref.model(to_torch(image, self.device), to_torch(text_embeddings, self.device))
+            return out.float().cpu().numpy()
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens int [T, 77] -> embeddings float32 [T, D] (host arrays)."""
         with torch.inference_mode():
-            return self.ref.encode_text(tokens.to(self.device)).float()
+            return self.ref.encode_text(to_torch(tokens, self.device).long()).float().cpu().numpy()
+
+
+def to_torch(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host array (or a tensor) on `device`, without a copy where torch can share the memory."""
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(device)
 
 
 def spec_key(spec: ModelSpec) -> str:

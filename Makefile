@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu clean
+.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu clean bench-memory
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ export-b16: setup
 
 bench: setup
 	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png
+
+# Peak RSS of a segmentation against the class count (3 vs 171) and the photo size (6.75 and 12 MP),
+# tiny export on ONNX Runtime CPU, each case in a fresh process (issue 15 item 7; docs/BENCHMARKS.md).
+bench-memory: setup
+	$(BIN)/python tools/bench_memory.py --work out/bench/memory --json out/bench/memory.json
 
 # On a machine with an NVIDIA GPU (and TensorRT, where it can be installed):
 test-gpu: setup

@@ -21,7 +21,7 @@ import numpy as np
 from fsa_deploy.contract import CLIP_MEAN
 
 CropForward = Callable[[np.ndarray], np.ndarray]  # crops [B, 3, S, S] -> logits [B, K, H', W']
-BAND_BYTES = 32 << 20  # one band of full-resolution class planes: bounds post-processing memory
+BAND_BYTES = 16 << 20  # one band of full-resolution class planes: bounds post-processing memory
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,12 @@ class Taps:
     def cols(self, x: np.ndarray) -> np.ndarray:
         """Resize the last axis of x [..., n_in]."""
         f = self.frac
-        return x[..., self.lo] * (np.float32(1) - f) + x[..., self.hi] * f
+        out = x[..., self.lo]
+        out *= np.float32(1) - f
+        hi = x[..., self.hi]
+        hi *= f
+        out += hi
+        return out
 
 
 def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -213,9 +218,15 @@ def segment_logits(image: np.ndarray, forward: CropForward, geo: Geometry, max_b
 # ---------------------------------------------------------------- post-processing
 
 
-def class_probs(image_logits: np.ndarray, query_class: Sequence[int], logit_scale: float) -> np.ndarray:
-    """Softmax over queries (axis 0) of logit_scale * logits, synonyms merged into their class by max."""
-    z = np.asarray(image_logits, dtype=np.float32) * np.float32(logit_scale)
+def class_probs(image_logits: np.ndarray, query_class: Sequence[int], logit_scale: float,
+                overwrite: bool = False) -> np.ndarray:
+    """Softmax over queries (axis 0) of logit_scale * logits, synonyms merged into their class by max.
+    `overwrite` lets it work in the float32 input's memory (one band less at the peak)."""
+    z = np.asarray(image_logits, dtype=np.float32)
+    if overwrite:
+        z *= np.float32(logit_scale)
+    else:
+        z = z * np.float32(logit_scale)
     z -= z.max(axis=0, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=0, keepdims=True)
@@ -270,7 +281,7 @@ def postprocess(canvas: np.ndarray, out_size: tuple[int, int], query_class: Sequ
         band = canvas[:, rows].astype(np.float32) if same else tx.cols(ty.rows(canvas, rows))
         if out.logits is not None:
             out.logits[:, rows] = band
-        probs = class_probs(band, query_class, logit_scale)
+        probs = class_probs(band, query_class, logit_scale, overwrite=True)
         if out.probs is not None:
             out.probs[:, rows] = probs
         out.labels[rows] = labels_of(probs, prob_thd)

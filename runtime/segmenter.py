@@ -210,9 +210,13 @@ class SegmentationResult:
 
     def overlay(self, alpha: float = 0.5) -> Image.Image:
         """The image blended with the class colours, above a legend of the classes present."""
-        colors = palette()[self.labels % 256].astype(np.float32)
-        blend = self.image.astype(np.float32) * (1 - alpha) + colors * alpha
-        img = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
+        out = np.empty(self.image.shape, dtype=np.uint8)
+        step = max(1, (4 << 20) // max(1, 12 * self.image.shape[1]))  # bands of ~4 MiB float32: flat memory
+        for r in range(0, out.shape[0], step):
+            colors = palette()[self.labels[r : r + step] % 256].astype(np.float32)
+            blend = self.image[r : r + step].astype(np.float32) * (1 - alpha) + colors * alpha
+            out[r : r + step] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(out)
         entries = [(f"{self.classes[i]} {100 * f:.1f}%", tuple(palette()[i % 256].tolist()))
                    for i, f in self.fractions().items()]
         return with_legend(img, entries)

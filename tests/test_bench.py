@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, assert_one_line_error, tiny_reference
-from fsa_deploy.validation import bench as B
+from fsa_deploy.validation.bench import data as B
+from fsa_deploy.validation.bench.cli import run_block
+from fsa_deploy.validation.bench.plan import Machine, plan_rows
+from fsa_deploy.validation.bench.report import gate
 from fsa_deploy.validation.flops import PARTS, Rates, count_work, floor_ms
 
 from fsa_deploy.errors import CheckFailed
@@ -154,7 +157,7 @@ def test_model_options_conflict_with_artifact(tiny_artifact, capsys):
 def test_block_reads_classes_as_a_count(monkeypatch):
     seen = {}
     monkeypatch.setattr("fsa_deploy.validation.bench_block.main_block", lambda ns: seen.setdefault("ns", ns) and 0)
-    B.run_block(argparse.Namespace(tokens=16, classes="3", device=None, repeats=3, json=None))
+    run_block(argparse.Namespace(tokens=16, classes="3", device=None, repeats=3, json=None))
     assert (seen["ns"].classes, seen["ns"].device, seen["ns"].tokens) == (3, "cpu", 16)
 
 
@@ -175,17 +178,17 @@ def test_work_parts_add_up_and_floor_follows_the_rates():
 
 
 def test_rows_of_a_bare_machine_say_what_is_missing():
-    machine = B.Machine(cuda=False, ort_providers=("CPUExecutionProvider",), ort_missing=None,
+    machine = Machine(cuda=False, ort_providers=("CPUExecutionProvider",), ort_missing=None,
                         trt_missing="TensorRT is not installed", modelopt_missing="NVIDIA ModelOpt is not installed")
     graphs = {"fp32": B.Source("/a", "image.onnx"), "fp16": B.Source(status=B.SKIPPED, why="no fp16 export"),
               "int8": B.Source(status=B.MISSING, why=machine.modelopt_missing)}
     opts = B.Options(spec=None, artifacts=(), work=None, images=(), vocab=None)
-    rows = {r.name: r for r in B.plan_rows(opts, machine, graphs, {})}
+    rows = {r.name: r for r in plan_rows(opts, machine, graphs, {})}
     assert [n for n, r in rows.items() if r.runs] == ["PyTorch literal fp32 cpu", "PyTorch deploy fp32 cpu",
                                                       "ONNX Runtime fp32 cpu"]
     assert rows["ONNX Runtime int8 cpu"].why == "NVIDIA ModelOpt is not installed"
     assert rows["TensorRT fp32/fp16/int8 cuda"].status == B.MISSING
-    only = B.plan_rows(B.Options(None, (), None, (), None, only=("onnx",)), machine, graphs, {})
+    only = plan_rows(B.Options(None, (), None, (), None, only=("onnx",)), machine, graphs, {})
     assert all("ONNX" in r.name for r in only)
 
 
@@ -197,8 +200,8 @@ def test_gate_counts_measured_rows_only():
         return B.Result(B.Row(name, "fp32", "cpu"), B.OK, measured=m)
 
     rows = [result("a", 1.0), result("b", 0.98), B.Result(B.Row("c", "fp32", "cpu"), B.MISSING, "why")]
-    B.gate(rows, 0.98)
+    gate(rows, 0.98)
     with pytest.raises(CheckFailed, match="b fp32 cpu"):
-        B.gate(rows, 0.99)
+        gate(rows, 0.99)
     lat = B.Latency.of([3.0, 1.0, 2.0])
     assert (lat.median, lat.min, lat.max, lat.spread) == (2.0, 1.0, 3.0, 1.0)

@@ -89,7 +89,7 @@ def neighbours(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[
 
 def held_out(folder: Path, n: int = 4) -> dict[str, np.ndarray]:
     """Crops of the last sample photo (not among the first COUNT crops) with the default vocabulary."""
-    from fsa_deploy.calibration.quantize import default_vocabulary, pipeline_crops, vocabulary_text
+    from fsa_deploy.calibration.data import default_vocabulary, pipeline_crops, vocabulary_text
     from fsa_deploy.runtime.images import sample_photos
 
     art = A.Artifact.load(folder)
@@ -133,7 +133,7 @@ def test_int8_quantizes_backbone_not_feedback(artefact: Path, int8: dict) -> Non
         assert all(producer[t].op_type != "DequantizeLinear" for t in sm.input if t in producer), sm.name
         for mm in (c for c in consumers.get(sm.output[0], []) if c.op_type == "MatMul"):  # probabilities x V
             assert all(producer[t].op_type != "DequantizeLinear" for t in mm.input if t in producer), mm.name
-    from fsa_deploy.calibration.quantize import clip_trunk_nodes
+    from fsa_deploy.calibration.rules import clip_trunk_nodes
 
     stages = A.Artifact.load(artefact).meta["stages"]
     trunk = set(clip_trunk_nodes(onnx.load(str(artefact / A.IMAGE_ONNX)).graph, stages))
@@ -224,7 +224,7 @@ def test_qdq_graphs_pass_lint(artefact: Path, int8: dict, fp8: dict, name: str) 
 
 def test_excluded_nodes_cover_tail_and_shared_inputs() -> None:
     """x feeds a backbone MatMul and the block; the block's output feeds the tail (two nodes)."""
-    from fsa_deploy.calibration.quantize import excluded_nodes
+    from fsa_deploy.calibration.rules import excluded_nodes
 
     f = TensorProto.FLOAT
     nodes = [
@@ -242,7 +242,7 @@ def test_excluded_nodes_cover_tail_and_shared_inputs() -> None:
 
 
 def test_probability_matmuls_are_the_ones_reading_a_softmax() -> None:
-    from fsa_deploy.calibration.quantize import probability_matmuls
+    from fsa_deploy.calibration.rules import probability_matmuls
 
     f = TensorProto.FLOAT
     nodes = [

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.images import load_image, sample_photos
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-    from fsa_deploy.validation.bench import cpu_model
+    from fsa_deploy.validation.bench.report import cpu_model
 
     torch.set_grad_enabled(False)
     spec = ModelSpec(model=args.model, weights=Weights(seed=0),

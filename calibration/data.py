@@ -1,5 +1,5 @@
 """Calibration data: crops cut as the pipeline cuts them, the vocabulary's text embeddings, the .npz
-cache in the artefact folder, and the reader ModelOpt pulls batches from."""
+cache in the artefact folder (the reader ModelOpt pulls batches from is calibration.reader)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from fsa_deploy.runtime.text import Vocabulary
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CACHE_PREFIX = "calibration-"
 CACHE_ROLE = "calibration-cache"
 
@@ -39,6 +38,18 @@ class CalibrationData:
 # ---------------------------------------------------------------- calibration images and crops
 
 
+def image_suffixes() -> frozenset[str]:
+    """File suffixes Pillow opens (its stub formats, which need a handler installed, left out).
+    Also validation's --images; runtime/cli.py keeps its own set (IMAGE_SUFFIXES) for now."""
+    from PIL import Image, ImageFile
+
+    def opens(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if opens(fmt))
+
+
 def image_files(sources: Sequence[str]) -> list[Path]:
     """--images: files as given, folders expanded to their image files (sorted); none is an error."""
     if not sources:
@@ -46,17 +57,18 @@ def image_files(sources: Sequence[str]) -> list[Path]:
 
         sources = sample_photos()
     files: list[Path] = []
+    suffixes = image_suffixes()
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes))
         elif p.is_file():
             files.append(p)
         else:
             raise FSAError(f"--images {s}: no such file or folder")
     if not files:
         raise FSAError(f"--images {' '.join(map(str, sources))}: no calibration images "
-                       f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+                       "(looked for the image suffixes Pillow opens: .png, .jpg, ...)")
     return files
 
 
@@ -155,27 +167,3 @@ def calibration_data(art: A.Artifact, files: Sequence[Path], opts: Options) -> C
     if opts.cache:
         save_cache(art, name, data)
     return data
-
-
-class DataReader:
-    """ModelOpt's calibration reader protocol (get_next/get_first/rewind): batches of crops, each
-    with the whole text matrix. ModelOpt's own provider would split text_embeddings along K."""
-
-    def __init__(self, data: CalibrationData, batch: int):
-        self.feeds = [{A.IMAGE: data.crops[i : i + batch], A.TEXT_EMBEDDINGS: data.text}
-                      for i in range(0, len(data.crops), batch)]
-        self.i = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        self.i += 1
-        return self.feeds[self.i - 1] if self.i <= len(self.feeds) else None
-
-    def get_first(self) -> dict[str, np.ndarray]:
-        return self.feeds[0]
-
-    def rewind(self) -> None:
-        self.i = 0
-
-
-
-

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsa_deploy.calibration.data import CalibrationData, DataReader
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
 from fsa_deploy.runtime import artifact as A
 
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
+    from fsa_deploy.calibration.data import CalibrationData
     from fsa_deploy.calibration.quantize import Options
 
 
@@ -66,7 +66,7 @@ def modelopt_version() -> str:
         return "absent"
 
 
-def _link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
+def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
     """image.onnx (and its external data) linked into the work folder: ModelOpt writes its
     intermediate files beside the input and output, never into the artefact folder."""
     names = [A.IMAGE_ONNX] + [n for n, i in art.files().items()
@@ -84,6 +84,8 @@ def _link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
 
 def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: CalibrationData, opts: Options,
                  exclude: list[str], external: bool, scope: str, progress: bool = True) -> None:
+    from fsa_deploy.calibration.reader import DataReader
+
     patterns = ([f"^{re.escape(scope)}"] if scope else []) + [re.escape(n) + "$" for n in exclude]
     try:
         # ORT's calibrator prints and tqdm draws bars: on stderr with progress, nowhere with --quiet;

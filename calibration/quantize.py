@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from fsa_deploy.calibration.data import CalibrationData, calibration_data, image_files
 from fsa_deploy.calibration.graph import QdqSummary, summarize
 from fsa_deploy.calibration.meta import record
-from fsa_deploy.calibration.modelopt_call import METHODS, _link_source, require_modelopt, run_modelopt
+from fsa_deploy.calibration.modelopt_call import METHODS, link_source, require_modelopt, run_modelopt
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES, Where, fp32_rules
 from fsa_deploy.runtime import artifact as A
 
@@ -149,7 +149,7 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
     scope = str(art.meta.get("feedback_scope") or "")
     with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=art.root) as tmp:
         work = Path(tmp)
-        src, external = _link_source(art, work)
+        src, external = link_source(art, work)
         graph = onnx.load(str(src), load_external_data=False).graph
         rules = fp32_rules(graph, Where(scope, art.meta.get("stages", {}), opts.region))
         exclude = sorted(set().union(*rules.values()))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fsa_deploy.calibration.graph import _consumers, _reach, downstream, upstream
+from fsa_deploy.calibration.graph import upstream
+from fsa_deploy.export.graph_walk import Walk
 
 if TYPE_CHECKING:
     import onnx
@@ -41,19 +42,16 @@ def excluded_nodes(graph: onnx.GraphProto, scope: str, head_inputs: tuple[str, .
     - outside nodes that read a tensor the block reads: ModelOpt quantizes a shared tensor
       once and feeds the DQ output to every consumer, the block's node included.
     """
-    head = downstream(graph, list(head_inputs))
-    block = {n.name for n in graph.node if n.name.startswith(scope)}
+    walk = Walk(graph)
+    head = walk.downstream(head_inputs)
+    block = {i for i, n in enumerate(walk.nodes) if n.name.startswith(scope)}
     if not block:
-        return sorted(head)
-    consumers = _consumers(graph)
-    block_out = {t for n in graph.node if n.name in block for t in n.output}
-    block_in = {t for n in graph.node if n.name in block for t in n.input if t and t not in block_out}
-    neighbours = {c.name for t in block_in for c in consumers.get(t, []) if c.name not in block}
-    def readers_outside(tensors: Iterable[str]) -> Iterable[onnx.NodeProto]:
-        return (c for t in tensors for c in consumers.get(t, []) if c.name not in block)
-
-    tail = _reach(readers_outside(block_out), lambda n: readers_outside(n.output))
-    return sorted((neighbours | tail | head) - block)
+        return sorted(walk.names(head))
+    block_out = {t for i in block for t in walk.nodes[i].output}
+    block_in = {t for i in block for t in walk.nodes[i].input if t and t not in block_out}
+    neighbours = set(walk.readers(block_in))
+    tail = walk.downstream(block_out, avoid=block)
+    return sorted(walk.names((neighbours | tail | head) - block))
 
 
 def probability_matmuls(graph: onnx.GraphProto) -> list[str]:

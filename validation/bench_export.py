@@ -12,16 +12,11 @@ import statistics
 import time
 
 import torch
+from fsa_deploy.validation.timing import time_calls
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = time_calls(fn, repeats, warmup)
     return statistics.median(times), times
 
 

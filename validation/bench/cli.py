@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,6 @@ from fsa_deploy.validation.bench.report import format_terminal, gate, write_outp
 from fsa_deploy.validation.bench.run import run_bench
 
 from fsa_deploy.errors import FSAError
-
-# ---------------------------------------------------------------- CLI
 
 
 def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
@@ -26,8 +25,7 @@ def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
                    help="bench this export instead of exporting (repeatable: an fp32 and an fp16 folder)")
     p.add_argument("--work", metavar="DIR", help="keep exports here and reuse them next time (default: a temp folder)")
     p.add_argument("--images", nargs="+", help=f"images or folders (default: scikit-image's {DEFAULT_IMAGE})")
-    p.add_argument("--classes", help='"cat; kitty, dog": the vocabulary (default models/data/voc21.txt); '
-                   "with --block, the class count K")
+    p.add_argument("--classes", help='"cat; kitty, dog": the vocabulary (default models/data/voc21.txt)')
     p.add_argument("--classes-file", metavar="FILE", help="one class a line, synonyms separated by ';'")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
@@ -46,8 +44,11 @@ def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--md", help="write the report as Markdown")
     p.add_argument("--plot", metavar="PNG", help="latency against fidelity, one labelled point per row")
-    p.add_argument("--block", action="store_true", help="the FSA feedback block alone (with --tokens, --classes K)")
+    p.add_argument("--block", action="store_true",
+                   help="the FSA feedback block alone (with --tokens N, --num-classes K)")
     p.add_argument("--tokens", type=int, help="--block: token count N")
+    p.add_argument("--num-classes", type=int, metavar="K",
+                   help="--block: class count K (--classes K is its deprecated spelling there)")
     add_model_args(p)
     p.set_defaults(func=run_bench_cli)
     return p
@@ -61,8 +62,8 @@ def _check_ranges(args: argparse.Namespace) -> None:
             raise FSAError(f"{name} {value}: must be >= {low}")
     if args.min_agreement is not None and not args.min_agreement >= 0:
         raise FSAError(f"--min-agreement {args.min_agreement}: must be >= 0 (a fraction of pixels, 0-1)")
-    if args.tokens is not None:
-        raise FSAError("--tokens: only with --block")
+    if args.tokens is not None or args.num_classes is not None:
+        raise FSAError(f"{'--tokens' if args.tokens is not None else '--num-classes'}: only with --block")
     if args.classes is not None and args.classes_file is not None:
         raise FSAError("--classes and --classes-file: give one of them")
 
@@ -120,18 +121,30 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    tuple(args.only), args.min_agreement, args.calibration_count, args.json, args.md, args.plot)
 
 
-def run_block(args: argparse.Namespace) -> int:
-    """`--block`: validation/bench_block.py, with --classes read as the class count K."""
-    from fsa_deploy.validation.bench_block import main_block
-
-    if args.tokens is None or args.classes is None:
-        raise FSAError("--block needs --tokens N and --classes K")
+def block_classes(args: argparse.Namespace) -> int | None:
+    """--num-classes K, or the old spelling --classes K (a vocabulary everywhere else)."""
+    if args.classes is None:
+        return args.num_classes
+    if args.num_classes is not None:
+        raise FSAError("--classes and --num-classes: with --block, give --num-classes K only")
     try:
         classes = int(args.classes)
     except ValueError:
-        raise FSAError(f"--classes {args.classes!r}: with --block, a class count K") from None
+        raise FSAError(f"--classes {args.classes!r}: --block takes no vocabulary; the class count is "
+                       "--num-classes K") from None
+    print("fsa bench: --block --classes K is deprecated, use --num-classes K", file=sys.stderr)
+    return classes
+
+
+def run_block(args: argparse.Namespace) -> int:
+    """`--block`: validation/bench_block.py with K classes."""
+    from fsa_deploy.validation.bench_block import main_block
+
+    classes = block_classes(args)
+    if args.tokens is None or classes is None:
+        raise FSAError("--block needs --tokens N and --num-classes K")
     if args.tokens < 1 or classes < 1:
-        raise FSAError(f"--tokens {args.tokens} --classes {classes}: must be >= 1")
+        raise FSAError(f"--tokens {args.tokens} --num-classes {classes}: must be >= 1")
     return main_block(argparse.Namespace(**{**vars(args), "classes": classes, "device": args.device or "cpu"}))
 
 

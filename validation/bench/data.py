@@ -18,6 +18,7 @@ PRELOAD = ("numpy", "torch", "open_clip", "timm", "onnxruntime", "fsa_deploy.mod
            "fsa_deploy.validation.validate", "fsa_deploy.runtime.segmenter", "fsa_deploy.runtime.backends.onnxrt",
            "fsa_deploy.models.backend", "fsa_deploy.validation.flops")
 MIB = 2**20
+REFERENCE_NOTE = "validate's reference: the fidelity of every other row is measured against it"
 # image graphs the bench measures: fp8 needs SM89+ and TensorRT, so its row comes from `fsa validate`
 BENCH_PRECISIONS = tuple(p for p in GRAPH_PRECISIONS if p != "fp8")
 
@@ -76,6 +77,12 @@ class Row:
     @property
     def baseline(self) -> bool:
         return self.format == LITERAL and self.precision == "fp32"
+
+    @property
+    def reference(self) -> bool:
+        """validate's reference (PyTorch deploy, fp32, CPU): the other rows' fidelity is measured
+        against it, so it has none of its own (it would be 1 by construction)."""
+        return self.format == DEPLOY and self.precision == "fp32" and self.device == "cpu"
 
 
 @dataclass

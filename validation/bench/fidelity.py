@@ -8,8 +8,6 @@ from typing import Any
 
 from fsa_deploy.validation.bench.data import TRT, Fidelity, Plan, Row
 
-# -- fidelity
-
 
 class TorchSide:
     """A PyTorch row in the shape of fsa_deploy.validation.validate.ArtifactSide: logits plus the masks

@@ -7,8 +7,6 @@ from typing import Any
 
 from fsa_deploy.validation.bench.data import PRELOAD, one_line
 
-# ---------------------------------------------------------------- child processes
-
 
 class Children:
     """Runs each job in a fresh process forked from a server that imported PRELOAD once

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gc
-import time
-from collections.abc import Callable
 from typing import Any
 
 from fsa_deploy.validation.bench.data import (
     LITERAL,
     MIB,
     ORT,
+    REFERENCE_NOTE,
     TORCH_FORMATS,
     TRT,
     Latency,
@@ -20,6 +19,7 @@ from fsa_deploy.validation.bench.data import (
     one_line,
 )
 from fsa_deploy.validation.bench.fidelity import ort_fp16_note, row_fidelity
+from fsa_deploy.validation.timing import device_sync, time_calls
 
 from fsa_deploy.errors import FSAError
 
@@ -123,19 +123,6 @@ def open_row_backend(row: Row, plan: Plan) -> Any:
     return backend
 
 
-def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
-    for _ in range(warmup):
-        fn()
-        sync()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append(1e3 * (time.perf_counter() - t0))
-    return out
-
-
 def size_mib(row: Row, backend: Any) -> float:
     """The image graph or engine with its external weights; for PyTorch, the crop forward's weights."""
     if row.format in TORCH_FORMATS:
@@ -153,7 +140,6 @@ def size_mib(row: Row, backend: Any) -> float:
 def timed(plan: Plan, row: Row, text: Any) -> tuple[Measured, Any]:
     """Load the row's backend, time one crop and whole images (the Segmenter `fsa segment`
     runs), read the memory peaks; returns them and the backend."""
-    import torch
     from fsa_deploy.runtime.images import load_image
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image, windows
     from fsa_deploy.runtime.segmenter import Segmenter
@@ -168,11 +154,11 @@ def timed(plan: Plan, row: Row, text: Any) -> tuple[Measured, Any]:
     images = [load_image(p) for p in plan.images]
     crop = crops_of(resize_image(images[0], geo), geo)[0][:1].to(backend.device)
     crops = sum(len(windows(*geo.resized_size(*im.shape[-2:]), geo)) for im in images)
-    sync = torch.cuda.synchronize if row.device == "cuda" else (lambda: None)
+    sync = device_sync(row.device)
     base = reset_peak_rss()
     device_memory.reset()
-    crop_ms = time_calls(lambda: backend.run(crop, seg.text), plan.warmup, plan.repeats, sync)
-    pass_ms = time_calls(lambda: [seg.segment(im) for im in images], plan.warmup, plan.repeats, sync)
+    crop_ms = time_calls(lambda: backend.run(crop, seg.text), plan.repeats, plan.warmup, sync)
+    pass_ms = time_calls(lambda: [seg.segment(im) for im in images], plan.repeats, plan.warmup, sync)
     peak = peak_rss_mb()
     image = Latency.of([t / len(images) for t in pass_ms])
     return Measured(backend.name, size_mib(row, backend), Latency.of(crop_ms), image, crops,
@@ -191,6 +177,9 @@ def measure_row(plan: Plan, row: Row, text_np: Any) -> Measured:
     torch_model = backend if row.format in TORCH_FORMATS else None
     del backend
     gc.collect()
+    if row.reference:
+        m.note = REFERENCE_NOTE
+        return m
     try:
         m.fidelity = row_fidelity(row, plan, text, torch_model)
     except Exception as e:  # timings stand; the row says why fidelity is missing

@@ -139,8 +139,9 @@ def notes(rep: Report) -> list[str]:
 
 
 METHOD = ("speedup: crop latency of the PyTorch literal fp32 row of the same device / the row's; fidelity: "
-          "pixel agreement and mIoU of the label maps against validate's reference (PyTorch deploy fp32 CPU), "
-          "under the tolerance profile of the row's precision; x floor: crop latency / roofline floor")
+          "pixel agreement and mIoU of the label maps against validate's reference (the PyTorch deploy fp32 CPU "
+          "row, which has none of its own), under the tolerance profile of the row's precision; "
+          "x floor: crop latency / roofline floor")
 
 
 def format_terminal(rep: Report) -> str:

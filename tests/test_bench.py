@@ -167,6 +167,19 @@ def test_block_takes_the_class_count(monkeypatch, capsys, classes, num_classes, 
     assert ("--classes K is deprecated, use --num-classes K" in err) is deprecated, err
 
 
+def test_block_child_times_both_formulations(tmp_path):
+    """bench --block's child (run in process here): timings, a peak, and logits that agree across
+    the two formulations."""
+    from fsa_deploy.validation.bench_block import run_one
+
+    res = {}
+    for form in ("literal", "deploy"):
+        run_one(form, 16, 3, "cpu", 2, str(tmp_path / f"{form}.pt"))
+        res[form] = torch.load(tmp_path / f"{form}.pt")
+        assert res[form]["ms"] > 0 and res[form]["logits"].shape[-1] == 3, res[form]
+    assert torch.allclose(res["literal"]["logits"], res["deploy"]["logits"], atol=1e-4)
+
+
 # ---------------------------------------------------------------- in process: work, floor, rows, gate
 
 

@@ -80,13 +80,13 @@ def run_one(formulation: str, tokens: int, classes: int, device: str, repeats: i
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
-    out: list[torch.Tensor] = []
+    last: list[torch.Tensor] = []
 
     def call() -> None:
-        out[:] = [model.proxy_attend(attn, v, text)]
+        last[:] = [model.proxy_attend(attn, v, text)]
 
     times = time_calls(call, repeats, warmup=1, sync=device_sync(device))
-    feats = out[0]
+    feats = last[0]
     peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if device == "cuda" else peak_rss_mb() - base
     logits = torch.nn.functional.normalize(feats, dim=-1) @ text.T
     torch.save({"ms": sorted(times)[len(times) // 2], "peak_mb": peak, "logits": logits.cpu()}, out)

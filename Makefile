@@ -36,7 +36,7 @@ demo: setup
 	BIN=$(BIN) tools/demo.sh
 
 bench-block: setup
-	$(BIN)/fsa bench --block --tokens 1764 --classes 171 --device cpu --repeats 5 --json out/bench/block.json
+	$(BIN)/fsa bench --block --tokens 1764 --num-classes 171 --device cpu --repeats 5 --json out/bench/block.json
 
 export-b16: setup
 	$(BIN)/python -m fsa_deploy.validation.bench_export --out out/b16 --json out/bench/export_b16.json

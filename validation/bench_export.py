@@ -12,16 +12,11 @@ import statistics
 import time
 
 import torch
+from fsa_deploy.validation.timing import time_calls
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = time_calls(fn, repeats, warmup)
     return statistics.median(times), times
 
 
@@ -44,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.images import load_image, sample_photos
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-    from fsa_deploy.validation.bench import cpu_model
+    from fsa_deploy.validation.bench.report import cpu_model
 
     torch.set_grad_enabled(False)
     spec = ModelSpec(model=args.model, weights=Weights(seed=0),

@@ -21,7 +21,11 @@ from fsa_deploy.runtime import artifact as A
 
 from fsa_deploy.errors import CheckFailed, FSAError
 
+# an in-memory model's external weights are read from this folder (onnxruntime >= 1.17)
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 ARGMAX_TIE = 1e-5  # reference top-2 class probabilities closer than this: either label is right
+# runtime.backends.select.BACKENDS minus torch (the reference itself); auto: by the file (engine or graph)
+VALIDATE_BACKENDS = ("auto", "trt", "onnx")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,20 @@ def error_stats(ref: dict[str, np.ndarray], art: dict[str, np.ndarray]) -> dict[
 # --- the two sides ------------------------------------------------------------------------------
 
 
+def graph_with_outputs(art: A.Artifact, name: str, stage_names: list[str]) -> bytes:
+    """The graph `name` with the stage tensors as extra outputs, serialised without its weights when
+    they are external (they stay in their .data file, hash-checked here, and ONNX Runtime reads them
+    from the folder): one protobuf message cannot exceed 2 GB, and ViT-H's weights do."""
+    import onnx
+
+    path = art.path(name)
+    for n, info in art.files().items():
+        if info.get("role") == "external-data" and n.startswith(name):
+            art.path(n)
+    graph = onnx.load(str(path), load_external_data=False)
+    return A.with_stage_outputs(graph, art.meta.get("stages", {}), stage_names).SerializeToString()
+
+
 class ArtifactSide:
     """The artefact on its backend; ONNX graphs also return `keep`/`sim` (and all stages with --stages)."""
 
@@ -131,16 +149,14 @@ class ArtifactSide:
             self.backend = TensorRTBackend(art, info.get("precision"))
             self.kind = "tensorrt"
             return
-        import onnx
         from fsa_deploy.runtime.backends.onnxrt import default_providers, require_onnxruntime, session_options
 
         ort = require_onnxruntime()
         stage_map: dict[str, str] = art.meta.get("stages", {})
         self.stage_names = list(stage_map) if stages else [n for n in ("keep", "attn_proxy") if n in stage_map]
-        path = art.path(name)
-        graph = onnx.load(str(path), load_external_data=True)
-        graph = A.with_stage_outputs(graph, stage_map, self.stage_names)
-        self.session = ort.InferenceSession(graph.SerializeToString(), session_options(None),
+        opts = session_options(None)
+        opts.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(art.root))  # where ORT finds a .data file
+        self.session = ort.InferenceSession(graph_with_outputs(art, name, self.stage_names), opts,
                                             providers=default_providers())
         self.kind = "onnxruntime-" + ("cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu")
 
@@ -285,7 +301,7 @@ def text_check(art: A.Artifact, ref, prompts: list[str]) -> float | None:
     return rel_l2(got, want)
 
 
-def run_validation(folder: str, artifact: str | None = None, backend: str = "onnx", images: list[str] | None = None,
+def run_validation(folder: str, artifact: str | None = None, backend: str = "auto", images: list[str] | None = None,
                    vocab=None, profile: str | None = None, overrides: dict[str, float] | None = None,
                    stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
                    progress: bool = False) -> dict[str, Any]:
@@ -296,7 +312,7 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "onn
     art.verify_all()  # refuse a folder whose files do not match meta.json
     name = artifact or A.IMAGE_ONNX
     if name not in art.files():
-        raise FSAError(f"--artifact {name}: not in {folder}/{A.META} (files: {', '.join(art.files())})")
+        raise FSAError(f"--graph {name}: not in {folder}/{A.META} (files: {', '.join(art.files())})")
     profile = profile or str(art.files()[name].get("precision") or art.meta.get("precision", "fp32"))
     tol = tolerances_for(profile, overrides or {})
     images = images or sample_photos()
@@ -406,7 +422,9 @@ def parse_tolerances(items: list[str]) -> dict[str, float]:
 def expand_images(items: list[str] | None) -> list[str] | None:
     if not items:
         return None
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+    from fsa_deploy.calibration.data import image_suffixes
+
+    exts = image_suffixes()
     out: list[str] = []
     for item in items:
         p = Path(item)
@@ -423,14 +441,20 @@ def expand_images(items: list[str] | None) -> list[str] | None:
 
 
 def add_validate(sub, help_text: str) -> None:
+    from fsa_deploy.runtime.backends.select import BACKENDS
     from fsa_deploy.runtime.text import add_vocabulary_args
 
     p = sub.add_parser("validate", help=help_text, description=(
         "Run the PyTorch reference and the artefact on the same crops of the same images and compare crop "
         "logits, label maps and (with --stages) every stage. Exit 0 pass, 1 fail, 2 bad input."))
     p.add_argument("folder", metavar="DIR", help="artefact folder (fsa export)")
-    p.add_argument("--artifact", help="file of the folder to check (default image.onnx; e.g. image.int8.onnx)")
-    p.add_argument("--backend", choices=("onnx", "trt"), default="onnx")
+    p.add_argument("--graph", metavar="FILE",
+                   help="graph or engine file of the folder to check (default image.onnx; e.g. image.int8.onnx)")
+    p.add_argument("--artifact", dest="artifact_file", metavar="FILE", help="deprecated spelling of --graph")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="trt: the folder's engine of the graph's precision; onnx: ONNX Runtime; auto (default): "
+                        "TensorRT for an .engine file, ONNX Runtime otherwise; torch does not apply (the "
+                        "reference is PyTorch)")
     p.add_argument("--images", nargs="+", help="images or folders (default: scikit-image's sample photos)")
     p.add_argument("--profile", help="fp32, fp16, int8 or fp8 (default: the artefact's precision)")
     p.add_argument("--tol", action="append", default=[], metavar="NAME=VALUE",
@@ -445,10 +469,28 @@ def add_validate(sub, help_text: str) -> None:
     p.set_defaults(func=run_validate)
 
 
+def graph_of(args: argparse.Namespace) -> str | None:
+    """--graph FILE, or its old spelling --artifact FILE (a file here, a folder in segment and bench)."""
+    if args.artifact_file is None:
+        return args.graph
+    if args.graph is not None:
+        raise FSAError("--artifact and --graph: give --graph only (--artifact FILE is its deprecated spelling)")
+    print("fsa validate: --artifact FILE is deprecated, use --graph FILE", file=sys.stderr)
+    return args.artifact_file
+
+
+def backend_of(name: str) -> str:
+    """segment's backend names; the ones that do not apply to a comparison with the reference are refused."""
+    if name not in VALIDATE_BACKENDS:
+        raise FSAError(f"--backend {name}: validate compares an artefact with the PyTorch reference; "
+                       f"choose from {', '.join(VALIDATE_BACKENDS)}")
+    return name
+
+
 def run_validate(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.text import vocabulary_from_args
 
-    report = run_validation(args.folder, args.artifact, args.backend, expand_images(args.images),
+    report = run_validation(args.folder, graph_of(args), backend_of(args.backend), expand_images(args.images),
                             vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,
                             args.fp64, args.max_batch, args.stride, progress=True)
     import json

@@ -1,0 +1,78 @@
+"""A row's fidelity: `fsa validate`'s per-image check on the bench images."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fsa_deploy.validation.bench.data import TRT, Fidelity, Plan, Row
+
+
+class TorchSide:
+    """A PyTorch row in the shape of fsa_deploy.validation.validate.ArtifactSide: logits plus the masks
+    (`keep`, `attn_proxy`) that validate aligns when rounding decides them."""
+
+    stage_names: list[str] = []
+
+    def __init__(self, backend: Any):
+        self.model, self.device, self.kind = backend.ref.model, backend.device, backend.name
+
+    def run(self, crops: Any, text: Any) -> dict[str, Any]:
+        import torch
+
+        with torch.inference_mode():
+            st = self.model.stages(crops.to(self.device), text.to(self.device))
+        out = {"logits": st["logits"].float().cpu().numpy()}
+        for k in ("keep", "attn_proxy"):
+            if k in st:
+                out[k] = (st[k] if st[k].dtype == torch.bool else st[k].float()).cpu().numpy()
+        return out
+
+
+def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fidelity:
+    """validate_image on every bench image against validate's reference (PyTorch deploy, fp32, CPU)."""
+    from fsa_deploy.models.factory import Reference, build
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.validation import validate as V
+
+    if backend is not None:  # a PyTorch row: its own model
+        side: Any = TorchSide(backend)
+        cpu32 = row.device == "cpu" and row.precision == "fp32"  # the row's weights are the reference's
+        ref = (Reference(plan.spec, backend.ref.model.with_formulation("deploy"), backend.ref.clip) if cpu32
+               else build(plan.spec, "deploy"))
+    else:
+        side = V.ArtifactSide(Artifact.load(str(row.folder)), str(row.file), "trt" if row.format == TRT else "onnx",
+                              False)
+        ref = build(plan.spec, "deploy")
+    profile = row.precision if row.precision in V.PROFILES else "fp32"
+    meta = {"crop": plan.spec.crop}
+    reports = [V.validate_image(p, ref, side, text, plan.vocab.query_class, meta, plan.max_batch, False, None, None)
+               for p in plan.images]
+    s = V.summarize(reports, None)
+    failures = V.failures_of(s, V.tolerances_for(profile, {}))
+    return Fidelity(profile, not failures, s["pixel_agreement_min"], s["miou_min"], s["logits_rel_l2_max"],
+                    failures, side.kind)
+
+
+def ort_fp16_note(row: Row) -> str | None:
+    """Whether ONNX Runtime's CPU provider runs the fp16 graph natively: it inserts Casts to
+    fp32 around nodes it has no fp16 kernel for; count them in its optimized graph."""
+    import onnx
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, require_onnxruntime, session_options
+
+    ort = require_onnxruntime()
+    path = Artifact.load(str(row.folder)).path(str(row.file))
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = session_options(None)
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), opts, providers=[CPU_EP])
+        casts = lambda m: sum(n.op_type == "Cast" for n in m.graph.node)  # noqa: E731
+        added = casts(onnx.load(opts.optimized_model_filepath, load_external_data=False)) - casts(
+            onnx.load(str(path), load_external_data=False))
+    if added <= 0:
+        return None
+    return f"ORT CPU has no fp16 kernel for part of the graph: it inserted {added} Casts and runs that part in fp32"
+
+

@@ -74,20 +74,18 @@ def image_files(sources: Sequence[str]) -> list[Path]:
 
 def pipeline_crops(files: Iterable[Path], crop: int, count: int) -> tuple[np.ndarray, list[str]]:
     """The first `count` crops of the images, cut as `fsa segment` cuts them (default geometry)."""
-    import torch
     from fsa_deploy.runtime.images import load_image
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 
     geo, crops, used, have = Geometry(crop=crop), [], [], 0
-    with torch.no_grad():
-        for f in files:
-            batch, _ = crops_of(resize_image(load_image(f), geo), geo)
-            crops.append(batch[: count - have])
-            used.append(str(f))
-            have += len(crops[-1])
-            if have >= count:
-                break
-    return torch.cat(crops).float().numpy(), used
+    for f in files:
+        batch, _ = crops_of(resize_image(load_image(f), geo), geo)
+        crops.append(batch[: count - have])
+        used.append(str(f))
+        have += len(crops[-1])
+        if have >= count:
+            break
+    return np.concatenate(crops).astype(np.float32), used
 
 
 # ---------------------------------------------------------------- text embeddings
@@ -99,19 +97,16 @@ def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
     Real class embeddings rather than random vectors: the logits and the feedback inputs
     then have the ranges they have in use, which is what the calibrator measures.
     """
-    import onnxruntime as ort
-    import torch
     from fsa_deploy.models.text import openai_templates
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
     from fsa_deploy.runtime.text import classifier
 
-    session = ort.InferenceSession(str(art.path(A.TEXT_ONNX)), providers=["CPUExecutionProvider"])
+    from fsa_deploy.contract import TOKENIZER_VOCAB
 
-    def encode(tokens: torch.Tensor) -> torch.Tensor:
-        out = session.run([A.EMBEDDINGS], {A.TOKENS: tokens.numpy().astype(np.int32)})[0]
-        return torch.from_numpy(out)
-
+    backend = OnnxRuntimeBackend(art, image_file=None, providers=[CPU_EP])  # the text graph only
+    vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     templates = art.meta.get("templates") or openai_templates()
-    return classifier(encode, vocab.queries, templates).numpy().astype(np.float32)
+    return classifier(backend.encode_text, vocab.queries, templates, vocab_file=vocab_file)
 
 
 def default_vocabulary() -> Vocabulary:

@@ -66,12 +66,24 @@ class TorchBackend:
         precision = "" if self.dtype == torch.float32 else "-fp16"
         self.name = f"pytorch-{self.device.type}{precision}"
         self.text_key = f"pytorch:{spec_key(self.spec)}"  # the text tower stays fp32 in every precision
+        self.stage_names = ["keep", "attn_proxy"]  # what run_stages returns besides the logits
 
     def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
         """image float32 [B, 3, S, S] RGB 0-255, text [K, D] -> logits float32 [B, K, H', W'] (host arrays)."""
         with torch.inference_mode():
             out = self.ref.model(to_torch(image, self.device), to_torch(text_embeddings, self.device))
             return out.float().cpu().numpy()
+
+    def run_stages(self, image: np.ndarray, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        """`logits` and the masks that rounding decides (`keep`, `attn_proxy`, where the model has
+        them), as OnnxRuntimeBackend.run_stages gives them for the validator's alignment."""
+        with torch.inference_mode():
+            st = self.ref.model.stages(to_torch(image, self.device), to_torch(text_embeddings, self.device))
+        out = {"logits": st["logits"].float().cpu().numpy()}
+        for k in self.stage_names:
+            if k in st:
+                out[k] = (st[k] if st[k].dtype == torch.bool else st[k].float()).cpu().numpy()
+        return out
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """tokens int [T, 77] -> embeddings float32 [T, D] (host arrays)."""

@@ -99,10 +99,10 @@ def held_out(folder: Path, n: int = 4) -> dict[str, np.ndarray]:
 
 def compare(folder: Path, name: str) -> tuple[float, float]:
     """rel L2 and cosine of a Q/DQ graph's crop logits against image.onnx's, on ORT CPU."""
-    import onnxruntime as ort
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 
     feed = held_out(folder)
-    run = lambda f: ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    run = lambda f: OnnxRuntimeBackend(folder, f, providers=[CPU_EP]).run(feed[A.IMAGE], feed[A.TEXT_EMBEDDINGS])
     ref, out = run(A.IMAGE_ONNX), run(name)
     assert out.shape == ref.shape and np.isfinite(out).all()
     rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))

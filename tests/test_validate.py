@@ -151,7 +151,7 @@ def test_external_data_export_validates(tmp_path):
     external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     weights = files[A.IMAGE_ONNX + ".data"]["bytes"]
     assert len(external) > 10 and files[A.IMAGE_ONNX]["bytes"] < weights
-    from fsa_deploy.validation.validate import graph_with_outputs
+    from fsa_deploy.runtime.backends.onnxrt import graph_with_outputs
 
     handed = graph_with_outputs(art, A.IMAGE_ONNX, list(art.meta["stages"]))  # what ONNX Runtime gets
     assert len(handed) < weights / 4, (len(handed), weights)  # the weights did not come along

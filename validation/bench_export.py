@@ -49,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     export_s = time.perf_counter() - t0
     graph = onnx.load(str(art.path(A.IMAGE_ONNX)), load_external_data=False)
     geo = Geometry(crop=args.crop)
-    crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]
+    crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]  # host numpy
     text = torch.nn.functional.normalize(torch.randn(args.classes, art.meta["embed_dim"]), dim=-1)
     ort = OnnxRuntimeBackend(art)
     literal = build(spec, "literal").model
-    ort_ms, ort_all = median_ms(lambda: ort.run(crop, text), args.repeats)
-    lit_ms, lit_all = median_ms(lambda: literal(crop, text), args.repeats)
+    crop_t = torch.from_numpy(crop.copy())
+    ort_ms, ort_all = median_ms(lambda: ort.run(crop, text.numpy()), args.repeats)
+    lit_ms, lit_all = median_ms(lambda: literal(crop_t, text), args.repeats)
     result = {
         "model": args.model, "proxy": args.proxy, "crop": args.crop, "classes": args.classes,
         "export_s": round(export_s, 1), "image_onnx_mb": art.files()[A.IMAGE_ONNX]["bytes"] / 2**20,

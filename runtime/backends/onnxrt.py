@@ -30,6 +30,7 @@ CPU_EP = "CPUExecutionProvider"
 TRT_EP = "TensorrtExecutionProvider"
 EP_NAMES = {CUDA_EP: "cuda", CPU_EP: "cpu", TRT_EP: "trt-ep"}
 ORT_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)"
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"  # where ORT finds a .data file
 
 
 def require_onnxruntime() -> Any:
@@ -61,35 +62,54 @@ def session_options(threads: int | None) -> Any:
 class OnnxRuntimeBackend:
     """Backend (runtime/backends/base.py) on ONNX Runtime.
 
-    `image_file` picks the graph (image.onnx, or a Q/DQ graph calibration recorded);
-    `providers` overrides the CUDA-then-CPU default; `threads` caps intra-op threads.
+    `image_file` picks the graph (image.onnx, or a Q/DQ graph calibration recorded; None: the
+    text graph only, for encoding a vocabulary);
+    `providers` overrides the CUDA-then-CPU default; `threads` caps intra-op threads;
+    `stages` (meta.json stage names) makes those tensors extra outputs, read with `run_stages`
+    (the validator's view; needs the `onnx` package); `optimized_to` saves ORT's optimised image
+    graph there (bench reads which Casts ORT inserted).
     The name says where it really runs: ORT silently drops a CUDA provider it cannot load.
+    GPU path: host arrays in and out, so each crop batch crosses PCIe twice (see README).
     """
 
-    def __init__(self, art: Artifact | str | os.PathLike[str], image_file: str = IMAGE_ONNX,
-                 providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, art: Artifact | str | os.PathLike[str], image_file: str | None = IMAGE_ONNX,
+                 providers: Sequence[str] | None = None, threads: int | None = None,
+                 stages: Sequence[str] = (), optimized_to: str | os.PathLike[str] | None = None) -> None:
         if threads is not None and threads < 0:
             raise FSAError(f"--threads {threads}: must be >= 0 (0: onnxruntime's default)")
         self.artifact = art if isinstance(art, Artifact) else Artifact.load(art)
         self.providers = list(providers) if providers is not None else default_providers()
         self.threads = threads
         self.image_file = image_file
-        self._image = self._session(image_file)
+        self.stage_names = list(stages)
         self._text: Any = None
-        first = self._image.get_providers()[0]
+        if image_file is None:
+            self._image, self._text = None, self._session(TEXT_ONNX)
+        else:
+            self._image = self._session(image_file, self.stage_names, optimized_to)
+        first = (self._image or self._text).get_providers()[0]
         self.name = f"onnxruntime-{EP_NAMES.get(first, first.removesuffix('ExecutionProvider').lower())}"
         self.grid = tuple(int(g) for g in self.artifact.meta["grid"])
         self.embed_dim = int(self.artifact.meta["embed_dim"])
         self.text_key = f"{TEXT_ONNX}:{self.artifact.files().get(TEXT_ONNX, {}).get('sha256')}"
 
-    def _session(self, name: str) -> Any:
-        """A session on a file of the folder, its sha256 (and that of its external data) checked."""
+    def _session(self, name: str, stages: Sequence[str] = (), optimized_to: Any = None) -> Any:
+        """A session on a file of the folder, its sha256 (and that of its external data) checked;
+        with `stages`, on the graph with those stage tensors as extra outputs."""
         ort = require_onnxruntime()
         path = self.artifact.path(name)
-        if f"{name}.data" in self.artifact.files():
-            self.artifact.path(f"{name}.data")
+        for n, info in self.artifact.files().items():
+            if n.startswith(name) and (n == f"{name}.data" or info.get("role") == "external-data"):
+                self.artifact.path(n)
+        opts = session_options(self.threads)
+        if optimized_to is not None:
+            opts.optimized_model_filepath = str(optimized_to)
+        model: Any = str(path)
+        if stages:
+            model = graph_with_outputs(self.artifact, name, stages)
+            opts.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(self.artifact.root))
         try:
-            return ort.InferenceSession(str(path), session_options(self.threads), providers=self.providers)
+            return ort.InferenceSession(model, opts, providers=self.providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise FSAError(f"{path}: onnxruntime could not load it ({str(e).splitlines()[0][:200]})") from e
 
@@ -102,12 +122,29 @@ class OnnxRuntimeBackend:
         (out,) = self._image.run([LOGITS], feeds)
         return out
 
+    def run_stages(self, image: np.ndarray, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        """`logits` and the stage tensors asked for at construction, by stage name."""
+        outs = self._image.run([LOGITS, *(self.artifact.meta["stages"][n] for n in self.stage_names)],
+                               {IMAGE: _f32(image), TEXT_EMBEDDINGS: _f32(text_embeddings)})
+        return dict(zip(["logits", *self.stage_names], outs))
+
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """tokens [T, 77] -> embeddings float32 [T, D]; text.onnx is loaded on the first call."""
         if self._text is None:
             self._text = self._session(TEXT_ONNX)
         (out,) = self._text.run([EMBEDDINGS], {TOKENS: np.ascontiguousarray(tokens, dtype=np.int32)})
         return out
+
+
+def graph_with_outputs(art: Artifact, name: str, stage_names: Sequence[str]) -> bytes:
+    """The graph `name` with the stage tensors as extra outputs, serialised without its weights when
+    they are external (they stay in their .data file and ONNX Runtime reads them from the folder):
+    one protobuf message cannot exceed 2 GB, and ViT-H's weights do."""
+    import onnx
+    from fsa_deploy.runtime.artifact import with_stage_outputs
+
+    graph = onnx.load(str(art.path(name)), load_external_data=False)
+    return with_stage_outputs(graph, art.meta.get("stages", {}), list(stage_names)).SerializeToString()
 
 
 def _f32(a: np.ndarray) -> np.ndarray:

@@ -9,27 +9,6 @@ from typing import Any
 from fsa_deploy.validation.bench.data import TRT, Fidelity, Plan, Row
 
 
-class TorchSide:
-    """A PyTorch row in the shape of fsa_deploy.validation.validate.ArtifactSide: logits plus the masks
-    (`keep`, `attn_proxy`) that validate aligns when rounding decides them."""
-
-    stage_names: list[str] = []
-
-    def __init__(self, backend: Any):
-        self.model, self.device, self.kind = backend.ref.model, backend.device, backend.name
-
-    def run(self, crops: Any, text: Any) -> dict[str, Any]:
-        import torch
-
-        with torch.inference_mode():
-            st = self.model.stages(crops.to(self.device), text.to(self.device))
-        out = {"logits": st["logits"].float().cpu().numpy()}
-        for k in ("keep", "attn_proxy"):
-            if k in st:
-                out[k] = (st[k] if st[k].dtype == torch.bool else st[k].float()).cpu().numpy()
-        return out
-
-
 def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fidelity:
     """validate_image on every bench image against validate's reference (PyTorch deploy, fp32, CPU)."""
     from fsa_deploy.models.factory import Reference, build
@@ -37,7 +16,7 @@ def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fideli
     from fsa_deploy.validation import validate as V
 
     if backend is not None:  # a PyTorch row: its own model
-        side: Any = TorchSide(backend)
+        side: Any = V.ArtifactSide.on(backend)
         cpu32 = row.device == "cpu" and row.precision == "fp32"  # the row's weights are the reference's
         ref = (Reference(plan.spec, backend.ref.model.with_formulation("deploy"), backend.ref.clip) if cpu32
                else build(plan.spec, "deploy"))
@@ -59,17 +38,14 @@ def ort_fp16_note(row: Row) -> str | None:
     """Whether ONNX Runtime's CPU provider runs the fp16 graph natively: it inserts Casts to
     fp32 around nodes it has no fp16 kernel for; count them in its optimized graph."""
     import onnx
-    from fsa_deploy.runtime.artifact import Artifact
-    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, require_onnxruntime, session_options
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 
-    ort = require_onnxruntime()
-    path = Artifact.load(str(row.folder)).path(str(row.file))
     with tempfile.TemporaryDirectory() as tmp:
-        opts = session_options(None)
-        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), opts, providers=[CPU_EP])
+        optimized = Path(tmp) / "optimized.onnx"
+        backend = OnnxRuntimeBackend(str(row.folder), str(row.file), providers=[CPU_EP], optimized_to=optimized)
+        path = backend.artifact.path(str(row.file))
         casts = lambda m: sum(n.op_type == "Cast" for n in m.graph.node)  # noqa: E731
-        added = casts(onnx.load(opts.optimized_model_filepath, load_external_data=False)) - casts(
+        added = casts(onnx.load(str(optimized), load_external_data=False)) - casts(
             onnx.load(str(path), load_external_data=False))
     if added <= 0:
         return None

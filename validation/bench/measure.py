@@ -39,6 +39,7 @@ def measure_work(plan: Plan, devices: tuple[str, ...]) -> dict[str, Any]:
     `fsa segment` caches them), the crop forward's work, and each device's rates."""
     import torch
     from fsa_deploy.models.backend import spec_key
+    from fsa_deploy.models.dump import numpy_encoder
     from fsa_deploy.models.factory import build
     from fsa_deploy.runtime.text import cached_classifier, default_cache_dir
     from fsa_deploy.validation.flops import count_work, measure_rates
@@ -47,12 +48,12 @@ def measure_work(plan: Plan, devices: tuple[str, ...]) -> dict[str, Any]:
     ref = build(plan.spec, "deploy")
     key = spec_key(plan.spec)
     with torch.no_grad():
-        text, _ = cached_classifier(default_cache_dir(), f"spec:{key}|pytorch:{key}", ref.encode_text,
+        text, _ = cached_classifier(default_cache_dir(), f"spec:{key}|pytorch:{key}", numpy_encoder(ref),
                                     plan.vocab.queries, list(plan.templates))
-        work = count_work(ref.model, plan.spec.crop, text)
+        work = count_work(ref.model, plan.spec.crop, torch.from_numpy(text))
     del ref
     gc.collect()
-    return {"text": text.numpy(), "work": work, "rates": {d: measure_rates(d) for d in devices}}
+    return {"text": text, "work": work, "rates": {d: measure_rates(d) for d in devices}}
 
 
 # -- a row job
@@ -152,7 +153,7 @@ def timed(plan: Plan, row: Row, text: Any) -> tuple[Measured, Any]:
     seg.set_classes(plan.vocab, text_embeddings=text)
     geo = Geometry(crop=plan.spec.crop)
     images = [load_image(p) for p in plan.images]
-    crop = crops_of(resize_image(images[0], geo), geo)[0][:1].to(backend.device)
+    crop = crops_of(resize_image(images[0], geo), geo)[0][:1]
     crops = sum(len(windows(*geo.resized_size(*im.shape[-2:]), geo)) for im in images)
     sync = device_sync(row.device)
     base = reset_peak_rss()
@@ -169,10 +170,8 @@ def timed(plan: Plan, row: Row, text: Any) -> tuple[Measured, Any]:
 def measure_row(plan: Plan, row: Row, text_np: Any) -> Measured:
     """Child: timings and memory, then fidelity (after the peaks, so the reference is not
     counted; an artefact row's timing session is released first)."""
-    import torch
-
     _apply_threads(plan.threads)
-    text = torch.from_numpy(text_np)
+    text = text_np  # host arrays: the Backend protocol
     m, backend = timed(plan, row, text)
     torch_model = backend if row.format in TORCH_FORMATS else None
     del backend

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from fsa_deploy.contract import TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
 
-ImageLike = Any  # a path, a PIL image, numpy HWC uint8 or torch [3, H, W] (0-255)
+ImageLike = Any  # a path, a PIL image, numpy uint8 HWC or CHW, or torch [3, H, W] (0-255)
 Classes = Vocabulary | str | Sequence[str]
 
 
@@ -91,8 +91,12 @@ def as_image(image: ImageLike) -> tuple[np.ndarray, str | None]:
 
 
 def _from_numpy(a: np.ndarray) -> np.ndarray:
+    """HWC (as Pillow gives) or CHW (as runtime.images.load_image gives; HWC wins when both fit)."""
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[0] == 3 and a.shape[2] != 3:
+        return a
     if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
-        raise FSAError(f"numpy image {a.dtype} {list(a.shape)}: expected uint8 [H, W, 3] RGB or [H, W] grey")
+        raise FSAError(f"numpy image {a.dtype} {list(a.shape)}: expected uint8 [H, W, 3] RGB, [3, H, W] "
+                       "(load_image's) or [H, W] grey")
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     return a.transpose(2, 0, 1)

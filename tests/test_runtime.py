@@ -185,7 +185,7 @@ def test_every_input_type_gives_the_same_labels(seg, tmp_path):
     img = photo("coffee")[:, 100:220, 200:380].contiguous()
     path = save_rgb(img, tmp_path / "coffee.png")
     want = seg.segment(path).labels
-    for given in (Image.open(path), img.permute(1, 2, 0).numpy(), img, img.float()):
+    for given in (Image.open(path), img.permute(1, 2, 0).numpy(), img.numpy(), img, img.float()):
         np.testing.assert_array_equal(seg.segment(given).labels, want, err_msg=type(given).__name__)
     with pytest.raises(FSAError, match="expected"):
         seg.segment(np.zeros((4, 4, 3), dtype=np.float32))

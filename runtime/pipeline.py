@@ -13,7 +13,9 @@ the softmax, the synonym merge and the argmax run one band of rows at a time. Th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,9 @@ from fsa_deploy.contract import CLIP_MEAN
 
 CropForward = Callable[[np.ndarray], np.ndarray]  # crops [B, 3, S, S] -> logits [B, K, H', W']
 BAND_BYTES = 16 << 20  # one band of full-resolution class planes: bounds post-processing memory
+# bands in flight at once (numpy releases the GIL in its loops): post-processing memory is
+# BAND_WORKERS x a few bands, whatever K and the image size
+BAND_WORKERS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -276,7 +281,8 @@ def postprocess(canvas: np.ndarray, out_size: tuple[int, int], query_class: Sequ
                np.empty((n_cls, h0, w0), dtype=np.float32) if keep_probs else None,
                np.empty((k, h0, w0), dtype=np.float32) if keep_logits else None)
     step = band_rows(k, w0, band_budget)
-    for r0 in range(0, h0, step):
+
+    def one_band(r0: int) -> None:
         rows = slice(r0, min(r0 + step, h0))
         band = canvas[:, rows].astype(np.float32) if same else tx.cols(ty.rows(canvas, rows))
         if out.logits is not None:
@@ -285,4 +291,12 @@ def postprocess(canvas: np.ndarray, out_size: tuple[int, int], query_class: Sequ
         if out.probs is not None:
             out.probs[:, rows] = probs
         out.labels[rows] = labels_of(probs, prob_thd)
+
+    starts = range(0, h0, step)
+    if BAND_WORKERS > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(BAND_WORKERS) as pool:
+            list(pool.map(one_band, starts))
+    else:
+        for r0 in starts:
+            one_band(r0)
     return out

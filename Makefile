@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu clean
+.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu clean bench-memory
 
 setup: $(STAMP)
 
@@ -36,13 +36,18 @@ demo: setup
 	BIN=$(BIN) tools/demo.sh
 
 bench-block: setup
-	$(BIN)/fsa bench --block --tokens 1764 --classes 171 --device cpu --repeats 5 --json out/bench/block.json
+	$(BIN)/fsa bench --block --tokens 1764 --num-classes 171 --device cpu --repeats 5 --json out/bench/block.json
 
 export-b16: setup
 	$(BIN)/python -m fsa_deploy.validation.bench_export --out out/b16 --json out/bench/export_b16.json
 
 bench: setup
 	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png
+
+# Peak RSS of a segmentation against the class count (3 vs 171) and the photo size (6.75 and 12 MP),
+# tiny export on ONNX Runtime CPU, each case in a fresh process (issue 15 item 7; docs/BENCHMARKS.md).
+bench-memory: setup
+	$(BIN)/python tools/bench_memory.py --work out/bench/memory --json out/bench/memory.json
 
 # On a machine with an NVIDIA GPU (and TensorRT, where it can be installed):
 test-gpu: setup

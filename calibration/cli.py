@@ -9,7 +9,8 @@ from fsa_deploy.runtime.text import add_vocabulary_args
 
 
 def add_calibrate(sub, help_text: str) -> None:
-    from fsa_deploy.calibration.quantize import METHODS, REGIONS, Options
+    from fsa_deploy.calibration.modelopt_call import METHODS
+    from fsa_deploy.calibration.quantize import REGIONS, Options
 
     from fsa_deploy.contract import CALIBRATE_PRECISIONS
 

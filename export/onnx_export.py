@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import onnx
 import torch
+from fsa_deploy.export.graph_walk import Walk
 from fsa_deploy.models.factory import ModelSpec, Reference, build
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime.text import CONTEXT_LENGTH
+from fsa_deploy.runtime.text import CONTEXT_LENGTH, default_vocab_file
 from torch import nn
 
-from fsa_deploy.contract import EXPORT_PRECISIONS, FEEDBACK_SCOPE, STAGE_PREFIX, STAGES
+from fsa_deploy.contract import EXPORT_PRECISIONS, FEEDBACK_SCOPE, STAGE_PREFIX, STAGES, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
 
 OPSET = 18
@@ -111,23 +112,12 @@ def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
             vi.name = new
 
 
-def _ancestors(graph: onnx.GraphProto, tensors: Iterable[str]) -> set[int]:
-    """Indices of the nodes that the given tensors depend on (themselves included)."""
-    producer = {out: i for i, n in enumerate(graph.node) for out in n.output}
-    todo, seen = [producer[t] for t in tensors if t in producer], set()
-    while todo:
-        i = todo.pop()
-        if i not in seen:
-            seen.add(i)
-            todo.extend(producer[x] for x in graph.node[i].input if x in producer)
-    return seen
-
-
 def name_nodes(graph: onnx.GraphProto, stages: list[str]) -> None:
     """Stable node names: `feedback/<Op>_<i>` for steps 8-13, `<Op>_<i>` elsewhere."""
     if "attn_new" in stages:
         inputs = [STAGE_PREFIX + s for s in ("attn_out1", "values", "attn_proxy") if s in stages]
-        block = _ancestors(graph, [STAGE_PREFIX + "attn_new"]) - _ancestors(graph, inputs)
+        walk = Walk(graph)
+        block = walk.upstream([STAGE_PREFIX + "attn_new"]) - walk.upstream(inputs)
     else:
         block = set()
     counts: dict[str, int] = {}
@@ -155,9 +145,10 @@ def finish_image_graph(model: onnx.ModelProto, stages: list[str]) -> dict[str, s
     return mapping
 
 
-def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Save with external data past protobuf's 2 GB limit (ViT-H); checker and shape inference first."""
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+def save_onnx(model: onnx.ModelProto, path: Path, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> None:
+    """Save with external data past protobuf's 2 GB limit (ViT-H); checker and shape inference first.
+    `external_data_bytes` lower than the default forces the external-data path on a small model (tests)."""
+    large = model.ByteSize() > external_data_bytes
     if large:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data")
@@ -169,7 +160,8 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(onnx.shape_inference.infer_shapes(model, strict_mode=True), str(path))
 
 
-def export_image(ref: Reference, work: Path, precision: str, max_batch: int) -> tuple[dict[str, str], int]:
+def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
+                 external_data_bytes: int = EXTERNAL_DATA_BYTES) -> tuple[dict[str, str], int]:
     model = ref.model
     if precision == "fp16":
         model.set_precision(torch.float16, torch.float32)
@@ -186,11 +178,11 @@ def export_image(ref: Reference, work: Path, precision: str, max_batch: int) -> 
         f.unlink()
     mapping = finish_image_graph(graph, stages)
     graph.producer_name, graph.doc_string = "fsa-deploy", "FSA crop forward (shared/spec/FSA.md steps 1-15)"
-    save_onnx(graph, work / A.IMAGE_ONNX)
+    save_onnx(graph, work / A.IMAGE_ONNX, external_data_bytes)
     return mapping, len(graph.graph.node)
 
 
-def export_text(ref: Reference, work: Path) -> int:
+def export_text(ref: Reference, work: Path, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> int:
     tokens = torch.export.Dim("prompts", min=1, max=4096)
     raw = work / "text.raw.onnx"
     example = (torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int32),)
@@ -199,7 +191,7 @@ def export_text(ref: Reference, work: Path) -> int:
     for f in work.glob("text.raw.onnx*"):
         f.unlink()
     _rename_tensor(graph.graph, graph.graph.output[0].name, A.EMBEDDINGS)
-    save_onnx(graph, work / A.TEXT_ONNX)
+    save_onnx(graph, work / A.TEXT_ONNX, external_data_bytes)
     return len(graph.graph.node)
 
 
@@ -241,8 +233,10 @@ def build_meta(spec: ModelSpec, ref: Reference, precision: str, mapping: dict[st
 
 
 def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", overwrite: bool = False,
-                    progress: bool = True, max_batch: int = 64, lint: bool = True) -> A.Artifact:
-    """Write the artefact folder for `spec` at `out`; nothing is left there if a step fails."""
+                    progress: bool = True, max_batch: int = 64, lint: bool = True,
+                    external_data_bytes: int = EXTERNAL_DATA_BYTES) -> A.Artifact:
+    """Write the artefact folder for `spec` at `out`; nothing is left there if a step fails.
+    Graphs over `external_data_bytes` keep their weights in a `.data` file beside them."""
     if precision not in EXPORT_PRECISIONS:
         raise FSAError(f"--precision {precision!r}: choose from {', '.join(EXPORT_PRECISIONS)}")
     steps = Progress(6 if lint else 5, progress)
@@ -251,13 +245,16 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
     ref = build(spec, "deploy")
     with A.staging_folder(out, overwrite) as work, torch.no_grad():
         steps.step(f"exporting {A.IMAGE_ONNX} ({precision}; dynamic batch and classes)")
-        mapping, n_image = export_image(ref, work, precision, max_batch)
+        mapping, n_image = export_image(ref, work, precision, max_batch, external_data_bytes)
         steps.step(f"exporting {A.TEXT_ONNX}")
-        n_text = export_text(ref, work)
+        n_text = export_text(ref, work, external_data_bytes)
         steps.step("writing meta.json")
         art = A.Artifact(work, build_meta(spec, ref, precision, mapping))
         art.record(A.IMAGE_ONNX, role="image", precision=precision, nodes=n_image)
         art.record(A.TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
+        # the tokenizer's merges travel with the artefact: the runtime needs no open_clip
+        shutil.copyfile(default_vocab_file(), work / TOKENIZER_VOCAB)
+        art.record(TOKENIZER_VOCAB, role="tokenizer")
         for extra in sorted(work.glob("*.data")):
             art.record(extra.name, role="external-data")
         art.save()

@@ -43,3 +43,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # ---- TensorRT's ONNX parser: TopK's K must be <= 3840 (measured with TensorRT-RTX's parser)
 TOPK_MAX_K = 3840
+
+# ---- the tokenizer: CLIP's BPE merges, copied from open_clip into the artefact at export (role "tokenizer")
+TOKENIZER_VOCAB = "bpe_simple_vocab_16e6.txt.gz"

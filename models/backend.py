@@ -2,6 +2,8 @@
 
 For comparisons (the same pipeline code around a different crop forward) and for users
 without an export. models.factory (open_clip, timm) is imported only when one is built.
+The Backend protocol is on host numpy arrays: this backend converts at its boundary
+(torch.from_numpy in, .cpu().numpy() out), so the pipeline around it is the runtime's own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from fsa_deploy.runtime.artifact import Artifact
 
@@ -43,6 +46,8 @@ class TorchBackend:
                  dtype: torch.dtype | str = torch.float32, formulation: str = "deploy") -> None:
         from fsa_deploy.models.factory import build
 
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         if self.dtype not in DTYPES.values():
@@ -61,14 +66,35 @@ class TorchBackend:
         precision = "" if self.dtype == torch.float32 else "-fp16"
         self.name = f"pytorch-{self.device.type}{precision}"
         self.text_key = f"pytorch:{spec_key(self.spec)}"  # the text tower stays fp32 in every precision
+        self.stage_names = ["keep", "attn_proxy"]  # what run_stages returns besides the logits
 
-    def run(self, image: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+    def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
+        """image float32 [B, 3, S, S] RGB 0-255, text [K, D] -> logits float32 [B, K, H', W'] (host arrays)."""
         with torch.inference_mode():
-            return self.ref.model(image.to(self.device), text_embeddings.to(self.device)).float()
+            out = self.ref.model(to_torch(image, self.device), to_torch(text_embeddings, self.device))
+            return out.float().cpu().numpy()
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def run_stages(self, image: np.ndarray, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        """`logits` and the masks that rounding decides (`keep`, `attn_proxy`, where the model has
+        them), as OnnxRuntimeBackend.run_stages gives them for the validator's alignment."""
         with torch.inference_mode():
-            return self.ref.encode_text(tokens.to(self.device)).float()
+            st = self.ref.model.stages(to_torch(image, self.device), to_torch(text_embeddings, self.device))
+        out = {"logits": st["logits"].float().cpu().numpy()}
+        for k in self.stage_names:
+            if k in st:
+                out[k] = (st[k] if st[k].dtype == torch.bool else st[k].float()).cpu().numpy()
+        return out
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens int [T, 77] -> embeddings float32 [T, D] (host arrays)."""
+        with torch.inference_mode():
+            return self.ref.encode_text(to_torch(tokens, self.device).long()).float().cpu().numpy()
+
+
+def to_torch(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host array (or a tensor) on `device`, without a copy where torch can share the memory."""
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(device)
 
 
 def spec_key(spec: ModelSpec) -> str:

@@ -18,10 +18,16 @@ from fsa_deploy.errors import FSAError
 
 
 def first_crop(path: str, crop: int, stride: int | None = None) -> torch.Tensor:
-    """The image prepared exactly as `fsa segment` does; its top-left window [3, S, S]."""
+    """The image prepared exactly as `fsa segment` does (the runtime's numpy pipeline); its
+    top-left window float32 [3, S, S] as a tensor for the reference."""
     geo = Geometry(crop=crop, stride=stride)
     crops, _ = crops_of(resize_image(load_image(path), geo), geo)
-    return crops[0]
+    return torch.from_numpy(np.ascontiguousarray(crops[0]))
+
+
+def numpy_encoder(ref: Reference):
+    """The reference's text tower as the runtime's Encode (tokens np -> embeddings np)."""
+    return lambda tokens: ref.encode_text(torch.from_numpy(tokens)).float().numpy()
 
 
 def tail_weights(ref: Reference) -> dict[str, np.ndarray]:
@@ -41,7 +47,7 @@ def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formul
     crop = first_crop(image, spec.crop, stride)
     ref = build(spec, formulation)
     with torch.no_grad():
-        text = classifier(ref.encode_text, vocab.queries, openai_templates())
+        text = torch.from_numpy(classifier(numpy_encoder(ref), vocab.queries, openai_templates()))
         stages = ref.model.stages(crop.unsqueeze(0).float(), text)
     arrays = {k: stages[k][0].detach().cpu().numpy() if k != "text_embeddings" else stages[k].cpu().numpy()
               for k in STAGES if k in stages}

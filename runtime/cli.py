@@ -82,16 +82,30 @@ def unique_stems(files: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _report(message: str) -> None:
-    from tqdm import tqdm
+def _tqdm():
+    """tqdm when installed (the export extra has it): a bar over many images; the base install prints lines."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
 
-    tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
+
+def _write(line: str, file=None) -> None:
+    bar = _tqdm()
+    if bar is None:
+        print(line, file=file or sys.stdout, flush=True)
+    else:
+        bar.write(line, file=file)
+
+
+def _report(message: str) -> None:
+    _write(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 def run_segment(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.segmenter import Segmenter
     from fsa_deploy.runtime.text import default_cache_dir
-    from tqdm import tqdm
 
     files, errors = expand_inputs(args.images)
     for line in errors:
@@ -109,7 +123,9 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"backend: {seg.backend.name} ({seg.backend_reason})", flush=True)
         seg.set_classes(vocabulary_from_args(args))
         out.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(list(zip(files, unique_stems(files))), disable=len(files) <= 1, unit="image", file=sys.stderr)
+        todo = list(zip(files, unique_stems(files)))
+        tqdm = _tqdm()
+        bar = todo if tqdm is None else tqdm(todo, disable=len(files) <= 1, unit="image", file=sys.stderr)
         for path, stem in bar:
             if not _segment_one(seg, path, out, stem):
                 failed += 1
@@ -120,8 +136,6 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
     """Segment and write one image; False (after a one-line report) if it failed."""
-    from tqdm import tqdm
-
     targets = [out / f"{stem}.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
     try:
         if any(t.resolve() == path.resolve() for t in targets):
@@ -134,5 +148,5 @@ def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
     except OSError as e:
         _report(f"{path}: could not write its results to {out} ({e.strerror or e})")
         return False
-    tqdm.write(str(written["overlay"]))
+    _write(str(written["overlay"]))
     return True

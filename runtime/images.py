@@ -6,7 +6,6 @@ import os
 import warnings
 
 import numpy as np
-import torch
 
 from fsa_deploy.errors import FSAError
 
@@ -32,8 +31,8 @@ def to_rgb(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """A file -> uint8 tensor [3, H, W] RGB, EXIF orientation applied; one-line errors."""
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """A file -> uint8 array [3, H, W] RGB, EXIF orientation applied; one-line errors."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not os.path.exists(path):
@@ -59,7 +58,7 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise FSAError(f"{path}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from e
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise FSAError(f"{path}: image has no pixels")
-    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).contiguous()
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")

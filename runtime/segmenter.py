@@ -3,9 +3,10 @@
     seg = Segmenter.from_artifact("artefacts/vit-b16").set_classes("cat; kitty, dog, grass")
     seg.segment("photo.jpg").save("out", "photo")
 
-The pipeline is fsa_deploy.runtime.pipeline's (resize, windows, stitching, post-processing) around
-the backend's crop forward, on the backend's device; class embeddings come from the
-backend's text graph through models.text's on-disk cache.
+The pipeline is fsa_deploy.runtime.pipeline's (resize, windows, stitching, post-processing, in
+numpy on the host) around the backend's crop forward; class embeddings come from the backend's
+text graph through runtime.text's on-disk cache. No torch here: a torch tensor given as an image
+or as text embeddings is converted at the door.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact, atomic_file
 from fsa_deploy.runtime.images import load_image, to_rgb
-from fsa_deploy.runtime.pipeline import Geometry, class_probs, labels_of, segment_logits, windows
+from fsa_deploy.runtime.pipeline import Geometry, canvas_logits, postprocess, windows
 from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from fsa_deploy.contract import TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
 
-ImageLike = Any  # a path, a PIL image, numpy HWC uint8 or torch [3, H, W] (0-255)
+ImageLike = Any  # a path, a PIL image, numpy uint8 HWC or CHW, or torch [3, H, W] (0-255)
 Classes = Vocabulary | str | Sequence[str]
 
 
@@ -58,40 +59,47 @@ def as_vocabulary(classes: Classes) -> Vocabulary:
     return Vocabulary.from_lines(lines, "classes")
 
 
-def as_image(image: ImageLike) -> tuple[torch.Tensor, str | None]:
+def host_array(a: Any) -> np.ndarray:
+    """A numpy array, or a torch tensor copied to host numpy (torch is never imported here)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "detach") and hasattr(a, "cpu"):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def as_image(image: ImageLike) -> tuple[np.ndarray, str | None]:
     """Any accepted image -> (uint8 [3, H, W] RGB, the path it came from or None)."""
     if isinstance(image, (str, os.PathLike)):
         return load_image(image), str(image)
     if isinstance(image, Image.Image):
-        t = torch.from_numpy(_writable(to_rgb(ImageOps.exif_transpose(image)))).permute(2, 0, 1)
+        t = to_rgb(ImageOps.exif_transpose(image)).transpose(2, 0, 1)
     elif isinstance(image, np.ndarray):
         t = _from_numpy(image)
-    elif isinstance(image, torch.Tensor):
+    elif type(image).__module__.split(".")[0] == "torch":
         if image.dim() != 3 or image.shape[0] != 3:
             raise FSAError(f"image tensor of shape {list(image.shape)}: expected [3, H, W] RGB 0-255")
-        t = image.detach()
-        if t.dtype != torch.uint8:
-            t = t.float().round().clamp(0, 255).to(torch.uint8)
+        t = host_array(image)
+        if t.dtype != np.uint8:
+            t = np.clip(np.round(t.astype(np.float32)), 0, 255).astype(np.uint8)
     else:
         raise FSAError(f"image of type {type(image).__name__}: give a path, a PIL image, "
                        "a numpy HWC uint8 array or a torch [3, H, W] tensor")
     if t.shape[1] == 0 or t.shape[2] == 0:
         raise FSAError(f"image of shape {list(t.shape)}: no pixels")
-    return t.contiguous(), None
+    return np.ascontiguousarray(t), None
 
 
-def _from_numpy(a: np.ndarray) -> torch.Tensor:
+def _from_numpy(a: np.ndarray) -> np.ndarray:
+    """HWC (as Pillow gives) or CHW (as runtime.images.load_image gives; HWC wins when both fit)."""
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[0] == 3 and a.shape[2] != 3:
+        return a
     if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
-        raise FSAError(f"numpy image {a.dtype} {list(a.shape)}: expected uint8 [H, W, 3] RGB or [H, W] grey")
+        raise FSAError(f"numpy image {a.dtype} {list(a.shape)}: expected uint8 [H, W, 3] RGB, [3, H, W] "
+                       "(load_image's) or [H, W] grey")
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
-    return torch.from_numpy(_writable(a)).permute(2, 0, 1)
-
-
-def _writable(a: np.ndarray) -> np.ndarray:
-    """torch wants writable memory (Pillow's arrays are read-only); copies only when needed."""
-    a = np.ascontiguousarray(a)
-    return a if a.flags.writeable else a.copy()
+    return a.transpose(2, 0, 1)
 
 
 # ---------------------------------------------------------------- drawing
@@ -162,12 +170,13 @@ def with_legend(img: Image.Image, entries: Sequence[tuple[str, tuple[int, int, i
 
 @dataclass
 class SegmentationResult:
-    """One image's segmentation. `labels` [H, W] class indices, `probs` [C, H, W] class
-    probabilities (synonyms merged), `image` the RGB input [H, W, 3], `logits` the image
-    logits [K, H, W] before the scale (kept only if asked: they are K full-size planes)."""
+    """One image's segmentation. `labels` [H, W] class indices, `image` the RGB input [H, W, 3];
+    `probs` [C, H, W] class probabilities (synonyms merged) and `logits` [K, H, W] image logits
+    before the scale only if asked (Segmenter keep_probs / keep_logits): they are C or K
+    full-size planes, the memory that grows with classes x pixels; None otherwise."""
 
     labels: np.ndarray
-    probs: np.ndarray
+    probs: np.ndarray | None
     classes: list[str]
     image: np.ndarray
     timings: dict[str, float]
@@ -175,7 +184,7 @@ class SegmentationResult:
     artifact_sha256: str | None = None
     source: str | None = None
     prob_thd: float = 0.0
-    logits: torch.Tensor | None = None
+    logits: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -205,9 +214,13 @@ class SegmentationResult:
 
     def overlay(self, alpha: float = 0.5) -> Image.Image:
         """The image blended with the class colours, above a legend of the classes present."""
-        colors = palette()[self.labels % 256].astype(np.float32)
-        blend = self.image.astype(np.float32) * (1 - alpha) + colors * alpha
-        img = Image.fromarray(np.clip(blend + 0.5, 0, 255).astype(np.uint8))
+        out = np.empty(self.image.shape, dtype=np.uint8)
+        step = max(1, (4 << 20) // max(1, 12 * self.image.shape[1]))  # bands of ~4 MiB float32: flat memory
+        for r in range(0, out.shape[0], step):
+            colors = palette()[self.labels[r : r + step] % 256].astype(np.float32)
+            blend = self.image[r : r + step].astype(np.float32) * (1 - alpha) + colors * alpha
+            out[r : r + step] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(out)
         entries = [(f"{self.classes[i]} {100 * f:.1f}%", tuple(palette()[i % 256].tolist()))
                    for i, f in self.fractions().items()]
         return with_legend(img, entries)
@@ -247,6 +260,8 @@ class Segmenter:
 
     `model_key` names the text encoder for the class-embedding cache (the artefact's
     image.onnx sha256 and the backend's text graph); `cache_dir` None disables the cache.
+    `keep_probs` / `keep_logits` keep the full-resolution class probabilities / image logits
+    in the result (C or K planes of the image's size); by default only the labels are made.
     """
 
     backend: Any  # runtime.backends.base.Backend
@@ -259,10 +274,12 @@ class Segmenter:
     prob_thd: float = 0.0
     stride: int | None = None
     keep_logits: bool = False
+    keep_probs: bool = False
+    vocab_file: str | os.PathLike[str] | None = None  # the tokenizer's merges (None: open_clip's)
     artifact_sha256: str | None = None
     backend_reason: str = ""
     vocabulary: Vocabulary | None = field(default=None, init=False)
-    text: torch.Tensor | None = field(default=None, init=False, repr=False)
+    text: np.ndarray | None = field(default=None, init=False, repr=False)
     last_cache_hit: bool | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -281,7 +298,7 @@ class Segmenter:
                       threads: int | None = None, precision: str | None = None, **options: Any) -> Segmenter:
         """A Segmenter on an artefact folder. `backend`: auto, trt, onnx, torch, or a Backend
         object; `threads`/`precision` go to runtime.backends.select.select_backend; `options`
-        are the dataclass fields (max_batch, cache_dir, prob_thd, stride, keep_logits)."""
+        are the dataclass fields (max_batch, cache_dir, prob_thd, stride, keep_probs, keep_logits)."""
         from fsa_deploy.runtime.backends.select import select_backend
 
         art = folder if isinstance(folder, Artifact) else Artifact.load(folder)
@@ -290,47 +307,42 @@ class Segmenter:
             backend, reason = opened.backend, opened.reason
         else:
             reason = "given"
+        vocab = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None  # sha256 checked
         sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
         if not sha:
             raise FSAError(f"{art.root}: meta.json records no {IMAGE_ONNX} hash; re-export")
         meta = art.meta
         return cls(backend, crop=int(meta["crop"]), logit_scale=float(meta["logit_scale"]),
                    templates=list(meta["templates"]), model_key=sha, artifact_sha256=sha, backend_reason=reason,
-                   **options)
+                   vocab_file=vocab, **options)
 
-    @property
-    def device(self) -> torch.device:
-        return self.backend.device
-
-    def set_classes(self, classes: Classes, text_embeddings: torch.Tensor | None = None) -> Segmenter:
+    def set_classes(self, classes: Classes, text_embeddings: Any = None) -> Segmenter:
         """Text embeddings of the classes (cached on disk); `last_cache_hit` says if the cache had them.
 
-        `text_embeddings` [K, D] (one row per query, L2-normalised) skips the text graph and the
-        cache: to run two backends on the very same classifier, so that only crop forwards differ.
+        `text_embeddings` [K, D] (numpy or torch; one row per query, L2-normalised) skips the text
+        graph and the cache: to run two backends on the very same classifier, so that only crop
+        forwards differ.
         """
         vocab = as_vocabulary(classes)
         if text_embeddings is not None:
-            if tuple(text_embeddings.shape[:1]) != (len(vocab.queries),) or text_embeddings.dim() != 2:
-                raise FSAError(f"text_embeddings of shape {list(text_embeddings.shape)}: expected "
+            t = host_array(text_embeddings)
+            if t.ndim != 2 or t.shape[0] != len(vocab.queries):
+                raise FSAError(f"text_embeddings of shape {list(t.shape)}: expected "
                                f"[{len(vocab.queries)}, D], one row per query")
-            self.text = text_embeddings.detach().to(self.device, torch.float32).contiguous()
+            self.text = np.ascontiguousarray(t, dtype=np.float32)
             self.vocabulary, self.last_cache_hit = vocab, None
             return self
         text_key = getattr(self.backend, "text_key", self.backend.name)
         cache = None if isinstance(self.cache_dir, _DefaultCache) else self.cache_dir
         t, hit = cached_classifier(cache, f"{self.model_key}|{text_key}", self.backend.encode_text, vocab.queries,
-                                   self.templates)
-        self.text = t.to(self.device, torch.float32).contiguous()
+                                   self.templates, self.vocab_file)
+        self.text = np.ascontiguousarray(t, dtype=np.float32)
         self.vocabulary, self.last_cache_hit = vocab, hit
         return self
 
-    def _forward(self, crops: torch.Tensor) -> torch.Tensor:
+    def _forward(self, crops: np.ndarray) -> np.ndarray:
         assert self.text is not None
         return self.backend.run(crops, self.text)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def segment(self, image: ImageLike) -> SegmentationResult:
         """One image (path, PIL, numpy HWC uint8, torch [3, H, W]) -> its SegmentationResult."""
@@ -338,22 +350,16 @@ class Segmenter:
             raise FSAError("no classes set: call set_classes(...) before segment(...)")
         t0 = time.perf_counter()
         img, source = as_image(image)
-        x = img.to(self.device)
-        self._sync()
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            logits = segment_logits(x, self._forward, self.geometry, self.max_batch, self.device)
-            self._sync()
-            t2 = time.perf_counter()
-            probs = class_probs(logits, self.vocabulary.query_class, self.logit_scale)
-            labels = labels_of(probs, self.prob_thd).to(torch.int32).cpu().numpy()
-            probs_np = probs.float().cpu().numpy()
-        t3 = time.perf_counter()
         h, w = img.shape[-2:]
+        t1 = time.perf_counter()
+        canvas = canvas_logits(img, self._forward, self.geometry, self.max_batch)
+        t2 = time.perf_counter()
+        post = postprocess(canvas, (h, w), self.vocabulary.query_class, self.logit_scale, self.prob_thd,
+                           keep_probs=self.keep_probs, keep_logits=self.keep_logits)
+        t3 = time.perf_counter()
         timings = {"preprocess": 1e3 * (t1 - t0), "forward": 1e3 * (t2 - t1), "postprocess": 1e3 * (t3 - t2),
                    "total": 1e3 * (t3 - t0), "crops": len(windows(*self.geometry.resized_size(h, w), self.geometry))}
         return SegmentationResult(
-            labels=labels, probs=probs_np, classes=self.vocabulary.names, image=img.permute(1, 2, 0).cpu().numpy(),
+            labels=post.labels, probs=post.probs, classes=self.vocabulary.names, image=img.transpose(1, 2, 0),
             timings={k: round(v, 3) for k, v in timings.items()}, backend=self.backend.name,
-            artifact_sha256=self.artifact_sha256, source=source, prob_thd=self.prob_thd,
-            logits=logits if self.keep_logits else None)
+            artifact_sha256=self.artifact_sha256, source=source, prob_thd=self.prob_thd, logits=post.logits)

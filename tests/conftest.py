@@ -48,7 +48,7 @@ def photo_crops(n: int, crop: int = CROP) -> torch.Tensor:
     out = []
     for i in range(n):
         crops, _ = crops_of(resize_image(load_image(photos()[i % len(photos())]), geo), geo)
-        out.append(crops[(i // len(photos())) % len(crops)])
+        out.append(torch.from_numpy(crops[(i // len(photos())) % len(crops)].copy()))
     return torch.stack(out)
 
 

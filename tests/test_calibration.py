@@ -89,7 +89,7 @@ def neighbours(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[
 
 def held_out(folder: Path, n: int = 4) -> dict[str, np.ndarray]:
     """Crops of the last sample photo (not among the first COUNT crops) with the default vocabulary."""
-    from fsa_deploy.calibration.quantize import default_vocabulary, pipeline_crops, vocabulary_text
+    from fsa_deploy.calibration.data import default_vocabulary, pipeline_crops, vocabulary_text
     from fsa_deploy.runtime.images import sample_photos
 
     art = A.Artifact.load(folder)
@@ -99,10 +99,10 @@ def held_out(folder: Path, n: int = 4) -> dict[str, np.ndarray]:
 
 def compare(folder: Path, name: str) -> tuple[float, float]:
     """rel L2 and cosine of a Q/DQ graph's crop logits against image.onnx's, on ORT CPU."""
-    import onnxruntime as ort
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 
     feed = held_out(folder)
-    run = lambda f: ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    run = lambda f: OnnxRuntimeBackend(folder, f, providers=[CPU_EP]).run(feed[A.IMAGE], feed[A.TEXT_EMBEDDINGS])
     ref, out = run(A.IMAGE_ONNX), run(name)
     assert out.shape == ref.shape and np.isfinite(out).all()
     rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
@@ -133,7 +133,7 @@ def test_int8_quantizes_backbone_not_feedback(artefact: Path, int8: dict) -> Non
         assert all(producer[t].op_type != "DequantizeLinear" for t in sm.input if t in producer), sm.name
         for mm in (c for c in consumers.get(sm.output[0], []) if c.op_type == "MatMul"):  # probabilities x V
             assert all(producer[t].op_type != "DequantizeLinear" for t in mm.input if t in producer), mm.name
-    from fsa_deploy.calibration.quantize import clip_trunk_nodes
+    from fsa_deploy.calibration.rules import clip_trunk_nodes
 
     stages = A.Artifact.load(artefact).meta["stages"]
     trunk = set(clip_trunk_nodes(onnx.load(str(artefact / A.IMAGE_ONNX)).graph, stages))
@@ -188,7 +188,7 @@ def test_int8_runs_on_ort_close_to_fp32(artefact: Path, int8: dict) -> None:
 @needs_modelopt
 def test_int8_passes_the_int8_profile(artefact: Path, int8: dict, tmp_path: Path) -> None:
     """The issue's gate: pixel agreement >= 99% (and mIoU >= 0.97) against the fp32 reference, 5 photos."""
-    r = fsa("validate", artefact, "--artifact", "image.int8.onnx", "--json", tmp_path / "v.json")
+    r = fsa("validate", artefact, "--graph", "image.int8.onnx", "--json", tmp_path / "v.json")
     summary = json.loads((tmp_path / "v.json").read_text())["summary"]
     print(f"\nint8 vs reference: pixel agreement {summary['pixel_agreement_min']:.4f}, mIoU {summary['miou_min']:.4f}")
     assert r.returncode == 0, r.stdout[-1500:]
@@ -211,12 +211,12 @@ def test_fp8_reuses_cache_and_runs_on_ort(artefact: Path, fp8: dict) -> None:
 @needs_modelopt
 @pytest.mark.parametrize("name", ["image.int8.onnx", "image.fp8.onnx"])
 def test_qdq_graphs_pass_lint(artefact: Path, int8: dict, fp8: dict, name: str) -> None:
-    lint = getattr(pytest.importorskip("fsa_deploy.export.lint"), "lint", None)
-    if lint is None:
-        pytest.skip("export.lint has no lint(path, trt_major)")
-    for major in (10, 11):
-        report = lint(str(artefact / name), major)
-        assert report.ok, report.format()
+    from fsa_deploy.export.lint import lint_versions
+
+    reports = lint_versions(str(artefact / name), (10, 11))
+    assert sorted(reports) == [10, 11]
+    for major, report in reports.items():
+        assert report.ok, f"TensorRT {major}: {report.format()}"
 
 
 # ---------------------------------------------------------------- the fp32 region, on a hand-made graph
@@ -224,7 +224,7 @@ def test_qdq_graphs_pass_lint(artefact: Path, int8: dict, fp8: dict, name: str) 
 
 def test_excluded_nodes_cover_tail_and_shared_inputs() -> None:
     """x feeds a backbone MatMul and the block; the block's output feeds the tail (two nodes)."""
-    from fsa_deploy.calibration.quantize import excluded_nodes
+    from fsa_deploy.calibration.rules import excluded_nodes
 
     f = TensorProto.FLOAT
     nodes = [
@@ -241,8 +241,25 @@ def test_excluded_nodes_cover_tail_and_shared_inputs() -> None:
     assert excluded_nodes(graph, "nothing/") == []
 
 
+def test_walk_follows_data_flow_by_index_with_unnamed_nodes() -> None:
+    """The shared walk (exporter and calibration): nodes by index, as the exporter sees them before
+    naming; `avoid` neither enters nor passes through a node."""
+    from fsa_deploy.export.graph_walk import Walk
+
+    nodes = [h.make_node("Relu", ["x"], ["a"]), h.make_node("Relu", ["a"], ["b"]),  # 0, 1
+             h.make_node("Add", ["a", "y"], ["c"]), h.make_node("Mul", ["b", "c"], ["d"]),  # 2, 3
+             h.make_node("Neg", ["y"], ["e"])]  # 4
+    f = TensorProto.FLOAT
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info(n, f, [1]) for n in "xy"],
+                         [h.make_tensor_value_info(n, f, [1]) for n in "de"])
+    walk = Walk(graph)
+    assert walk.upstream(["d"]) == {0, 1, 2, 3} and walk.upstream(["e"]) == {4} and walk.upstream(["x"]) == set()
+    assert walk.downstream(["y"]) == {2, 3, 4} and walk.downstream(["a"]) == {1, 2, 3}
+    assert walk.downstream(["a"], avoid=[1]) == {2, 3} and walk.downstream(["a"], avoid=[1, 2]) == set()
+
+
 def test_probability_matmuls_are_the_ones_reading_a_softmax() -> None:
-    from fsa_deploy.calibration.quantize import probability_matmuls
+    from fsa_deploy.calibration.rules import probability_matmuls
 
     f = TensorProto.FLOAT
     nodes = [

@@ -31,8 +31,8 @@ TIE = 1e-5  # top-2 reference probabilities closer than this may flip (shared/sp
 
 
 def photo(name: str) -> torch.Tensor:
-    """A scikit-image sample photo as uint8 [3, H, W]."""
-    return load_image(next(p for p in sample_photos() if Path(p).stem == name))
+    """A scikit-image sample photo as uint8 [3, H, W] (a tensor: the API takes those too)."""
+    return torch.from_numpy(load_image(next(p for p in sample_photos() if Path(p).stem == name)))
 
 
 def save_rgb(t: torch.Tensor, path: Path, **kwargs) -> Path:
@@ -94,19 +94,18 @@ class ReferenceUnderOnnxKeep:
         from fsa_deploy.runtime.artifact import with_stage_outputs
         from fsa_deploy.runtime.backends.onnxrt import session_options
 
-        self.ref, self.name, self.device = ref, "pytorch-cpu+onnx-keep", ref.device
+        self.ref, self.name = ref, "pytorch-cpu+onnx-keep"
         self.keep_name = art.meta["stages"]["keep"]
         graph = with_stage_outputs(onnx.load(str(art.path(IMAGE_ONNX))), art.meta["stages"], ["keep"])
         self.probe = ort.InferenceSession(graph.SerializeToString(), session_options(THREADS),
                                           providers=["CPUExecutionProvider"])
         self.flips = self.unexcused = 0
 
-    def run(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def run(self, crops: np.ndarray, text: np.ndarray) -> np.ndarray:
         from fsa_deploy.models.fsa import ambiguous_entries
 
-        feeds = {"image": crops.float().numpy(), "text_embeddings": text.float().numpy()}
-        (keep,) = self.probe.run([self.keep_name], feeds)
-        keep = torch.from_numpy(keep)
+        (keep,) = self.probe.run([self.keep_name], {"image": crops, "text_embeddings": text})
+        keep, crops, text = torch.from_numpy(keep), torch.from_numpy(crops), torch.from_numpy(text)
         model = self.ref.ref.model
         stages: dict[str, torch.Tensor] = {}
         with torch.no_grad():
@@ -114,9 +113,9 @@ class ReferenceUnderOnnxKeep:
             flips = keep != stages["keep"]
             self.flips += int(flips.sum())
             self.unexcused += int((flips & ~ambiguous_entries(stages["sim"], model.cfg.hp.top_p)).sum())
-            return model.run(crops, text, keep=keep).float()
+            return model.run(crops, text, keep=keep).float().numpy()
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         return self.ref.encode_text(tokens)
 
 
@@ -126,14 +125,15 @@ def test_onnxruntime_matches_the_pytorch_reference(artifact, seg):
     from fsa_deploy.models.backend import TorchBackend
 
     torch_backend = TorchBackend(artifact)
-    free = Segmenter.from_artifact(artifact, torch_backend, cache_dir=None, keep_logits=True).set_classes(CLASSES)
+    free = Segmenter.from_artifact(artifact, torch_backend, cache_dir=None, keep_logits=True, keep_probs=True)
+    free.set_classes(CLASSES)
     t_rel = rel_l2(seg.text, free.text)  # text.onnx vs open_clip's text tower
     assert t_rel <= 1e-5, f"text embeddings: rel L2 {t_rel:.2e} between text.onnx and open_clip"
     free.set_classes(CLASSES, seg.text)  # one classifier for all: only the crop forwards differ
     imposed_backend = ReferenceUnderOnnxKeep(torch_backend, artifact)
-    imposed = Segmenter.from_artifact(artifact, imposed_backend, cache_dir=None, keep_logits=True)
+    imposed = Segmenter.from_artifact(artifact, imposed_backend, cache_dir=None, keep_logits=True, keep_probs=True)
     imposed.set_classes(CLASSES, seg.text)
-    seg.keep_logits = True
+    seg.keep_logits = seg.keep_probs = True
     total_ties = 0
     try:
         for name, img in agreement_cases().items():
@@ -158,13 +158,21 @@ def test_onnxruntime_matches_the_pytorch_reference(artifact, seg):
                 # measured up to 2e-3 where a flat region ties many entries of Sim (the coffee cut)
                 assert free_rel <= 1e-2, f"{name}: {flips} top-p flips moved the logits by {free_rel:.2e}"
     finally:
-        seg.keep_logits = False
+        seg.keep_logits = seg.keep_probs = False
     print(f"top-p flips {imposed_backend.flips}, ties excused {total_ties}")
     assert imposed_backend.unexcused == 0, f"{imposed_backend.unexcused} top-p flips are not ambiguous"
 
 
 def test_probs_and_labels_are_consistent(seg):
-    res = seg.segment(photo("chelsea"))
+    lean = seg.segment(photo("chelsea"))
+    assert lean.probs is None and lean.logits is None, "full-resolution planes only when asked"
+    seg.keep_probs = True
+    try:
+        res = seg.segment(photo("chelsea"))
+    finally:
+        seg.keep_probs = False
+    np.testing.assert_array_equal(res.labels, lean.labels)
+    assert res.summary() == {**lean.summary(), "timings_ms": res.timings}
     assert res.probs.shape == (len(seg.vocabulary.classes), 300, 451)
     assert res.probs.dtype == np.float32 and res.labels.shape == (300, 451)
     np.testing.assert_array_equal(res.labels, res.probs.argmax(axis=0))
@@ -177,7 +185,7 @@ def test_every_input_type_gives_the_same_labels(seg, tmp_path):
     img = photo("coffee")[:, 100:220, 200:380].contiguous()
     path = save_rgb(img, tmp_path / "coffee.png")
     want = seg.segment(path).labels
-    for given in (Image.open(path), img.permute(1, 2, 0).numpy(), img, img.float()):
+    for given in (Image.open(path), img.permute(1, 2, 0).numpy(), img.numpy(), img, img.float()):
         np.testing.assert_array_equal(seg.segment(given).labels, want, err_msg=type(given).__name__)
     with pytest.raises(FSAError, match="expected"):
         seg.segment(np.zeros((4, 4, 3), dtype=np.float32))
@@ -194,11 +202,11 @@ def test_class_cache_hit_and_invalidation(artifact, onnx_backend, tmp_path):
         s.set_classes(classes)
         hits.append(s.last_cache_hit)
     assert hits == [False, True, False], "same queries hit, new classes miss"
-    first = s.set_classes("cat; kitty, dog").text.clone()
+    first = s.set_classes("cat; kitty, dog").text.copy()
     assert s.last_cache_hit
     s.templates = s.templates[:3]
     assert not s.set_classes("cat; kitty, dog").last_cache_hit, "other templates must miss"
-    assert not torch.equal(s.text, first)
+    assert not np.array_equal(s.text, first)
     # a changed image.onnx (hence artefact hash) misses, although text.onnx is the same
     copy = Path(shutil.copytree(artifact.root, tmp_path / "copy"))
     import onnx
@@ -213,7 +221,7 @@ def test_class_cache_hit_and_invalidation(artifact, onnx_backend, tmp_path):
     assert s2.artifact_sha256 != s.artifact_sha256
     assert not s2.set_classes("cat; kitty, dog").last_cache_hit
     assert s2.set_classes("cat; kitty, dog").last_cache_hit
-    torch.testing.assert_close(s2.text, first)
+    np.testing.assert_allclose(s2.text, first, rtol=1e-6, atol=1e-7)
     nocache = Segmenter.from_artifact(artifact, onnx_backend, cache_dir=None)
     assert not nocache.set_classes("cat, dog").last_cache_hit
     assert not nocache.set_classes("cat, dog").last_cache_hit
@@ -314,9 +322,10 @@ def test_memory_is_flat_over_200_calls(seg):
     assert growth < 50, f"resident memory grew {growth:.1f} MB over 200 calls"
 
 
-def test_runtime_imports_neither_open_clip_models_nor_timm():
-    code = ("import runtime, runtime.segmenter, runtime.cli, runtime.backends.onnxrt, runtime.backends.select, sys; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('timm', 'open_clip')); "
+def test_runtime_imports_neither_torch_open_clip_nor_timm():
+    code = ("import fsa_deploy.runtime.segmenter, fsa_deploy.runtime.cli, fsa_deploy.runtime.backends.onnxrt, "
+            "fsa_deploy.runtime.backends.select, fsa_deploy.runtime.text, fsa_deploy.runtime.pipeline, sys; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('timm', 'open_clip', 'torch')); "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -370,3 +379,123 @@ def test_cli_writes_good_images_and_reports_bad_ones(artifact, tmp_path):
         assert lab.size == (451, 300) and lab.mode == "P"
     summary = json.loads((out / "chelsea.json").read_text())
     assert summary["vocabulary"] == ["cat", "dog", "grass"]
+
+
+# ---------------------------------------------------------------- the numpy pipeline and tokenizer
+
+
+@pytest.mark.parametrize("size,out", [((300, 451), (112, 168)), ((3000, 2250), (149, 112)), ((7, 5), (20, 33)),
+                                      ((28, 28), (112, 112)), ((1, 9), (4, 3)), ((100, 37), (100, 80))])
+def test_resize_equals_torch_interpolate(size, out):
+    """Our separable bilinear resize is torch's F.interpolate(bilinear, align_corners=False)."""
+    from fsa_deploy.runtime.pipeline import resize
+
+    x = np.random.default_rng(sum(size)).random((4, *size), dtype=np.float32) * 255
+    got = resize(x, out)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=out, mode="bilinear",
+                                           align_corners=False)[0].numpy()
+    assert got.dtype == np.float32 and got.shape == want.shape
+    err = float(np.abs(got - want).max()) / 255
+    assert err <= 1e-5, f"{size}->{out}: max error {err:.2e} of the range"
+    u8 = np.round(x).astype(np.uint8)  # images arrive as uint8: resized without a full float copy
+    want8 = torch.nn.functional.interpolate(torch.from_numpy(u8).float()[None], size=out, mode="bilinear",
+                                            align_corners=False)[0].numpy()
+    assert float(np.abs(resize(u8, out) - want8).max()) <= 255 * 1e-5
+
+
+def torch_post(canvas: np.ndarray, out: tuple[int, int], query_class: list[int], scale: float, thd: float):
+    """The torch post-processing this package had before (full [K, H, W] planes at once)."""
+    logits = torch.nn.functional.interpolate(torch.from_numpy(canvas)[None], size=out, mode="bilinear",
+                                             align_corners=False)[0]
+    probs = torch.softmax(logits * scale, dim=0)
+    groups: dict[int, list[int]] = {}
+    for q, c in enumerate(query_class):
+        groups.setdefault(c, []).append(q)
+    probs = torch.stack([probs[groups[c]].amax(dim=0) for c in sorted(groups)])
+    top, labels = probs.max(dim=0)
+    return torch.where(top < thd, torch.zeros_like(labels), labels).numpy(), probs.numpy(), logits.numpy()
+
+
+def test_banded_postprocess_equals_full_planes():
+    """Labels, probabilities and logits band by band equal the whole-image torch computation,
+    with synonyms, a threshold, and bands of one row, a few rows, and the whole image."""
+    from fsa_deploy.runtime.pipeline import postprocess
+
+    rng = np.random.default_rng(0)
+    canvas = rng.normal(size=(9, 37, 50)).astype(np.float32) * 0.05
+    query_class = [0, 1, 1, 2, 3, 3, 3, 4, 5]
+    want_labels, want_probs, want_logits = torch_post(canvas, (211, 283), query_class, 100.0, 0.3)
+    assert 0.05 < (want_labels == 0).mean() < 0.95, "the threshold must matter in this case"
+    for budget in (1, 4 * 9 * 283 * 5, 1 << 30):
+        post = postprocess(canvas, (211, 283), query_class, 100.0, 0.3, keep_probs=True, keep_logits=True,
+                           band_budget=budget)
+        np.testing.assert_allclose(post.logits, want_logits, atol=1e-5)
+        np.testing.assert_allclose(post.probs, want_probs, atol=1e-5)
+        differ = post.labels != want_labels
+        assert differ.mean() < 1e-3, f"band budget {budget}: {differ.sum()} labels differ"
+    lean = postprocess(canvas, (211, 283), query_class, 100.0, 0.3)
+    assert lean.probs is None and lean.logits is None
+    np.testing.assert_array_equal(lean.labels, post.labels)
+
+
+def test_postprocess_memory_does_not_grow_with_classes():
+    """171 classes at 1500 x 1200: numpy's allocations (traced) stay far below one [K, H, W] set."""
+    import tracemalloc
+
+    from fsa_deploy.runtime.pipeline import postprocess
+
+    peaks = {}
+    for k in (3, 171):
+        canvas = np.random.default_rng(k).normal(size=(k, 149, 112)).astype(np.float32)
+        tracemalloc.start()
+        postprocess(canvas, (1500, 1200), list(range(k)), 100.0)
+        peaks[k] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    full = 171 * 1500 * 1200 * 4 / 2**20
+    print(f"post-processing peak: {peaks[3]:.0f} MiB (3 classes), {peaks[171]:.0f} MiB (171); full planes {full:.0f}")
+    assert peaks[171] < 200 < full / 5, peaks
+    assert peaks[171] - peaks[3] < 180, peaks
+
+
+def tokenizer_prompts() -> list[str]:
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    names = [*(REPO / "runtime" / "data" / "voc21.txt").read_text().split("\n"),
+             "wall-brick", "sky-other-merged", "tv/monitor", "potted plant; houseplant", "O'Neil's can't we'd",
+             "café", "Straße", "naïve façade", "Ünïcödé ÇAPS", "日本の猫", "Ελληνικά", "🐱 cat", "ﬁsh ﬂower",
+             "ＡＢＣ full width", "“quoted” ‘single’", "&amp;amp; html", "tab\there\nnewline", "  lots   of  space ",
+             "123 4567", "x" * 300, "a " * 100, "", "   ", "<end_of_text> inside"]
+    return [t(n) for n in names for t in OPENAI_IMAGENET_TEMPLATES] + names
+
+
+def test_tokenizer_equals_open_clip(artifact):
+    """Our BPE on the artefact's merges file gives open_clip's tokens, long prompts cut to 77
+    with the end token kept last, empty strings as start + end."""
+    import open_clip
+    from fsa_deploy.runtime.text import Tokenizer
+
+    from fsa_deploy.contract import TOKENIZER_VOCAB
+
+    prompts = tokenizer_prompts()
+    got = Tokenizer(artifact.path(TOKENIZER_VOCAB))(prompts)
+    want = open_clip.get_tokenizer("ViT-B-16")(prompts).numpy()
+    bad = [p for p, g, w in zip(prompts, got, want) if not np.array_equal(g, w)]
+    assert not bad, f"{len(bad)} of {len(prompts)} prompts differ, e.g. {bad[:3]}"
+    long = got[prompts.index("x" * 300)]
+    assert long[-1] == 49407 and (long != 0).all()
+    assert got[prompts.index("")].tolist()[:3] == [49406, 49407, 0]
+    assert len(prompts) > 80 * 40
+
+
+def test_tokenizer_vocabulary_is_in_the_artefact_and_checked(artifact, tmp_path):
+    from fsa_deploy.contract import TOKENIZER_VOCAB
+
+    info = artifact.files()[TOKENIZER_VOCAB]
+    assert info["role"] == "tokenizer" and info["bytes"] > 1_000_000
+    copy = Path(shutil.copytree(artifact.root, tmp_path / "copy"))
+    import gzip
+
+    with gzip.open(copy / TOKENIZER_VOCAB, "wt") as f:
+        f.write("#version\na b\n")
+    with pytest.raises(FSAError, match="sha256 does not match"):
+        Segmenter.from_artifact(copy, "onnx", threads=THREADS)

@@ -107,12 +107,24 @@ def test_bad_input(tiny_artifact, tmp_path):
     with open(art.root / A.TEXT_ONNX, "ab") as f:
         f.write(b"x")
     assert_one_line_error(validate(art.root), "text.onnx", "sha256")
-    assert_one_line_error(validate(tiny_artifact.root, "--artifact", "image.int8.onnx"), "image.int8.onnx")
+    assert_one_line_error(validate(tiny_artifact.root, "--graph", "image.int8.onnx"), "--graph image.int8.onnx")
+    assert_one_line_error(validate(tiny_artifact.root, "--backend", "torch"), "--backend torch", "auto, trt, onnx")
+    assert_one_line_error(validate(tiny_artifact.root, "--graph", "image.onnx", "--artifact", "image.onnx"),
+                          "--artifact and --graph")
     art = copy_artifact(tiny_artifact.root, tmp_path / "m")
     (art.root / A.TEXT_ONNX).unlink()
     assert_one_line_error(validate(art.root), "text.onnx", "missing")
     assert_one_line_error(validate(tiny_artifact.root, "--profile", "int4"), "--profile 'int4'")
     assert_one_line_error(validate(tiny_artifact.root, "--tol", "nonsense=1"), "--tol nonsense")
+
+
+def test_old_artifact_spelling_still_names_the_file(tiny_artifact):
+    """`--artifact FILE` (a folder everywhere else) still works, with one deprecation line first."""
+    proc = validate(tiny_artifact.root, "--artifact", "image.int8.onnx")
+    assert proc.returncode == 2, proc.stderr
+    note, error = proc.stderr.strip().splitlines()
+    assert "--artifact FILE is deprecated, use --graph FILE" in note
+    assert "--graph image.int8.onnx: not in" in error
 
 
 @pytest.mark.parametrize("profile", ["int8"])
@@ -123,3 +135,28 @@ def test_profile_changes_thresholds(tiny_artifact, tmp_path, profile):
     report = json.loads(js.read_text())
     assert report["tolerance_profile"] == "int8"
     assert report["tolerances"]["pixel_agreement_min"] == 0.99 and report["tolerances"]["miou_min"] == 0.5
+
+
+def test_external_data_export_validates(tmp_path):
+    """A tiny export forced to keep its weights in image.onnx.data (as ViT-H's are, past protobuf's
+    2 GB) validates, with every stage tensor added as an output: the graph is rewritten and handed
+    to ONNX Runtime without its weights, which stay in their file."""
+    from conftest import tiny_spec
+    from fsa_deploy.export.onnx_export import export_artifact
+
+    art = export_artifact(tiny_spec(), tmp_path / "ext", progress=False, lint=False, external_data_bytes=0)
+    files = art.files()
+    assert files[A.IMAGE_ONNX + ".data"]["role"] == "external-data", files
+    graph = onnx.load(str(art.root / A.IMAGE_ONNX), load_external_data=False).graph
+    external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    weights = files[A.IMAGE_ONNX + ".data"]["bytes"]
+    assert len(external) > 10 and files[A.IMAGE_ONNX]["bytes"] < weights
+    from fsa_deploy.runtime.backends.onnxrt import graph_with_outputs
+
+    handed = graph_with_outputs(art, A.IMAGE_ONNX, list(art.meta["stages"]))  # what ONNX Runtime gets
+    assert len(handed) < weights / 4, (len(handed), weights)  # the weights did not come along
+    js = tmp_path / "r.json"
+    proc = run_cli("validate", art.root, "--images", photos()[0], "--stages", "--json", js)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(js.read_text())
+    assert report["passed"] is True and report["summary"]["logits_rel_l2_max"] <= 1e-5

@@ -11,11 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from fsa_deploy.validation.timing import device_sync, time_calls
 
 BLOCK_MODEL = "ViT-B-16"  # width 768, 12 heads, output 512: the paper's default backbone
 
@@ -80,14 +80,13 @@ def run_one(formulation: str, tokens: int, classes: int, device: str, repeats: i
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
-    times = []
-    for i in range(repeats + 1):  # the first run is the warm-up
-        t0 = time.perf_counter()
-        feats = model.proxy_attend(attn, v, text)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append((time.perf_counter() - t0) * 1e3)
+    last: list[torch.Tensor] = []
+
+    def call() -> None:
+        last[:] = [model.proxy_attend(attn, v, text)]
+
+    times = time_calls(call, repeats, warmup=1, sync=device_sync(device))
+    feats = last[0]
     peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if device == "cuda" else peak_rss_mb() - base
     logits = torch.nn.functional.normalize(feats, dim=-1) @ text.T
     torch.save({"ms": sorted(times)[len(times) // 2], "peak_mb": peak, "logits": logits.cpu()}, out)

@@ -12,16 +12,11 @@ import statistics
 import time
 
 import torch
+from fsa_deploy.validation.timing import time_calls
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = time_calls(fn, repeats, warmup)
     return statistics.median(times), times
 
 
@@ -44,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.images import load_image, sample_photos
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-    from fsa_deploy.validation.bench import cpu_model
+    from fsa_deploy.validation.bench.report import cpu_model
 
     torch.set_grad_enabled(False)
     spec = ModelSpec(model=args.model, weights=Weights(seed=0),
@@ -54,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     export_s = time.perf_counter() - t0
     graph = onnx.load(str(art.path(A.IMAGE_ONNX)), load_external_data=False)
     geo = Geometry(crop=args.crop)
-    crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]
+    crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]  # host numpy
     text = torch.nn.functional.normalize(torch.randn(args.classes, art.meta["embed_dim"]), dim=-1)
     ort = OnnxRuntimeBackend(art)
     literal = build(spec, "literal").model
-    ort_ms, ort_all = median_ms(lambda: ort.run(crop, text), args.repeats)
-    lit_ms, lit_all = median_ms(lambda: literal(crop, text), args.repeats)
+    crop_t = torch.from_numpy(crop.copy())
+    ort_ms, ort_all = median_ms(lambda: ort.run(crop, text.numpy()), args.repeats)
+    lit_ms, lit_all = median_ms(lambda: literal(crop_t, text), args.repeats)
     result = {
         "model": args.model, "proxy": args.proxy, "crop": args.crop, "classes": args.classes,
         "export_s": round(export_s, 1), "image_onnx_mb": art.files()[A.IMAGE_ONNX]["bytes"] / 2**20,

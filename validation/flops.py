@@ -15,12 +15,12 @@ the matmul rate and at least its bytes at the copy bandwidth.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from fsa_deploy.validation.timing import device_sync, time_calls
 
 PARTS = ("backbone", "proxy", "head")
 # dtype of each part per precision (fp16 exports keep the head in fp32, int8 Q/DQ graphs too)
@@ -143,20 +143,12 @@ def count_work(model: Any, crop: int, text: torch.Tensor) -> dict[str, PartWork]
 
 
 def _best_seconds(fn: Callable[[], Any], sync: Callable[[], None], repeats: int = 3) -> float:
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(time_calls(fn, repeats, warmup=1, sync=sync)) / 1e3
 
 
 def matmul_rate(device: str, dtype: str, n: int) -> float:
     """FLOP/s of an n x n x n matmul (best of 3 after a warm-up); int8 through torch._int_mm."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = device_sync(device)
     g = torch.Generator(device=device).manual_seed(0)
     if dtype == "int8":
         a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device, generator=g)
@@ -170,7 +162,7 @@ def matmul_rate(device: str, dtype: str, n: int) -> float:
 
 def copy_rate(device: str, mib: int) -> float:
     """Bytes/s of a device-to-same-device copy of `mib` MiB (read + write counted)."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = device_sync(device)
     src = torch.empty(mib * 2**18, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     return 2 * src.numel() * 4 / _best_seconds(lambda: dst.copy_(src), sync)

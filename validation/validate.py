@@ -19,9 +19,13 @@ import numpy as np
 import torch
 from fsa_deploy.runtime import artifact as A
 
+from fsa_deploy.contract import TOKENIZER_VOCAB
 from fsa_deploy.errors import CheckFailed, FSAError
 
+# an in-memory model's external weights are read from this folder (onnxruntime >= 1.17)
 ARGMAX_TIE = 1e-5  # reference top-2 class probabilities closer than this: either label is right
+# runtime.backends.select.BACKENDS minus torch (the reference itself); auto: by the file (engine or graph)
+VALIDATE_BACKENDS = ("auto", "trt", "onnx")
 
 
 @dataclass(frozen=True)
@@ -82,12 +86,12 @@ def miou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(ious))
 
 
-def argmax_ties(probs: torch.Tensor) -> torch.Tensor:
+def argmax_ties(probs: np.ndarray) -> np.ndarray:
     """Pixels whose two best class probabilities are within ARGMAX_TIE."""
     if probs.shape[0] < 2:
-        return torch.zeros(probs.shape[1:], dtype=torch.bool)
-    top2 = probs.topk(2, dim=0).values
-    return (top2[0] - top2[1]) <= ARGMAX_TIE
+        return np.zeros(probs.shape[1:], dtype=bool)
+    top2 = np.partition(probs, -2, axis=0)[-2:]
+    return (top2[1] - top2[0]) <= ARGMAX_TIE
 
 
 def error_stats(ref: dict[str, np.ndarray], art: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -118,7 +122,8 @@ def error_stats(ref: dict[str, np.ndarray], art: dict[str, np.ndarray]) -> dict[
 
 
 class ArtifactSide:
-    """The artefact on its backend; ONNX graphs also return `keep`/`sim` (and all stages with --stages)."""
+    """The artefact on its runtime Backend; ONNX graphs also return `keep`/`attn_proxy` (and every
+    stage with --stages) through OnnxRuntimeBackend.run_stages: one way to run a graph."""
 
     def __init__(self, art: A.Artifact, name: str, backend: str, stages: bool):
         self.name, self.stage_names = name, []
@@ -128,27 +133,28 @@ class ArtifactSide:
 
             if stages:
                 raise FSAError("--stages: engines expose no stage tensors; validate the ONNX graph with --stages")
-            self.backend = TensorRTBackend(art, info.get("precision"))
+            self.backend: Any = TensorRTBackend(art, info.get("precision"))
             self.kind = "tensorrt"
             return
-        import onnx
-        from fsa_deploy.runtime.backends.onnxrt import default_providers, require_onnxruntime, session_options
+        from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-        ort = require_onnxruntime()
         stage_map: dict[str, str] = art.meta.get("stages", {})
         self.stage_names = list(stage_map) if stages else [n for n in ("keep", "attn_proxy") if n in stage_map]
-        path = art.path(name)
-        graph = onnx.load(str(path), load_external_data=True)
-        graph = A.with_stage_outputs(graph, stage_map, self.stage_names)
-        self.session = ort.InferenceSession(graph.SerializeToString(), session_options(None),
-                                            providers=default_providers())
-        self.kind = "onnxruntime-" + ("cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu")
+        self.backend = OnnxRuntimeBackend(art, name, stages=self.stage_names)
+        self.kind = self.backend.name
 
-    def run(self, crops: torch.Tensor, text: torch.Tensor) -> dict[str, np.ndarray]:
+    @classmethod
+    def on(cls, backend: Any) -> ArtifactSide:
+        """A side on a Backend with `run_stages` already open (the PyTorch backend of a bench row)."""
+        side = cls.__new__(cls)
+        side.name, side.backend, side.kind = backend.name, backend, backend.name
+        side.stage_names = list(getattr(backend, "stage_names", []))
+        return side
+
+    def run(self, crops: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
         if self.kind == "tensorrt":
-            return {"logits": self.backend.run(crops, text).float().cpu().numpy()}
-        outs = self.session.run(None, {A.IMAGE: crops.numpy(), A.TEXT_EMBEDDINGS: text.numpy()})
-        return dict(zip(["logits", *self.stage_names], outs))
+            return {"logits": np.asarray(self.backend.run(crops, text), dtype=np.float32)}
+        return self.backend.run_stages(crops, text)
 
 
 def reference_side(meta: dict[str, Any], fp64: bool):
@@ -163,17 +169,20 @@ def reference_side(meta: dict[str, Any], fp64: bool):
 # --- one image ------------------------------------------------------------------------------------
 
 
-def compare_crops(ref_model, side: ArtifactSide, crops: torch.Tensor, text: torch.Tensor, max_batch: int,
+def compare_crops(ref_model, side: ArtifactSide, crops: np.ndarray, text: np.ndarray, max_batch: int,
                   want_stages: bool) -> dict[str, Any]:
-    """Both sides on the same crops; masks that rounding decides are resolved the artefact's way."""
+    """Both sides on the same crops (host arrays from the runtime pipeline; tensors for the
+    reference); masks that rounding decides are resolved the artefact's way."""
     from fsa_deploy.models.reference import Alignment, aligned_stages
     from fsa_deploy.runtime.pipeline import batches
 
     ref_logits, art_logits, stage_pairs, total = [], [], [], Alignment()
+    text_t = torch.from_numpy(np.ascontiguousarray(text))
     for sl in batches(len(crops), max_batch):
-        got = side.run(crops[sl].contiguous(), text)
+        batch = np.ascontiguousarray(crops[sl])
+        got = side.run(batch, text)
         with torch.no_grad():
-            ref, al = aligned_stages(ref_model, crops[sl], text, got)
+            ref, al = aligned_stages(ref_model, torch.from_numpy(batch), text_t, got)
         for f in fields(Alignment):
             setattr(total, f.name, getattr(total, f.name) + getattr(al, f.name))
         ref_logits.append(ref["logits"].float().numpy())
@@ -193,7 +202,7 @@ def stage_report(pairs: list[tuple[dict, dict]], order: list[str], tol: float | 
     return {n: stats[n] for n in order if n in stats}, (broken[0] if broken else None)
 
 
-def validate_image(path: str, ref, side: ArtifactSide, text: torch.Tensor, query_class: list[int], meta: dict,
+def validate_image(path: str, ref, side: ArtifactSide, text: np.ndarray, query_class: list[int], meta: dict,
                    max_batch: int, stages: bool, stride: int | None, stage_tol: float | None) -> dict[str, Any]:
     from fsa_deploy.runtime.images import load_image
     from fsa_deploy.runtime.pipeline import Geometry, class_probs, crops_of, labels_of, resize_image, stitch
@@ -210,11 +219,11 @@ def validate_image(path: str, ref, side: ArtifactSide, text: torch.Tensor, query
     per_crop_rel = [rel_l2(a, b) for a, b in zip(r["art"], r["ref"])]
     per_crop_cos = [cosine(a, b) for a, b in zip(r["art"], r["ref"])]
     size, out = tuple(resized.shape[-2:]), tuple(image.shape[-2:])
-    probs = {k: class_probs(stitch(torch.from_numpy(r[k]), wins, size, out, geo.crop), query_class, hp.logit_scale)
+    probs = {k: class_probs(stitch(r[k], wins, size, out, geo.crop), query_class, hp.logit_scale)
              for k in ("ref", "art")}
     thd = float(meta.get("prob_thd", 0.0))
-    labels = {k: labels_of(p, thd).numpy() for k, p in probs.items()}
-    tied = argmax_ties(probs["ref"]).numpy()
+    labels = {k: labels_of(p, thd) for k, p in probs.items()}
+    tied = argmax_ties(probs["ref"])
     agree = (labels["ref"] == labels["art"]) | tied
     report = {
         "image": str(path), "size": list(out), "crops": len(wins),
@@ -278,14 +287,15 @@ def text_check(art: A.Artifact, ref, prompts: list[str]) -> float | None:
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.text import tokenize
 
-    tokens = tokenize(prompts[:16])
-    got = OnnxRuntimeBackend(art).encode_text(tokens).float().cpu().numpy()
+    vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
+    tokens = tokenize(prompts[:16], vocab_file)
+    got = OnnxRuntimeBackend(art).encode_text(tokens)
     with torch.no_grad():
-        want = ref.encode_text(tokens).float().numpy()
+        want = ref.encode_text(torch.from_numpy(tokens)).float().numpy()
     return rel_l2(got, want)
 
 
-def run_validation(folder: str, artifact: str | None = None, backend: str = "onnx", images: list[str] | None = None,
+def run_validation(folder: str, artifact: str | None = None, backend: str = "auto", images: list[str] | None = None,
                    vocab=None, profile: str | None = None, overrides: dict[str, float] | None = None,
                    stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
                    progress: bool = False) -> dict[str, Any]:
@@ -296,7 +306,7 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "onn
     art.verify_all()  # refuse a folder whose files do not match meta.json
     name = artifact or A.IMAGE_ONNX
     if name not in art.files():
-        raise FSAError(f"--artifact {name}: not in {folder}/{A.META} (files: {', '.join(art.files())})")
+        raise FSAError(f"--graph {name}: not in {folder}/{A.META} (files: {', '.join(art.files())})")
     profile = profile or str(art.files()[name].get("precision") or art.meta.get("precision", "fp32"))
     tol = tolerances_for(profile, overrides or {})
     images = images or sample_photos()
@@ -304,8 +314,10 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "onn
     side = ArtifactSide(art, name, backend, stages)
     ref = reference_side(art.meta, fp64)
     templates = art.meta.get("templates")
+    from fsa_deploy.models.dump import numpy_encoder
+
     with torch.no_grad():
-        text = classifier(ref.encode_text, vocab.queries, templates)
+        text = classifier(numpy_encoder(ref), vocab.queries, templates)
     reports = []
     for i, path in enumerate(images):
         if progress:
@@ -406,7 +418,9 @@ def parse_tolerances(items: list[str]) -> dict[str, float]:
 def expand_images(items: list[str] | None) -> list[str] | None:
     if not items:
         return None
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+    from fsa_deploy.calibration.data import image_suffixes
+
+    exts = image_suffixes()
     out: list[str] = []
     for item in items:
         p = Path(item)
@@ -423,14 +437,20 @@ def expand_images(items: list[str] | None) -> list[str] | None:
 
 
 def add_validate(sub, help_text: str) -> None:
+    from fsa_deploy.runtime.backends.select import BACKENDS
     from fsa_deploy.runtime.text import add_vocabulary_args
 
     p = sub.add_parser("validate", help=help_text, description=(
         "Run the PyTorch reference and the artefact on the same crops of the same images and compare crop "
         "logits, label maps and (with --stages) every stage. Exit 0 pass, 1 fail, 2 bad input."))
     p.add_argument("folder", metavar="DIR", help="artefact folder (fsa export)")
-    p.add_argument("--artifact", help="file of the folder to check (default image.onnx; e.g. image.int8.onnx)")
-    p.add_argument("--backend", choices=("onnx", "trt"), default="onnx")
+    p.add_argument("--graph", metavar="FILE",
+                   help="graph or engine file of the folder to check (default image.onnx; e.g. image.int8.onnx)")
+    p.add_argument("--artifact", dest="artifact_file", metavar="FILE", help="deprecated spelling of --graph")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="trt: the folder's engine of the graph's precision; onnx: ONNX Runtime; auto (default): "
+                        "TensorRT for an .engine file, ONNX Runtime otherwise; torch does not apply (the "
+                        "reference is PyTorch)")
     p.add_argument("--images", nargs="+", help="images or folders (default: scikit-image's sample photos)")
     p.add_argument("--profile", help="fp32, fp16, int8 or fp8 (default: the artefact's precision)")
     p.add_argument("--tol", action="append", default=[], metavar="NAME=VALUE",
@@ -445,10 +465,28 @@ def add_validate(sub, help_text: str) -> None:
     p.set_defaults(func=run_validate)
 
 
+def graph_of(args: argparse.Namespace) -> str | None:
+    """--graph FILE, or its old spelling --artifact FILE (a file here, a folder in segment and bench)."""
+    if args.artifact_file is None:
+        return args.graph
+    if args.graph is not None:
+        raise FSAError("--artifact and --graph: give --graph only (--artifact FILE is its deprecated spelling)")
+    print("fsa validate: --artifact FILE is deprecated, use --graph FILE", file=sys.stderr)
+    return args.artifact_file
+
+
+def backend_of(name: str) -> str:
+    """segment's backend names; the ones that do not apply to a comparison with the reference are refused."""
+    if name not in VALIDATE_BACKENDS:
+        raise FSAError(f"--backend {name}: validate compares an artefact with the PyTorch reference; "
+                       f"choose from {', '.join(VALIDATE_BACKENDS)}")
+    return name
+
+
 def run_validate(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.text import vocabulary_from_args
 
-    report = run_validation(args.folder, args.artifact, args.backend, expand_images(args.images),
+    report = run_validation(args.folder, graph_of(args), backend_of(args.backend), expand_images(args.images),
                             vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,
                             args.fp64, args.max_batch, args.stride, progress=True)
     import json

@@ -1,8 +1,8 @@
 """ONNX Runtime backend: image.onnx (and text.onnx on demand) of an artefact folder.
 
-CPU: plain `session.run` on numpy arrays. CUDA: IO binding on torch CUDA tensors, so the
-crops go in and the logits come out on the GPU where stitching runs, with no host copy.
-onnxruntime is imported on first use: importing this module costs nothing.
+Host numpy arrays in and out on every provider: `session.run` copies a crop batch to the
+GPU and its logits back when the CUDA provider runs it (the pipeline around it is numpy on
+the host). onnxruntime is imported on first use: importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from fsa_deploy.runtime.artifact import (
     EMBEDDINGS,
     IMAGE,
@@ -29,9 +28,9 @@ from fsa_deploy.errors import FSAError
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 TRT_EP = "TensorrtExecutionProvider"
-GPU_EPS = (CUDA_EP, TRT_EP)  # providers whose inputs and outputs may live in CUDA memory
 EP_NAMES = {CUDA_EP: "cuda", CPU_EP: "cpu", TRT_EP: "trt-ep"}
 ORT_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)"
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"  # where ORT finds a .data file
 
 
 def require_onnxruntime() -> Any:
@@ -63,87 +62,90 @@ def session_options(threads: int | None) -> Any:
 class OnnxRuntimeBackend:
     """Backend (runtime/backends/base.py) on ONNX Runtime.
 
-    `image_file` picks the graph (image.onnx, or a Q/DQ graph calibration recorded);
-    `providers` overrides the CUDA-then-CPU default; `threads` caps intra-op threads.
+    `image_file` picks the graph (image.onnx, or a Q/DQ graph calibration recorded; None: the
+    text graph only, for encoding a vocabulary);
+    `providers` overrides the CUDA-then-CPU default; `threads` caps intra-op threads;
+    `stages` (meta.json stage names) makes those tensors extra outputs, read with `run_stages`
+    (the validator's view; needs the `onnx` package); `optimized_to` saves ORT's optimised image
+    graph there (bench reads which Casts ORT inserted).
     The name says where it really runs: ORT silently drops a CUDA provider it cannot load.
+    GPU path: host arrays in and out, so each crop batch crosses PCIe twice (see README).
     """
 
-    def __init__(self, art: Artifact | str | os.PathLike[str], image_file: str = IMAGE_ONNX,
-                 providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, art: Artifact | str | os.PathLike[str], image_file: str | None = IMAGE_ONNX,
+                 providers: Sequence[str] | None = None, threads: int | None = None,
+                 stages: Sequence[str] = (), optimized_to: str | os.PathLike[str] | None = None) -> None:
         if threads is not None and threads < 0:
             raise FSAError(f"--threads {threads}: must be >= 0 (0: onnxruntime's default)")
         self.artifact = art if isinstance(art, Artifact) else Artifact.load(art)
         self.providers = list(providers) if providers is not None else default_providers()
         self.threads = threads
         self.image_file = image_file
-        self._image = self._session(image_file)
+        self.stage_names = list(stages)
         self._text: Any = None
-        first = self._image.get_providers()[0]
-        # IO binding needs torch CUDA tensors; a CPU build of torch falls back to numpy feeds.
-        self.iobinding = first in GPU_EPS and torch.cuda.is_available()
-        self.device = torch.device("cuda", self._cuda_id(first)) if self.iobinding else torch.device("cpu")
+        if image_file is None:
+            self._image, self._text = None, self._session(TEXT_ONNX)
+        else:
+            self._image = self._session(image_file, self.stage_names, optimized_to)
+        first = (self._image or self._text).get_providers()[0]
         self.name = f"onnxruntime-{EP_NAMES.get(first, first.removesuffix('ExecutionProvider').lower())}"
         self.grid = tuple(int(g) for g in self.artifact.meta["grid"])
         self.embed_dim = int(self.artifact.meta["embed_dim"])
         self.text_key = f"{TEXT_ONNX}:{self.artifact.files().get(TEXT_ONNX, {}).get('sha256')}"
 
-    def _session(self, name: str) -> Any:
-        """A session on a file of the folder, its sha256 (and that of its external data) checked."""
+    def _session(self, name: str, stages: Sequence[str] = (), optimized_to: Any = None) -> Any:
+        """A session on a file of the folder, its sha256 (and that of its external data) checked;
+        with `stages`, on the graph with those stage tensors as extra outputs."""
         ort = require_onnxruntime()
         path = self.artifact.path(name)
-        if f"{name}.data" in self.artifact.files():
-            self.artifact.path(f"{name}.data")
+        for n, info in self.artifact.files().items():
+            if n.startswith(name) and (n == f"{name}.data" or info.get("role") == "external-data"):
+                self.artifact.path(n)
+        opts = session_options(self.threads)
+        if optimized_to is not None:
+            opts.optimized_model_filepath = str(optimized_to)
+        model: Any = str(path)
+        if stages:
+            model = graph_with_outputs(self.artifact, name, stages)
+            opts.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(self.artifact.root))
         try:
-            return ort.InferenceSession(str(path), session_options(self.threads), providers=self.providers)
+            return ort.InferenceSession(model, opts, providers=self.providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise FSAError(f"{path}: onnxruntime could not load it ({str(e).splitlines()[0][:200]})") from e
 
-    def _cuda_id(self, provider: str) -> int:
-        opts = self._image.get_provider_options().get(provider, {})
-        return int(opts.get("device_id", 0))
-
-    def run(self, image: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """image float32 [B, 3, S, S] RGB 0-255, text [K, D] -> logits float32 [B, K, H', W'] on `device`."""
-        if image.dim() != 4 or text_embeddings.dim() != 2:
+    def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
+        """image float32 [B, 3, S, S] RGB 0-255, text [K, D] -> logits float32 [B, K, H', W']."""
+        if image.ndim != 4 or text_embeddings.ndim != 2:
             raise FSAError(f"{self.name}: expected image [B, 3, S, S] and text_embeddings [K, D], "
                            f"got {list(image.shape)} and {list(text_embeddings.shape)}")
-        out_shape = (image.shape[0], text_embeddings.shape[0], *self.grid)
-        feeds = {IMAGE: image.float(), TEXT_EMBEDDINGS: text_embeddings.float()}
-        return self._run(self._image, feeds, LOGITS, out_shape)
+        feeds = {IMAGE: _f32(image), TEXT_EMBEDDINGS: _f32(text_embeddings)}
+        (out,) = self._image.run([LOGITS], feeds)
+        return out
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def run_stages(self, image: np.ndarray, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        """`logits` and the stage tensors asked for at construction, by stage name."""
+        outs = self._image.run([LOGITS, *(self.artifact.meta["stages"][n] for n in self.stage_names)],
+                               {IMAGE: _f32(image), TEXT_EMBEDDINGS: _f32(text_embeddings)})
+        return dict(zip(["logits", *self.stage_names], outs))
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """tokens [T, 77] -> embeddings float32 [T, D]; text.onnx is loaded on the first call."""
         if self._text is None:
             self._text = self._session(TEXT_ONNX)
-        return self._run(self._text, {TOKENS: tokens.to(torch.int32)}, EMBEDDINGS,
-                         (tokens.shape[0], self.embed_dim))
-
-    def _run(self, session: Any, feeds: dict[str, torch.Tensor], output: str,
-             out_shape: tuple[int, ...]) -> torch.Tensor:
-        if self.iobinding:
-            return self._run_bound(session, feeds, output, out_shape)
-        arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in feeds.items()}
-        (out,) = session.run([output], arrays)
-        return torch.from_numpy(out)
-
-    def _run_bound(self, session: Any, feeds: dict[str, torch.Tensor], output: str,
-                   out_shape: tuple[int, ...]) -> torch.Tensor:
-        """IO binding on torch buffers. ORT runs on its own CUDA stream: torch's pending work
-        on the inputs is waited for first; ORT synchronises its stream before returning."""
-        idx = self.device.index or 0
-        inputs = {k: v.detach().to(self.device).contiguous() for k, v in feeds.items()}
-        out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
-        binding = session.io_binding()
-        for k, v in inputs.items():
-            binding.bind_input(name=k, device_type="cuda", device_id=idx, element_type=_np_dtype(v.dtype),
-                               shape=tuple(v.shape), buffer_ptr=v.data_ptr())
-        binding.bind_output(name=output, device_type="cuda", device_id=idx, element_type=np.float32,
-                            shape=out_shape, buffer_ptr=out.data_ptr())
-        torch.cuda.synchronize(self.device)
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
+        (out,) = self._text.run([EMBEDDINGS], {TOKENS: np.ascontiguousarray(tokens, dtype=np.int32)})
         return out
 
 
-def _np_dtype(dtype: torch.dtype) -> type:
-    return {torch.float32: np.float32, torch.int32: np.int32, torch.float16: np.float16}[dtype]
+def graph_with_outputs(art: Artifact, name: str, stage_names: Sequence[str]) -> bytes:
+    """The graph `name` with the stage tensors as extra outputs, serialised without its weights when
+    they are external (they stay in their .data file and ONNX Runtime reads them from the folder):
+    one protobuf message cannot exceed 2 GB, and ViT-H's weights do."""
+    import onnx
+    from fsa_deploy.runtime.artifact import with_stage_outputs
+
+    graph = onnx.load(str(art.path(name)), load_external_data=False)
+    return with_stage_outputs(graph, art.meta.get("stages", {}), list(stage_names)).SerializeToString()
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)

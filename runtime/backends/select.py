@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from fsa_deploy.runtime.artifact import Artifact
 
 from fsa_deploy.errors import FSAError
@@ -55,6 +54,8 @@ def tensorrt_unusable() -> str | None:
         require_tensorrt()
     except FSAError as e:
         return str(e)
+    import torch  # TensorRT is installed: its backend holds device buffers in torch (the gpu extra)
+
     if not torch.cuda.is_available():
         return "no CUDA GPU"
     return None
@@ -71,7 +72,7 @@ def select_backend(art: Artifact, backend: str = "auto", *, threads: int | None 
     """The backend named by `backend` (see BACKENDS) on `art`, and the reason it was picked.
 
     `threads` caps ONNX Runtime's CPU threads; `precision` picks a TensorRT image engine
-    when several were built; `device` is the torch backend's device (default cuda if present).
+    when several were built; `device` is the torch backend's device (default "auto": cuda if present).
     """
     if backend not in BACKENDS:
         raise FSAError(f"--backend {backend!r}: choose from {', '.join(BACKENDS)}")
@@ -80,8 +81,7 @@ def select_backend(art: Artifact, backend: str = "auto", *, threads: int | None 
     if backend == "onnx":
         return Opened(_onnxruntime(art, threads), "asked for")
     if backend == "torch":
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return Opened(plugin("torch")(art, device=dev), "asked for")
+        return Opened(plugin("torch")(art, device=device or "auto"), "asked for")
     return _auto(art, threads, precision)
 
 

@@ -1,0 +1,164 @@
+"""Calibration data: crops cut as the pipeline cuts them, the vocabulary's text embeddings, the .npz
+cache in the artefact folder (the reader ModelOpt pulls batches from is calibration.reader)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from fsa_deploy.runtime import artifact as A
+
+from fsa_deploy.errors import FSAError
+
+if TYPE_CHECKING:
+    from fsa_deploy.calibration.quantize import Options
+    from fsa_deploy.runtime.text import Vocabulary
+
+
+CACHE_PREFIX = "calibration-"
+CACHE_ROLE = "calibration-cache"
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    crops: np.ndarray  # float32 [N, 3, S, S], RGB 0-255, as fed to image.onnx
+    text: np.ndarray  # float32 [K, D], rows L2-normalised
+    images: list[str]  # the image files the crops came from
+    cache: str | None = None  # name of the .npz in the artefact folder
+    cache_hit: bool = False
+
+
+
+
+# ---------------------------------------------------------------- calibration images and crops
+
+
+def image_suffixes() -> frozenset[str]:
+    """File suffixes Pillow opens (its stub formats, which need a handler installed, left out).
+    Also validation's --images; runtime/cli.py keeps its own set (IMAGE_SUFFIXES) for now."""
+    from PIL import Image, ImageFile
+
+    def opens(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if opens(fmt))
+
+
+def image_files(sources: Sequence[str]) -> list[Path]:
+    """--images: files as given, folders expanded to their image files (sorted); none is an error."""
+    if not sources:
+        from fsa_deploy.runtime.images import sample_photos
+
+        sources = sample_photos()
+    files: list[Path] = []
+    suffixes = image_suffixes()
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FSAError(f"--images {s}: no such file or folder")
+    if not files:
+        raise FSAError(f"--images {' '.join(map(str, sources))}: no calibration images "
+                       "(looked for the image suffixes Pillow opens: .png, .jpg, ...)")
+    return files
+
+
+def pipeline_crops(files: Iterable[Path], crop: int, count: int) -> tuple[np.ndarray, list[str]]:
+    """The first `count` crops of the images, cut as `fsa segment` cuts them (default geometry)."""
+    from fsa_deploy.runtime.images import load_image
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+
+    geo, crops, used, have = Geometry(crop=crop), [], [], 0
+    for f in files:
+        batch, _ = crops_of(resize_image(load_image(f), geo), geo)
+        crops.append(batch[: count - have])
+        used.append(str(f))
+        have += len(crops[-1])
+        if have >= count:
+            break
+    return np.concatenate(crops).astype(np.float32), used
+
+
+# ---------------------------------------------------------------- text embeddings
+
+
+def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
+    """T [K, D] of the vocabulary, encoded by the artefact's text.onnx with the recorded templates.
+
+    Real class embeddings rather than random vectors: the logits and the feedback inputs
+    then have the ranges they have in use, which is what the calibrator measures.
+    """
+    from fsa_deploy.models.text import openai_templates
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
+    from fsa_deploy.runtime.text import classifier
+
+    from fsa_deploy.contract import TOKENIZER_VOCAB
+
+    backend = OnnxRuntimeBackend(art, image_file=None, providers=[CPU_EP])  # the text graph only
+    vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
+    templates = art.meta.get("templates") or openai_templates()
+    return classifier(backend.encode_text, vocab.queries, templates, vocab_file=vocab_file)
+
+
+def default_vocabulary() -> Vocabulary:
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary
+
+    return Vocabulary.from_file(DEFAULT_CLASSES)
+
+
+# ---------------------------------------------------------------- the cache (.npz in the artefact folder)
+
+
+def data_key(art: A.Artifact, files: Sequence[Path], count: int, vocab: Vocabulary) -> str:
+    """What the calibration tensors depend on: image contents, count, crop size, text side."""
+    blob = json.dumps({
+        "images": [A.sha256_file(f) for f in files],
+        "count": count,
+        "crop": art.meta.get("crop"),
+        "text": art.files().get(A.TEXT_ONNX, {}).get("sha256"),
+        "queries": vocab.queries,
+    })
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_cached(art: A.Artifact, name: str) -> CalibrationData | None:
+    """The cached tensors, or None when absent or changed (a damaged cache is recomputed, not trusted)."""
+    if name not in art.files() or not (art.root / name).is_file():
+        return None
+    try:
+        with np.load(art.path(name)) as z:
+            return CalibrationData(z["crops"], z["text_embeddings"], [str(x) for x in z["images"]], name, True)
+    except (FSAError, OSError, KeyError, ValueError):
+        return None
+
+
+def save_cache(art: A.Artifact, name: str, data: CalibrationData) -> None:
+    """Write the .npz atomically, drop older caches (they hold crops: tens of MB each), record it."""
+    for old in [n for n, info in art.files().items() if info.get("role") == CACHE_ROLE and n != name]:
+        (art.root / old).unlink(missing_ok=True)
+        del art.files()[old]
+    with A.atomic_file(art.root / name) as tmp, open(tmp, "wb") as f:
+        np.savez(f, crops=data.crops, text_embeddings=data.text, images=np.array(data.images))
+    art.record(name, role=CACHE_ROLE, crops=int(len(data.crops)), images=data.images)
+    art.save()
+
+
+def calibration_data(art: A.Artifact, files: Sequence[Path], opts: Options) -> CalibrationData:
+    vocab = opts.classes or default_vocabulary()
+    name = f"{CACHE_PREFIX}{data_key(art, files, opts.count, vocab)}.npz"
+    if opts.cache and (hit := load_cached(art, name)):
+        return hit
+    crops, used = pipeline_crops(files, int(art.meta["crop"]), opts.count)
+    data = CalibrationData(crops, vocabulary_text(art, vocab), used, name if opts.cache else None)
+    if opts.cache:
+        save_cache(art, name, data)
+    return data

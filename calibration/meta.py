@@ -1,0 +1,32 @@
+"""What a calibration records in meta.json."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fsa_deploy.calibration.data import CalibrationData
+from fsa_deploy.calibration.graph import QdqSummary
+from fsa_deploy.calibration.modelopt_call import modelopt_version
+from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
+from fsa_deploy.runtime import artifact as A
+
+if TYPE_CHECKING:
+    from fsa_deploy.calibration.quantize import Options
+
+
+def record(art: A.Artifact, name: str, opts: Options, data: CalibrationData, summary: QdqSummary,
+           fp32_nodes: dict[str, int], seconds: float, has_data: bool) -> None:
+    if has_data:
+        art.record(name + "_data", role="external-data")
+    art.record(name, role="image-qdq", precision=opts.precision, source=A.IMAGE_ONNX,
+               source_sha256=art.files()[A.IMAGE_ONNX]["sha256"],
+               calibration={"method": opts.method, "region": opts.region, "count": int(len(data.crops)),
+                            "batch": opts.batch, "op_types": list(opts.op_types) or "modelopt", "images": data.images,
+                            "classes": int(len(data.text)), "cache": data.cache, "seconds": round(seconds, 1)},
+               qdq_pairs=summary.pairs, quantized_ops=dict(summary.quantized_ops),
+               fp32_nodes={"scope": art.meta.get("feedback_scope"), **fp32_nodes,
+                           "op_types": list(EXCLUDED_OP_TYPES)},
+               modelopt=modelopt_version())
+    art.save()
+
+

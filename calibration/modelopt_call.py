@@ -1,0 +1,110 @@
+"""The call into NVIDIA ModelOpt (modelopt.onnx.quantization.quantize), on the CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
+from fsa_deploy.runtime import artifact as A
+
+from fsa_deploy.errors import FSAError
+
+if TYPE_CHECKING:
+    from fsa_deploy.calibration.data import CalibrationData
+    from fsa_deploy.calibration.quantize import Options
+
+
+METHODS = {"entropy": "entropy", "max": "max"}  # --method -> ModelOpt's calibration_method
+
+
+CALIBRATION_EPS = ["cpu"]  # ORT execution providers for calibration (no GPU needed)
+
+
+MODELOPT_HINT = "NVIDIA ModelOpt is not installed: pip install 'fsa-deploy[quant]' (see README)"
+
+
+# ---------------------------------------------------------------- ModelOpt
+
+
+def _hide_stub_tensorrt() -> None:
+    """`tensorrt-stubs` leaves an importable, empty namespace package `tensorrt`; ModelOpt takes
+    the successful import for TensorRT and calls trt.Logger. Where the real module is absent,
+    make the import fail as it would without the stubs (a None entry raises ImportError)."""
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return
+    if not hasattr(tensorrt, "Builder"):
+        sys.modules["tensorrt"] = None  # type: ignore[assignment]
+        trt_utils = sys.modules.get("modelopt.onnx.trt_utils")
+        if trt_utils is not None:  # imported before us: correct its flag too
+            trt_utils.TRT_PYTHON_AVAILABLE = False  # type: ignore[attr-defined]
+
+
+def require_modelopt() -> Callable[..., None]:
+    """modelopt.onnx.quantization.quantize, or one line naming the install command."""
+    _hide_stub_tensorrt()
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as e:
+        raise FSAError(MODELOPT_HINT) from e
+    return quantize
+
+
+def modelopt_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nvidia-modelopt")
+    except PackageNotFoundError:
+        return "absent"
+
+
+def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
+    """image.onnx (and its external data) linked into the work folder: ModelOpt writes its
+    intermediate files beside the input and output, never into the artefact folder."""
+    names = [A.IMAGE_ONNX] + [n for n, i in art.files().items()
+                              if i.get("role") == "external-data" and n.startswith(A.IMAGE_ONNX)]
+    for n in names:
+        src = art.path(n).resolve()
+        try:
+            os.symlink(src, work / n)
+        except OSError:
+            import shutil
+
+            shutil.copy2(src, work / n)
+    return work / A.IMAGE_ONNX, len(names) > 1
+
+
+def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: CalibrationData, opts: Options,
+                 exclude: list[str], external: bool, scope: str, progress: bool = True) -> None:
+    from fsa_deploy.calibration.reader import DataReader
+
+    patterns = ([f"^{re.escape(scope)}"] if scope else []) + [re.escape(n) + "$" for n in exclude]
+    try:
+        # ORT's calibrator prints and tqdm draws bars: on stderr with progress, nowhere with --quiet;
+        # stdout is for the result either way
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(sys.stderr if progress else null), \
+                contextlib.redirect_stderr(sys.stderr if progress else null):
+            quantize(str(src), quantize_mode=opts.precision, calibration_data_reader=DataReader(data, opts.batch),
+                     calibration_method=METHODS[opts.method], calibration_eps=list(CALIBRATION_EPS),
+                     output_path=str(out), high_precision_dtype="fp32", nodes_to_exclude=patterns,
+                     op_types_to_exclude=list(EXCLUDED_OP_TYPES), use_external_data_format=external,
+                     op_types_to_quantize=list(opts.op_types) or None,
+                     log_level="WARNING")
+    except Exception as e:  # ModelOpt/ORT raise many types (asserts included); one line, cause chained
+        msg = (str(e).strip().splitlines() or [""])[0][:200]
+        raise FSAError(f"ModelOpt {opts.precision} quantization of {src.name} failed on the CPU "
+                       f"({type(e).__name__}: {msg})") from e
+    if not out.is_file():
+        raise FSAError(f"ModelOpt {opts.precision} quantization of {src.name} wrote no model")
+
+
+
+

@@ -122,7 +122,7 @@ def _check_trt_record(info: Mapping[str, Any], version: str, cc: str, name: str)
             f"{name}: built with TensorRT {built}, this machine has {version}; "
             "rebuild it here with `fsa build` (or build with --version-compatible)"
         )
-    gpu = info.get("gpu") if isinstance(info.get("gpu"), Mapping) else {}
+    gpu: Mapping[str, Any] = info["gpu"] if isinstance(info.get("gpu"), Mapping) else {}
     built_cc = str(info.get("compute_capability") or gpu.get("compute_capability"))
     if info.get("hardware_compatible"):
         if version_tuple(cc) < (8, 0):
@@ -286,7 +286,7 @@ class EngineRunner:
         self.device = stream.device
         self.cache = cache
         if flavour is RTX:
-            config = engine.create_runtime_config()  # type: ignore[attr-defined]
+            config: Any = engine.create_runtime_config()  # RTX's IRuntimeConfig: not in TensorRT 10's stubs
             if cache is not None:
                 cache.attach(config)
             if cuda_graph:

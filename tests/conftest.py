@@ -110,7 +110,7 @@ def tiny_export(tmp_path_factory):
             folder = root / f"{proxy or attention}-{precision}"
             folder.mkdir()
             with torch.no_grad():
-                mapping, nodes = export_image(ref, folder, precision, 8)
+                mapping, nodes = export_image(ref, folder, precision, 64)  # as `fsa export`
             art = Artifact(folder, build_meta(spec, ref, precision, mapping))
             art.record(IMAGE_ONNX, role="image", precision=precision, nodes=nodes)
             art.save()

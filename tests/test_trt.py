@@ -34,6 +34,7 @@ from fsa_deploy.runtime.artifact import (
     Artifact,
 )
 from fsa_deploy.runtime.backends.trt import (
+    RuntimeCache,
     TensorRTBackend,
     check_engine_record,
     image_engines,
@@ -48,6 +49,7 @@ from fsa_deploy.runtime.backends.trt_lib import (
     installed,
     logger,
     parse_targets,
+    pick,
     read_header,
     version_tuple,
 )
@@ -430,6 +432,22 @@ def test_dtype_table() -> None:
     assert torch_dtype("INT32") is torch.int32
     with pytest.raises(FSAError, match="FP4"):
         torch_dtype("FP4")
+
+
+def test_auto_picks_the_flavour_that_can_build_here() -> None:
+    want = TRT if TRT_VERSION is not None and gpu_present() else RTX if RTX_VERSION is not None else None
+    if want is None:
+        with pytest.raises(FSAError, match="neither TensorRT with a GPU nor TensorRT-RTX"):
+            pick("auto")
+    else:
+        assert pick("auto") is want
+    assert pick("rtx") is RTX and pick("trt") is TRT
+
+
+def test_runtime_cache_sits_beside_the_engine_per_gpu(tmp_path: Path) -> None:
+    paths = RuntimeCache(tmp_path / "image.fp16.rtx.engine", "8.6").paths
+    assert paths[0] == tmp_path / "image.fp16.rtx.engine.sm86.runtime-cache"
+    assert paths[1].parent.name == "fsa-deploy" and paths[1].name == paths[0].name
 
 
 def test_targets_and_versions() -> None:

@@ -500,11 +500,10 @@ class TensorRTBackend:
                 f"got {list(np.shape(image))} and {list(np.shape(text_embeddings))}"
             )
         with torch.cuda.device(self.device):
-            text = torch.as_tensor(np.ascontiguousarray(text_embeddings)).to(self.device)
+            text = _tensor(text_embeddings).to(self.device)
             step = self._image.max_leading(IMAGE)
-            logits = [self._image({IMAGE: torch.as_tensor(np.ascontiguousarray(image[i:i + step])),
-                                   TEXT_EMBEDDINGS: text})[LOGITS].float().cpu().numpy()
-                      for i in range(0, len(image), step)]
+            logits = [self._image({IMAGE: _tensor(image[i:i + step]), TEXT_EMBEDDINGS: text})[LOGITS]
+                      .float().cpu().numpy() for i in range(0, len(image), step)]
         return _cat(logits)
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
@@ -517,12 +516,19 @@ class TensorRTBackend:
                 raise FSAError(f"{root}: no {self.text_engine} (built with --no-text); run `fsa build {root}`")
             self._text = self._load(self.text_engine)
             self._text.check_io({TOKENS}, {EMBEDDINGS})
-        text, tokens = self._text, np.asarray(tokens)
+        text = self._text
         with torch.cuda.device(self.device):
             step = text.max_leading(TOKENS)
-            out = [text({TOKENS: torch.as_tensor(np.ascontiguousarray(tokens[i:i + step]))})[EMBEDDINGS]
-                   .float().cpu().numpy() for i in range(0, len(tokens), step)]
+            out = [text({TOKENS: _tensor(tokens[i:i + step])})[EMBEDDINGS].float().cpu().numpy()
+                   for i in range(0, len(tokens), step)]
         return _cat(out)
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    """A host array as a torch tensor without a copy where possible (a torch tensor passes through)."""
+    import torch
+
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _importable(flavour: Flavour) -> bool:

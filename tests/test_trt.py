@@ -368,15 +368,19 @@ def test_rtx_engine_under_a_tensorrt_record(rtx_folder: Path, tmp_path: Path) ->
 def test_rtx_record_that_does_not_fit(rtx_folder: Path, version: str | None, cc: str, pattern: str) -> None:
     record = Artifact.load(rtx_folder).files()["image.fp16.rtx.engine"]
     check_engine_record(record, str(RTX_VERSION), "8.0")
+    check_engine_record(record, str(RTX_VERSION), None)  # no GPU looked at: the library side alone
     with pytest.raises(FSAError, match=pattern):
         check_engine_record(record, version or str(RTX_VERSION), cc)
 
 
-def test_backend_without_gpu_names_it(rtx_folder: Path) -> None:
+def test_backend_without_gpu_names_it(rtx_folder: Path, tmp_path: Path) -> None:
+    """The engine file is checked first (a damaged one is named anywhere), then the GPU."""
     if gpu_present():
         pytest.skip("a GPU is present")
     with pytest.raises(FSAError, match="^no CUDA GPU: TensorRT needs an NVIDIA GPU"):
         TensorRTBackend(rtx_folder)
+    with pytest.raises(FSAError, match=r"truncated or replaced"):
+        TensorRTBackend(damaged(rtx_folder, tmp_path, lambda b: b[:1000]), "fp16")
 
 
 # ---------------------------------------------------------------- TensorRT 10/11 records (no library needed)

@@ -71,7 +71,7 @@ def torch_dtype(trt_name: str) -> torch.dtype:
 
 
 def check_engine_record(
-    record: Mapping[str, Any], version: str, compute_capability: str, name: str = "engine"
+    record: Mapping[str, Any], version: str, compute_capability: str | None, name: str = "engine"
 ) -> Flavour:
     """Refuse an engine this machine cannot run, from its meta.json record alone; returns its flavour.
 
@@ -79,7 +79,8 @@ def check_engine_record(
     it, with it on that version or a later one; without --hardware-compatible only on the compute
     capability it was built on, with it (AMPERE_PLUS) on SM 8.0+. TensorRT-RTX: only on the
     version that built it, and on the compute capabilities it was compiled for.
-    `version` is the installed library of the record's flavour.
+    `version` is the installed library of the record's flavour; `compute_capability` None (no GPU
+    looked at yet) checks the library side alone.
     """
     info = record.get("engine")
     if record.get("role") != "engine" or not isinstance(info, Mapping):
@@ -92,11 +93,13 @@ def check_engine_record(
     return flavour
 
 
-def _check_rtx_record(info: Mapping[str, Any], version: str, cc: str, name: str) -> None:
+def _check_rtx_record(info: Mapping[str, Any], version: str, cc: str | None, name: str) -> None:
     built = str(info.get("version"))
     if not same_version(built, version):
         raise FSAError(f"{name}: built with TensorRT-RTX {built}, this machine has {version}; "
                        f"rebuild it with `fsa build --engine rtx`")
+    if cc is None:
+        return
     targets = list(info.get("targets") or [])
     here = target_of(cc)
     if here in targets or ("later" in targets and version_tuple(cc) > (12, 1)):
@@ -109,7 +112,7 @@ def _check_rtx_record(info: Mapping[str, Any], version: str, cc: str, name: str)
                    f"SM {cc}; rebuild it with `fsa build --engine rtx --targets {here}`")
 
 
-def _check_trt_record(info: Mapping[str, Any], version: str, cc: str, name: str) -> None:
+def _check_trt_record(info: Mapping[str, Any], version: str, cc: str | None, name: str) -> None:
     built = str(info.get("version") or info.get("trt_version"))
     if info.get("version_compatible"):
         if not at_least(version, built):
@@ -122,6 +125,8 @@ def _check_trt_record(info: Mapping[str, Any], version: str, cc: str, name: str)
             f"{name}: built with TensorRT {built}, this machine has {version}; "
             "rebuild it here with `fsa build` (or build with --version-compatible)"
         )
+    if cc is None:
+        return
     gpu: Mapping[str, Any] = info["gpu"] if isinstance(info.get("gpu"), Mapping) else {}
     built_cc = str(info.get("compute_capability") or gpu.get("compute_capability"))
     if info.get("hardware_compatible"):
@@ -164,7 +169,7 @@ def check_header(data: bytes, record: Mapping[str, Any], flavour: Flavour, name:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def read_engine(art: Artifact, name: str, version: str, compute_capability: str) -> bytes:
+def read_engine(art: Artifact, name: str, version: str, compute_capability: str | None) -> bytes:
     """The engine's bytes once its record, size, header and sha256 agree with meta.json.
 
     The sha256 of a (multi-GB) engine is computed once per (path, size, mtime) in a process.
@@ -446,6 +451,8 @@ class TensorRTBackend:
         self.lib = load(self.flavour)
         self.version = str(self.lib.__version__)
         self.trt_version = self.version  # the name reports used before flavours
+        # the file first (record, size, header, sha256): a damaged engine is named even without a GPU
+        image = read_engine(self.artifact, self.engine_name, self.version, None)
         self.gpu_name, self.compute_capability = cuda_device()
         import torch
 
@@ -453,7 +460,7 @@ class TensorRTBackend:
         self.stream = torch.cuda.Stream(self.device)
         if self.flavour is RTX:
             self.name = "tensorrt-rtx"
-        self._image = self._load(self.engine_name, cuda_graph)
+        self._image = self._load(self.engine_name, cuda_graph, image)
         self._image.check_io({IMAGE, TEXT_EMBEDDINGS}, {LOGITS})
         self._text: EngineRunner | None = None
         self.text_engine = self.flavour.text_engine
@@ -480,8 +487,10 @@ class TensorRTBackend:
             load(other)  # one line naming the install
         raise FSAError(f"{root}: no TensorRT engine recorded in meta.json; run `fsa build {root}`")
 
-    def _load(self, name: str, cuda_graph: bool = False) -> EngineRunner:
-        data = read_engine(self.artifact, name, self.version, self.compute_capability)
+    def _load(self, name: str, cuda_graph: bool = False, data: bytes | None = None) -> EngineRunner:
+        if data is None:
+            data = read_engine(self.artifact, name, self.version, self.compute_capability)
+        check_engine_record(self.artifact.files()[name], self.version, self.compute_capability, name)
         info = self.artifact.files()[name]["engine"]
         runtime, engine = deserialize_engine(self.lib, self.flavour, data, info, name)
         cache = RuntimeCache(self.artifact.root / name, self.compute_capability) if self.flavour is RTX else None

@@ -267,6 +267,18 @@ def test_refused_builds_write_nothing(qdq_folder, tmp_path: Path, capsys: pytest
     assert snapshot(folder) == before
 
 
+@needs_rtx
+def test_builder_refusal_is_one_line_and_writes_nothing(tiny_export, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """fp16 with sm75 passes our checks; TensorRT-RTX refuses the graph's fp32 tail for Turing: its reason
+    becomes the one line."""
+    folder = copy_of(tiny_export("qk", None, "fp16"), tmp_path)
+    before = snapshot(folder)
+    err = one_line_error(capsys, ["build", str(folder), "--engine", "rtx", "--targets", "sm75", "--no-text"])
+    assert "TensorRT-RTX could not build image.fp16.rtx.engine" in err and "Turing (SM75)" in err
+    assert snapshot(folder) == before
+
+
 def test_targets_on_tensorrt_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = one_line_error(capsys, ["build", str(tmp_path), "--engine", "trt", "--targets", "sm89"])
     assert "--targets does not apply to TensorRT engines" in err

@@ -33,6 +33,7 @@ from fsa_deploy.runtime.artifact import (
     TOKENS,
     Artifact,
 )
+from fsa_deploy.runtime.backends import trt as trt_backend
 from fsa_deploy.runtime.backends.trt import (
     RuntimeCache,
     TensorRTBackend,
@@ -334,6 +335,9 @@ def test_read_engine_accepts_the_built_engine(rtx_folder: Path) -> None:
     art = Artifact.load(rtx_folder)
     data = read_engine(art, "image.fp16.rtx.engine", str(RTX_VERSION), "8.9")
     assert data == (rtx_folder / "image.fp16.rtx.engine").read_bytes()
+    path = (rtx_folder / "image.fp16.rtx.engine").resolve()
+    stat = path.stat()  # hashed once per (path, size, mtime): a second load skips the sha256
+    assert trt_backend._DIGESTS[(str(path), stat.st_size, stat.st_mtime_ns)] == art.files()[path.name]["sha256"]
 
 
 def damaged(rtx_folder: Path, tmp_path: Path, edit) -> Artifact:

@@ -314,7 +314,7 @@ class EngineRunner:
         self._warm_key: tuple[tuple[int, ...], ...] | None = None
         self._static_in: dict[str, torch.Tensor] = {}
         self._static_out: dict[str, torch.Tensor] = {}
-        self._saved = False
+        self._cached_shapes: set[tuple[tuple[int, ...], ...]] = set()
 
     def check_io(self, inputs: set[str], outputs: set[str]) -> None:
         if set(self.inputs) != inputs or not outputs <= set(self.outputs):
@@ -369,10 +369,6 @@ class EngineRunner:
         elif not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"{self.name}: TensorRT execute_async_v3 failed (its log above says why)")
         current.wait_stream(self.stream)
-        if self.cache is not None and not self._saved:  # the first run did the JIT compile: keep it
-            self.stream.synchronize()
-            self.cache.save()
-            self._saved = True
 
     def _capture(self) -> None:
         import torch
@@ -392,13 +388,21 @@ class EngineRunner:
             return
         self._graph = graph
 
+    def _keep_jit(self, key: tuple[tuple[int, ...], ...]) -> None:
+        """TensorRT-RTX compiles kernels on the first run at new shapes: save its runtime cache then."""
+        if self.cache is not None and key not in self._cached_shapes:
+            self.stream.synchronize()
+            self.cache.save()
+            self._cached_shapes.add(key)
+
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         x = self._prepare(feeds)
+        key = tuple(tuple(x[n].shape) for n in self.inputs)
         if not self.cuda_graph:
             outputs = self._bind(x)
             self._enqueue()
+            self._keep_jit(key)
             return outputs
-        key = tuple(tuple(x[n].shape) for n in self.inputs)
         if key == self._warm_key:  # same shapes as last time: refill the static inputs
             for n in self.inputs:
                 self._static_in[n].copy_(x[n])

@@ -207,11 +207,15 @@ def test_every_tiny_export_builds(tiny_export, tmp_path: Path, attention: str, p
 
 
 @needs_rtx
-def test_text_engine_and_both_names(tiny_artifact, tmp_path: Path) -> None:
+def test_text_engine_and_both_names(tiny_artifact, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The full export: image and text engines, named per flavour so a TensorRT build can sit beside them."""
+    from fsa_deploy.export.trt_bench import BUILT
+
     folder = copy_of(tiny_artifact.root, tmp_path)
     since = len(logger(RTX).lines)
     assert build(folder, "--targets", "sm86,sm89") == 0
+    lines = BUILT.findall(capsys.readouterr().out)  # what `make bench-build` reads
+    assert [(e, s) for e, _, s, _ in lines] == [("image.fp32.rtx.engine", IMAGE_ONNX), ("text.rtx.engine", TEXT_ONNX)]
     art = Artifact.load(folder)
     assert {n for n, i in art.files().items() if i["role"] == "engine"} == {"image.fp32.rtx.engine", "text.rtx.engine"}
     profiles = {TOKENS: {"min": [1, 77], "opt": [4, 77], "max": [8, 77]}}

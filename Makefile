@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu clean bench-memory
+.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant]"
+	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant,rtx]"
 	# tensorrt-stubs' metadata requires the placeholder `tensorrt` wheel: install the stubs alone
 	$(PIP) install -q --no-deps "tensorrt-stubs>=10.13,<11"
 	touch $(STAMP)
@@ -52,6 +52,16 @@ bench-memory: setup
 # On a machine with an NVIDIA GPU (and TensorRT, where it can be installed):
 test-gpu: setup
 	$(BIN)/python -m pytest -q -ra -m "gpu or tensorrt"
+
+# Full-size TensorRT-RTX builds on this machine, no GPU (issue 12): time, engine size, peak RSS.
+# Add CAL=N to also calibrate and build int8 (a full-size ModelOpt calibration on the CPU is slow).
+bench-build: setup
+	$(BIN)/python -m fsa_deploy.export.trt_bench --work out/bench-build --json out/bench-build/report.json \
+	  --md out/bench-build/report.md $(if $(CAL),--calibrate-count $(CAL))
+
+# On a machine with an NVIDIA GPU: CUDA tests, validate and bench with the TensorRT flavour it supports (< 8 min).
+gpu-check: setup
+	BIN=$(BIN) tools/gpu_check.sh
 
 clean:
 	rm -rf out .pytest_cache

@@ -1,18 +1,21 @@
-"""`fsa build`: artefact folder -> TensorRT engines, on TensorRT 10 and 11 alike.
+"""`fsa build`: artefact folder -> TensorRT engines, with TensorRT 10/11 or TensorRT-RTX.
 
-TensorRT 11 builds strongly typed networks only: the FP16/BF16/INT8/FP8 builder
-flags are gone and the precision is whatever the ONNX graph says (an fp16 export,
-Q/DQ nodes from `fsa calibrate`). TensorRT 10 gets the same graphs with the
-STRONGLY_TYPED creation flag, so one code path builds the same engine from the
-same file on both; `--precision` only picks which ONNX file is the source.
+One build layer, two flavours (runtime/backends/trt_lib.py: `Flavour`): the same parser,
+network, profile and builder calls on `import tensorrt` or `import tensorrt_rtx`; what differs
+(a GPU to build on, compute-capability targets, timing cache, DLA, engine compatibility) is read
+from the flavour's record, never from a version number.
 
-Sources: docs.nvidia.com/deeplearning/tensorrt "Migrating from TensorRT 10.x to
-11.x" (removed Python APIs: precision flags, calibrators), the 11.0 Python API
-page (STRONGLY_TYPED deprecated and ignored: always on), "Engine Compatibility"
-(VERSION_COMPATIBLE, HardwareCompatibilityLevel.AMPERE_PLUS).
+Both build strongly typed networks only: the precision is whatever the ONNX graph says (an fp16
+export, Q/DQ nodes from `fsa calibrate`); `--precision` only picks which graph is the source.
+TensorRT 10 gets the STRONGLY_TYPED creation flag; TensorRT 11 and TensorRT-RTX are always
+strongly typed.
 
-TensorRT is imported inside functions: `fsa build --help` and the rest of the
-project work without it, and a missing install is one line naming the fix.
+Sources: docs.nvidia.com/deeplearning/tensorrt "Migrating from TensorRT 10.x to 11.x", "Engine
+Compatibility"; TensorRT-RTX "CPU-Only AOT and TensorRT-RTX Engines"; what the library did on our
+CPU machines is in /work/scratch/12/NOTES.md (issue 12).
+
+TensorRT is imported inside functions: `fsa build --help` and the rest of the project work
+without it, and a missing install is one line naming the fix.
 """
 
 from __future__ import annotations
@@ -20,14 +23,25 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fsa_deploy.export.trt_options import (  # noqa: F401  (re-exported: callers import them from here)
+    PRECISIONS,
+    TIMING_CACHE,
+    BuildOptions,
+    DimRange,
+    add_build_arguments,
+    check_options,
+    image_source,
+    job_targets,
+    options_from_args,
+    profile_shapes,
+)
 from fsa_deploy.runtime.artifact import (
     EMBEDDINGS,
     IMAGE,
-    IMAGE_ONNX,
     LOGITS,
     TEXT_EMBEDDINGS,
     TEXT_ONNX,
@@ -36,160 +50,73 @@ from fsa_deploy.runtime.artifact import (
     atomic_file,
 )
 from fsa_deploy.runtime.backends.trt_lib import (  # noqa: F401  (the TensorRT environment lives with the runtime)
+    ENGINE_CHOICES,
+    RTX,
+    TARGETS,
     TEXT_ENGINE,
+    TRT,
+    Flavour,
+    at_least,
     cuda_device,
     image_engine_name,
+    load,
+    logger,
+    parse_targets,
+    pick,
+    read_header,
     require_tensorrt,
     trt_logger,
     version_tuple,
 )
 
-from fsa_deploy.contract import GRAPH_PRECISIONS, IMAGE_GRAPHS
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-# Source graph of each precision: fp32 and fp16 share image.onnx (its precision is recorded in
-# meta.json), the Q/DQ graphs of `fsa calibrate` sit beside it.
-PRECISIONS = GRAPH_PRECISIONS
-IMAGE_SOURCES = IMAGE_GRAPHS
-IMAGE_ROLES = ("image", "image-qdq")
-TIMING_CACHE = "timing.cache"
-
-# ---------------------------------------------------------------- options as data
+# ---------------------------------------------------------------- TensorRT steps (either flavour)
 
 
-@dataclass(frozen=True)
-class DimRange:
-    """Min / opt / max of one dynamic (leading) dimension of an optimization profile."""
-
-    opt: int
-    max: int
-    min: int = 1
-
-    def check(self, what: str) -> DimRange:
-        if not 1 <= self.min <= self.opt <= self.max:
-            raise FSAError(f"--opt-{what} {self.opt} must be between 1 and --max-{what} {self.max}")
-        return self
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """`fsa build`'s options as data, so the build steps take one value, not a Namespace."""
-
-    precision: str
-    batch: DimRange
-    classes: DimRange
-    prompts: DimRange
-    workspace_mib: int | None = None
-    version_compatible: bool = False
-    hardware_compatible: bool = False
-    dla_core: int | None = None
-    tf32: bool = False
-    text: bool = True
-
-
-def options_from_args(args: argparse.Namespace) -> BuildOptions:
-    """Options checked before anything slow runs; an empty precision means the export's."""
-    return BuildOptions(
-        precision=args.precision or "",
-        batch=DimRange(args.opt_batch, args.max_batch).check("batch"),
-        classes=DimRange(args.opt_classes, args.max_classes).check("classes"),
-        prompts=DimRange(args.opt_prompts, args.max_prompts).check("prompts"),
-        workspace_mib=args.workspace,
-        version_compatible=args.version_compatible,
-        hardware_compatible=args.hardware_compatible,
-        dla_core=args.dla_core,
-        tf32=args.tf32,
-        text=not args.no_text,
-    )
-
-
-# ---------------------------------------------------------------- pure helpers
-
-
-def image_source(files: Mapping[str, Mapping[str, Any]], precision: str, default_precision: str) -> str:
-    """The image graph that holds `precision`: the conventional file first, else any recorded one.
-
-    A file's precision is its meta.json record's, or the artefact's for image.onnx.
-    """
-
-    def precision_of(name: str) -> str | None:
-        p = files[name].get("precision")
-        return p if p is not None or name != IMAGE_ONNX else default_precision
-
-    graphs = [n for n, info in files.items() if info.get("role") in IMAGE_ROLES and n.endswith(".onnx")]
-    preferred = IMAGE_SOURCES[precision]
-    for name in [preferred, *sorted(graphs)]:
-        if name in graphs and precision_of(name) == precision:
-            return name
-    have = ", ".join(f"{n} ({precision_of(n)})" for n in sorted(graphs)) or "none"
-    how = "run `fsa calibrate`" if precision in ("int8", "fp8") else f"export with --precision {precision}"
-    raise FSAError(f"no {precision} image graph recorded in meta.json (image graphs: {have}); {how}")
-
-
-def profile_shapes(
-    name: str, shape: Sequence[int], dims: DimRange, tail: Sequence[int] | None
-) -> dict[str, list[int]]:
-    """min/opt/max shapes of an input whose leading dimension is dynamic and the rest static.
-
-    `tail` is what meta.json says the static dimensions are (None: take the graph's);
-    a graph that disagrees with meta.json is refused rather than built wrong.
-    """
-    shape = list(shape)
-    if not shape or shape[0] != -1:
-        raise FSAError(f"input {name!r} has shape {shape}: its first dimension must be dynamic (re-export)")
-    rest = shape[1:]
-    if tail is not None:
-        if any(d not in (-1, t) for d, t in zip(rest, tail)) or len(rest) != len(tail):
-            raise FSAError(
-                f"input {name!r} has shape {shape}, meta.json says [N, {', '.join(map(str, tail))}]"
-            )
-        rest = list(tail)
-    if any(d < 0 for d in rest):
-        raise FSAError(f"input {name!r} has shape {shape}: only the first dimension may be dynamic")
-    return {k: [v, *rest] for k, v in (("min", dims.min), ("opt", dims.opt), ("max", dims.max))}
-
-
-# ---------------------------------------------------------------- TensorRT steps
-
-
-def network_flags() -> int:
-    """STRONGLY_TYPED on TensorRT 10; 11 is always strongly typed and deprecates the flag."""
-    import tensorrt as trt
-
-    if version_tuple(trt.__version__) >= (11,):
+def network_flags(lib: Any, flavour: Flavour) -> int:
+    """STRONGLY_TYPED on TensorRT 10; 11 and TensorRT-RTX are always strongly typed (the flag is deprecated)."""
+    if flavour is RTX or at_least(lib.__version__, "11"):
         return 0
-    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 1 << int(lib.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def network_from_onnx(builder: trt.Builder, path: Path) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+def first_error(log: Any, since: int) -> str:
+    errors = log.errors(since)
+    return " ".join(errors[0].split()) if errors else "its log above says why"
+
+
+def network_from_onnx(
+    lib: Any, flavour: Flavour, builder: trt.Builder, path: Path
+) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
     """Parse an ONNX file; the parser is returned too because it owns the weights until the build."""
-    import tensorrt as trt
-
-    network = builder.create_network(network_flags())
-    parser = trt.OnnxParser(network, trt_logger())
+    network = builder.create_network(network_flags(lib, flavour))
+    parser: trt.OnnxParser = lib.OnnxParser(network, logger(flavour))
     if not parser.parse_from_file(str(path)):
         errors = [" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors)]
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise FSAError(f"{path}: TensorRT's ONNX parser refused it: {errors[0] if errors else '?'}{more}")
+        raise FSAError(f"{path}: {flavour.label}'s ONNX parser refused it: {errors[0] if errors else '?'}{more}")
     return network, parser
 
 
-def network_io(network: trt.INetworkDefinition) -> tuple[dict[str, list[int]], set[str]]:
-    inputs = {}
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        inputs[t.name] = [t.shape[j] for j in range(len(t.shape))]
-    outputs = {network.get_output(i).name for i in range(network.num_outputs)}
-    return inputs, outputs
+def network_io(network: trt.INetworkDefinition) -> dict[str, dict[str, Any]]:
+    """name -> {"mode", "dtype" (TensorRT's name), "shape" (-1: dynamic)} of the network's inputs and outputs."""
+    io = {}
+    for mode, count, get in (("input", network.num_inputs, network.get_input),
+                             ("output", network.num_outputs, network.get_output)):
+        for i in range(count):
+            t = get(i)
+            io[t.name] = {"mode": mode, "dtype": t.dtype.name, "shape": [t.shape[j] for j in range(len(t.shape))]}
+    return io
 
 
-def check_io(
-    path: Path, inputs: Mapping[str, Any], outputs: set[str], want_in: set[str], want_out: set[str]
-) -> None:
-    if set(inputs) != want_in or not want_out <= outputs:
+def check_io(path: Path, io: Mapping[str, Mapping[str, Any]], want_in: set[str], want_out: set[str]) -> None:
+    inputs = {n for n, t in io.items() if t["mode"] == "input"}
+    outputs = {n for n, t in io.items() if t["mode"] == "output"}
+    if inputs != want_in or not want_out <= outputs:
         raise FSAError(
             f"{path}: inputs {sorted(inputs)} and outputs {sorted(outputs)}, "
             f"expected inputs {sorted(want_in)} and outputs {sorted(want_out)} (re-export)"
@@ -210,34 +137,45 @@ def load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCach
     return cache
 
 
+def set_targets(lib: Any, config: Any, targets: Sequence[str]) -> None:
+    """TensorRT-RTX only: the compute capabilities to compile for (the stubs do not know these calls)."""
+    config.num_compute_capabilities = len(targets)
+    for i, t in enumerate(targets):
+        if not config.set_compute_capability(getattr(lib.ComputeCapability, t.upper()), i):
+            raise FSAError(f"--targets {t}: {RTX.label} {lib.__version__} refused it")
+
+
 def create_config(
+    lib: Any,
+    flavour: Flavour,
     builder: trt.Builder,
     profiles: Mapping[str, Mapping[str, list[int]]],
     opts: BuildOptions,
     dla_core: int | None,
+    targets: Sequence[str] | None,
 ) -> trt.IBuilderConfig:
     """Builder config from options; no precision flags (the graph is strongly typed)."""
-    import tensorrt as trt
-
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
     for name, s in profiles.items():
-        profile.set_shape(name, trt.Dims(s["min"]), trt.Dims(s["opt"]), trt.Dims(s["max"]))
+        profile.set_shape(name, lib.Dims(s["min"]), lib.Dims(s["opt"]), lib.Dims(s["max"]))
     config.add_optimization_profile(profile)
     if opts.workspace_mib is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
+        config.set_memory_pool_limit(lib.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
     if not opts.tf32:  # fp32 graphs stay fp32 unless asked: TF32 would blur `fsa validate`
-        config.clear_flag(trt.BuilderFlag.TF32)
+        config.clear_flag(lib.BuilderFlag.TF32)
+    if targets:
+        set_targets(lib, config, targets)
     if opts.version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        config.set_flag(lib.BuilderFlag.VERSION_COMPATIBLE)
     if opts.hardware_compatible:
-        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+        config.hardware_compatibility_level = lib.HardwareCompatibilityLevel.AMPERE_PLUS
     if dla_core is not None:
         if dla_core >= builder.num_DLA_cores:
             raise FSAError(f"--dla-core {dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
-        config.default_device_type = trt.DeviceType.DLA
+        config.default_device_type = lib.DeviceType.DLA
         config.DLA_core = dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run stay on the GPU
+        config.set_flag(lib.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run stay on the GPU
     return config
 
 
@@ -252,6 +190,43 @@ class EngineJob:
     tails: Mapping[str, Sequence[int] | None]
     outputs: frozenset[str]
     dla_core: int | None = None
+    targets: tuple[str, ...] | None = None
+
+
+@dataclass
+class Plan:
+    """A serialized engine and what the build learnt on the way (recorded in meta.json)."""
+
+    data: bytes
+    io: dict[str, dict[str, Any]]
+    profiles: dict[str, dict[str, list[int]]]
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def build_plan(
+    lib: Any, flavour: Flavour, source: Path, job: EngineJob, opts: BuildOptions, timing_cache: Path | None
+) -> Plan:
+    """Parse `source`, check its I/O, set the profile, build; the plan in memory (nothing written but the
+    timing cache of TensorRT 10/11)."""
+    log = logger(flavour)
+    since = len(log.lines)
+    t0 = time.perf_counter()
+    builder: trt.Builder = lib.Builder(log)
+    network, _parser = network_from_onnx(lib, flavour, builder, source)
+    io = network_io(network)
+    check_io(source, io, set(job.dims), set(job.outputs))
+    profiles = {n: profile_shapes(n, io[n]["shape"], job.dims[n], job.tails.get(n)) for n in job.dims}
+    config = create_config(lib, flavour, builder, profiles, opts, job.dla_core, job.targets)
+    cache = load_timing_cache(config, timing_cache) if timing_cache is not None else None
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise FSAError(f"{flavour.label} could not build {job.engine} from {job.source}: {first_error(log, since)}")
+    if cache is not None and timing_cache is not None:
+        with atomic_file(timing_cache) as tmp:
+            tmp.write_bytes(cache.serialize())
+    warnings = [m for s, m in log.lines[since:] if s == "WARNING"]
+    return Plan(bytes(plan), io, profiles, time.perf_counter() - t0, warnings)
 
 
 def verified_source(art: Artifact, source: str) -> Path:
@@ -262,55 +237,58 @@ def verified_source(art: Artifact, source: str) -> Path:
     return art.path(source)
 
 
-def build_engine(art: Artifact, job: EngineJob, opts: BuildOptions, device: tuple[str, str]) -> float:
+def engine_info(lib: Any, flavour: Flavour, art: Artifact, job: EngineJob, plan: Plan, opts: BuildOptions,
+                device: tuple[str, str] | None) -> dict[str, Any]:
+    """The meta.json record of a built engine: what the runtime checks before deserialising."""
+    header = read_header(plan.data)
+    info: dict[str, Any] = {
+        "flavour": flavour.name,
+        "library": flavour.module,
+        "version": lib.__version__,
+        # RTX: what the plan's header says it was compiled for; TensorRT 10/11: the build GPU
+        "targets": list(header.targets) if flavour.targets else [f"sm{device[1].replace('.', '')}"] if device else [],
+        "targets_requested": list(job.targets) if job.targets else None,
+        "gpu": {"name": device[0], "compute_capability": device[1]} if device else None,
+        "source": job.source,
+        "source_sha256": art.files()[job.source]["sha256"],
+        "profiles": plan.profiles,
+        "io": plan.io,
+        "tf32": opts.tf32,
+        "workspace_mib": opts.workspace_mib,
+    }
+    if flavour is TRT and device is not None:  # the fields TensorRT 10/11 records always had
+        info.update(trt_version=lib.__version__, compute_capability=device[1], gpu_name=device[0],
+                    version_compatible=opts.version_compatible, hardware_compatible=opts.hardware_compatible,
+                    dla_core=job.dla_core)
+    return info
+
+
+def build_engine(art: Artifact, job: EngineJob, opts: BuildOptions, device: tuple[str, str] | None,
+                 flavour: Flavour = TRT) -> float:
     """Build one engine into the folder (atomically) and record it in meta.json; returns seconds."""
-    import tensorrt as trt
-
+    lib = load(flavour)
     source = verified_source(art, job.source)
-    t0 = time.perf_counter()
-    builder = trt.Builder(trt_logger())
-    network, _parser = network_from_onnx(builder, source)
-    inputs, outputs = network_io(network)
-    check_io(source, inputs, outputs, set(job.dims), set(job.outputs))
-    profiles = {n: profile_shapes(n, inputs[n], job.dims[n], job.tails.get(n)) for n in job.dims}
-    config = create_config(builder, profiles, opts, job.dla_core)
-    cache_path = art.root / TIMING_CACHE
-    cache = load_timing_cache(config, cache_path)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise FSAError(f"TensorRT could not build {job.engine} from {job.source} (its log above says why)")
+    cache = None
+    if flavour.timing_cache:
+        cache = opts.timing_cache or art.root / TIMING_CACHE
+    plan = build_plan(lib, flavour, source, job, opts, cache)
     with atomic_file(art.root / job.engine) as tmp:
-        tmp.write_bytes(plan)
-    with atomic_file(cache_path) as tmp:
-        tmp.write_bytes(cache.serialize())
-    art.record(TIMING_CACHE, role="timing-cache")
-    art.record(
-        job.engine,
-        role="engine",
-        precision=job.precision,
-        engine={
-            "trt_version": trt.__version__,
-            "compute_capability": device[1],
-            "gpu_name": device[0],
-            "source": job.source,
-            "source_sha256": art.files()[job.source]["sha256"],
-            "profiles": profiles,
-            "version_compatible": opts.version_compatible,
-            "hardware_compatible": opts.hardware_compatible,
-            "dla_core": job.dla_core,
-            "tf32": opts.tf32,
-        },
-    )
+        tmp.write_bytes(plan.data)
+    if cache is not None and cache.parent.resolve() == art.root.resolve():
+        art.record(cache.name, role="timing-cache")
+    art.record(job.engine, role="engine", precision=job.precision,
+               engine=engine_info(lib, flavour, art, job, plan, opts, device))
     art.save()
-    return time.perf_counter() - t0
+    return plan.seconds
 
 
-def engine_jobs(art: Artifact, opts: BuildOptions) -> list[EngineJob]:
+def engine_jobs(art: Artifact, opts: BuildOptions, flavour: Flavour = TRT) -> list[EngineJob]:
+    """The engines to build, their targets checked: every refusal comes before the first build."""
     meta, files = art.meta, art.files()
     crop, dim, context = meta.get("crop"), meta.get("embed_dim"), meta.get("context_length")
     jobs = [
         EngineJob(
-            engine=image_engine_name(opts.precision),
+            engine=flavour.engine_name(opts.precision),
             source=image_source(files, opts.precision, meta.get("precision", "fp32")),
             precision=opts.precision,
             dims={IMAGE: opts.batch, TEXT_EMBEDDINGS: opts.classes},
@@ -320,6 +298,7 @@ def engine_jobs(art: Artifact, opts: BuildOptions) -> list[EngineJob]:
             },
             outputs=frozenset({LOGITS}),
             dla_core=opts.dla_core,
+            targets=job_targets(flavour, opts, opts.precision),
         )
     ]
     if opts.text:
@@ -327,14 +306,16 @@ def engine_jobs(art: Artifact, opts: BuildOptions) -> list[EngineJob]:
             raise FSAError(
                 f"{art.root}: no {TEXT_ONNX} recorded in meta.json; pass --no-text to build the image engine"
             )
+        precision = files[TEXT_ONNX].get("precision") or meta.get("precision", "fp32")
         jobs.append(
             EngineJob(
-                engine=TEXT_ENGINE,
+                engine=flavour.text_engine,
                 source=TEXT_ONNX,
-                precision=files[TEXT_ONNX].get("precision") or meta.get("precision", "fp32"),
+                precision=precision,
                 dims={TOKENS: opts.prompts},
                 tails={TOKENS: None if context is None else [context]},
                 outputs=frozenset({EMBEDDINGS}),
+                targets=job_targets(flavour, opts, precision),
             )
         )
     return jobs
@@ -345,55 +326,33 @@ def engine_jobs(art: Artifact, opts: BuildOptions) -> list[EngineJob]:
 
 def run_build(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
-    require_tensorrt()  # before hashing gigabytes of ONNX
-    device = cuda_device()
+    flavour = pick(opts.engine)
+    check_options(flavour, opts)
+    lib = load(flavour)  # before hashing gigabytes of ONNX
+    device = cuda_device() if flavour.needs_gpu_to_build else None
     art = Artifact.load(args.folder)
-    opts = replace(opts, precision=opts.precision or art.meta.get("precision", "fp32"))
-    if opts.hardware_compatible and version_tuple(device[1]) < (8, 0):
+    opts = replace(opts, engine=flavour.name, precision=opts.precision or art.meta.get("precision", "fp32"))
+    if opts.hardware_compatible and device and version_tuple(device[1]) < (8, 0):
         raise FSAError(f"--hardware-compatible needs an Ampere or newer GPU (this one is SM {device[1]})")
-    for job in engine_jobs(art, opts):
-        seconds = build_engine(art, job, opts, device)
+    jobs = engine_jobs(art, opts, flavour)
+    where = f"{device[0]}, SM {device[1]}" if device else "no GPU needed"
+    for job in jobs:
+        seconds = build_engine(art, job, opts, device, flavour)
         size = (art.root / job.engine).stat().st_size / 2**20
-        print(
-            f"{job.engine}: {size:.1f} MiB from {job.source} in {seconds:.0f} s ({device[0]}, SM {device[1]})"
-        )
+        targets = art.files()[job.engine]["engine"]["targets"]
+        print(f"{job.engine}: {size:.1f} MiB from {job.source} in {seconds:.1f} s "
+              f"({flavour.label} {lib.__version__}, {where}; targets {','.join(targets) or '-'})")
     return 0
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a non-negative integer")
-    return value
 
 
 def add_build(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "build",
         help=help_text,
-        description="Build TensorRT engines (image.<precision>.engine, text.engine) "
-        "from an artefact folder, in place; needs TensorRT 10 or 11 and a GPU.",
+        description="Build TensorRT engines (image.<precision>[.rtx].engine, text[.rtx].engine) from an "
+        "artefact folder, in place. --engine trt: TensorRT 10/11 on the GPU that will run them (data centre, "
+        "Jetson); --engine rtx: TensorRT-RTX, no GPU needed, for --targets (RTX cards, A100).",
     )
-    p.add_argument("folder", metavar="DIR", type=Path, help="artefact folder written by `fsa export`")
-    p.add_argument("--precision", choices=PRECISIONS, help="image graph to build (default: the export's)")
-    p.add_argument("--max-batch", type=_positive, default=8, help="largest crop batch B (default 8)")
-    p.add_argument("--opt-batch", type=_positive, default=1, help="batch B tuned for (default 1)")
-    p.add_argument("--max-classes", type=_positive, default=256, help="largest class count K (default 256)")
-    p.add_argument("--opt-classes", type=_positive, default=32, help="class count K tuned for (default 32)")
-    p.add_argument("--max-prompts", type=_positive, default=256, help="largest prompt batch T (default 256)")
-    p.add_argument("--opt-prompts", type=_positive, default=64, help="prompt batch T tuned for (default 64)")
-    p.add_argument("--workspace", type=_positive, metavar="MiB", help="builder workspace limit")
-    p.add_argument("--version-compatible", action="store_true", help="runs on later TensorRT versions too")
-    p.add_argument("--hardware-compatible", action="store_true", help="runs on any Ampere or newer GPU")
-    p.add_argument("--dla-core", type=_non_negative, metavar="N", help="image engine on DLA core N")
-    p.add_argument("--tf32", action="store_true", help="let fp32 layers use TF32 (faster, less exact)")
-    p.add_argument("--no-text", action="store_true", help="skip text.engine")
+    add_build_arguments(p)
     p.set_defaults(func=run_build)
     return p

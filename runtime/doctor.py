@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from fsa_deploy.runtime.backends.trt_lib import require_tensorrt
+from fsa_deploy.runtime.backends.trt_lib import FLAVOURS, RTX, TRT, Flavour, require_tensorrt
 
 from fsa_deploy.errors import FSAError
 
@@ -53,11 +53,19 @@ def probe_torch() -> dict[str, Any]:
     return info
 
 
-def probe_tensorrt() -> dict[str, Any]:
+def probe_tensorrt(flavour: Flavour = TRT) -> dict[str, Any]:
+    """One TensorRT flavour: importable or why not, and which GPUs its engines serve."""
     try:
-        return {"available": True, "version": require_tensorrt()}
+        return {"available": True, "version": require_tensorrt(flavour), "serves": flavour.serves}
     except FSAError as e:
-        return {"available": False, "version": None, "reason": str(e)}
+        return {"available": False, "version": None, "reason": str(e), "serves": flavour.serves}
+
+
+def rtx_runs_here(gpus: list[dict[str, Any]]) -> bool:
+    """TensorRT-RTX engines run on the first GPU when its compute capability is one of its targets."""
+    from fsa_deploy.runtime.backends.trt_lib import TARGETS, target_of
+
+    return bool(gpus) and target_of(gpus[0]["compute_capability"]) in TARGETS
 
 
 def probe_onnxruntime() -> dict[str, Any]:
@@ -78,16 +86,19 @@ def capabilities(report: dict[str, Any]) -> dict[str, bool]:
     """Which verbs / backends the probes say can run here."""
     gpu = bool(report["torch"].get("cuda_available"))
     trt = bool(report["tensorrt"].get("available"))
+    rtx = bool(report["tensorrt_rtx"].get("available"))
     providers = report["onnxruntime"].get("providers") or []
     torch_ok = "version" in report["torch"]
     return {
         "export": torch_ok and report["open_clip"]["installed"] and report["timm"]["installed"],
         "build": trt and gpu,
+        "build-rtx": rtx,  # TensorRT-RTX compiles ahead of time without a GPU
         "calibrate": report["modelopt"]["installed"] and bool(providers),
         "onnxruntime-cpu": "CPUExecutionProvider" in providers,
         "onnxruntime-cuda": "CUDAExecutionProvider" in providers and gpu,
         "onnxruntime-tensorrt": "TensorrtExecutionProvider" in providers and gpu,
         "tensorrt": trt and gpu,
+        "tensorrt-rtx": rtx and gpu and rtx_runs_here(report["torch"].get("gpus") or []),
         "pytorch-cuda": gpu,
     }
 
@@ -98,6 +109,7 @@ def collect() -> dict[str, Any]:
         "platform": f"{platform.system()} {platform.machine()}",
         "torch": safely(probe_torch),
         "tensorrt": safely(probe_tensorrt),
+        "tensorrt_rtx": safely(lambda: probe_tensorrt(RTX)),
         "onnxruntime": safely(probe_onnxruntime),
         "modelopt": package("modelopt", "nvidia-modelopt", "nvidia_modelopt"),
         "open_clip": package("open_clip", "open_clip_torch", "open-clip-torch"),
@@ -112,13 +124,15 @@ def _line(key: str, value: Any) -> str:
 
 
 def format_text(r: dict[str, Any]) -> str:
-    t, trt, ort = r["torch"], r["tensorrt"], r["onnxruntime"]
+    t, ort = r["torch"], r["onnxruntime"]
     lines = [_line("python", f"{r['python']} ({r['platform']})")]
     lines.append(_line("torch", t.get("error") or f"{t['version']} (CUDA build {t['cuda_build'] or 'none'})"))
     gpus = t.get("gpus") or []
     cuda = "; ".join(f"{g['name']} SM {g['compute_capability']} {g['memory_gib']} GiB" for g in gpus)
     lines.append(_line("cuda", cuda or "no CUDA GPU available"))
-    lines.append(_line("tensorrt", trt.get("version") or trt.get("reason") or trt.get("error")))
+    for key in (f.module for f in FLAVOURS.values()):
+        lib = r[key]
+        lines.append(_line(key, lib.get("version") or lib.get("reason") or lib.get("error")))
     ort_text = ort.get("error") or f"{ort['version']} ({', '.join(ort['providers'])})"
     lines.append(_line("onnxruntime", ort_text))
     for key in ("modelopt", "open_clip", "timm"):
@@ -142,7 +156,7 @@ def add_doctor(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "doctor",
         help=help_text,
-        description="Report Python, torch, CUDA GPU, TensorRT, ONNX Runtime, ModelOpt.",
+        description="Report Python, torch, CUDA GPU, TensorRT, TensorRT-RTX, ONNX Runtime, ModelOpt.",
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout instead of text")
     p.set_defaults(func=run_doctor)

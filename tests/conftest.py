@@ -86,3 +86,35 @@ def tiny_artifact(tmp_path_factory):
     from fsa_deploy.export.onnx_export import export_artifact
 
     return export_artifact(tiny_spec(), tmp_path_factory.mktemp("art") / "tiny-dino", progress=False)
+
+
+# ---- tiny exports shared across test files (issue 12: real engines from every tiny export)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """`tiny_export(attention, proxy, precision)` -> an artefact folder holding image.onnx and meta.json
+    (no text.onnx), exported once per session; callers that write into it take a copy."""
+    from fsa_deploy.export.onnx_export import build_meta, export_image
+    from fsa_deploy.models.factory import build as build_reference
+    from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
+
+    root = tmp_path_factory.mktemp("tiny-exports")
+    done: dict[tuple[str, str | None, str], Path] = {}
+
+    def make(attention: str = "proxy", proxy: str | None = "tiny-dino", precision: str = "fp32") -> Path:
+        key = (attention, proxy, precision)
+        if key not in done:
+            spec = tiny_spec(attention, proxy)
+            ref = build_reference(spec, "deploy")
+            folder = root / f"{proxy or attention}-{precision}"
+            folder.mkdir()
+            with torch.no_grad():
+                mapping, nodes = export_image(ref, folder, precision, 64)  # as `fsa export`
+            art = Artifact(folder, build_meta(spec, ref, precision, mapping))
+            art.record(IMAGE_ONNX, role="image", precision=precision, nodes=nodes)
+            art.save()
+            done[key] = folder
+        return done[key]
+
+    return make

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from fsa_deploy.export.lint import assert_lint_clean, lint, lint_versions
+from fsa_deploy.export.lint import assert_lint_clean, lint, lint_versions, tensorrt_rules
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper
+from trt_corpus import CASES
 
 from fsa_deploy.contract import TOPK_MAX_K
 from fsa_deploy.errors import CheckFailed, FSAError
@@ -64,12 +65,13 @@ def clean_model() -> onnx.ModelProto:
     return _model(nodes, [_vi("x", T.FLOAT, ["B", 8])], outputs, inits)
 
 
-def rules(model_or_path, major: int = 10) -> set[str]:
+def rules(model_or_path, major: int | str = 10) -> set[str]:
     return {v.rule for v in lint(model_or_path, major).violations}
 
 
-def test_clean_graph_passes_both_versions():
-    reports = lint_versions(clean_model(), (10, 11))
+def test_clean_graph_passes_every_target():
+    reports = lint_versions(clean_model())
+    assert set(reports) == {10, 11, "rtx"}
     assert all(r.ok for r in reports.values()), {m: r.format() for m, r in reports.items()}
     assert reports[10].nodes == 4
 
@@ -278,7 +280,7 @@ def test_cli_clean_exit_0_and_json(tmp_path):
     onnx.save(clean_model(), path)
     run = fsa("lint", str(path), "--json", str(report))
     assert run.returncode == 0, run.stderr
-    assert f"PASSED: {path} (TensorRT 10, 11): 4 nodes, 0 violations" in run.stdout
+    assert f"PASSED: {path} (TensorRT 10, 11, rtx): 4 nodes, 0 violations" in run.stdout
     assert json.loads(report.read_text())["passed"] is True
 
 
@@ -300,3 +302,47 @@ def test_cli_bad_input_exit_2(tmp_path, kind):
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], run.stderr
+
+
+# ---------------------------------------------------------------- lint agrees with the real parser
+
+
+def test_issue_12_disagreements_are_fixed():
+    """What the parser refuses, lint refuses; what it accepts, lint accepts (measured, see trt_corpus.py)."""
+    by_name = {c.name: c.make() for c in CASES}
+    for name, rule in [("matmul_int32", "dtype-int32"), ("mod_float_fmod0", "op-attribute"),
+                       ("scatter_elements_max", "op-attribute"), ("scatter_elements_add", "op-attribute")]:
+        assert rules(by_name[name]) == {rule}, name
+    assert rules(by_name["deform_conv"], "rtx") == {"op-unsupported"} and rules(by_name["deform_conv"]) == set()
+    assert rules(by_name["nonzero"], "rtx") == {"data-dependent-op", "op-unsupported"}
+    for name in ("topk_k3840", "topk_sorted0", "group_norm_21", "topk_k_from_static_shape",
+                 "topk_k_from_dynamic_shape", "cumsum_axis_from_shape", "mod_float_fmod1", "mod_int32_fmod0"):
+        assert tensorrt_rules(rules(by_name[name], "rtx")) == set(), name
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_lint_agrees_with_the_parser(case):
+    """lint's TensorRT verdict (project-policy rules aside) == TensorRT-RTX parses and builds it."""
+    pytest.importorskip("tensorrt_rtx")
+    from fsa_deploy.export.lint.parser import parser_verdict
+
+    model = case.make()
+    real = parser_verdict(model)
+    assert (real.parses, bool(real.builds)) == (case.parses, case.builds), f"{case.name}: {real.errors}"
+    if case.build_only:
+        pytest.skip(f"{case.name}: {case.note}")
+    found = tensorrt_rules(rules(model, "rtx"))
+    assert (not found) == real.accepted, f"{case.name}: lint {found or 'pass'}, TensorRT-RTX {real.errors or 'accepts'}"
+
+
+def test_cli_parser_flag(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    good, bad = tmp_path / "good.onnx", tmp_path / "attention.onnx"
+    onnx.save(clean_model(), good)
+    onnx.save(next(c for c in CASES if c.name == "attention_opset23").make(), bad)
+    run = fsa("lint", str(good), "--parser", "--trt", "rtx", "--json", str(tmp_path / "r.json"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    parser = json.loads((tmp_path / "r.json").read_text())["graphs"][0]["parser"]
+    assert parser["library"] == "tensorrt_rtx" and parser["parses"] and parser["builds"]
+    run = fsa("lint", str(bad), "--parser", "--trt", "rtx")  # passes lint, refused by the builder
+    assert run.returncode == 1 and "tensorrt_rtx" in run.stdout and "builder: " in run.stdout, run.stdout

@@ -19,4 +19,4 @@ cp "$SP/tensorrt/__init__.pyi" "$STUBS/tensorrt/"
 sed -i -E 's/\(self(: IPluginV3)?, in: /(self\1, in_: /; s/channel_axis: int\)/channel_axis: int = ...)/' \
   "$STUBS/tensorrt_bindings/tensorrt.pyi"
 MYPYPATH="$STUBS" "$PYTHON" -m mypy --ignore-missing-imports --follow-imports=silent \
-  export/trt_build.py runtime/backends/trt.py runtime/doctor.py
+  export/trt_build.py export/trt_options.py export/lint/parser.py runtime/backends/trt.py runtime/backends/trt_lib.py runtime/doctor.py

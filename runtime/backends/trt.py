@@ -1,31 +1,44 @@
-"""TensorRT backend: engines from `fsa build`, torch CUDA tensors as the I/O buffers.
+"""TensorRT backend: engines from `fsa build` (TensorRT 10/11 or TensorRT-RTX), host numpy in and out.
 
-Why torch buffers: stitching and post-processing run in torch on the same GPU, so
-outputs never leave the device and no pycuda / cuda-python is needed. The
-name-based tensor API used here (num_io_tensors, get_tensor_name/mode/dtype,
-set_input_shape, set_tensor_address, execute_async_v3) is the same on TensorRT 10
-and 11.
+The backend protocol is host arrays (runtime/backends/base.py); torch CUDA tensors serve only as
+the engine's device buffers (no pycuda / cuda-python needed) and torch is imported when a backend
+is opened, never with this module. The name-based tensor API used here (num_io_tensors,
+get_tensor_name/mode/dtype, set_input_shape, set_tensor_address, execute_async_v3) is the same in
+both flavours.
 
-The engine's record in meta.json is checked before deserializing: a TensorRT or
-GPU mismatch or a truncated file is one line naming the fix, not a failure deep
-inside TensorRT.
+Before deserialising, an engine is checked against its meta.json record (flavour, library
+version, compute capability / targets), the plan header (flavour magic; TensorRT-RTX: size,
+version, targets), its size and sha256, and, for TensorRT-RTX, `get_engine_validity` on this GPU:
+an engine this machine cannot run is one line naming the fix, not a failure deep inside TensorRT.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from fsa_deploy.runtime.artifact import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TOKENS, Artifact
 from fsa_deploy.runtime.backends.trt_lib import (
+    FLAVOURS,
+    RTX,
     TEXT_ENGINE,
+    TRT,
+    Flavour,
+    at_least,
     cuda_device,
+    flavour_of_record,
     image_engine_name,
+    load,
+    logger,
+    read_header,
     require_tensorrt,
-    trt_logger,
+    same_version,
+    target_of,
     version_tuple,
 )
 
@@ -33,92 +46,177 @@ from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     import tensorrt as trt
+    import torch
 
-# TensorRT DataType name -> torch dtype. Keyed by name so that reading (and testing)
-# the table needs no TensorRT, and a type added by a later TensorRT is a clear error.
-TRT_TO_TORCH: dict[str, torch.dtype] = {
-    "FLOAT": torch.float32,
-    "HALF": torch.float16,
-    "BF16": torch.bfloat16,
-    "FP8": torch.float8_e4m3fn,
-    "INT8": torch.int8,
-    "UINT8": torch.uint8,
-    "INT32": torch.int32,
-    "INT64": torch.int64,
-    "BOOL": torch.bool,
+# TensorRT DataType name -> torch dtype name. Keyed by name so that reading (and testing) the
+# table needs neither TensorRT nor torch, and a type added by a later TensorRT is a clear error.
+TRT_TO_TORCH: dict[str, str] = {
+    "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "FP8": "float8_e4m3fn", "INT8": "int8",
+    "UINT8": "uint8", "INT32": "int32", "INT64": "int64", "BOOL": "bool",
 }
+# GPUs TensorRT-RTX does not serve, for the one-line refusal
+RTX_UNSUPPORTED = {"9.0": "Hopper: H100/H200", "8.7": "Jetson Orin", "7.2": "Jetson Xavier", "10.0": "Blackwell B200",
+                   "10.3": "Blackwell B300", "11.0": "Jetson Thor"}
 
 
 def torch_dtype(trt_name: str) -> torch.dtype:
+    import torch
+
     if trt_name not in TRT_TO_TORCH:
         raise FSAError(f"engine I/O type {trt_name} has no torch buffer type ({', '.join(TRT_TO_TORCH)})")
-    return TRT_TO_TORCH[trt_name]
+    return getattr(torch, TRT_TO_TORCH[trt_name])
 
 
 # ---------------------------------------------------------------- checks before deserializing
 
 
 def check_engine_record(
-    record: Mapping[str, Any], trt_version: str, compute_capability: str, name: str = "engine"
-) -> None:
-    """Refuse an engine this machine cannot run, from its meta.json record alone.
+    record: Mapping[str, Any], version: str, compute_capability: str | None, name: str = "engine"
+) -> Flavour:
+    """Refuse an engine this machine cannot run, from its meta.json record alone; returns its flavour.
 
-    Without --version-compatible an engine runs only on the TensorRT that built it;
-    with it, on that version or a later one. Without --hardware-compatible it runs
-    only on the compute capability it was built on; with it (AMPERE_PLUS), on SM 8.0+.
+    TensorRT 10/11: without --version-compatible an engine runs only on the TensorRT that built
+    it, with it on that version or a later one; without --hardware-compatible only on the compute
+    capability it was built on, with it (AMPERE_PLUS) on SM 8.0+. TensorRT-RTX: only on the
+    version that built it, and on the compute capabilities it was compiled for.
+    `version` is the installed library of the record's flavour; `compute_capability` None (no GPU
+    looked at yet) checks the library side alone.
     """
     info = record.get("engine")
     if record.get("role") != "engine" or not isinstance(info, Mapping):
         raise FSAError(f"{name}: meta.json has no engine record for it; rebuild it with `fsa build`")
-    built = str(info.get("trt_version"))
+    flavour = flavour_of_record(dict(info))
+    if flavour is RTX:
+        _check_rtx_record(info, version, compute_capability, name)
+    else:
+        _check_trt_record(info, version, compute_capability, name)
+    return flavour
+
+
+def _check_rtx_record(info: Mapping[str, Any], version: str, cc: str | None, name: str) -> None:
+    built = str(info.get("version"))
+    if not same_version(built, version):
+        raise FSAError(f"{name}: built with TensorRT-RTX {built}, this machine has {version}; "
+                       f"rebuild it with `fsa build --engine rtx`")
+    if cc is None:
+        return
+    targets = list(info.get("targets") or [])
+    here = target_of(cc)
+    if here in targets or ("later" in targets and version_tuple(cc) > (12, 1)):
+        return
+    if cc in RTX_UNSUPPORTED or here not in ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121"):
+        gpu = RTX_UNSUPPORTED.get(cc, "this GPU")
+        raise FSAError(f"{name}: TensorRT-RTX does not support SM {cc} ({gpu}); "
+                       f"build a TensorRT 10/11 engine for it: `fsa build --engine trt`")
+    raise FSAError(f"{name}: TensorRT-RTX engine built for {','.join(targets) or 'no target'}, this GPU is "
+                   f"SM {cc}; rebuild it with `fsa build --engine rtx --targets {here}`")
+
+
+def _check_trt_record(info: Mapping[str, Any], version: str, cc: str | None, name: str) -> None:
+    built = str(info.get("version") or info.get("trt_version"))
     if info.get("version_compatible"):
-        if version_tuple(trt_version) < version_tuple(built):
+        if not at_least(version, built):
             raise FSAError(
-                f"{name}: built with TensorRT {built}, newer than this machine's {trt_version}; "
+                f"{name}: built with TensorRT {built}, newer than this machine's {version}; "
                 "rebuild it here with `fsa build` or upgrade TensorRT"
             )
-    elif version_tuple(built) != version_tuple(trt_version):
+    elif not same_version(built, version):
         raise FSAError(
-            f"{name}: built with TensorRT {built}, this machine has {trt_version}; "
+            f"{name}: built with TensorRT {built}, this machine has {version}; "
             "rebuild it here with `fsa build` (or build with --version-compatible)"
         )
-    cc = str(info.get("compute_capability"))
+    if cc is None:
+        return
+    gpu: Mapping[str, Any] = info["gpu"] if isinstance(info.get("gpu"), Mapping) else {}
+    built_cc = str(info.get("compute_capability") or gpu.get("compute_capability"))
     if info.get("hardware_compatible"):
-        if version_tuple(compute_capability) < (8, 0):
+        if version_tuple(cc) < (8, 0):
             raise FSAError(
                 f"{name}: hardware-compatible engines run on Ampere or newer (SM 8.0+), "
-                f"this GPU is SM {compute_capability}; rebuild it here with `fsa build`"
+                f"this GPU is SM {cc}; rebuild it here with `fsa build`"
             )
-    elif version_tuple(cc) != version_tuple(compute_capability):
+    elif version_tuple(built_cc) != version_tuple(cc):
         raise FSAError(
-            f"{name}: built for SM {cc} ({info.get('gpu_name')}), this GPU is SM {compute_capability}; "
+            f"{name}: built for SM {built_cc} ({info.get('gpu_name') or gpu.get('name')}), this GPU is SM {cc}; "
             "rebuild it here with `fsa build` (or build with --hardware-compatible)"
         )
 
 
-def read_engine(art: Artifact, name: str, trt_version: str, compute_capability: str) -> bytes:
-    """The engine's bytes once its record, size and sha256 agree with meta.json."""
+def check_header(data: bytes, record: Mapping[str, Any], flavour: Flavour, name: str) -> None:
+    """The plan's own bytes agree with its record: flavour magic; TensorRT-RTX: size, version, targets."""
+    header = read_header(data)
+    if header.flavour is not None and header.flavour != flavour.name:
+        other = FLAVOURS[header.flavour]
+        raise FSAError(f"{name}: the file is a {other.label} engine, meta.json says {flavour.label}; "
+                       f"rebuild it with `fsa build --engine {flavour.name}`")
+    if flavour is not RTX:
+        return
+    info = record["engine"]
+    problems = []
+    if header.flavour is None:
+        problems.append("no TensorRT-RTX plan header")
+    else:
+        if header.size != len(data):
+            problems.append(f"header size {header.size}, file {len(data)} bytes")
+        if header.version != str(info.get("version")):
+            problems.append(f"header version {header.version}, meta.json {info.get('version')}")
+        if list(header.targets) != list(info.get("targets") or []):
+            problems.append(f"header targets {','.join(header.targets)}, meta.json {','.join(info.get('targets', []))}")
+    if problems:
+        raise FSAError(f"{name}: {'; '.join(problems)} (damaged or replaced); rebuild it with `fsa build --engine rtx`")
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def read_engine(art: Artifact, name: str, version: str, compute_capability: str | None) -> bytes:
+    """The engine's bytes once its record, size, header and sha256 agree with meta.json.
+
+    The sha256 of a (multi-GB) engine is computed once per (path, size, mtime) in a process.
+    """
     record = art.files().get(name)
     if record is None:
         raise FSAError(f"{art.root}: no {name} recorded in meta.json; build it with `fsa build {art.root}`")
-    check_engine_record(record, trt_version, compute_capability, name)
+    flavour = check_engine_record(record, version, compute_capability, name)
     path = art.path(name, verify=False)
-    size = path.stat().st_size
-    if size != record.get("bytes"):
+    stat = path.stat()
+    if stat.st_size != record.get("bytes"):
         raise FSAError(
-            f"{path}: {size} bytes, meta.json records {record.get('bytes')} (truncated or replaced); "
+            f"{path}: {stat.st_size} bytes, meta.json records {record.get('bytes')} (truncated or replaced); "
             "rebuild it with `fsa build`"
         )
-    return art.path(name).read_bytes()  # sha256 checked against meta.json
+    data = path.read_bytes()
+    check_header(data, record, flavour, name)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _DIGESTS.get(key) or hashlib.sha256(data).hexdigest()
+    if digest != record.get("sha256"):
+        raise FSAError(f"{path}: sha256 does not match meta.json (file changed after it was written); "
+                       "rebuild it (fsa build)")
+    _DIGESTS[key] = digest
+    return data
+
+
+def check_validity(lib: Any, runtime: Any, data: bytes, name: str) -> None:
+    """TensorRT-RTX's own verdict on this GPU and driver, decoded into one line."""
+    validity, diagnostics = runtime.get_engine_validity(data)
+    if validity == lib.EngineValidity.VALID:
+        return
+    flags = lib.EngineInvalidityDiagnostics.__members__.values()
+    why = ", ".join(d.name for d in flags if int(diagnostics) & int(d)) or "no diagnostics"
+    if validity == lib.EngineValidity.SUBOPTIMAL:
+        warnings.warn(f"{name}: TensorRT-RTX says the engine is suboptimal here ({why})", stacklevel=3)
+        return
+    raise FSAError(f"{name}: TensorRT-RTX says the engine is invalid on this GPU ({why}); "
+                   "rebuild it with `fsa build --engine rtx`")
 
 
 def deserialize_engine(
-    data: bytes, info: Mapping[str, Any], name: str
+    lib: Any, flavour: Flavour, data: bytes, info: Mapping[str, Any], name: str
 ) -> tuple[trt.Runtime, trt.ICudaEngine]:
     """Runtime and engine; the runtime is returned because it must outlive the engine."""
-    import tensorrt as trt
-
-    runtime = trt.Runtime(trt_logger())
+    runtime: trt.Runtime = lib.Runtime(logger(flavour))
+    if flavour is RTX:
+        check_validity(lib, runtime, data, name)
     if info.get("version_compatible"):
         # The plan carries its own lean runtime (host code). Allowed because its sha256
         # matched meta.json, i.e. it is the file `fsa build` wrote.
@@ -127,10 +225,45 @@ def deserialize_engine(
         runtime.DLA_core = int(info["dla_core"])
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
-        raise FSAError(
-            f"{name}: TensorRT could not deserialize it (its log above says why); rebuild with `fsa build`"
-        )
+        raise FSAError(f"{name}: {flavour.label} could not deserialize it (its log above says why); "
+                       "rebuild with `fsa build`")
     return runtime, engine
+
+
+# ---------------------------------------------------------------- TensorRT-RTX runtime cache
+
+
+class RuntimeCache:
+    """TensorRT-RTX's JIT results, kept beside the engine per compute capability, so the JIT
+    compile happens once per GPU model; a folder that cannot be written falls back to ~/.cache."""
+
+    def __init__(self, engine_path: Path, compute_capability: str) -> None:
+        leaf = f"{engine_path.name}.{target_of(compute_capability)}.runtime-cache"
+        self.paths = [engine_path.with_name(leaf),
+                      Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fsa-deploy" / leaf]
+        self.cache: Any = None
+
+    def attach(self, runtime_config: Any) -> None:
+        self.cache = runtime_config.create_runtime_cache()
+        for path in self.paths:
+            if path.is_file() and self.cache.deserialize(path.read_bytes()):
+                break
+        runtime_config.set_runtime_cache(self.cache)
+
+    def save(self) -> None:
+        from fsa_deploy.runtime.artifact import atomic_file
+
+        if self.cache is None:
+            return
+        blob = bytes(self.cache.serialize())
+        for path in self.paths:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_file(path) as tmp:
+                    tmp.write_bytes(blob)
+                return
+            except OSError:
+                continue
 
 
 # ---------------------------------------------------------------- one engine
@@ -143,31 +276,34 @@ def dims(d: trt.Dims) -> tuple[int, ...]:
 class EngineRunner:
     """One engine, one execution context, run on one CUDA stream, optionally as a CUDA graph.
 
-    CUDA graphs: the first call at a set of input shapes runs normally on static
-    buffers (TensorRT wants one plain run after a shape change before a capture); a
-    second call at the same shapes captures that run, and later calls replay it. A
-    call at other shapes drops the graph: a graph is bound to one context's shapes.
+    TensorRT 10/11: our own torch CUDA graph. The first call at a set of input shapes runs
+    normally on static buffers (TensorRT wants one plain run after a shape change before a
+    capture); a second call at the same shapes captures that run, and later calls replay it.
+    TensorRT-RTX: its built-in strategy (`CudaGraphStrategy.WHOLE_GRAPH_CAPTURE`) does this
+    inside execute_async_v3, and its runtime cache keeps the JIT-compiled kernels.
     """
 
-    def __init__(
-        self,
-        runtime: trt.Runtime,
-        engine: trt.ICudaEngine,
-        name: str,
-        stream: torch.cuda.Stream,
-        cuda_graph: bool = False,
-    ) -> None:
-        import tensorrt as trt
-
+    def __init__(self, lib: Any, flavour: Flavour, runtime: trt.Runtime, engine: trt.ICudaEngine, name: str,
+                 stream: torch.cuda.Stream, cuda_graph: bool = False, cache: RuntimeCache | None = None) -> None:
         self._runtime = runtime  # keep alive: freeing it before the engine is undefined
-        self.engine, self.name, self.stream, self.cuda_graph = engine, name, stream, cuda_graph
+        self.engine, self.name, self.stream = engine, name, stream
+        self.cuda_graph = cuda_graph and flavour is not RTX  # RTX captures by itself
         self.device = stream.device
-        self.context = engine.create_execution_context()
+        self.cache = cache
+        if flavour is RTX:
+            config: Any = engine.create_runtime_config()  # RTX's IRuntimeConfig: not in TensorRT 10's stubs
+            if cache is not None:
+                cache.attach(config)
+            if cuda_graph:
+                config.cuda_graph_strategy = lib.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            self.context = engine.create_execution_context(config)
+        else:
+            self.context = engine.create_execution_context()
         if self.context is None:
             raise FSAError(f"{name}: TensorRT could not create an execution context (out of GPU memory?)")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == lib.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == lib.TensorIOMode.OUTPUT]
         self.dtypes = {n: torch_dtype(engine.get_tensor_dtype(n).name) for n in names}
         # input -> (min shape, max shape) of optimization profile 0, the only one `fsa build` makes
         self.ranges = {}
@@ -178,6 +314,7 @@ class EngineRunner:
         self._warm_key: tuple[tuple[int, ...], ...] | None = None
         self._static_in: dict[str, torch.Tensor] = {}
         self._static_out: dict[str, torch.Tensor] = {}
+        self._cached_shapes: set[tuple[tuple[int, ...], ...]] = set()
 
     def check_io(self, inputs: set[str], outputs: set[str]) -> None:
         if set(self.inputs) != inputs or not outputs <= set(self.outputs):
@@ -190,10 +327,12 @@ class EngineRunner:
         """Largest first dimension of an input that the profile allows (callers chunk by it)."""
         return self.ranges[name][1][0]
 
-    def _prepare(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _prepare(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        import torch
+
         out = {}
         for n in self.inputs:
-            x = feeds[n].detach().to(device=self.device, dtype=self.dtypes[n]).contiguous()
+            x = torch.as_tensor(feeds[n]).to(device=self.device, dtype=self.dtypes[n]).contiguous()
             lo, hi = self.ranges[n]
             if len(x.shape) != len(lo) or any(not a <= s <= b for s, a, b in zip(x.shape, lo, hi)):
                 raise FSAError(
@@ -205,6 +344,8 @@ class EngineRunner:
 
     def _bind(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Set shapes and addresses; returns freshly allocated outputs, already bound."""
+        import torch
+
         for n, x in feeds.items():
             if not self.context.set_input_shape(n, tuple(x.shape)):
                 raise FSAError(f"{self.name}: TensorRT refused shape {list(x.shape)} for {n}")
@@ -218,6 +359,8 @@ class EngineRunner:
 
     def _enqueue(self) -> None:
         """Run the bound context on our stream, ordered after and before the caller's stream."""
+        import torch
+
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)
         if self._graph is not None:
@@ -228,6 +371,8 @@ class EngineRunner:
         current.wait_stream(self.stream)
 
     def _capture(self) -> None:
+        import torch
+
         graph = torch.cuda.CUDAGraph()
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         try:
@@ -243,13 +388,21 @@ class EngineRunner:
             return
         self._graph = graph
 
-    def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _keep_jit(self, key: tuple[tuple[int, ...], ...]) -> None:
+        """TensorRT-RTX compiles kernels on the first run at new shapes: save its runtime cache then."""
+        if self.cache is not None and key not in self._cached_shapes:
+            self.stream.synchronize()
+            self.cache.save()
+            self._cached_shapes.add(key)
+
+    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         x = self._prepare(feeds)
+        key = tuple(tuple(x[n].shape) for n in self.inputs)
         if not self.cuda_graph:
             outputs = self._bind(x)
             self._enqueue()
+            self._keep_jit(key)
             return outputs
-        key = tuple(tuple(x[n].shape) for n in self.inputs)
         if key == self._warm_key:  # same shapes as last time: refill the static inputs
             for n in self.inputs:
                 self._static_in[n].copy_(x[n])
@@ -266,21 +419,25 @@ class EngineRunner:
 # ---------------------------------------------------------------- the backend
 
 
-def image_engines(art: Artifact) -> dict[str, str]:
-    """precision -> engine file name of the image engines recorded in meta.json."""
-    return {
-        str(info.get("precision")): name
-        for name, info in art.files().items()
-        if info.get("role") == "engine" and name == image_engine_name(str(info.get("precision")))
-    }
+def image_engines(art: Artifact, flavour: Flavour | None = None) -> dict[str, str]:
+    """precision -> engine file name of the image engines recorded in meta.json (of one flavour, or all)."""
+    out = {}
+    for name, info in art.files().items():
+        if info.get("role") != "engine" or name.startswith("text"):
+            continue
+        f = flavour_of_record(info.get("engine") or {})
+        if (flavour is None or f is flavour) and name == f.engine_name(str(info.get("precision"))):
+            out[str(info.get("precision")) + ("" if flavour or f is TRT else f".{f.name}")] = name
+    return out
 
 
 class TensorRTBackend:
     """Backend (runtime/backends/base.py) on the engines `fsa build` wrote into an artefact folder.
 
-    `precision` picks `image.<precision>.engine` (default: the only one built);
-    `cuda_graph` replays a CUDA graph when the batch and class count repeat.
-    text.engine is loaded on the first `encode_text`.
+    `precision` picks the image engine (default: the only one built); `engine` picks the flavour
+    when both were built ("trt" | "rtx"; default: the one this machine has, TensorRT first);
+    `cuda_graph` replays a CUDA graph when the batch and class count repeat. The text engine is
+    loaded on the first `encode_text`. Inputs and outputs are host numpy arrays.
     """
 
     name = "tensorrt"
@@ -291,61 +448,113 @@ class TensorRTBackend:
         precision: str | None = None,
         *,
         cuda_graph: bool = False,
+        engine: str | None = None,
     ) -> None:
-        self.trt_version = require_tensorrt()
-        self.gpu_name, self.compute_capability = cuda_device()
         self.artifact = folder if isinstance(folder, Artifact) else Artifact.load(folder)
+        self.engine_name, self.flavour = self._image_engine(precision, engine)
+        self.lib = load(self.flavour)
+        self.version = str(self.lib.__version__)
+        self.trt_version = self.version  # the name reports used before flavours
+        # the file first (record, size, header, sha256): a damaged engine is named even without a GPU
+        image = read_engine(self.artifact, self.engine_name, self.version, None)
+        self.gpu_name, self.compute_capability = cuda_device()
+        import torch
+
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device)
-        self.engine_name = self._image_engine(precision)
-        self._image = self._load(self.engine_name, cuda_graph)
+        if self.flavour is RTX:
+            self.name = "tensorrt-rtx"
+        self._image = self._load(self.engine_name, cuda_graph, image)
         self._image.check_io({IMAGE, TEXT_EMBEDDINGS}, {LOGITS})
         self._text: EngineRunner | None = None
+        self.text_engine = self.flavour.text_engine
         # the text engine's own hash keys the class-embedding cache (its precision may differ from ORT's)
-        self.text_key = f"{TEXT_ENGINE}:{self.artifact.files().get(TEXT_ENGINE, {}).get('sha256')}"
+        self.text_key = f"{self.text_engine}:{self.artifact.files().get(self.text_engine, {}).get('sha256')}"
 
-    def _image_engine(self, precision: str | None) -> str:
-        built = image_engines(self.artifact)
-        if precision is not None:
-            return image_engine_name(precision)  # read_engine names what is missing
-        if len(built) == 1:
-            return next(iter(built.values()))
+    def _image_engine(self, precision: str | None, engine: str | None) -> tuple[str, Flavour]:
         root = self.artifact.root
-        if not built:
-            raise FSAError(f"{root}: no TensorRT engine recorded in meta.json; run `fsa build {root}`")
-        raise FSAError(f"{root}: several image engines ({', '.join(sorted(built))}); choose a precision")
+        flavours = [FLAVOURS[engine]] if engine else [f for f in (TRT, RTX) if _importable(f)] or [TRT, RTX]
+        for flavour in flavours:
+            built = image_engines(self.artifact, flavour)
+            if precision is not None and precision in built:
+                return built[precision], flavour
+            if precision is None and len(built) == 1:
+                return next(iter(built.values())), flavour
+            if precision is None and built:
+                raise FSAError(f"{root}: several image engines ({', '.join(sorted(built.values()))}); "
+                               "choose a precision")
+        if precision is not None:  # read_engine names what is missing
+            return flavours[0].engine_name(precision), flavours[0]
+        everything = image_engines(self.artifact)
+        if everything:
+            other = flavour_of_record(self.artifact.files()[next(iter(everything.values()))]["engine"])
+            load(other)  # one line naming the install
+        raise FSAError(f"{root}: no TensorRT engine recorded in meta.json; run `fsa build {root}`")
 
-    def _load(self, name: str, cuda_graph: bool = False) -> EngineRunner:
-        data = read_engine(self.artifact, name, self.trt_version, self.compute_capability)
-        runtime, engine = deserialize_engine(data, self.artifact.files()[name]["engine"], name)
-        return EngineRunner(runtime, engine, name, self.stream, cuda_graph)
+    def _load(self, name: str, cuda_graph: bool = False, data: bytes | None = None) -> EngineRunner:
+        if data is None:
+            data = read_engine(self.artifact, name, self.version, self.compute_capability)
+        check_engine_record(self.artifact.files()[name], self.version, self.compute_capability, name)
+        info = self.artifact.files()[name]["engine"]
+        runtime, engine = deserialize_engine(self.lib, self.flavour, data, info, name)
+        cache = RuntimeCache(self.artifact.root / name, self.compute_capability) if self.flavour is RTX else None
+        return EngineRunner(self.lib, self.flavour, runtime, engine, name, self.stream, cuda_graph, cache)
 
-    def run(self, image: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        """Crops in chunks of the engine's max batch (crops are independent); K must fit the profile."""
-        if image.dim() != 4 or text_embeddings.dim() != 2:
+    def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
+        """image float32 [B, 3, S, S], text_embeddings float32 [K, D] -> logits float32 [B, K, H', W'].
+
+        Crops run in chunks of the engine's max batch (crops are independent); K must fit the profile.
+        """
+        import torch
+
+        if np.ndim(image) != 4 or np.ndim(text_embeddings) != 2:
             raise FSAError(
                 f"tensorrt: expected image [B, 3, S, S] and text_embeddings [K, D], "
-                f"got {list(image.shape)} and {list(text_embeddings.shape)}"
+                f"got {list(np.shape(image))} and {list(np.shape(text_embeddings))}"
             )
         with torch.cuda.device(self.device):
-            chunks = image.split(self._image.max_leading(IMAGE))
-            logits = [self._image({IMAGE: c, TEXT_EMBEDDINGS: text_embeddings})[LOGITS] for c in chunks]
-        return _cat(logits).float()
+            text = _tensor(text_embeddings).to(self.device)
+            step = self._image.max_leading(IMAGE)
+            logits = [self._image({IMAGE: _tensor(image[i:i + step]), TEXT_EMBEDDINGS: text})[LOGITS]
+                      .float().cpu().numpy() for i in range(0, len(image), step)]
+        return _cat(logits)
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Prompts in chunks of text.engine's max prompt batch."""
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens int [T, 77] -> embeddings float32 [T, D], in chunks of the text engine's max prompt batch."""
+        import torch
+
         if self._text is None:
-            if TEXT_ENGINE not in self.artifact.files():
+            if self.text_engine not in self.artifact.files():
                 root = self.artifact.root
-                raise FSAError(f"{root}: no {TEXT_ENGINE} (built with --no-text); run `fsa build {root}`")
-            self._text = self._load(TEXT_ENGINE)
+                raise FSAError(f"{root}: no {self.text_engine} (built with --no-text); run `fsa build {root}`")
+            self._text = self._load(self.text_engine)
             self._text.check_io({TOKENS}, {EMBEDDINGS})
         text = self._text
         with torch.cuda.device(self.device):
-            chunks = tokens.split(text.max_leading(TOKENS))
-            embeddings = [text({TOKENS: c})[EMBEDDINGS] for c in chunks]
-        return _cat(embeddings).float()
+            step = text.max_leading(TOKENS)
+            out = [text({TOKENS: _tensor(tokens[i:i + step])})[EMBEDDINGS].float().cpu().numpy()
+                   for i in range(0, len(tokens), step)]
+        return _cat(out)
 
 
-def _cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
+def _tensor(x: Any) -> torch.Tensor:
+    """A host array as a torch tensor without a copy where possible (a torch tensor passes through)."""
+    import torch
+
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _importable(flavour: Flavour) -> bool:
+    try:
+        load(flavour)
+    except FSAError:
+        return False
+    return True
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+__all__ = ["TEXT_ENGINE", "TensorRTBackend", "check_engine_record", "image_engine_name", "image_engines",
+           "read_engine", "require_tensorrt", "torch_dtype"]

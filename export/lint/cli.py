@@ -1,0 +1,96 @@
+"""`fsa lint PATH.onnx...`: exit 0 clean, 1 on a violation, 2 on a bad path or a file that is not ONNX."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fsa_deploy.export.lint.rules import TARGETS, parse_target
+
+from fsa_deploy.errors import CheckFailed, FSAError
+
+
+def add_lint(sub: Any, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        "lint",
+        help=help_text,
+        description="Static check of ONNX graphs against TensorRT's ONNX parser rules (operator table, "
+        "TopK/CumSum constants, control flow, dtypes, data-dependent shapes, custom domains). "
+        "Exit 0 clean, 1 on a violation, 2 on a bad path or a file that is not ONNX.",
+    )
+    parser.add_argument(
+        "onnx", nargs="+", metavar="PATH.onnx", help="graph(s) to check; external weights are not loaded"
+    )
+    parser.add_argument("--trt", type=parse_target, choices=TARGETS, metavar="{10,11,rtx}",
+                        help="one TensorRT target: 10, 11 or rtx (TensorRT-RTX) (default: all)")
+    parser.add_argument("--parser", action="store_true",
+                        help="also run the real ONNX parser (TensorRT-RTX: and builder) when installed; "
+                        "a refusal fails the graph")
+    parser.add_argument("--json", metavar="FILE", help="also write the reports to FILE as JSON")
+    parser.set_defaults(func=run_lint)
+    return parser
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    from fsa_deploy.export.lint import lint_versions, merged_lines
+
+    majors = (args.trt,) if args.trt else TARGETS
+    versions = ", ".join(map(str, majors))
+    paths = [Path(p) for p in args.onnx]
+    for path in paths:  # bad paths first: exit 2 before any report
+        if not path.is_file():
+            raise FSAError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    flavour = None
+    if args.parser:
+        from fsa_deploy.export.lint.parser import available
+
+        flavour = available()
+        if flavour is None:
+            raise FSAError("--parser: neither TensorRT-RTX nor TensorRT is installed (pip install 'fsa-deploy[rtx]')")
+    if args.json and not Path(args.json).parent.is_dir():
+        raise FSAError(f"--json {args.json}: no such folder")
+    entries, failed = [], 0
+    for path in paths:
+        reports = lint_versions(path, majors)
+        lines = merged_lines(reports)
+        real = None
+        if flavour is not None:
+            from fsa_deploy.export.lint.parser import parser_verdict
+
+            real = parser_verdict(path, flavour)
+            if not real.accepted:
+                what = "parser" if not real.parses else "builder"
+                lines.append(f"<graph> ({real.library} {real.version}): {what}: " + "; ".join(real.errors[:3]))
+        nodes = next(iter(reports.values())).nodes
+        status = "FAILED" if lines else "PASSED"
+        print(f"{status}: {path} (TensorRT {versions}): {nodes} nodes, {len(lines)} violations")
+        for line in lines:
+            print(line)
+        failed += bool(lines)
+        entries.append(
+            {
+                "path": str(path),
+                "nodes": nodes,
+                "passed": not lines,
+                "parser": None if real is None else asdict(real),
+                "trt": {
+                    str(m): {"ok": r.ok, "violations": [asdict(v) for v in r.violations]} for m, r in reports.items()
+                },
+            }
+        )
+    if args.json:
+        _write_json(Path(args.json), {"passed": not failed, "trt": list(majors), "graphs": entries})
+    if failed:
+        raise CheckFailed(f"{failed} of {len(paths)} graph(s) break TensorRT's ONNX rules")
+    return 0
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    from fsa_deploy.runtime.artifact import write_json_atomic
+
+    try:
+        write_json_atomic(path, obj)
+    except OSError as e:
+        raise FSAError(f"--json {path}: cannot write ({e.strerror or e})") from e

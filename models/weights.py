@@ -13,6 +13,7 @@ own loader; we add only what it cannot know from a path (TorchScript, QuickGELU,
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import logging
@@ -85,6 +86,13 @@ def checked_path(d: dict[str, Any], what: str) -> str:
 
 
 def file_sha256(path: str) -> str:
+    """sha256 of a file; hashed once per (path, size, mtime): export records it in several places."""
+    st = os.stat(path)
+    return _sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -238,7 +246,7 @@ def _torchscript_quiet() -> Iterator[None]:
 
 
 def _first_line(e: BaseException, n: int = 120) -> str:
-    text = str(e).strip()
+    text = str(e).strip().split(". ")[0]
     return f"{type(e).__name__}: {text.splitlines()[0][:n]}" if text else type(e).__name__
 
 
@@ -377,7 +385,8 @@ def load_proxy_checkpoint(net: torch.nn.Module, proxy: str, family: str, path: s
     f = read_state_file(path, what)
     row = recognise(f)
     if row is None:
-        raise FSAError(f"{what} {path}: unrecognised layout; expected a {family} checkpoint ({_seems(f, None)})")
+        raise FSAError(f"{what} {path}: unrecognised layout; expected a {family} checkpoint "
+                       f"({' or '.join(FAMILY_LAYOUTS.get(family, ()))}; {_seems(f, None)})")
     misfit = f"{what} {path}: does not fit --proxy {proxy}"
     if row.filter is None or row.name not in FAMILY_LAYOUTS.get(family, ()):
         raise FSAError(f"{misfit}; {_seems(f, row)}")

@@ -383,11 +383,20 @@ def load_proxy_checkpoint(net: torch.nn.Module, proxy: str, family: str, path: s
                           what: str = "--proxy-checkpoint") -> dict[str, Any]:
     """Load `path` into the timm model `net` (built at the crop's size), strictly; the meta.json record."""
     f = read_state_file(path, what)
+    mapped, info = map_proxy_state(net, proxy, family, f, f"{what} {path}")
+    net.load_state_dict(mapped, strict=True)
+    return _record(path, info.pop("layout"), f, **info)
+
+
+def map_proxy_state(net: torch.nn.Module, proxy: str, family: str, f: StateFile,
+                    where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A file's tensors in `net`'s names and shapes (FSAError in one line if they do not fit), and
+    what was done: layout, family, keys ignored, the pos_embed resize."""
     row = recognise(f)
     if row is None:
-        raise FSAError(f"{what} {path}: unrecognised layout; expected a {family} checkpoint "
+        raise FSAError(f"{where}: unrecognised layout; expected a {family} checkpoint "
                        f"({' or '.join(FAMILY_LAYOUTS.get(family, ()))}; {_seems(f, None)})")
-    misfit = f"{what} {path}: does not fit --proxy {proxy}"
+    misfit = f"{where}: does not fit --proxy {proxy}"
     if row.filter is None or row.name not in FAMILY_LAYOUTS.get(family, ()):
         raise FSAError(f"{misfit}; {_seems(f, row)}")
     sd = f.tensors
@@ -414,9 +423,8 @@ def load_proxy_checkpoint(net: torch.nn.Module, proxy: str, family: str, path: s
     diff = key_diff(net.state_dict(), mapped)
     if diff:
         raise FSAError(f"{misfit} ({diff}); {_seems(f, row)}")
-    net.load_state_dict(mapped, strict=True)
-    return _record(path, row.name, f, family=row.family, ignored_keys=len(ignored) or None,
-                   loaded_tensors=len(mapped), pos_embed=pos_record)
+    return mapped, {"layout": row.name, "family": row.family, "ignored_keys": len(ignored) or None,
+                    "loaded_tensors": len(mapped), "pos_embed": pos_record}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -387,3 +387,45 @@ def test_openai_tags_get_quick_gelu_and_l14_336_has_a_row():
 
     assert clip_spec("ViT-L-14-336").open_clip_name == "ViT-L-14-336"
     assert proxy_spec("dinov2-noreg").timm_name.startswith("vit_base_patch14_dinov2")
+
+
+FULL_SIZE = [  # release file, its official names at full size (ViT-B), --proxy of the registry
+    ("dino_vitbase8_pretrain.pth", lambda: official_vit("dino", 768, 12, 8, 28), "dino"),
+    ("dinov2_vitb14_reg4_pretrain.pth", lambda: official_vit("dinov2-reg", 768, 12, 14, 37), "dinov2"),
+    ("dinov2_vitb14_pretrain.pth", lambda: official_vit("dinov2", 768, 12, 14, 37), "dinov2-noreg"),
+    ("mae_pretrain_vit_base.pth", lambda: official_vit("mae", 768, 12, 16, 14), "mae"),
+    ("sam_vit_b_01ec64.pth", lambda: __import__("segment_anything").sam_model_registry["vit_b"]().state_dict(), "sam"),
+]
+
+
+@pytest.mark.parametrize("row", FULL_SIZE, ids=[r[0] for r in FULL_SIZE])
+def test_full_size_release_names_map_onto_the_registry_proxies(row):
+    """The release layouts at full size (on the meta device: no memory, no weights) fit the registry's
+    full-size proxies at crop 336 through the same mapping as the tiny files."""
+    import timm
+    from fsa_deploy.models.registry import proxy_spec
+    from fsa_deploy.models.weights import StateFile, map_proxy_state
+
+    name, make, proxy = row
+    spec = proxy_spec(proxy)
+    with torch.device("meta"):
+        obj = make()
+        net = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, img_size=spec.input_size or 336,
+                                **spec.kwargs)
+    f = StateFile(obj.get("model", obj), "torch", "model" if "model" in obj else None, None)
+    mapped, info = map_proxy_state(net, proxy, spec.family, f, name)
+    assert set(mapped) == set(net.state_dict())
+    print(name, info)
+    assert info["pos_embed"] is None if proxy == "sam" else info["pos_embed"]["to_grid"] == [336 // spec.patch] * 2
+
+
+def test_pretrained_tag_resolves_from_a_hub_cache_offline(files, tmp_path, capsys):
+    """`--pretrained openai --cache-dir DIR` finds open_clip's hub file for the tag in DIR, offline.
+    (The cached file here is tiny, so ViT-B-16 refuses it, naming it: proof it was found and read.)"""
+    open_clip = _open_clip()
+    repo = open_clip.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"].strip("/")
+    hub_cache(tmp_path / "hub", repo, {"open_clip_model.safetensors": files["open_clip_model.safetensors"]})
+    err = _refused(capsys, ["export", "--model", "ViT-B-16", "--pretrained", "openai", "--cache-dir",
+                            str(tmp_path / "hub"), "--out", str(tmp_path / "a")],
+                   f"models--{repo.replace('/', '--')}", "open_clip_model.safetensors: does not fit ViT-B-16")
+    print(err)

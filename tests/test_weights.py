@@ -294,7 +294,7 @@ def test_export_then_validate(files, tmp_path, capsys):
     assert pw["pos_embed"]["from_grid"] == [37, 37] and pw["pos_embed"]["to_grid"] == [8, 8]
     assert pw["pos_embed"]["antialias"] is True and pw["pos_embed"]["offset"] == 0.0
     capsys.readouterr()
-    rc = main(["validate", str(out), "--images", photos()[1], "--max-batch", "4"])
+    rc = main(["validate", str(out), "--images", photos()[0], "--max-batch", "4"])
     text = capsys.readouterr().out
     assert rc == 0 and "PASSED" in text, text
 

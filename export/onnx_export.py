@@ -213,6 +213,7 @@ def build_meta(spec: ModelSpec, ref: Reference, precision: str, mapping: dict[st
         "format": A.FORMAT,
         "format_version": A.FORMAT_VERSION,
         **spec.describe(),
+        **ref.weights_record(),  # file, sha256 and the layout each checkpoint was recognised as
         "precision": precision,
         "feedback_precision": "fp32",
         "opset": OPSET,

@@ -10,15 +10,21 @@ from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, weights, --attention, --proxy, --crop, --no-fsa and the hyper-parameters."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="ViT-B-16", help="ViT-B-16, ViT-L-14, ViT-H-14 or tiny (default ViT-B-16)")
+    g.add_argument("--model", default="ViT-B-16",
+                   help="ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14 or tiny (default ViT-B-16)")
     w = g.add_mutually_exclusive_group()
-    w.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (needs the hub or its cache)")
-    w.add_argument("--checkpoint", metavar="PATH", help="local CLIP state dict")
+    w.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (openai, laion2b_...) or "
+                   "hf-hub:ORG/NAME, read from the hub cache (offline with HF_HUB_OFFLINE=1)")
+    w.add_argument("--checkpoint", metavar="PATH", help="local CLIP file: open_clip's .bin / .safetensors / "
+                   "training checkpoint, or OpenAI's TorchScript ViT-*.pt (README: Weights)")
     w.add_argument("--random-init", action="store_true", help="deterministic random weights (see --seed)")
+    g.add_argument("--cache-dir", metavar="DIR", help="hub cache folder for --pretrained (default: the hub's own)")
     g.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
     g.add_argument("--attention", default="proxy", help="proxy, qk, sclip, clearclip or naclip (default proxy)")
-    g.add_argument("--proxy", default="dino", help="dino, dinov2, sam, mae or tiny-* (default dino; proxy only)")
-    g.add_argument("--proxy-checkpoint", metavar="PATH", help="local state dict of the proxy")
+    g.add_argument("--proxy", default="dino",
+                   help="dino, dinov2, dinov2-noreg, sam, mae or tiny-* (default dino; proxy only)")
+    g.add_argument("--proxy-checkpoint", metavar="PATH", help="the proxy's release file as its authors ship it "
+                   "(dino_*, dinov2_*, mae_*, sam_vit_b_*.pth) or timm's model.safetensors (README: Weights)")
     g.add_argument("--crop", type=int, default=336, help="square crop size (default 336)")
     g.add_argument("--no-fsa", action="store_true", help="the base method alone")
     for name in ("lamda", "beta", "gamma", "top-p"):
@@ -33,7 +39,9 @@ def spec_from_args(args: argparse.Namespace):
     from fsa_deploy.errors import FSAError
 
     if args.pretrained:
-        weights = Weights(pretrained=args.pretrained)
+        weights = Weights(pretrained=args.pretrained, cache_dir=args.cache_dir)
+    elif args.cache_dir:
+        raise FSAError("--cache-dir goes with --pretrained TAG")
     elif args.checkpoint:
         weights = Weights(checkpoint=args.checkpoint)
     elif args.random_init:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fsa_deploy.models.registry import ATTENTIONS, HyperParams, clip_spec, default_lamda, proxy_spec
-from fsa_deploy.models.weights import Weights
+from fsa_deploy.models.weights import Weights, checked_path, file_sha256
 
 from fsa_deploy.errors import FSAError
 
@@ -43,7 +43,8 @@ class ModelSpec:
             "weights": self.weights.describe(),
             "attention": self.attention,
             "proxy": self.proxy if self.attention == "proxy" else None,
-            "proxy_weights": ({"source": "checkpoint", "path": os.path.abspath(self.proxy_checkpoint)}
+            "proxy_weights": ({"source": "checkpoint", "path": os.path.abspath(self.proxy_checkpoint),
+                               "sha256": file_sha256(self.proxy_checkpoint)}
                               if self.proxy_checkpoint
                               else self.weights.describe()) if self.attention == "proxy" else None,
             "crop": self.crop,
@@ -59,7 +60,7 @@ def spec_from_meta(meta: dict[str, Any], what: str = "meta.json") -> ModelSpec:
         return ModelSpec(
             model=meta["model"], weights=Weights.from_description(meta["weights"], what),
             attention=meta["attention"], proxy=meta.get("proxy"),
-            proxy_checkpoint=pw.get("path") if pw.get("source") == "checkpoint" else None,
+            proxy_checkpoint=checked_path(pw, what) if pw.get("source") == "checkpoint" else None,
             crop=int(meta["crop"]), fsa=bool(meta["fsa"]), hp=HyperParams(**meta["hyper_parameters"]),
         )
     except (KeyError, TypeError, ValueError) as e:
@@ -80,6 +81,13 @@ class Reference:
     spec: ModelSpec
     model: Any  # models.reference.FSAModel
     clip: Any  # the open_clip model (its text tower encodes prompts)
+    loaded: dict[str, dict[str, Any]] = field(default_factory=dict)  # what each loader recognised
+
+    def weights_record(self) -> dict[str, Any]:
+        """meta.json's `weights` / `proxy_weights`: the source, plus file, sha256 and layout recognised."""
+        d = self.spec.describe()
+        return {k: {**(d[k] or {}), **self.loaded[k]} for k in ("weights", "proxy_weights")
+                if d.get(k) is not None and self.loaded.get(k)}
 
     def encode_text(self, tokens):
         return self.clip.encode_text(tokens.long())
@@ -87,13 +95,15 @@ class Reference:
 
 def build(spec: ModelSpec, formulation: str = "deploy") -> Reference:
     """The PyTorch reference for a selection: an FSAModel in eval mode, fp32, CPU."""
-    from fsa_deploy.models.clip import create_clip
+    from fsa_deploy.models.clip import load_clip
     from fsa_deploy.models.proxies import create_proxy
     from fsa_deploy.models.reference import FSAConfig, FSAModel
 
-    clip = create_clip(spec.model, spec.weights)
+    clip, loaded = load_clip(spec.model, spec.weights)
+    records = {"weights": loaded}
     proxy = None
     if spec.attention == "proxy":
         proxy = create_proxy(str(spec.proxy), spec.crop, spec.weights, spec.proxy_checkpoint)
+        records["proxy_weights"] = proxy.weights_record
     cfg = FSAConfig(attention=spec.attention, fsa=spec.fsa, crop=spec.crop, hp=spec.hp)
-    return Reference(spec, FSAModel(clip, proxy, cfg, formulation).eval(), clip)
+    return Reference(spec, FSAModel(clip, proxy, cfg, formulation).eval(), clip, records)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from fsa_deploy.models.registry import IMAGENET_MEAN, IMAGENET_STD, ProxySpec, proxy_spec
-from fsa_deploy.models.weights import Weights, load_state_dict, quiet, seeded
+from fsa_deploy.models.weights import Weights, hub_offline_from_env, load_proxy_checkpoint, quiet, seeded
 from torch import nn
 
 from fsa_deploy.errors import FSAError
@@ -18,9 +18,10 @@ from fsa_deploy.errors import FSAError
 class ProxyFeatures(nn.Module):
     """crop [B, 3, S, S] (0-255) -> F [B, C', H', W'] (before L2 normalisation)."""
 
-    def __init__(self, spec: ProxySpec, net: nn.Module, crop: int):
+    def __init__(self, spec: ProxySpec, net: nn.Module, crop: int, weights_record: dict | None = None):
         super().__init__()
         self.spec = spec
+        self.weights_record = weights_record or {}  # meta.json: file, sha256, layout, pos_embed resize
         self.net = net
         self.input_size = spec.input_size or crop
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
@@ -53,25 +54,22 @@ def create_proxy(name: str, crop: int, weights: Weights, checkpoint: str | None 
     kwargs = dict(spec.kwargs, img_size=size, num_classes=0)
     if size % spec.patch != 0:
         raise FSAError(f"--crop {crop}: the {name} proxy's input {size} is not a multiple of its patch")
+    hub_offline_from_env()
+    record: dict = {}
     with quiet("timm"):
         if checkpoint is not None:
             net = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-            state = load_state_dict(checkpoint, "--proxy-checkpoint")
-            try:
-                net.load_state_dict(state, strict=False)
-            except RuntimeError as e:
-                raise FSAError(f"--proxy-checkpoint {checkpoint}: does not fit {name} "
-                               f"({str(e).splitlines()[0][:160]})") from e
+            record = load_proxy_checkpoint(net, name, spec.family, checkpoint)
         elif weights.seed is not None:
             with seeded(weights.seed + 1):
                 net = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
         else:
             try:
-                net = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+                net = timm.create_model(spec.timm_name, pretrained=True, cache_dir=weights.cache_dir, **kwargs)
             except Exception as e:
                 raise FSAError(f"--proxy {name}: pretrained weights unavailable ({type(e).__name__}); "
-                               "pass --proxy-checkpoint PATH") from e
+                               "pass --proxy-checkpoint PATH") from None
     for m in net.modules():  # explicit attention: exports to plain MatMul/Softmax at any rank
         if hasattr(m, "fused_attn"):
             m.fused_attn = False
-    return ProxyFeatures(spec, net.eval().float(), crop)
+    return ProxyFeatures(spec, net.eval().float(), crop, record)

@@ -32,12 +32,14 @@ class ProxySpec:
     """A timm VFM and how the crop is fed to it (shared/spec/FSA.md step 5).
 
     `input_size` None: the crop size itself; an int: the crop is resized bilinearly to it
-    (SAM's 1024). `kwargs` shrink the family for tests.
+    (SAM's 1024). `kwargs` shrink the family for tests. `family` picks the checkpoint layouts
+    the proxy loads and its official pos_embed resize (models.weights FAMILY_LAYOUTS, POS_INTERP).
     """
 
     name: str
     timm_name: str
     patch: int
+    family: str
     input_size: int | None = None
     lamda: float | None = None  # overrides the backbone's lambda (MAE: 4.5 on every backbone)
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +68,7 @@ CLIPS: dict[str, ClipSpec] = {
     for s in (
         ClipSpec("ViT-B-16", "ViT-B-16", 16, lamda=3.0),
         ClipSpec("ViT-L-14", "ViT-L-14", 14, lamda=3.0),
+        ClipSpec("ViT-L-14-336", "ViT-L-14-336", 14, lamda=3.0),  # OpenAI's ViT-L-14-336px.pt
         ClipSpec("ViT-H-14", "ViT-H-14", 14, lamda=2.3),
         ClipSpec("tiny", "tiny", 16, lamda=3.0),
     )
@@ -75,20 +78,24 @@ _TINY_VIT = dict(embed_dim=64, depth=2, num_heads=2)
 PROXIES: dict[str, ProxySpec] = {
     s.name: s
     for s in (
-        ProxySpec("dino", "vit_base_patch8_224.dino", 8),
-        ProxySpec("dinov2", "vit_base_patch14_reg4_dinov2.lvd142m", 14),
-        ProxySpec("sam", "samvit_base_patch16.sa1b", 16, input_size=1024),
-        ProxySpec("mae", "vit_base_patch16_224.mae", 16, lamda=4.5),
-        ProxySpec("tiny-dino", "vit_base_patch8_224.dino", 8, kwargs=_TINY_VIT),
-        ProxySpec("tiny-dinov2", "vit_base_patch14_reg4_dinov2.lvd142m", 14, kwargs=_TINY_VIT),
+        ProxySpec("dino", "vit_base_patch8_224.dino", 8, "dino"),
+        ProxySpec("dinov2", "vit_base_patch14_reg4_dinov2.lvd142m", 14, "dinov2"),
+        # DINOv2 without registers (dinov2_vitb14_pretrain.pth); not a proxy of the official FSA code
+        ProxySpec("dinov2-noreg", "vit_base_patch14_dinov2.lvd142m", 14, "dinov2-noreg"),
+        ProxySpec("sam", "samvit_base_patch16.sa1b", 16, "sam", input_size=1024),
+        ProxySpec("mae", "vit_base_patch16_224.mae", 16, "mae", lamda=4.5),
+        ProxySpec("tiny-dino", "vit_base_patch8_224.dino", 8, "dino", kwargs=_TINY_VIT),
+        ProxySpec("tiny-dinov2", "vit_base_patch14_reg4_dinov2.lvd142m", 14, "dinov2", kwargs=_TINY_VIT),
+        ProxySpec("tiny-dinov2-noreg", "vit_base_patch14_dinov2.lvd142m", 14, "dinov2-noreg", kwargs=_TINY_VIT),
         ProxySpec(
             "tiny-sam",
             "samvit_base_patch16.sa1b",
             16,
+            "sam",
             input_size=256,
             kwargs=dict(_TINY_VIT, global_attn_indexes=(1,), neck_chans=32),
         ),
-        ProxySpec("tiny-mae", "vit_base_patch16_224.mae", 16, lamda=4.5, kwargs=_TINY_VIT),
+        ProxySpec("tiny-mae", "vit_base_patch16_224.mae", 16, "mae", lamda=4.5, kwargs=_TINY_VIT),
     )
 }
 

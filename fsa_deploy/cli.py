@@ -45,28 +45,43 @@ def build_parser(verb: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fsa_deploy import interrupts
+
+    # before the verb's imports: a signal at any moment becomes Interrupted (exit 130 / 143)
+    with interrupts.handling():
+        rc, verb = _main(argv)
+        code = interrupts.exit_code()
+    if code is not None and rc != code:  # a library swallowed the interrupt: the signal decides
+        print(f"fsa {verb}: interrupted", file=sys.stderr)
+        return code
+    return rc
+
+
+def _main(argv: list[str] | None) -> tuple[int, str | None]:
     from fsa_deploy.errors import CheckFailed, FSAError
+    from fsa_deploy.interrupts import Interrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(verb if verb in VERBS else None)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
-        rc = args.func(args)
+        parser = build_parser(verb if verb in VERBS else None)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2, verb
+        return int(args.func(args) or 0), verb
     except FSAError as e:
-        print(f"fsa {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"fsa {verb}: error: {e}", file=sys.stderr)
+        return 2, verb
     except CheckFailed as e:
-        print(f"fsa {args.verb}: FAILED: {e}", file=sys.stderr)
-        return 1
+        print(f"fsa {verb}: FAILED: {e}", file=sys.stderr)
+        return 1, verb
+    except Interrupted as e:
+        print(f"fsa {verb}: interrupted ({e})", file=sys.stderr)
+        return e.exit_code, verb
     except KeyboardInterrupt:
-        print(f"fsa {args.verb}: interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
-
+        print(f"fsa {verb}: interrupted", file=sys.stderr)
+        return 130, verb
 
 if __name__ == "__main__":
     sys.exit(main())

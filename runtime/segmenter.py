@@ -62,6 +62,7 @@ def as_image(image: ImageLike) -> tuple[torch.Tensor, str | None]:
     """Any accepted image -> (uint8 [3, H, W] RGB, the path it came from or None)."""
     if isinstance(image, (str, os.PathLike)):
         return load_image(image), str(image)
+    _refuse_nonfinite(image)
     if isinstance(image, Image.Image):
         t = torch.from_numpy(_writable(to_rgb(ImageOps.exif_transpose(image)))).permute(2, 0, 1)
     elif isinstance(image, np.ndarray):
@@ -78,6 +79,18 @@ def as_image(image: ImageLike) -> tuple[torch.Tensor, str | None]:
     if t.shape[1] == 0 or t.shape[2] == 0:
         raise FSAError(f"image of shape {list(t.shape)}: no pixels")
     return t.contiguous(), None
+
+
+def _refuse_nonfinite(image: Any) -> None:
+    """A float image with NaN or Infinity would become a silent label map of garbage: refuse it."""
+    if isinstance(image, torch.Tensor) and (image.is_floating_point() or image.is_complex()):
+        bad = int((~torch.isfinite(image)).sum())
+    elif isinstance(image, np.ndarray) and image.dtype.kind in "fc":
+        bad = int((~np.isfinite(image)).sum())
+    else:
+        return
+    if bad:
+        raise FSAError(f"image {image.dtype} {list(image.shape)}: {bad} NaN or infinite values; expected RGB 0-255")
 
 
 def _from_numpy(a: np.ndarray) -> torch.Tensor:

@@ -60,6 +60,19 @@ def session_options(threads: int | None) -> Any:
     return opts
 
 
+def check_image_input(session: Any, art: Artifact, name: str) -> None:
+    """The graph's image input must be [B, 3, crop, crop] with meta.json's crop: checked before any run."""
+    crop = int(art.meta["crop"])
+    for inp in session.get_inputs():
+        if inp.name == IMAGE:
+            dims = list(inp.shape)[1:]
+            if len(dims) != 3 or any(isinstance(d, int) and d != want for d, want in zip(dims, (3, crop, crop))):
+                raise FSAError(f"{art.root / name}: its {IMAGE} input is {['B', *dims]} but meta.json says crop {crop} "
+                               f"(expected [B, 3, {crop}, {crop}]); the folder mixes files of two exports: re-export")
+            return
+    raise FSAError(f"{art.root / name}: no input named {IMAGE!r}; not an image graph of `fsa export`")
+
+
 class OnnxRuntimeBackend:
     """Backend (runtime/backends/base.py) on ONNX Runtime.
 
@@ -77,6 +90,7 @@ class OnnxRuntimeBackend:
         self.threads = threads
         self.image_file = image_file
         self._image = self._session(image_file)
+        check_image_input(self._image, self.artifact, image_file)
         self._text: Any = None
         first = self._image.get_providers()[0]
         # IO binding needs torch CUDA tensors; a CPU build of torch falls back to numpy feeds.

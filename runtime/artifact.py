@@ -163,6 +163,16 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)  # type: ignore[arg-type]
 
 
+def check_target(final: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """`final` may not exist, or must be an artefact folder (replaced only with `overwrite`)."""
+    final = Path(final)
+    if final.exists():
+        if not final.is_dir() or not (final / META).is_file():
+            raise FSAError(f"{final}: exists and is not an artefact folder; choose another --out")
+        if not overwrite:
+            raise FSAError(f"{final}: artefact folder exists; pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def staging_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name beside `final`, then move it into place.
@@ -171,11 +181,7 @@ def staging_folder(final: str | os.PathLike[str], overwrite: bool = False) -> It
     `overwrite`); anything else is refused, so a user's folder is never clobbered.
     """
     final = Path(final)
-    if final.exists():
-        if not final.is_dir() or not (final / META).is_file():
-            raise FSAError(f"{final}: exists and is not an artefact folder; choose another --out")
-        if not overwrite:
-            raise FSAError(f"{final}: artefact folder exists; pass --overwrite to replace it")
+    check_target(final, overwrite)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -67,7 +67,8 @@ def check_image_input(session: Any, art: Artifact, name: str) -> None:
         if inp.name == IMAGE:
             dims = list(inp.shape)[1:]
             if len(dims) != 3 or any(isinstance(d, int) and d != want for d, want in zip(dims, (3, crop, crop))):
-                raise FSAError(f"{art.root / name}: its {IMAGE} input is {['B', *dims]} but meta.json says crop {crop} "
+                got = ", ".join(map(str, dims))
+                raise FSAError(f"{art.root / name}: its {IMAGE} input is [B, {got}] but meta.json says crop {crop} "
                                f"(expected [B, 3, {crop}, {crop}]); the folder mixes files of two exports: re-export")
             return
     raise FSAError(f"{art.root / name}: no input named {IMAGE!r}; not an image graph of `fsa export`")

@@ -1,13 +1,12 @@
 """Valid ranges of the numeric options: one table, checked by argparse before any work.
 
 Every numeric option of every verb takes its `type=` from RANGES, so a value out of range,
-NaN or Infinity is a one-line usage error (exit 2) naming the option and the range, and
+NaN or Infinity is a one-line error (FSAError, exit 2) naming the option, the value and the range, and
 `--help` prints the range. The same Range objects check values given through the Python API.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -33,32 +32,29 @@ class Range:
     def problem(self, value: Any) -> str | None:
         """None if `value` is valid, else what is wrong with it."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{value!r} is not a number"
+            return f"not a number (valid: {self})"
         if not math.isfinite(value):
-            return f"{value} is not a finite number (valid: {self})"
+            return f"not a finite number (valid: {self})"
         if self.integer and value != int(value):
-            return f"{value} is not an integer (valid: {self})"
+            return f"not an integer (valid: {self})"
         if value < self.lo or (self.lo_open and value == self.lo) or value > self.hi:
-            return f"{value:g} is outside {self}"
+            return f"outside {self}"
         return None
 
-    def parse(self, text: str) -> int | float:
-        """argparse `type=`: the value, or ArgumentTypeError (argparse's one-line usage error)."""
+    def parse(self, text: str, option: str) -> int | float:
+        """The value of `option TEXT`, or FSAError (one line naming the option, exit 2)."""
         try:
             value: int | float = int(text) if self.integer else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if self.integer else 'a number'} (valid: {self})") from None
-        bad = self.problem(value)
-        if bad:
-            raise argparse.ArgumentTypeError(bad)
-        return value
+            raise FSAError(f"{option} {text}: not {'an integer' if self.integer else 'a number'} "
+                           f"(valid: {self})") from None
+        return self.check(value, option, text)
 
-    def check(self, value: Any, name: str) -> Any:
-        """The Python API's check: FSAError naming the option."""
+    def check(self, value: Any, name: str, text: str | None = None) -> Any:
+        """`value` if valid, else FSAError naming the option and the value (also the Python API's check)."""
         bad = self.problem(value)
         if bad:
-            raise FSAError(f"{name}: {bad}")
+            raise FSAError(f"{name} {value if text is None else text}: {bad}")
         return value
 
 
@@ -87,4 +83,8 @@ def with_range(option: str, help_text: str) -> str:
 
 def add_ranged(parser: Any, option: str, help_text: str, **kwargs: Any) -> Any:
     """parser.add_argument(option, type=<its range>, help=<help + range>, **kwargs)."""
-    return parser.add_argument(option, type=RANGES[option].parse, help=with_range(option, help_text), **kwargs)
+    rng = RANGES[option]
+    # argparse lets other exceptions than ArgumentTypeError through: the FSAError is the CLI's one line
+    kwargs.setdefault("metavar", "N" if rng.integer else "X")
+    return parser.add_argument(option, type=lambda text: rng.parse(text, option), help=with_range(option, help_text),
+                               **kwargs)

@@ -152,7 +152,7 @@ ROWS: list[Row] = [
     Row("crop of meta.json disagrees with image.onnx", seg("{img:rgb.png}", art="{broken:crop_mismatch}"), 2,
         ("image.onnx", "crop 128", "[B, 3, 112, 112]")),
     # ---------------------------------------------------------------- segment options (issue 15, item 2)
-    *(Row(f"segment {opt} {val}", seg("{img:rgb.png}", opt, val), 2, (f"argument {opt}", *w), absent=NO_OUT)
+    *(Row(f"segment {opt} {val}", seg("{img:rgb.png}", opt, val), 2, (f"{opt} {val}: ", *w), absent=NO_OUT)
       for opt, val, w in (
           ("--prob-thd", "nan", ("not a finite number",)), ("--prob-thd", "inf", ("not a finite number",)),
           ("--prob-thd", "1.5", ("outside [0, 1]",)), ("--prob-thd", "-0.1", ("outside",)),
@@ -182,7 +182,7 @@ ROWS: list[Row] = [
         ("/sys/fsa-deploy-test/out", "cannot"), absent=("/sys/fsa-deploy-test",)),
     Row("--out under a file", seg("{img:rgb.png}", out="{img:rgb.png}/out"), 2, ("--out", "cannot")),
     # ---------------------------------------------------------------- export options (issue 15, item 2)
-    *(Row(f"export {opt} {val}", export(opt, val), 2, (f"argument {opt}", *w), absent=("{tmp}/art",))
+    *(Row(f"export {opt} {val}", export(opt, val), 2, (f"{opt} {val}: ", *w), absent=("{tmp}/art",))
       for opt, val, w in (
           ("--lamda", "nan", ("not a finite number",)), ("--lamda", "inf", ("not a finite number",)),
           ("--lamda", "0", ("outside (0, 80]",)), ("--lamda", "-3", ("outside",)),
@@ -214,7 +214,7 @@ ROWS: list[Row] = [
         ("logits_cosine_min=2", ("outside [-1, 1]",)), ("logits_rel_l2_max=-1", ("outside",)),
         ("top_p_flips_max=0.5", ("not an integer",)), ("speed_min=1", ("unknown metric",)),
         ("pixel_agreement_min", ("expected NAME=NUMBER",)), ("miou_min=abc", ("expected NAME=NUMBER",)))),
-    Row("validate --max-batch 0", validate("--max-batch", "0"), 2, ("argument --max-batch", "outside")),
+    Row("validate --max-batch 0", validate("--max-batch", "0"), 2, ("--max-batch 0: outside",)),
     Row("validate --json names a folder", validate("--json", "{tmp}"), 2, ("--json", "is a folder")),
     Row("validate --md into the artefact's meta.json", validate("--md", "{broken:plain3}/meta.json",
                                                                 art="{broken:plain3}"), 2,
@@ -226,14 +226,14 @@ ROWS: list[Row] = [
         validate("--images", "{photo}", "{bad:text.png}", "--json", "{tmp}/r.json", "--md", "{tmp}/r.md"), 2,
         ("text.png", "1 of 2 images could not be checked"), present=("{tmp}/r.json", "{tmp}/r.md"), one_line=False),
     # ---------------------------------------------------------------- other verbs
-    Row("calibrate --count 0", ("calibrate", "{art}", "--count", "0"), 2, ("argument --count", "outside")),
-    Row("calibrate --batch nan", ("calibrate", "{art}", "--batch", "nan"), 2, ("argument --batch", "not an integer")),
+    Row("calibrate --count 0", ("calibrate", "{art}", "--count", "0"), 2, ("--count 0: outside",)),
+    Row("calibrate --batch nan", ("calibrate", "{art}", "--batch", "nan"), 2, ("--batch nan: not an integer",)),
     Row("dump --out the artefact's meta.json", ("dump", "--image", "{img:rgb.png}", "--out",
                                                "{broken:plain4}/meta.json", "--model", "tiny", "--proxy",
                                                "tiny-dino", "--crop", "112", "--random-init"), 2,
         ("would overwrite meta.json",), unchanged=("{broken:plain4}/meta.json",)),
     Row("dump --stride 0", ("dump", "--image", "{img:rgb.png}", "--out", "{tmp}/d.npz", "--stride", "0"), 2,
-        ("argument --stride", "outside"), absent=("{tmp}/d.npz",)),
+        ("--stride 0: outside",), absent=("{tmp}/d.npz",)),
     Row("build --max-batch 0", ("build", "{art}", "--max-batch", "0"), 2, ("--max-batch",)),
     Row("unknown verb", ("frobnicate",), 2, ("invalid choice",)),
 ]

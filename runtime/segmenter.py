@@ -26,6 +26,7 @@ import torch
 from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact, atomic_file
 from fsa_deploy.runtime.images import load_image, to_rgb
 from fsa_deploy.runtime.pipeline import Geometry, class_probs, labels_of, segment_logits, windows
+from fsa_deploy.runtime.schema import refuse_artifact_file
 from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -231,6 +232,8 @@ class SegmentationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"labels": out / f"{stem}.png", "overlay": out / f"{stem}_overlay.png", "summary": out / f"{stem}.json"}
+        for p in paths.values():  # never over meta.json or a file it records
+            refuse_artifact_file(p, "out_dir")
         writers: dict[str, Callable[[Path], object]] = {
             "labels": lambda p: label_image(self.labels).save(p, format="PNG"),
             "overlay": lambda p: self.overlay().save(p, format="PNG"),

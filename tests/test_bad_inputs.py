@@ -309,7 +309,7 @@ def _truncate(root: Path) -> None:
 
 BROKEN: dict[str, Callable[[Path], None]] = {
     "plain": lambda root: None, "plain2": lambda root: None, "plain3": lambda root: None,
-    "plain4": lambda root: None,
+    "plain4": lambda root: None, "plain5": lambda root: None,
     "no_meta": lambda root: (root / A.META).unlink(),
     "meta_not_json": lambda root: (root / A.META).write_text("{format: fsa"),
     "meta_nan": lambda root: (root / A.META).write_text((root / A.META).read_text().replace('"logit_scale": 40.0',
@@ -498,16 +498,44 @@ def test_api_accepts(api_seg, name, make):
     assert api_seg.segment(make()).labels.shape == (20, 30)
 
 
-def test_api_options_are_checked(inputs):
+def _spec(**hp: float):
+    from conftest import tiny_spec
+
+    return tiny_spec(**hp)
+
+
+def _segmenter(inputs: dict[str, Any], **opts: Any):
     from fsa_deploy.runtime.segmenter import Segmenter
 
-    for opts, word in (({"prob_thd": math.nan}, "--prob-thd"), ({"max_batch": 0}, "--max-batch"),
-                       ({"stride": 0}, "--stride")):
-        with pytest.raises(FSAError, match=word):
-            Segmenter.from_artifact(inputs["art"], "onnx", threads=1, **opts)
+    return Segmenter.from_artifact(inputs["art"], "onnx", threads=1, **opts)
+
+
+def _save_into_artefact(inputs: dict[str, Any], api_seg) -> None:
+    api_seg.segment(np.zeros((20, 30, 3), np.uint8)).save(broken(inputs, "plain5"), "meta")
+
+
+# calls of the Python API that must raise a one-line FSAError with these words
+API_CALLS: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = [
+    ("ModelSpec lamda NaN", lambda inputs, seg: _spec(lamda=math.nan), ("--lamda nan", "not a finite")),
+    ("ModelSpec top_p 1.5", lambda inputs, seg: _spec(top_p=1.5), ("--top-p 1.5", "outside (0, 1]")),
+    ("Segmenter prob_thd NaN", lambda inputs, seg: _segmenter(inputs, prob_thd=math.nan), ("--prob-thd",)),
+    ("Segmenter max_batch 0", lambda inputs, seg: _segmenter(inputs, max_batch=0), ("--max-batch 0",)),
+    ("Segmenter stride 0", lambda inputs, seg: _segmenter(inputs, stride=0), ("--stride 0",)),
+    ("result.save over meta.json", _save_into_artefact, ("would overwrite meta.json",)),
+]
+
+
+@pytest.mark.parametrize("name,call,words", API_CALLS, ids=[r[0] for r in API_CALLS])
+def test_api_calls_refused(inputs, api_seg, name, call, words):
+    before = digest(broken(inputs, "plain5") / A.META)
+    with pytest.raises(FSAError) as err:
+        call(inputs, api_seg)
+    msg = str(err.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+    assert digest(broken(inputs, "plain5") / A.META) == before
 
 
 def test_the_readme_counts_the_rows():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    count = len(ROWS) + len(API_ROWS) + len(API_GOOD)
+    count = len(ROWS) + len(API_ROWS) + len(API_GOOD) + len(API_CALLS)
     assert f"{count} cases" in readme, f"README's Reliability section should say {count} cases"

@@ -138,3 +138,24 @@ def test_validate_interrupted_writes_no_report(tiny_artifact, tmp_path):
     code, out, sent = run_and_signal(argv, signal.SIGTERM, "[1/3]", 0.5)
     assert_interrupted(code, out, signal.SIGTERM, sent)
     assert hidden(tmp_path) == [] and not report.exists()
+
+
+def test_a_swallowed_signal_still_stops_the_commit(tmp_path):
+    """A library's bare `except:` eats the Interrupted; the signal is recorded and no file is published."""
+    from fsa_deploy.runtime.artifact import atomic_file, staging_folder
+
+    from fsa_deploy import interrupts
+
+    with interrupts.handling():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises in here
+        except KeyboardInterrupt:
+            pass  # swallowed, as onnxslim's `except:` around `import onnxruntime` would
+        assert interrupts.exit_code() == 143
+        with pytest.raises(interrupts.Interrupted), atomic_file(tmp_path / "r.json") as tmp:
+            tmp.write_text("{}")
+        with pytest.raises(interrupts.Interrupted), staging_folder(tmp_path / "art") as work:
+            (work / "meta.json").write_text("{}")
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is not interrupts._handler  # the previous handler is back

@@ -66,8 +66,11 @@ def hidden(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob(".*"))
 
 
-def assert_interrupted(code: int, out: str, sig: int, sent: bool) -> None:
+def assert_interrupted(code: int, out: str, sig: int, sent: bool, early: bool = False) -> None:
     assert sent, f"the command ended (exit {code}) before the signal: move the moment earlier\n{out[-3000:]}"
+    if early and code == -sig:  # before `fsa` installed its handler (a slow start): nothing to clean up yet
+        assert out == "", out[-3000:]
+        return
     assert code == EXIT[sig], f"exit {code}, expected {EXIT[sig]} after {signal.Signals(sig).name}:\n{out[-3000:]}"
     assert "Traceback" not in out, out[-3000:]
     assert "interrupted" in out, out[-3000:]
@@ -89,7 +92,7 @@ def test_export_interrupted_leaves_nothing(tmp_path, sig, after, delay):
     argv = ["export", "--out", str(target), "--model", "tiny", "--proxy", "tiny-dino", "--crop", "112",
             "--random-init", "--no-lint"]
     code, out, sent = run_and_signal(argv, sig, after, delay)
-    assert_interrupted(code, out, sig, sent)
+    assert_interrupted(code, out, sig, sent, early=after is None)
     assert hidden(tmp_path) == [], f"temporary files left: {hidden(tmp_path)}"
     if target.exists():  # the signal came after the rename: the artefact is whole
         Artifact.load(target).verify_all()
@@ -120,7 +123,7 @@ def test_segment_interrupted_leaves_whole_results(tiny_artifact, many_images, tm
     argv = ["segment", str(many_images), "--artifact", str(tiny_artifact.root), "--out", str(out), "--classes",
             "cat, dog", "--no-cache", "--threads", "1"]
     code, log, sent = run_and_signal(argv, sig, after, delay)
-    assert_interrupted(code, log, sig, sent)
+    assert_interrupted(code, log, sig, sent, early=after is None)
     assert hidden(tmp_path) == [], f"temporary files left: {hidden(tmp_path)}"
     if out.exists():
         names = {p.name for p in out.iterdir()}
@@ -131,11 +134,11 @@ def test_segment_interrupted_leaves_whole_results(tiny_artifact, many_images, tm
             assert 3 <= len(stems) < 40, f"{len(stems)} images written"
 
 
-def test_validate_interrupted_writes_no_report(tiny_artifact, tmp_path):
+def test_validate_interrupted_writes_no_report(tiny_artifact, many_images, tmp_path):
     report = tmp_path / "r.json"
-    argv = ["validate", str(tiny_artifact.root), "--classes", "cat, dog", "--images", *photos()[:3], "--json",
+    argv = ["validate", str(tiny_artifact.root), "--classes", "cat, dog", "--images", str(many_images), "--json",
             str(report)]
-    code, out, sent = run_and_signal(argv, signal.SIGTERM, "[1/3]", 0.5)
+    code, out, sent = run_and_signal(argv, signal.SIGTERM, "[3/40]", 0.0)
     assert_interrupted(code, out, signal.SIGTERM, sent)
     assert hidden(tmp_path) == [] and not report.exists()
 

@@ -47,41 +47,47 @@ def build_parser(verb: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from fsa_deploy import interrupts
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
     # before the verb's imports: a signal at any moment becomes Interrupted (exit 130 / 143)
     with interrupts.handling():
-        rc, verb = _main(argv)
+        try:
+            rc = _main(argv, verb)
+        except Exception:  # a library turned the interrupt into another error (a half-done import)
+            if interrupts.received() is None:
+                raise
+            rc = None
         code = interrupts.exit_code()
-    if code is not None and rc != code:  # a library swallowed the interrupt: the signal decides
+    if code is not None and rc != code:  # the interrupt was swallowed or changed: the signal decides
         print(f"fsa {verb}: interrupted", file=sys.stderr)
         return code
-    return rc
+    return int(rc or 0)
 
 
-def _main(argv: list[str] | None) -> tuple[int, str | None]:
+def _main(argv: list[str], verb: str | None) -> int:
     from fsa_deploy.errors import CheckFailed, FSAError
     from fsa_deploy.interrupts import Interrupted
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    verb = next((a for a in argv if not a.startswith("-")), None)
     try:
         parser = build_parser(verb if verb in VERBS else None)
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
-            return 2, verb
-        return int(args.func(args) or 0), verb
+            return 2
+        return int(args.func(args) or 0)
     except FSAError as e:
         print(f"fsa {verb}: error: {e}", file=sys.stderr)
-        return 2, verb
+        return 2
     except CheckFailed as e:
         print(f"fsa {verb}: FAILED: {e}", file=sys.stderr)
-        return 1, verb
+        return 1
     except Interrupted as e:
         print(f"fsa {verb}: interrupted ({e})", file=sys.stderr)
-        return e.exit_code, verb
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"fsa {verb}: interrupted", file=sys.stderr)
-        return 130, verb
+        return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

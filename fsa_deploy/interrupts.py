@@ -48,7 +48,7 @@ def _handler(signum: int, frame: object) -> None:
 def handling() -> Iterator[None]:
     """SIGINT and SIGTERM raise Interrupted inside the block (main thread only; elsewhere a no-op).
 
-    Recorded signals are forgotten on entry; the previous handlers come back on exit.
+    Recorded signals are forgotten on entry and on exit; the previous handlers come back on exit.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -60,6 +60,7 @@ def handling() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _received.clear()  # a later run in this process (tests, the Python API) starts clean
 
 
 def received() -> int | None:

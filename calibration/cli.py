@@ -7,6 +7,8 @@ import json
 
 from fsa_deploy.runtime.text import add_vocabulary_args
 
+from fsa_deploy.ranges import add_ranged
+
 
 def add_calibrate(sub, help_text: str) -> None:
     from fsa_deploy.calibration.modelopt_call import METHODS
@@ -24,11 +26,11 @@ def add_calibrate(sub, help_text: str) -> None:
                    help=f"Q/DQ precision (default {Options.precision})")
     p.add_argument("--images", nargs="+", metavar="PATH",
                    help="calibration images: files and/or folders (default: scikit-image's sample photos)")
-    p.add_argument("--count", type=int, default=Options.count,
-                   help=f"crops used: the first N crops of the images (default {Options.count})")
-    p.add_argument("--batch", type=int, default=Options.batch,
-                   help=f"crops per calibration step (default {Options.batch}); ModelOpt holds every calibrated "
-                        "activation of a step in memory (ViT-B-16 + DINO B/8 at 336: 8.4 GiB peak at 1)")
+    add_ranged(p, "--count", f"crops used: the first N crops of the images (default {Options.count})",
+               default=Options.count)
+    add_ranged(p, "--batch", default=Options.batch,
+               help_text=f"crops per calibration step (default {Options.batch}); ModelOpt holds every calibrated "
+                         "activation of a step in memory (ViT-B-16 + DINO B/8 at 336: 8.4 GiB peak at 1)")
     p.add_argument("--quantize", choices=REGIONS, dest="region",
                    help="what runs in low precision: the proxy's backbone (default where the model has a proxy: "
                         "~80%% of a crop's FLOPs) or both backbones (CLIP's trunk too; the default without a proxy)")

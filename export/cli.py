@@ -6,6 +6,8 @@ import argparse
 
 from fsa_deploy.models.cli import add_model_args, spec_from_args
 
+from fsa_deploy.ranges import add_ranged
+
 
 def add_export(sub, help_text: str) -> None:
     p = sub.add_parser("export", help=help_text, description=(
@@ -15,7 +17,7 @@ def add_export(sub, help_text: str) -> None:
     p.add_argument("--out", required=True, help="artefact folder to create")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: CLIP trunk and proxy in fp16, last block + feedback + tail in fp32")
-    p.add_argument("--max-batch", type=int, default=64, help="largest crop batch the graph admits (default 64)")
+    add_ranged(p, "--max-batch", "largest crop batch the graph admits (default 64)", default=64)
     p.add_argument("--overwrite", action="store_true", help="replace an existing artefact folder")
     p.add_argument("--no-lint", action="store_true", help="skip the TensorRT lint (not recommended)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -240,6 +240,7 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
     Graphs over `external_data_bytes` keep their weights in a `.data` file beside them."""
     if precision not in EXPORT_PRECISIONS:
         raise FSAError(f"--precision {precision!r}: choose from {', '.join(EXPORT_PRECISIONS)}")
+    A.check_target(out, overwrite)  # before minutes of work
     steps = Progress(6 if lint else 5, progress)
     steps.step(f"building {spec.model}" + (f" + {spec.proxy}" if spec.attention == "proxy" else "")
                + f" ({spec.attention}, {'FSA' if spec.fsa else 'no FSA'}, crop {spec.crop})")

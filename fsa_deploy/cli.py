@@ -45,27 +45,48 @@ def build_parser(verb: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.errors import CheckFailed, FSAError
+    from fsa_deploy import interrupts
 
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(verb if verb in VERBS else None)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    # before the verb's imports: a signal at any moment becomes Interrupted (exit 130 / 143)
+    with interrupts.handling():
+        try:
+            rc = _main(argv, verb)
+        except Exception:  # a library turned the interrupt into another error (a half-done import)
+            if interrupts.received() is None:
+                raise
+            rc = None
+        code = interrupts.exit_code()
+    if code is not None and rc != code:  # the interrupt was swallowed or changed: the signal decides
+        print(f"fsa {verb}: interrupted", file=sys.stderr)
+        return code
+    return int(rc or 0)
+
+
+def _main(argv: list[str], verb: str | None) -> int:
+    from fsa_deploy.errors import CheckFailed, FSAError
+    from fsa_deploy.interrupts import Interrupted
+
     try:
-        rc = args.func(args)
+        parser = build_parser(verb if verb in VERBS else None)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
     except FSAError as e:
-        print(f"fsa {args.verb}: error: {e}", file=sys.stderr)
+        print(f"fsa {verb}: error: {e}", file=sys.stderr)
         return 2
     except CheckFailed as e:
-        print(f"fsa {args.verb}: FAILED: {e}", file=sys.stderr)
+        print(f"fsa {verb}: FAILED: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"fsa {verb}: interrupted ({e})", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print(f"fsa {args.verb}: interrupted", file=sys.stderr)
+        print(f"fsa {verb}: interrupted", file=sys.stderr)
         return 130
-    return int(rc or 0)
 
 
 if __name__ == "__main__":

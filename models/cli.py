@@ -6,6 +6,8 @@ import argparse
 
 from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 
+from fsa_deploy.ranges import RANGES, add_ranged
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, weights, --attention, --proxy, --crop, --no-fsa and the hyper-parameters."""
@@ -19,16 +21,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "training checkpoint, or OpenAI's TorchScript ViT-*.pt (README: Weights)")
     w.add_argument("--random-init", action="store_true", help="deterministic random weights (see --seed)")
     g.add_argument("--cache-dir", metavar="DIR", help="hub cache folder for --pretrained (default: the hub's own)")
-    g.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
+    add_ranged(g, "--seed", "seed of --random-init (default 0)", default=0)
     g.add_argument("--attention", default="proxy", help="proxy, qk, sclip, clearclip or naclip (default proxy)")
     g.add_argument("--proxy", default="dino",
                    help="dino, dinov2, dinov2-noreg, sam, mae or tiny-* (default dino; proxy only)")
     g.add_argument("--proxy-checkpoint", metavar="PATH", help="the proxy's release file as its authors ship it "
                    "(dino_*, dinov2_*, mae_*, sam_vit_b_*.pth) or timm's model.safetensors (README: Weights)")
-    g.add_argument("--crop", type=int, default=336, help="square crop size (default 336)")
+    add_ranged(g, "--crop", "square crop size, a multiple of the model's patch size (default 336)", default=336)
     g.add_argument("--no-fsa", action="store_true", help="the base method alone")
-    for name in ("lamda", "beta", "gamma", "top-p"):
-        g.add_argument(f"--{name}", type=float, default=None, help="override shared/spec/FSA.md's default")
+    for name in ("--lamda", "--beta", "--gamma", "--top-p"):
+        add_ranged(g, name, f"override shared/spec/FSA.md's default ({RANGES[name].why})", default=None)
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -61,7 +63,7 @@ def add_dump(sub, help_text: str) -> None:
     p.add_argument("--image", required=True, help="an image file")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--formulation", choices=("deploy", "literal"), default="deploy")
-    p.add_argument("--stride", type=int, default=None, help="window stride (default crop // 3)")
+    add_ranged(p, "--stride", "window stride (default crop // 3)", default=None)
     add_model_args(p)
     add_vocabulary_args(p)
     p.set_defaults(func=run_dump)
@@ -69,7 +71,9 @@ def add_dump(sub, help_text: str) -> None:
 
 def run_dump(args: argparse.Namespace) -> int:
     from fsa_deploy.models.dump import dump_stages
+    from fsa_deploy.runtime.schema import refuse_artifact_file
 
+    refuse_artifact_file(args.out, "--out")
     dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
                 formulation=args.formulation, stride=args.stride)
     print(f"wrote {args.out}")

@@ -26,6 +26,11 @@ class ModelSpec:
     hp: HyperParams = field(default_factory=HyperParams)
 
     def __post_init__(self) -> None:
+        from fsa_deploy.ranges import RANGES
+
+        for name in ("lamda", "beta", "gamma", "top_p"):  # the CLI's ranges, for the Python API too
+            RANGES["--" + name.replace("_", "-")].check(getattr(self.hp, name), "--" + name.replace("_", "-"))
+        RANGES["--crop"].check(self.crop, "--crop")
         patch = clip_spec(self.model).patch
         if self.crop <= 0 or self.crop % patch:
             raise FSAError(f"--crop {self.crop}: must be a positive multiple of {self.model}'s patch size {patch}")

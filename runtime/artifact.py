@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.runtime import schema
+
+from fsa_deploy import interrupts
+
 # The names live in fsa_deploy.contract; imported here for `artifact.IMAGE_ONNX`-style use.
 from fsa_deploy.contract import (  # noqa: F401
     EMBEDDINGS,
@@ -49,6 +53,11 @@ class Artifact:
     meta: dict[str, Any]
     _verified: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, schema.Meta):  # a missing field is then one line naming it
+            self.meta = schema.Meta(self.meta)
+            self.meta.source = str(self.root / META)
+
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> Artifact:
         root = Path(root)
@@ -58,17 +67,18 @@ class Artifact:
         if not path.is_file():
             raise FSAError(f"{root}: no {META} (not an artefact folder written by `fsa export`)")
         try:
-            meta = json.loads(path.read_text())
+            text = path.read_text()
         except (OSError, ValueError) as e:
             raise FSAError(f"{path}: unreadable meta.json ({e})") from e
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = schema.parse(text, str(path))  # strict JSON: NaN and Infinity are refused
+        if meta.get("format") != FORMAT:
             raise FSAError(f"{path}: not an fsa-deploy meta.json (format field missing or wrong)")
         if meta.get("format_version") != FORMAT_VERSION:
             raise FSAError(
                 f"{path}: format_version {meta.get('format_version')} is not supported "
                 f"(this fsa-deploy reads {FORMAT_VERSION}); re-export"
             )
-        return cls(root, meta)
+        return cls(root, schema.validate(meta, str(path)))  # every field: one line naming a bad one
 
     def files(self) -> dict[str, dict[str, Any]]:
         return self.meta.setdefault("files", {})
@@ -123,26 +133,44 @@ def with_stage_outputs(model, stages: dict[str, str], names: list[str] | None = 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON to a temporary name beside `path`, then rename: never half-written."""
-    with atomic_file(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
+    try:  # strict JSON: NaN and Infinity are not JSON, and a reader must never meet them
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise FSAError(f"{path}: refusing to write a non-finite number (NaN or Infinity) into JSON ({e})") from e
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
+
+    No rename after a signal (fsa_deploy.interrupts); the temporary file goes in every case.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any other file
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any other file
         yield Path(tmp)
+        interrupts.check()
         os.replace(tmp, path)
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        with interrupts.shielded(), contextlib.suppress(OSError, TypeError):
+            os.unlink(tmp)  # type: ignore[arg-type]
+
+
+def check_target(final: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """`final` may not exist, or must be an artefact folder (replaced only with `overwrite`)."""
+    final = Path(final)
+    if final.exists():
+        if not final.is_dir() or not (final / META).is_file():
+            raise FSAError(f"{final}: exists and is not an artefact folder; choose another --out")
+        if not overwrite:
+            raise FSAError(f"{final}: artefact folder exists; pass --overwrite to replace it")
 
 
 @contextlib.contextmanager
@@ -153,22 +181,26 @@ def staging_folder(final: str | os.PathLike[str], overwrite: bool = False) -> It
     `overwrite`); anything else is refused, so a user's folder is never clobbered.
     """
     final = Path(final)
-    if final.exists():
-        if not final.is_dir() or not (final / META).is_file():
-            raise FSAError(f"{final}: exists and is not an artefact folder; choose another --out")
-        if not overwrite:
-            raise FSAError(f"{final}: artefact folder exists; pass --overwrite to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    check_target(final, overwrite)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FSAError(f"{final.parent}: cannot create the folder ({e.strerror or e})") from e
+    tmp: Path | None = None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         yield tmp
+        interrupts.check()
         if final.exists():
             old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            with interrupts.shielded():  # the swap must not stop half-way
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            with interrupts.shielded():
+                shutil.rmtree(tmp, ignore_errors=True)

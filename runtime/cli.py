@@ -8,6 +8,7 @@ image (runtime.segmenter writes each file under a temporary name first).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from fsa_deploy.runtime.backends.select import BACKENDS
 from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.ranges import add_ranged
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                             ".pbm", ".pnm"})
@@ -33,11 +35,11 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: a TensorRT engine when this machine can run it, else ONNX Runtime (default auto)")
     add_vocabulary_args(p)
-    p.add_argument("--prob-thd", type=float, default=0.0,
-                   help="pixels whose top class probability is below this become class 0 (default 0)")
-    p.add_argument("--max-batch", type=int, default=16, help="crops per backend call (default 16)")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default crop // 3)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores)")
+    add_ranged(p, "--prob-thd", "pixels whose top class probability is below this become class 0 (default 0)",
+               default=0.0)
+    add_ranged(p, "--max-batch", "crops per backend call (default 16)", default=16)
+    add_ranged(p, "--stride", "sliding-window stride, at most the crop size (default crop // 3)", default=None)
+    add_ranged(p, "--threads", "ONNX Runtime CPU threads (default: all cores)", default=None)
     p.add_argument("--precision", default=None, help="TensorRT image engine to use when several were built")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", metavar="DIR", help="class-embedding cache (default $FSA_CACHE_DIR or "
@@ -115,6 +117,7 @@ def run_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FSAError(f"--out {out}: exists and is not a folder")
+    check_outputs(out, files)
     if files:
         cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
         seg = Segmenter.from_artifact(args.artifact, args.backend, threads=args.threads, precision=args.precision,
@@ -122,7 +125,10 @@ def run_segment(args: argparse.Namespace) -> int:
                                       stride=args.stride)
         print(f"backend: {seg.backend.name} ({seg.backend_reason})", flush=True)
         seg.set_classes(vocabulary_from_args(args))
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FSAError(f"--out {out}: cannot create the folder ({e.strerror or e})") from e
         todo = list(zip(files, unique_stems(files)))
         tqdm = _tqdm()
         bar = todo if tqdm is None else tqdm(todo, disable=len(files) <= 1, unit="image", file=sys.stderr)
@@ -132,6 +138,21 @@ def run_segment(args: argparse.Namespace) -> int:
     if failed:
         raise FSAError(f"{failed} of {total} images failed")
     return 0
+
+
+def check_outputs(out: Path, files: Sequence[Path]) -> None:
+    """Before any work: no output may replace meta.json or a file it records (--out inside an
+    artefact folder), and --out must be creatable."""
+    from fsa_deploy.runtime.schema import refuse_artifact_file
+
+    for stem in unique_stems(files):
+        for name in (f"{stem}.png", f"{stem}_overlay.png", f"{stem}.json"):
+            refuse_artifact_file(out / name, "--out")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise FSAError(f"--out {out}: cannot create or write it ({parent} is not a writable folder)")
 
 
 def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:

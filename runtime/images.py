@@ -9,7 +9,28 @@ import numpy as np
 
 from fsa_deploy.errors import FSAError
 
-MAX_PIXELS = 20_000 * 20_000  # above this, refuse rather than exhaust memory
+MAX_PIXELS = 20_000 * 20_000  # above this, refuse rather than exhaust memory (FSA_MAX_PIXELS overrides)
+MAX_PIXELS_ENV = "FSA_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    """The one pixel limit: $FSA_MAX_PIXELS, else MAX_PIXELS. Pillow's own decompression-bomb
+    limit (89.5 MP by default) is set from it, so that the two never disagree."""
+    text = os.environ.get(MAX_PIXELS_ENV)
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise FSAError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive pixel count, e.g. 400000000")
+    return value
+
+
+def _too_large(path: object, what: str, limit: int) -> FSAError:
+    return FSAError(f"{path}: {what} is above the limit of {limit:,} pixels ({limit / 1e6:g} MP); "
+                    f"set {MAX_PIXELS_ENV} to raise it")
 
 
 def to_rgb(img) -> np.ndarray:
@@ -41,12 +62,14 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise FSAError(f"{path}: is a folder, not an image")
     if os.path.getsize(path) == 0:
         raise FSAError(f"{path}: empty file (0 bytes)")
+    limit = max_pixels()
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses at twice this in open(); we refuse above it, below
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our check below says more
             with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise FSAError(f"{path}: {img.width}x{img.height} pixels is too large")
+                if img.width * img.height > limit:
+                    raise _too_large(path, f"{img.width}x{img.height} = {img.width * img.height:,} pixels", limit)
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = to_rgb(img)
@@ -54,7 +77,9 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise
     except UnidentifiedImageError as e:
         raise FSAError(f"{path}: not an image Pillow can read") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, "the image (more than twice the limit)", limit) from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise FSAError(f"{path}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from e
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise FSAError(f"{path}: image has no pixels")

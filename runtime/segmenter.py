@@ -26,6 +26,7 @@ import numpy as np
 from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact, atomic_file
 from fsa_deploy.runtime.images import load_image, to_rgb
 from fsa_deploy.runtime.pipeline import Geometry, canvas_logits, postprocess, windows
+from fsa_deploy.runtime.schema import refuse_artifact_file
 from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -72,6 +73,7 @@ def as_image(image: ImageLike) -> tuple[np.ndarray, str | None]:
     """Any accepted image -> (uint8 [3, H, W] RGB, the path it came from or None)."""
     if isinstance(image, (str, os.PathLike)):
         return load_image(image), str(image)
+    _refuse_nonfinite(image)
     if isinstance(image, Image.Image):
         t = to_rgb(ImageOps.exif_transpose(image)).transpose(2, 0, 1)
     elif isinstance(image, np.ndarray):
@@ -88,6 +90,19 @@ def as_image(image: ImageLike) -> tuple[np.ndarray, str | None]:
     if t.shape[1] == 0 or t.shape[2] == 0:
         raise FSAError(f"image of shape {list(t.shape)}: no pixels")
     return np.ascontiguousarray(t), None
+
+
+def _refuse_nonfinite(image: Any) -> None:
+    """A float image with NaN or Infinity would become a silent label map of garbage: refuse it."""
+    if type(image).__module__.split(".")[0] == "torch":
+        if not (image.is_floating_point() or image.is_complex()):
+            return
+        image = host_array(image.float() if image.is_floating_point() else image)
+    if isinstance(image, np.ndarray) and image.dtype.kind in "fc":
+        bad = int((~np.isfinite(image)).sum())
+        if bad:
+            raise FSAError(f"image {image.dtype} {list(image.shape)}: {bad} NaN or infinite values; "
+                           "expected RGB 0-255")
 
 
 def _from_numpy(a: np.ndarray) -> np.ndarray:
@@ -231,6 +246,8 @@ class SegmentationResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"labels": out / f"{stem}.png", "overlay": out / f"{stem}_overlay.png", "summary": out / f"{stem}.json"}
+        for p in paths.values():  # never over meta.json or a file it records
+            refuse_artifact_file(p, "out_dir")
         writers: dict[str, Callable[[Path], object]] = {
             "labels": lambda p: label_image(self.labels).save(p, format="PNG"),
             "overlay": lambda p: self.overlay().save(p, format="PNG"),

@@ -21,6 +21,7 @@ from fsa_deploy.runtime import artifact as A
 
 from fsa_deploy.contract import TOKENIZER_VOCAB
 from fsa_deploy.errors import CheckFailed, FSAError
+from fsa_deploy.ranges import Range, add_ranged
 
 # an in-memory model's external weights are read from this folder (onnxruntime >= 1.17)
 ARGMAX_TIE = 1e-5  # reference top-2 class probabilities closer than this: either label is right
@@ -53,6 +54,16 @@ PROFILES: dict[str, Tolerances] = {
 }
 
 
+# each metric's range: a --tol outside it (or NaN / Infinity) is a usage error, never a silent pass
+TOLERANCE_RANGES: dict[str, Range] = {
+    "logits_rel_l2_max": Range(0.0, 1e6), "logits_cosine_min": Range(-1.0, 1.0),
+    "pixel_agreement_min": Range(0.0, 1.0), "miou_min": Range(0.0, 1.0),
+    "top_p_flips_max": Range(0, 2**62, integer=True), "proxy_mask_flips_max": Range(0, 2**62, integer=True),
+    "stage_rel_l2_max": Range(0.0, 1e6), "text_rel_l2_max": Range(0.0, 1e6),
+}
+assert set(TOLERANCE_RANGES) == {f.name for f in fields(Tolerances)}
+
+
 def tolerances_for(profile: str, overrides: dict[str, float]) -> Tolerances:
     if profile not in PROFILES:
         raise FSAError(f"--profile {profile!r}: unknown (choose from {', '.join(PROFILES)})")
@@ -60,6 +71,8 @@ def tolerances_for(profile: str, overrides: dict[str, float]) -> Tolerances:
     bad = sorted(set(overrides) - names)
     if bad:
         raise FSAError(f"--tol {bad[0]}: unknown metric (choose from {', '.join(sorted(names))})")
+    for name, value in overrides.items():
+        TOLERANCE_RANGES[name].check(value, f"--tol {name}")
     return replace(PROFILES[profile], **overrides)
 
 
@@ -230,6 +243,7 @@ def validate_image(path: str, ref, side: ArtifactSide, text: np.ndarray, query_c
         "logits_rel_l2": max(per_crop_rel), "logits_cosine": min(per_crop_cos),
         "logits_max_abs": float(np.abs(r["art"] - r["ref"]).max()),
         "logits_mean_abs": float(np.abs(r["art"] - r["ref"]).mean()),
+        "nonfinite_logits": int((~np.isfinite(r["art"])).sum() + (~np.isfinite(r["ref"])).sum()),
         "pixel_agreement": float(agree.mean()), "miou": miou(labels["art"], labels["ref"]),
         "top_p_tie_entries": al.top_p_ties, "top_p_flips": al.top_p_flips,
         "proxy_mask_ties": al.proxy_ties, "proxy_mask_flips": al.proxy_flips, "argmax_ties": int(tied.sum()),
@@ -253,13 +267,21 @@ CHECKS = (  # (tolerance field, summary metric, "max" or "min" bound)
 )
 
 
+def _worst(values: list[float], pick) -> float:
+    """max/min where one NaN makes the result NaN (Python's max and min skip it by position)."""
+    return math.nan if any(math.isnan(v) for v in values) else pick(values)
+
+
 def summarize(images: list[dict], text_err: float | None) -> dict[str, Any]:
+    if not images:  # every image failed to load: nothing was compared
+        return {"text_rel_l2": text_err}
     return {
-        "logits_rel_l2_max": max(i["logits_rel_l2"] for i in images),
-        "logits_cosine_min": min(i["logits_cosine"] for i in images),
-        "logits_max_abs": max(i["logits_max_abs"] for i in images),
+        "logits_rel_l2_max": _worst([i["logits_rel_l2"] for i in images], max),
+        "logits_cosine_min": _worst([i["logits_cosine"] for i in images], min),
+        "logits_max_abs": _worst([i["logits_max_abs"] for i in images], max),
         "pixel_agreement_min": min(i["pixel_agreement"] for i in images),
         "miou_min": min(i["miou"] for i in images),
+        "nonfinite_logits": sum(i.get("nonfinite_logits", 0) for i in images),
         "top_p_tie_entries": sum(i["top_p_tie_entries"] for i in images),
         "top_p_flips": sum(i["top_p_flips"] for i in images),
         "proxy_mask_ties": sum(i["proxy_mask_ties"] for i in images),
@@ -270,10 +292,14 @@ def summarize(images: list[dict], text_err: float | None) -> dict[str, Any]:
 
 
 def failures_of(summary: dict[str, Any], tol: Tolerances) -> list[str]:
-    out = []
+    # NaN or Infinity in any compared number is a failure, whether or not the profile checks it
+    out = [f"{k} = {v} (not a finite number)" for k, v in summary.items()
+           if isinstance(v, float) and not math.isfinite(v)]
+    if summary.get("nonfinite_logits"):
+        out.append(f"nonfinite_logits = {summary['nonfinite_logits']} (NaN or Infinity in the logits)")
     for field, metric, bound in CHECKS:
         limit, value = getattr(tol, field), summary.get(metric)
-        if limit is None or value is None:
+        if limit is None or value is None or (isinstance(value, float) and not math.isfinite(value)):
             continue
         if (bound == "max" and value > limit) or (bound == "min" and value < limit):
             out.append(f"{metric} = {value:.6g} {'>' if bound == 'max' else '<'} {limit:g}")
@@ -318,26 +344,31 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
 
     with torch.no_grad():
         text = classifier(numpy_encoder(ref), vocab.queries, templates)
-    reports = []
+    reports, errors = [], []
     for i, path in enumerate(images):
         if progress:
             print(f"[{i + 1}/{len(images)}] {path}", file=sys.stderr, flush=True)
-        reports.append(validate_image(path, ref, side, text, vocab.query_class, art.meta, max_batch, stages, stride,
-                                      tol.stage_rel_l2_max))
+        try:
+            reports.append(validate_image(path, ref, side, text, vocab.query_class, art.meta, max_batch, stages,
+                                          stride, tol.stage_rel_l2_max))
+        except FSAError as e:  # like `fsa segment`: report the bad image, check the others
+            msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+            errors.append({"image": str(path), "error": msg})
+            print(f"fsa validate: error: {msg}", file=sys.stderr, flush=True)
     prompts = [t.format(q) for q in vocab.queries for t in templates]
     summary = summarize(reports, text_check(art, ref, prompts))
-    failures = failures_of(summary, tol)
+    failures = failures_of(summary, tol) + [f"image not checked: {e['error']}" for e in errors]
     report: dict[str, Any] = {
         "passed": not failures, "tolerance_profile": profile, "tolerances": asdict(tol),
         "artifact": str(Path(folder) / name), "backend": side.kind,
         "reference": "pytorch-cpu-" + ("fp64-head" if fp64 else "fp32"), "classes": vocab.names,
-        "summary": summary, "failures": failures, "images": reports,
+        "summary": summary, "failures": failures, "images": reports, "errors": errors,
     }
     if stages:
         from fsa_deploy.contract import STAGES
 
         order = {n: i for i, n in enumerate(STAGES)}
-        first = [r["first_failing_stage"] for r in reports if r["first_failing_stage"]]
+        first = [r["first_failing_stage"] for r in reports if r.get("first_failing_stage")]
         report["summary"]["first_failing_stage"] = min(first, key=order.__getitem__) if first else None
     return report
 
@@ -362,7 +393,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
 def format_terminal(report: dict[str, Any]) -> str:
     head = [c for c, _ in COLUMNS]
     rows = table_rows(report)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     out = [f"artifact {report['artifact']} on {report['backend']} vs {report['reference']}, "
            f"profile {report['tolerance_profile']}", line(head), line(["-" * w for w in widths])]
@@ -373,6 +404,7 @@ def format_terminal(report: dict[str, Any]) -> str:
         if "stages" in r:
             out.append(f"stages of {Path(r['image']).name} (first failing: {r['first_failing_stage']}):")
             out += [f"  {n:16s} rel L2 {v['rel_l2']:.3e}  max abs {v['max_abs']:.3e}" for n, v in r["stages"].items()]
+    out += [f"not checked: {e['error']}" for e in report.get("errors", [])]
     verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
     out.append(verdict)
     return "\n".join(out)
@@ -396,6 +428,8 @@ def format_markdown(report: dict[str, Any]) -> str:
                     for n, v in r["stages"].items()]
     if report["failures"]:
         out += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
+    if report.get("errors"):
+        out += ["", "## Images not checked", ""] + [f"- {e['error']}" for e in report["errors"]]
     return "\n".join(out) + "\n"
 
 
@@ -412,7 +446,38 @@ def parse_tolerances(items: list[str]) -> dict[str, float]:
             raise FSAError(f"--tol {item!r}: expected NAME=NUMBER") from None
         if not sep:
             raise FSAError(f"--tol {item!r}: expected NAME=NUMBER")
+    for name, value in out.items():  # before any work: an unknown name or a value out of range is exit 2
+        if name not in TOLERANCE_RANGES:
+            raise FSAError(f"--tol {name}: unknown metric (choose from {', '.join(sorted(TOLERANCE_RANGES))})")
+        TOLERANCE_RANGES[name].check(value, f"--tol {name}")
     return out
+
+
+def strict_json(obj: Any) -> Any:
+    """The report with NaN and Infinity as null: strict JSON (the failures list names them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def check_output_file(path: str | None, option: str) -> None:
+    """Before any work: --json / --md must name a writable file, never a folder or an artefact's file."""
+    if not path:
+        return
+    from fsa_deploy.runtime.schema import refuse_artifact_file
+
+    p = Path(path)
+    if p.is_dir():
+        raise FSAError(f"{option} {path}: is a folder; give a file name")
+    refuse_artifact_file(p, option)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FSAError(f"{option} {path}: cannot create its folder ({e.strerror or e})") from e
 
 
 def expand_images(items: list[str] | None) -> list[str] | None:
@@ -457,8 +522,8 @@ def add_validate(sub, help_text: str) -> None:
                    help="override one tolerance, e.g. --tol pixel_agreement_min=0.995")
     p.add_argument("--stages", action="store_true", help="compare every stage; name the first that breaks")
     p.add_argument("--fp64", action="store_true", help="run the reference's last block and feedback in float64")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--stride", type=int, default=None)
+    add_ranged(p, "--max-batch", "crops per call (default 8)", default=8)
+    add_ranged(p, "--stride", "sliding-window stride (default crop // 3)", default=None)
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--md", help="write the report as Markdown")
     add_vocabulary_args(p)
@@ -486,17 +551,25 @@ def backend_of(name: str) -> str:
 def run_validate(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.text import vocabulary_from_args
 
+    for path, option in ((args.json, "--json"), (args.md, "--md")):
+        check_output_file(path, option)
     report = run_validation(args.folder, graph_of(args), backend_of(args.backend), expand_images(args.images),
                             vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,
                             args.fp64, args.max_batch, args.stride, progress=True)
     import json
 
-    for path, text in ((args.json, lambda: json.dumps(report, indent=2)), (args.md, lambda: format_markdown(report))):
+    for path, text in ((args.json, lambda: json.dumps(strict_json(report), indent=2, allow_nan=False)),
+                       (args.md, lambda: format_markdown(report))):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            with A.atomic_file(path) as tmp:
-                tmp.write_text(text())
+            try:
+                with A.atomic_file(path) as tmp:
+                    tmp.write_text(text())
+            except OSError as e:
+                raise FSAError(f"{path}: cannot write the report ({e.strerror or e})") from e
     print(format_terminal(report))
+    if report["errors"]:
+        raise FSAError(f"{len(report['errors'])} of {len(report['errors']) + len(report['images'])} images "
+                       "could not be checked (the report lists them)")
     if not report["passed"]:
         raise CheckFailed("; ".join(report["failures"]) + (
             f" (first failing stage: {report['summary'].get('first_failing_stage')})" if args.stages else ""))

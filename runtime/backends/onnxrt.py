@@ -59,6 +59,20 @@ def session_options(threads: int | None) -> Any:
     return opts
 
 
+def check_image_input(session: Any, art: Artifact, name: str) -> None:
+    """The graph's image input must be [B, 3, crop, crop] with meta.json's crop: checked before any run."""
+    crop = int(art.meta["crop"])
+    for inp in session.get_inputs():
+        if inp.name == IMAGE:
+            dims = list(inp.shape)[1:]
+            if len(dims) != 3 or any(isinstance(d, int) and d != want for d, want in zip(dims, (3, crop, crop))):
+                got = ", ".join(map(str, dims))
+                raise FSAError(f"{art.root / name}: its {IMAGE} input is [B, {got}] but meta.json says crop {crop} "
+                               f"(expected [B, 3, {crop}, {crop}]); the folder mixes files of two exports: re-export")
+            return
+    raise FSAError(f"{art.root / name}: no input named {IMAGE!r}; not an image graph of `fsa export`")
+
+
 class OnnxRuntimeBackend:
     """Backend (runtime/backends/base.py) on ONNX Runtime.
 
@@ -87,6 +101,7 @@ class OnnxRuntimeBackend:
             self._image, self._text = None, self._session(TEXT_ONNX)
         else:
             self._image = self._session(image_file, self.stage_names, optimized_to)
+            check_image_input(self._image, self.artifact, image_file)
         first = (self._image or self._text).get_providers()[0]
         self.name = f"onnxruntime-{EP_NAMES.get(first, first.removesuffix('ExecutionProvider').lower())}"
         self.grid = tuple(int(g) for g in self.artifact.meta["grid"])

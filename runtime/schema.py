@@ -1,0 +1,175 @@
+"""meta.json's schema: one table, checked by Artifact.load for every reader.
+
+Each field has a kind and a valid range. Load checks every field present (a wrong type or
+range is one line naming the field) and requires FORMAT's core fields; the other fields are
+required by the reader that uses them: `meta["crop"]` on a meta.json without `crop` raises a
+one-line FSAError naming the field (Meta.__missing__), never a KeyError. The file itself is
+strict JSON: NaN and Infinity are refused when read (and never written: write_json_atomic).
+
+The same module guards what meta.json records: no verb writes over meta.json or a file it
+lists (`refuse_artifact_file`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsa_deploy.contract import META
+from fsa_deploy.errors import FSAError
+
+Check = Callable[[Any], str | None]  # a value -> None if valid, else what is wrong with it
+
+
+def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, integer: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            return f"{v!r} is not {'an integer' if integer else 'a number'}"
+        if not math.isfinite(v):
+            return f"{v!r} is not finite"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"{v!r} is {'not above' if lo_open else 'below'} {lo:g}"
+        if hi is not None and v > hi:
+            return f"{v!r} is above {hi:g}"
+        return None
+    return check
+
+
+def _of(kind: type, what: str, item: Check | None = None, length: int | None = None) -> Check:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, kind):
+            return f"{type(v).__name__} where {what} is expected"
+        if length is not None and len(v) != length:
+            return f"{len(v)} entries where {length} are expected"
+        for x in (v.values() if isinstance(v, dict) else v) if item else ():
+            bad = item(x)
+            if bad:
+                return bad
+        return None
+    return check
+
+
+def _text(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else f"{v!r} is not a non-empty string"
+
+
+def _template(v: Any) -> str | None:
+    return None if isinstance(v, str) and "{}" in v else f"{v!r} is not a prompt template with {{}}"
+
+
+def _file_record(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return f"{type(v).__name__} where a file record is expected"
+    sha = v.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        return f"sha256 {sha!r} is not 64 hex digits"
+    if "bytes" in v:
+        return _number(0, integer=True)(v["bytes"])
+    return None
+
+
+POSITIVE_INT = _number(0, lo_open=True, integer=True)
+FINITE = _number()
+
+
+@dataclass(frozen=True)
+class Field:
+    check: Check
+    what: str  # for the error line and the docs
+    required: bool = False  # at load; the others are required by the reader that uses them
+
+
+FIELDS: dict[str, Field] = {
+    "format": Field(_text, "the format name", required=True),
+    "format_version": Field(_number(integer=True), "the format version", required=True),
+    "files": Field(_of(dict, "an object of file records", _file_record), "file name -> {sha256, bytes, ...}",
+                   required=True),
+    "model": Field(_text, "the CLIP model name"),
+    "weights": Field(_of(dict, "an object"), "where the weights came from"),
+    "attention": Field(_text, "the attention type"),
+    "crop": Field(POSITIVE_INT, "the crop size in pixels (> 0)"),
+    "fsa": Field(_of(bool, "true or false"), "FSA on or off"),
+    "hyper_parameters": Field(_of(dict, "an object of numbers", FINITE), "finite numbers"),
+    "precision": Field(_text, "the graph precision"),
+    "opset": Field(POSITIVE_INT, "the ONNX opset"),
+    "clip_grid": Field(_of(list, "a list", POSITIVE_INT, 2), "[h, w] > 0"),
+    "grid": Field(_of(list, "a list", POSITIVE_INT, 2), "[h, w] > 0"),
+    "patch": Field(POSITIVE_INT, "the patch size (> 0)"),
+    "width": Field(POSITIVE_INT, "the transformer width (> 0)"),
+    "heads": Field(POSITIVE_INT, "the head count (> 0)"),
+    "embed_dim": Field(POSITIVE_INT, "the embedding size (> 0)"),
+    "logit_scale": Field(_number(0, lo_open=True), "a finite number > 0"),
+    "prob_thd": Field(_number(0, 1), "a number in [0, 1]"),
+    "templates": Field(_of(list, "a list", _template), "prompt templates with {}"),
+    "context_length": Field(POSITIVE_INT, "the token count (> 0)"),
+    "stages": Field(_of(dict, "an object of tensor names", _text), "stage -> tensor name"),
+    "feedback_scope": Field(_text, "the feedback node prefix"),
+}
+
+
+class Meta(dict):
+    """meta.json as a dict whose missing field is a one-line FSAError naming it."""
+
+    source: str = META
+
+    def __missing__(self, key: str) -> Any:
+        what = FIELDS[key].what if key in FIELDS else "a field this reader needs"
+        raise FSAError(f"{self.source}: field {key!r} ({what}) is missing; re-export with `fsa export`")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (NaN and Infinity are refused)")
+
+
+def parse(text: str, source: str) -> dict[str, Any]:
+    """meta.json's text -> a JSON object (strict: NaN and Infinity refused); then `validate` it."""
+    try:
+        raw = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as e:
+        raise FSAError(f"{source}: unreadable meta.json ({e})") from e
+    if not isinstance(raw, dict):
+        raise FSAError(f"{source}: not an fsa-deploy meta.json (a JSON object is expected)")
+    return raw
+
+
+def validate(meta: dict[str, Any], source: str = META) -> Meta:
+    """Check every known field present and the required ones; returns the same data as a Meta."""
+    for name, f in FIELDS.items():
+        if name not in meta:
+            if f.required:
+                raise FSAError(f"{source}: field {name!r} ({f.what}) is missing; not an fsa-deploy meta.json")
+            continue
+        bad = f.check(meta[name])
+        if bad:
+            raise FSAError(f"{source}: field {name!r}: {bad} (expected {f.what}); re-export with `fsa export`")
+    out = meta if isinstance(meta, Meta) else Meta(meta)
+    out.source = source
+    return out
+
+
+# ---------------------------------------------------------------- what meta.json records is never overwritten
+
+
+def recorded_files(folder: str | os.PathLike[str]) -> set[str]:
+    """meta.json and the files it lists, if `folder` is an artefact folder; else nothing."""
+    path = Path(folder) / META
+    if not path.is_file():
+        return set()
+    try:
+        files = json.loads(path.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        files = {}
+    return {META, *(files if isinstance(files, dict) else ())}
+
+
+def refuse_artifact_file(path: str | os.PathLike[str], option: str) -> None:
+    """FSAError if writing `path` would replace meta.json or a file it records."""
+    p = Path(path).resolve() if Path(path).parent.exists() else Path(os.path.abspath(path))
+    if p.name in recorded_files(p.parent):
+        raise FSAError(f"{option} {path}: would overwrite {p.name} of the artefact folder {p.parent}; "
+                       "choose another output")

@@ -66,7 +66,7 @@ $(SERVE_STAMP): pyproject.toml $(STAMP)
 
 # Triton (fsa serve, tiny artefact, ORT CPU) against the in-process Segmenter: images/s, p50/p99, RSS.
 bench-serve: setup
-	$(BIN)/python -m fsa_deploy.runtime.serve.bench --json out/bench/serve.json --md out/bench/serve.md
+	$(BIN)/python -m fsa_deploy.validation.bench_serve --json out/bench/serve.json --md out/bench/serve.md
 
 clean:
 	rm -rf out .pytest_cache

@@ -4,7 +4,7 @@ artefact, images, classes and run. Images/s and p50/p99 latency at 1, 4 and 16 c
 tritonserver process group (server + python stubs) before and after 1,000 requests.
 
 python -m fsa_deploy.validation.bench_serve [--artifact DIR] [--requests 1000] [--json F] [--md F]
-Without --artifact, a tiny random-init model (crop 224) is exported to out/bench/serve-art once.
+Without --artifact, the tests' tiny random-init model (crop 112) is exported to out/bench/serve-art once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -91,7 +93,7 @@ def tiny_artifact(folder: Path) -> Path:
     from fsa_deploy.models.weights import Weights
 
     if not (folder / "meta.json").is_file():
-        spec = ModelSpec(model="tiny", weights=Weights(seed=0), attention="proxy", proxy="tiny-dino", crop=224,
+        spec = ModelSpec(model="tiny", weights=Weights(seed=0), attention="proxy", proxy="tiny-dino", crop=112,
                          fsa=True, hp=default_hp("tiny", "tiny-dino"))
         export_artifact(spec, folder, progress=False)
     return folder
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--artifact", type=Path)
     p.add_argument("--requests", type=int, default=1000, help="requests between the two RSS readings")
-    p.add_argument("--per-level", type=int, default=48, help="requests per concurrency level")
+    p.add_argument("--per-level", type=int, default=32, help="requests per concurrency level")
     p.add_argument("--json", type=Path)
     p.add_argument("--md", type=Path)
     args = p.parse_args(argv)
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             ins.append(t)
         return state.infer("fsa_segment", ins).as_numpy("LABELS")
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
     t0 = time.perf_counter()
     server.start()
     ready_s = time.perf_counter() - t0
@@ -149,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         for x in paths:
             seg.segment(x)
         for c in CONCURRENCY:
-            rows.append({"where": "in-process", **run_level(local, c, args.per_level, paths)})
-            rows.append({"where": "fsa serve", **run_level(remote, c, args.per_level, blobs)})
+            for where, call, images in (("in-process", local, paths), ("fsa serve", remote, blobs)):
+                rows.append({"where": where, **run_level(call, c, args.per_level, images)})
+                print(f"bench-serve: {rows[-1]}", file=sys.stderr, flush=True)
         assert server.proc is not None
         rss_before = group_rss_mb(server.proc.pid)
+        print(f"bench-serve: soak, {args.requests} requests, RSS {rss_before:.0f} MB", file=sys.stderr, flush=True)
         soak = run_level(remote, 4, args.requests, blobs)
         rss_after = group_rss_mb(server.proc.pid)
     finally:

@@ -194,7 +194,13 @@ def serve(server: Server) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         t0 = time.monotonic()
-        server.start()
+        try:
+            server.start()
+        except FSAError:
+            if not stop["asked"]:
+                raise
+            print("fsa serve: stopped before it was ready", file=sys.stderr)
+            return 0
         assert server.proc is not None
         print(f"fsa serve: ready in {time.monotonic() - t0:.1f} s: http {server.host}:{server.http_port}, "
               f"grpc {server.host}:{server.grpc_port}, metrics {server.host}:{server.metrics_port}; "

@@ -4,15 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
+# The serving env (issue 13): tritonserver's python backend needs numpy < 2 (pytriton#93), the
+# project env needs numpy 2; `fsa serve` finds it at $FSA_SERVE_VENV or <repo>/.venv-serve.
+SERVE_VENV ?= .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
 
-.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory
+.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve
 
-setup: $(STAMP)
+setup: $(STAMP) $(SERVE_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant,rtx]"
+	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant,rtx,serve]"
 	# tensorrt-stubs' metadata requires the placeholder `tensorrt` wheel: install the stubs alone
 	$(PIP) install -q --no-deps "tensorrt-stubs>=10.13,<11"
 	touch $(STAMP)
@@ -62,6 +66,22 @@ bench-build: setup
 # On a machine with an NVIDIA GPU: CUDA tests, validate and bench with the TensorRT flavour it supports (< 8 min).
 gpu-check: setup
 	BIN=$(BIN) tools/gpu_check.sh
+
+# The serving env: PyTriton's wheel for its tritonserver binary (--no-deps: its Python API and
+# gevent are not used), the runtime's base deps with numpy < 2, and the python backend stub of this
+# interpreter's version placed next to libtriton_python.so (its RPATH then resolves in place).
+# The project itself is not installed here: `fsa serve` copies the runtime into the model repository.
+$(SERVE_STAMP): pyproject.toml $(STAMP)
+	test -d $(SERVE_VENV) || $(PY) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
+	$(SERVE_VENV)/bin/python -m pip install -q "numpy>=1.24,<2" "pillow>=10" "onnxruntime>=1.18,<1.33" "regex"
+	$(BIN)/python -m fsa_deploy.runtime.serve.env $(SERVE_VENV)
+	touch $@
+
+# Triton (fsa serve, tiny artefact, ORT CPU) against the in-process Segmenter: images/s, p50/p99, RSS.
+bench-serve: setup
+	$(BIN)/python -m fsa_deploy.validation.bench_serve --json out/bench/serve.json --md out/bench/serve.md
 
 clean:
 	rm -rf out .pytest_cache

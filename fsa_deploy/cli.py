@@ -22,6 +22,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "dump": ("fsa_deploy.models.cli", "reference stage tensors of one crop to an .npz"),
     "bench": ("fsa_deploy.validation.bench", "latency / memory / fidelity table"),
     "doctor": ("fsa_deploy.runtime.doctor", "what this machine can run: CUDA, GPU, TensorRT, ORT providers"),
+    "triton": ("fsa_deploy.runtime.serve.cli", "artefact folder -> Triton model repository (NVIDIA's container)"),
+    "serve": ("fsa_deploy.runtime.serve.cli", "run Triton here on an artefact: fsa_segment over HTTP/gRPC"),
 }
 
 

@@ -1,0 +1,111 @@
+"""Triton python model `fsa_segment`: what `fsa segment` does, for one encoded image per request.
+
+Inputs IMAGE (BYTES: one image file) and CLASSES (BYTES: the --classes text); outputs LABELS
+(UINT16 [H, W]) and SUMMARY (BYTES: fsa segment's NAME.json). The work is the runtime's own
+Segmenter (copied into this version folder by `fsa triton` / `fsa serve`) with a backend that
+sends crops to the image model and tokens to the text model through BLS, so the label map is
+`fsa segment`'s by construction. One Segmenter per class list, least recently used dropped.
+"""
+
+import copy
+import io
+import json
+import sys
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = Path(args["model_repository"]) / args["model_version"]
+        sys.path.insert(0, str(here))  # the runtime copied next to this file, ahead of anything installed
+        from fsa_deploy.runtime.images import MAX_PIXELS
+        from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary
+        from fsa_deploy.runtime.serve.bls import (
+            IN_CLASSES,
+            IN_IMAGE,
+            OUT_LABELS,
+            OUT_SUMMARY,
+            SegmentParams,
+            TritonBackend,
+        )
+
+        from fsa_deploy.errors import FSAError
+
+        self.FSAError, self.MAX_PIXELS, self.as_vocabulary = FSAError, MAX_PIXELS, as_vocabulary
+        self.names = (IN_IMAGE, IN_CLASSES, OUT_LABELS, OUT_SUMMARY)
+        self.params = SegmentParams.from_config(json.loads(args["model_config"]).get("parameters", {}))
+        backend = TritonBackend(pb_utils, self.params)
+        # no on-disk cache in a server: the LRU below keys on the class list
+        self.base = Segmenter.from_artifact(here / "artifact", backend, cache_dir=None,
+                                            max_batch=self.params.max_batch)
+        self.segmenters = OrderedDict()
+
+    def execute(self, requests):
+        return [self._reply(r) for r in requests]
+
+    def _reply(self, request):
+        try:
+            return self._segment(request)
+        except self.FSAError as e:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"fsa_segment: {e}"))
+        except Exception as e:  # noqa: BLE001 - any failure is this request's error reply, never a dead stub
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"fsa_segment: {type(e).__name__}: {e}"))
+
+    def _one(self, request, name):
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        if t is None:
+            raise self.FSAError(f"input {name} missing")
+        a = t.as_numpy().reshape(-1)
+        if a.size != 1:
+            raise self.FSAError(f"input {name}: one element expected, got {a.size}")
+        v = a[0]
+        return v if isinstance(v, bytes) else str(v).encode()
+
+    def _segmenter(self, classes_text):
+        vocab = self.as_vocabulary(classes_text)
+        if len(vocab.queries) > self.params.max_classes:
+            raise self.FSAError(f"CLASSES: {len(vocab.queries)} class names, at most {self.params.max_classes}")
+        seg = self.segmenters.pop(vocab, None)
+        if seg is None:
+            seg = copy.copy(self.base).set_classes(vocab)
+        self.segmenters[vocab] = seg
+        while len(self.segmenters) > self.params.cache_size:
+            self.segmenters.popitem(last=False)
+        return seg
+
+    def _decode(self, data):
+        """One image file's bytes -> a loaded PIL image, with `fsa segment`'s guards."""
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                if img.width * img.height > self.MAX_PIXELS:
+                    raise self.FSAError(f"IMAGE: {img.width}x{img.height} pixels is too large")
+                img.load()
+        except self.FSAError:
+            raise
+        except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, OSError (truncated), bombs
+            raise self.FSAError(f"IMAGE: not a decodable image ({type(e).__name__}: {str(e)[:160]})") from None
+        return img
+
+    def _segment(self, request):
+        in_image, in_classes, out_labels, out_summary = self.names
+        data = self._one(request, in_image)
+        try:
+            classes = self._one(request, in_classes).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self.FSAError(f"CLASSES: not UTF-8 text ({e})") from None
+        seg = self._segmenter(classes)
+        result = seg.segment(self._decode(data))
+        summary = json.dumps(result.summary(), indent=2) + "\n"
+        return pb_utils.InferenceResponse([
+            pb_utils.Tensor(out_labels, np.ascontiguousarray(result.labels, dtype=np.uint16)),
+            pb_utils.Tensor(out_summary, np.array([summary.encode()], dtype=np.object_)),
+        ])

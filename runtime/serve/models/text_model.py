@@ -1,0 +1,34 @@
+"""Triton python model `fsa_text` (local flavour): prompt embeddings on this runtime's backend."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        sys.path.insert(0, str(Path(args["model_repository"]) / args["model_version"]))
+        from fsa_deploy.runtime.artifact import Artifact
+        from fsa_deploy.runtime.backends.select import select_backend
+
+        from fsa_deploy.contract import EMBEDDINGS, TOKENS
+
+        p = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        threads = int(p.get("threads", "0")) or None
+        self.backend = select_backend(Artifact.load(p["artifact"]), p.get("backend", "auto"), threads=threads).backend
+        self.names = (TOKENS, EMBEDDINGS)
+
+    def execute(self, requests):
+        tokens_name, out_name = self.names
+        replies = []
+        for r in requests:
+            try:
+                tokens = pb_utils.get_input_tensor_by_name(r, tokens_name).as_numpy()
+                emb = np.ascontiguousarray(self.backend.encode_text(tokens), dtype=np.float32)
+                replies.append(pb_utils.InferenceResponse([pb_utils.Tensor(out_name, emb)]))
+            except Exception as e:  # noqa: BLE001
+                replies.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"fsa_text: {e}")))
+        return replies

@@ -1,0 +1,238 @@
+"""Write a Triton model repository for an artefact folder (`fsa triton`, and `fsa serve`'s local one).
+
+Three models, the same names and tensors in both flavours:
+
+- `fsa_text`: tokens int32 [T, 77] -> embeddings [T, D] (text.onnx);
+- `fsa_image`: crops + class embeddings -> crop logits (image.onnx or a TensorRT engine);
+- `fsa_segment` (python backend): IMAGE (one encoded image file) + CLASSES (the --classes text)
+  -> LABELS uint16 [H, W] + SUMMARY (fsa segment's NAME.json), running this runtime's Segmenter
+  whose backend calls the other two through BLS (runtime/serve/bls.py).
+
+`container` (for NVIDIA's tritonserver image, no machine paths): the text and image models run on
+Triton's native onnxruntime / tensorrt_plan backends. Their image graph takes text_embeddings
+[K, D] without a batch dim and FSA's feedback uses the text inside the attention, so Triton
+cannot batch crops of different requests there (it batches every input, and merges only equal
+non-batch shapes, not equal values): max_batch_size 0, all of an image's crops (up to the
+engine's batch) in one request, concurrency from model instances.
+`local` (`fsa serve`; the PyTriton wheel has only the python backend): the text and image models
+are python models running this runtime's backends; the image model batches crops across requests
+(dynamic batching) and runs each group of requests with the same class embeddings in one call.
+
+The runtime itself (fsa_deploy: errors, contract, runtime/) is copied into each python model's
+version folder, so a repository carries the code that wrote it; fsa_segment's copy of the
+artefact is meta.json and the tokenizer's vocabulary only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsa_deploy.runtime
+from fsa_deploy.runtime.artifact import Artifact, write_json_atomic
+from fsa_deploy.runtime.serve.bls import IMAGE_MODEL, SEGMENT_MODEL, TEXT_MODEL, SegmentParams
+
+import fsa_deploy.errors
+from fsa_deploy.contract import (
+    CONTEXT_LENGTH,
+    EMBEDDINGS,
+    IMAGE,
+    IMAGE_ONNX,
+    LOGITS,
+    META,
+    TEXT_EMBEDDINGS,
+    TEXT_ONNX,
+    TOKENS,
+)
+from fsa_deploy.errors import FSAError
+
+FLAVOURS = ("container", "local")
+IMAGE_BACKENDS = ("onnxruntime", "tensorrt")
+MODEL_FILES = Path(__file__).parent / "models"
+ARTIFACT_COPY = "artifact"  # fsa_segment/1/artifact: meta.json + tokenizer vocabulary
+
+
+class Enum(str):
+    """A protobuf enum value: written bare in text format (TYPE_FP32, KIND_CPU)."""
+
+
+def pbtxt(obj: dict[str, Any], indent: int = 0) -> str:
+    """A dict as protobuf text format: dict -> message, list of dicts -> repeated message,
+    list of scalars -> repeated scalar, Enum bare, str quoted."""
+    pad = "  " * indent
+    lines = []
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key} {{", pbtxt(value, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            body = ",\n".join(f"{pad}  {{\n{pbtxt(v, indent + 2)}\n{pad}  }}" for v in value)
+            lines += [f"{pad}{key} [", body, f"{pad}]"]
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return "\n".join(line for line in lines if line)
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, Enum):
+        return str(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(v)
+
+
+def tensor(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
+    return {"name": name, "data_type": Enum(dtype), "dims": dims}
+
+
+def parameters(params: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"key": k, "value": {"string_value": v}} for k, v in params.items()]
+
+
+@dataclass(frozen=True)
+class RepoOptions:
+    """What `fsa triton` / `fsa serve` choose. `backend` is the runtime backend the local python
+    models open (auto, onnx, trt); `image_backend` the container's native backend."""
+
+    flavour: str = "container"
+    image_backend: str = "onnxruntime"
+    backend: str = "auto"
+    max_batch: int = 16
+    max_classes: int = 1024
+    segment_instances: int = 4
+    image_instances: int = 1
+    queue_delay_us: int = 2000
+    threads: int = 0  # local ORT intra-op threads; 0: onnxruntime's default (as `fsa segment`)
+    precision: str | None = None  # which TensorRT engine, when several were built
+
+
+def vendor_runtime(dest: Path) -> None:
+    """Copy the base package (fsa_deploy/__init__, errors, contract; runtime/) to dest/fsa_deploy.
+    The version folder is on the stub's sys.path, so this copy is what the model imports."""
+    top, runtime = Path(fsa_deploy.errors.__file__).parent, Path(fsa_deploy.runtime.__file__).parent
+    pkg = dest / "fsa_deploy"
+    pkg.mkdir(parents=True, exist_ok=True)
+    for name in ("__init__.py", "errors.py", "contract.py"):
+        shutil.copy2(top / name, pkg / name)
+    shutil.copytree(runtime, pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                    dirs_exist_ok=True)
+
+
+def engine_of(art: Artifact, precision: str | None) -> tuple[str, dict[str, Any]]:
+    """The TensorRT engine recorded in meta.json (by precision when several) and its build record."""
+    engines = {n: i for n, i in art.files().items() if i.get("role") == "engine"}
+    if precision:
+        engines = {n: i for n, i in engines.items() if i.get("precision") == precision}
+    if not engines:
+        what = f" of precision {precision}" if precision else ""
+        raise FSAError(f"{art.root}: no TensorRT engine{what} recorded in {META} (build one: fsa build)")
+    if len(engines) > 1:
+        raise FSAError(f"{art.root}: several engines ({', '.join(sorted(engines))}): pick one with --precision")
+    name = next(iter(engines))
+    return name, engines[name]
+
+
+def _copy_graph(art: Artifact, name: str, folder: Path, as_name: str) -> None:
+    """A graph (sha256 checked) and its external-data file, which keeps its recorded name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(art.path(name), folder / as_name)
+    if f"{name}.data" in art.files():
+        shutil.copy2(art.path(f"{name}.data"), folder / f"{name}.data")
+
+
+def _python_model(folder: Path, model_file: str) -> None:
+    version = folder / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(MODEL_FILES / model_file, version / "model.py")
+    vendor_runtime(version)
+
+
+def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathLike[str],
+                     opts: RepoOptions = RepoOptions()) -> Path:
+    """Write the three models under `out` (created; must not hold other models). Returns `out`."""
+    art = art if isinstance(art, Artifact) else Artifact.load(art)
+    if opts.flavour not in FLAVOURS:
+        raise FSAError(f"flavour {opts.flavour!r}: choose from {', '.join(FLAVOURS)}")
+    if opts.image_backend not in IMAGE_BACKENDS:
+        raise FSAError(f"--image-backend {opts.image_backend!r}: choose from {', '.join(IMAGE_BACKENDS)}")
+    if not 1 <= opts.max_batch <= 1024:
+        raise FSAError(f"--max-batch {opts.max_batch}: must be between 1 and 1024")
+    meta = art.meta
+    crop, dim = int(meta["crop"]), int(meta["embed_dim"])
+    grid = [int(g) for g in meta["grid"]]
+    out = Path(out)
+    max_batch, max_classes = opts.max_batch, opts.max_classes
+    local = opts.flavour == "local"
+    trt = not local and opts.image_backend == "tensorrt"
+    if trt:
+        engine, info = engine_of(art, opts.precision)
+        profiles = info.get("engine", {}).get("profiles", {})
+        max_batch = min(max_batch, int(profiles.get(IMAGE, {}).get("max", [max_batch])[0]))
+        max_classes = min(max_classes, int(profiles.get(TEXT_EMBEDDINGS, {}).get("max", [max_classes])[0]))
+    out.mkdir(parents=True, exist_ok=True)
+    clash = sorted(p.parent.name for p in out.glob("*/config.pbtxt")
+                   if p.parent.name not in (SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL))
+    if clash:
+        raise FSAError(f"--out {out}: holds other models ({', '.join(clash)}); give an empty folder")
+
+    # ---- fsa_text
+    text_cfg: dict[str, Any] = {"name": TEXT_MODEL, "max_batch_size": 0,
+                                "input": [tensor(TOKENS, "TYPE_INT32", [-1, CONTEXT_LENGTH])],
+                                "output": [tensor(EMBEDDINGS, "TYPE_FP32", [-1, dim])]}
+    # ---- fsa_image: batch dim added by Triton when max_batch_size > 0
+    if local:
+        image_cfg: dict[str, Any] = {
+            "name": IMAGE_MODEL, "backend": "python", "max_batch_size": max_batch,
+            "input": [tensor(IMAGE, "TYPE_FP32", [3, crop, crop]), tensor(TEXT_EMBEDDINGS, "TYPE_FP32", [-1, dim])],
+            "output": [tensor(LOGITS, "TYPE_FP32", [-1, *grid])],
+            "dynamic_batching": {"max_queue_delay_microseconds": opts.queue_delay_us},
+            "instance_group": [{"count": opts.image_instances, "kind": Enum("KIND_CPU")}]}
+        local_params = {"artifact": str(art.root.resolve()), "backend": opts.backend, "threads": str(opts.threads)}
+        text_cfg.update(backend="python", instance_group=[{"count": 1, "kind": Enum("KIND_CPU")}],
+                        parameters=parameters(local_params))
+        image_cfg["parameters"] = parameters(local_params)
+        _python_model(out / TEXT_MODEL, "text_model.py")
+        _python_model(out / IMAGE_MODEL, "image_model.py")
+        backend_name = f"triton-{opts.backend}"
+    else:
+        image_cfg = {
+            "name": IMAGE_MODEL, "max_batch_size": 0,
+            "input": [tensor(IMAGE, "TYPE_FP32", [-1, 3, crop, crop]), tensor(TEXT_EMBEDDINGS, "TYPE_FP32", [-1, dim])],
+            "output": [tensor(LOGITS, "TYPE_FP32", [-1, -1, *grid])],
+            "instance_group": [{"count": opts.image_instances, "kind": Enum("KIND_GPU")}]}
+        text_cfg["backend"] = "onnxruntime"
+        _copy_graph(art, TEXT_ONNX, out / TEXT_MODEL / "1", "model.onnx")
+        if trt:
+            image_cfg["platform"] = "tensorrt_plan"
+            (out / IMAGE_MODEL / "1").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(art.path(engine), out / IMAGE_MODEL / "1" / "model.plan")
+        else:
+            image_cfg["backend"] = "onnxruntime"
+            _copy_graph(art, IMAGE_ONNX, out / IMAGE_MODEL / "1", "model.onnx")
+        backend_name = f"triton-{opts.image_backend}"
+    # ---- fsa_segment
+    params = SegmentParams(text_per_crop=local, max_batch=max_batch, max_classes=max_classes,
+                           backend_name=backend_name)
+    segment_cfg = {
+        "name": SEGMENT_MODEL, "backend": "python", "max_batch_size": 0,
+        "input": [tensor("IMAGE", "TYPE_STRING", [1]), tensor("CLASSES", "TYPE_STRING", [1])],
+        "output": [tensor("LABELS", "TYPE_UINT16", [-1, -1]), tensor("SUMMARY", "TYPE_STRING", [1])],
+        "instance_group": [{"count": opts.segment_instances, "kind": Enum("KIND_CPU")}],
+        "parameters": parameters(params.to_config())}
+    _python_model(out / SEGMENT_MODEL, "segment_model.py")
+    copy = out / SEGMENT_MODEL / "1" / ARTIFACT_COPY
+    copy.mkdir(parents=True, exist_ok=True)
+    kept = {n: i for n, i in art.files().items() if i.get("role") == "tokenizer"}
+    for name in kept:
+        shutil.copy2(art.path(name), copy / name)
+    # meta.json as recorded: the image graph's hash keys the summary; absent files are never opened
+    write_json_atomic(copy / META, meta)
+    for name, cfg in ((TEXT_MODEL, text_cfg), (IMAGE_MODEL, image_cfg), (SEGMENT_MODEL, segment_cfg)):
+        (out / name / "config.pbtxt").write_text(pbtxt(cfg) + "\n")
+    return out

@@ -1,0 +1,285 @@
+"""Serving (issue 13): `fsa triton` repositories checked offline, and `fsa serve` (the bundled
+tritonserver on 127.0.0.1, free ports) answering HTTP and gRPC with `Segmenter`'s label maps.
+
+One server for the module; it is stopped by the last test, which checks that no process of its
+group and no shared-memory region is left. Clients come from the `serve` extra (tritonclient).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, assert_one_line_error, photos, run_cli
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.serve.bls import IMAGE_MODEL, SEGMENT_MODEL, TEXT_MODEL
+from fsa_deploy.runtime.serve.check import check_repository, parse_configs
+from fsa_deploy.runtime.serve.env import find_serve_env
+from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
+
+from fsa_deploy.errors import FSAError
+
+th = pytest.importorskip("tritonclient.http")
+tg = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+CLASSES = "sky, person; astronaut, grass, cat; kitten, road"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+# ---------------------------------------------------------------- offline: fsa triton
+
+
+def test_container_repository_passes_the_offline_check(tiny_artifact, tmp_path):
+    out = tmp_path / "repo"
+    proc = run_cli("triton", tiny_artifact.root, "--out", out, "--max-batch", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "configs checked" in proc.stdout
+    assert sorted(p.parent.name for p in out.glob("*/config.pbtxt")) == sorted([SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL])
+    assert (out / IMAGE_MODEL / "1" / "model.onnx").read_bytes() == tiny_artifact.path("image.onnx").read_bytes()
+    assert (out / SEGMENT_MODEL / "1" / "fsa_deploy" / "runtime" / "segmenter.py").is_file()
+    for cfg in out.glob("*/config.pbtxt"):  # NVIDIA's container runs it unchanged: no path of this machine
+        assert str(tiny_artifact.root) not in cfg.read_text() and "/tmp" not in cfg.read_text()
+    image_cfg = (out / IMAGE_MODEL / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in image_cfg and "max_batch_size: 0" in image_cfg
+    assert check_repository(out) == []
+
+
+def test_offline_check_catches_typos_and_wiring(tiny_artifact, tmp_path):
+    out = write_repository(tiny_artifact, tmp_path / "repo")
+    cfg = out / IMAGE_MODEL / "config.pbtxt"
+    good = cfg.read_text()
+    cfg.write_text(good.replace("max_batch_size", "max_batch_sise"))
+    with pytest.raises(FSAError, match=r"max_batch_sise"):
+        check_repository(out)
+    # wiring: fsa_segment sends FP32 embeddings; the model now takes FP16
+    fp32 = '"text_embeddings"\n    data_type: TYPE_FP32'
+    cfg.write_text(good.replace(fp32, fp32.replace("FP32", "FP16")))
+    problems = check_repository(out)
+    assert any("text_embeddings: sends TYPE_FP32, model takes TYPE_FP16" in p for p in problems), problems
+    cfg.write_text(good.replace('"logits"', '"scores"'))
+    assert any("no output 'logits'" in p for p in check_repository(out))
+
+
+def test_tensorrt_repository_takes_the_engine_limits(tiny_artifact, tmp_path):
+    """The plan file and the batch / class limits come from the engine's record in meta.json
+    (a stand-in engine file: the repository writer never opens it)."""
+    art_dir = tmp_path / "art"
+    shutil.copytree(tiny_artifact.root, art_dir)
+    art = Artifact.load(art_dir)
+    (art_dir / "image.fp16.engine").write_bytes(b"plan bytes")
+    profiles = {"image": {"min": [1, 3, 112, 112], "opt": [4, 3, 112, 112], "max": [6, 3, 112, 112]},
+                "text_embeddings": {"min": [1, 64], "opt": [21, 64], "max": [300, 64]}}
+    art.record("image.fp16.engine", role="engine", precision="fp16", engine={"profiles": profiles})
+    art.save()
+    out = write_repository(art_dir, tmp_path / "repo", RepoOptions(image_backend="tensorrt", max_batch=16))
+    assert (out / IMAGE_MODEL / "1" / "model.plan").read_bytes() == b"plan bytes"
+    assert 'platform: "tensorrt_plan"' in (out / IMAGE_MODEL / "config.pbtxt").read_text()
+    seg = parse_configs(out)[SEGMENT_MODEL].parameters
+    assert (seg["max_batch"].string_value, seg["max_classes"].string_value) == ("6", "300")
+    assert check_repository(out) == []
+
+
+def test_local_repository_batches_the_image_model(tiny_artifact, tmp_path):
+    out = write_repository(tiny_artifact, tmp_path / "repo", RepoOptions(flavour="local", max_batch=8))
+    image_cfg = (out / IMAGE_MODEL / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in image_cfg and "dynamic_batching" in image_cfg and 'backend: "python"' in image_cfg
+    assert check_repository(out, portable=False) == []
+    assert check_repository(out) == [f"{m}: parameter artifact is a path of this machine ({tiny_artifact.root})"
+                                     for m in (IMAGE_MODEL, TEXT_MODEL)]
+
+
+# ---------------------------------------------------------------- fsa serve: refusals (exit 2, one line)
+
+
+def test_serve_refuses_a_bad_folder_a_busy_port_and_a_missing_env(tiny_artifact, tmp_path):
+    assert_one_line_error(run_cli("serve", tmp_path / "nope", timeout=60), "not a folder")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        http, metrics = free_ports(2)
+        proc = run_cli("serve", tiny_artifact.root, "--http-port", http, "--grpc-port", port,
+                       "--metrics-port", metrics, timeout=60)
+        assert_one_line_error(proc, f"--grpc-port {port}", "in use")
+    env = {**os.environ, "FSA_SERVE_VENV": str(tmp_path / "no-env")}
+    proc = subprocess.run([sys.executable, "-m", "fsa_deploy", "serve", str(tiny_artifact.root), "--http-port",
+                           str(free_ports(1)[0])], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, "no serve environment", "make setup")
+
+
+# ---------------------------------------------------------------- fsa serve: the server
+
+
+class Served:
+    """`fsa serve` as a subprocess (its own process group), with its ports and tritonserver's pid."""
+
+    def __init__(self, artifact: Path, log: Path):
+        self.http, self.grpc, self.metrics = free_ports(3)
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fsa_deploy", "serve", str(artifact), "--http-port", str(self.http),
+             "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), "--backend", "onnx",
+             "--log-file", str(log)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.triton_pid: int | None = None
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        line = self.proc.stderr.readline()  # one line: "ready ... tritonserver pid N" or the error
+        if "ready" not in line:
+            self.proc.wait(timeout=30)
+            raise RuntimeError(f"fsa serve exited {self.proc.returncode}: {line.strip()}")
+        self.triton_pid = int(line.split("tritonserver pid ")[1].split(";")[0])
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_artifact, tmp_path_factory):
+    try:
+        find_serve_env()
+    except FSAError as e:
+        pytest.skip(f"no serve environment: {e}")
+    s = Served(tiny_artifact.root, tmp_path_factory.mktemp("serve") / "tritonserver.log")
+    try:
+        s.wait_ready()
+    except RuntimeError as e:
+        if "cannot import the runtime" in str(e) and "torch" in str(e):
+            pytest.skip(f"the runtime still imports torch (numpy runtime not merged): {e}")
+        raise
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_artifact):
+    """`fsa segment`'s Segmenter on the same artefact, backend and classes."""
+    from fsa_deploy.runtime.segmenter import Segmenter
+
+    seg = Segmenter.from_artifact(tiny_artifact.root, "onnx", cache_dir=None).set_classes(CLASSES)
+    return {p: seg.segment(p) for p in photos()[:3]}
+
+
+def inputs(module, image: bytes, classes: str | bytes) -> list:
+    out = []
+    for name, value in (("IMAGE", image), ("CLASSES", classes)):
+        t = module.InferInput(name, [1], "BYTES")
+        t.set_data_from_numpy(np.array([value if isinstance(value, bytes) else value.encode()], dtype=np.object_))
+        out.append(t)
+    return out
+
+
+def segment(client, module, path: str, classes: str = CLASSES) -> tuple[np.ndarray, dict]:
+    r = client.infer(SEGMENT_MODEL, inputs(module, Path(path).read_bytes(), classes))
+    return r.as_numpy("LABELS"), json.loads(r.as_numpy("SUMMARY")[0])
+
+
+def clients(s: Served):
+    return [(th.InferenceServerClient(f"127.0.0.1:{s.http}"), th),
+            (tg.InferenceServerClient(f"127.0.0.1:{s.grpc}"), tg)]
+
+
+def test_http_and_grpc_label_maps_equal_the_segmenter(server, reference):
+    for client, module in clients(server):
+        try:
+            for path, ref in list(reference.items())[:2]:
+                labels, summary = segment(client, module, path)
+                assert labels.dtype == np.uint16 and labels.shape == ref.labels.shape
+                assert np.array_equal(labels, ref.labels), f"{path}: {(labels != ref.labels).sum()} pixels differ"
+                want = ref.summary()
+                assert summary.keys() == want.keys()
+                assert summary["classes"] == want["classes"] and summary["vocabulary"] == want["vocabulary"]
+                assert (summary["height"], summary["width"]) == ref.labels.shape
+                assert summary["artifact_sha256"] == want["artifact_sha256"]
+        finally:
+            client.close()
+
+
+def test_eight_concurrent_clients_are_batched(server, reference):
+    http = th.InferenceServerClient(f"127.0.0.1:{server.http}")
+    before = http.get_inference_statistics(IMAGE_MODEL)["model_stats"][0]
+    paths = list(reference)
+
+    def worker(i: int) -> int:
+        client, module = clients(server)[i % 2]
+        ok = 0
+        try:
+            for j in range(5):
+                path = paths[(i + j) % len(paths)]
+                labels, _ = segment(client, module, path)
+                ok += int(np.array_equal(labels, reference[path].labels))
+        finally:
+            client.close()
+        return ok
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(worker, range(8))) == 40
+    after = http.get_inference_statistics(IMAGE_MODEL)["model_stats"][0]
+    http.close()
+    crops = after["inference_count"] - before["inference_count"]
+    runs = after["execution_count"] - before["execution_count"]
+    assert crops >= 40 and runs < crops, f"{crops} crops in {runs} executions: no batching"
+    per_request = max(reference[p].timings["crops"] for p in paths)
+    sizes = [int(b["batch_size"]) for b in after["batch_stats"]]
+    assert max(sizes) > per_request, f"batch sizes {sizes}: no batch merged requests"
+
+
+BAD = {
+    "corrupt image bytes": (lambda m: inputs(m, b"\x89PNG\r\n\x1a\n" + b"\0" * 64, CLASSES), "not a decodable image"),
+    "empty CLASSES": (lambda m: inputs(m, Path(photos()[0]).read_bytes(), " , ;"), "no class names"),
+    "2,000 classes": (lambda m: inputs(m, Path(photos()[0]).read_bytes(), ",".join(f"c{i}" for i in range(2000))),
+                      "at most"),
+}
+
+
+def _wrong_dtype(m):
+    t = m.InferInput("IMAGE", [1], "FP32")
+    t.set_data_from_numpy(np.zeros(1, np.float32))
+    return [t, inputs(m, b"", CLASSES)[1]]
+
+
+BAD["wrong dtype"] = (_wrong_dtype, "data-type")
+BAD["missing input"] = (lambda m: inputs(m, Path(photos()[0]).read_bytes(), CLASSES)[:1], "CLASSES")
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_requests_get_errors_and_the_server_keeps_serving(server, reference, case):
+    make, needle = BAD[case]
+    for client, module in clients(server):
+        try:
+            with pytest.raises(InferenceServerException, match=needle):
+                client.infer(SEGMENT_MODEL, make(module))
+            path = photos()[0]
+            labels, _ = segment(client, module, path)
+            assert np.array_equal(labels, reference[path].labels)
+        finally:
+            client.close()
+
+
+def test_shutdown_leaves_no_process(server):
+    assert server.stop() == 0
+    assert "stopped" in server.proc.stderr.read()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.triton_pid, 0)
+    assert not list(Path("/dev/shm").glob(f"fsa_serve_{server.proc.pid}_*"))

@@ -1,0 +1,194 @@
+"""`make bench-serve`: `fsa serve` (Triton, ORT CPU inside) against the in-process Segmenter, same
+artefact, images, classes and run. Images/s and p50/p99 latency at 1, 4 and 16 concurrent clients
+(gRPC, one client each), failures, the serving overhead at concurrency 1, and the RSS of the whole
+tritonserver process group (server + python stubs) before and after 1,000 requests.
+
+python -m fsa_deploy.validation.bench_serve [--artifact DIR] [--requests 1000] [--json F] [--md F]
+Without --artifact, the tests' tiny random-init model (crop 112) is exported to out/bench/serve-art once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+CONCURRENCY = (1, 4, 16)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in the group (tritonserver and its stubs), MB."""
+    total = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(d.name)) != pgid:
+                continue
+            for line in (d / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ProcessLookupError, ValueError):
+            continue
+    return total / 1024
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def run_level(call, concurrency: int, requests: int, images: list) -> dict:
+    """`requests` calls spread over `concurrency` threads; each thread its own state (client)."""
+    lat: list[float] = []
+    fails = [0]
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        state = call("open")
+        try:
+            for j in range(i, requests, concurrency):
+                t0 = time.perf_counter()
+                try:
+                    call(state, images[j % len(images)])
+                    dt = (time.perf_counter() - t0) * 1e3
+                    with lock:
+                        lat.append(dt)
+                except Exception:  # noqa: BLE001 - counted, the table says how many
+                    with lock:
+                        fails[0] += 1
+        finally:
+            call("close", state)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, "requests": requests, "failed": fails[0], "images_per_s": len(lat) / wall,
+            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
+
+
+def tiny_artifact(folder: Path) -> Path:
+    from fsa_deploy.export.onnx_export import export_artifact
+    from fsa_deploy.models.factory import ModelSpec, default_hp
+    from fsa_deploy.models.weights import Weights
+
+    if not (folder / "meta.json").is_file():
+        spec = ModelSpec(model="tiny", weights=Weights(seed=0), attention="proxy", proxy="tiny-dino", crop=112,
+                         fsa=True, hp=default_hp("tiny", "tiny-dino"))
+        export_artifact(spec, folder, progress=False)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--artifact", type=Path)
+    p.add_argument("--requests", type=int, default=1000, help="requests between the two RSS readings")
+    p.add_argument("--per-level", type=int, default=32, help="requests per concurrency level")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--md", type=Path)
+    args = p.parse_args(argv)
+
+    import tritonclient.grpc as tg
+    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.serve.repository import RepoOptions
+    from fsa_deploy.runtime.serve.server import Server
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES
+
+    art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))
+    classes = ",".join(line for line in DEFAULT_CLASSES.read_text().splitlines() if line.strip())
+    paths = sample_photos()
+    blobs = [Path(x).read_bytes() for x in paths]
+    seg = Segmenter.from_artifact(art, "onnx", cache_dir=None).set_classes(classes)
+
+    def local(state, image=None):
+        if state == "open" or state == "close":
+            return None
+        return seg.segment(image)
+
+    http, grpc, metrics = free_ports(3)
+    server = Server(Path(art), http_port=http, grpc_port=grpc, metrics_port=metrics,
+                    options=RepoOptions(flavour="local", backend="onnx"))
+
+    def remote(state, image=None):
+        if state == "open":
+            return tg.InferenceServerClient(f"127.0.0.1:{grpc}")
+        if state == "close":
+            return image.close()
+        ins = []
+        for name, value in (("IMAGE", image), ("CLASSES", classes.encode())):
+            t = tg.InferInput(name, [1], "BYTES")
+            t.set_data_from_numpy(np.array([value], dtype=np.object_))
+            ins.append(t)
+        return state.infer("fsa_segment", ins).as_numpy("LABELS")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
+    t0 = time.perf_counter()
+    server.start()
+    ready_s = time.perf_counter() - t0
+    rows = []
+    try:
+        run_level(remote, 4, 16, blobs)  # warm-up: class embeddings, sessions, every instance
+        for x in paths:
+            seg.segment(x)
+        for c in CONCURRENCY:
+            for where, call, images in (("in-process", local, paths), ("fsa serve", remote, blobs)):
+                rows.append({"where": where, **run_level(call, c, args.per_level, images)})
+                print(f"bench-serve: {rows[-1]}", file=sys.stderr, flush=True)
+        assert server.proc is not None
+        rss_before = group_rss_mb(server.proc.pid)
+        print(f"bench-serve: soak, {args.requests} requests, RSS {rss_before:.0f} MB", file=sys.stderr, flush=True)
+        soak = run_level(remote, 4, args.requests, blobs)
+        rss_after = group_rss_mb(server.proc.pid)
+    finally:
+        rc = server.stop()
+    base = next(r for r in rows if r["where"] == "in-process" and r["concurrency"] == 1)
+    served = next(r for r in rows if r["where"] == "fsa serve" and r["concurrency"] == 1)
+    result = {
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
+        "artifact": str(art), "classes": len(classes.split(",")), "images": [Path(x).name for x in paths],
+        "ready_s": round(ready_s, 2), "rows": rows,
+        "overhead_c1": served["p50_ms"] / base["p50_ms"] - 1,
+        "soak": {**soak, "rss_before_mb": rss_before, "rss_after_mb": rss_after,
+                 "rss_growth": rss_after / rss_before - 1},
+        "failed_total": sum(r["failed"] for r in rows if r["where"] == "fsa serve") + soak["failed"],
+        "tritonserver_rc": rc,
+    }
+    md = ["| where | clients | requests | failed | images/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['where']} | {r['concurrency']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.1f} | "
+           f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |" for r in rows]
+    md += ["", f"Serving overhead at 1 client (p50): {100 * result['overhead_c1']:+.1f}%. "
+           f"Soak: {soak['requests']} requests at 4 clients, {soak['failed']} failed, {soak['images_per_s']:.1f} "
+           f"images/s; server group RSS {rss_before:.0f} MB -> {rss_after:.0f} MB "
+           f"({100 * result['soak']['rss_growth']:+.1f}%). Ready in {ready_s:.1f} s."]
+    text = "\n".join(md)
+    print(text)
+    for path, body in ((args.json, json.dumps(result, indent=2)), (args.md, text)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(body + "\n")
+    return 0 if result["failed_total"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

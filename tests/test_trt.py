@@ -403,6 +403,21 @@ def test_backend_without_gpu_names_it(rtx_folder: Path, tmp_path: Path) -> None:
         TensorRTBackend(damaged(rtx_folder, tmp_path, lambda b: b[:1000]), "fp16")
 
 
+def test_auto_weighs_the_flavour_the_engines_were_built_with(rtx_folder: Path) -> None:
+    """An artefact with TensorRT-RTX engines: auto checks TensorRT-RTX (installed here), not
+    TensorRT 10/11, so the reason it falls back to ONNX Runtime is the missing GPU."""
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.runtime.backends.select import select_backend, tensorrt_unusable
+
+    if gpu_present():
+        pytest.skip("a GPU is present")
+    art = Artifact.load(rtx_folder)
+    assert tensorrt_unusable(art) == "no CUDA GPU"
+    opened = select_backend(art, "auto")
+    assert opened.backend.name.startswith("onnxruntime")
+    assert opened.reason == "auto: TensorRT engine present but no CUDA GPU"
+
+
 # ---------------------------------------------------------------- TensorRT 10/11 records (no library needed)
 
 

@@ -46,17 +46,21 @@ def engines_recorded(art: Artifact) -> list[str]:
     return sorted(name for name, info in art.files().items() if info.get("role") == "engine")
 
 
-def tensorrt_unusable() -> str | None:
-    """Why TensorRT cannot run here, or None when it can (import and CUDA only; engines are checked on load)."""
-    from fsa_deploy.runtime.backends.trt_lib import require_tensorrt
+def tensorrt_unusable(art: Artifact | None = None) -> str | None:
+    """Why TensorRT cannot run here, or None when it can (library and CUDA only; engines are
+    checked on load). With `art`, any flavour its engines were built with will do (TensorRT
+    10/11 or TensorRT-RTX); without, TensorRT 10/11."""
+    from fsa_deploy.runtime.backends.trt_lib import TRT, flavour_of_record, gpu_present, installed, require_tensorrt
 
-    try:
-        require_tensorrt()
-    except FSAError as e:
-        return str(e)
-    import torch  # TensorRT is installed: its backend holds device buffers in torch (the gpu extra)
-
-    if not torch.cuda.is_available():
+    flavours = {TRT}
+    if art is not None:
+        flavours = {flavour_of_record(art.files()[name].get("engine")) for name in engines_recorded(art)} or flavours
+    if not any(installed(f) for f in flavours):
+        try:  # one line naming the install of the first flavour
+            require_tensorrt(sorted(flavours, key=lambda f: f.name)[0])
+        except FSAError as e:
+            return str(e)
+    if not gpu_present():  # the engines' device buffers are torch CUDA tensors (the gpu extra)
         return "no CUDA GPU"
     return None
 
@@ -89,7 +93,7 @@ def _auto(art: Artifact, threads: int | None, precision: str | None) -> Opened:
     engines = engines_recorded(art)
     if not engines:
         why = "no TensorRT engine in the artefact"
-    elif (why_not := tensorrt_unusable()) is not None:
+    elif (why_not := tensorrt_unusable(art)) is not None:
         why = f"TensorRT engine present but {why_not}"
     else:
         try:

@@ -261,7 +261,7 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
             art.record(extra.name, role="external-data")
         art.save()
         if lint:
-            steps.step("linting against TensorRT 10 and 11 ONNX rules")
+            steps.step("linting against the ONNX parser rules of TensorRT 10, 11 and TensorRT-RTX")
             from fsa_deploy.export.lint import assert_lint_clean
 
             for name in (A.IMAGE_ONNX, A.TEXT_ONNX):

@@ -1,4 +1,5 @@
 # fsa-deploy: `make demo` and `make test` each set up from scratch on a fresh machine.
+# Tests never reach a model hub: HF_HUB_OFFLINE=1 (issue 14; every file a test loads is made here).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,10 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -73,6 +73,17 @@ RANGES: dict[str, Range] = {
     "--threads": Range(0, 1024, integer=True, why="0: onnxruntime's default"),
     "--count": Range(1, 100_000, integer=True),
     "--batch": Range(1, 4096, integer=True),
+    "--repeats": Range(1, 100_000, integer=True),
+    "--warmup": Range(0, 100_000, integer=True),
+    "--calibration-count": Range(1, 100_000, integer=True),
+    "--min-agreement": Range(0.0, 2.0, why="a fraction of pixels; above 1 fails on purpose"),
+    "--tokens": Range(1, 100_000, integer=True),
+    "--num-classes": Range(1, 100_000, integer=True),
+    "--instances": Range(1, 256, integer=True, why="python-backend processes of fsa_segment"),
+    # 0 would let the system pick a port nobody knows; below 1024 needs root
+    "--http-port": Range(1, 65535, integer=True),
+    "--grpc-port": Range(1, 65535, integer=True),
+    "--metrics-port": Range(1, 65535, integer=True),
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from fsa_deploy.runtime.serve.repository import IMAGE_BACKENDS, RepoOptions
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.ranges import add_ranged
 
 SERVE_BACKENDS = ("auto", "onnx", "trt")
 
@@ -19,16 +20,14 @@ def add_triton(sub: argparse._SubParsersAction, text: str) -> None:
     p.add_argument("--image-backend", choices=IMAGE_BACKENDS, default="onnxruntime",
                    help="Triton backend of the image model: image.onnx, or the TensorRT engine in meta.json")
     p.add_argument("--precision", help="which TensorRT engine, when several were built")
-    p.add_argument("--max-batch", type=int, default=16, help="crops per image-model request (capped by the engine)")
-    p.add_argument("--instances", type=int, default=4, help="fsa_segment instances (concurrent images)")
+    add_ranged(p, "--max-batch", "crops per image-model request (capped by the engine; default 16)", default=16)
+    add_ranged(p, "--instances", "fsa_segment instances (concurrent images; default 4)", default=4)
     p.set_defaults(func=run_triton)
 
 
 def run_triton(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.serve.repository import write_repository
 
-    if args.instances < 1:
-        raise FSAError(f"--instances {args.instances}: must be >= 1")
     opts = RepoOptions(flavour="container", image_backend=args.image_backend, max_batch=args.max_batch,
                        segment_instances=args.instances, precision=args.precision)
     out = write_repository(args.artifact, args.out, opts)
@@ -49,13 +48,13 @@ def add_serve(sub: argparse._SubParsersAction, text: str) -> None:
     p = sub.add_parser("serve", help=text, description=text)
     p.add_argument("artifact", metavar="DIR", help="artefact folder (fsa export)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    add_ranged(p, "--http-port", "Triton's HTTP port (default 8000)", default=8000)
+    add_ranged(p, "--grpc-port", "Triton's gRPC port (default 8001)", default=8001)
+    add_ranged(p, "--metrics-port", "Triton's metrics port (default 8002)", default=8002)
     p.add_argument("--backend", choices=SERVE_BACKENDS, default="auto", help="runtime backend inside the server")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
-    p.add_argument("--max-batch", type=int, default=16, help="crops per image-model batch")
-    p.add_argument("--instances", type=int, default=4, help="fsa_segment instances (concurrent images)")
+    add_ranged(p, "--threads", "ONNX Runtime intra-op threads (0: its default)", default=0)
+    add_ranged(p, "--max-batch", "crops per image-model batch (default 16)", default=16)
+    add_ranged(p, "--instances", "fsa_segment instances (concurrent images; default 4)", default=4)
     p.add_argument("--log-file", type=Path, help="tritonserver's log (default: a temp file, gone at exit)")
     p.add_argument("--serve-venv", type=Path, help="the serving env (default $FSA_SERVE_VENV or <repo>/.venv-serve)")
     p.set_defaults(func=run_serve)
@@ -64,8 +63,9 @@ def add_serve(sub: argparse._SubParsersAction, text: str) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.serve.server import Server, serve
 
-    if args.instances < 1:
-        raise FSAError(f"--instances {args.instances}: must be >= 1")
+    ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
+    if len(set(ports.values())) < len(ports):
+        raise FSAError(f"{', '.join(f'{k} {v}' for k, v in ports.items())}: the three ports must differ")
     opts = RepoOptions(flavour="local", backend=args.backend, max_batch=args.max_batch,
                        segment_instances=args.instances, threads=args.threads)
     return serve(Server(Path(args.artifact), args.host, args.http_port, args.grpc_port, args.metrics_port,

@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path)
     p.add_argument("--requests", type=int, default=1000, help="requests between the two RSS readings")
     p.add_argument("--per-level", type=int, default=32, help="requests per concurrency level")
+    p.add_argument("--warmup", type=int, default=100,
+                   help="requests at 4 clients before any timing: every fsa_segment instance meets every photo, "
+                        "so the RSS reading before the soak is past the allocators' first high-water marks")
     p.add_argument("--json", type=Path)
     p.add_argument("--md", type=Path)
     args = p.parse_args(argv)
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ready_s = time.perf_counter() - t0
     rows = []
     try:
-        run_level(remote, 4, 16, blobs)  # warm-up: class embeddings, sessions, every instance
+        run_level(remote, 4, args.warmup, blobs)  # class embeddings, sessions, every instance and image size
         for x in paths:
             seg.segment(x)
         for c in CONCURRENCY:
@@ -158,8 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         assert server.proc is not None
         rss_before = group_rss_mb(server.proc.pid)
         print(f"bench-serve: soak, {args.requests} requests, RSS {rss_before:.0f} MB", file=sys.stderr, flush=True)
-        soak = run_level(remote, 4, args.requests, blobs)
-        rss_after = group_rss_mb(server.proc.pid)
+        # the soak in five parts, RSS read after each: growth that goes on, or a plateau
+        parts, rss_curve = [], [rss_before]
+        for k in range(5):
+            n = args.requests // 5 + (1 if k < args.requests % 5 else 0)
+            parts.append(run_level(remote, 4, n, blobs))
+            rss_curve.append(group_rss_mb(server.proc.pid))
+        rss_after = rss_curve[-1]
+        took = sum(r["requests"] / r["images_per_s"] for r in parts if r["images_per_s"])
+        soak = {"concurrency": 4, "requests": args.requests, "failed": sum(r["failed"] for r in parts),
+                "images_per_s": sum(r["requests"] - r["failed"] for r in parts) / took if took else 0.0}
     finally:
         rc = server.stop()
     base = next(r for r in rows if r["where"] == "in-process" and r["concurrency"] == 1)
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "ready_s": round(ready_s, 2), "rows": rows,
         "overhead_c1": served["p50_ms"] / base["p50_ms"] - 1,
         "soak": {**soak, "rss_before_mb": rss_before, "rss_after_mb": rss_after,
-                 "rss_growth": rss_after / rss_before - 1},
+                 "rss_growth": rss_after / rss_before - 1, "rss_curve_mb": [round(x, 1) for x in rss_curve]},
         "failed_total": sum(r["failed"] for r in rows if r["where"] == "fsa serve") + soak["failed"],
         "tritonserver_rc": rc,
     }
@@ -180,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     md += ["", f"Serving overhead at 1 client (p50): {100 * result['overhead_c1']:+.1f}%. "
            f"Soak: {soak['requests']} requests at 4 clients, {soak['failed']} failed, {soak['images_per_s']:.1f} "
            f"images/s; server group RSS {rss_before:.0f} MB -> {rss_after:.0f} MB "
-           f"({100 * result['soak']['rss_growth']:+.1f}%). Ready in {ready_s:.1f} s."]
+           f"({100 * result['soak']['rss_growth']:+.1f}%; every {args.requests // 5} requests: "
+           f"{', '.join(f'{x:.0f}' for x in rss_curve)} MB). Ready in {ready_s:.1f} s."]
     text = "\n".join(md)
     print(text)
     for path, body in ((args.json, json.dumps(result, indent=2)), (args.md, text)):

@@ -18,7 +18,7 @@ engine's batch) in one request, concurrency from model instances.
 are python models running this runtime's backends; the image model batches crops across requests
 (dynamic batching) and runs each group of requests with the same class embeddings in one call.
 
-The runtime itself (fsa_deploy: errors, contract, runtime/) is copied into each python model's
+The runtime itself (fsa_deploy's top-level modules and runtime/) is copied into each python model's
 version folder, so a repository carries the code that wrote it; fsa_segment's copy of the
 artefact is meta.json and the tokenizer's vocabulary only.
 """
@@ -113,13 +113,15 @@ class RepoOptions:
 
 
 def vendor_runtime(dest: Path) -> None:
-    """Copy the base package (fsa_deploy/__init__, errors, contract; runtime/) to dest/fsa_deploy.
-    The version folder is on the stub's sys.path, so this copy is what the model imports."""
+    """Copy the base package (fsa_deploy's own modules: errors, contract, interrupts, ...; runtime/)
+    to dest/fsa_deploy. The version folder is on the stub's sys.path, so this copy is what the model
+    imports. Every top-level module goes: they are small, stdlib-only, and whichever the runtime
+    imports next is then already there."""
     top, runtime = Path(fsa_deploy.errors.__file__).parent, Path(fsa_deploy.runtime.__file__).parent
     pkg = dest / "fsa_deploy"
     pkg.mkdir(parents=True, exist_ok=True)
-    for name in ("__init__.py", "errors.py", "contract.py"):
-        shutil.copy2(top / name, pkg / name)
+    for module in sorted(top.glob("*.py")):
+        shutil.copy2(module, pkg / module.name)
     shutil.copytree(runtime, pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
                     dirs_exist_ok=True)
 

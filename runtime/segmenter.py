@@ -370,6 +370,10 @@ class Segmenter:
         h, w = img.shape[-2:]
         t1 = time.perf_counter()
         canvas = canvas_logits(img, self._forward, self.geometry, self.max_batch)
+        if not np.isfinite(canvas).all():  # argmax would make every such pixel class 0, silently
+            bad = int((~np.isfinite(canvas)).sum())
+            raise FSAError(f"{source or 'image'}: the {self.backend.name} backend gave {bad} NaN or infinite logits "
+                           f"of {canvas.size} (a broken engine or weights; `fsa validate` compares with the reference)")
         t2 = time.perf_counter()
         post = postprocess(canvas, (h, w), self.vocabulary.query_class, self.logit_scale, self.prob_thd,
                            keep_probs=self.keep_probs, keep_logits=self.keep_logits)

@@ -283,6 +283,33 @@ def test_bad_files_are_one_line_errors_naming_them(seg, tmp_path):
         assert str(path) in msg and "\n" not in msg, f"{name}: {msg!r}"
 
 
+class OneNaN:
+    """A Backend (the protocol a user may implement) that passes ONNX Runtime's logits on with one
+    entry made NaN: what a broken engine or degenerate weights give (ProxyCLIP's all-masked row)."""
+
+    def __init__(self, inner: OnnxRuntimeBackend, value: float) -> None:
+        self.inner, self.value, self.name = inner, value, "one-nan"
+        self.text_key = inner.text_key
+
+    def run(self, crops: np.ndarray, text: np.ndarray) -> np.ndarray:
+        out = self.inner.run(crops, text).copy()
+        out[0, 0, 0, 0] = self.value
+        return out
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        return self.inner.encode_text(tokens)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_logits_are_refused(artifact, onnx_backend, tmp_path, value):
+    """argmax over NaN is class 0: a label map from non-finite logits would be silent garbage."""
+    bad = Segmenter.from_artifact(artifact, OneNaN(onnx_backend, value), cache_dir=tmp_path).set_classes(CLASSES)
+    path = sample_photos()[0]
+    with pytest.raises(FSAError, match=r"one-nan backend gave [1-9][0-9]* NaN or infinite logits") as err:
+        bad.segment(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------- outputs
 
 

@@ -58,9 +58,13 @@ def official_vit(family: str, dim: int = 64, depth: int = 2, patch: int = 8, gri
     g = torch.Generator().manual_seed(seed)
     v = dict(D=dim, H=4 * dim, P=patch, G=grid, R=4)
     shape = lambda t: tuple(int(eval(p, {}, v)) for p in t.split(","))  # noqa: S307 (constant templates)
-    out = {k: torch.randn(shape(s), generator=g) for t in tops for k, s in t.items()}
+    # N(0, 0.02^2), as ViT initialisations draw. Unit-variance norm biases make every patch's proxy
+    # feature nearly the same: ProxyCLIP's S0 - beta * mean(S0) is then < 0 on whole rows, the row is
+    # all -inf (shared/spec/FSA.md, as the official code) and its softmax NaN; validate fails on that.
+    randn = lambda s: torch.randn(shape(s), generator=g) * 0.02  # noqa: E731
+    out = {k: randn(s) for t in tops for k, s in t.items()}
     for i in range(depth):
-        out.update({k.format(i=i): torch.randn(shape(s), generator=g) for t in blocks for k, s in t.items()})
+        out.update({k.format(i=i): randn(s) for t in blocks for k, s in t.items()})
     return {container: out} if container else out
 
 

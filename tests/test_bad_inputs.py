@@ -236,6 +236,19 @@ ROWS: list[Row] = [
         ("--stride 0: outside",), absent=("{tmp}/d.npz",)),
     Row("build --max-batch 0", ("build", "{art}", "--max-batch", "0"), 2, ("--max-batch",)),
     Row("unknown verb", ("frobnicate",), 2, ("invalid choice",)),
+    # ---------------------------------------------------------------- serving (issue 13): refused before any work
+    Row("serve --http-port 70000", ("serve", "{art}", "--http-port", "70000"), 2,
+        ("--http-port 70000: outside [1, 65535]",)),
+    Row("serve with two ports equal", ("serve", "{art}", "--http-port", "8100", "--grpc-port", "8100"), 2,
+        ("the three ports must differ",)),
+    Row("serve --instances 0", ("serve", "{art}", "--instances", "0"), 2, ("--instances 0: outside",)),
+    Row("triton --max-batch nan", ("triton", "{art}", "--out", "{tmp}/repo", "--max-batch", "nan"), 2,
+        ("--max-batch nan: not an integer",), absent=("{tmp}/repo",)),
+    Row("triton --instances 0", ("triton", "{art}", "--out", "{tmp}/repo", "--instances", "0"), 2,
+        ("--instances 0: outside",), absent=("{tmp}/repo",)),
+    Row("bench --repeats 0", ("bench", "--artifact", "{art}", "--repeats", "0"), 2, ("--repeats 0: outside",)),
+    Row("bench --min-agreement nan", ("bench", "--artifact", "{art}", "--min-agreement", "nan"), 2,
+        ("--min-agreement nan: not a finite number",)),
 ]
 
 

@@ -84,6 +84,15 @@ def run_level(call, concurrency: int, requests: int, images: list) -> dict:
         list(pool.map(worker, range(concurrency)))
     wall = time.perf_counter() - t0
     return {"concurrency": concurrency, "requests": requests, "failed": fails[0], "images_per_s": len(lat) / wall,
+            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "latencies_ms": lat, "wall_s": wall}
+
+
+def merged(parts: list[dict]) -> dict:
+    """Rounds of one level as one row (latencies pooled; images/s over the summed wall time)."""
+    lat = [x for r in parts for x in r["latencies_ms"]]
+    wall = sum(r["wall_s"] for r in parts)
+    return {"concurrency": parts[0]["concurrency"], "requests": sum(r["requests"] for r in parts),
+            "failed": sum(r["failed"] for r in parts), "images_per_s": len(lat) / wall if wall else 0.0,
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
 
 
@@ -154,23 +163,29 @@ def main(argv: list[str] | None = None) -> int:
         run_level(remote, 4, args.warmup, blobs)  # class embeddings, sessions, every instance and image size
         for x in paths:
             seg.segment(x)
+        # The two sides alternate in rounds (4 at one client, where the overhead is read), so that a
+        # change in the machine's load (2 shared cores) falls on both rather than on one.
         for c in CONCURRENCY:
-            for where, call, images in (("in-process", local, paths), ("fsa serve", remote, blobs)):
-                rows.append({"where": where, **run_level(call, c, args.per_level, images)})
+            rounds = 4 if c == 1 else 1
+            sides = {"in-process": (local, paths), "fsa serve": (remote, blobs)}
+            parts: dict[str, list[dict]] = {where: [] for where in sides}
+            for _ in range(rounds):
+                for where, (call, images) in sides.items():
+                    parts[where].append(run_level(call, c, args.per_level, images))
+            for where in sides:
+                rows.append({"where": where, **merged(parts[where])})
                 print(f"bench-serve: {rows[-1]}", file=sys.stderr, flush=True)
         assert server.proc is not None
         rss_before = group_rss_mb(server.proc.pid)
         print(f"bench-serve: soak, {args.requests} requests, RSS {rss_before:.0f} MB", file=sys.stderr, flush=True)
         # the soak in five parts, RSS read after each: growth that goes on, or a plateau
-        parts, rss_curve = [], [rss_before]
+        chunks, rss_curve = [], [rss_before]
         for k in range(5):
             n = args.requests // 5 + (1 if k < args.requests % 5 else 0)
-            parts.append(run_level(remote, 4, n, blobs))
+            chunks.append(run_level(remote, 4, n, blobs))
             rss_curve.append(group_rss_mb(server.proc.pid))
         rss_after = rss_curve[-1]
-        took = sum(r["requests"] / r["images_per_s"] for r in parts if r["images_per_s"])
-        soak = {"concurrency": 4, "requests": args.requests, "failed": sum(r["failed"] for r in parts),
-                "images_per_s": sum(r["requests"] - r["failed"] for r in parts) / took if took else 0.0}
+        soak = merged(chunks)
     finally:
         rc = server.stop()
     base = next(r for r in rows if r["where"] == "in-process" and r["concurrency"] == 1)

@@ -25,6 +25,7 @@ from fsa_deploy.runtime.serve.bls import IMAGE_MODEL, SEGMENT_MODEL, TEXT_MODEL
 from fsa_deploy.runtime.serve.check import check_repository, parse_configs
 from fsa_deploy.runtime.serve.env import find_serve_env
 from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
+from fsa_deploy.validation.bench_serve import free_ports
 
 from fsa_deploy.errors import FSAError
 
@@ -33,16 +34,6 @@ tg = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 CLASSES = "sky, person; astronaut, grass, cat; kitten, road"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 # ---------------------------------------------------------------- offline: fsa triton

@@ -46,21 +46,36 @@ def proxy_similarity(feats: torch.Tensor, beta: float, gamma: float, literal: bo
     return (s0 - beta * mean) * gamma
 
 
+def proxy_floor(s1: torch.Tensor) -> torch.Tensor:
+    """[B, N, 1]: the mask's threshold per row, 0 as in the official code, or the row's maximum
+    when that is negative.
+
+    When beta * mean(S0) exceeds a patch's self-similarity (every patch alike in the proxy's
+    eyes: a crop of clear sky or a plain wall; random-init weights), every entry of its row is
+    negative, the official row is all -inf and its softmax NaN, and the NaN spreads through the
+    feedback to the whole crop. Such a row keeps its largest entries (the patch itself, up to
+    rounding) instead: our decision, equal to the official mask wherever that one is finite.
+    """
+    return s1.amax(dim=-1, keepdim=True).clamp(max=0.0)
+
+
 def proxy_attention(feats: torch.Tensor, beta: float, gamma: float, keep: torch.Tensor | None = None,
                     literal: bool = False) -> torch.Tensor:
-    """A [B, N, N]: row softmax of S1 with negative entries dropped (`keep` imposes the mask: checks)."""
+    """A [B, N, N]: row softmax of S1 with entries below `proxy_floor` (0) dropped (`keep` imposes
+    the mask: checks)."""
     s1 = proxy_similarity(feats, beta, gamma, literal)
-    keep = s1 >= 0 if keep is None else keep
+    keep = s1 >= proxy_floor(s1) if keep is None else keep
     return torch.softmax(s1.masked_fill(~keep, NEG_INF), dim=-1)
 
 
 def proxy_keep_ambiguous(feats: torch.Tensor, beta: float, gamma: float, tol: float = 1e-5) -> torch.Tensor:
-    """Entries of the proxy attention's mask that rounding decides: |S1| <= tol (float64).
+    """Entries of the proxy attention's mask that rounding decides: |S1 - floor| <= tol (float64).
 
     Dropping or keeping such an entry moves its row by up to exp(0) / Z: the analogue, for
     step 6, of a top-p tie.
     """
-    return proxy_similarity(feats.double(), beta, gamma).abs() <= tol
+    s1 = proxy_similarity(feats.double(), beta, gamma)
+    return (s1 - proxy_floor(s1)).abs() <= tol
 
 
 # --- base attentions of the other methods (per head, over CLS + patches) ------------------------

@@ -69,6 +69,31 @@ def test_top_p_deploy_equals_sort_at_sam_grid(rule, spread):
     assert int((differ & ~amb).sum()) == 0
 
 
+@pytest.mark.parametrize("literal", [False, True], ids=["deploy", "literal"])
+def test_proxy_rows_with_no_entry_above_the_mean(literal):
+    """Every patch alike (beta * mean(S0) > 1): the official mask drops every entry and the row's
+    softmax is NaN; ours keeps each row's largest entries, so A is the identity there. Where some
+    entry of a row is >= 0 the mask is the official one, entry for entry."""
+    from fsa_deploy.models import fsa
+
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(1, 16, 1, 1, generator=g)
+    alike = common + 1e-3 * torch.randn(1, 16, 6, 6, generator=g)  # cosines ~ 1: all rows negative
+    s1 = fsa.proxy_similarity(alike, 1.2, 3.0, literal)
+    assert (s1 < 0).all()
+    official = torch.softmax(s1.masked_fill(s1 < 0, float("-inf")), dim=-1)
+    assert torch.isnan(official).all()
+    a = fsa.proxy_attention(alike, 1.2, 3.0, literal=literal)
+    assert torch.isfinite(a).all()
+    assert torch.equal(a.argmax(-1), torch.arange(36).view(1, 36)) and (a.amax(-1) > 0.99).all()
+
+    varied = torch.randn(2, 16, 6, 6, generator=g)
+    s1 = fsa.proxy_similarity(varied, 1.2, 3.0, literal)
+    official = torch.softmax(s1.masked_fill(s1 < 0, float("-inf")), dim=-1)
+    assert torch.isfinite(official).all()
+    assert torch.equal(fsa.proxy_attention(varied, 1.2, 3.0, literal=literal), official)
+
+
 def test_batching_changes_nothing():
     """4 crops in one batch equal 4 single-crop runs (per-crop mean of the proxy similarity)."""
     ref = tiny_reference("proxy", "tiny-dino", True)
@@ -117,7 +142,8 @@ def recompute_stages(z: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     f = f / np.linalg.norm(f, axis=0, keepdims=True)
     s0 = f.T @ f
     s1 = (s0 - beta * s0.mean()) * gamma
-    out["attn_proxy"] = _softmax(np.where(s1 < 0, -np.inf, s1))
+    floor = np.minimum(s1.max(axis=1, keepdims=True), 0.0)  # a row with no entry >= 0 keeps its largest
+    out["attn_proxy"] = _softmax(np.where(s1 < floor, -np.inf, s1))
     out["attn_out1"] = (d["attn_proxy"] @ values) @ w.T + b
     out["patch_logits"] = 20.0 * _normalize(tail(d["attn_out1"])) @ text.T
     out["uniform_logits"] = 35.0 * _normalize(tail(values.mean(0) @ w.T + b)) @ text.T

@@ -95,3 +95,16 @@ class TritonBackend:
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """tokens [T, 77] -> embeddings float32 [T, D]."""
         return self._call(self.params.text_model, {TOKENS: np.ascontiguousarray(tokens, dtype=np.int32)}, EMBEDDINGS)
+
+
+def local_backend(model_config: str) -> Any:
+    """The runtime backend a local python model (fsa_image, fsa_text) runs, from its config's
+    `parameters` (artifact folder, backend name, ORT threads): the same choice `fsa segment` makes."""
+    import json
+
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.runtime.backends.select import select_backend
+
+    p = {k: v["string_value"] for k, v in json.loads(model_config).get("parameters", {}).items()}
+    threads = int(p.get("threads", "0")) or None
+    return select_backend(Artifact.load(p["artifact"]), p.get("backend", "auto"), threads=threads).backend

@@ -4,7 +4,6 @@ Dynamic batching hands several requests (each one image's crops, every crop carr
 embeddings) to one execute(); requests with the same class embeddings run as one batch.
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,14 +14,11 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         sys.path.insert(0, str(Path(args["model_repository"]) / args["model_version"]))
-        from fsa_deploy.runtime.artifact import Artifact
-        from fsa_deploy.runtime.backends.select import select_backend
+        from fsa_deploy.runtime.serve.bls import local_backend
 
         from fsa_deploy.contract import IMAGE, LOGITS, TEXT_EMBEDDINGS
 
-        p = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        threads = int(p.get("threads", "0")) or None
-        self.backend = select_backend(Artifact.load(p["artifact"]), p.get("backend", "auto"), threads=threads).backend
+        self.backend = local_backend(args["model_config"])
         self.names = (IMAGE, TEXT_EMBEDDINGS, LOGITS)
         pb_utils.Logger.log_info(f"fsa_image: {self.backend.name}")
 

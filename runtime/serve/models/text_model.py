@@ -1,6 +1,5 @@
 """Triton python model `fsa_text` (local flavour): prompt embeddings on this runtime's backend."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -11,14 +10,11 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         sys.path.insert(0, str(Path(args["model_repository"]) / args["model_version"]))
-        from fsa_deploy.runtime.artifact import Artifact
-        from fsa_deploy.runtime.backends.select import select_backend
+        from fsa_deploy.runtime.serve.bls import local_backend
 
         from fsa_deploy.contract import EMBEDDINGS, TOKENS
 
-        p = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
-        threads = int(p.get("threads", "0")) or None
-        self.backend = select_backend(Artifact.load(p["artifact"]), p.get("backend", "auto"), threads=threads).backend
+        self.backend = local_backend(args["model_config"])
         self.names = (TOKENS, EMBEDDINGS)
 
     def execute(self, requests):

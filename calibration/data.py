@@ -38,18 +38,6 @@ class CalibrationData:
 # ---------------------------------------------------------------- calibration images and crops
 
 
-def image_suffixes() -> frozenset[str]:
-    """File suffixes Pillow opens (its stub formats, which need a handler installed, left out).
-    Also validation's --images; runtime/cli.py keeps its own set (IMAGE_SUFFIXES) for now."""
-    from PIL import Image, ImageFile
-
-    def opens(fmt: str) -> bool:
-        factory = Image.OPEN.get(fmt, (None,))[0]
-        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
-
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if opens(fmt))
-
-
 def image_files(sources: Sequence[str]) -> list[Path]:
     """--images: files as given, folders expanded to their image files (sorted); none is an error."""
     if not sources:
@@ -57,6 +45,8 @@ def image_files(sources: Sequence[str]) -> list[Path]:
 
         sources = sample_photos()
     files: list[Path] = []
+    from fsa_deploy.runtime.images import image_suffixes
+
     suffixes = image_suffixes()
     for s in sources:
         p = Path(s)

@@ -19,8 +19,6 @@ from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-                            ".pbm", ".pnm"})
 PROG = "fsa segment"
 
 
@@ -51,12 +49,15 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
 
 def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
     """Files as given, folders as their image files (sorted); returns (files, error lines)."""
+    from fsa_deploy.runtime.images import image_suffixes
+
+    suffixes = image_suffixes()
     files: list[Path] = []
     errors: list[str] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
                 errors.append(f"{item}: folder has no image files")
             files.extend(found)

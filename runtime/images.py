@@ -89,6 +89,18 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
 
+def image_suffixes() -> frozenset[str]:
+    """File suffixes Pillow opens (its stub formats, which need a handler installed, left out):
+    what a folder given as images expands to, in every verb."""
+    from PIL import Image, ImageFile
+
+    def opens(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if opens(fmt))
+
+
 def sample_photos() -> list[str]:
     """Real photos that scikit-image's wheel ships (found by path; skimage is not imported)."""
     import importlib.util

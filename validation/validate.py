@@ -483,7 +483,7 @@ def check_output_file(path: str | None, option: str) -> None:
 def expand_images(items: list[str] | None) -> list[str] | None:
     if not items:
         return None
-    from fsa_deploy.calibration.data import image_suffixes
+    from fsa_deploy.runtime.images import image_suffixes
 
     exts = image_suffixes()
     out: list[str] = []

@@ -12,7 +12,7 @@ SERVE_STAMP := $(SERVE_VENV)/.installed
 # TensorRT-RTX wheels exist for x86-64: there the tests that build engines must not skip (issue 12)
 REQUIRE_RTX := $(if $(filter x86_64 AMD64,$(shell uname -m)),1,)
 
-.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve
+.PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve bench-serve-full
 
 setup: $(STAMP) $(SERVE_STAMP)
 
@@ -85,6 +85,14 @@ $(SERVE_STAMP): pyproject.toml $(STAMP)
 # Triton (fsa serve, tiny artefact, ORT CPU) against the in-process Segmenter: images/s, p50/p99, RSS.
 bench-serve: setup
 	$(BIN)/python -m fsa_deploy.validation.bench_serve --json out/bench/serve.json --md out/bench/serve.md
+
+# The same on the demo's full-size ViT-B-16 + DINO ViT-B/8 at 336 (exported when missing; ~20 min
+# on 2 cores): the serving overhead on images that take seconds. 20 soak requests, not 1,000.
+bench-serve-full: setup
+	test -f out/demo/artifact/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
+	  --proxy dino --crop 336 --out out/demo/artifact
+	$(BIN)/python -m fsa_deploy.validation.bench_serve --artifact out/demo/artifact --per-level 4 --warmup 8 \
+	  --requests 20 --json out/bench/serve-full.json --md out/bench/serve-full.md
 
 clean:
 	rm -rf out .pytest_cache

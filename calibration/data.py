@@ -39,26 +39,14 @@ class CalibrationData:
 
 
 def image_files(sources: Sequence[str]) -> list[Path]:
-    """--images: files as given, folders expanded to their image files (sorted); none is an error."""
-    if not sources:
-        from fsa_deploy.runtime.images import sample_photos
+    """--images (default: scikit-image's photos) as runtime.images.expand_images expands them."""
+    from fsa_deploy.runtime.images import expand_images, sample_photos
 
-        sources = sample_photos()
-    files: list[Path] = []
-    from fsa_deploy.runtime.images import image_suffixes
-
-    suffixes = image_suffixes()
-    for s in sources:
-        p = Path(s)
-        if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FSAError(f"--images {s}: no such file or folder")
+    files, errors = expand_images(sources or sample_photos(), "--images")
+    if errors:
+        raise FSAError(errors[0])
     if not files:
-        raise FSAError(f"--images {' '.join(map(str, sources))}: no calibration images "
-                       "(looked for the image suffixes Pillow opens: .png, .jpg, ...)")
+        raise FSAError("--images: no calibration images (scikit-image's sample photos are not installed)")
     return files
 
 

@@ -47,27 +47,6 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
-def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Files as given, folders as their image files (sorted); returns (files, error lines)."""
-    from fsa_deploy.runtime.images import image_suffixes
-
-    suffixes = image_suffixes()
-    files: list[Path] = []
-    errors: list[str] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-            if not found:
-                errors.append(f"{item}: folder has no image files")
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            errors.append(f"{item}: no such file")
-    return files, errors
-
-
 def unique_stems(files: Sequence[Path]) -> list[str]:
     """Output names: the input's stem, with its suffix (then a counter) added when two inputs share it."""
     seen: set[str] = set()
@@ -107,10 +86,11 @@ def _report(message: str) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from fsa_deploy.runtime.images import expand_images
     from fsa_deploy.runtime.segmenter import Segmenter
-    from fsa_deploy.runtime.text import default_cache_dir
+    from fsa_deploy.runtime.text import usable_cache_dir
 
-    files, errors = expand_inputs(args.images)
+    files, errors = expand_images(args.images)
     for line in errors:
         _report(line)
     total = len(files) + len(errors)
@@ -119,8 +99,8 @@ def run_segment(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise FSAError(f"--out {out}: exists and is not a folder")
     check_outputs(out, files)
+    cache = None if args.no_cache else usable_cache_dir(args.cache_dir)
     if files:
-        cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
         seg = Segmenter.from_artifact(args.artifact, args.backend, threads=args.threads, precision=args.precision,
                                       max_batch=args.max_batch, cache_dir=cache, prob_thd=args.prob_thd,
                                       stride=args.stride)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -54,35 +57,41 @@ def to_rgb(img) -> np.ndarray:
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """A file -> uint8 array [3, H, W] RGB, EXIF orientation applied; one-line errors."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if not os.path.exists(path):
         raise FSAError(f"{path}: no such file")
     if os.path.isdir(path):
         raise FSAError(f"{path}: is a folder, not an image")
     if os.path.getsize(path) == 0:
         raise FSAError(f"{path}: empty file (0 bytes)")
+    return decode_image(path, path)
+
+
+def decode_image(source: str | os.PathLike[str] | BinaryIO, name: object) -> np.ndarray:
+    """An image file (a path or a binary file object, e.g. a request's bytes) -> uint8 [3, H, W]
+    RGB, EXIF applied, under the one pixel limit; errors are one line that starts with `name`."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     limit = max_pixels()
     Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses at twice this in open(); we refuse above it, below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our check below says more
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if img.width * img.height > limit:
-                    raise _too_large(path, f"{img.width}x{img.height} = {img.width * img.height:,} pixels", limit)
+                    raise _too_large(name, f"{img.width}x{img.height} = {img.width * img.height:,} pixels", limit)
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = to_rgb(img)
     except FSAError:
         raise
     except UnidentifiedImageError as e:
-        raise FSAError(f"{path}: not an image Pillow can read") from e
+        raise FSAError(f"{name}: not an image Pillow can read") from e
     except Image.DecompressionBombError as e:
-        raise _too_large(path, "the image (more than twice the limit)", limit) from e
+        raise _too_large(name, "the image (more than twice the limit)", limit) from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise FSAError(f"{path}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from e
+        raise FSAError(f"{name}: damaged or truncated image ({str(e).splitlines()[0][:120]})") from e
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise FSAError(f"{path}: image has no pixels")
+        raise FSAError(f"{name}: image has no pixels")
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
@@ -99,6 +108,28 @@ def image_suffixes() -> frozenset[str]:
         return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
 
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if opens(fmt))
+
+
+def expand_images(items: Sequence[str | os.PathLike[str]], option: str = "") -> tuple[list[Path], list[str]]:
+    """Files as given, folders as their image files (sorted; the suffixes Pillow opens): the one
+    expansion of every verb's image arguments. Returns (files, error lines); `option` (--images)
+    starts each error line when the images came through one."""
+    suffixes = image_suffixes()
+    lead = f"{option} " if option else ""
+    files: list[Path] = []
+    errors: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                errors.append(f"{lead}{item}: folder has no image files")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            errors.append(f"{lead}{item}: no such file or folder")
+    return files, errors
 
 
 def sample_photos() -> list[str]:

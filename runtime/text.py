@@ -9,6 +9,7 @@ Sennrich et al. 2016) and reading the merges file that `fsa export` copies into 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -17,7 +18,7 @@ import importlib.util
 import json
 import os
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,25 +234,77 @@ def cached_classifier(
     cache_dir: str | os.PathLike[str] | None, model_key: str, encode: Encode,
     queries: Sequence[str], templates: Sequence[str], vocab_file: str | os.PathLike[str] | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """`classifier` with an on-disk cache (.npy per key). Returns (T float32 [K, D], hit)."""
+    """`classifier` with an on-disk cache (.npy per key). Returns (T float32 [K, D], hit).
+
+    Processes sharing a cache (fsa_segment's instances, `fsa segment` next to `fsa serve`) take
+    the folder's lock around a miss: one encodes a class list, the others then read its entry.
+    """
     if cache_dir is None:
         return classifier(encode, queries, templates, vocab_file=vocab_file), False
     path = Path(cache_dir) / f"text-{cache_key(model_key, queries, templates)}.npy"
-    if path.is_file():
+    t = _load_entry(path)
+    if t is not None:
+        return t, True
+    folder = usable_cache_dir(cache_dir, "class-embedding cache")
+    with _folder_lock(folder):
+        t = _load_entry(path)  # written while this process waited for the lock
+        if t is not None:
+            return t, True
+        t = classifier(encode, queries, templates, vocab_file=vocab_file)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
         try:
-            return np.load(path), True
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)  # a damaged entry is recomputed, not trusted
-    t = classifier(encode, queries, templates, vocab_file=vocab_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, t)
-    os.replace(tmp, path)
+            np.save(tmp, t)
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk: the embeddings are good, the entry is not kept
+            tmp.unlink(missing_ok=True)
+            raise FSAError(f"class-embedding cache {folder}: cannot write {path.name} ({e.strerror or e})") from None
     return t, False
+
+
+def _load_entry(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        return np.load(path)
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)  # a damaged entry is recomputed, not trusted
+        return None
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `folder`/.lock (flock: released by the kernel when the holder
+    dies). Where there is no flock (Windows), no lock: a race then costs one encoding twice."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("FSA_CACHE_DIR", Path.home() / ".cache" / "fsa-deploy"))
+
+
+def usable_cache_dir(folder: str | os.PathLike[str] | None, option: str = "--cache-dir") -> Path:
+    """The class-embedding cache folder (None: the default), created; checked before any work,
+    so that a file or a read-only path given as the cache is a one-line error naming `option`."""
+    if folder is None:
+        folder, option = default_cache_dir(), "FSA_CACHE_DIR" if os.environ.get("FSA_CACHE_DIR") else "cache folder"
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FSAError(f"{option} {path}: cannot be made a folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise FSAError(f"{option} {path}: folder is not writable")
+    return path
 
 
 def add_vocabulary_args(p: argparse.ArgumentParser) -> None:

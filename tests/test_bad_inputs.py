@@ -104,6 +104,8 @@ ROWS: list[Row] = [
     bad_row("garbage.webp", "not an image"),
     bad_row("missing.png", "no such file"),
     Row("a folder without images", seg("{bad:no_images}"), 2, ("folder has no image files",), one_line=False),
+    Row("--cache-dir is a file", seg("{img:rgb.png}", "--cache-dir", "{img:rgb.png}"), 2,
+        ("--cache-dir", "rgb.png", "cannot be made a folder"), absent=("{tmp}/out/rgb.png",)),
     Row("good and bad images: the good one is written", seg(("{img:rgb.png}", "{bad:text.png}")), 2,
         ("text.png", "1 of 2 images failed"), present=("{tmp}/out/rgb.png",), absent=("{tmp}/out/text.png",),
         one_line=False),

@@ -307,7 +307,7 @@ def test_artefact_without_image_onnx(tmp_path: Path) -> None:
 def test_empty_image_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     r = fsa("calibrate", fake_artefact(tmp_path / "a"), "--images", tmp_path / "empty")
-    one_line_error(r, "--images", "no calibration images")
+    one_line_error(r, "--images", "folder has no image files")
 
 
 def test_missing_image(tmp_path: Path) -> None:

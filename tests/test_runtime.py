@@ -374,14 +374,18 @@ def test_backend_choice(artifact):
 
 
 def test_inputs_expand_and_stems_stay_unique(tmp_path):
-    from fsa_deploy.runtime.cli import expand_inputs, unique_stems
+    from fsa_deploy.runtime.cli import unique_stems
+    from fsa_deploy.runtime.images import expand_images
 
     for name in ("b.png", "a.JPG", "a.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "empty").mkdir()
-    files, errors = expand_inputs([str(tmp_path), str(tmp_path / "empty"), str(tmp_path / "nope.png")])
+    files, errors = expand_images([str(tmp_path), str(tmp_path / "empty"), str(tmp_path / "nope.png")])
     assert [f.name for f in files] == ["a.JPG", "a.png", "b.png"]
-    assert errors == [f"{tmp_path / 'empty'}: folder has no image files", f"{tmp_path / 'nope.png'}: no such file"]
+    assert errors == [f"{tmp_path / 'empty'}: folder has no image files",
+                      f"{tmp_path / 'nope.png'}: no such file or folder"]
+    assert expand_images([str(tmp_path / "empty")], "--images")[1] == [
+        f"--images {tmp_path / 'empty'}: folder has no image files"]
     assert unique_stems(files + [tmp_path / "x" / "a.png"]) == ["a", "a_png", "b", "a_2"]
 
 

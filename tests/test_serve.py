@@ -7,6 +7,7 @@ group and no shared-memory region is left. Clients come from the `serve` extra (
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ tg = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 CLASSES = "sky, person; astronaut, grass, cat; kitten, road"
+MAX_PIXELS = 1_000_000  # the server's FSA_MAX_PIXELS: above the photos (at most 0.4 MP), below a 1.2 MP PNG
 
 
 # ---------------------------------------------------------------- offline: fsa triton
@@ -111,6 +113,10 @@ def test_serve_refuses_a_bad_folder_a_busy_port_and_a_missing_env(tiny_artifact,
         proc = run_cli("serve", tiny_artifact.root, "--http-port", http, "--grpc-port", port,
                        "--metrics-port", metrics, timeout=60)
         assert_one_line_error(proc, f"--grpc-port {port}", "in use")
+    (tmp_path / "a-file").write_text("x")
+    proc = run_cli("serve", tiny_artifact.root, "--http-port", free_ports(1)[0], "--cache-dir", tmp_path / "a-file",
+                   timeout=60)
+    assert_one_line_error(proc, "--cache-dir", "a-file", "cannot be made a folder")
     env = {**os.environ, "FSA_SERVE_VENV": str(tmp_path / "no-env")}
     proc = subprocess.run([sys.executable, "-m", "fsa_deploy", "serve", str(tiny_artifact.root), "--http-port",
                            str(free_ports(1)[0])], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
@@ -123,14 +129,15 @@ def test_serve_refuses_a_bad_folder_a_busy_port_and_a_missing_env(tiny_artifact,
 class Served:
     """`fsa serve` as a subprocess (its own process group), with its ports and tritonserver's pid."""
 
-    def __init__(self, artifact: Path, log: Path):
+    def __init__(self, artifact: Path, log: Path, cache: Path):
         self.http, self.grpc, self.metrics = free_ports(3)
-        self.log = log
+        self.log, self.cache = log, cache
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fsa_deploy", "serve", str(artifact), "--http-port", str(self.http),
              "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), "--backend", "onnx",
-             "--log-file", str(log)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+             "--log-file", str(log), "--cache-dir", str(cache)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env=dict(os.environ, FSA_MAX_PIXELS=str(MAX_PIXELS)))
         self.triton_pid: int | None = None
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -152,7 +159,8 @@ def server(tiny_artifact, tmp_path_factory):
         find_serve_env()
     except FSAError as e:
         pytest.skip(f"no serve environment: {e}")
-    s = Served(tiny_artifact.root, tmp_path_factory.mktemp("serve") / "tritonserver.log")
+    folder = tmp_path_factory.mktemp("serve")
+    s = Served(tiny_artifact.root, folder / "tritonserver.log", folder / "text-cache")
     try:
         s.wait_ready()
     except RuntimeError as e:
@@ -236,12 +244,49 @@ def test_eight_concurrent_clients_are_batched(server, reference):
     assert max(sizes) > per_request, f"batch sizes {sizes}: no batch merged requests"
 
 
+def test_instances_encode_a_new_class_list_once(server, tiny_artifact):
+    """Four fsa_segment instances meet a class list at once: one encodes it (fsa_text runs one
+    classifier's batches), the others wait on the shared cache and read its entry."""
+    from fsa_deploy.runtime.segmenter import as_vocabulary
+
+    classes = "tree, water; lake, building, sand"
+    prompts = len(as_vocabulary(classes).queries) * len(tiny_artifact.meta["templates"])
+    http = th.InferenceServerClient(f"127.0.0.1:{server.http}")
+    before = http.get_inference_statistics(TEXT_MODEL)["model_stats"][0]["execution_count"]
+    entries = set(server.cache.glob("text-*.npy"))
+
+    def one(i: int) -> tuple:
+        client, module = clients(server)[1]
+        try:
+            return tuple(segment(client, module, photos()[i % 2], classes)[1]["vocabulary"])
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        names = set(pool.map(one, range(4)))
+    runs = http.get_inference_statistics(TEXT_MODEL)["model_stats"][0]["execution_count"] - before
+    http.close()
+    assert names == {("tree", "water", "building", "sand")}
+    assert runs == -(-prompts // 64), f"fsa_text ran {runs} times for {prompts} prompts (64 a batch)"
+    assert len(set(server.cache.glob("text-*.npy")) - entries) == 1
+
+
 BAD = {
-    "corrupt image bytes": (lambda m: inputs(m, b"\x89PNG\r\n\x1a\n" + b"\0" * 64, CLASSES), "not a decodable image"),
+    "corrupt image bytes": (lambda m: inputs(m, b"\x89PNG\r\n\x1a\n" + b"\0" * 64, CLASSES),
+                            "IMAGE: not an image Pillow can read"),
+    "image above FSA_MAX_PIXELS": (lambda m: inputs(m, png_bytes(1200, 1000), CLASSES), "above the limit of 1,000,000"),
     "empty CLASSES": (lambda m: inputs(m, Path(photos()[0]).read_bytes(), " , ;"), "no class names"),
     "2,000 classes": (lambda m: inputs(m, Path(photos()[0]).read_bytes(), ",".join(f"c{i}" for i in range(2000))),
                       "at most"),
 }
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 140, 200)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _wrong_dtype(m):

@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     def local(state, image=None):
         if state == "open" or state == "close":
             return None
-        return seg.segment(image)
+        # what fsa_segment returns: the label map and the summary JSON (fsa segment's NAME.json)
+        return json.dumps(seg.segment(image).summary(), indent=2)
 
     http, grpc, metrics = free_ports(3)
     server = Server(Path(art), http_port=http, grpc_port=grpc, metrics_port=metrics,
@@ -201,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         "tritonserver_rc": rc,
     }
     md = ["| where | clients | requests | failed | images/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
-    md += [f"| {r['where']} | {r['concurrency']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.1f} | "
+    md += [f"| {r['where']} | {r['concurrency']} | {r['requests']} | {r['failed']} | {r['images_per_s']:.2f} | "
            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |" for r in rows]
     md += ["", f"Serving overhead at 1 client (p50): {100 * result['overhead_c1']:+.1f}%. "
-           f"Soak: {soak['requests']} requests at 4 clients, {soak['failed']} failed, {soak['images_per_s']:.1f} "
+           f"Soak: {soak['requests']} requests at 4 clients, {soak['failed']} failed, {soak['images_per_s']:.2f} "
            f"images/s; server group RSS {rss_before:.0f} MB -> {rss_after:.0f} MB "
            f"({100 * result['soak']['rss_growth']:+.1f}%; every {args.requests // 5} requests: "
            f"{', '.join(f'{x:.0f}' for x in rss_curve)} MB). Ready in {ready_s:.1f} s."]

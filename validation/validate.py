@@ -481,24 +481,15 @@ def check_output_file(path: str | None, option: str) -> None:
 
 
 def expand_images(items: list[str] | None) -> list[str] | None:
+    """--images: runtime.images.expand_images; the first error line is the error."""
     if not items:
         return None
-    from fsa_deploy.runtime.images import image_suffixes
+    from fsa_deploy.runtime.images import expand_images as expand
 
-    exts = image_suffixes()
-    out: list[str] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in exts)
-            if not found:
-                raise FSAError(f"--images {item}: folder holds no images")
-            out += found
-        elif p.is_file():
-            out.append(item)
-        else:
-            raise FSAError(f"--images {item}: no such file or folder")
-    return out
+    files, errors = expand(items, "--images")
+    if errors:
+        raise FSAError(errors[0])
+    return [str(f) for f in files]
 
 
 def add_validate(sub, help_text: str) -> None:

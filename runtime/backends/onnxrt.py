@@ -53,6 +53,10 @@ def session_options(threads: int | None) -> Any:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: ORT's warnings about unused initialisers are noise here
+    # Idle intra-op threads block instead of spinning: their spinning took the cores from the numpy
+    # post-processing after each run (tiny export, 5 photos: 0.84 -> 0.74 s; ViT-B-16 + DINO: equal)
+    # and, under `fsa serve`, from the other model processes. docs/BENCHMARKS.md.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

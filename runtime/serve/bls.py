@@ -30,7 +30,8 @@ class SegmentParams:
     text_per_crop: bool = True  # image model batches over crops: each crop carries its [K, D] copy
     max_batch: int = 16  # crops per image-model request (the Segmenter's max_batch)
     max_classes: int = 1024  # queries per request; more is an error reply
-    cache_size: int = 32  # class lists whose embeddings are kept (LRU)
+    cache_size: int = 32  # class lists whose embeddings are kept in memory (LRU)
+    cache_dir: str = ""  # class-embedding cache shared by the instances ("": the server's temp dir)
     backend_name: str = "triton"
 
     def to_config(self) -> dict[str, str]:

@@ -110,6 +110,7 @@ class RepoOptions:
     queue_delay_us: int = 2000
     threads: int = 0  # local ORT intra-op threads; 0: onnxruntime's default (as `fsa segment`)
     precision: str | None = None  # which TensorRT engine, when several were built
+    cache_dir: str = ""  # fsa_segment's class-embedding cache ("": the server's temp dir)
 
 
 def vendor_runtime(dest: Path) -> None:
@@ -220,7 +221,7 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
         backend_name = f"triton-{opts.image_backend}"
     # ---- fsa_segment
     params = SegmentParams(text_per_crop=local, max_batch=max_batch, max_classes=max_classes,
-                           backend_name=backend_name)
+                           backend_name=backend_name, cache_dir=opts.cache_dir)
     segment_cfg = {
         "name": SEGMENT_MODEL, "backend": "python", "max_batch_size": 0,
         "input": [tensor("IMAGE", "TYPE_STRING", [1]), tensor("CLASSES", "TYPE_STRING", [1])],

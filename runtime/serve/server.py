@@ -18,13 +18,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.bls import SEGMENT_MODEL
 from fsa_deploy.runtime.serve.env import ServeEnv, find_serve_env
 from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
+from fsa_deploy.runtime.text import usable_cache_dir
 
 from fsa_deploy.errors import FSAError
 
@@ -104,6 +105,9 @@ class Server:
         if len({self.http_port, self.grpc_port, self.metrics_port}) < 3:
             raise FSAError("--http-port, --grpc-port and --metrics-port must differ")
         env = find_serve_env(self.venv)
+        # fsa segment's cache folder unless told: entries outlive a restart; made (or refused) now
+        cache = usable_cache_dir(self.options.cache_dir or None).resolve()
+        self.options = replace(self.options, cache_dir=str(cache))
         self.repo = Path(tempfile.mkdtemp(prefix="fsa-serve-"))
         write_repository(art, self.repo, self.options)
         # the serve env must import the runtime copy (numpy < 2, no torch): say so now, not after the load

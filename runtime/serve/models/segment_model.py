@@ -4,14 +4,15 @@ Inputs IMAGE (BYTES: one image file) and CLASSES (BYTES: the --classes text); ou
 (UINT16 [H, W]) and SUMMARY (BYTES: fsa segment's NAME.json). The work is the runtime's own
 Segmenter (copied into this version folder by `fsa triton` / `fsa serve`) with a backend that
 sends crops to the image model and tokens to the text model through BLS, so the label map is
-`fsa segment`'s by construction. One Segmenter per class list, least recently used dropped.
+`fsa segment`'s by construction. One Segmenter per class list, least recently used dropped; class
+embeddings go through an on-disk cache that the instances share (parameter cache_dir).
 """
 
 import copy
 import io
 import json
 import sys
-import warnings
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class TritonPythonModel:
     def initialize(self, args):
         here = Path(args["model_repository"]) / args["model_version"]
         sys.path.insert(0, str(here))  # the runtime copied next to this file, ahead of anything installed
-        from fsa_deploy.runtime.images import MAX_PIXELS
+        from fsa_deploy.runtime.images import decode_image
         from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary
         from fsa_deploy.runtime.serve.bls import (
             IN_CLASSES,
@@ -36,12 +37,14 @@ class TritonPythonModel:
 
         from fsa_deploy.errors import FSAError
 
-        self.FSAError, self.MAX_PIXELS, self.as_vocabulary = FSAError, MAX_PIXELS, as_vocabulary
+        self.FSAError, self.decode_image, self.as_vocabulary = FSAError, decode_image, as_vocabulary
         self.names = (IN_IMAGE, IN_CLASSES, OUT_LABELS, OUT_SUMMARY)
         self.params = SegmentParams.from_config(json.loads(args["model_config"]).get("parameters", {}))
         backend = TritonBackend(pb_utils, self.params)
-        # no on-disk cache in a server: the LRU below keys on the class list
-        self.base = Segmenter.from_artifact(here / "artifact", backend, cache_dir=None,
+        # the instances share one on-disk cache (one encodes a class list, the others read it);
+        # the LRU below keeps each class list's Segmenter in memory
+        cache = self.params.cache_dir or str(Path(tempfile.gettempdir()) / "fsa-deploy-text")
+        self.base = Segmenter.from_artifact(here / "artifact", backend, cache_dir=cache,
                                             max_batch=self.params.max_batch)
         self.segmenters = OrderedDict()
 
@@ -78,23 +81,6 @@ class TritonPythonModel:
             self.segmenters.popitem(last=False)
         return seg
 
-    def _decode(self, data):
-        """One image file's bytes -> a loaded PIL image, with `fsa segment`'s guards."""
-        from PIL import Image
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-                if img.width * img.height > self.MAX_PIXELS:
-                    raise self.FSAError(f"IMAGE: {img.width}x{img.height} pixels is too large")
-                img.load()
-        except self.FSAError:
-            raise
-        except Exception as e:  # noqa: BLE001 - UnidentifiedImageError, OSError (truncated), bombs
-            raise self.FSAError(f"IMAGE: not a decodable image ({type(e).__name__}: {str(e)[:160]})") from None
-        return img
-
     def _segment(self, request):
         in_image, in_classes, out_labels, out_summary = self.names
         data = self._one(request, in_image)
@@ -103,7 +89,9 @@ class TritonPythonModel:
         except UnicodeDecodeError as e:
             raise self.FSAError(f"CLASSES: not UTF-8 text ({e})") from None
         seg = self._segmenter(classes)
-        result = seg.segment(self._decode(data))
+        # fsa segment's decoder and pixel limit (FSA_MAX_PIXELS), on the request's bytes; handed
+        # over as HWC, the layout Segmenter reads first when an array fits both
+        result = seg.segment(self.decode_image(io.BytesIO(data), in_image).transpose(1, 2, 0))
         summary = json.dumps(result.summary(), indent=2) + "\n"
         return pb_utils.InferenceResponse([
             pb_utils.Tensor(out_labels, np.ascontiguousarray(result.labels, dtype=np.uint16)),

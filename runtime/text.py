@@ -246,6 +246,8 @@ def cached_classifier(
     if t is not None:
         return t, True
     folder = usable_cache_dir(cache_dir, "class-embedding cache")
+    if not os.access(folder, os.W_OK | os.X_OK):  # a read-only cache (a shared mount) serves its hits only
+        return classifier(encode, queries, templates, vocab_file=vocab_file), False
     with _folder_lock(folder):
         t = _load_entry(path)  # written while this process waited for the lock
         if t is not None:
@@ -255,9 +257,8 @@ def cached_classifier(
         try:
             np.save(tmp, t)
             os.replace(tmp, path)
-        except OSError as e:  # a full disk: the embeddings are good, the entry is not kept
+        except OSError:  # a full disk: the embeddings are good, only the entry is not kept
             tmp.unlink(missing_ok=True)
-            raise FSAError(f"class-embedding cache {folder}: cannot write {path.name} ({e.strerror or e})") from None
     return t, False
 
 
@@ -293,8 +294,9 @@ def default_cache_dir() -> Path:
 
 
 def usable_cache_dir(folder: str | os.PathLike[str] | None, option: str = "--cache-dir") -> Path:
-    """The class-embedding cache folder (None: the default), created; checked before any work,
-    so that a file or a read-only path given as the cache is a one-line error naming `option`."""
+    """The class-embedding cache folder (None: the default), created; checked before any work, so
+    that a file given as the cache is a one-line error naming `option`. A read-only folder is
+    fine: its entries are read, misses are computed and not kept."""
     if folder is None:
         folder, option = default_cache_dir(), "FSA_CACHE_DIR" if os.environ.get("FSA_CACHE_DIR") else "cache folder"
     path = Path(folder)
@@ -302,8 +304,6 @@ def usable_cache_dir(folder: str | os.PathLike[str] | None, option: str = "--cac
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FSAError(f"{option} {path}: cannot be made a folder ({e.strerror or e})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise FSAError(f"{option} {path}: folder is not writable")
     return path
 
 

@@ -24,6 +24,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "doctor": ("fsa_deploy.runtime.doctor", "what this machine can run: CUDA, GPU, TensorRT, ORT providers"),
     "triton": ("fsa_deploy.runtime.serve.cli", "artefact folder -> Triton model repository (NVIDIA's container)"),
     "serve": ("fsa_deploy.runtime.serve.cli", "run Triton here on an artefact: fsa_segment over HTTP/gRPC"),
+    "eval": ("fsa_deploy.validation.eval", "mIoU on a segmentation benchmark under the paper's protocol, per backend"),
+    "app": ("fsa_deploy.runtime.app", "a web page to try an artefact: photos and a live camera"),
 }
 
 

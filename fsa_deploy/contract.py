@@ -46,3 +46,9 @@ TOPK_MAX_K = 3840
 
 # ---- the tokenizer: CLIP's BPE merges, copied from open_clip into the artefact at export (role "tokenizer")
 TOKENIZER_VOCAB = "bpe_simple_vocab_16e6.txt.gz"
+
+# ---- serving (Triton): the models and tensors outside checks call exactly so
+SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL = "fsa_segment", "fsa_image", "fsa_text"
+IN_IMAGE, IN_CLASSES, OUT_LABELS, OUT_SUMMARY = "IMAGE", "CLASSES", "LABELS", "SUMMARY"
+# optional fsa_segment inputs (the evaluation protocol); absent means the artefact's defaults
+IN_SHORT_SIDE, IN_STRIDE, IN_PROB_THD = "SHORT_SIDE", "STRIDE", "PROB_THD"  # INT32, INT32, FP32

@@ -13,12 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from fsa_deploy.contract import CONTEXT_LENGTH, EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TOKENS
+from fsa_deploy.contract import (
+    CONTEXT_LENGTH,
+    EMBEDDINGS,
+    IMAGE,
+    IMAGE_MODEL,
+    LOGITS,
+    TEXT_EMBEDDINGS,
+    TEXT_MODEL,
+    TOKENS,
+)
 from fsa_deploy.errors import FSAError
-
-# the contract of fsa_segment (shared/spec: outside checks call it exactly so)
-SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL = "fsa_segment", "fsa_image", "fsa_text"
-IN_IMAGE, IN_CLASSES, OUT_LABELS, OUT_SUMMARY = "IMAGE", "CLASSES", "LABELS", "SUMMARY"
 
 
 @dataclass(frozen=True)

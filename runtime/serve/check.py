@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime.serve.bls import SEGMENT_MODEL, SegmentParams, calls
+from fsa_deploy.runtime.serve.bls import SegmentParams, calls
 from fsa_deploy.runtime.serve.repository import ARTIFACT_COPY
 
-from fsa_deploy.contract import META
+from fsa_deploy.contract import META, SEGMENT_MODEL
 from fsa_deploy.errors import FSAError
 
 

@@ -33,17 +33,20 @@ from typing import Any
 
 import fsa_deploy.runtime
 from fsa_deploy.runtime.artifact import Artifact, write_json_atomic
-from fsa_deploy.runtime.serve.bls import IMAGE_MODEL, SEGMENT_MODEL, TEXT_MODEL, SegmentParams
+from fsa_deploy.runtime.serve.bls import SegmentParams
 
 import fsa_deploy.errors
 from fsa_deploy.contract import (
     CONTEXT_LENGTH,
     EMBEDDINGS,
     IMAGE,
+    IMAGE_MODEL,
     IMAGE_ONNX,
     LOGITS,
     META,
+    SEGMENT_MODEL,
     TEXT_EMBEDDINGS,
+    TEXT_MODEL,
     TEXT_ONNX,
     TOKENS,
 )

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fsa_deploy.runtime.artifact import Artifact
-from fsa_deploy.runtime.serve.bls import SEGMENT_MODEL
 from fsa_deploy.runtime.serve.env import ServeEnv, find_serve_env
 from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
 from fsa_deploy.runtime.text import usable_cache_dir
 
+from fsa_deploy.contract import SEGMENT_MODEL
 from fsa_deploy.errors import FSAError
 
 SHM = Path("/dev/shm")

@@ -26,15 +26,9 @@ class TritonPythonModel:
         sys.path.insert(0, str(here))  # the runtime copied next to this file, ahead of anything installed
         from fsa_deploy.runtime.images import decode_image
         from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary
-        from fsa_deploy.runtime.serve.bls import (
-            IN_CLASSES,
-            IN_IMAGE,
-            OUT_LABELS,
-            OUT_SUMMARY,
-            SegmentParams,
-            TritonBackend,
-        )
+        from fsa_deploy.runtime.serve.bls import SegmentParams, TritonBackend
 
+        from fsa_deploy.contract import IN_CLASSES, IN_IMAGE, OUT_LABELS, OUT_SUMMARY
         from fsa_deploy.errors import FSAError
 
         self.FSAError, self.decode_image, self.as_vocabulary = FSAError, decode_image, as_vocabulary

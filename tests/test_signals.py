@@ -24,6 +24,7 @@ from conftest import REPO, photos
 from fsa_deploy.runtime.artifact import Artifact
 
 EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
+READY_S = 60  # fsa installs its handlers before importing the verb: well under a second
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads SigCgt from /proc (Linux)")
 
 
@@ -64,8 +65,14 @@ def run_and_signal(argv: list[str], sig: int, after: str | None, delay: float, t
     start = time.monotonic()
     # a signal before the handler would kill the process outright (-15, no cleanup, no message):
     # that moment is Python's own start-up, not fsa's, so every moment here comes after it
-    while not handlers_installed(proc.pid) and proc.poll() is None and time.monotonic() - start < timeout:
+    ready = False
+    while not ready and proc.poll() is None and time.monotonic() - start < READY_S:
+        ready = handlers_installed(proc.pid)
         time.sleep(0.01)
+    if not ready:  # the verb's imports alone take seconds: its handler cannot go unseen
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"fsa {argv[0]} installed no SIGTERM handler (exit {proc.returncode})")
     if after is None:
         seen.set()
     while not seen.is_set() and proc.poll() is None and time.monotonic() - start < timeout:

@@ -1,7 +1,7 @@
 """`make bench-serve`: `fsa serve` (Triton, ORT CPU inside) against the in-process Segmenter, same
 artefact, images, classes and run. Images/s and p50/p99 latency at 1, 4 and 16 concurrent clients
-(gRPC, one client each), failures, the serving overhead at concurrency 1, and the RSS of the whole
-tritonserver process group (server + python stubs) before and after 1,000 requests.
+(gRPC, one client each), failures, the serving overhead at concurrency 1, and the RSS of tritonserver
+and its descendants (server + python stubs, read with psutil) before and after 1,000 requests.
 
 python -m fsa_deploy.validation.bench_serve [--artifact DIR] [--requests 1000] [--json F] [--md F]
 Without --artifact, the tests' tiny random-init model (crop 112) is exported to out/bench/serve-art once.

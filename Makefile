@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps "tensorrt-stubs>=10.13,<11"
 	touch $(STAMP)
 
+# FSA_REQUIRE_DEPS=1: a test that lacks anything `make setup` installs fails instead of skipping
 test: setup
-	HF_HUB_OFFLINE=1 FSA_REQUIRE_RTX=$(REQUIRE_RTX) $(BIN)/python -m pytest -q -ra
+	HF_HUB_OFFLINE=1 FSA_REQUIRE_DEPS=1 FSA_REQUIRE_RTX=$(REQUIRE_RTX) $(BIN)/python -m pytest -q -ra
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow"

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import missing, needs
 from fsa_deploy.runtime import artifact as A
 from onnx import TensorProto
 from onnx import helper as h
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
-needs_modelopt = pytest.mark.skipif(not HAVE_MODELOPT, reason="NVIDIA ModelOpt not installed")
+needs_modelopt = needs("modelopt")  # the quant extra; under make test its absence fails the run
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 COUNT = 8
 
@@ -55,7 +56,7 @@ def one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
 @pytest.fixture(scope="module")
 def artefact(tmp_path_factory) -> Path:
     if not HAVE_MODELOPT:
-        pytest.skip("NVIDIA ModelOpt not installed")
+        missing("NVIDIA ModelOpt not installed")
     from fsa_deploy.export.onnx_export import export_artifact
     from fsa_deploy.models.factory import ModelSpec, default_hp
     from fsa_deploy.models.weights import Weights

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,9 @@ def check_artifact_graph(path: Path) -> None:
     """A graph inside an artefact folder is read as the artefact says: its meta.json must load (no
     name leading out of the folder) and, if it records the graph, the graph's external-data names
     must be recorded plain names (runtime.paths). A graph outside any artefact is linted as given."""
-    from fsa_deploy.runtime.artifact import Artifact, is_artifact
+    from fsa_deploy.runtime.artifact import META, Artifact
 
-    if not is_artifact(path.parent):
+    if not os.path.lexists(path.parent / META):
         return
     art = Artifact.load(path.parent)
     if path.name in art.files():

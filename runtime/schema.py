@@ -70,7 +70,7 @@ def _file_record(v: Any) -> str | None:
     for where, src in (("source", v.get("source")), ("engine.source", (v.get("engine") or {}).get("source")
                                                       if isinstance(v.get("engine"), dict) else None)):
         if src is not None and (bad := name_problem(src)):  # a name read from a record: plain, in the folder
-            return f"{where}: {bad}"
+            return f"{where}: {bad}; refused, a name must stay inside its folder"
     sha = v.get("sha256")
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         return f"sha256 {sha!r} is not 64 hex digits"

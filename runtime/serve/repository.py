@@ -230,6 +230,9 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
             "output": [tensor(LOGITS, "TYPE_FP32", [-1, *grid])],
             "dynamic_batching": {"max_queue_delay_microseconds": opts.queue_delay_us},
             "instance_group": [{"count": opts.image_instances, "kind": Enum("KIND_CPU")}]}
+        for name in (IMAGE_ONNX, TEXT_ONNX):  # the graphs the server will open: hashes and external data now
+            if name in art.files():
+                art.path(name)
         local_params = {"artifact": str(art.root.resolve()), "backend": opts.backend, "threads": str(opts.threads)}
         text_cfg.update(backend="python", instance_group=[{"count": 1, "kind": Enum("KIND_CPU")}],
                         parameters=parameters(local_params))

@@ -155,7 +155,7 @@ def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
     """Segment and write one image; False (after a one-line report) if it failed."""
     targets = [out / f"{stem}.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
     try:
-        if any(t.resolve() == path.resolve() for t in targets):
+        if any(os.path.realpath(t) == os.path.realpath(path) for t in targets):  # never raises on a link loop
             raise FSAError(f"{path}: writing its results to {out} would overwrite it; choose another --out")
         written = seg.segment(path).save(out, stem)
     except FSAError as e:

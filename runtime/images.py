@@ -140,7 +140,7 @@ def expand_images(items: Sequence[str | os.PathLike[str]], option: str = "") -> 
             if not found:
                 errors.append(f"{lead}{item}: folder has no image files")
             files.extend(found)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():  # a broken link: load_image says what is wrong with it
             files.append(path)
         else:
             errors.append(f"{lead}{item}: no such file or folder")

@@ -82,6 +82,10 @@ def _main(argv: list[str], verb: str | None) -> int:
     except FSAError as e:
         print(f"fsa {verb}: error: {escape(str(e))}", file=sys.stderr)  # one line, whatever a name holds
         return 2
+    except OSError as e:  # the file system said no (read-only folder, full disk): one line naming the file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fsa {verb}: error: {escape(where + (e.strerror or str(e)))}", file=sys.stderr)
+        return 2
     except CheckFailed as e:
         print(f"fsa {verb}: FAILED: {escape(str(e))}", file=sys.stderr)
         return 1

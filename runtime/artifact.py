@@ -228,7 +228,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     tmp: str | None = None
     try:
-        paths.sweep_stale(path.parent)
+        paths.sweep_stale(path.parent, once=True)
         tmp = paths.mkstemp_beside(path, path.suffix)
         umask = os.umask(0)
         os.umask(umask)

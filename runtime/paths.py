@@ -72,7 +72,8 @@ def contained(root: str | os.PathLike[str], name: object, what: str = "") -> Pat
 
 
 def temp_prefix(name: str, kind: str = MARKER) -> str:
-    return f".{name}.{kind}-{os.getpid()}-"
+    """`.NAME.fsa-tmp-PID-` (NAME cut to 100 characters: the whole stays a legal file name)."""
+    return f".{name[:100]}.{kind}-{os.getpid()}-"
 
 
 def mkstemp_beside(path: Path, suffix: str = "") -> str:
@@ -106,12 +107,21 @@ def is_ours(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def sweep_stale(folder: str | os.PathLike[str]) -> list[str]:
+_SWEPT: set[str] = set()
+
+
+def sweep_stale(folder: str | os.PathLike[str], once: bool = False) -> list[str]:
     """Remove what a killed run left in `folder`: names with our marker whose PID is not alive.
 
-    Returns the names removed. Never follows a symlink; never raises.
+    Returns the names removed. Never follows a symlink; never raises. With `once`, a folder is
+    swept at most once per process (atomic_file: segment writes three files per image).
     """
-    removed = []
+    removed: list[str] = []
+    if once:
+        key = os.path.realpath(folder)
+        if key in _SWEPT:
+            return removed
+        _SWEPT.add(key)
     try:
         entries = list(os.scandir(folder))
     except OSError:

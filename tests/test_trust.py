@@ -455,6 +455,23 @@ def test_two_writers_keep_both_records(tiny_artifact, tmp_path):
     assert [p.name for p in art.iterdir() if p.name.startswith(".")] == [".meta.json.lock"]
 
 
+def test_build_and_another_writer_at_once_keep_both_records(tiny_artifact, tmp_path):
+    """A real `fsa build --engine rtx` and a second writer on one folder, each held between
+    meta.json's read and write: the engine's record and the other one both survive."""
+    pytest.importorskip("tensorrt_rtx")
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact.root, art)
+    env = {**os.environ, "FSA_TEST_META_PAUSE": "1.5"}
+    build = subprocess.Popen([sys.executable, "-m", "fsa_deploy", "build", str(art), "--engine", "rtx", "--no-text",
+                              "--max-batch", "2"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    other = subprocess.Popen([sys.executable, "-c", WRITER, str(art), "c.note"], cwd=REPO, env=env,
+                             stderr=subprocess.PIPE, text=True)
+    assert other.wait(timeout=300) == 0, other.stderr.read()
+    assert build.wait(timeout=300) == 0, build.stderr.read()
+    files = A.Artifact.load(art).files()
+    assert "c.note" in files and [n for n, i in files.items() if i.get("role") == "engine"], sorted(files)
+
+
 def test_a_held_lock_is_one_clear_line_after_the_wait(tiny_artifact, tmp_path, monkeypatch):
     from filelock import FileLock
 

@@ -175,9 +175,10 @@ class LocationScanner:
         self._tail = b""
 
     def feed(self, block: bytes) -> None:
-        buf = self._tail + block
-        self.names.update(locations_in(buf))
-        self._tail = buf[-self.MARGIN:]
+        if self._tail:  # a record that starts in the previous block's end
+            self.names.update(locations_in(self._tail + block[: self.MARGIN]))
+        self.names.update(locations_in(block))
+        self._tail = block[-self.MARGIN:]
 
 
 def check_locations(root: str | os.PathLike[str], graph: str, names: set[str], recorded: set[str]) -> None:

@@ -84,6 +84,14 @@ RANGES: dict[str, Range] = {
     "--http-port": Range(1, 65535, integer=True),
     "--grpc-port": Range(1, 65535, integer=True),
     "--metrics-port": Range(1, 65535, integer=True),
+    # fsa build: the optimisation profile's bounds and the builder's limits
+    "--opt-batch": Range(1, 4096, integer=True, why="at most --max-batch"),
+    "--max-classes": Range(1, 65536, integer=True),
+    "--opt-classes": Range(1, 65536, integer=True, why="at most --max-classes"),
+    "--max-prompts": Range(1, 65536, integer=True),
+    "--opt-prompts": Range(1, 65536, integer=True, why="at most --max-prompts"),
+    "--workspace": Range(1, 1 << 20, integer=True, why="MiB: up to 1 TiB"),
+    "--dla-core": Range(0, 15, integer=True),
 }
 
 

@@ -62,6 +62,7 @@ def add_dump(sub, help_text: str) -> None:
         "reference stage of shared/spec/CLI.md, the tail weights and the hyper-parameters to an .npz."))
     p.add_argument("--image", required=True, help="an image file")
     p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--formulation", choices=("deploy", "literal"), default="deploy")
     add_ranged(p, "--stride", "window stride (default crop // 3)", default=None)
     add_model_args(p)
@@ -71,9 +72,13 @@ def add_dump(sub, help_text: str) -> None:
 
 def run_dump(args: argparse.Namespace) -> int:
     from fsa_deploy.models.dump import dump_stages
-    from fsa_deploy.runtime.schema import refuse_artifact_file
+    from fsa_deploy.runtime.artifact import check_output_file
 
-    refuse_artifact_file(args.out, "--out")
+    from fsa_deploy.errors import FSAError
+
+    check_output_file(args.out, "--out", args.overwrite)  # before the work: a folder, a file under a file, ...
+    if not str(args.out).endswith(".npz"):
+        raise FSAError(f"--out {args.out}: must end in .npz")
     dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
                 formulation=args.formulation, stride=args.stride)
     print(f"wrote {args.out}")

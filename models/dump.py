@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +53,12 @@ def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formul
     arrays.update(tail_weights(ref))
     for k in ("beta", "gamma", "lamda", "top_p"):
         arrays[f"hp.{k}"] = np.array(getattr(spec.hp, k), dtype=np.float64)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{out}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    from fsa_deploy.runtime.artifact import atomic_file
+
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out) as tmp, open(tmp, "wb") as f:  # our marker: removed on error or signal
+            np.savez(f, **arrays)
+    except OSError as e:
+        raise FSAError(f"--out {out}: cannot write ({e.strerror or e})") from e
     return arrays

@@ -8,6 +8,7 @@ image (runtime.segmenter writes each file under a temporary name first).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Sequence
@@ -47,19 +48,22 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
+OUTPUTS = ("{}.png", "{}_overlay.png", "{}.json")  # what `fsa segment` writes per image
+
+
 def unique_stems(files: Sequence[Path]) -> list[str]:
-    """Output names: the input's stem, with its suffix (then a counter) added when two inputs share it."""
-    seen: set[str] = set()
+    """Output names: the input's stem, with its suffix (then a counter) added when the outputs of
+    two inputs would share a name (x.png + x.jpg, x.png + x_overlay.png)."""
+    taken: set[str] = set()
     stems = []
     for f in files:
-        stem = f.stem
-        if stem in seen:
-            stem = f"{f.stem}_{f.suffix.lstrip('.')}" if f.suffix else f"{f.stem}_1"
-        n = 1
-        while stem in seen:
-            n += 1
-            stem = f"{f.stem}_{n}"
-        seen.add(stem)
+        base = f.stem
+        tries = [base, f"{base}_{f.suffix.lstrip('.')}" if f.suffix else f"{base}_1"]
+        for stem in itertools.chain(tries, (f"{base}_{n}" for n in itertools.count(2))):
+            names = {o.format(stem).casefold() for o in OUTPUTS}  # casefold: macOS and Windows file systems
+            if not names & taken:
+                break
+        taken |= names
         stems.append(stem)
     return stems
 
@@ -82,7 +86,9 @@ def _write(line: str, file=None) -> None:
 
 
 def _report(message: str) -> None:
-    _write(f"{PROG}: error: {message}", file=sys.stderr)
+    from fsa_deploy.errors import escape
+
+    _write(f"{PROG}: error: {escape(message)}", file=sys.stderr)
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -122,13 +128,22 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def check_outputs(out: Path, files: Sequence[Path]) -> None:
-    """Before any work: no output may replace meta.json or a file it records (--out inside an
-    artefact folder), and --out must be creatable."""
+    """Before any work: no output may be an input of the run (--out the input folder, x_overlay.png
+    given as an input) or replace meta.json or a file it records (--out inside an artefact folder),
+    and --out must be creatable."""
     from fsa_deploy.runtime.schema import refuse_artifact_file
 
-    for stem in unique_stems(files):
-        for name in (f"{stem}.png", f"{stem}_overlay.png", f"{stem}.json"):
-            refuse_artifact_file(out / name, "--out")
+    from fsa_deploy.errors import escape
+
+    inputs = {os.path.normcase(os.path.realpath(f)): f for f in files}
+    for f, stem in zip(files, unique_stems(files)):
+        for pattern in OUTPUTS:
+            target = out / pattern.format(stem)
+            refuse_artifact_file(target, "--out")
+            clash = inputs.get(os.path.normcase(os.path.realpath(target)))
+            if clash is not None:
+                raise FSAError(f"--out {escape(str(out))}: the result {escape(target.name)} of {escape(str(f))} would "
+                               f"overwrite the input {escape(str(clash))}; choose another --out")
     parent = out
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -140,7 +155,7 @@ def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
     """Segment and write one image; False (after a one-line report) if it failed."""
     targets = [out / f"{stem}.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
     try:
-        if any(t.resolve() == path.resolve() for t in targets):
+        if any(os.path.realpath(t) == os.path.realpath(path) for t in targets):  # never raises on a link loop
             raise FSAError(f"{path}: writing its results to {out} would overwrite it; choose another --out")
         written = seg.segment(path).save(out, stem)
     except FSAError as e:

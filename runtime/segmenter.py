@@ -236,7 +236,7 @@ class SegmentationResult:
             blend = self.image[r : r + step].astype(np.float32) * (1 - alpha) + colors * alpha
             out[r : r + step] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(out)
-        entries = [(f"{self.classes[i]} {100 * f:.1f}%", tuple(palette()[i % 256].tolist()))
+        entries = [(f"{legend_name(self.classes[i])} {100 * f:.1f}%", tuple(palette()[i % 256].tolist()))
                    for i, f in self.fractions().items()]
         return with_legend(img, entries)
 
@@ -259,6 +259,13 @@ class SegmentationResult:
                 writers[key](tmp)
                 os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs are for sharing
         return paths
+
+
+LEGEND_CHARS = 48  # a class name longer than this is cut in the legend (a 100 kB name made a 500,000 px image)
+
+
+def legend_name(name: str) -> str:
+    return name if len(name) <= LEGEND_CHARS else name[: LEGEND_CHARS - 3] + "..."
 
 
 @functools.cache

@@ -175,7 +175,8 @@ def test_int8_recorded_in_meta(artefact: Path, int8: dict) -> None:
     assert info["calibration"]["region"] == "proxy" and info["calibration"]["batch"] == 1
     assert info["calibration"]["images"], info["calibration"]
     art.verify_all()  # every file, the cache included, matches its recorded sha256
-    assert not [p.name for p in artefact.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    hidden = [p.name for p in artefact.iterdir() if p.name.startswith(".") and p.name != ".meta.json.lock"]
+    assert not hidden, "temporary files left behind"  # the lock of meta.json's writers stays (empty)
 
 
 @pytest.mark.quant

@@ -1,0 +1,298 @@
+"""`fsa eval` (issue 22): datasets in each layout, IoUMetric's numbers, the reference and artefact
+rows side by side, reproduction by `fsa segment`, resumption, bad inputs, serving.
+
+Datasets are made here: real photos from scikit-image, shrunk, with masks drawn by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, assert_one_line_error, photos, run_cli
+from fsa_deploy.validation.eval import datasets as D
+from fsa_deploy.validation.eval.metrics import confusion, scores
+from PIL import Image, ImageDraw
+
+SIZE = (120, 90)  # (width, height) of the test photos: small, not square
+
+
+# ---------------------------------------------------------------- an independent IoUMetric
+
+
+def iou_metric(preds: list[np.ndarray], gts: list[np.ndarray], k: int, ignore: int = 255) -> dict:
+    """mmseg's IoUMetric, transcribed without a confusion matrix: per image, histograms of the
+    intersection, the prediction and the label over the pixels whose label is not ignored."""
+    inter, area_p, area_l = np.zeros(k), np.zeros(k), np.zeros(k)
+    for p, g in zip(preds, gts):
+        m = g != ignore
+        p, g = p[m], g[m]
+        inter += np.histogram(p[p == g], bins=k, range=(0, k - 1))[0] if k > 1 else [(p == g).sum()]
+        area_p += np.histogram(p, bins=k, range=(0, k - 1))[0]
+        area_l += np.histogram(g, bins=k, range=(0, k - 1))[0]
+    union = area_p + area_l - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou, acc = inter / union, inter / area_l
+    return {"iou": iou, "miou": np.nanmean(iou), "macc": np.nanmean(acc), "aacc": inter.sum() / area_l.sum()}
+
+
+def test_metrics_match_an_independent_iou_metric():
+    rng = np.random.default_rng(0)
+    k = 7
+    gts, preds = [], []
+    for shape in ((31, 47), (20, 20), (64, 9)):
+        g = rng.integers(0, 5, size=shape)  # classes 5 and 6 never in the ground truth
+        g[rng.random(shape) < 0.15] = 255  # ignore pixels
+        p = rng.integers(0, 6, size=shape)  # class 5 predicted, absent from the ground truth: IoU 0
+        gts.append(g)
+        preds.append(p)  # class 6: absent from both: NaN, excluded from the mean
+    cm = sum(confusion(g, p, k, 255) for g, p in zip(gts, preds))
+    assert cm.dtype == np.int64 and cm.sum() == sum(int((g != 255).sum()) for g in gts)
+    got, want = scores(cm), iou_metric(preds, gts, k)
+    np.testing.assert_allclose(got.iou, want["iou"], rtol=1e-12, equal_nan=True)
+    assert got.iou[5] == 0.0 and np.isnan(got.iou[6])
+    assert got.miou == pytest.approx(want["miou"], rel=1e-12)
+    assert got.macc == pytest.approx(want["macc"], rel=1e-12)
+    assert got.aacc == pytest.approx(want["aacc"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- datasets in each layout
+
+
+def draw_mask(size: tuple[int, int], k: int, seed: int, zero_is_ignore: bool) -> np.ndarray:
+    """Shapes of a few classes on class 0 (or the raw 0 that reduce_zero_label makes ignore), a 255 border."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", size, 0 if zero_is_ignore else 0)
+    d = ImageDraw.Draw(img)
+    lo = 1 if zero_is_ignore else 0
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, size[0] - 20)), int(rng.integers(0, size[1] - 20))
+        c = int(rng.integers(lo, k + lo))
+        d.rectangle((x0, y0, x0 + int(rng.integers(10, 50)), y0 + int(rng.integers(10, 40))), fill=c)
+    d.ellipse((10, 10, 40, 30), fill=int(rng.integers(lo, k + lo)))
+    a = np.asarray(img).copy()
+    a[:2, :] = 255
+    return a
+
+
+def save_photo(src: str, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.open(src).convert("RGB").resize(SIZE)
+    img.save(dst, quality=95) if dst.suffix == ".jpg" else img.save(dst)
+
+
+def make_dataset(dataset: str, root: Path, n: int = 3, k: int | None = None) -> Path:
+    """`n` photos and masks in `dataset`'s layout under `root` (the data_root); the split file too."""
+    lay = D.LAYOUTS[dataset]
+    k = k or lay.num_classes or 4
+    names = []
+    for i in range(n):
+        stem = f"img_{i:03d}"
+        if dataset == "cityscapes":
+            stem = f"{['frankfurt', 'lindau'][i % 2]}/{['frankfurt', 'lindau'][i % 2]}_000000_{i:06d}"
+        suffix = lay.img_suffix or ".png"
+        save_photo(photos()[i % len(photos())], root / lay.img_dir / f"{stem}{suffix}")
+        mask = draw_mask(SIZE, k, i, lay.reduce_zero_label)
+        mpath = root / lay.ann_dir / f"{stem}{lay.seg_suffix}"
+        mpath.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(mpath)
+        names.append(stem)
+    if lay.split:
+        (root / lay.split).parent.mkdir(parents=True, exist_ok=True)
+        (root / lay.split).write_text("\n".join(names) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("dataset", [d for d in D.DATASETS])
+def test_each_layout_reads_as_mmseg(tmp_path, dataset):
+    root = make_dataset(dataset, tmp_path / dataset, n=3)
+    lay = D.LAYOUTS[dataset]
+    found = D.items(dataset, root)
+    assert len(found) == 3
+    assert all(it.image.is_file() and it.mask.is_file() for it in found)
+    assert [it.name for it in found] == sorted(it.name for it in found)
+    assert len(D.items(dataset, root, limit=2)) == 2
+    k = lay.num_classes or 4
+    list(D.check_all(found, lay.reduce_zero_label, k))
+    m = D.read_mask(found[0].mask, lay.reduce_zero_label)
+    raw = np.asarray(Image.open(found[0].mask)).astype(np.int64)
+    if lay.reduce_zero_label:  # mmseg: 0 -> 255, k -> k - 1, 255 stays
+        assert (m[raw == 0] == 255).all() and (m[(raw > 0) & (raw < 255)] == raw[(raw > 0) & (raw < 255)] - 1).all()
+        assert (m[raw == 255] == 255).all()
+    else:
+        assert (m == raw).all()
+
+
+# ---------------------------------------------------------------- end to end on the tiny export
+
+
+@pytest.fixture(scope="module")
+def folder_ds(tmp_path_factory) -> tuple[Path, Path]:
+    root = make_dataset("folder", tmp_path_factory.mktemp("ds") / "mine", n=4, k=4)
+    classes = root.parent / "classes.txt"
+    classes.write_text("background; sky\ncat; kitty\nperson\nrocket\n")
+    return root, classes
+
+
+def eval_cli(art, ds: str, root, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("eval", ds, "--root", root, "--artifact", art, "--json", out, "--quiet",
+                   "--cache-dir", out.parent / "cache", *extra)
+
+
+@pytest.fixture(scope="module")
+def folder_report(tiny_artifact, folder_ds, tmp_path_factory) -> tuple[dict, Path]:
+    root, classes = folder_ds
+    out = tmp_path_factory.mktemp("eval") / "r.json"
+    proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--reference",
+                    "--short-side", "120", "--prob-thd", "0.3", "--md", out.with_suffix(".md"),
+                    "--plot", out.with_suffix(".png"))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), out
+
+
+def test_json_contract_and_rows(folder_report):
+    rep, out = folder_report
+    assert rep["dataset"] == "folder" and rep["method"] == "fsa" and rep["images"] == 4
+    p = rep["protocol"]
+    for key in ("short_side", "long_side", "crop", "stride", "prob_thd", "reduce_zero_label", "ignore_index",
+                "differs_from_official"):
+        assert key in p, key
+    assert p["short_side"] == 120 and p["prob_thd"] == 0.3 and p["crop"] == 112 and p["stride"] == 112
+    assert any("--short-side 120" in d for d in p["differs_from_official"])
+    assert rep["classes"] == ["background; sky", "cat; kitty", "person", "rocket"]
+    ref, art = rep["rows"]
+    assert ref["backend"] == "pytorch" and ref["graph"] is None and "miou_delta" not in ref
+    assert art["graph"] == "image.onnx" and art["backend"].startswith("onnxruntime")
+    for r in rep["rows"]:
+        cm = np.asarray(r["confusion"])
+        assert cm.shape == (4, 4) and cm.sum() > 0
+        s = scores(cm)
+        assert r["miou"] == pytest.approx(s.miou) and r["aacc"] == pytest.approx(s.aacc)
+        assert [None if np.isnan(v) else v for v in s.iou] == pytest.approx(r["iou"])
+        assert 0 <= r["miou"] <= 1 and r["images_per_s"] > 0
+    assert art["miou_delta"] == pytest.approx(art["miou"] - ref["miou"])
+    # the tiny export equals its reference to float rounding: nearly every pixel agrees
+    assert art["pixel_agreement"] > 0.99
+    assert out.with_suffix(".md").read_text().count("|") > 20
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_segment_reproduces_the_label_maps_eval_scored(tiny_artifact, folder_ds, folder_report, tmp_path):
+    """`fsa segment` with the JSON's protocol gives the label maps whose confusion eval summed; the
+    per-class IoU of those maps by the independent metric equals the JSON's."""
+    rep, _ = folder_report
+    root, classes = folder_ds
+    p = rep["protocol"]
+    seg = tmp_path / "seg"
+    proc = run_cli("segment", root / "images", "--artifact", tiny_artifact.root, "--out", seg,
+                   "--backend", "onnx", "--graph", "image.onnx", "--classes-file", classes,
+                   "--short-side", p["short_side"], "--long-side", p["long_side"], "--stride", p["stride"],
+                   "--prob-thd", p["prob_thd"], "--cache-dir", tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    found = D.items("folder", root)
+    preds = [np.asarray(Image.open(seg / f"{it.image.stem}.png")).astype(np.int64) for it in found]
+    gts = [D.read_mask(it.mask, False) for it in found]
+    art = rep["rows"][1]
+    cm = sum(confusion(g, pr, 4, 255) for g, pr in zip(gts, preds))
+    assert cm.tolist() == art["confusion"]
+    want = iou_metric(preds, gts, 4)
+    assert [None if np.isnan(v) else v for v in want["iou"]] == pytest.approx(art["iou"], rel=1e-12)
+
+
+def test_stopped_run_resumes_to_the_same_result(tiny_artifact, folder_ds, folder_report, tmp_path):
+    rep, _ = folder_report
+    root, classes = folder_ds
+    work, out = tmp_path / "work", tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "fsa_deploy", "eval", "folder", "--root", str(root), "--artifact",
+           str(tiny_artifact.root), "--json", str(out), "--quiet", "--classes-file", str(classes), "--reference",
+           "--short-side", "120", "--prob-thd", "0.3", "--work", str(work), "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(work.glob("*.npz")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    done = list(work.glob("*.npz"))
+    assert proc.returncode == 143 and 1 <= len(done) < 4, (proc.returncode, len(done))
+    assert not out.exists() and not [f for f in work.iterdir() if f.name.startswith(".")]
+    proc2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc2.returncode == 0, proc2.stderr
+    again = json.loads(out.read_text())
+    assert len(list(work.glob("*.npz"))) == 4
+    for a, b in zip(again["rows"], rep["rows"]):
+        assert a["confusion"] == b["confusion"] and a["pixel_agreement" if "miou_delta" in b else "miou"] == \
+            b["pixel_agreement" if "miou_delta" in b else "miou"]
+
+
+def test_benchmark_layout_end_to_end(tiny_artifact, tmp_path):
+    """voc21's layout, split file and the official FSA protocol (prob_thd 0.2, the official class file)."""
+    root = make_dataset("voc21", tmp_path / "VOCdevkit" / "VOC2012", n=2)
+    out = tmp_path / "voc.json"
+    proc = eval_cli(tiny_artifact.root, "voc21", root, out, "--short-side", "112", "--limit", "1")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(out.read_text())
+    assert rep["images"] == 1 and rep["protocol"]["prob_thd"] == 0.2 and len(rep["classes"]) == 21
+    assert rep["classes"][0].startswith("sky; wall; tree") and rep["classes"][1] == "aeroplane"
+    assert any("crop" in d or "windows" in d for d in rep["protocol"]["differs_from_official"])
+    assert np.asarray(rep["rows"][0]["confusion"]).shape == (21, 21)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def _bad_dataset(tmp_path: Path, case: str) -> tuple[str, Path, list[str], str]:
+    root = make_dataset("folder", tmp_path / "bad", n=2, k=4)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\nb\nc\nd\n")
+    extra = ["--classes-file", str(classes)]
+    if case == "no-mask":
+        (root / "masks" / "img_001.png").unlink()
+        return "folder", root, extra, "img_001"
+    if case == "mask-size":
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "img_001.png")
+        return "folder", root, extra, "img_001.png"
+    if case == "label-value":
+        m = np.asarray(Image.open(root / "masks" / "img_000.png")).copy()
+        m[5, 5] = 9
+        Image.fromarray(m).save(root / "masks" / "img_000.png")
+        return "folder", root, extra, "label value 9"
+    if case == "empty-split":
+        split = tmp_path / "empty.txt"
+        split.write_text("\n")
+        return "folder", root, [*extra, "--split", str(split)], "empty split"
+    if case == "unknown-dataset":
+        return "pascal", root, extra, "pascal"
+    if case == "missing-root":
+        return "folder", tmp_path / "nowhere", extra, "nowhere"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["no-mask", "mask-size", "label-value", "empty-split", "unknown-dataset",
+                                  "missing-root"])
+def test_bad_input_is_one_line_and_no_report(tiny_artifact, tmp_path, case):
+    ds, root, extra, needle = _bad_dataset(tmp_path, case)
+    out = tmp_path / "r.json"
+    proc = eval_cli(tiny_artifact.root, ds, root, out, *extra)
+    assert_one_line_error(proc, needle)
+    assert not out.exists()
+
+
+def test_max_miou_drop_gate(tiny_artifact, folder_ds, tmp_path):
+    root, classes = folder_ds
+    out = tmp_path / "r.json"
+    proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--reference",
+                    "--short-side", "112", "--limit", "1", "--prob-thd", "0.3", "--max-miou-drop", "0")
+    rep = json.loads(out.read_text())
+    delta = rep["rows"][1]["miou_delta"]
+    assert proc.returncode == (1 if delta < 0 else 0), (delta, proc.stderr)
+    proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--max-miou-drop", "0.1")
+    assert_one_line_error(proc, "--reference")
+    if os.environ.get("FSA_EVAL_DEBUG"):
+        print(rep)

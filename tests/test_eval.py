@@ -296,3 +296,24 @@ def test_max_miou_drop_gate(tiny_artifact, folder_ds, tmp_path):
     assert_one_line_error(proc, "--reference")
     if os.environ.get("FSA_EVAL_DEBUG"):
         print(rep)
+
+
+def test_dump_takes_the_protocol_resize(tmp_path):
+    """`fsa dump --short-side/--long-side` prepares the crop with the eval's resize."""
+    from fsa_deploy.runtime.images import load_image
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+
+    out = tmp_path / "d.npz"
+    proc = run_cli("dump", "--image", photos()[0], "--out", out, "--model", "tiny", "--proxy", "tiny-dino",
+                   "--random-init", "--crop", "112", "--short-side", "150", "--long-side", "170",
+                   "--classes", "cat, dog")
+    assert proc.returncode == 0, proc.stderr
+    geo = Geometry(crop=112, short_side=150, long_side=170)
+    resized = resize_image(load_image(photos()[0]), geo)
+    assert max(resized.shape[-2:]) == 170 or min(resized.shape[-2:]) == 150
+    want = crops_of(resized, geo)[0][0]
+    with np.load(out) as z:
+        got = z["image"]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+    default = crops_of(resize_image(load_image(photos()[0]), Geometry(crop=112)), Geometry(crop=112))[0][0]
+    assert not np.array_equal(default, want)

@@ -317,3 +317,61 @@ def test_dump_takes_the_protocol_resize(tmp_path):
     np.testing.assert_array_equal(got.reshape(want.shape), want)
     default = crops_of(resize_image(load_image(photos()[0]), Geometry(crop=112)), Geometry(crop=112))[0][0]
     assert not np.array_equal(default, want)
+
+
+# ---------------------------------------------------------------- scale out on Triton
+
+
+@pytest.fixture(scope="module")
+def two_servers(tiny_artifact, tmp_path_factory):
+    from fsa_deploy.runtime.serve.env import find_serve_env
+    from test_serve import Served
+
+    try:
+        find_serve_env()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no serve environment: {e}")
+    folder = tmp_path_factory.mktemp("servers")
+    servers = [Served(tiny_artifact.root, folder / f"triton{i}.log", folder / "text-cache") for i in range(2)]
+    try:
+        for s in servers:
+            s.wait_ready()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_two_server_run_equals_the_local_run(tiny_artifact, folder_ds, folder_report, two_servers, tmp_path):
+    from fsa_deploy.validation.bench_serve import free_ports
+
+    rep, _ = folder_report
+    root, classes = folder_ds
+    (dead,) = free_ports(1)  # nobody listens there: dropped with one line at the probe
+    urls = [f"127.0.0.1:{s.http}" for s in two_servers] + [f"127.0.0.1:{dead}"]
+    out = tmp_path / "served.json"
+    proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--short-side", "120",
+                    "--prob-thd", "0.3", "--concurrency", "2", *[a for u in urls for a in ("--server", u)])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("dropped") == 1 and str(dead) in proc.stderr
+    served = json.loads(out.read_text())
+    (row,) = served["rows"]
+    assert row["backend"] == "triton" and row["images_per_s"] > 0
+    assert row["confusion"] == rep["rows"][1]["confusion"]  # the local ONNX Runtime row
+    # an image the servers cannot decode fails that image only (exit 2, named), no server dropped
+    bad = tmp_path / "bad"
+    make_dataset("folder", bad, n=2, k=4)
+    data = (bad / "images" / "img_001.png").read_bytes()
+    (bad / "images" / "img_001.png").write_bytes(data[: len(data) // 2])
+    proc = eval_cli(tiny_artifact.root, "folder", bad, tmp_path / "bad.json", "--classes-file", classes,
+                    "--server", urls[0], "--server", urls[1])
+    assert proc.returncode == 2 and "img_001.png" in proc.stderr and "dropped" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_a_server_of_another_artefact_is_refused(tiny_export, folder_ds, two_servers, tmp_path):
+    root, classes = folder_ds
+    other = tiny_export("qk", None)
+    proc = eval_cli(other, "folder", root, tmp_path / "r.json", "--classes-file", classes,
+                    "--server", f"127.0.0.1:{two_servers[0].http}")
+    assert_one_line_error(proc, "serves artefact")

@@ -209,7 +209,7 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
             raise FSAError("--server with --graph: the servers run their own graph; give one or the other")
         from fsa_deploy.validation.eval.remote import server_row
 
-        rows.append(server_row(args.server, sha, proto, vocab))
+        rows.append(server_row(args.server, art.meta, sha, proto, vocab))
         return rows
     for graph in args.graph or [None]:
         if graph is None and args.backend == "torch":

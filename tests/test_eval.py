@@ -7,7 +7,6 @@ Datasets are made here: real photos from scikit-image, shrunk, with masks drawn 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -284,18 +283,24 @@ def test_bad_input_is_one_line_and_no_report(tiny_artifact, tmp_path, case):
     assert not out.exists()
 
 
-def test_max_miou_drop_gate(tiny_artifact, folder_ds, tmp_path):
-    root, classes = folder_ds
-    out = tmp_path / "r.json"
-    proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--reference",
-                    "--short-side", "112", "--limit", "1", "--prob-thd", "0.3", "--max-miou-drop", "0")
-    rep = json.loads(out.read_text())
+def test_max_miou_drop_gate(tiny_artifact, folder_ds, folder_report, tmp_path):
+    """Exit 1 when an artefact row falls further below the reference than allowed; needs --reference."""
+    from fsa_deploy.validation.eval import gate
+
+    from fsa_deploy.errors import CheckFailed
+
+    rep, _ = folder_report
     delta = rep["rows"][1]["miou_delta"]
-    assert proc.returncode == (1 if delta < 0 else 0), (delta, proc.stderr)
-    proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--max-miou-drop", "0.1")
+    gate(rep, abs(delta) + 1e-6)  # within the allowance: passes
+    worse = json.loads(json.dumps(rep))
+    worse["rows"][1]["miou_delta"] = -0.05
+    with pytest.raises(CheckFailed, match="image.onnx"):
+        gate(worse, 0.01)
+    gate(worse, 0.06)
+    root, classes = folder_ds
+    proc = eval_cli(tiny_artifact.root, "folder", root, tmp_path / "r.json", "--classes-file", classes,
+                    "--max-miou-drop", "0.1")
     assert_one_line_error(proc, "--reference")
-    if os.environ.get("FSA_EVAL_DEBUG"):
-        print(rep)
 
 
 def test_dump_takes_the_protocol_resize(tmp_path):
@@ -369,9 +374,47 @@ def test_two_server_run_equals_the_local_run(tiny_artifact, folder_ds, folder_re
     assert not (tmp_path / "bad.json").exists()
 
 
-def test_a_server_of_another_artefact_is_refused(tiny_export, folder_ds, two_servers, tmp_path):
+def test_a_server_of_another_artefact_is_refused(tiny_artifact, folder_ds, two_servers, tmp_path):
+    import shutil
+
     root, classes = folder_ds
-    other = tiny_export("qk", None)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_artifact.root, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["files"]["image.onnx"]["sha256"] = "0" * 64  # as if exported from other weights
+    (other / "meta.json").write_text(json.dumps(meta))
     proc = eval_cli(other, "folder", root, tmp_path / "r.json", "--classes-file", classes,
                     "--server", f"127.0.0.1:{two_servers[0].http}")
     assert_one_line_error(proc, "serves artefact")
+
+
+def test_served_protocol_inputs_are_checked(two_servers):
+    """fsa_segment refuses a NaN PROB_THD or a stride above the crop with an error reply."""
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    client = th.InferenceServerClient(f"127.0.0.1:{two_servers[0].http}")
+    data = Path(photos()[1]).read_bytes()
+    for name, dtype, value in (("PROB_THD", "FP32", np.float32("nan")), ("STRIDE", "INT32", np.int32(999))):
+        ins = []
+        for n, d, v in (("IMAGE", "BYTES", np.array([data], dtype=np.object_)),
+                        ("CLASSES", "BYTES", np.array([b"cat, dog"], dtype=np.object_)),
+                        (name, dtype, np.array([value]))):
+            t = th.InferInput(n, [1], d)
+            t.set_data_from_numpy(v)
+            ins.append(t)
+        with pytest.raises(InferenceServerException, match=name if name == "PROB_THD" else "stride"):
+            client.infer("fsa_segment", ins)
+
+
+def test_offline_check_wants_the_protocol_inputs(tiny_artifact, tmp_path):
+    from fsa_deploy.runtime.serve.check import check_repository
+    from fsa_deploy.runtime.serve.repository import write_repository
+
+    out = write_repository(tiny_artifact, tmp_path / "repo")
+    assert check_repository(out) == []
+    cfg = out / "fsa_segment" / "config.pbtxt"
+    fp32 = '"PROB_THD"\n    data_type: TYPE_FP32'
+    assert fp32 in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace(fp32, fp32.replace("FP32", "FP64")))
+    assert any("PROB_THD" in p for p in check_repository(out)), check_repository(out)

@@ -110,6 +110,8 @@ def run_eval(args: argparse.Namespace) -> int:
     method, proto, vocab = resolve(art.meta, args.dataset, over)
     k = len(vocab.classes)
     found = D.items(args.dataset, args.root, args.split, args.limit)
+    if not args.quiet and len(found) > 100:
+        _say(f"checking {len(found)} masks before the first image runs")
     for _ in D.check_all(found, lay.reduce_zero_label, k, proto.ignore_index):
         pass
     protocol = proto.as_json()

@@ -100,17 +100,15 @@ def _split_names(path: Path) -> list[str]:
 
 
 def _scan(img_dir: Path, suffix: str) -> list[str]:
-    """Names (relative, without suffix) of the images under img_dir, sorted as mmseg sorts img_path."""
+    """Names (relative, without suffix) of the images under img_dir, in mmseg's order: sorted by
+    the image path (suffix included)."""
     found = []
     for dirpath, _, files in os.walk(img_dir):
         for f in files:
-            p = Path(dirpath) / f
-            if suffix:
-                if f.endswith(suffix):
-                    found.append(str(p.relative_to(img_dir))[: -len(suffix)])
-            elif p.suffix.lower() in FOLDER_IMAGE_SUFFIXES:
-                found.append(str(p.relative_to(img_dir)))
-    return sorted(found)
+            rel = str((Path(dirpath) / f).relative_to(img_dir))
+            if (f.endswith(suffix) if suffix else Path(f).suffix.lower() in FOLDER_IMAGE_SUFFIXES):
+                found.append(rel)
+    return [rel[: len(rel) - len(suffix)] for rel in sorted(found)]
 
 
 def items(dataset: str, root: str | os.PathLike[str], split: str | None = None, limit: int | None = None) -> list[Item]:

@@ -61,6 +61,7 @@ class Servers:
     """The live servers and one client per (thread, server): tritonclient's are not shared."""
 
     def __init__(self, urls: list[str], classes_text: str, protocol: dict[str, Any]):
+        _http()  # a missing tritonclient is one line here, not a "dead" server below
         self.urls = list(dict.fromkeys(urls))
         self.alive = list(self.urls)
         self.classes_text, self.protocol = classes_text, protocol

@@ -230,17 +230,38 @@ def test_stopped_run_resumes_to_the_same_result(tiny_artifact, folder_ds, folder
             b["pixel_agreement" if "miou_delta" in b else "miou"]
 
 
-def test_benchmark_layout_end_to_end(tiny_artifact, tmp_path):
-    """voc21's layout, split file and the official FSA protocol (prob_thd 0.2, the official class file)."""
-    root = make_dataset("voc21", tmp_path / "VOCdevkit" / "VOC2012", n=2)
-    out = tmp_path / "voc.json"
-    proc = eval_cli(tiny_artifact.root, "voc21", root, out, "--short-side", "112", "--limit", "1")
-    assert proc.returncode == 0, proc.stderr
+BENCHMARKS = [d for d in D.DATASETS if d != "folder"]
+
+
+@pytest.mark.parametrize("dataset", BENCHMARKS)
+def test_benchmark_layout_end_to_end(tiny_artifact, tmp_path_factory, dataset, capsys):
+    """Each benchmark's layout and official FSA protocol, in process (one image, short side 112):
+    the confusion counts every non-ignored pixel of the mask as mmseg reads it."""
+    from fsa_deploy.validation.eval.protocol import official
+
+    from fsa_deploy.cli import main
+
+    lay = D.LAYOUTS[dataset]
+    tmp = tmp_path_factory.mktemp(dataset)
+    root = make_dataset(dataset, tmp / lay.root_hint, n=2)
+    out = tmp / "r.json"
+    rc = main(["eval", dataset, "--root", str(root), "--artifact", str(tiny_artifact.root), "--json", str(out),
+               "--quiet", "--short-side", "112", "--limit", "1", "--cache-dir", str(tmp_path_factory.getbasetemp())])
+    assert rc == 0, capsys.readouterr().err
     rep = json.loads(out.read_text())
-    assert rep["images"] == 1 and rep["protocol"]["prob_thd"] == 0.2 and len(rep["classes"]) == 21
-    assert rep["classes"][0].startswith("sky; wall; tree") and rep["classes"][1] == "aeroplane"
-    assert any("crop" in d or "windows" in d for d in rep["protocol"]["differs_from_official"])
-    assert np.asarray(rep["rows"][0]["confusion"]).shape == (21, 21)
+    pre = official("fsa", dataset)
+    assert rep["images"] == 1 and rep["protocol"]["prob_thd"] == pre.prob_thd
+    assert rep["protocol"]["reduce_zero_label"] == lay.reduce_zero_label
+    assert len(rep["classes"]) == lay.num_classes
+    cm = np.asarray(rep["rows"][0]["confusion"])
+    first = D.items(dataset, root)[0]
+    gt = D.read_mask(first.mask, lay.reduce_zero_label)
+    assert cm.shape == (lay.num_classes,) * 2 and cm.sum() == int((gt != 255).sum())
+    assert cm.sum(axis=1).tolist() == np.bincount(gt[gt != 255], minlength=lay.num_classes).tolist()
+    if dataset == "voc21":
+        assert rep["classes"][0].startswith("sky; wall; tree") and rep["classes"][1] == "aeroplane"
+    if dataset == "cityscapes":  # FSA's Cityscapes config slides 224 windows: the artefact's crop differs
+        assert any("224" in d for d in rep["protocol"]["differs_from_official"])
 
 
 # ---------------------------------------------------------------- bad inputs

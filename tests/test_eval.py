@@ -439,3 +439,20 @@ def test_offline_check_wants_the_protocol_inputs(tiny_artifact, tmp_path):
     assert fp32 in cfg.read_text()
     cfg.write_text(cfg.read_text().replace(fp32, fp32.replace("FP32", "FP64")))
     assert any("PROB_THD" in p for p in check_repository(out)), check_repository(out)
+
+
+def test_a_transport_failure_moves_the_image_to_another_server(two_servers, capsys):
+    """A server that stops answering mid-run is dropped (one line) and the image is retried on another."""
+    from fsa_deploy.validation.bench_serve import free_ports
+    from fsa_deploy.validation.eval.remote import Servers
+
+    live = f"127.0.0.1:{two_servers[0].http}"
+    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    protocol = {"short_side": 120, "stride": 112, "prob_thd": 0.3}
+    servers = Servers([live, dead], "background; sky, cat; kitty, person, rocket", protocol)
+    data = Path(photos()[1]).read_bytes()
+    got = servers.labels(data, "chelsea")  # the first pick is the dead one
+    err = capsys.readouterr().err
+    assert servers.alive == [live] and err.count("dropped") == 1 and dead in err
+    want, _ = servers.once(live, data)
+    assert np.array_equal(got, want) and got.shape == np.asarray(Image.open(photos()[1])).shape[:2]

@@ -97,3 +97,17 @@ bench-serve-full: setup
 
 clean:
 	rm -rf out .pytest_cache
+
+# fsa eval vs fsa segment on the same 50 generated images (tiny model, ONNX Runtime; whole commands,
+# best of 3), then the demo's full-size model (exported when missing): reference and ONNX Runtime
+# rows of `fsa eval` on 10 generated images, their mIoU delta and pixel agreement.
+.PHONY: bench-eval bench-eval-full
+bench-eval: setup
+	$(BIN)/python -m fsa_deploy.validation.bench_eval --images 50 --rounds 3 --json out/bench/eval.json \
+	  --md out/bench/eval.md
+
+bench-eval-full: setup
+	test -f out/demo/artifact/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
+	  --proxy dino --crop 336 --out out/demo/artifact
+	$(BIN)/python -m fsa_deploy.validation.bench_eval --artifact out/demo/artifact --images 10 --rounds 1 \
+	  --reference --work out/bench/eval-full --json out/bench/eval-full.json --md out/bench/eval-full.md

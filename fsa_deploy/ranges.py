@@ -92,6 +92,12 @@ RANGES: dict[str, Range] = {
     "--opt-prompts": Range(1, 65536, integer=True, why="at most --max-prompts"),
     "--workspace": Range(1, 1 << 20, integer=True, why="MiB: up to 1 TiB"),
     "--dla-core": Range(0, 15, integer=True),
+    # fsa eval / segment / dump: the protocol's resize (mmcv's keep-ratio scale), the split's head
+    "--short-side": Range(1, 16384, integer=True, why="pixels of the resized image's short side"),
+    "--long-side": Range(1, 65536, integer=True, why="pixels of the resized image's long side"),
+    "--limit": Range(1, 10_000_000, integer=True),
+    "--max-miou-drop": Range(0.0, 1.0, why="a fraction of mIoU (0.01 = one point)"),
+    "--concurrency": Range(1, 256, integer=True, why="requests in flight per server"),
 }
 
 

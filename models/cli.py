@@ -65,6 +65,8 @@ def add_dump(sub, help_text: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--formulation", choices=("deploy", "literal"), default="deploy")
     add_ranged(p, "--stride", "window stride (default crop // 3)", default=None)
+    add_ranged(p, "--short-side", "resize so the short side is at most this (default the crop size)", default=None)
+    add_ranged(p, "--long-side", "resize so the long side is at most this (default crop * 2048 / 336)", default=None)
     add_model_args(p)
     add_vocabulary_args(p)
     p.set_defaults(func=run_dump)
@@ -80,6 +82,7 @@ def run_dump(args: argparse.Namespace) -> int:
     if not str(args.out).endswith(".npz"):
         raise FSAError(f"--out {args.out}: must end in .npz")
     dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
-                formulation=args.formulation, stride=args.stride)
+                formulation=args.formulation, stride=args.stride, short_side=args.short_side,
+                long_side=args.long_side)
     print(f"wrote {args.out}")
     return 0

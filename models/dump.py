@@ -16,10 +16,11 @@ from fsa_deploy.contract import STAGES
 from fsa_deploy.errors import FSAError
 
 
-def first_crop(path: str, crop: int, stride: int | None = None) -> torch.Tensor:
+def first_crop(path: str, crop: int, stride: int | None = None, short_side: int | None = None,
+               long_side: int | None = None) -> torch.Tensor:
     """The image prepared exactly as `fsa segment` does (the runtime's numpy pipeline); its
     top-left window float32 [3, S, S] as a tensor for the reference."""
-    geo = Geometry(crop=crop, stride=stride)
+    geo = Geometry(crop=crop, stride=stride, short_side=short_side, long_side=long_side)
     crops, _ = crops_of(resize_image(load_image(path), geo), geo)
     return torch.from_numpy(np.ascontiguousarray(crops[0]))
 
@@ -40,10 +41,11 @@ def tail_weights(ref: Reference) -> dict[str, np.ndarray]:
 
 
 def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formulation: str = "deploy",
-                stride: int | None = None) -> dict[str, np.ndarray]:
+                stride: int | None = None, short_side: int | None = None,
+                long_side: int | None = None) -> dict[str, np.ndarray]:
     if not str(out).endswith(".npz"):
         raise FSAError(f"--out {out}: must end in .npz")
-    crop = first_crop(image, spec.crop, stride)
+    crop = first_crop(image, spec.crop, stride, short_side, long_side)
     ref = build(spec, formulation)
     with torch.no_grad():
         text = torch.from_numpy(classifier(numpy_encoder(ref), vocab.queries, openai_templates()))

@@ -38,6 +38,10 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
                default=0.0)
     add_ranged(p, "--max-batch", "crops per backend call (default 16)", default=16)
     add_ranged(p, "--stride", "sliding-window stride, at most the crop size (default crop // 3)", default=None)
+    add_ranged(p, "--short-side", "resize so the short side is at most this (default the crop size)", default=None)
+    add_ranged(p, "--long-side", "resize so the long side is at most this (default crop * 2048 / 336)", default=None)
+    p.add_argument("--graph", metavar="FILE", help="graph or engine file of the folder to run (default: --backend's "
+                                                   "choice; as `fsa eval --graph` and `fsa validate --graph`)")
     add_ranged(p, "--threads", "ONNX Runtime CPU threads (default: all cores)", default=None)
     p.add_argument("--precision", default=None, help="TensorRT image engine to use when several were built")
     cache = p.add_mutually_exclusive_group()
@@ -107,9 +111,17 @@ def run_segment(args: argparse.Namespace) -> int:
     check_outputs(out, files)
     cache = None if args.no_cache else usable_cache_dir(args.cache_dir)
     if files:
-        seg = Segmenter.from_artifact(args.artifact, args.backend, threads=args.threads, precision=args.precision,
+        artifact, backend = args.artifact, args.backend
+        if args.graph:
+            from fsa_deploy.runtime.artifact import Artifact
+            from fsa_deploy.runtime.backends.graph import open_graph
+
+            artifact = Artifact.load(args.artifact)
+            backend = open_graph(artifact, args.graph, args.backend, threads=args.threads,
+                                 precision=args.precision)[0]
+        seg = Segmenter.from_artifact(artifact, backend, threads=args.threads, precision=args.precision,
                                       max_batch=args.max_batch, cache_dir=cache, prob_thd=args.prob_thd,
-                                      stride=args.stride)
+                                      stride=args.stride, short_side=args.short_side, long_side=args.long_side)
         print(f"backend: {seg.backend.name} ({seg.backend_reason})", flush=True)
         seg.set_classes(vocabulary_from_args(args))
         try:

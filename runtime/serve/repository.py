@@ -42,6 +42,9 @@ from fsa_deploy.contract import (
     IMAGE,
     IMAGE_MODEL,
     IMAGE_ONNX,
+    IN_PROB_THD,
+    IN_SHORT_SIDE,
+    IN_STRIDE,
     LOGITS,
     META,
     SEGMENT_MODEL,
@@ -92,6 +95,12 @@ def _scalar(v: Any) -> str:
 
 def tensor(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
     return {"name": name, "data_type": Enum(dtype), "dims": dims}
+
+
+# fsa_segment's optional inputs: the evaluation protocol of `fsa eval --server` (absent: the defaults)
+SEGMENT_OPTIONAL_INPUTS = [{**tensor(name, dtype, [1]), "optional": True}
+                           for name, dtype in ((IN_SHORT_SIDE, "TYPE_INT32"), (IN_STRIDE, "TYPE_INT32"),
+                                               (IN_PROB_THD, "TYPE_FP32"))]
 
 
 def parameters(params: dict[str, str]) -> list[dict[str, Any]]:
@@ -261,7 +270,8 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
                            backend_name=backend_name, cache_dir=opts.cache_dir)
     segment_cfg = {
         "name": SEGMENT_MODEL, "backend": "python", "max_batch_size": 0,
-        "input": [tensor("IMAGE", "TYPE_STRING", [1]), tensor("CLASSES", "TYPE_STRING", [1])],
+        "input": [tensor("IMAGE", "TYPE_STRING", [1]), tensor("CLASSES", "TYPE_STRING", [1]),
+                  *SEGMENT_OPTIONAL_INPUTS],
         "output": [tensor("LABELS", "TYPE_UINT16", [-1, -1]), tensor("SUMMARY", "TYPE_STRING", [1])],
         "instance_group": [{"count": opts.segment_instances, "kind": Enum("KIND_CPU")}],
         "parameters": parameters(params.to_config())}

@@ -84,6 +84,7 @@ RANGES: dict[str, Range] = {
     "--http-port": Range(1, 65535, integer=True),
     "--grpc-port": Range(1, 65535, integer=True),
     "--metrics-port": Range(1, 65535, integer=True),
+    "--port": Range(1, 65535, integer=True),  # fsa app
 }
 
 

@@ -62,14 +62,15 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tu
 class App:
     """`fsa app` as a subprocess (its own process group, its own TMPDIR)."""
 
-    def __init__(self, artifact: Path, tmp: Path) -> None:
+    def __init__(self, artifact: Path, tmp: Path, *options: str) -> None:
         self.port = free_ports(1)[0]
         self.tmp = tmp / "tmpdir"
-        self.tmp.mkdir()
+        self.tmp.mkdir(parents=True)
         env = dict(os.environ, FSA_MAX_PIXELS=str(MAX_PIXELS), TMPDIR=str(self.tmp),
                    FSA_CACHE_DIR=str(tmp / "text-cache"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsa_deploy", "app", str(artifact), "--port", str(self.port), "--backend", "onnx"],
+            [sys.executable, "-m", "fsa_deploy", "app", str(artifact), "--port", str(self.port), "--backend", "onnx",
+             *options],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -375,6 +376,58 @@ def test_static_files_and_samples_stay_in_their_folders(app):
     assert Path(photos()[0]).name in names
     status, data = app.request("GET", f"/samples/{names[0]}")
     assert status == 200 and data == Path(photos()[0]).parent.joinpath(names[0]).read_bytes()
+
+
+# ---------------------------------------------------------------- --server: fsa serve behind the page
+
+
+def test_server_mode_forwards_to_fsa_serve_with_fsa_segments_labels(tiny_artifact, reference, tmp_path):
+    from fsa_deploy.runtime.serve.env import find_serve_env
+
+    from fsa_deploy.errors import FSAError
+
+    pytest.importorskip("tritonclient.http")
+    try:
+        find_serve_env()
+    except FSAError as e:
+        pytest.skip(f"no serve environment: {e}")
+    http_port, grpc, metrics = free_ports(3)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "fsa_deploy", "serve", str(tiny_artifact.root), "--http-port", str(http_port),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--backend", "onnx", "--log-file",
+         str(tmp_path / "triton.log"), "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    apps = []
+    try:
+        line = serve.stderr.readline()
+        assert "ready" in line, line
+        other = tmp_path / "other"  # the same files, another recorded image.onnx hash
+        shutil.copytree(tiny_artifact.root, other)
+        meta = json.loads((other / "meta.json").read_text())
+        meta["files"]["image.onnx"]["sha256"] = "0" * 64
+        (other / "meta.json").write_text(json.dumps(meta))
+        for folder in (tiny_artifact.root, other):
+            a = App(folder, tmp_path / folder.name, "--server", f"127.0.0.1:{http_port}")
+            apps.append(a)
+            assert "triton 127.0.0.1" in a.wait_ready()
+        good, wrong = apps
+        assert json.loads(good.request("GET", "/api/info")[1])["backend"] == f"triton 127.0.0.1:{http_port}"
+        for photo in photos()[:2]:
+            status, out = good.segment((Path(photo).name, Path(photo).read_bytes()), CLASSES)
+            assert status == 200, out
+            want_png, want = reference[CLASSES, Path(photo).stem]
+            assert base64.b64decode(out["labels"]) == want_png
+            assert out["summary"]["image"] == Path(photo).name and out["summary"]["classes"] == want["classes"]
+        status, out = good.segment(("notes.txt", b"hello"), CLASSES)
+        assert status == 400 and "notes.txt: not an image" in out["error"]
+        status, out = wrong.segment(PHOTO, CLASSES)  # the server runs another artefact than DIR
+        assert status == 502 and "0000000000" in out["error"] and "runs artefact" in out["error"]
+    finally:
+        for a in apps:
+            a.proc.send_signal(signal.SIGINT)
+            assert a.proc.wait(timeout=30) == 130
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
 
 
 # ---------------------------------------------------------------- the command line

@@ -45,7 +45,7 @@ async function postSegment(blob, name) {
     throw new Error(`HTTP ${reply.status}: not a JSON answer`);
   }
   if (!reply.ok) throw new Error(body.error || `HTTP ${reply.status}`);
-  return { name, answer: body, roundTripMs: performance.now() - t0, imageURL: URL.createObjectURL(blob) };
+  return { name, answer: body, t0, roundTripMs: performance.now() - t0, imageURL: URL.createObjectURL(blob) };
 }
 
 // The overlay is drawn here from the original and the label PNG (a palette PNG: the browser
@@ -70,6 +70,8 @@ async function draw(result) {
   await new Promise((resolve) => { el.overlay.onload = resolve; el.overlay.onerror = resolve; el.overlay.src = url; });
   if (old) URL.revokeObjectURL(old);
   el.overlay.dataset.url = url;
+  if (result.shownMs === undefined) result.shownMs = performance.now() - result.t0;  // request to overlay on screen
+  el.overlay.dataset.shownMs = result.shownMs.toFixed(1);
   el.overlay.dataset.frames = String(Number(el.overlay.dataset.frames || 0) + 1);
 }
 
@@ -164,7 +166,7 @@ async function segmentFiles(files) {
       state.results.push(result);
       addThumb(result);
       await show(state.results.length - 1);
-      setStatus(`${file.name}: done in ${result.roundTripMs.toFixed(0)} ms`);
+      setStatus(`${file.name}: shown in ${result.shownMs.toFixed(0)} ms`);
     }
   } finally {
     state.busy = false;

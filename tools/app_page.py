@@ -154,6 +154,7 @@ def screenshot(args: argparse.Namespace) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as tmp:
             tmp.write(driver.get_screenshot_as_png())
+        os.chmod(tmp.name, 0o644)  # a picture for the docs, not a private file
         os.replace(tmp.name, out)
         print(out)
     finally:
@@ -188,10 +189,12 @@ def bench(args: argparse.Namespace) -> None:
                         assert base64.b64decode(answer["labels"]) == want, p
                 cli, api, page = cli[1:], api[1:], page[1:]
                 h, w = result.size
-                row = {"photo": Path(p).name, "size": f"{w}x{h}", "fsa_segment_ms": statistics.median(cli),
-                       "api_ms": statistics.median(api), "page_ms": statistics.median(page)}
-                row["api_overhead_ms"] = row["api_ms"] - row["fsa_segment_ms"]
-                row["page_overhead_ms"] = row["page_ms"] - row["fsa_segment_ms"]
+                row = {"photo": Path(p).name, "size": f"{w}x{h}"}
+                for key, ms in (("fsa_segment", cli), ("api", api), ("page", page)):
+                    row[f"{key}_ms"], row[f"{key}_min_ms"] = statistics.median(ms), min(ms)
+                for key in ("api", "page"):  # the overhead per image, median and best of the rounds
+                    row[f"{key}_overhead_ms"] = row[f"{key}_ms"] - row["fsa_segment_ms"]
+                    row[f"{key}_overhead_min_ms"] = row[f"{key}_min_ms"] - row["fsa_segment_min_ms"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
@@ -206,11 +209,13 @@ def bench(args: argparse.Namespace) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| photo | size | fsa segment (ms) | API round trip (ms) | page, request to overlay (ms) | "
-             "page / fsa segment |", "|---|---|---|---|---|---|"]
+    """Median (best) ms per photo; the overheads against fsa segment in the same rounds."""
+    lines = ["| photo | size | fsa segment | API round trip | page: request to overlay | API overhead | "
+             "page overhead | page / fsa segment |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['photo']} | {r['size']} | {r['fsa_segment_ms']:.0f} | {r['api_ms']:.0f} | "
-                     f"{r['page_ms']:.0f} | {r['page_ms'] / r['fsa_segment_ms']:.2f} |")
+        cells = [f"{r[k + '_ms']:.0f} ({r[k + '_min_ms']:.0f})" for k in ("fsa_segment", "api", "page")]
+        cells += [f"{r[k + '_overhead_ms']:+.0f} ({r[k + '_overhead_min_ms']:+.0f})" for k in ("api", "page")]
+        lines.append(f"| {r['photo']} | {r['size']} | {' | '.join(cells)} | {r['page_ms'] / r['fsa_segment_ms']:.2f} |")
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -61,6 +62,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "fsa_deploy", "app", str(artifact), "--port",
                                       str(self.port), "--backend", "onnx"], cwd=REPO, stdout=subprocess.PIPE,
                                      text=True, start_new_session=True)
+        assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)
         line = self.proc.stdout.readline() if ready else ""
         if "serving" not in line:
@@ -189,9 +191,9 @@ def bench(args: argparse.Namespace) -> None:
                         assert base64.b64decode(answer["labels"]) == want, p
                 cli, api, page = cli[1:], api[1:], page[1:]
                 h, w = result.size
-                row = {"photo": Path(p).name, "size": f"{w}x{h}"}
-                for key, ms in (("fsa_segment", cli), ("api", api), ("page", page)):
-                    row[f"{key}_ms"], row[f"{key}_min_ms"] = statistics.median(ms), min(ms)
+                row: dict[str, Any] = {"photo": Path(p).name, "size": f"{w}x{h}"}
+                for key, runs in (("fsa_segment", cli), ("api", api), ("page", page)):
+                    row[f"{key}_ms"], row[f"{key}_min_ms"] = statistics.median(runs), min(runs)
                 for key in ("api", "page"):  # the overhead per image, median and best of the rounds
                     row[f"{key}_overhead_ms"] = row[f"{key}_ms"] - row["fsa_segment_ms"]
                     row[f"{key}_overhead_min_ms"] = row[f"{key}_min_ms"] - row["fsa_segment_min_ms"]

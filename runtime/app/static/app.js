@@ -197,10 +197,12 @@ async function liveLoop(live) {
   const video = el.video;
   while (state.live === live && video.videoWidth === 0) await sleep(50);
   let last = null;
+  let drawing = Promise.resolve();  // the previous frame is drawn while the next one is at the server
   while (state.live === live) {
     const blob = await grabFrame(video);
     try {
       const result = await postSegment(blob, "camera.jpg");
+      await drawing;
       if (state.live !== live) break;
       if (last) URL.revokeObjectURL(last.imageURL);
       last = result;
@@ -208,9 +210,10 @@ async function liveLoop(live) {
       showLegend(result.answer.summary);
       showTimings(result);
       showDownloads(result);
-      await draw(result);
-      showFps(result.roundTripMs);
-      setStatus("live camera");
+      drawing = draw(result).then(() => {
+        showFps(result.roundTripMs);
+        setStatus("live camera");
+      });
     } catch (e) {
       setStatus(`error: camera frame: ${e.message}`, true);
       await sleep(1000);

@@ -69,8 +69,8 @@ class App:
         env = dict(os.environ, FSA_MAX_PIXELS=str(MAX_PIXELS), TMPDIR=str(self.tmp),
                    FSA_CACHE_DIR=str(tmp / "text-cache"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsa_deploy", "app", str(artifact), "--port", str(self.port), "--backend", "onnx",
-             *options],
+            [sys.executable, "-m", "fsa_deploy", "app", str(artifact), "--port", str(self.port),
+             *(options or ("--backend", "onnx"))],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -440,6 +440,10 @@ def test_bad_folder_and_busy_port_are_one_line_errors(tiny_artifact, tmp_path, a
     assert_one_line_error(proc, f"--port {app.port}", "cannot listen")
     proc = run_cli("app", tiny_artifact.root, "--port", "70000", timeout=60)
     assert_one_line_error(proc, "--port 70000")
+    proc = run_cli("app", tiny_artifact.root, "--backend", "torch", "--server", "127.0.0.1:1", timeout=60)
+    assert_one_line_error(proc, "--backend torch", "--server")
+    proc = run_cli("app", tiny_artifact.root, "--server", "127.0.0.1:1", "--port", str(free_ports(1)[0]), timeout=60)
+    assert_one_line_error(proc, "--server 127.0.0.1:1", "not reachable")
 
 
 def test_a_non_loopback_host_says_there_is_no_authentication(tiny_artifact, tmp_path):

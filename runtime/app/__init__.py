@@ -68,7 +68,11 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def run_app(args: argparse.Namespace) -> int:
+    if args.server and args.backend != "auto":
+        raise FSAError(f"--backend {args.backend}: applies in this process only; with --server the server's "
+                       "backend runs (fsa serve --backend)")
     try:
+        import python_multipart  # noqa: F401 - Starlette's form parser, else every upload fails
         import uvicorn
         from fsa_deploy.runtime.app.web import build
     except ImportError as e:

@@ -72,6 +72,7 @@ async function draw(result) {
   el.overlay.dataset.url = url;
   if (result.shownMs === undefined) result.shownMs = performance.now() - result.t0;  // request to overlay on screen
   el.overlay.dataset.shownMs = result.shownMs.toFixed(1);
+  el.overlay.dataset.serverMs = String((result.answer.summary.timings_ms || {}).total ?? "");  // the segmentation's own
   el.overlay.dataset.frames = String(Number(el.overlay.dataset.frames || 0) + 1);
 }
 

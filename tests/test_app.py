@@ -171,11 +171,13 @@ def upload_and_wait(driver, path: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    before = frames(driver)
     status = driver.find_element(By.ID, "status")
-    driver.find_element(By.ID, "image").send_keys(path)
+    before = int(status.get_attribute("data-done") or 0)
+    chooser = driver.find_element(By.ID, "image")
+    driver.execute_script("arguments[0].value = ''", chooser)  # chromedriver adds to a `multiple` input's files
+    chooser.send_keys(path)
     driver.find_element(By.ID, "segment").click()
-    WebDriverWait(driver, 60).until(lambda d: frames(d) > before or "error" in (status.get_attribute("class") or ""))
+    WebDriverWait(driver, 60).until(lambda d: int(status.get_attribute("data-done") or 0) == before + 1)
 
 
 def legend(driver) -> list[tuple[str, float, str]]:

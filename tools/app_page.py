@@ -124,13 +124,14 @@ def page_segment(driver, path: str) -> tuple[float, float]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    overlay = driver.find_element(By.ID, "overlay")
-    before = int(overlay.get_attribute("data-frames") or 0)
-    driver.find_element(By.ID, "image").send_keys(path)
+    overlay, status = driver.find_element(By.ID, "overlay"), driver.find_element(By.ID, "status")
+    before = int(status.get_attribute("data-done") or 0)
+    chooser = driver.find_element(By.ID, "image")
+    driver.execute_script("arguments[0].value = ''", chooser)  # chromedriver adds to a `multiple` input's files
+    chooser.send_keys(path)
     driver.find_element(By.ID, "segment").click()
     WebDriverWait(driver, 600, poll_frequency=0.05).until(
-        lambda d: int(overlay.get_attribute("data-frames") or 0) > before)
-    status = driver.find_element(By.ID, "status")
+        lambda d: int(status.get_attribute("data-done") or 0) == before + 1)
     if "error" in (status.get_attribute("class") or ""):
         raise SystemExit(f"{path}: {status.text}")
     return float(overlay.get_attribute("data-shown-ms")), float(overlay.get_attribute("data-server-ms"))

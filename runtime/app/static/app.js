@@ -147,6 +147,11 @@ function addThumb(result) {
   el.thumbs.append(img);
 }
 
+// #status data-done: images finished (shown or failed), for scripts that wait on the page
+function countDone() {
+  el.status.dataset.done = String(Number(el.status.dataset.done || 0) + 1);
+}
+
 async function segmentFiles(files) {
   if (state.busy) return;
   if (!files.length) {
@@ -162,12 +167,14 @@ async function segmentFiles(files) {
         result = await postSegment(file, file.name);
       } catch (e) {
         setStatus(`error: ${file.name}: ${e.message}`, true);
+        countDone();
         continue;
       }
       state.results.push(result);
       addThumb(result);
       await show(state.results.length - 1);
       setStatus(`${file.name}: shown in ${result.shownMs.toFixed(0)} ms`);
+      countDone();
     }
   } finally {
     state.busy = false;

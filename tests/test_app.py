@@ -111,8 +111,9 @@ def app(tiny_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny_artifact, tmp_path_factory):
-    """What `fsa segment` writes for two photos and two class lists: {(classes, stem): (png bytes, json)}."""
-    out: dict[tuple[str, str], tuple[bytes, dict]] = {}
+    """What `fsa segment` writes for two photos and two class lists: {(classes, stem): (png bytes, json)},
+    and {("overlay", classes, stem): overlay png bytes}."""
+    out: dict[tuple, tuple[bytes, dict] | bytes] = {}
     for classes in (CLASSES, OTHER):
         folder = tmp_path_factory.mktemp("segment")
         proc = run_cli("segment", *photos()[:2], "--artifact", tiny_artifact.root, "--out", folder, "--backend",
@@ -122,6 +123,7 @@ def reference(tiny_artifact, tmp_path_factory):
             stem = Path(p).stem
             out[classes, stem] = ((folder / f"{stem}.png").read_bytes(),
                                   json.loads((folder / f"{stem}.json").read_text()))
+            out["overlay", classes, stem] = (folder / f"{stem}_overlay.png").read_bytes()
     return out
 
 
@@ -206,12 +208,13 @@ def test_page_segments_a_photo_with_fsa_segments_legend_and_files(app, reference
         assert text == f"{c['name']} {100 * c['fraction']:.1f}%"
     overlay = browser.find_element(By.ID, "overlay")
     assert browser.execute_script("return arguments[0].naturalWidth", overlay) == want["width"]
-    # the three downloads: NAME.png is fsa segment's file byte for byte
+    # the three downloads: NAME.png and NAME_overlay.png are fsa segment's files byte for byte
     links = {a.get_attribute("download"): a.get_attribute("href")
              for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")}
     stem = Path(photo).stem
     assert set(links) == {f"{stem}.png", f"{stem}_overlay.png", f"{stem}.json"}
     assert base64.b64decode(links[f"{stem}.png"].split(",", 1)[1]) == want_png
+    assert base64.b64decode(links[f"{stem}_overlay.png"].split(",", 1)[1]) == reference["overlay", CLASSES, stem]
     # the plain label map toggle redraws the overlay from the label PNG alone
     before = frames(browser)
     browser.find_element(By.ID, "labelmap").click()
@@ -276,8 +279,7 @@ def test_api_labels_are_fsa_segments_png_pixel_for_pixel(app, reference):
         summary = out["summary"]
         assert summary["image"] == Path(photo).name
         assert summary["classes"] == want["classes"] and summary["vocabulary"] == want["vocabulary"]
-        overlay = Image.open(io.BytesIO(base64.b64decode(out["overlay"])))
-        assert overlay.format == "PNG" and overlay.width >= want["width"] and overlay.height > want["height"]
+        assert base64.b64decode(out["overlay"]) == reference["overlay", CLASSES, Path(photo).stem]  # NAME_overlay.png
 
 
 def test_concurrent_requests_with_different_classes_keep_their_own(app, reference):

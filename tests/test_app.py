@@ -382,6 +382,25 @@ def test_static_files_and_samples_stay_in_their_folders(app):
     assert status == 200 and data == Path(photos()[0]).parent.joinpath(names[0]).read_bytes()
 
 
+def test_torch_backend_through_the_entry_point_gives_fsa_segments_labels(tiny_artifact, tmp_path):
+    """--backend torch: the PyTorch reference, reached as `fsa segment` reaches it (entry point)."""
+    photo = photos()[0]
+    proc = run_cli("segment", photo, "--artifact", tiny_artifact.root, "--out", tmp_path / "out", "--backend",
+                   "torch", "--classes", OTHER, "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    a = App(tiny_artifact.root, tmp_path, "--backend", "torch")
+    try:
+        a.wait_ready(timeout=120)
+        info = json.loads(a.request("GET", "/api/info")[1])
+        assert info["backend"].startswith("pytorch-cpu"), info
+        status, out = a.segment((Path(photo).name, Path(photo).read_bytes()), OTHER)
+        assert status == 200, out
+        assert base64.b64decode(out["labels"]) == (tmp_path / "out" / f"{Path(photo).stem}.png").read_bytes()
+    finally:
+        a.proc.send_signal(signal.SIGINT)
+        assert a.proc.wait(timeout=30) == 130
+
+
 # ---------------------------------------------------------------- --server: fsa serve behind the page
 
 

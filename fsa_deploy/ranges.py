@@ -98,6 +98,7 @@ RANGES: dict[str, Range] = {
     "--limit": Range(1, 10_000_000, integer=True),
     "--max-miou-drop": Range(0.0, 1.0, why="a fraction of mIoU (0.01 = one point)"),
     "--concurrency": Range(1, 256, integer=True, why="requests in flight per server"),
+    "--port": Range(1, 65535, integer=True),  # fsa app
 }
 
 

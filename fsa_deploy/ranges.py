@@ -60,7 +60,7 @@ class Range:
 
 # option -> valid range; --help of each option prints it
 RANGES: dict[str, Range] = {
-    # shared/spec/FSA.md: E = Sim * exp(lamda * Sim) stays finite in fp32 for lamda <= 80
+    # docs/METHOD.md: E = Sim * exp(lamda * Sim) stays finite in fp32 for lamda <= 80
     "--lamda": Range(0.0, 80.0, lo_open=True, why="exp(lamda) must stay finite in fp32"),
     "--beta": Range(0.0, 10.0, why="S0 - beta * mean(S0): above ~1/mean(S0) every entry is masked"),
     "--gamma": Range(0.0, 100.0, lo_open=True, why="a scale of the proxy similarities"),

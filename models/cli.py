@@ -30,7 +30,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_ranged(g, "--crop", "square crop size, a multiple of the model's patch size (default 336)", default=336)
     g.add_argument("--no-fsa", action="store_true", help="the base method alone")
     for name in ("--lamda", "--beta", "--gamma", "--top-p"):
-        add_ranged(g, name, f"override shared/spec/FSA.md's default ({RANGES[name].why})", default=None)
+        add_ranged(g, name, f"override docs/METHOD.md's default ({RANGES[name].why})", default=None)
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -59,7 +59,7 @@ def spec_from_args(args: argparse.Namespace):
 def add_dump(sub, help_text: str) -> None:
     p = sub.add_parser("dump", help=help_text, description=(
         "Prepare IMAGE as `fsa segment` does, take its first (top-left) window and write every "
-        "reference stage of shared/spec/CLI.md, the tail weights and the hyper-parameters to an .npz."))
+        "reference stage of docs/CONTRACT.md, the tail weights and the hyper-parameters to an .npz."))
     p.add_argument("--image", required=True, help="an image file")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -49,7 +49,8 @@ def export_into(spec: Any, folder: Path, precision: str) -> Source:
 
 def writable_copy(folder: str, work: Path) -> Path:
     """A folder to add files to: the folder itself when bench made it, else a copy in the work
-    folder (files linked, meta.json copied), so that a user's artefact is never modified."""
+    folder (files hard-linked where the file system allows, else copied; meta.json copied), so that a
+    user's artefact is never modified. Not symlinks: an artefact's files must be inside its folder."""
     import shutil
 
     from fsa_deploy.runtime import artifact as A
@@ -61,7 +62,10 @@ def writable_copy(folder: str, work: Path) -> Path:
     if not dest.is_dir():
         dest.mkdir(parents=True)
         for name in A.Artifact.load(src).files():
-            os.symlink(src / name, dest / name)
+            try:
+                os.link(src / name, dest / name)
+            except OSError:  # another file system, or links not allowed
+                shutil.copy2(src / name, dest / name)
         shutil.copy2(src / A.META, dest / A.META)
     return dest
 

@@ -22,6 +22,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--random-init", action="store_true", help="deterministic random weights (see --seed)")
     g.add_argument("--cache-dir", metavar="DIR", help="hub cache folder for --pretrained (default: the hub's own)")
     add_ranged(g, "--seed", "seed of --random-init (default 0)", default=0)
+    g.add_argument("--real-stats", action="store_true", help="with --random-init: shape the random weights to "
+                   "show trained ViTs' outliers (massive activations, high-norm tokens, post-LayerNorm channel "
+                   "spread; README: Real-weight statistics)")
     g.add_argument("--attention", default="proxy", help="proxy, qk, sclip, clearclip or naclip (default proxy)")
     g.add_argument("--proxy", default="dino",
                    help="dino, dinov2, dinov2-noreg, sam, mae or tiny-* (default dino; proxy only)")
@@ -47,9 +50,11 @@ def spec_from_args(args: argparse.Namespace):
     elif args.checkpoint:
         weights = Weights(checkpoint=args.checkpoint)
     elif args.random_init:
-        weights = Weights(seed=args.seed)
+        weights = Weights(seed=args.seed, real_stats=bool(getattr(args, "real_stats", False)))
     else:
         raise FSAError("weights: give --pretrained TAG, --checkpoint PATH or --random-init [--seed N]")
+    if getattr(args, "real_stats", False) and not args.random_init:
+        raise FSAError("--real-stats goes with --random-init (it shapes random weights)")
     proxy = args.proxy if args.attention == "proxy" else None
     hp = default_hp(args.model, proxy, lamda=args.lamda, beta=args.beta, gamma=args.gamma, top_p=args.top_p)
     return ModelSpec(model=args.model, weights=weights, attention=args.attention, proxy=proxy,
@@ -64,6 +69,9 @@ def add_dump(sub, help_text: str) -> None:
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--formulation", choices=("deploy", "literal"), default="deploy")
     add_ranged(p, "--stride", "window stride (default crop // 3)", default=None)
+    p.add_argument("--activation-stats", metavar="F.json", help="also write per-block activation statistics of "
+                   "the CLIP trunk and the proxy on the same crop ({clip: [...], proxy: [...]}; README: "
+                   "Real-weight statistics)")
     add_model_args(p)
     add_vocabulary_args(p)
     p.set_defaults(func=run_dump)
@@ -74,7 +82,12 @@ def run_dump(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.schema import refuse_artifact_file
 
     refuse_artifact_file(args.out, "--out")
+    if args.activation_stats:
+        from fsa_deploy.models.activation_stats import check_stats_path
+
+        check_stats_path(args.activation_stats, args.out)
+        refuse_artifact_file(args.activation_stats, "--activation-stats")
     dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
-                formulation=args.formulation, stride=args.stride)
-    print(f"wrote {args.out}")
+                formulation=args.formulation, stride=args.stride, activation_stats=args.activation_stats)
+    print(f"wrote {args.out}" + (f" and {args.activation_stats}" if args.activation_stats else ""))
     return 0

@@ -41,7 +41,7 @@ def tail_weights(ref: Reference) -> dict[str, np.ndarray]:
 
 
 def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formulation: str = "deploy",
-                stride: int | None = None) -> dict[str, np.ndarray]:
+                stride: int | None = None, activation_stats: str | None = None) -> dict[str, np.ndarray]:
     if not str(out).endswith(".npz"):
         raise FSAError(f"--out {out}: must end in .npz")
     crop = first_crop(image, spec.crop, stride)
@@ -57,5 +57,13 @@ def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formul
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{out}.tmp.npz"
     np.savez(tmp, **arrays)
+    if activation_stats:
+        from fsa_deploy.models.activation_stats import model_stats, write_stats
+
+        try:
+            write_stats(activation_stats, model_stats(ref.model, crop), spec)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     os.replace(tmp, out)
     return arrays

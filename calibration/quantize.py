@@ -56,6 +56,7 @@ class Options:
     cache: bool = True
     classes: Vocabulary | None = None  # None: the default vocabulary (models/data/voc21.txt)
     lint: bool = True
+    fp32_rules: bool = True  # False (debug, tests): quantize all but the FSA head and block, Softmax too
 
     def check(self) -> None:
         if self.precision not in CALIBRATE_PRECISIONS:
@@ -152,6 +153,8 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
         src, external = link_source(art, work)
         graph = onnx.load(str(src), load_external_data=False).graph
         rules = fp32_rules(graph, Where(scope, art.meta.get("stages", {}), opts.region))
+        if not opts.fp32_rules:  # only what keeps Q/DQ off the feedback block's boundary
+            rules = {k: v if k == "tail_and_boundary" else [] for k, v in rules.items()}
         exclude = sorted(set().union(*rules.values()))
         fp32_nodes = {k: len(v) for k, v in rules.items()}
         if progress:

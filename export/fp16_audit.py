@@ -247,14 +247,19 @@ def _with_movers(model, keep: set[str]) -> set[str]:
 
 
 def policy_nodes(model, stages: dict[str, str], scope: str) -> list[str]:
-    """What stays in fp32 whatever the ranges: the FSA head (downstream of the proxy features and the
-    values: thresholds and the feedback's exp(lamda * Sim) flip on rounding) and the feedback block;
-    the same split as the torch-level fp16 export had (trunk and proxy fp16, head fp32)."""
+    """What stays in fp32 whatever the ranges: the FSA head (downstream of the proxy features, the values
+    and the text embeddings: thresholds and the feedback's exp(lamda * Sim) flip on rounding), CLIP's last block up to
+    the values, and the feedback block: the split the fp16 export always had (trunk and proxy fp16)."""
     from fsa_deploy.export.graph_walk import Walk
 
     walk = Walk(model.graph)
-    heads = [stages[k] for k in ("proxy_features", "values") if k in stages]
-    head = walk.downstream(heads) if heads else set()
+    heads = [stages[k] for k in ("proxy_features", "values") if k in stages] + ["text_embeddings"]
+    head = walk.downstream(heads)
+    if "values" in stages:  # and CLIP's last block up to V: its LayerNorm, in_proj and the resize to the grid
+        up = walk.upstream([stages["values"]])
+        lns = sorted(i for i in up if walk.nodes[i].op_type == "LayerNormalization")
+        if lns:
+            head |= {lns[-1]} | (walk.downstream(walk.nodes[lns[-1]].output) & up)
     return sorted(walk.names(head) | {n.name for n in model.graph.node if scope and n.name.startswith(scope)})
 
 

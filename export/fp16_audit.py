@@ -219,7 +219,8 @@ def audit(model, ranges: Ranges, low: Iterable[str] | None = None, bound: float 
     return found
 
 
-MOVERS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Slice", "Gather", "Concat", "Split", "Resize")  # data movement, no arithmetic
+# data movement, no arithmetic
+MOVERS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Slice", "Gather", "Concat", "Split", "Resize")
 
 
 def islands(model, ranges: Ranges, always: Iterable[str] = ()) -> list[str]:

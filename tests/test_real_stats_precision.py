@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import photo_crops, tiny_spec, unit_text
+from conftest import photo_crops, photos, tiny_spec, unit_text
 from fsa_deploy.export import fp16_audit as F
 from fsa_deploy.models.weights import Weights
 from fsa_deploy.validation.fp16_emulate import run_graph
@@ -31,19 +30,22 @@ def spec(real: bool):
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
-    """fp32 image graphs (real-stats and plain), their ranges on two photo crops, and feeds."""
-    from fsa_deploy.export.onnx_export import export_image
-    from fsa_deploy.models.factory import build
+def real_folder(tmp_path_factory) -> Path:
+    """The real-stats fp32 export (image.onnx + meta.json), once for the module."""
+    return image_artifact(True, tmp_path_factory.mktemp("real") / "fp32")
+
+
+@pytest.fixture(scope="module")
+def graphs(real_folder, tmp_path_factory):
+    """fp32 image graphs (real-stats and plain), their ranges on two photo crops, and the feed."""
+    from fsa_deploy.runtime.artifact import Artifact
 
     feed = {"image": photo_crops(2).numpy().astype(np.float32), "text_embeddings": unit_text(5).numpy()}
     out = {}
     for real in (True, False):
-        folder = tmp_path_factory.mktemp("real" if real else "plain")
-        with torch.no_grad():
-            mapping, _ = export_image(build(spec(real)), folder, "fp32", 4)
+        folder = real_folder if real else image_artifact(False, tmp_path_factory.mktemp("plain") / "fp32")
         path = folder / "image.onnx"
-        out[real] = (path, F.measure(path, [feed]), mapping)
+        out[real] = (path, F.measure(path, [feed]), Artifact.load(folder).meta["stages"])
     return out, feed
 
 
@@ -104,22 +106,48 @@ def test_islands_pass_the_audit_and_the_emulation(graphs):
     assert agreement(run_graph(model, feed)["logits"], ref) >= 0.99
 
 
-@lru_cache(maxsize=4)
-def _export(real: bool, islands: bool, root: str) -> Path:
-    from fsa_deploy.export.fp16_audit import Fp16Plan
-    from fsa_deploy.export.onnx_export import export_artifact
+def image_artifact(real: bool, folder: Path) -> Path:
+    """An artefact folder with image.onnx and meta.json only (as conftest's tiny_export: no text tower)."""
+    from fsa_deploy.export.onnx_export import build_meta, export_image
+    from fsa_deploy.models.factory import build
+    from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
 
-    out = Path(root) / f"{'real' if real else 'plain'}-{'islands' if islands else 'naive'}"
-    export_artifact(spec(real), out, "fp16", progress=False, fp16=Fp16Plan(count=3, islands=islands))
-    return out
+    folder.mkdir(parents=True)
+    s = spec(real)
+    ref = build(s)
+    with torch.no_grad():
+        mapping, nodes = export_image(ref, folder, "fp32", 8)
+    art = Artifact(folder, build_meta(s, ref, "fp32", mapping))
+    art.record(IMAGE_ONNX, role="image", precision="fp32", nodes=nodes)
+    art.save()
+    return folder
 
 
-def test_export_records_the_audit_and_lint_reports_it(tmp_path_factory, capsys):
-    from fsa_deploy.cli import main
+def fp16_artifact(fp32: Path, folder: Path, plan) -> Path:
+    """`fsa export --precision fp16`'s last step on a copy of an fp32 export (the same function)."""
+    from fsa_deploy.export.onnx_export import EXTERNAL_DATA_BYTES, build_meta
+    from fsa_deploy.models.factory import build
+    from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
+
+    folder.mkdir(parents=True)
+    shutil.copy(fp32 / IMAGE_ONNX, folder / IMAGE_ONNX)
+    s = spec(True)
+    ref = build(s)
+    mapping = Artifact.load(fp32).meta["stages"]
+    nodes = F.export_fp16(ref, folder / IMAGE_ONNX, mapping, "feedback/", plan, EXTERNAL_DATA_BYTES)
+    art = Artifact(folder, build_meta(s, ref, "fp16", mapping))
+    art.record(IMAGE_ONNX, role="image", precision="fp16", nodes=nodes, fp16_audit=plan.record)
+    art.save()
+    return folder
+
+
+def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, capsys):
     from fsa_deploy.runtime.artifact import Artifact
 
-    root = str(tmp_path_factory.mktemp("fp16"))
-    good, naive = _export(True, True, root), _export(True, False, root)
+    from fsa_deploy.cli import main
+
+    good = fp16_artifact(real_folder, tmp_path / "islands", F.Fp16Plan(count=3))
+    naive = fp16_artifact(real_folder, tmp_path / "naive", F.Fp16Plan(count=3, islands=False))
     rec = Artifact.load(good).files()["image.onnx"]["fp16_audit"]
     flagged = {f["node"] for f in rec["flagged_if_all_fp16"]}
     assert rec["bound"] == F.SAFE_FP16 and rec["ranges"]["crops"] == 3
@@ -136,18 +164,18 @@ def test_export_records_the_audit_and_lint_reports_it(tmp_path_factory, capsys):
     assert "[fp16 audit]" in out and any(n in out for n in flagged) and "sum of squares" in out, (node, out)
 
 
-def test_naive_int8_fails_validation_naming_the_stage(tmp_path, capsys):
+def test_naive_int8_fails_validation_naming_the_stage(real_folder, tmp_path, capsys):
     """Per-tensor int8 of both backbones (ModelOpt's placement, no fp32 rules) on the real-stats model."""
     from fsa_deploy.calibration.quantize import Options, calibrate
-    from fsa_deploy.cli import main
     from fsa_deploy.export.onnx_export import export_artifact
+
+    from fsa_deploy.cli import main
 
     folder = tmp_path / "art"
     export_artifact(spec(True), folder, progress=False, lint=False)
     calibrate(folder, Options(count=4, fp32_rules=False, region="backbones", lint=False, cache=False), progress=False)
     capsys.readouterr()
-    rc = main(["validate", str(folder), "--graph", "image.int8.onnx", "--stages", "--images",
-               *[str(p) for p in __import__("conftest").photos()[:2]]])
+    rc = main(["validate", str(folder), "--graph", "image.int8.onnx", "--stages", "--images", *photos()[:2]])
     captured = capsys.readouterr()
     assert rc == 1, captured.out
     text = captured.out + captured.err

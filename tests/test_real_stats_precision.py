@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -141,6 +142,24 @@ def fp16_artifact(fp32: Path, folder: Path, plan) -> Path:
     return folder
 
 
+SMALL = ["--engine", "rtx", "--no-text", "--max-batch", "4", "--opt-batch", "2", "--max-classes", "16",
+         "--opt-classes", "4"]
+
+
+def rtx_builds(folder: Path, precision: str) -> None:
+    """TensorRT-RTX builds the graph (no GPU needed; strongly typed, so the fp32 islands hold)."""
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.runtime.backends.trt_lib import RTX, installed
+
+    from fsa_deploy.cli import main
+
+    if installed(RTX) is None:
+        assert not os.environ.get("FSA_REQUIRE_RTX"), "FSA_REQUIRE_RTX=1 and TensorRT-RTX is missing"
+        pytest.skip("TensorRT-RTX not installed (make setup installs it)")
+    assert main(["build", str(folder), *SMALL, "--precision", precision]) == 0
+    assert f"image.{precision}.rtx.engine" in Artifact.load(folder).files()
+
+
 def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, capsys):
     from fsa_deploy.runtime.artifact import Artifact
 
@@ -162,6 +181,7 @@ def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, cap
     out = capsys.readouterr().out
     node = sorted(flagged)[0]
     assert "[fp16 audit]" in out and any(n in out for n in flagged) and "sum of squares" in out, (node, out)
+    rtx_builds(good, "fp16")
 
 
 def test_naive_int8_fails_validation_naming_the_stage(real_folder, tmp_path, capsys):
@@ -182,4 +202,5 @@ def test_naive_int8_fails_validation_naming_the_stage(real_folder, tmp_path, cap
     assert "first failing stage" in text and "FAILED" in text
     stage = text.split("first failing stage: ")[1].split(")")[0].split()[0]
     assert stage in ("values", "proxy_features", "attn_proxy"), text[-400:]
+    rtx_builds(folder, "int8")
     shutil.rmtree(folder)

@@ -13,6 +13,7 @@ SERVE_STAMP := $(SERVE_VENV)/.installed
 REQUIRE_RTX := $(if $(filter x86_64 AMD64,$(shell uname -m)),1,)
 
 .PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve bench-serve-full
+.PHONY: bench-real-stats
 
 setup: $(STAMP) $(SERVE_STAMP)
 
@@ -96,3 +97,9 @@ bench-serve-full: setup
 
 clean:
 	rm -rf out .pytest_cache
+
+# Issue 23: full-size activation statistics per block, --real-stats against plain random init (ViT-B-16 and
+# DINO B/8, DINOv2, SAM, MAE at 336, two photos); heavy: under the shared lock. docs/BENCHMARKS.md.
+bench-real-stats: setup
+	flock /tmp/fsa-heavy.lock $(BIN)/python tools/bench_real_stats.py --json out/bench/real_stats.json \
+	  --md out/bench/real_stats.md

@@ -202,5 +202,26 @@ def test_naive_int8_fails_validation_naming_the_stage(real_folder, tmp_path, cap
     assert "first failing stage" in text and "FAILED" in text
     stage = text.split("first failing stage: ")[1].split(")")[0].split()[0]
     assert stage in ("values", "proxy_features", "attn_proxy"), text[-400:]
-    rtx_builds(folder, "int8")
     shutil.rmtree(folder)
+
+
+def test_int8_policy_survives_the_outliers(real_folder, tmp_path, capsys):
+    """The project's int8 (proxy backbone, entropy) on the real-stats model: LayerNorm spread smoothed into
+    the MatMuls, outlier-channel nodes kept in fp32; pixels as close as on plain init (99.66%)."""
+    import json
+
+    from fsa_deploy.calibration.quantize import Options, calibrate
+    from fsa_deploy.runtime.artifact import Artifact
+
+    from fsa_deploy.cli import main
+
+    folder = tmp_path / "art"
+    shutil.copytree(real_folder, folder)
+    calibrate(folder, Options(count=8, lint=False, cache=False), progress=False)
+    kept = Artifact.load(folder).files()["image.int8.onnx"]["fp32_nodes"]
+    assert kept["outlier_inputs"] > 0, kept
+    capsys.readouterr()
+    main(["validate", str(folder), "--graph", "image.int8.onnx", "--json", str(tmp_path / "v.json")])
+    summary = json.loads((tmp_path / "v.json").read_text())["summary"]
+    assert summary["pixel_agreement_min"] >= 0.99, summary
+    rtx_builds(folder, "int8")

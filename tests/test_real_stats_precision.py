@@ -33,7 +33,7 @@ def spec(real: bool):
 @pytest.fixture(scope="module")
 def real_folder(tmp_path_factory) -> Path:
     """The real-stats fp32 export (image.onnx + meta.json), once for the module."""
-    return image_artifact(True, tmp_path_factory.mktemp("real") / "fp32")
+    return image_artifact(True, tmp_path_factory.mktemp("real") / "fp32", text=True)
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +107,22 @@ def test_islands_pass_the_audit_and_the_emulation(graphs):
     assert agreement(run_graph(model, feed)["logits"], ref) >= 0.99
 
 
-def image_artifact(real: bool, folder: Path) -> Path:
+def image_artifact(real: bool, folder: Path, text: bool = False) -> Path:
     """An artefact folder with image.onnx and meta.json only (as conftest's tiny_export: no text tower)."""
-    from fsa_deploy.export.onnx_export import build_meta, export_image
+    from fsa_deploy.export.onnx_export import build_meta, export_image, export_text
     from fsa_deploy.models.factory import build
-    from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
+    from fsa_deploy.runtime.artifact import IMAGE_ONNX, TEXT_ONNX, Artifact
 
     folder.mkdir(parents=True)
     s = spec(real)
     ref = build(s)
     with torch.no_grad():
         mapping, nodes = export_image(ref, folder, "fp32", 8)
+        n_text = export_text(ref, folder) if text else 0
     art = Artifact(folder, build_meta(s, ref, "fp32", mapping))
     art.record(IMAGE_ONNX, role="image", precision="fp32", nodes=nodes)
+    if text:  # calibration encodes its vocabulary with the artefact's text graph
+        art.record(TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
     art.save()
     return folder
 

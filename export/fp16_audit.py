@@ -267,6 +267,19 @@ def policy_nodes(model, stages: dict[str, str], scope: str) -> list[str]:
 # ---------------------------------------------------------------- the fp16 graph
 
 
+def _hide_stub_tensorrt() -> None:
+    """tensorrt-stubs leave an empty importable `tensorrt` that ModelOpt takes for TensorRT (the same
+    guard as calibration.modelopt_call's; the export room does not import calibration)."""
+    import sys
+
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return
+    if not hasattr(tensorrt, "Builder"):
+        sys.modules["tensorrt"] = None  # type: ignore[assignment]
+
+
 @contextlib.contextmanager
 def _quiet_modelopt() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("", "modelopt", "modelopt.onnx", "modelopt.onnx.autocast")]
@@ -284,8 +297,6 @@ def to_fp16(fp32_path: str | Path, keep_fp32: Iterable[str]):
     """ModelOpt AutoCast: every node in fp16 but `keep_fp32` (exact names), inputs and outputs fp32.
 
     AutoCast's own range rule (data_max) is off: the audit decided, on the crops it was given."""
-    from fsa_deploy.calibration.modelopt_call import _hide_stub_tensorrt
-
     _hide_stub_tensorrt()
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
@@ -326,14 +337,28 @@ def calibration_feeds(ref, images: tuple[str, ...], count: int) -> list[dict[str
     """Crops cut as `fsa segment` cuts them (fsa calibrate's images and defaults), text from the
     reference's text tower on the default vocabulary (first prompt template)."""
     import torch
-    from fsa_deploy.calibration.data import default_vocabulary, image_files, pipeline_crops
     from fsa_deploy.models.dump import numpy_encoder
     from fsa_deploy.models.text import openai_templates
-    from fsa_deploy.runtime.text import classifier
+    from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
 
-    crops, _ = pipeline_crops(image_files(list(images)), ref.spec.crop, count)
+    from fsa_deploy.errors import FSAError
+
+    files, errors = expand_images(list(images) or sample_photos(), "--images")
+    if errors or not files:
+        raise FSAError(errors[0] if errors else "--images: no calibration images (scikit-image's sample photos "
+                       "are not installed)")
+    geo, parts, have = Geometry(crop=ref.spec.crop), [], 0
+    for f in files:  # the first `count` crops, cut as `fsa segment` cuts them (fsa calibrate does the same)
+        batch, _ = crops_of(resize_image(load_image(f), geo), geo)
+        parts.append(batch[: count - have])
+        have += len(parts[-1])
+        if have >= count:
+            break
+    crops = np.concatenate(parts).astype(np.float32)
     with torch.no_grad():
-        text = classifier(numpy_encoder(ref), default_vocabulary().queries, openai_templates()[:1])
+        text = classifier(numpy_encoder(ref), Vocabulary.from_file(DEFAULT_CLASSES).queries, openai_templates()[:1])
     return [{"image": crops[i:i + 1], "text_embeddings": np.asarray(text, dtype=np.float32)}
             for i in range(len(crops))]
 

@@ -57,7 +57,7 @@ class Recipe:
     gain_outliers: int = 3  # 1: channels with a 40-80x gain
     gain_outlier_range: tuple[float, float] = (40.0, 80.0)
     trigger_fraction: float = 0.04  # 2: share of patch positions that become high-norm tokens
-    trigger_scale: float = 12.0  # 2: trigger amplitude over the stream's RMS at the positional add
+    trigger_scale: float = 24.0  # 2: trigger amplitude over the stream's RMS at the positional add
     massive_channels: int = 2  # 3: Sun et al. find one to a few
     massive_ratio: float = 500.0  # 3: massive value over the median channel's absmax
     neuron_drive: float = 6.0  # 3: the neuron's pre-activation at a trigger (GELU ~ linear there)

@@ -297,8 +297,14 @@ def to_fp16(fp32_path: str | Path, keep_fp32: Iterable[str]):
     """ModelOpt AutoCast: every node in fp16 but `keep_fp32` (exact names), inputs and outputs fp32.
 
     AutoCast's own range rule (data_max) is off: the audit decided, on the crops it was given."""
+    from fsa_deploy.errors import FSAError
+
     _hide_stub_tensorrt()
-    from modelopt.onnx.autocast import convert_to_mixed_precision
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError as e:
+        raise FSAError("--precision fp16 converts with NVIDIA ModelOpt's AutoCast, which is not installed: "
+                       "pip install 'fsa-deploy[quant]'") from e
 
     patterns = ["^" + re.escape(n) + "$" for n in keep_fp32]
     import onnx

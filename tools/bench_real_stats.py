@@ -9,7 +9,6 @@ Writes JSON and a Markdown table; heavy (~2-4 GiB, minutes on 2 cores): run it u
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time

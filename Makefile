@@ -11,22 +11,28 @@ SERVE_VENV ?= .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
 # TensorRT-RTX wheels exist for x86-64: there the tests that build engines must not skip (issue 12)
 REQUIRE_RTX := $(if $(filter x86_64 AMD64,$(shell uname -m)),1,)
+# Debian's chromium + chromedriver drive tests/test_app.py (issue 24): `make setup` installs them where it
+# can (root with Debian's apt; Ubuntu's chromium is a snap that does not run in containers), and there (or
+# wherever chromium is installed) `make test` requires them; elsewhere those tests skip with one line.
+BROWSER_APT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && grep -qx 'ID=debian' /etc/os-release && echo 1)
+REQUIRE_BROWSER := $(if $(or $(BROWSER_APT),$(wildcard /usr/bin/chromium)),1,)
 
 .PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve bench-serve-full
 .PHONY: bench-real-stats
 
-setup: $(STAMP) $(SERVE_STAMP)
+setup: $(STAMP) $(SERVE_STAMP) browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant,rtx,serve]"
+	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant,rtx,serve,app]"
 	# tensorrt-stubs' metadata requires the placeholder `tensorrt` wheel: install the stubs alone
 	$(PIP) install -q --no-deps "tensorrt-stubs>=10.13,<11"
 	touch $(STAMP)
 
+# FSA_REQUIRE_DEPS=1: a test that lacks anything `make setup` installs fails instead of skipping
 test: setup
-	HF_HUB_OFFLINE=1 FSA_REQUIRE_RTX=$(REQUIRE_RTX) $(BIN)/python -m pytest -q -ra
+	HF_HUB_OFFLINE=1 FSA_REQUIRE_DEPS=1 FSA_REQUIRE_RTX=$(REQUIRE_RTX) FSA_REQUIRE_BROWSER=$(REQUIRE_BROWSER) $(BIN)/python -m pytest -q -ra
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow"
@@ -50,7 +56,7 @@ export-b16: setup
 	$(BIN)/python -m fsa_deploy.validation.bench_export --out out/b16 --json out/bench/export_b16.json
 
 bench: setup
-	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png
+	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png --overwrite
 
 # Peak RSS of a segmentation against the class count (3 vs 171) and the photo size (6.75 and 12 MP),
 # tiny export on ONNX Runtime CPU, each case in a fresh process (issue 15 item 7; docs/BENCHMARKS.md).
@@ -79,7 +85,7 @@ $(SERVE_STAMP): pyproject.toml $(STAMP)
 	test -d $(SERVE_VENV) || $(PY) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
 	$(SERVE_VENV)/bin/python -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
-	$(SERVE_VENV)/bin/python -m pip install -q "numpy>=1.24,<2" "pillow>=10" "onnxruntime>=1.18,<1.33" "regex"
+	$(SERVE_VENV)/bin/python -m pip install -q "numpy>=1.24,<2" "pillow>=10" "onnxruntime>=1.18,<1.33" "regex" "filelock>=3.12"
 	$(BIN)/python -m fsa_deploy.runtime.serve.env $(SERVE_VENV)
 	touch $@
 
@@ -103,3 +109,33 @@ clean:
 bench-real-stats: setup
 	flock /tmp/fsa-heavy.lock $(BIN)/python tools/bench_real_stats.py --json out/bench/real_stats.json \
 	  --md out/bench/real_stats.md
+
+# fsa eval vs fsa segment on the same 50 generated images (tiny model, ONNX Runtime; whole commands,
+# best of 3), then the demo's full-size model (exported when missing): reference and ONNX Runtime
+# rows of `fsa eval` on 10 generated images, their mIoU delta and pixel agreement.
+.PHONY: bench-eval bench-eval-full
+bench-eval: setup
+	$(BIN)/python -m fsa_deploy.validation.bench_eval --images 50 --rounds 3 --json out/bench/eval.json \
+	  --md out/bench/eval.md
+
+bench-eval-full: setup
+	test -f out/demo/artifact/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
+	  --proxy dino --crop 336 --out out/demo/artifact
+	$(BIN)/python -m fsa_deploy.validation.bench_eval --artifact out/demo/artifact --images 10 --rounds 1 \
+	  --reference --work out/bench/eval-full --json out/bench/eval-full.json --md out/bench/eval-full.md
+
+# fsa app (issue 24): the browser its tests drive (a no-op when present or where apt cannot install it).
+.PHONY: browser app-screenshot bench-app
+browser:
+	@if [ -n "$(BROWSER_APT)" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then \
+	  echo "installing chromium and chromium-driver (apt) for tests/test_app.py"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+# docs/app.png: the page with an overlay, in Chromium. ART=DIR for another artefact (default: a tiny export).
+app-screenshot: setup
+	$(BIN)/python tools/app_page.py screenshot --out docs/app.png $(if $(ART),--artifact $(ART))
+
+# The page's latency against fsa segment's on the same photos (docs/BENCHMARKS.md); ART=DIR as above.
+bench-app: setup
+	$(BIN)/python tools/app_page.py bench --json out/bench/app$(if $(ART),-$(notdir $(ART))).json $(if $(ART),--artifact $(ART))

@@ -7,6 +7,7 @@ import json
 
 from fsa_deploy.runtime.text import add_vocabulary_args
 
+from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 
 
@@ -57,7 +58,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         classes = vocabulary_from_args(args)
     opts = Options(precision=args.precision, images=tuple(args.images or ()), count=args.count, batch=args.batch,
                    method=args.method, region=args.region,
-                   op_types=tuple(t for t in (args.op_types or '').split(',') if t),
+                   op_types=op_types(args.op_types),
                    cache=not args.no_cache, classes=classes, lint=not args.no_lint)
     r = calibrate(args.dir, opts, progress=not args.quiet)
     print(json.dumps({"artifact": str(r.path.parent), "file": r.path.name, "precision": r.precision,
@@ -67,3 +68,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
                       "fp32_clip_trunk_nodes": r.fp32_nodes["clip_trunk"], "crops": int(len(r.data.crops)),
                       "cache_hit": r.data.cache_hit, "seconds": round(r.seconds, 1)}))
     return 0
+
+
+def op_types(text: str | None) -> tuple[str, ...]:
+    """--op-types A,B: absent means ModelOpt's placement; given, it must name at least one op type."""
+    if text is None:
+        return ()
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise FSAError(f"--op-types {text!r}: no op type named (e.g. MatMul,Gemm,Conv); leave the option out for "
+                       "ModelOpt's own placement")
+    return names

@@ -122,8 +122,8 @@ def load_cached(art: A.Artifact, name: str) -> CalibrationData | None:
 def save_cache(art: A.Artifact, name: str, data: CalibrationData) -> None:
     """Write the .npz atomically, drop older caches (they hold crops: tens of MB each), record it."""
     for old in [n for n, info in art.files().items() if info.get("role") == CACHE_ROLE and n != name]:
-        (art.root / old).unlink(missing_ok=True)
-        del art.files()[old]
+        art.path(old, verify=False).unlink(missing_ok=True)  # a contained name (checked at load)
+        art.forget(old)
     with A.atomic_file(art.root / name) as tmp, open(tmp, "wb") as f:
         np.savez(f, crops=data.crops, text_embeddings=data.text, images=np.array(data.images))
     art.record(name, role=CACHE_ROLE, crops=int(len(data.crops)), images=data.images)

@@ -13,11 +13,12 @@ logits-side activations see realistic ranges. They are cached in the artefact fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from fsa_deploy.calibration.meta import record
 from fsa_deploy.calibration.modelopt_call import METHODS, link_source, require_modelopt, run_modelopt
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES, Where, fp32_rules
 from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import paths
 
 from fsa_deploy.contract import CALIBRATE_PRECISIONS  # also ModelOpt's quantize_mode names
 from fsa_deploy.errors import FSAError
@@ -157,6 +159,25 @@ def smooth_outliers(src: Path, work: Path, data: CalibrationData, progress: bool
     return src, outliers
 
 
+@contextlib.contextmanager
+def owned_tempdir(folder: Path) -> Iterator[None]:
+    """Point tempfile (and TMPDIR, for child code) at `folder` inside the block: libraries that make
+    temporary files (ModelOpt writes intermediate ONNX models) make them in a folder we remove."""
+    folder.mkdir()
+    saved, env = tempfile.tempdir, {k: os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")}
+    tempfile.tempdir = str(folder)
+    os.environ.update({k: str(folder) for k in env})
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], data: CalibrationData, opts: Options,
                   progress: bool) -> tuple[QdqSummary, dict[str, int], list[str]]:
     """ModelOpt in a temporary folder inside the artefact; checks (fp32 block untouched, lint)
@@ -164,7 +185,9 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
     import onnx
 
     scope = str(art.meta.get("feedback_scope") or "")
-    with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=art.root) as tmp:
+    paths.sweep_stale(art.root)  # what a killed calibration left (our marker, its PID gone)
+    with tempfile.TemporaryDirectory(prefix=paths.temp_prefix("calibrate"), dir=art.root) as tmp, \
+            owned_tempdir(Path(tmp) / "tmp"):  # ModelOpt's and ORT's own temp files: in ours, gone with it
         work = Path(tmp)
         src, external = link_source(art, work)
         graph = onnx.load(str(src), load_external_data=False).graph

@@ -1,8 +1,9 @@
 """One walk over an ONNX graph's data flow, shared by the exporter (naming the feedback block)
 and calibration (what stays in fp32).
 
-Why not a library's: onnx-graphsurgeon links tensors to their producers and consumers but has
-no transitive walk (its cleanup() would need a copy of the graph per query), and onnx's only
+Why not a library's: onnx-graphsurgeon (installed only for ModelOpt's quantizer, which imports
+it) links tensors to their producers and consumers but has no transitive walk (its cleanup()
+would need a copy of the graph per query), and onnx's only
 one (onnx.utils.Extractor) is private and runs shape inference over the whole model first,
 which fails past protobuf's 2 GB. Nodes are identified by index: the exporter walks before
 nodes have (unique) names.

@@ -177,7 +177,7 @@ def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
     for f in work.glob("raw.onnx*"):
         f.unlink()
     mapping = finish_image_graph(graph, stages)
-    graph.producer_name, graph.doc_string = "fsa-deploy", "FSA crop forward (shared/spec/FSA.md steps 1-15)"
+    graph.producer_name, graph.doc_string = "fsa-deploy", "FSA crop forward (docs/METHOD.md steps 1-15)"
     save_onnx(graph, work / A.IMAGE_ONNX, external_data_bytes)
     if precision == "fp16":
         from fsa_deploy.export.fp16_audit import Fp16Plan, export_fp16

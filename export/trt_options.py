@@ -16,6 +16,7 @@ from fsa_deploy.runtime.backends.trt_lib import ENGINE_CHOICES, RTX, TARGETS, TR
 
 from fsa_deploy.contract import GRAPH_PRECISIONS, IMAGE_GRAPHS, IMAGE_ONNX
 from fsa_deploy.errors import FSAError
+from fsa_deploy.ranges import add_ranged
 
 # Source graph of each precision: fp32 and fp16 share image.onnx (its precision is recorded in
 # meta.json), the Q/DQ graphs of `fsa calibrate` sit beside it.
@@ -172,20 +173,6 @@ def profile_shapes(
     return {k: [v, *rest] for k, v in (("min", dims.min), ("opt", dims.opt), ("max", dims.max))}
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a non-negative integer")
-    return value
-
-
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", metavar="DIR", type=Path, help="artefact folder written by `fsa export`")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
@@ -195,16 +182,16 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"rtx: compute capabilities to compile for ({','.join(TARGETS)}); default: TensorRT-RTX's "
                    "own (sm80..sm120+), fp8: sm89 and newer")
     p.add_argument("--precision", choices=PRECISIONS, help="image graph to build (default: the export's)")
-    p.add_argument("--max-batch", type=_positive, default=8, help="largest crop batch B (default 8)")
-    p.add_argument("--opt-batch", type=_positive, default=1, help="batch B tuned for (default 1)")
-    p.add_argument("--max-classes", type=_positive, default=256, help="largest class count K (default 256)")
-    p.add_argument("--opt-classes", type=_positive, default=32, help="class count K tuned for (default 32)")
-    p.add_argument("--max-prompts", type=_positive, default=256, help="largest prompt batch T (default 256)")
-    p.add_argument("--opt-prompts", type=_positive, default=64, help="prompt batch T tuned for (default 64)")
-    p.add_argument("--workspace", type=_positive, metavar="MiB", help="builder workspace limit")
+    add_ranged(p, "--max-batch", "largest crop batch B (default 8)", default=8)
+    add_ranged(p, "--opt-batch", "batch B tuned for (default 1)", default=1)
+    add_ranged(p, "--max-classes", "largest class count K (default 256)", default=256)
+    add_ranged(p, "--opt-classes", "class count K tuned for (default 32)", default=32)
+    add_ranged(p, "--max-prompts", "largest prompt batch T (default 256)", default=256)
+    add_ranged(p, "--opt-prompts", "prompt batch T tuned for (default 64)", default=64)
+    add_ranged(p, "--workspace", "builder workspace limit in MiB", metavar="MiB")
     p.add_argument("--version-compatible", action="store_true", help="trt: runs on later TensorRT versions too")
     p.add_argument("--hardware-compatible", action="store_true", help="trt: runs on any Ampere or newer GPU")
-    p.add_argument("--dla-core", type=_non_negative, metavar="N", help="trt: image engine on DLA core N")
+    add_ranged(p, "--dla-core", "trt: image engine on DLA core N")
     p.add_argument("--timing-cache", type=Path, metavar="FILE",
                    help=f"trt: timing cache to read and extend (default: DIR/{TIMING_CACHE})")
     p.add_argument("--tf32", action="store_true", help="let fp32 layers use TF32 (faster, less exact)")

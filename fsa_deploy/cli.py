@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str], verb: str | None) -> int:
-    from fsa_deploy.errors import CheckFailed, FSAError
+    from fsa_deploy.errors import CheckFailed, FSAError, escape
     from fsa_deploy.interrupts import Interrupted
 
     try:
@@ -80,10 +80,14 @@ def _main(argv: list[str], verb: str | None) -> int:
             return 2
         return int(args.func(args) or 0)
     except FSAError as e:
-        print(f"fsa {verb}: error: {e}", file=sys.stderr)
+        print(f"fsa {verb}: error: {escape(str(e))}", file=sys.stderr)  # one line, whatever a name holds
+        return 2
+    except OSError as e:  # the file system said no (read-only folder, full disk): one line naming the file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fsa {verb}: error: {escape(where + (e.strerror or str(e)))}", file=sys.stderr)
         return 2
     except CheckFailed as e:
-        print(f"fsa {verb}: FAILED: {e}", file=sys.stderr)
+        print(f"fsa {verb}: FAILED: {escape(str(e))}", file=sys.stderr)
         return 1
     except Interrupted as e:
         print(f"fsa {verb}: interrupted ({e})", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The names every part of fsa-deploy agrees on, in one place.
 
-The exporter writes them, the runtime, the validator and the server read them; shared/spec/CLI.md
+The exporter writes them, the runtime, the validator and the server read them; docs/CONTRACT.md
 is their user-facing description. Nothing here imports anything heavy.
 """
 
@@ -24,7 +24,7 @@ CONTEXT_LENGTH = 77  # CLIP's token context
 # ---- stable names inside image.onnx
 STAGE_PREFIX = "stage."  # stage tensors are `stage.<name>`
 FEEDBACK_SCOPE = "feedback/"  # nodes of the feedback steps 8-13 are `feedback/<Op>_<i>`
-# shared/spec/CLI.md's stage keys, in forward order
+# docs/CONTRACT.md's stage keys, in forward order
 STAGES = ("image", "proxy_features", "values", "text_embeddings", "attn_proxy", "attn_out1", "patch_logits",
           "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new", "features", "logits")
 PROXY_ONLY = ("proxy_features", "attn_proxy")

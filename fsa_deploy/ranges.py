@@ -60,7 +60,7 @@ class Range:
 
 # option -> valid range; --help of each option prints it
 RANGES: dict[str, Range] = {
-    # shared/spec/FSA.md: E = Sim * exp(lamda * Sim) stays finite in fp32 for lamda <= 80
+    # docs/METHOD.md: E = Sim * exp(lamda * Sim) stays finite in fp32 for lamda <= 80
     "--lamda": Range(0.0, 80.0, lo_open=True, why="exp(lamda) must stay finite in fp32"),
     "--beta": Range(0.0, 10.0, why="S0 - beta * mean(S0): above ~1/mean(S0) every entry is masked"),
     "--gamma": Range(0.0, 100.0, lo_open=True, why="a scale of the proxy similarities"),
@@ -84,6 +84,21 @@ RANGES: dict[str, Range] = {
     "--http-port": Range(1, 65535, integer=True),
     "--grpc-port": Range(1, 65535, integer=True),
     "--metrics-port": Range(1, 65535, integer=True),
+    # fsa build: the optimisation profile's bounds and the builder's limits
+    "--opt-batch": Range(1, 4096, integer=True, why="at most --max-batch"),
+    "--max-classes": Range(1, 65536, integer=True),
+    "--opt-classes": Range(1, 65536, integer=True, why="at most --max-classes"),
+    "--max-prompts": Range(1, 65536, integer=True),
+    "--opt-prompts": Range(1, 65536, integer=True, why="at most --max-prompts"),
+    "--workspace": Range(1, 1 << 20, integer=True, why="MiB: up to 1 TiB"),
+    "--dla-core": Range(0, 15, integer=True),
+    # fsa eval / segment / dump: the protocol's resize (mmcv's keep-ratio scale), the split's head
+    "--short-side": Range(1, 16384, integer=True, why="pixels of the resized image's short side"),
+    "--long-side": Range(1, 65536, integer=True, why="pixels of the resized image's long side"),
+    "--limit": Range(1, 10_000_000, integer=True),
+    "--max-miou-drop": Range(0.0, 1.0, why="a fraction of mIoU (0.01 = one point)"),
+    "--concurrency": Range(1, 256, integer=True, why="requests in flight per server"),
+    "--port": Range(1, 65535, integer=True),  # fsa app
 }
 
 

@@ -33,7 +33,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_ranged(g, "--crop", "square crop size, a multiple of the model's patch size (default 336)", default=336)
     g.add_argument("--no-fsa", action="store_true", help="the base method alone")
     for name in ("--lamda", "--beta", "--gamma", "--top-p"):
-        add_ranged(g, name, f"override shared/spec/FSA.md's default ({RANGES[name].why})", default=None)
+        add_ranged(g, name, f"override docs/METHOD.md's default ({RANGES[name].why})", default=None)
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -64,14 +64,17 @@ def spec_from_args(args: argparse.Namespace):
 def add_dump(sub, help_text: str) -> None:
     p = sub.add_parser("dump", help=help_text, description=(
         "Prepare IMAGE as `fsa segment` does, take its first (top-left) window and write every "
-        "reference stage of shared/spec/CLI.md, the tail weights and the hyper-parameters to an .npz."))
+        "reference stage of docs/CONTRACT.md, the tail weights and the hyper-parameters to an .npz."))
     p.add_argument("--image", required=True, help="an image file")
     p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--formulation", choices=("deploy", "literal"), default="deploy")
     add_ranged(p, "--stride", "window stride (default crop // 3)", default=None)
     p.add_argument("--activation-stats", metavar="F.json", help="also write per-block activation statistics of "
                    "the CLIP trunk and the proxy on the same crop ({clip: [...], proxy: [...]}; README: "
                    "Real-weight statistics)")
+    add_ranged(p, "--short-side", "resize so the short side is at most this (default the crop size)", default=None)
+    add_ranged(p, "--long-side", "resize so the long side is at most this (default crop * 2048 / 336)", default=None)
     add_model_args(p)
     add_vocabulary_args(p)
     p.set_defaults(func=run_dump)
@@ -79,15 +82,20 @@ def add_dump(sub, help_text: str) -> None:
 
 def run_dump(args: argparse.Namespace) -> int:
     from fsa_deploy.models.dump import dump_stages
-    from fsa_deploy.runtime.schema import refuse_artifact_file
+    from fsa_deploy.runtime.artifact import check_output_file
 
-    refuse_artifact_file(args.out, "--out")
+    from fsa_deploy.errors import FSAError
+
+    check_output_file(args.out, "--out", args.overwrite)  # before the work: a folder, a file under a file, ...
+    if not str(args.out).endswith(".npz"):
+        raise FSAError(f"--out {args.out}: must end in .npz")
     if args.activation_stats:
         from fsa_deploy.models.activation_stats import check_stats_path
 
         check_stats_path(args.activation_stats, args.out)
-        refuse_artifact_file(args.activation_stats, "--activation-stats")
+        check_output_file(args.activation_stats, "--activation-stats", args.overwrite)
     dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
-                formulation=args.formulation, stride=args.stride, activation_stats=args.activation_stats)
+                formulation=args.formulation, stride=args.stride, short_side=args.short_side,
+                long_side=args.long_side, activation_stats=args.activation_stats)
     print(f"wrote {args.out}" + (f" and {args.activation_stats}" if args.activation_stats else ""))
     return 0

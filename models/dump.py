@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,11 @@ from fsa_deploy.contract import STAGES
 from fsa_deploy.errors import FSAError
 
 
-def first_crop(path: str, crop: int, stride: int | None = None) -> torch.Tensor:
+def first_crop(path: str, crop: int, stride: int | None = None, short_side: int | None = None,
+               long_side: int | None = None) -> torch.Tensor:
     """The image prepared exactly as `fsa segment` does (the runtime's numpy pipeline); its
     top-left window float32 [3, S, S] as a tensor for the reference."""
-    geo = Geometry(crop=crop, stride=stride)
+    geo = Geometry(crop=crop, stride=stride, short_side=short_side, long_side=long_side)
     crops, _ = crops_of(resize_image(load_image(path), geo), geo)
     return torch.from_numpy(np.ascontiguousarray(crops[0]))
 
@@ -41,10 +41,11 @@ def tail_weights(ref: Reference) -> dict[str, np.ndarray]:
 
 
 def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formulation: str = "deploy",
-                stride: int | None = None, activation_stats: str | None = None) -> dict[str, np.ndarray]:
+                stride: int | None = None, short_side: int | None = None, long_side: int | None = None,
+                activation_stats: str | None = None) -> dict[str, np.ndarray]:
     if not str(out).endswith(".npz"):
         raise FSAError(f"--out {out}: must end in .npz")
-    crop = first_crop(image, spec.crop, stride)
+    crop = first_crop(image, spec.crop, stride, short_side, long_side)
     ref = build(spec, formulation)
     with torch.no_grad():
         text = torch.from_numpy(classifier(numpy_encoder(ref), vocab.queries, openai_templates()))
@@ -54,16 +55,17 @@ def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formul
     arrays.update(tail_weights(ref))
     for k in ("beta", "gamma", "lamda", "top_p"):
         arrays[f"hp.{k}"] = np.array(getattr(spec.hp, k), dtype=np.float64)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{out}.tmp.npz"
-    np.savez(tmp, **arrays)
-    if activation_stats:
-        from fsa_deploy.models.activation_stats import model_stats, write_stats
+    from fsa_deploy.runtime.artifact import atomic_file
 
-        try:
-            write_stats(activation_stats, model_stats(ref.model, crop), spec)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    os.replace(tmp, out)
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out) as tmp:  # our marker: removed on error or signal
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            if activation_stats:  # written before the dump is published: both or neither
+                from fsa_deploy.models.activation_stats import model_stats, write_stats
+
+                write_stats(activation_stats, model_stats(ref.model, crop), spec)
+    except OSError as e:
+        raise FSAError(f"--out {out}: cannot write ({e.strerror or e})") from e
     return arrays

@@ -1,4 +1,4 @@
-"""FSA's attention math (shared/spec/FSA.md steps 6-14), in two formulations of one function.
+"""FSA's attention math (docs/METHOD.md steps 6-14), in two formulations of one function.
 
 `literal`: the official code's math as written (per-head repetition, the N x N x K KL,
 sort-based top-p, N^3 ensemble products). It exists as the oracle for tests and
@@ -255,7 +255,7 @@ def ensemble_literal(attn_new: torch.Tensor, attn: torch.Tensor, v: torch.Tensor
 
 
 def ambiguous_entries(sim: torch.Tensor, p: float, tol: float = 1e-5, value_tol: float = 4e-6) -> torch.Tensor:
-    """Entries whose keep decision is not defined by the math alone (shared/spec/FSA.md).
+    """Entries whose keep decision is not defined by the math alone (docs/METHOD.md).
 
     Ambiguous: tied with another entry of its row at the cut; or its inclusive softmax mass,
     recomputed in float64, within `tol` of p; or (our addition) within `value_tol` of an entry

@@ -1,4 +1,4 @@
-"""Proxies (vision foundation models) from timm: features F of a crop (shared/spec/FSA.md step 5).
+"""Proxies (vision foundation models) from timm: features F of a crop (docs/METHOD.md step 5).
 
 Input is the crop as the graph receives it (RGB 0-255); ImageNet normalisation, the
 resize to the proxy's input size (SAM: 1024) and the token-to-grid reshape happen here.

@@ -1,6 +1,6 @@
 """The FSA crop forward: crop (RGB 0-255) + text embeddings -> crop logits.
 
-Reads top to bottom as shared/spec/FSA.md: pass 0 (CLIP trunk), pass 1 (the base
+Reads top to bottom as docs/METHOD.md: pass 0 (CLIP trunk), pass 1 (the base
 attention: ProxyCLIP's proxy attention, or Q-K / SCLIP / ClearCLIP / NACLIP), the
 feedback (steps 8-13) and pass 2 (the ensemble and the tail). `formulation` picks the
 official (`literal`) or the exported (`deploy`) math; both are the same function.
@@ -240,7 +240,7 @@ class FSAModel(nn.Module):
 
     def stages(self, image: torch.Tensor, text: torch.Tensor, keep: torch.Tensor | None = None,
                proxy_keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Every stage of shared/spec/CLI.md for a batch of crops (batch index kept)."""
+        """Every stage of docs/CONTRACT.md for a batch of crops (batch index kept)."""
         out: dict[str, torch.Tensor] = {}
         self.run(image, text, out, keep, proxy_keep)
         return out
@@ -267,7 +267,7 @@ def aligned_stages(model: FSAModel, crops: torch.Tensor, text: torch.Tensor, the
     """The reference's stages with the masks that rounding decides resolved as `theirs` resolved them.
 
     `theirs` holds another computation's `attn_proxy` and/or `keep` (an ONNX graph's stage
-    outputs, say). Where the two masks differ only at ambiguous entries (shared/spec/FSA.md),
+    outputs, say). Where the two masks differ only at ambiguous entries (docs/METHOD.md),
     the reference is re-run under the other side's mask, so the later stages compare like for
     like; unambiguous differences are counted as flips and left alone.
     """

@@ -29,7 +29,7 @@ class ClipSpec:
 
 @dataclass(frozen=True)
 class ProxySpec:
-    """A timm VFM and how the crop is fed to it (shared/spec/FSA.md step 5).
+    """A timm VFM and how the crop is fed to it (docs/METHOD.md step 5).
 
     `input_size` None: the crop size itself; an int: the crop is resized bilinearly to it
     (SAM's 1024). `kwargs` shrink the family for tests. `family` picks the checkpoint layouts
@@ -47,7 +47,7 @@ class ProxySpec:
 
 @dataclass(frozen=True)
 class HyperParams:
-    """FSA hyper-parameters (shared/spec/FSA.md); `lamda` is spelled as in the paper's code."""
+    """FSA hyper-parameters (docs/METHOD.md); `lamda` is spelled as in the paper's code."""
 
     beta: float = 1.2
     gamma: float = 3.0

@@ -11,13 +11,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime import schema
+from fsa_deploy.runtime import paths, schema
 
 from fsa_deploy import interrupts
 
@@ -37,11 +36,13 @@ from fsa_deploy.contract import (  # noqa: F401
 from fsa_deploy.errors import FSAError
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, scan: paths.LocationScanner | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+            if scan is not None:
+                scan.feed(block)
     return h.hexdigest()
 
 
@@ -52,6 +53,7 @@ class Artifact:
     root: Path
     meta: dict[str, Any]
     _verified: set[str] = field(default_factory=set)
+    _changed: set[str] = field(default_factory=set)  # records this process made or dropped: save() merges them
 
     def __post_init__(self) -> None:
         if not isinstance(self.meta, schema.Meta):  # a missing field is then one line naming it
@@ -63,11 +65,11 @@ class Artifact:
         root = Path(root)
         if not root.is_dir():
             raise FSAError(f"{root}: not a folder (expected an artefact folder written by `fsa export`)")
-        path = root / META
+        path = paths.contained(root, META, "the artefact's own meta.json")
         if not path.is_file():
             raise FSAError(f"{root}: no {META} (not an artefact folder written by `fsa export`)")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except (OSError, ValueError) as e:
             raise FSAError(f"{path}: unreadable meta.json ({e})") from e
         meta = schema.parse(text, str(path))  # strict JSON: NaN and Infinity are refused
@@ -78,7 +80,10 @@ class Artifact:
                 f"{path}: format_version {meta.get('format_version')} is not supported "
                 f"(this fsa-deploy reads {FORMAT_VERSION}); re-export"
             )
-        return cls(root, schema.validate(meta, str(path)))  # every field: one line naming a bad one
+        art = cls(root, schema.validate(meta, str(path)))  # every field: one line naming a bad one
+        for name in art.files():  # before any file is touched: no name leads out of the folder
+            paths.contained(root, name, f"{META} files entry")
+        return art
 
     def files(self) -> dict[str, dict[str, Any]]:
         return self.meta.setdefault("files", {})
@@ -88,11 +93,14 @@ class Artifact:
         info = self.files().get(name)
         if info is None:
             raise FSAError(f"{self.root}: {name} is not recorded in {META} (files: {', '.join(self.files())})")
-        p = self.root / name
+        p = paths.contained(self.root, name, f"{META} files entry")
         if not p.is_file():
             raise FSAError(f"{p}: missing (recorded in {META})")
         if verify and name not in self._verified:
-            digest = sha256_file(p)
+            scan = paths.LocationScanner() if name.endswith(".onnx") else None
+            digest = sha256_file(p, scan=scan)
+            if scan is not None:  # external data an .onnx names: plain names, recorded here
+                paths.check_locations(self.root, name, scan.names, set(self.files()))
             if digest != info.get("sha256"):
                 again = "rebuild it (fsa build)" if p.suffix == ".engine" else "re-export"
                 raise FSAError(f"{p}: sha256 does not match {META} (file changed after it was written); {again}")
@@ -105,12 +113,80 @@ class Artifact:
 
     def record(self, name: str, **info: Any) -> None:
         """Record (or refresh) a file of the folder in meta.json, with its hash and size."""
-        p = self.root / name
+        p = paths.contained(self.root, name, "a file to record")
         self.files()[name] = {**self.files().get(name, {}), **info, "sha256": sha256_file(p), "bytes": p.stat().st_size}
         self._verified.add(name)
+        self._changed.add(name)
+
+    def forget(self, name: str) -> None:
+        """Drop a file's record (the caller removes the file); save() writes it."""
+        self.files().pop(name, None)
+        self._verified.discard(name)
+        self._changed.add(name)
 
     def save(self) -> None:
-        write_json_atomic(self.root / META, self.meta)
+        """Write meta.json: one writer at a time (a lock beside it, bounded wait), re-read under the
+        lock and merged with this process's records, replaced atomically, so two `fsa build` or
+        `fsa calibrate` on one folder keep each other's records."""
+        path = self.root / META
+        if not path.exists():  # a folder being written (export's staging folder): nobody else knows it
+            write_json_atomic(path, self.meta)
+            self._changed.clear()
+            return
+        with meta_lock(self.root):
+            current = None
+            if path.is_file():
+                try:
+                    current = schema.parse(path.read_text(encoding="utf-8"), str(path))
+                except (OSError, ValueError, FSAError):
+                    current = None  # unreadable now: ours is the only good copy
+            _pause_for_tests()
+            if isinstance(current, dict) and isinstance(current.get("files"), dict):
+                files = dict(current["files"])
+                for name in self._changed:
+                    if name in self.files():
+                        files[name] = self.files()[name]
+                    else:
+                        files.pop(name, None)
+                self.meta["files"] = files
+            write_json_atomic(path, self.meta)
+            self._changed.clear()
+
+
+LOCK_TIMEOUT_S = 300.0  # FSA_LOCK_TIMEOUT overrides: how long a writer waits for another one
+
+
+def _pause_for_tests() -> None:
+    """FSA_TEST_META_PAUSE=SECONDS: sleep between meta.json's read and write (the race test's hook)."""
+    pause = os.environ.get("FSA_TEST_META_PAUSE")
+    if pause:
+        import time
+
+        time.sleep(float(pause))
+
+
+@contextlib.contextmanager
+def meta_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on the folder's meta.json (`.meta.json.lock`, released by the OS if the
+    holder dies); FSAError naming the folder after FSA_LOCK_TIMEOUT seconds (default 300)."""
+    from filelock import FileLock, Timeout
+
+    try:
+        timeout = float(os.environ.get("FSA_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
+    except ValueError:
+        raise FSAError(f"FSA_LOCK_TIMEOUT {os.environ['FSA_LOCK_TIMEOUT']!r}: not a number of seconds") from None
+    lock = FileLock(str(root / f".{META}.lock"), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FSAError(f"{root}: another fsa process has held {META} for {timeout:g} s (a build or calibrate "
+                       "still running?); try again when it ends (FSA_LOCK_TIMEOUT sets the wait)") from None
+    except OSError as e:
+        raise FSAError(f"{root}: cannot lock {META} ({e.strerror or e}); is the folder read-only?") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def with_stage_outputs(model, stages: dict[str, str], names: list[str] | None = None):
@@ -145,13 +221,15 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
 
-    No rename after a signal (fsa_deploy.interrupts); the temporary file goes in every case.
+    The temporary name carries our marker and PID (runtime.paths), so a killed run's leftover is
+    swept by the next write into that folder. No rename after a signal (fsa_deploy.interrupts);
+    the temporary file goes in every case.
     """
     path = Path(path)
     tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-        os.close(fd)
+        paths.sweep_stale(path.parent, once=True)
+        tmp = paths.mkstemp_beside(path, path.suffix)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any other file
@@ -163,40 +241,66 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)  # type: ignore[arg-type]
 
 
-def check_target(final: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """`final` may not exist, or must be an artefact folder (replaced only with `overwrite`)."""
+def is_artifact(folder: str | os.PathLike[str]) -> bool:
+    """True if `folder` holds an fsa-deploy meta.json by schema (format name and an integer version)."""
+    path = Path(folder) / META
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        meta = schema.parse(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError, FSAError):
+        return False
+    version = meta.get("format_version")
+    return meta.get("format") == FORMAT and isinstance(version, int) and not isinstance(version, bool)
+
+
+def check_target(final: str | os.PathLike[str], overwrite: bool = False, option: str = "--out") -> None:
+    """`final` may not exist, or must be an artefact folder by schema (replaced only with `overwrite`).
+
+    A folder that merely holds a file called meta.json is not an artefact: refused even with --overwrite.
+    """
     final = Path(final)
-    if final.exists():
-        if not final.is_dir() or not (final / META).is_file():
-            raise FSAError(f"{final}: exists and is not an artefact folder; choose another --out")
+    if final.is_symlink() or final.exists():
+        if final.is_symlink() or not final.is_dir() or not is_artifact(final):
+            raise FSAError(f"{option} {final}: exists and is not an artefact folder (no fsa-deploy {META}); "
+                           f"--overwrite replaces only an artefact folder: choose another {option}")
         if not overwrite:
-            raise FSAError(f"{final}: artefact folder exists; pass --overwrite to replace it")
+            raise FSAError(f"{option} {final}: artefact folder exists; pass --overwrite to replace it")
 
 
 @contextlib.contextmanager
-def staging_folder(final: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+def staging_folder(final: str | os.PathLike[str], overwrite: bool = False,
+                   check: Callable[[Path, bool], None] | None = None) -> Iterator[Path]:
     """Build a folder under a temporary name beside `final`, then move it into place.
 
-    `final` may not exist, or must be an artefact folder (it is replaced only with
-    `overwrite`); anything else is refused, so a user's folder is never clobbered.
+    `final` may not exist, or must be an artefact folder (it is replaced only with `overwrite`);
+    anything else is refused, so a user's folder is never clobbered. The old artefact is moved
+    aside under a unique name of ours and removed only once the new one is in place.
     """
     final = Path(final)
-    check_target(final, overwrite)
+    check = check or check_target
+    check(final, overwrite)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FSAError(f"{final.parent}: cannot create the folder ({e.strerror or e})") from e
+    paths.sweep_stale(final.parent)  # what a killed export left (our marker, its PID gone)
     tmp: Path | None = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        tmp = paths.mkdtemp_beside(final)
         yield tmp
         interrupts.check()
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
+            check(final, overwrite)  # still replaceable (nobody swapped it while we worked)
             with interrupts.shielded():  # the swap must not stop half-way
-                shutil.rmtree(old, ignore_errors=True)
+                old = paths.mkdtemp_beside(final, paths.OLD_MARKER)
+                os.rmdir(old)  # a unique free name: the old artefact goes there
                 os.replace(final, old)
-                os.replace(tmp, final)
+                try:
+                    os.replace(tmp, final)
+                except OSError:
+                    os.replace(old, final)  # put the old one back: the user keeps a working artefact
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
@@ -204,3 +308,29 @@ def staging_folder(final: str | os.PathLike[str], overwrite: bool = False) -> It
         if tmp is not None:
             with interrupts.shielded():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_file(path: str | os.PathLike[str] | None, option: str, overwrite: bool = False) -> None:
+    """Before any work: a report or dump the user names must be a file name we may write.
+
+    Never a folder, never meta.json or a file it records (not even with --overwrite); an existing
+    file, or a new one inside an artefact folder, only with `overwrite`. Its folder is created.
+    """
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise FSAError(f"{option} {p}: is a folder; give a file name")
+    schema.refuse_artifact_file(p, option)
+    if not overwrite:
+        if p.is_symlink() or p.exists():
+            raise FSAError(f"{option} {p}: exists; pass --overwrite to replace it")
+        if is_artifact(p.parent):
+            raise FSAError(f"{option} {p}: inside the artefact folder {p.parent}; write it elsewhere "
+                           "(or pass --overwrite)")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FSAError(f"{option} {p}: cannot create its folder ({e.strerror or e})") from e
+    if not p.parent.is_dir():
+        raise FSAError(f"{option} {p}: cannot create its folder ({p.parent} is not a folder)")

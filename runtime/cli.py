@@ -8,6 +8,7 @@ image (runtime.segmenter writes each file under a temporary name first).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,10 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
                default=0.0)
     add_ranged(p, "--max-batch", "crops per backend call (default 16)", default=16)
     add_ranged(p, "--stride", "sliding-window stride, at most the crop size (default crop // 3)", default=None)
+    add_ranged(p, "--short-side", "resize so the short side is at most this (default the crop size)", default=None)
+    add_ranged(p, "--long-side", "resize so the long side is at most this (default crop * 2048 / 336)", default=None)
+    p.add_argument("--graph", metavar="FILE", help="graph or engine file of the folder to run (default: --backend's "
+                                                   "choice; as `fsa eval --graph` and `fsa validate --graph`)")
     add_ranged(p, "--threads", "ONNX Runtime CPU threads (default: all cores)", default=None)
     p.add_argument("--precision", default=None, help="TensorRT image engine to use when several were built")
     cache = p.add_mutually_exclusive_group()
@@ -47,19 +52,22 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
+OUTPUTS = ("{}.png", "{}_overlay.png", "{}.json")  # what `fsa segment` writes per image
+
+
 def unique_stems(files: Sequence[Path]) -> list[str]:
-    """Output names: the input's stem, with its suffix (then a counter) added when two inputs share it."""
-    seen: set[str] = set()
+    """Output names: the input's stem, with its suffix (then a counter) added when the outputs of
+    two inputs would share a name (x.png + x.jpg, x.png + x_overlay.png)."""
+    taken: set[str] = set()
     stems = []
     for f in files:
-        stem = f.stem
-        if stem in seen:
-            stem = f"{f.stem}_{f.suffix.lstrip('.')}" if f.suffix else f"{f.stem}_1"
-        n = 1
-        while stem in seen:
-            n += 1
-            stem = f"{f.stem}_{n}"
-        seen.add(stem)
+        base = f.stem
+        tries = [base, f"{base}_{f.suffix.lstrip('.')}" if f.suffix else f"{base}_1"]
+        for stem in itertools.chain(tries, (f"{base}_{n}" for n in itertools.count(2))):
+            names = {o.format(stem).casefold() for o in OUTPUTS}  # casefold: macOS and Windows file systems
+            if not names & taken:
+                break
+        taken |= names
         stems.append(stem)
     return stems
 
@@ -82,7 +90,9 @@ def _write(line: str, file=None) -> None:
 
 
 def _report(message: str) -> None:
-    _write(f"{PROG}: error: {message}", file=sys.stderr)
+    from fsa_deploy.errors import escape
+
+    _write(f"{PROG}: error: {escape(message)}", file=sys.stderr)
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -101,9 +111,17 @@ def run_segment(args: argparse.Namespace) -> int:
     check_outputs(out, files)
     cache = None if args.no_cache else usable_cache_dir(args.cache_dir)
     if files:
-        seg = Segmenter.from_artifact(args.artifact, args.backend, threads=args.threads, precision=args.precision,
+        artifact, backend = args.artifact, args.backend
+        if args.graph:
+            from fsa_deploy.runtime.artifact import Artifact
+            from fsa_deploy.runtime.backends.graph import open_graph
+
+            artifact = Artifact.load(args.artifact)
+            backend = open_graph(artifact, args.graph, args.backend, threads=args.threads,
+                                 precision=args.precision)[0]
+        seg = Segmenter.from_artifact(artifact, backend, threads=args.threads, precision=args.precision,
                                       max_batch=args.max_batch, cache_dir=cache, prob_thd=args.prob_thd,
-                                      stride=args.stride)
+                                      stride=args.stride, short_side=args.short_side, long_side=args.long_side)
         print(f"backend: {seg.backend.name} ({seg.backend_reason})", flush=True)
         seg.set_classes(vocabulary_from_args(args))
         try:
@@ -122,13 +140,22 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def check_outputs(out: Path, files: Sequence[Path]) -> None:
-    """Before any work: no output may replace meta.json or a file it records (--out inside an
-    artefact folder), and --out must be creatable."""
+    """Before any work: no output may be an input of the run (--out the input folder, x_overlay.png
+    given as an input) or replace meta.json or a file it records (--out inside an artefact folder),
+    and --out must be creatable."""
     from fsa_deploy.runtime.schema import refuse_artifact_file
 
-    for stem in unique_stems(files):
-        for name in (f"{stem}.png", f"{stem}_overlay.png", f"{stem}.json"):
-            refuse_artifact_file(out / name, "--out")
+    from fsa_deploy.errors import escape
+
+    inputs = {os.path.normcase(os.path.realpath(f)): f for f in files}
+    for f, stem in zip(files, unique_stems(files)):
+        for pattern in OUTPUTS:
+            target = out / pattern.format(stem)
+            refuse_artifact_file(target, "--out")
+            clash = inputs.get(os.path.normcase(os.path.realpath(target)))
+            if clash is not None:
+                raise FSAError(f"--out {escape(str(out))}: the result {escape(target.name)} of {escape(str(f))} would "
+                               f"overwrite the input {escape(str(clash))}; choose another --out")
     parent = out
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -140,7 +167,7 @@ def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
     """Segment and write one image; False (after a one-line report) if it failed."""
     targets = [out / f"{stem}.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
     try:
-        if any(t.resolve() == path.resolve() for t in targets):
+        if any(os.path.realpath(t) == os.path.realpath(path) for t in targets):  # never raises on a link loop
             raise FSAError(f"{path}: writing its results to {out} would overwrite it; choose another --out")
         written = seg.segment(path).save(out, stem)
     except FSAError as e:

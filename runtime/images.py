@@ -24,7 +24,7 @@ def max_pixels() -> int:
         return MAX_PIXELS
     try:
         value = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # "lots", "nan", "inf"
         value = 0
     if value < 1:
         raise FSAError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive pixel count, e.g. 400000000")
@@ -36,6 +36,13 @@ def _too_large(path: object, what: str, limit: int) -> FSAError:
                     f"set {MAX_PIXELS_ENV} to raise it")
 
 
+class NonFinitePixels(ValueError):
+    """A float image holding NaN or Infinity: refused, never turned into black pixels."""
+
+    def __init__(self, count: int):
+        super().__init__(f"{count:,} NaN or infinite pixels (a float image must hold finite values)")
+
+
 def to_rgb(img) -> np.ndarray:
     """A PIL image of any mode (L, LA, P, RGBA, I;16, I, F, CMYK, ...) -> uint8 [H, W, 3].
 
@@ -45,6 +52,8 @@ def to_rgb(img) -> np.ndarray:
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(a).all():  # NaN would become black (or class 0) silently
+            raise NonFinitePixels(int(a.size - np.isfinite(a).sum()))
         hi = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
         a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
@@ -58,9 +67,13 @@ def to_rgb(img) -> np.ndarray:
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """A file -> uint8 array [3, H, W] RGB, EXIF orientation applied; one-line errors."""
     if not os.path.exists(path):
+        if os.path.islink(path):  # exists() follows links: a loop or a dangling link is not "no such file"
+            raise FSAError(f"{path}: a symlink that leads nowhere (a loop or a missing target)")
         raise FSAError(f"{path}: no such file")
     if os.path.isdir(path):
         raise FSAError(f"{path}: is a folder, not an image")
+    if not os.path.isfile(path):  # a FIFO would block the read forever; a device never ends
+        raise FSAError(f"{path}: not a regular file (a FIFO, socket or device), not an image")
     if os.path.getsize(path) == 0:
         raise FSAError(f"{path}: empty file (0 bytes)")
     return decode_image(path, path)
@@ -84,6 +97,8 @@ def decode_image(source: str | os.PathLike[str] | BinaryIO, name: object) -> np.
                 rgb = to_rgb(img)
     except FSAError:
         raise
+    except NonFinitePixels as e:
+        raise FSAError(f"{name}: {e}") from None
     except UnidentifiedImageError as e:
         raise FSAError(f"{name}: not an image Pillow can read") from e
     except Image.DecompressionBombError as e:
@@ -125,7 +140,7 @@ def expand_images(items: Sequence[str | os.PathLike[str]], option: str = "") -> 
             if not found:
                 errors.append(f"{lead}{item}: folder has no image files")
             files.extend(found)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():  # a broken link: load_image says what is wrong with it
             files.append(path)
         else:
             errors.append(f"{lead}{item}: no such file or folder")

@@ -1,4 +1,4 @@
-"""The segmentation pipeline around the crop forward (shared/spec/FSA.md, "Segmentation").
+"""The segmentation pipeline around the crop forward (docs/METHOD.md, "Segmentation").
 
 Resize, sliding windows, padding, stitching and post-processing, in numpy on the host. The
 PyTorch reference and every runtime backend use this same code (a backend sees only crop

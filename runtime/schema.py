@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.runtime.paths import escape, name_problem
+
 from fsa_deploy.contract import META
 from fsa_deploy.errors import FSAError
 
@@ -65,11 +67,27 @@ def _template(v: Any) -> str | None:
 def _file_record(v: Any) -> str | None:
     if not isinstance(v, dict):
         return f"{type(v).__name__} where a file record is expected"
+    for where, src in (("source", v.get("source")), ("engine.source", (v.get("engine") or {}).get("source")
+                                                      if isinstance(v.get("engine"), dict) else None)):
+        if src is not None and (bad := name_problem(src)):  # a name read from a record: plain, in the folder
+            return f"{where}: {bad}; refused, a name must stay inside its folder"
     sha = v.get("sha256")
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         return f"sha256 {sha!r} is not 64 hex digits"
     if "bytes" in v:
         return _number(0, integer=True)(v["bytes"])
+    return None
+
+
+def _files(v: Any) -> str | None:
+    """File records, keyed by plain file names of the folder (no separators, `..`, absolute paths)."""
+    if not isinstance(v, dict):
+        return f"{type(v).__name__} where an object of file records is expected"
+    for name, record in v.items():
+        if bad := name_problem(name):
+            return f"{bad}; refused, a name must stay inside its folder"
+        if bad := _file_record(record):
+            return f"{escape(name)}: {bad}"
     return None
 
 
@@ -87,8 +105,7 @@ class Field:
 FIELDS: dict[str, Field] = {
     "format": Field(_text, "the format name", required=True),
     "format_version": Field(_number(integer=True), "the format version", required=True),
-    "files": Field(_of(dict, "an object of file records", _file_record), "file name -> {sha256, bytes, ...}",
-                   required=True),
+    "files": Field(_files, "plain file name -> {sha256, bytes, ...}", required=True),
     "model": Field(_text, "the CLIP model name"),
     "weights": Field(_of(dict, "an object"), "where the weights came from"),
     "attention": Field(_text, "the attention type"),
@@ -129,9 +146,11 @@ def _reject_constant(name: str) -> Any:
 def parse(text: str, source: str) -> dict[str, Any]:
     """meta.json's text -> a JSON object (strict: NaN and Infinity refused); then `validate` it."""
     try:
-        raw = json.loads(text, parse_constant=_reject_constant)
+        raw = json.loads(text.removeprefix("\ufeff"), parse_constant=_reject_constant)
     except ValueError as e:
         raise FSAError(f"{source}: unreadable meta.json ({e})") from e
+    except RecursionError:  # a hostile file: thousands of nested arrays
+        raise FSAError(f"{source}: unreadable meta.json (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise FSAError(f"{source}: not an fsa-deploy meta.json (a JSON object is expected)")
     return raw

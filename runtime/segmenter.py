@@ -236,7 +236,7 @@ class SegmentationResult:
             blend = self.image[r : r + step].astype(np.float32) * (1 - alpha) + colors * alpha
             out[r : r + step] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(out)
-        entries = [(f"{self.classes[i]} {100 * f:.1f}%", tuple(palette()[i % 256].tolist()))
+        entries = [(f"{legend_name(self.classes[i])} {100 * f:.1f}%", tuple(palette()[i % 256].tolist()))
                    for i, f in self.fractions().items()]
         return with_legend(img, entries)
 
@@ -259,6 +259,13 @@ class SegmentationResult:
                 writers[key](tmp)
                 os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs are for sharing
         return paths
+
+
+LEGEND_CHARS = 48  # a class name longer than this is cut in the legend (a 100 kB name made a 500,000 px image)
+
+
+def legend_name(name: str) -> str:
+    return name if len(name) <= LEGEND_CHARS else name[: LEGEND_CHARS - 3] + "..."
 
 
 @functools.cache
@@ -290,6 +297,8 @@ class Segmenter:
     cache_dir: str | os.PathLike[str] | None | _DefaultCache = DEFAULT_CACHE
     prob_thd: float = 0.0
     stride: int | None = None
+    short_side: int | None = None  # the resize (Geometry): default the crop, as the official configs at 336
+    long_side: int | None = None
     keep_logits: bool = False
     keep_probs: bool = False
     vocab_file: str | os.PathLike[str] | None = None  # the tokenizer's merges (None: open_clip's)
@@ -308,14 +317,19 @@ class Segmenter:
             raise FSAError(f"--prob-thd {self.prob_thd}: must be between 0 and 1")
         if self.stride is not None and not 1 <= self.stride <= self.crop:
             raise FSAError(f"--stride {self.stride}: must be between 1 and the crop size {self.crop}")
-        self.geometry = Geometry(crop=self.crop, stride=self.stride)
+        for name in ("short_side", "long_side"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise FSAError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        self.geometry = Geometry(crop=self.crop, stride=self.stride, short_side=self.short_side,
+                                 long_side=self.long_side)
 
     @classmethod
     def from_artifact(cls, folder: str | os.PathLike[str] | Artifact, backend: Any = "auto", *,
                       threads: int | None = None, precision: str | None = None, **options: Any) -> Segmenter:
         """A Segmenter on an artefact folder. `backend`: auto, trt, onnx, torch, or a Backend
         object; `threads`/`precision` go to runtime.backends.select.select_backend; `options`
-        are the dataclass fields (max_batch, cache_dir, prob_thd, stride, keep_probs, keep_logits)."""
+        are the dataclass fields (max_batch, cache_dir, prob_thd, stride, short_side, long_side, keep_probs,
+        keep_logits)."""
         from fsa_deploy.runtime.backends.select import select_backend
 
         art = folder if isinstance(folder, Artifact) else Artifact.load(folder)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fsa_deploy.contract import CONTEXT_LENGTH, TOKENIZER_VOCAB
-from fsa_deploy.errors import FSAError
+from fsa_deploy.errors import FSAError, escape
 
 DEFAULT_CLASSES = Path(__file__).parent / "data" / "voc21.txt"  # PASCAL VOC's 21, background first
 N_MERGES = 49152 - 256 - 2  # CLIP's vocabulary: 256 bytes, their end-of-word forms, merges, 2 specials
@@ -180,22 +180,53 @@ class Vocabulary:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Vocabulary:
         """One class a line, synonyms separated by ';' (the official class files)."""
+        if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read forever
+            raise FSAError(f"--classes-file {path}: not a regular file")
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a BOM is not a class name
         except (OSError, UnicodeDecodeError) as e:
             raise FSAError(f"--classes-file {path}: unreadable ({type(e).__name__})") from e
         return cls.from_lines(lines, f"--classes-file {path}")
 
     @classmethod
     def from_lines(cls, lines: Sequence[str], what: str) -> Vocabulary:
-        classes = []
-        for line in lines:
-            names = tuple(n.strip() for n in line.split(";") if n.strip())
-            if names:
-                classes.append(names)
+        """Classes from lines (or comma-separated items): a BOM is dropped; control characters, and
+        a class identical to another (its probability would split in two), are refused; a synonym
+        shared by two classes (COCO-Object's `bed`) is accepted with one warning line."""
+        classes: list[tuple[str, ...]] = []
+        first: dict[tuple[str, ...], int] = {}
+        owner: dict[str, int] = {}
+        shared: list[str] = []
+        for n, line in enumerate(lines, 1):
+            line = line.removeprefix("\ufeff") if n == 1 else line
+            names = tuple(x.strip() for x in line.split(";") if x.strip())
+            if not names:
+                continue
+            if bad := next((c for x in names for c in x if _control(c)), None):
+                raise FSAError(f"{what}: item {n} holds a control character (U+{ord(bad):04X}); refused")
+            key = tuple(clean(x) for x in names)
+            if key in first:
+                raise FSAError(f"{what}: item {n} ({escape(line.strip()[:80])}) repeats item {first[key]}; a repeated "
+                               "class splits its probability: give each class once")
+            first[key] = n
+            for x in dict.fromkeys(key):
+                if x in owner and owner[x] != len(classes):
+                    shared.append(x)
+                owner.setdefault(x, len(classes))
+            classes.append(names)
         if not classes:
             raise FSAError(f"{what}: no class names given")
+        if shared:
+            import sys
+
+            print(f"fsa: warning: {what}: {', '.join(repr(x) for x in dict.fromkeys(shared))} named in more than one "
+                  "class; such pixels go to whichever class scores higher", file=sys.stderr)
         return cls(tuple(classes))
+
+
+def _control(c: str) -> bool:
+    """Control characters (NUL, ESC, newlines), line separators and bidirectional overrides."""
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp") or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -242,33 +273,57 @@ def cached_classifier(
     if cache_dir is None:
         return classifier(encode, queries, templates, vocab_file=vocab_file), False
     path = Path(cache_dir) / f"text-{cache_key(model_key, queries, templates)}.npy"
-    t = _load_entry(path)
+    t = _load_entry(path, len(queries))
     if t is not None:
         return t, True
     folder = usable_cache_dir(cache_dir, "class-embedding cache")
     if not os.access(folder, os.W_OK | os.X_OK):  # a read-only cache (a shared mount) serves its hits only
         return classifier(encode, queries, templates, vocab_file=vocab_file), False
     with _folder_lock(folder):
-        t = _load_entry(path)  # written while this process waited for the lock
+        t = _load_entry(path, len(queries))  # written while this process waited for the lock
         if t is not None:
             return t, True
         t = classifier(encode, queries, templates, vocab_file=vocab_file)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+        from fsa_deploy.runtime.artifact import atomic_file
+
+        if entry_problem(t, len(queries)):  # NaN from a broken text graph: used (and caught later), never kept
+            return t, False
         try:
-            np.save(tmp, t)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:  # our marker: a killed writer's leftover is swept next time
+                np.save(tmp, t)
         except OSError:  # a full disk: the embeddings are good, only the entry is not kept
-            tmp.unlink(missing_ok=True)
+            pass
     return t, False
 
 
-def _load_entry(path: Path) -> np.ndarray | None:
-    if not path.is_file():
+def entry_problem(t: object, rows: int) -> str | None:
+    """None if `t` can be a class-embedding entry of `rows` classes: float32 [rows, D], finite, unit rows."""
+    if not isinstance(t, np.ndarray) or t.dtype != np.float32 or t.ndim != 2 or t.shape[0] != rows or not t.shape[1]:
+        shape = getattr(t, "shape", None)
+        return f"{getattr(t, 'dtype', type(t).__name__)} {shape} where float32 [{rows}, D] is expected"
+    if not np.isfinite(t).all():
+        return "NaN or infinite entries"
+    norms = np.linalg.norm(t.astype(np.float64), axis=1)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        return f"rows of norm {float(norms.min()):.3g}..{float(norms.max()):.3g} where unit rows are expected"
+    return None
+
+
+def _load_entry(path: Path, rows: int) -> np.ndarray | None:
+    """A checked cache entry, or None; a damaged or wrong one (shape, dtype, NaN, zeros, a symlink)
+    is removed and recomputed, never trusted."""
+    if not (path.is_file() or path.is_symlink()):
         return None
     try:
-        return np.load(path)
-    except (OSError, ValueError):
-        path.unlink(missing_ok=True)  # a damaged entry is recomputed, not trusted
+        if path.is_symlink():  # entries are written by us, never links: one could lead anywhere
+            raise ValueError("a symlink")
+        t = np.load(path, allow_pickle=False)
+        if entry_problem(t, rows):
+            raise ValueError(entry_problem(t, rows))
+        return t
+    except (OSError, ValueError, EOFError):
+        with contextlib.suppress(OSError):
+            path.unlink()  # the link itself, never its target
         return None
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -21,6 +24,45 @@ OTHER_ATTENTIONS = ("qk", "sclip", "clearclip", "naclip")
 # (attention, proxy) pairs: every proxy with ProxyCLIP attention, then every other attention type
 CONFIGS = [("proxy", p) for p in TINY_PROXIES] + [(a, None) for a in OTHER_ATTENTIONS]
 QUERY_COUNTS = (1, 21, 171)
+# `make test` sets FSA_REQUIRE_DEPS=1 (and FSA_REQUIRE_RTX=1 on x86-64, where TensorRT-RTX has wheels):
+# there a dependency that `make setup` installs is never a reason to skip
+DEPS_ENV, RTX_ENV = "FSA_REQUIRE_DEPS", "FSA_REQUIRE_RTX"
+
+
+def required(env: str = DEPS_ENV) -> bool:
+    """Whether a missing dependency fails the run (`env` set, or FSA_REQUIRE_RTX, which implies it)."""
+    return bool(os.environ.get(env) or os.environ.get(RTX_ENV))
+
+
+def missing(what: str, env: str = DEPS_ENV) -> None:
+    """A test cannot run because `what` (something `make setup` installs) is absent: a skip when run
+    by hand, a failure under `make test` (`env` set)."""
+    if required(env):
+        pytest.fail(f"{what}; {env} is set and make setup installs it, so this is a failure, not a skip",
+                    pytrace=False)
+    pytest.skip(f"{what} (make setup installs it)", allow_module_level=True)
+
+
+def require(module: str, env: str = DEPS_ENV) -> ModuleType:
+    """`pytest.importorskip` for a module that `make setup` installs: under `make test` a failure.
+
+    At module level the failure is a collection error of that file (the run fails, no test of it
+    passes silently); inside a test or fixture, a failed test.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing(f"{module} does not import ({e})", env)
+        raise  # unreachable: missing() always raises
+
+
+def needs(module: str, env: str = DEPS_ENV) -> pytest.MarkDecorator:
+    """`skipif(module missing)` as a marker; under `make test` a missing module is a collection error."""
+    if importlib.util.find_spec(module) is not None:
+        return pytest.mark.skipif(False, reason="")
+    if required(env):
+        raise RuntimeError(f"{module} is not installed and {env} is set: make setup installs it")
+    return pytest.mark.skipif(True, reason=f"{module} not installed (make setup installs it)")
 
 
 def tiny_spec(attention: str = "proxy", proxy: str | None = "tiny-dino", fsa: bool = True, seed: int = 0,

@@ -51,11 +51,17 @@ class Row:
     one_line: bool = True  # stderr is exactly one line (else: every line starts with `fsa VERB: error:`)
     size: tuple[int, int] | None = None  # (height, width) the first output's JSON must report
     runs: int = 1  # the same command this many times (every run must meet the row)
+    lines: int | None = None  # stderr has exactly this many lines (escaped names stay on their line)
 
 
 def seg(image: str | tuple[str, ...], *extra: str, art: str = "{art}", out: str = "{tmp}/out") -> tuple[str, ...]:
     images = (image,) if isinstance(image, str) else image
     return (*SEG, art, *images, "--out", out, *OPTS, *extra)
+
+
+def seg_file(classes_file: str) -> tuple[str, ...]:
+    """segment rgb.png with --classes-file instead of --classes."""
+    return (*SEG, "{art}", "{img:rgb.png}", "--out", "{tmp}/out", "--classes-file", classes_file, *OPTS[2:])
 
 
 def export(*extra: str) -> tuple[str, ...]:
@@ -69,6 +75,7 @@ def validate(*extra: str, art: str = "{art}") -> tuple[str, ...]:
 
 GOOD_OUT = ("{tmp}/out/x.png", "{tmp}/out/x_overlay.png", "{tmp}/out/x.json")
 NO_OUT = ("{tmp}/out/x.png", "{tmp}/out/x_overlay.png", "{tmp}/out/x.json")
+RGB_OUT = ("{tmp}/out/rgb.png", "{tmp}/out/rgb_overlay.png", "{tmp}/out/rgb.json")
 # image modes and formats that load (name -> file); every one must segment to its own size
 GOOD_IMAGES = ("rgb.png", "L.png", "LA.png", "P.png", "P_transparent.png", "RGBA.png", "I16.png", "I32.tif",
                "F32.tif", "1bit.png", "CMYK.jpg", "anim.gif", "rgb.tif", "rgb.webp", "rgb.bmp", "rgb.ppm",
@@ -251,6 +258,118 @@ ROWS: list[Row] = [
     Row("bench --repeats 0", ("bench", "--artifact", "{art}", "--repeats", "0"), 2, ("--repeats 0: outside",)),
     Row("bench --min-agreement nan", ("bench", "--artifact", "{art}", "--min-agreement", "nan"), 2,
         ("--min-agreement nan: not a finite number",)),
+    # ================================================================ issue 20: trust
+    # ---------------------------------------------------------------- names read from an artefact stay inside it
+    *(Row(f"artefact with a {what} files entry", seg("{img:rgb.png}", art=f"{{broken:{name}}}"), 2,
+          (*words,), absent=NO_OUT, unchanged=("{victim}",))
+      for name, what, words in (
+          ("climb_name", "climbing (../)", ("'../victim.txt' is a path", "refused")),
+          ("absolute_name", "absolute", ("is a path", "refused")),
+          ("backslash_name", "backslash", ("is a path", "refused")),
+          ("dotdot_name", "'..'", ("'..' is not a file name",)),
+          ("control_name", "control-character", ("holds control characters",)),
+          ("colon_name", "drive-letter", ("':'",)),
+          ("engine_source_climbs", "climbing engine source", ("engine.source", "refused")),
+          ("calibration_source_climbs", "climbing calibration source", ("source", "refused")),
+          ("image_symlink_out", "symlink-out image.onnx", ("symlink leading out",)),
+          ("meta_symlink_out", "symlink-out meta.json", ("symlink leading out",)),
+          ("location_climbs", "climbing external-data location", ("external-data location", "refused")))),
+    *(Row(f"{verb} refuses a climbing name", argv, 2, ("refused",), unchanged=("{victim}",)) for verb, argv in (
+        ("validate", validate(art="{broken:climb_name}")),
+        ("build", ("build", "{broken:climb_name}", "--engine", "rtx")),
+        ("calibrate", ("calibrate", "{broken:climb_name}", "--count", "1")),
+        ("triton", ("triton", "{broken:climb_name}", "--out", "{tmp}/repo")),
+        ("lint of an artefact graph", ("lint", "{broken:climb_name}/image.onnx")))),
+    Row("deeply nested meta.json", seg("{img:rgb.png}", art="{broken:nested_meta}"), 2, ("nested too deeply",)),
+    Row("meta.json is a folder", seg("{img:rgb.png}", art="{broken:meta_dir}"), 2, ("no meta.json",)),
+    Row("meta.json with a BOM reads", seg("{img:rgb.png}", art="{broken:meta_bom}"), 0, present=RGB_OUT),
+    Row("image graph without text_embeddings", seg("{img:rgb.png}", art="{broken:no_text_input}"), 2,
+        ("no input named 'text_embeddings'",), absent=NO_OUT),
+    # ---------------------------------------------------------------- non-finite pixels, odd files
+    *(Row(f"float TIFF with {what}", seg(f"{{bad:{name}}}"), 2, (name, "NaN or infinite pixels"), lines=2,
+          absent=(f"{{tmp}}/out/{Path(name).stem}.png",))
+      for name, what in (("nan.tif", "NaN"), ("inf.tif", "Infinity"), ("neginf.tif", "one -Infinity pixel"))),
+    Row("calibrate on a float TIFF with NaN", ("calibrate", "{broken:plain6}", "--images", "{bad:nan.tif}", "--count",
+                                               "1", "--no-cache"), 2, ("nan.tif", "NaN or infinite pixels"),
+        unchanged=("{broken:plain6}/meta.json",)),
+    Row("a symlink loop as the image", seg("{bad:loop.png}"), 2, ("leads nowhere",), lines=2),
+    Row("a dangling symlink as the image", seg("{bad:dangling.png}"), 2, ("leads nowhere",), lines=2),
+    Row("a FIFO as the image", seg("{bad:fifo.png}"), 2, ("not a regular file",), lines=2),
+    Row("FSA_MAX_PIXELS=inf", seg("{img:rgb.png}"), 2, ("FSA_MAX_PIXELS",), env=(("FSA_MAX_PIXELS", "inf"),),
+        one_line=False),
+    Row("FSA_MAX_PIXELS=nan", seg("{img:rgb.png}"), 2, ("FSA_MAX_PIXELS",), env=(("FSA_MAX_PIXELS", "nan"),),
+        one_line=False),
+    # ---------------------------------------------------------------- error lines stay one line
+    Row("an image name with a newline", seg("{tmp}/no\nsuch.png"), 2, ("no\\nsuch.png", "no such file"), lines=2),
+    Row("an image name with an escape sequence", seg("{tmp}/\x1b[2Jx.png"), 2, ("\\x1b[2Jx.png",), lines=2),
+    # ---------------------------------------------------------------- class names
+    Row("classes file with a BOM", seg_file("{bad:bom.txt}"), 0, present=RGB_OUT),
+    Row("--classes cat, cat", seg("{img:rgb.png}", "--classes", "cat, cat"), 2, ("item 2", "repeats item 1"),
+        absent=NO_OUT),
+    Row("--classes cat, Cat", seg("{img:rgb.png}", "--classes", "cat, Cat"), 2, ("repeats item 1",), absent=NO_OUT),
+    Row("classes file with a repeated line", seg_file("{bad:dup.txt}"), 2,
+        ("dup.txt", "item 3", "repeats item 1"), absent=NO_OUT),
+    Row("a synonym shared by two classes: one warning", seg("{img:rgb.png}", "--classes", "cat; kitty, dog; kitty"), 0,
+        present=RGB_OUT),
+    Row("COCO-Object's bed: background synonym and class", seg_file("{bad:coco.txt}"),
+        0, present=RGB_OUT),
+    Row("--classes with an escape sequence", seg("{img:rgb.png}", "--classes", "cat\x1b[31m, dog"), 2,
+        ("control character", "U+001B"), absent=NO_OUT),
+    Row("--classes with a bidi override", seg("{img:rgb.png}", "--classes", "cat\u202e, dog"), 2,
+        ("control character",), absent=NO_OUT),
+    Row("classes file of NUL bytes", seg_file("{bad:nul.txt}"), 2,
+        ("nul.txt", "control character"), absent=NO_OUT),
+    Row("a 5,000-character class name (cut in the legend)", seg("{img:rgb.png}", "--classes", "x" * 5000 + ", dog"),
+        0, present=RGB_OUT),
+    # ---------------------------------------------------------------- options that do not apply
+    Row("segment --precision fp16 without such an engine", seg("{img:rgb.png}", "--precision", "fp16"), 2,
+        ("--precision fp16", "no TensorRT engine"), absent=NO_OUT),
+    Row("segment --backend onnx --precision fp32", seg("{img:rgb.png}", "--backend", "onnx", "--precision", "fp32"), 2,
+        ("--precision fp32", "does not apply"), absent=NO_OUT),
+    Row("calibrate --op-types ''", ("calibrate", "{art}", "--op-types", ""), 2, ("--op-types", "no op type")),
+    Row("calibrate --op-types ' , '", ("calibrate", "{art}", "--op-types", " , "), 2, ("no op type",)),
+    Row("validate --graph text.onnx", validate("--graph", "text.onnx"), 2, ("--graph text.onnx", "role is 'text'")),
+    # ---------------------------------------------------------------- every numeric option of fsa build has a range
+    *(Row(f"build {opt} {val}", ("build", "{art}", opt, val), 2, (f"{opt} {val}: ", w))
+      for opt, val, w in (("--max-batch", "5000", "outside"), ("--opt-batch", "0", "outside"),
+                          ("--max-classes", "0", "outside"), ("--opt-classes", "1e9", "not an integer"),
+                          ("--max-prompts", "nan", "not an integer"), ("--opt-prompts", "-1", "outside"),
+                          ("--workspace", "0", "outside"), ("--dla-core", "99", "outside"))),
+    # ---------------------------------------------------------------- overwrite policy
+    Row("export --overwrite over a user's folder holding a meta.json",
+        ("export", "--out", "{bad:userproj}", "--model", "tiny", "--random-init", "--overwrite"), 2,
+        ("not an artefact folder",), unchanged=("{bad:userproj}/meta.json", "{bad:userproj}/thesis.tex")),
+    Row("lint --json over meta.json", ("lint", "{broken:plain}/image.onnx", "--json", "{broken:plain}/meta.json"), 2,
+        ("would overwrite meta.json",), unchanged=("{broken:plain}/meta.json",)),
+    Row("lint --json over text.onnx", ("lint", "{broken:plain}/image.onnx", "--json", "{broken:plain}/text.onnx"), 2,
+        ("would overwrite text.onnx",), unchanged=("{broken:plain}/text.onnx",)),
+    Row("lint --json into an artefact folder", ("lint", "{broken:plain}/image.onnx", "--json",
+                                                "{broken:plain}/lint.json"), 2,
+        ("inside the artefact folder",), absent=("{broken:plain}/lint.json",)),
+    Row("lint --json over a user's file", ("lint", "{art}/image.onnx", "--json", "{bad:mine.json}"), 2,
+        ("exists; pass --overwrite",), unchanged=("{bad:mine.json}",)),
+    Row("validate --json over a user's file", validate("--json", "{bad:mine.json}"), 2, ("exists; pass --overwrite",),
+        unchanged=("{bad:mine.json}",)),
+    Row("triton --out an artefact folder", ("triton", "{broken:plain}", "--out", "{broken:plain}", "--overwrite"), 2,
+        ("inside the artefact folder",), unchanged=("{broken:plain}/meta.json",)),
+    Row("triton --out a folder with a user's config.pbtxt", ("triton", "{art}", "--out", "{bad:userrepo}",
+                                                             "--overwrite"), 2,
+        ("holds other files or models",), unchanged=("{bad:userrepo}/config.pbtxt",)),
+    *(Row(f"dump --out {what}", ("dump", "--image", "{img:rgb.png}", "--out", out, "--model", "tiny", "--random-init"),
+          2, words, unchanged=keep)
+      for what, out, words, keep in (
+          ("a folder", "{tmp}", ("is a folder",), ()),
+          ("under a file", "{img:rgb.png}/d.npz", ("cannot create its folder",), ("{img:rgb.png}",)),
+          ("a user's file", "{bad:mine.npz}", ("exists; pass --overwrite",), ("{bad:mine.npz}",)))),
+    # ---------------------------------------------------------------- outputs never collide with inputs
+    Row("--out the input folder: x.jpg's overlay would be the input x_overlay.png",
+        seg(("{bad:collide/x.jpg}", "{bad:collide/x_overlay.png}"), out="{bad:collide}"), 2,
+        ("x_overlay.png", "x.jpg", "would overwrite the input"),
+        unchanged=("{bad:collide/x.jpg}", "{bad:collide/x_overlay.png}"), absent=("{bad:collide/x.json}",)),
+    Row("x.jpg and x_overlay.png into one --out get distinct names",
+        seg(("{bad:collide/x.jpg}", "{bad:collide/x_overlay.png}")), 0, runs=2, one_line=False,
+        present=("{tmp}/out/x.png", "{tmp}/out/x_overlay.png", "{tmp}/out/x_overlay_png.png",
+                 "{tmp}/out/x_overlay_png_overlay.png", "{tmp}/out/x_overlay_png.json")),
 ]
 
 
@@ -295,6 +414,30 @@ def make_bad_files(folder: Path, images: Path) -> None:
     (folder / "garbage.webp").write_bytes(os.urandom(2000))
     (folder / "no_images").mkdir()
     (folder / "no_images" / "notes.txt").write_text("no images here\n")
+    # issue 20
+    grey = np.asarray(Image.open(images / "L.png"), dtype=np.float32) / 255
+    for name, value, where in (("nan.tif", np.nan, slice(None)), ("inf.tif", np.inf, slice(0, 5)),
+                               ("neginf.tif", -np.inf, (3, 4))):
+        bad = grey.copy()
+        bad[where] = value
+        Image.fromarray(bad).save(folder / name)
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "dangling.png").symlink_to(folder / "absent.png")
+    os.mkfifo(folder / "fifo.png")
+    (folder / "bom.txt").write_bytes("\ufeffcat\ndog\n".encode())
+    (folder / "dup.txt").write_text("cat\ndog\ncat\n")
+    (folder / "coco.txt").write_text("background; bed\nbed\ntable\n")
+    (folder / "nul.txt").write_bytes(b"\0" * 64)
+    (folder / "mine.json").write_text("a user's notes\n")
+    (folder / "mine.npz").write_bytes(b"a user's data")
+    (folder / "userproj" / "src").mkdir(parents=True)
+    (folder / "userproj" / "meta.json").write_text('{"title": "my thesis"}\n')
+    (folder / "userproj" / "thesis.tex").write_text("\\documentclass{article}\n")
+    (folder / "userrepo").mkdir()
+    (folder / "userrepo" / "config.pbtxt").write_text('name: "mine"\n')
+    (folder / "collide").mkdir()
+    shutil.copy(images / "upper.JPG", folder / "collide" / "x.jpg")
+    shutil.copy(images / "rgb.png", folder / "collide" / "x_overlay.png")
 
 
 def _meta_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -345,7 +488,79 @@ BROKEN: dict[str, Callable[[Path], None]] = {
     "swapped": _swap,
     "no_image": lambda root: (root / A.IMAGE_ONNX).unlink(),
     "no_text": lambda root: (root / A.TEXT_ONNX).unlink(),
+    # issue 20: names that would lead out of the folder, and other hostile files
+    "plain6": lambda root: None,
+    "climb_name": lambda root: _add_record(root, "../victim.txt", role="tokenizer"),
+    "absolute_name": lambda root: _add_record(root, str(root.parent / "victim.txt"), role="tokenizer"),
+    "backslash_name": lambda root: _add_record(root, "..\\victim.txt", role="tokenizer"),
+    "dotdot_name": lambda root: _add_record(root, "..", role="tokenizer"),
+    "control_name": lambda root: _add_record(root, "image\n.onnx", role="image"),
+    "colon_name": lambda root: _add_record(root, "C:victim.txt", role="tokenizer"),
+    "engine_source_climbs": lambda root: _add_record(root, "image.fp32.rtx.engine", role="engine", precision="fp32",
+                                                     engine={"flavour": "rtx", "source": "../victim.txt"}),
+    "calibration_source_climbs": lambda root: _add_record(root, "image.int8.onnx", role="image-qdq",
+                                                          source="../victim.txt"),
+    "image_symlink_out": lambda root: _link_out(root, A.IMAGE_ONNX),
+    "meta_symlink_out": lambda root: _link_out(root, A.META),
+    "location_climbs": lambda root: _external_location(root, "../victim.txt"),
+    "nested_meta": lambda root: (root / A.META).write_text((root / A.META).read_text().replace(
+        '"weights":', '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "weights":')),
+    "meta_dir": lambda root: ((root / A.META).unlink(), (root / A.META).mkdir()),
+    "meta_bom": lambda root: (root / A.META).write_bytes(b"\xef\xbb\xbf" + (root / A.META).read_bytes()),
+    "no_text_input": lambda root: _image_only_graph(root),
 }
+
+
+def _add_record(root: Path, name: str, **info: Any) -> None:
+    """A meta.json record whose sha256 is well-formed (the check at load must refuse the name itself)."""
+    meta = json.loads((root / A.META).read_text())
+    meta["files"][name] = {"sha256": hashlib.sha256(b"victim").hexdigest(), "bytes": 6, **info}
+    (root / A.META).write_text(json.dumps(meta))
+
+
+def _link_out(root: Path, name: str) -> None:
+    """`name` replaced by a symlink to an identical copy outside the folder: every hash still matches."""
+    outside = root.parent / f"{root.name}-{name}"
+    shutil.copy2(root / name, outside)
+    (root / name).unlink()
+    (root / name).symlink_to(outside)
+
+
+def _rehash(root: Path, name: str) -> None:
+    meta = json.loads((root / A.META).read_text())
+    meta["files"][name].update(sha256=hashlib.sha256((root / name).read_bytes()).hexdigest(),
+                               bytes=(root / name).stat().st_size)
+    (root / A.META).write_text(json.dumps(meta))
+
+
+def _external_location(root: Path, location: str) -> None:
+    """image.onnx's largest weight moved to external data at `location`; its sha256 updated."""
+    import onnx
+
+    model = onnx.load(str(root / A.IMAGE_ONNX))
+    big = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    length = len(big.raw_data)
+    big.ClearField("raw_data")
+    big.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(length))):
+        entry = big.external_data.add()
+        entry.key, entry.value = k, v
+    onnx.save(model, str(root / A.IMAGE_ONNX))
+    _rehash(root, A.IMAGE_ONNX)
+
+
+def _image_only_graph(root: Path) -> None:
+    """An image graph with an `image` input and no `text_embeddings` (recorded, hashes right)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info(A.IMAGE, TensorProto.FLOAT, ["B", 3, 112, 112])
+    out = helper.make_tensor_value_info(A.LOGITS, TensorProto.FLOAT, ["B", 3, 112, 112])
+    graph = helper.make_graph([helper.make_node("Identity", [A.IMAGE], [A.LOGITS])], "g", [inp], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(root / A.IMAGE_ONNX))
+    _rehash(root, A.IMAGE_ONNX)
 
 
 @pytest.fixture(scope="module")
@@ -353,6 +568,8 @@ def inputs(tiny_artifact, tmp_path_factory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("matrix")
     make_images(base / "images")
     make_bad_files(base / "bad", base / "images")
+    (base / "broken").mkdir()
+    (base / "broken" / "victim.txt").write_text("a user's file beside the artefacts\n")  # what ../victim.txt names
     return {"base": base, "art": tiny_artifact.root, "broken": {}, "cache": base / "cache"}
 
 
@@ -368,7 +585,7 @@ def broken(inputs: dict[str, Any], name: str) -> Path:
 
 def fill(text: str, inputs: dict[str, Any], tmp: Path) -> str:
     fields = {"art": str(inputs["art"]), "tmp": str(tmp), "cache": str(inputs["cache"]), "photo": photos()[1],
-              "images": str(inputs["base"] / "images")}
+              "images": str(inputs["base"] / "images"), "victim": str(inputs["base"] / "broken" / "victim.txt")}
 
     def one(m: re.Match) -> str:
         kind, _, name = m.group(1).partition(":")
@@ -405,8 +622,10 @@ def test_matrix(row: Row, inputs, tmp_path, capsys, monkeypatch):
         lines = [ln for ln in err.splitlines() if ln.strip()]
         if row.exit:
             assert lines, "an error must say something"
-            if row.one_line:
+            if row.one_line and row.lines is None:
                 assert len(lines) == 1, f"expected one line, got:\n{err}"
+            if row.lines is not None:
+                assert len(lines) == row.lines, f"expected {row.lines} lines, got:\n{err}"
             assert "Traceback" not in err, err
             for word in row.words:
                 assert fill(word, inputs, tmp_path) in err, f"{word!r} not in:\n{err}"

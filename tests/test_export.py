@@ -12,7 +12,6 @@ from conftest import (
     CONFIGS,
     CROP,
     QUERY_COUNTS,
-    REPO,
     assert_one_line_error,
     photo_crops,
     photos,
@@ -117,8 +116,26 @@ def test_changed_file_is_detected(artifact, tmp_path):
         f.write(b"\0")
     with pytest.raises(FSAError, match="sha256 does not match"):
         A.Artifact.load(copy).path(A.IMAGE_ONNX)
-    proc = run_cli("segment", REPO / "README.md", "--artifact", copy, "--out", tmp_path / "seg")
-    assert proc.returncode == 2
+
+
+def test_segment_refuses_a_graph_changed_after_export(artifact, tmp_path):
+    """A real photo and a graph that still loads and runs (one weight changed, re-saved): only the
+    hash check stands between it and a label map, so exit 2 must come from it and name it."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact.root, copy)
+    model = onnx.load(str(copy / A.IMAGE_ONNX))
+    init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    w = onnx.numpy_helper.to_array(init).copy()
+    w.flat[0] += 1.0
+    init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(copy / A.IMAGE_ONNX))
+    proc = run_cli("segment", photos()[0], "--artifact", copy, "--out", tmp_path / "seg", "--no-cache",
+                   "--backend", "onnx")
+    assert_one_line_error(proc, A.IMAGE_ONNX, "sha256 does not match")
+    assert not (tmp_path / "seg").exists() or not any((tmp_path / "seg").iterdir())
 
 
 def test_top_p_graph_at_sam_grid(tmp_path):

@@ -53,11 +53,12 @@ def test_wheel_holds_one_package_and_every_source_file(wheel):
     missing = sorted(want - set(names))
     assert not missing, f"source files not in the wheel: {missing}"
     assert "fsa_deploy/runtime/data/voc21.txt" in names
+    assert {f"fsa_deploy/runtime/app/static/{n}" for n in ("index.html", "app.js", "app.css")} <= set(names)
     meta = zipfile.ZipFile(wheel).read(f"{dist[0]}/METADATA").decode()
     base = [ln.split(":", 1)[1].strip() for ln in meta.splitlines()
             if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
     assert sorted(b.split(">")[0].split("<")[0].split("=")[0].strip() for b in base) == [
-        "numpy", "onnxruntime", "pillow", "regex"], base
+        "filelock", "numpy", "onnxruntime", "pillow", "regex"], base
     entry = zipfile.ZipFile(wheel).read(f"{dist[0]}/entry_points.txt").decode()
     assert "fsa = fsa_deploy.cli:main" in entry
 

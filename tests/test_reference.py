@@ -125,7 +125,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 def recompute_stages(z: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each stage from the dumped stages before it, in float64, straight from shared/spec/FSA.md."""
+    """Each stage from the dumped stages before it, in float64, straight from docs/METHOD.md."""
     d = {k: np.asarray(v, dtype=np.float64) if v.dtype != bool else v for k, v in z.items()}
     w, b = d["w.out_proj.weight"], d["w.out_proj.bias"]
 

@@ -27,7 +27,7 @@ from fsa_deploy.errors import FSAError
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = "person; astronaut, cat, cup; mug, rocket, motorcycle, grass, sky"
 THREADS = 1  # two shared cores: a second ORT thread mostly waits (measured 8 ms vs 32 ms a crop)
-TIE = 1e-5  # top-2 reference probabilities closer than this may flip (shared/spec/FSA.md, top-p ambiguity)
+TIE = 1e-5  # top-2 reference probabilities closer than this may flip (docs/METHOD.md, top-p ambiguity)
 
 
 def photo(name: str) -> torch.Tensor:
@@ -83,7 +83,7 @@ class ReferenceUnderOnnxKeep:
     """The PyTorch reference with the top-p mask that image.onnx chose imposed on it.
 
     Where an entry's keep decision is ambiguous (tied at the cut, or its cumulative mass
-    within 1e-5 of p: shared/spec/FSA.md), fp32 rounding alone picks the side, and one flip
+    within 1e-5 of p: docs/METHOD.md), fp32 rounding alone picks the side, and one flip
     moves a crop's logits by ~1e-4. Imposing the graph's mask compares everything else
     exactly; the flips are counted, and every one must be ambiguous in the reference.
     """

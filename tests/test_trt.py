@@ -483,10 +483,10 @@ def test_auto_picks_the_flavour_that_can_build_here() -> None:
     assert pick("rtx") is RTX and pick("trt") is TRT
 
 
-def test_runtime_cache_sits_beside_the_engine_per_gpu(tmp_path: Path) -> None:
-    paths = RuntimeCache(tmp_path / "image.fp16.rtx.engine", "8.6").paths
-    assert paths[0] == tmp_path / "image.fp16.rtx.engine.sm86.runtime-cache"
-    assert paths[1].parent.name == "fsa-deploy" and paths[1].name == paths[0].name
+def test_runtime_cache_sits_in_the_user_cache_per_engine_and_gpu(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FSA_CACHE_DIR", str(tmp_path / "cache"))
+    paths = RuntimeCache("ab" * 32, "8.6").paths  # keyed by the engine's sha256, never inside the artefact
+    assert paths == [tmp_path / "cache" / "rtx-runtime" / f"{'ab' * 16}.sm86.runtime-cache"]
 
 
 def test_targets_and_versions() -> None:

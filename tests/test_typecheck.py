@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
-import pytest
-from conftest import REPO
+from conftest import REPO, missing, needs
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed (dev extra)")
+@needs("mypy")  # the dev extra
 def test_tensorrt_layer_typechecks_against_stubs():
     proc = subprocess.run(["bash", str(REPO / "tools" / "typecheck.sh")], cwd=REPO, capture_output=True, text=True,
                           env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, timeout=600)
     if proc.returncode == 2 and "tensorrt-stubs not installed" in proc.stderr:
-        pytest.skip("tensorrt-stubs not installed (make setup installs them with --no-deps)")
+        missing("tensorrt-stubs not installed (make setup installs them with --no-deps)")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success" in proc.stdout

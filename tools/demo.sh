@@ -14,7 +14,7 @@ IMAGE=${IMAGE:-$("$BIN/python" -c "from fsa_deploy.runtime.images import sample_
 "$BIN/fsa" segment "$IMAGE" --artifact "$ART" --out "$OUT" --backend onnx --classes "$CLASSES"
 status=0
 "$BIN/fsa" validate "$ART" --images "$IMAGE" --backend onnx --classes "$CLASSES" \
-  --json "$OUT/report.json" --md "$OUT/report.md" || status=$?
+  --json "$OUT/report.json" --md "$OUT/report.md" --overwrite || status=$?
 stem=$(basename "${IMAGE%.*}")
 echo
 echo "verdict: $([ $status -eq 0 ] && echo PASSED || echo FAILED) (report: $OUT/report.md, $OUT/report.json)"

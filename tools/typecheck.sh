@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-SP=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-if [ ! -f "$SP/tensorrt/__init__.pyi" ]; then
+# the site-packages folder holding the stubs: any on the interpreter's path (a venv layered over
+# another one through a .pth file, or with --system-site-packages, finds them there)
+SP=$("$PYTHON" -c 'import os, sys; print(next((p for p in sys.path if os.path.isfile(os.path.join(p, "tensorrt", "__init__.pyi"))), ""))')
+if [ -z "$SP" ]; then
   echo "tensorrt-stubs not installed (make setup installs them with --no-deps)" >&2
   exit 2
 fi

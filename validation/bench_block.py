@@ -1,4 +1,4 @@
-"""`fsa bench --block`: steps 7-15 of shared/spec/FSA.md (the FSA feedback block and the
+"""`fsa bench --block`: steps 7-15 of docs/METHOD.md (the FSA feedback block and the
 re-attention) in the official (literal) and the deploy formulation, same inputs, one run.
 
 Each formulation runs in a child process of its own, so the peak resident memory it

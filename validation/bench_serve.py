@@ -1,7 +1,7 @@
 """`make bench-serve`: `fsa serve` (Triton, ORT CPU inside) against the in-process Segmenter, same
 artefact, images, classes and run. Images/s and p50/p99 latency at 1, 4 and 16 concurrent clients
-(gRPC, one client each), failures, the serving overhead at concurrency 1, and the RSS of the whole
-tritonserver process group (server + python stubs) before and after 1,000 requests.
+(gRPC, one client each), failures, the serving overhead at concurrency 1, and the RSS of tritonserver
+and its descendants (server + python stubs, read with psutil) before and after 1,000 requests.
 
 python -m fsa_deploy.validation.bench_serve [--artifact DIR] [--requests 1000] [--json F] [--md F]
 Without --artifact, the tests' tiny random-init model (crop 112) is exported to out/bench/serve-art once.
@@ -36,21 +36,23 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def group_rss_mb(pgid: int) -> float:
-    """Resident memory of every process in the group (tritonserver and its stubs), MB."""
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (tritonserver and its python-backend
+    stubs), MiB; psutil reads it on Linux, Windows and macOS alike. A process gone is 0."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
     total = 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+    for p in procs:
         try:
-            if os.getpgid(int(d.name)) != pgid:
-                continue
-            for line in (d / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ProcessLookupError, ValueError):
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # ended between the listing and the read
             continue
-    return total / 1024
+    return total / 2**20
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -177,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"where": where, **merged(parts[where])})
                 print(f"bench-serve: {rows[-1]}", file=sys.stderr, flush=True)
         assert server.proc is not None
-        rss_before = group_rss_mb(server.proc.pid)
+        rss_before = tree_rss_mb(server.proc.pid)
         print(f"bench-serve: soak, {args.requests} requests, RSS {rss_before:.0f} MB", file=sys.stderr, flush=True)
         # the soak in five parts, RSS read after each: growth that goes on, or a plateau
         chunks, rss_curve = [], [rss_before]
         for k in range(5):
             n = args.requests // 5 + (1 if k < args.requests % 5 else 0)
             chunks.append(run_level(remote, 4, n, blobs))
-            rss_curve.append(group_rss_mb(server.proc.pid))
+            rss_curve.append(tree_rss_mb(server.proc.pid))
         rss_after = rss_curve[-1]
         soak = merged(chunks)
     finally:

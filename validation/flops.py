@@ -1,7 +1,7 @@
 """How much work one crop forward is, and the fastest this machine could possibly do it.
 
 `count_work` splits the deploy reference's crop forward into the CLIP trunk (backbone),
-the proxy, and the FSA head (shared/spec/FSA.md steps 4-15: last block's values, proxy
+the proxy, and the FSA head (docs/METHOD.md steps 4-15: last block's values, proxy
 attention, feedback, ensemble, tail). FLOPs are torch.utils.flop_counter's matmul and
 convolution FLOPs (elementwise ops, softmax and norms are not counted). Bytes are an
 estimate of memory traffic: every parameter read once, plus every op output written once

@@ -333,6 +333,10 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
     name = artifact or A.IMAGE_ONNX
     if name not in art.files():
         raise FSAError(f"--graph {name}: not in {folder}/{A.META} (files: {', '.join(art.files())})")
+    role = art.files()[name].get("role")
+    if role not in (None, "image", "image-qdq", "engine"):
+        raise FSAError(f"--graph {name}: its role is {role!r}, not an image graph or engine (validate compares "
+                       f"image graphs: e.g. {A.IMAGE_ONNX})")
     profile = profile or str(art.files()[name].get("precision") or art.meta.get("precision", "fp32"))
     tol = tolerances_for(profile, overrides or {})
     images = images or sample_photos()
@@ -464,20 +468,9 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
-def check_output_file(path: str | None, option: str) -> None:
-    """Before any work: --json / --md must name a writable file, never a folder or an artefact's file."""
-    if not path:
-        return
-    from fsa_deploy.runtime.schema import refuse_artifact_file
-
-    p = Path(path)
-    if p.is_dir():
-        raise FSAError(f"{option} {path}: is a folder; give a file name")
-    refuse_artifact_file(p, option)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FSAError(f"{option} {path}: cannot create its folder ({e.strerror or e})") from e
+def check_output_file(path: str | None, option: str, overwrite: bool = False) -> None:
+    """Before any work: --json / --md must name a file we may write (runtime.artifact.check_output_file)."""
+    A.check_output_file(path, option, overwrite)
 
 
 def expand_images(items: list[str] | None) -> list[str] | None:
@@ -517,6 +510,7 @@ def add_validate(sub, help_text: str) -> None:
     add_ranged(p, "--stride", "sliding-window stride (default crop // 3)", default=None)
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--md", help="write the report as Markdown")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --md files")
     add_vocabulary_args(p)
     p.set_defaults(func=run_validate)
 
@@ -543,7 +537,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.text import vocabulary_from_args
 
     for path, option in ((args.json, "--json"), (args.md, "--md")):
-        check_output_file(path, option)
+        check_output_file(path, option, args.overwrite)
     report = run_validation(args.folder, graph_of(args), backend_of(args.backend), expand_images(args.images),
                             vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,
                             args.fp64, args.max_batch, args.stride, progress=True)

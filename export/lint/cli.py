@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def add_lint(sub: Any, help_text: str) -> argparse.ArgumentParser:
                         help="also run the real ONNX parser (TensorRT-RTX: and builder) when installed; "
                         "a refusal fails the graph")
     parser.add_argument("--json", metavar="FILE", help="also write the reports to FILE as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.set_defaults(func=run_lint)
     return parser
 
@@ -51,6 +53,11 @@ def run_lint(args: argparse.Namespace) -> int:
             raise FSAError("--parser: neither TensorRT-RTX nor TensorRT is installed (pip install 'fsa-deploy[rtx]')")
     if args.json and not Path(args.json).parent.is_dir():
         raise FSAError(f"--json {args.json}: no such folder")
+    from fsa_deploy.runtime.artifact import check_output_file
+
+    check_output_file(args.json, "--json", args.overwrite)  # never over an artefact's file or a user's
+    for path in paths:
+        check_artifact_graph(path)
     entries, failed = [], 0
     for path in paths:
         reports = lint_versions(path, majors)
@@ -100,3 +107,16 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
         write_json_atomic(path, obj)
     except OSError as e:
         raise FSAError(f"--json {path}: cannot write ({e.strerror or e})") from e
+
+
+def check_artifact_graph(path: Path) -> None:
+    """A graph inside an artefact folder is read as the artefact says: its meta.json must load (no
+    name leading out of the folder) and, if it records the graph, the graph's external-data names
+    must be recorded plain names (runtime.paths). A graph outside any artefact is linted as given."""
+    from fsa_deploy.runtime.artifact import META, Artifact
+
+    if not os.path.lexists(path.parent / META):
+        return
+    art = Artifact.load(path.parent)
+    if path.name in art.files():
+        art.path(path.name)  # sha256 and external-data locations checked

@@ -66,6 +66,10 @@ def session_options(threads: int | None) -> Any:
 def check_image_input(session: Any, art: Artifact, name: str) -> None:
     """The graph's image input must be [B, 3, crop, crop] with meta.json's crop: checked before any run."""
     crop = int(art.meta["crop"])
+    names = [inp.name for inp in session.get_inputs()]
+    if IMAGE in names and TEXT_EMBEDDINGS not in names:
+        raise FSAError(f"{art.root / name}: no input named {TEXT_EMBEDDINGS!r} (has {', '.join(names)}); "
+                       "not an image graph of `fsa export`")
     for inp in session.get_inputs():
         if inp.name == IMAGE:
             dims = list(inp.shape)[1:]

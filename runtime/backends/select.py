@@ -80,6 +80,13 @@ def select_backend(art: Artifact, backend: str = "auto", *, threads: int | None 
     """
     if backend not in BACKENDS:
         raise FSAError(f"--backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if precision is not None:  # an option that does not apply is refused, never ignored
+        built = sorted({str(art.files()[n].get("precision")) for n in engines_recorded(art)})
+        if backend in ("onnx", "torch"):
+            raise FSAError(f"--precision {precision}: picks a TensorRT engine; does not apply to --backend {backend}")
+        if precision not in built:
+            raise FSAError(f"--precision {precision}: no TensorRT engine of that precision in {art.root} "
+                           f"({'engines: ' + ', '.join(built) if built else 'no engine built: fsa build'})")
     if backend == "trt":
         return Opened(_tensorrt(art, precision), "asked for")
     if backend == "onnx":

@@ -18,7 +18,6 @@ import hashlib
 import os
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -234,13 +233,16 @@ def deserialize_engine(
 
 
 class RuntimeCache:
-    """TensorRT-RTX's JIT results, kept beside the engine per compute capability, so the JIT
-    compile happens once per GPU model; a folder that cannot be written falls back to ~/.cache."""
+    """TensorRT-RTX's JIT results per engine and compute capability, so the JIT compile happens
+    once per GPU model. Kept in the user's cache folder ($FSA_CACHE_DIR or ~/.cache/fsa-deploy,
+    `rtx-runtime/`), keyed by the engine's sha256: never written unrecorded into an artefact, and
+    a cache made for one engine is never fed to another."""
 
-    def __init__(self, engine_path: Path, compute_capability: str) -> None:
-        leaf = f"{engine_path.name}.{target_of(compute_capability)}.runtime-cache"
-        self.paths = [engine_path.with_name(leaf),
-                      Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fsa-deploy" / leaf]
+    def __init__(self, engine_sha256: str, compute_capability: str) -> None:
+        from fsa_deploy.runtime.text import default_cache_dir
+
+        leaf = f"{str(engine_sha256)[:32]}.{target_of(compute_capability)}.runtime-cache"
+        self.paths = [default_cache_dir() / "rtx-runtime" / leaf]
         self.cache: Any = None
 
     def attach(self, runtime_config: Any) -> None:
@@ -497,7 +499,8 @@ class TensorRTBackend:
         check_engine_record(self.artifact.files()[name], self.version, self.compute_capability, name)
         info = self.artifact.files()[name]["engine"]
         runtime, engine = deserialize_engine(self.lib, self.flavour, data, info, name)
-        cache = RuntimeCache(self.artifact.root / name, self.compute_capability) if self.flavour is RTX else None
+        sha = self.artifact.files()[name].get("sha256", "")
+        cache = RuntimeCache(sha, self.compute_capability) if self.flavour is RTX else None
         return EngineRunner(self.lib, self.flavour, runtime, engine, name, self.stream, cuda_graph, cache)
 
     def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 from fsa_deploy.runtime.serve.bls import SegmentParams, calls
 from fsa_deploy.runtime.serve.repository import ARTIFACT_COPY
 
-from fsa_deploy.contract import META, SEGMENT_MODEL
+from fsa_deploy.contract import IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, META, SEGMENT_MODEL
 from fsa_deploy.errors import FSAError
 
 
@@ -38,6 +38,24 @@ def parse_configs(repo: Path) -> dict[str, Any]:
 
 def _dims_fit(dims: list[int], shape: tuple[int, ...]) -> bool:
     return len(dims) == len(shape) and all(d == -1 or d == s for d, s in zip(dims, shape))
+
+
+# fsa_segment's optional inputs (`fsa eval --server`, `fsa app`): name -> Triton data type
+PROTOCOL_INPUTS = {IN_SHORT_SIDE: "TYPE_INT32", IN_STRIDE: "TYPE_INT32", IN_PROB_THD: "TYPE_FP32"}
+
+
+def protocol_input_problems(seg: Any, dtype_name: Any) -> list[str]:
+    """fsa_segment must take SHORT_SIDE / STRIDE / PROB_THD as optional one-element inputs."""
+    inputs = {t.name: t for t in seg.input}
+    out = []
+    for name, dtype in PROTOCOL_INPUTS.items():
+        t = inputs.get(name)
+        if t is None:
+            out.append(f"{SEGMENT_MODEL}: no optional input {name!r} ({dtype})")
+        elif dtype_name(t.data_type) != dtype or list(t.dims) != [1] or not t.optional:
+            out.append(f"{SEGMENT_MODEL}.{name}: {dtype_name(t.data_type)} {list(t.dims)}"
+                       f"{' optional' if t.optional else ''}, expected {dtype} [1] optional")
+    return out
 
 
 def check_repository(repo: str | Path, portable: bool = True) -> list[str]:
@@ -67,6 +85,7 @@ def check_repository(repo: str | Path, portable: bool = True) -> list[str]:
     seg = configs.get(SEGMENT_MODEL)
     if seg is None:
         return [*problems, f"no {SEGMENT_MODEL} model"]
+    problems += protocol_input_problems(seg, dtype_name)
     meta_path = repo / SEGMENT_MODEL / "1" / ARTIFACT_COPY / META
     if not meta_path.is_file():
         return [*problems, f"{SEGMENT_MODEL}: no 1/{ARTIFACT_COPY}/{META}"]

@@ -24,6 +24,8 @@ def add_triton(sub: argparse._SubParsersAction, text: str) -> None:
     add_ranged(p, "--instances", "fsa_segment instances (concurrent images; default 4)", default=4)
     p.add_argument("--cache-dir", metavar="DIR", default="",
                    help="class-embedding cache inside the server, shared by the instances (default: its temp dir)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a repository written by fsa triton (never an artefact folder or other files)")
     p.set_defaults(func=run_triton)
 
 
@@ -32,7 +34,7 @@ def run_triton(args: argparse.Namespace) -> int:
 
     opts = RepoOptions(flavour="container", image_backend=args.image_backend, max_batch=args.max_batch,
                        segment_instances=args.instances, precision=args.precision, cache_dir=args.cache_dir)
-    out = write_repository(args.artifact, args.out, opts)
+    out = write_repository(args.artifact, args.out, opts, overwrite=args.overwrite)
     try:
         from fsa_deploy.runtime.serve.check import check_repository
 

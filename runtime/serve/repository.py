@@ -42,6 +42,9 @@ from fsa_deploy.contract import (
     IMAGE,
     IMAGE_MODEL,
     IMAGE_ONNX,
+    IN_PROB_THD,
+    IN_SHORT_SIDE,
+    IN_STRIDE,
     LOGITS,
     META,
     SEGMENT_MODEL,
@@ -92,6 +95,12 @@ def _scalar(v: Any) -> str:
 
 def tensor(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
     return {"name": name, "data_type": Enum(dtype), "dims": dims}
+
+
+# fsa_segment's optional inputs: the evaluation protocol of `fsa eval --server` (absent: the defaults)
+SEGMENT_OPTIONAL_INPUTS = [{**tensor(name, dtype, [1]), "optional": True}
+                           for name, dtype in ((IN_SHORT_SIDE, "TYPE_INT32"), (IN_STRIDE, "TYPE_INT32"),
+                                               (IN_PROB_THD, "TYPE_FP32"))]
 
 
 def parameters(params: dict[str, str]) -> list[dict[str, Any]]:
@@ -159,10 +168,47 @@ def _python_model(folder: Path, model_file: str) -> None:
     vendor_runtime(version)
 
 
+MODELS = (SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL)
+
+
+def check_repository_target(out: Path, overwrite: bool = False) -> None:
+    """`out` may be absent or an empty folder; a repository of ours (only our three models) is
+    replaced with `overwrite`; anything else (an artefact folder, a user's files) is refused."""
+    from fsa_deploy.runtime.artifact import is_artifact
+
+    for folder in (out, out.parent):
+        if is_artifact(folder):
+            raise FSAError(f"--out {out}: inside the artefact folder {folder}; a repository needs a folder of its own")
+    if not (out.is_symlink() or out.exists()):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise FSAError(f"--out {out}: exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    ours = all(n in MODELS and (out / n).is_dir() and (out / n / "config.pbtxt").is_file() for n in entries)
+    if not ours:
+        others = [n for n in entries if n not in MODELS][:3] or entries[:3]
+        raise FSAError(f"--out {out}: holds other files or models ({', '.join(others)}); --overwrite replaces only a "
+                       "repository written by fsa triton: give an empty or new folder")
+    if not overwrite:
+        raise FSAError(f"--out {out}: a model repository exists; pass --overwrite to replace it")
+
+
 def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathLike[str],
-                     opts: RepoOptions = RepoOptions()) -> Path:
-    """Write the three models under `out` (created; must not hold other models). Returns `out`."""
+                     opts: RepoOptions = RepoOptions(), overwrite: bool = False) -> Path:
+    """Write the three models under `out`, built beside it and moved into place (see
+    check_repository_target for what `out` may be). Returns `out`."""
+    from fsa_deploy.runtime.artifact import staging_folder
+
     art = art if isinstance(art, Artifact) else Artifact.load(art)
+    check_repository_target(Path(out), overwrite)  # before any work
+    with staging_folder(out, overwrite, check=check_repository_target) as tmp:
+        _write_models(art, tmp, opts)
+    return Path(out)
+
+
+def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     if opts.flavour not in FLAVOURS:
         raise FSAError(f"flavour {opts.flavour!r}: choose from {', '.join(FLAVOURS)}")
     if opts.image_backend not in IMAGE_BACKENDS:
@@ -172,7 +218,6 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
     meta = art.meta
     crop, dim = int(meta["crop"]), int(meta["embed_dim"])
     grid = [int(g) for g in meta["grid"]]
-    out = Path(out)
     max_batch, max_classes = opts.max_batch, opts.max_classes
     local = opts.flavour == "local"
     trt = not local and opts.image_backend == "tensorrt"
@@ -181,11 +226,6 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
         profiles = info.get("engine", {}).get("profiles", {})
         max_batch = min(max_batch, int(profiles.get(IMAGE, {}).get("max", [max_batch])[0]))
         max_classes = min(max_classes, int(profiles.get(TEXT_EMBEDDINGS, {}).get("max", [max_classes])[0]))
-    out.mkdir(parents=True, exist_ok=True)
-    clash = sorted(p.parent.name for p in out.glob("*/config.pbtxt")
-                   if p.parent.name not in (SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL))
-    if clash:
-        raise FSAError(f"--out {out}: holds other models ({', '.join(clash)}); give an empty folder")
 
     # ---- fsa_text
     text_cfg: dict[str, Any] = {"name": TEXT_MODEL, "max_batch_size": 0,
@@ -199,6 +239,9 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
             "output": [tensor(LOGITS, "TYPE_FP32", [-1, *grid])],
             "dynamic_batching": {"max_queue_delay_microseconds": opts.queue_delay_us},
             "instance_group": [{"count": opts.image_instances, "kind": Enum("KIND_CPU")}]}
+        for name in (IMAGE_ONNX, TEXT_ONNX):  # the graphs the server will open: hashes and external data now
+            if name in art.files():
+                art.path(name)
         local_params = {"artifact": str(art.root.resolve()), "backend": opts.backend, "threads": str(opts.threads)}
         text_cfg.update(backend="python", instance_group=[{"count": 1, "kind": Enum("KIND_CPU")}],
                         parameters=parameters(local_params))
@@ -227,7 +270,8 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
                            backend_name=backend_name, cache_dir=opts.cache_dir)
     segment_cfg = {
         "name": SEGMENT_MODEL, "backend": "python", "max_batch_size": 0,
-        "input": [tensor("IMAGE", "TYPE_STRING", [1]), tensor("CLASSES", "TYPE_STRING", [1])],
+        "input": [tensor("IMAGE", "TYPE_STRING", [1]), tensor("CLASSES", "TYPE_STRING", [1]),
+                  *SEGMENT_OPTIONAL_INPUTS],
         "output": [tensor("LABELS", "TYPE_UINT16", [-1, -1]), tensor("SUMMARY", "TYPE_STRING", [1])],
         "instance_group": [{"count": opts.segment_instances, "kind": Enum("KIND_CPU")}],
         "parameters": parameters(params.to_config())}
@@ -241,4 +285,3 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
     write_json_atomic(copy / META, meta)
     for name, cfg in ((TEXT_MODEL, text_cfg), (IMAGE_MODEL, image_cfg), (SEGMENT_MODEL, segment_cfg)):
         (out / name / "config.pbtxt").write_text(pbtxt(cfg) + "\n")
-    return out

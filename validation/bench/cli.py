@@ -45,6 +45,7 @@ def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--md", help="write the report as Markdown")
     p.add_argument("--plot", metavar="PNG", help="latency against fidelity, one labelled point per row")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --md / --plot files")
     p.add_argument("--block", action="store_true",
                    help="the FSA feedback block alone (with --tokens N, --num-classes K)")
     add_ranged(p, "--tokens", "--block: token count N")
@@ -93,6 +94,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
     from fsa_deploy.validation.validate import expand_images
 
     _check_ranges(args)
+    from fsa_deploy.runtime.artifact import check_output_file
+
+    for path, option in ((args.json, "--json"), (args.md, "--md"), (args.plot, "--plot")):
+        check_output_file(path, option, args.overwrite)  # before minutes of measuring
     if args.device == "cuda" and not torch.cuda.is_available():
         raise FSAError("--device cuda: no CUDA device visible to torch")
     if args.plot and importlib.util.find_spec("matplotlib") is None:

@@ -1,6 +1,8 @@
 """Triton python model `fsa_segment`: what `fsa segment` does, for one encoded image per request.
 
-Inputs IMAGE (BYTES: one image file) and CLASSES (BYTES: the --classes text); outputs LABELS
+Inputs IMAGE (BYTES: one image file) and CLASSES (BYTES: the --classes text), optionally the
+evaluation protocol SHORT_SIDE (INT32; the resize then keeps the configs' long side 2048), STRIDE
+(INT32) and PROB_THD (FP32), each absent meaning the artefact's defaults; outputs LABELS
 (UINT16 [H, W]) and SUMMARY (BYTES: fsa segment's NAME.json). The work is the runtime's own
 Segmenter (copied into this version folder by `fsa triton` / `fsa serve`) with a backend that
 sends crops to the image model and tokens to the text model through BLS, so the label map is
@@ -9,6 +11,7 @@ embeddings go through an on-disk cache that the instances share (parameter cache
 """
 
 import copy
+import dataclasses
 import io
 import json
 import sys
@@ -19,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+LONG_SIDE = 2048  # the official configs' Resize(scale=(2048, short_side), keep_ratio=True)
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -28,11 +33,20 @@ class TritonPythonModel:
         from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary
         from fsa_deploy.runtime.serve.bls import SegmentParams, TritonBackend
 
-        from fsa_deploy.contract import IN_CLASSES, IN_IMAGE, OUT_LABELS, OUT_SUMMARY
+        from fsa_deploy.contract import (
+            IN_CLASSES,
+            IN_IMAGE,
+            IN_PROB_THD,
+            IN_SHORT_SIDE,
+            IN_STRIDE,
+            OUT_LABELS,
+            OUT_SUMMARY,
+        )
         from fsa_deploy.errors import FSAError
 
         self.FSAError, self.decode_image, self.as_vocabulary = FSAError, decode_image, as_vocabulary
         self.names = (IN_IMAGE, IN_CLASSES, OUT_LABELS, OUT_SUMMARY)
+        self.protocol_names = (IN_SHORT_SIDE, IN_STRIDE, IN_PROB_THD)
         self.params = SegmentParams.from_config(json.loads(args["model_config"]).get("parameters", {}))
         backend = TritonBackend(pb_utils, self.params)
         # the instances share one on-disk cache (one encodes a class list, the others read it);
@@ -63,6 +77,37 @@ class TritonPythonModel:
         v = a[0]
         return v if isinstance(v, bytes) else str(v).encode()
 
+    def _number(self, request, name):
+        """An optional scalar input: None when absent; a finite number otherwise."""
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        if t is None:
+            return None
+        a = t.as_numpy().reshape(-1)
+        if a.size != 1:
+            raise self.FSAError(f"input {name}: one element expected, got {a.size}")
+        v = a[0].item()
+        if not np.isfinite(v):
+            raise self.FSAError(f"input {name}: {v} is not a finite number")
+        return v
+
+    def _with_protocol(self, seg, request):
+        """The Segmenter with the request's SHORT_SIDE / STRIDE / PROB_THD (its checks rerun)."""
+        short, stride, thd = (self._number(request, n) for n in self.protocol_names)
+        if short is None and stride is None and thd is None:
+            return seg
+        if short is not None and not 1 <= short <= 16384:
+            raise self.FSAError(f"input {self.protocol_names[0]}: {short} outside [1, 16384]")
+        changes = {}
+        if short is not None:
+            changes.update(short_side=int(short), long_side=LONG_SIDE)
+        if stride is not None:
+            changes["stride"] = int(stride)
+        if thd is not None:
+            changes["prob_thd"] = float(thd)
+        out = dataclasses.replace(seg, **changes)  # __post_init__ checks stride and prob_thd
+        out.vocabulary, out.text, out.last_cache_hit = seg.vocabulary, seg.text, seg.last_cache_hit
+        return out
+
     def _segmenter(self, classes_text):
         vocab = self.as_vocabulary(classes_text)
         if len(vocab.queries) > self.params.max_classes:
@@ -82,7 +127,7 @@ class TritonPythonModel:
             classes = self._one(request, in_classes).decode("utf-8")
         except UnicodeDecodeError as e:
             raise self.FSAError(f"CLASSES: not UTF-8 text ({e})") from None
-        seg = self._segmenter(classes)
+        seg = self._with_protocol(self._segmenter(classes), request)
         # fsa segment's decoder and pixel limit (FSA_MAX_PIXELS), on the request's bytes; handed
         # over as HWC, the layout Segmenter reads first when an array fits both
         result = seg.segment(self.decode_image(io.BytesIO(data), in_image).transpose(1, 2, 0))

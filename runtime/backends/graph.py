@@ -1,0 +1,40 @@
+"""A backend on one named graph or engine of an artefact folder (`--graph FILE`).
+
+`fsa segment --graph`, `fsa eval --graph` and `fsa validate --graph` run a given file rather than
+the one `auto` picks: an `.engine` (or `--backend trt` on a graph) on TensorRT with the engine of
+that precision, an ONNX graph on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsa_deploy.runtime.artifact import META, Artifact
+from fsa_deploy.runtime.backends.select import select_backend
+
+from fsa_deploy.errors import FSAError
+
+
+def open_graph(art: Artifact, graph: str | None, backend: str = "auto", *, threads: int | None = None,
+               precision: str | None = None) -> tuple[Any, str, str]:
+    """(backend, the file it runs, why): `graph` None is `select_backend`'s choice."""
+    if graph is None:
+        opened = select_backend(art, backend, threads=threads, precision=precision)
+        b = opened.backend
+        return b, str(getattr(b, "image_file", None) or getattr(b, "engine_name", None) or "image.onnx"), opened.reason
+    if "/" in graph or "\\" in graph:
+        raise FSAError(f"--graph {graph}: give a file name of the artefact folder, not a path")
+    info = art.files().get(graph)
+    if info is None:
+        raise FSAError(f"--graph {graph}: not in {art.root}/{META} (files: {', '.join(art.files())})")
+    if backend == "torch":
+        raise FSAError(f"--graph {graph} with --backend torch: the PyTorch reference runs no graph file")
+    if graph.endswith(".engine") or backend == "trt":
+        from fsa_deploy.runtime.backends.trt import TensorRTBackend
+
+        return TensorRTBackend(art, info.get("precision")), graph, "--graph"
+    if info.get("role") not in (None, "image", "image-qdq"):
+        raise FSAError(f"--graph {graph}: a {info.get('role')} file, not an image graph")
+    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(art, graph, threads=threads), graph, "--graph"

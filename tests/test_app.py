@@ -1,0 +1,500 @@
+"""`fsa app` (issue 24): the page in a real Chromium (Selenium, Debian's chromium + chromedriver),
+its API against `fsa segment`'s files, bad requests, and SIGINT.
+
+One server for the module (`fsa app` as a subprocess on 127.0.0.1, a free port, the tiny export,
+ONNX Runtime CPU); the last test stops it with SIGINT and checks that nothing is left. The
+browser tests need chromium: `make setup` installs it where it can (root, Debian's apt) and
+`make test` then sets FSA_REQUIRE_BROWSER=1, so a missing browser fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, assert_one_line_error, photos, run_cli
+from fsa_deploy.validation.bench_serve import free_ports
+from PIL import Image
+
+CLASSES = "sky, person, grass, cat, road, tree, building"
+OTHER = "background, cat; kitten, sofa"
+MAX_PIXELS = 1_000_000  # the server's FSA_MAX_PIXELS: above the photos (at most 0.4 MP), below a 1.2 MP PNG
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BROWSER_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its content type (the standard library has no encoder)."""
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
+        out.write(value.encode() + b"\r\n")
+    for name, (filename, data) in files.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                  "Content-Type: application/octet-stream\r\n\r\n".encode())
+        out.write(data + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+class App:
+    """`fsa app` as a subprocess (its own process group, its own TMPDIR)."""
+
+    def __init__(self, artifact: Path, tmp: Path, *options: str) -> None:
+        self.port = free_ports(1)[0]
+        self.tmp = tmp / "tmpdir"
+        self.tmp.mkdir(parents=True)
+        env = dict(os.environ, FSA_MAX_PIXELS=str(MAX_PIXELS), TMPDIR=str(self.tmp),
+                   FSA_CACHE_DIR=str(tmp / "text-cache"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fsa_deploy", "app", str(artifact), "--port", str(self.port),
+             *(options or ("--backend", "onnx"))],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if "serving http://127.0.0.1" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"fsa app did not start: {line!r} {self.proc.stderr.read()}")
+        self.tmp_at_start = set(self.tmp.iterdir())  # what the interpreter's own start left there
+        return line
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def segment(self, image: tuple[str, bytes] | None, classes: str | None, **extra: str):
+        fields = {**({"classes": classes} if classes is not None else {}), **extra}
+        body, ctype = multipart(fields, {"image": image} if image else {})
+        status, data = self.request("POST", "/api/segment", body, {"Content-Type": ctype})
+        return status, json.loads(data)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_artifact, tmp_path_factory):
+    a = App(tiny_artifact.root, tmp_path_factory.mktemp("app"))
+    a.wait_ready()
+    yield a
+    if a.proc.poll() is None:
+        os.killpg(a.proc.pid, signal.SIGKILL)
+        a.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_artifact, tmp_path_factory):
+    """What `fsa segment` writes for two photos and two class lists: {(classes, stem): (png bytes, json)},
+    and {("overlay", classes, stem): overlay png bytes}."""
+    out: dict[tuple, tuple[bytes, dict] | bytes] = {}
+    for classes in (CLASSES, OTHER):
+        folder = tmp_path_factory.mktemp("segment")
+        proc = run_cli("segment", *photos()[:2], "--artifact", tiny_artifact.root, "--out", folder, "--backend",
+                       "onnx", "--classes", classes, "--no-cache")
+        assert proc.returncode == 0, proc.stderr
+        for p in photos()[:2]:
+            stem = Path(p).stem
+            out[classes, stem] = ((folder / f"{stem}.png").read_bytes(),
+                                  json.loads((folder / f"{stem}.json").read_text()))
+            out["overlay", classes, stem] = (folder / f"{stem}_overlay.png").read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    why = None
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        why = "selenium is not installed (pip install 'fsa-deploy[dev]')"
+    if why is None and not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        why = f"no {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium chromium-driver; `make setup`)"
+    if why:
+        if os.environ.get("FSA_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"FSA_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(why)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def open_page(driver, app: App, classes: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(app.url + "/")
+    box = driver.find_element(By.ID, "classes")
+    WebDriverWait(driver, 30).until(lambda d: box.get_attribute("value"))  # /api/info filled the defaults
+    box.clear()
+    box.send_keys(classes)
+
+
+def frames(driver) -> int:
+    from selenium.webdriver.common.by import By
+
+    return int(driver.find_element(By.ID, "overlay").get_attribute("data-frames") or 0)
+
+
+def upload_and_wait(driver, path: str) -> None:
+    """Choose `path` in #image, click Segment, wait for a new overlay or an error in #status."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    status = driver.find_element(By.ID, "status")
+    before = int(status.get_attribute("data-done") or 0)
+    chooser = driver.find_element(By.ID, "image")
+    driver.execute_script("arguments[0].value = ''", chooser)  # chromedriver adds to a `multiple` input's files
+    chooser.send_keys(path)
+    driver.find_element(By.ID, "segment").click()
+    WebDriverWait(driver, 60).until(lambda d: int(status.get_attribute("data-done") or 0) == before + 1)
+
+
+def legend(driver) -> list[tuple[str, float, str]]:
+    from selenium.webdriver.common.by import By
+
+    return [(li.get_attribute("data-index"), float(li.get_attribute("data-fraction")), li.text)
+            for li in driver.find_elements(By.CSS_SELECTOR, "#legend li")]
+
+
+# ---------------------------------------------------------------- the page in Chromium
+
+
+def test_page_segments_a_photo_with_fsa_segments_legend_and_files(app, reference, browser):
+    from selenium.webdriver.common.by import By
+
+    photo = photos()[0]
+    open_page(browser, app, CLASSES)
+    upload_and_wait(browser, photo)
+    status = browser.find_element(By.ID, "status")
+    assert "error" not in (status.get_attribute("class") or ""), status.text
+    want_png, want = reference[CLASSES, Path(photo).stem]
+    got = legend(browser)
+    assert len(want["classes"]) >= 2  # a photo where the tiny model finds more than one class
+    assert [(str(c["index"]), c["fraction"]) for c in want["classes"]] == [(i, f) for i, f, _ in got]
+    for c, (_, _, text) in zip(want["classes"], got):  # name and percentage as shown
+        assert text == f"{c['name']} {100 * c['fraction']:.1f}%"
+    overlay = browser.find_element(By.ID, "overlay")
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) == want["width"]
+    # the three downloads: NAME.png and NAME_overlay.png are fsa segment's files byte for byte
+    links = {a.get_attribute("download"): a.get_attribute("href")
+             for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")}
+    stem = Path(photo).stem
+    assert set(links) == {f"{stem}.png", f"{stem}_overlay.png", f"{stem}.json"}
+    assert base64.b64decode(links[f"{stem}.png"].split(",", 1)[1]) == want_png
+    assert base64.b64decode(links[f"{stem}_overlay.png"].split(",", 1)[1]) == reference["overlay", CLASSES, stem]
+    # the plain label map toggle redraws the overlay from the label PNG alone
+    before = frames(browser)
+    browser.find_element(By.ID, "labelmap").click()
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 20).until(lambda d: frames(d) > before)
+
+
+def test_a_bad_file_shows_an_error_and_the_next_request_works(app, reference, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    open_page(browser, app, CLASSES)
+    upload_and_wait(browser, str(bad))
+    status = browser.find_element(By.ID, "status")
+    assert "error" in status.get_attribute("class") and "broken.png" in status.text, status.text
+    photo = photos()[1]
+    upload_and_wait(browser, photo)
+    assert "error" not in (status.get_attribute("class") or ""), status.text
+    want = reference[CLASSES, Path(photo).stem][1]
+    assert [(str(c["index"]), c["fraction"]) for c in want["classes"]] == [(i, f) for i, f, _ in legend(browser)]
+
+
+def test_live_camera_shows_overlays_and_frames_per_second(app, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, app, CLASSES)
+    before = frames(browser)
+    browser.find_element(By.ID, "camera").click()
+    fps = browser.find_element(By.ID, "fps")
+    WebDriverWait(browser, 60).until(lambda d: frames(d) >= before + 3 and "frames/s" in fps.text)
+    browser.find_element(By.ID, "camera").click()  # stop
+    rate = float(re.search(r"([\d.]+) frames/s", fps.text).group(1))
+    assert rate > 0
+    status = browser.find_element(By.ID, "status")
+    assert "error" not in (status.get_attribute("class") or ""), status.text
+    assert len(legend(browser)) >= 1
+
+
+# ---------------------------------------------------------------- the API
+
+
+def test_info_names_the_artefact_backend_precision_and_classes(app, tiny_artifact):
+    status, data = app.request("GET", "/api/info")
+    info = json.loads(data)
+    assert status == 200
+    assert info["backend"] == "onnxruntime-cpu" and info["precision"] == "fp32"
+    assert info["artifact_sha256"] == tiny_artifact.files()["image.onnx"]["sha256"]
+    assert info["classes"].startswith("background") and ", cat, " in info["classes"]
+
+
+def test_api_labels_are_fsa_segments_png_pixel_for_pixel(app, reference):
+    for photo in photos()[:2]:
+        status, out = app.segment((Path(photo).name, Path(photo).read_bytes()), CLASSES)
+        assert status == 200, out
+        want_png, want = reference[CLASSES, Path(photo).stem]
+        got_png = base64.b64decode(out["labels"])
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(got_png))), np.asarray(Image.open(io.BytesIO(want_png))))
+        assert got_png == want_png  # the very bytes fsa segment writes
+        summary = out["summary"]
+        assert summary["image"] == Path(photo).name
+        assert summary["classes"] == want["classes"] and summary["vocabulary"] == want["vocabulary"]
+        assert base64.b64decode(out["overlay"]) == reference["overlay", CLASSES, Path(photo).stem]  # NAME_overlay.png
+
+
+def test_concurrent_requests_with_different_classes_keep_their_own(app, reference):
+    jobs = [(classes, p) for _ in range(3) for classes in (CLASSES, OTHER) for p in photos()[:2]]
+
+    def one(job):
+        classes, photo = job
+        status, out = app.segment((Path(photo).name, Path(photo).read_bytes()), classes)
+        return status, base64.b64decode(out.get("labels", "")), out.get("summary", out)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, jobs))
+    for (classes, photo), (status, png, summary) in zip(jobs, results):
+        assert status == 200, summary
+        want_png, want = reference[classes, Path(photo).stem]
+        assert png == want_png and summary["vocabulary"] == want["vocabulary"], (classes, photo)
+
+
+def test_prob_thd_is_applied_and_checked(app):
+    photo = photos()[0]
+    image = (Path(photo).name, Path(photo).read_bytes())
+    status, out = app.segment(image, CLASSES, prob_thd="1")
+    assert status == 200 and out["summary"]["prob_thd"] == 1.0
+    assert [c["index"] for c in out["summary"]["classes"]] == [0]  # every pixel below 1: class 0
+    status, out = app.segment(image, CLASSES)  # the next request has the default again
+    assert out["summary"]["prob_thd"] == 0.0 and len(out["summary"]["classes"]) >= 2
+
+
+def png_of(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PHOTO = ("ok.png", png_of(64, 48))
+BAD = {  # case -> (image, classes, extra fields, status, words of the error)
+    "not an image": (("notes.txt", b"hello"), CLASSES, {}, 400, "notes.txt: not an image"),
+    "empty file": (("empty.png", b""), CLASSES, {}, 400, "empty.png"),
+    "too many pixels": (("big.png", png_of(1200, 1000)), CLASSES, {}, 400, "above the limit"),
+    "empty classes": (PHOTO, " , ; ", {}, 400, "no class names"),
+    "too many classes": (PHOTO, ",".join(f"c{i}" for i in range(1025)), {}, 400, "at most 1024"),
+    "classes too long": (PHOTO, "x" * 20_001, {}, 400, "characters"),
+    "missing image": (None, CLASSES, {}, 400, "field image missing"),
+    "missing classes": (PHOTO, None, {}, 400, "field classes missing"),
+    "prob_thd nan": (PHOTO, CLASSES, {"prob_thd": "nan"}, 400, "not a finite number"),
+    "prob_thd above 1": (PHOTO, CLASSES, {"prob_thd": "1.5"}, 400, "outside [0, 1]"),
+    "prob_thd text": (PHOTO, CLASSES, {"prob_thd": "half"}, 400, "not a number"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(app, case):
+    image, classes, extra, want_status, words = BAD[case]
+    status, out = app.segment(image, classes, **extra)
+    assert status == want_status and set(out) == {"error"}, (status, out)
+    assert words in out["error"] and "\n" not in out["error"], out
+    status, out = app.segment(PHOTO, "sky, grass")
+    assert status == 200 and out["summary"]["image"] == "ok.png"
+
+
+def test_uploads_over_the_cap_get_413(app):
+    from fsa_deploy.runtime.app.web import MAX_UPLOAD
+
+    # announced by Content-Length: refused before the body is read
+    status, data = app.request("POST", "/api/segment", b"x" * 10, {
+        "Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(MAX_UPLOAD + 1)})
+    assert status == 413 and "above the limit" in json.loads(data)["error"]
+    # not announced (chunked): counted while it arrives
+    body, ctype = multipart({"classes": CLASSES}, {"image": ("huge.png", b"\0" * (MAX_UPLOAD + 1))})
+    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=60)
+    try:
+        conn.request("POST", "/api/segment", body=iter([body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]),
+                     headers={"Content-Type": ctype}, encode_chunked=True)
+        r = conn.getresponse()
+        assert r.status == 413 and "above the limit" in json.loads(r.read())["error"]
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed while the client still sent: the refusal we want
+    finally:
+        conn.close()
+    status, out = app.segment(PHOTO, "sky")
+    assert status == 200
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, data = app.request("POST", "/api/segment", b"classes=sky", form)
+    assert status == 400 and "multipart" in json.loads(data)["error"]
+
+
+def test_static_files_and_samples_stay_in_their_folders(app):
+    status, page = app.request("GET", "/")
+    assert status == 200 and b'id="overlay"' in page
+    assert app.request("GET", "/static/app.js")[0] == 200
+    for path in ("/static/../__init__.py", "/static/..%2f__init__.py", "/static/%2e%2e/web.py",
+                 "/static/..%2f..%2f..%2fpyproject.toml", "/static//etc/passwd", "/samples/..%2f..%2f__init__.py",
+                 "/samples/%2fetc%2fpasswd"):
+        status, data = app.request("GET", path)
+        assert status == 404 and b"def " not in data and b"root:" not in data, path
+    status, data = app.request("GET", "/api/samples")
+    names = json.loads(data)["samples"]
+    assert Path(photos()[0]).name in names
+    status, data = app.request("GET", f"/samples/{names[0]}")
+    assert status == 200 and data == Path(photos()[0]).parent.joinpath(names[0]).read_bytes()
+
+
+def test_torch_backend_through_the_entry_point_gives_fsa_segments_labels(tiny_artifact, tmp_path):
+    """--backend torch: the PyTorch reference, reached as `fsa segment` reaches it (entry point)."""
+    photo = photos()[0]
+    proc = run_cli("segment", photo, "--artifact", tiny_artifact.root, "--out", tmp_path / "out", "--backend",
+                   "torch", "--classes", OTHER, "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    a = App(tiny_artifact.root, tmp_path, "--backend", "torch")
+    try:
+        a.wait_ready(timeout=120)
+        info = json.loads(a.request("GET", "/api/info")[1])
+        assert info["backend"].startswith("pytorch-cpu"), info
+        status, out = a.segment((Path(photo).name, Path(photo).read_bytes()), OTHER)
+        assert status == 200, out
+        assert base64.b64decode(out["labels"]) == (tmp_path / "out" / f"{Path(photo).stem}.png").read_bytes()
+    finally:
+        a.proc.send_signal(signal.SIGINT)
+        assert a.proc.wait(timeout=30) == 130
+
+
+# ---------------------------------------------------------------- --server: fsa serve behind the page
+
+
+def test_server_mode_forwards_to_fsa_serve_with_fsa_segments_labels(tiny_artifact, reference, tmp_path):
+    from fsa_deploy.runtime.serve.env import find_serve_env
+
+    from fsa_deploy.errors import FSAError
+
+    pytest.importorskip("tritonclient.http")
+    try:
+        find_serve_env()
+    except FSAError as e:
+        pytest.skip(f"no serve environment: {e}")
+    http_port, grpc, metrics = free_ports(3)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "fsa_deploy", "serve", str(tiny_artifact.root), "--http-port", str(http_port),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--backend", "onnx", "--log-file",
+         str(tmp_path / "triton.log"), "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    apps = []
+    try:
+        line = serve.stderr.readline()
+        assert "ready" in line, line
+        other = tmp_path / "other"  # the same files, another recorded image.onnx hash
+        shutil.copytree(tiny_artifact.root, other)
+        meta = json.loads((other / "meta.json").read_text())
+        meta["files"]["image.onnx"]["sha256"] = "0" * 64
+        (other / "meta.json").write_text(json.dumps(meta))
+        for folder in (tiny_artifact.root, other):
+            a = App(folder, tmp_path / folder.name, "--server", f"127.0.0.1:{http_port}")
+            apps.append(a)
+            assert "triton 127.0.0.1" in a.wait_ready()
+        good, wrong = apps
+        assert json.loads(good.request("GET", "/api/info")[1])["backend"] == f"triton 127.0.0.1:{http_port}"
+        for photo in photos()[:2]:
+            status, out = good.segment((Path(photo).name, Path(photo).read_bytes()), CLASSES)
+            assert status == 200, out
+            want_png, want = reference[CLASSES, Path(photo).stem]
+            assert base64.b64decode(out["labels"]) == want_png
+            assert out["summary"]["image"] == Path(photo).name and out["summary"]["classes"] == want["classes"]
+        status, out = good.segment(("notes.txt", b"hello"), CLASSES)
+        assert status == 400 and "notes.txt: not an image" in out["error"]
+        status, out = wrong.segment(PHOTO, CLASSES)  # the server runs another artefact than DIR
+        assert status == 502 and "0000000000" in out["error"] and "runs artefact" in out["error"]
+    finally:
+        for a in apps:
+            a.proc.send_signal(signal.SIGINT)
+            assert a.proc.wait(timeout=30) == 130
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_bad_folder_and_busy_port_are_one_line_errors(tiny_artifact, tmp_path, app):
+    proc = run_cli("app", tmp_path / "nothing", "--port", str(free_ports(1)[0]), timeout=60)
+    assert_one_line_error(proc, "nothing", "not a folder")
+    proc = run_cli("app", tiny_artifact.root, "--port", str(app.port), timeout=60)
+    assert_one_line_error(proc, f"--port {app.port}", "cannot listen")
+    proc = run_cli("app", tiny_artifact.root, "--port", "70000", timeout=60)
+    assert_one_line_error(proc, "--port 70000")
+    proc = run_cli("app", tiny_artifact.root, "--backend", "torch", "--server", "127.0.0.1:1", timeout=60)
+    assert_one_line_error(proc, "--backend torch", "--server")
+    proc = run_cli("app", tiny_artifact.root, "--server", "127.0.0.1:1", "--port", str(free_ports(1)[0]), timeout=60)
+    assert_one_line_error(proc, "--server 127.0.0.1:1", "not reachable")
+
+
+def test_a_non_loopback_host_says_there_is_no_authentication(tiny_artifact, tmp_path):
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "fsa_deploy", "app", str(tiny_artifact.root), "--host", "0.0.0.0",
+                             "--port", str(port), "--backend", "onnx"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, FSA_CACHE_DIR=str(tmp_path)))
+    try:
+        warning = proc.stderr.readline()
+        assert "--host 0.0.0.0" in warning and "no authentication" in warning
+        assert "serving http://0.0.0.0:" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+
+
+def test_sigint_stops_the_server_with_nothing_left(app):
+    """The last test of the module: it stops the module's server."""
+    assert app.proc.poll() is None
+    os.kill(app.proc.pid, signal.SIGINT)
+    assert app.proc.wait(timeout=30) == 130
+    assert "interrupted" in app.proc.stderr.read()
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(app.proc.pid, 0)  # no process of its group is left
+    with socket.socket() as s:  # nothing listens on the port (SO_REUSEADDR: its closed connections may linger)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", app.port))
+        s.listen()
+    assert set(app.tmp.iterdir()) == app.tmp_at_start  # no spooled upload left
+    shutil.rmtree(app.tmp)

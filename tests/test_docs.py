@@ -1,0 +1,81 @@
+"""What a user reads cites only what the repository holds: README.md, docs/*.md, every verb's --help
+and the package's docstrings and comments name no file outside it (the project's working notes under
+`shared/`, a machine's absolute paths), and every `docs/*.md` they point to exists."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import pytest
+from conftest import REPO
+
+from fsa_deploy import cli as fsa_cli
+
+# `shared/spec/FSA.md`, `shared/STYLE.md`, ... but not "shared-memory" or "a shared volume"
+OUTSIDE = re.compile(r"(?<![\w.-])shared/[\w./-]*|/work/[\w./-]*")
+DOCS_LINK = re.compile(r"(?<![\w/.-])docs/[\w.-]+\.md")
+SOURCE_ROOTS = ("fsa_deploy", "models", "export", "calibration", "runtime", "validation", "tools", "tests")
+
+
+def outside_citations(text: str) -> list[str]:
+    return sorted({m.rstrip(".") for m in OUTSIDE.findall(text)})
+
+
+def missing_docs(text: str) -> list[str]:
+    return sorted({m for m in DOCS_LINK.findall(text) if not (REPO / m).is_file()})
+
+
+def verb_help(verb: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        fsa_cli.main([verb, "--help"])
+    assert e.value.code == 0, verb
+    return capsys.readouterr().out
+
+
+def test_the_pattern_catches_a_citation_and_spares_plain_words():
+    assert outside_citations("steps 7-15 of shared/spec/FSA.md (see /work/main/x.py)") == [
+        "/work/main/x.py", "shared/spec/FSA.md"]
+    assert outside_citations("its shared-memory prefix, a shared volume, docs/METHOD.md") == []
+    assert missing_docs("see docs/METHOD.md and docs/NOPE.md") == ["docs/NOPE.md"]
+
+
+@pytest.mark.parametrize("name", ["README.md", *sorted(p.name for p in (REPO / "docs").glob("*.md"))])
+def test_readme_and_docs_cite_only_the_repository(name):
+    text = (REPO / name if name == "README.md" else REPO / "docs" / name).read_text()
+    assert outside_citations(text) == [], name
+    assert missing_docs(text) == [], name
+
+
+def test_method_and_contract_docs_exist_and_readme_points_there():
+    readme = (REPO / "README.md").read_text()
+    for doc in ("docs/METHOD.md", "docs/CONTRACT.md"):
+        assert (REPO / doc).is_file(), doc
+        assert doc in readme, f"README does not point to {doc}"
+
+
+def test_every_verb_help_cites_only_the_repository(capsys):
+    # eval and app are registered before their modules land (other issues); every verb that exists is read
+    verbs = [v for v, (module, _) in fsa_cli.VERBS.items() if importlib.util.find_spec(module) is not None]
+    assert {"export", "lint", "build", "calibrate", "segment", "validate", "dump", "bench", "doctor", "triton",
+            "serve"} <= set(verbs)
+    bad = {}
+    for verb in verbs:
+        text = verb_help(verb, capsys)
+        found = outside_citations(text) + missing_docs(text)
+        if found:
+            bad[verb] = found
+    assert bad == {}, f"--help cites files outside the repository: {bad}"
+
+
+def test_sources_cite_only_the_repository():
+    """Docstrings, comments and messages of the code: a reader of the repository has no `shared/`."""
+    files = [REPO / "Makefile", REPO / "pyproject.toml"]
+    files += [p for root in SOURCE_ROOTS for p in sorted((REPO / root).rglob("*.py")) if p.name != "test_docs.py"]
+    bad = {}
+    for path in files:  # test_docs.py is skipped: its own examples
+        text = path.read_text()
+        found = outside_citations(text)  # (docs/*.md here may be another project's: onnx-tensorrt's)
+        if found:
+            bad[str(path.relative_to(REPO))] = found
+    assert bad == {}, f"citations of files outside the repository: {bad}"

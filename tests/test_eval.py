@@ -1,0 +1,458 @@
+"""`fsa eval` (issue 22): datasets in each layout, IoUMetric's numbers, the reference and artefact
+rows side by side, reproduction by `fsa segment`, resumption, bad inputs, serving.
+
+Datasets are made here: real photos from scikit-image, shrunk, with masks drawn by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, assert_one_line_error, photos, run_cli
+from fsa_deploy.validation.eval import datasets as D
+from fsa_deploy.validation.eval.metrics import confusion, scores
+from PIL import Image, ImageDraw
+
+SIZE = (120, 90)  # (width, height) of the test photos: small, not square
+
+
+# ---------------------------------------------------------------- an independent IoUMetric
+
+
+def iou_metric(preds: list[np.ndarray], gts: list[np.ndarray], k: int, ignore: int = 255) -> dict:
+    """mmseg's IoUMetric, transcribed without a confusion matrix: per image, histograms of the
+    intersection, the prediction and the label over the pixels whose label is not ignored."""
+    inter, area_p, area_l = np.zeros(k), np.zeros(k), np.zeros(k)
+    for p, g in zip(preds, gts):
+        m = g != ignore
+        p, g = p[m], g[m]
+        inter += np.histogram(p[p == g], bins=k, range=(0, k - 1))[0] if k > 1 else [(p == g).sum()]
+        area_p += np.histogram(p, bins=k, range=(0, k - 1))[0]
+        area_l += np.histogram(g, bins=k, range=(0, k - 1))[0]
+    union = area_p + area_l - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou, acc = inter / union, inter / area_l
+    return {"iou": iou, "miou": np.nanmean(iou), "macc": np.nanmean(acc), "aacc": inter.sum() / area_l.sum()}
+
+
+def test_metrics_match_an_independent_iou_metric():
+    rng = np.random.default_rng(0)
+    k = 7
+    gts, preds = [], []
+    for shape in ((31, 47), (20, 20), (64, 9)):
+        g = rng.integers(0, 5, size=shape)  # classes 5 and 6 never in the ground truth
+        g[rng.random(shape) < 0.15] = 255  # ignore pixels
+        p = rng.integers(0, 6, size=shape)  # class 5 predicted, absent from the ground truth: IoU 0
+        gts.append(g)
+        preds.append(p)  # class 6: absent from both: NaN, excluded from the mean
+    cm = sum(confusion(g, p, k, 255) for g, p in zip(gts, preds))
+    assert cm.dtype == np.int64 and cm.sum() == sum(int((g != 255).sum()) for g in gts)
+    got, want = scores(cm), iou_metric(preds, gts, k)
+    np.testing.assert_allclose(got.iou, want["iou"], rtol=1e-12, equal_nan=True)
+    assert got.iou[5] == 0.0 and np.isnan(got.iou[6])
+    assert got.miou == pytest.approx(want["miou"], rel=1e-12)
+    assert got.macc == pytest.approx(want["macc"], rel=1e-12)
+    assert got.aacc == pytest.approx(want["aacc"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- datasets in each layout
+
+
+def draw_mask(size: tuple[int, int], k: int, seed: int, zero_is_ignore: bool) -> np.ndarray:
+    """Shapes of a few classes on class 0 (or the raw 0 that reduce_zero_label makes ignore), a 255 border."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("L", size, 0 if zero_is_ignore else 0)
+    d = ImageDraw.Draw(img)
+    lo = 1 if zero_is_ignore else 0
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, size[0] - 20)), int(rng.integers(0, size[1] - 20))
+        c = int(rng.integers(lo, k + lo))
+        d.rectangle((x0, y0, x0 + int(rng.integers(10, 50)), y0 + int(rng.integers(10, 40))), fill=c)
+    d.ellipse((10, 10, 40, 30), fill=int(rng.integers(lo, k + lo)))
+    a = np.asarray(img).copy()
+    a[:2, :] = 255
+    return a
+
+
+def save_photo(src: str, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.open(src).convert("RGB").resize(SIZE)
+    img.save(dst, quality=95) if dst.suffix == ".jpg" else img.save(dst)
+
+
+def make_dataset(dataset: str, root: Path, n: int = 3, k: int | None = None) -> Path:
+    """`n` photos and masks in `dataset`'s layout under `root` (the data_root); the split file too."""
+    lay = D.LAYOUTS[dataset]
+    k = k or lay.num_classes or 4
+    names = []
+    for i in range(n):
+        stem = f"img_{i:03d}"
+        if dataset == "cityscapes":
+            stem = f"{['frankfurt', 'lindau'][i % 2]}/{['frankfurt', 'lindau'][i % 2]}_000000_{i:06d}"
+        suffix = lay.img_suffix or ".png"
+        save_photo(photos()[i % len(photos())], root / lay.img_dir / f"{stem}{suffix}")
+        mask = draw_mask(SIZE, k, i, lay.reduce_zero_label)
+        mpath = root / lay.ann_dir / f"{stem}{lay.seg_suffix}"
+        mpath.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(mpath)
+        names.append(stem)
+    if lay.split:
+        (root / lay.split).parent.mkdir(parents=True, exist_ok=True)
+        (root / lay.split).write_text("\n".join(names) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("dataset", [d for d in D.DATASETS])
+def test_each_layout_reads_as_mmseg(tmp_path, dataset):
+    root = make_dataset(dataset, tmp_path / dataset, n=3)
+    lay = D.LAYOUTS[dataset]
+    found = D.items(dataset, root)
+    assert len(found) == 3
+    assert all(it.image.is_file() and it.mask.is_file() for it in found)
+    assert [it.name for it in found] == sorted(it.name for it in found)
+    assert len(D.items(dataset, root, limit=2)) == 2
+    k = lay.num_classes or 4
+    list(D.check_all(found, lay.reduce_zero_label, k))
+    m = D.read_mask(found[0].mask, lay.reduce_zero_label)
+    raw = np.asarray(Image.open(found[0].mask)).astype(np.int64)
+    if lay.reduce_zero_label:  # mmseg: 0 -> 255, k -> k - 1, 255 stays
+        assert (m[raw == 0] == 255).all() and (m[(raw > 0) & (raw < 255)] == raw[(raw > 0) & (raw < 255)] - 1).all()
+        assert (m[raw == 255] == 255).all()
+    else:
+        assert (m == raw).all()
+
+
+# ---------------------------------------------------------------- end to end on the tiny export
+
+
+@pytest.fixture(scope="module")
+def folder_ds(tmp_path_factory) -> tuple[Path, Path]:
+    root = make_dataset("folder", tmp_path_factory.mktemp("ds") / "mine", n=4, k=4)
+    classes = root.parent / "classes.txt"
+    classes.write_text("background; sky\ncat; kitty\nperson\nrocket\n")
+    return root, classes
+
+
+def eval_cli(art, ds: str, root, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("eval", ds, "--root", root, "--artifact", art, "--json", out, "--quiet",
+                   "--cache-dir", out.parent / "cache", *extra)
+
+
+@pytest.fixture(scope="module")
+def folder_report(tiny_artifact, folder_ds, tmp_path_factory) -> tuple[dict, Path]:
+    root, classes = folder_ds
+    out = tmp_path_factory.mktemp("eval") / "r.json"
+    proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--reference",
+                    "--short-side", "120", "--prob-thd", "0.3", "--md", out.with_suffix(".md"),
+                    "--plot", out.with_suffix(".png"))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), out
+
+
+def test_json_contract_and_rows(folder_report):
+    rep, out = folder_report
+    assert rep["dataset"] == "folder" and rep["method"] == "fsa" and rep["images"] == 4
+    p = rep["protocol"]
+    for key in ("short_side", "long_side", "crop", "stride", "prob_thd", "reduce_zero_label", "ignore_index",
+                "differs_from_official"):
+        assert key in p, key
+    assert p["short_side"] == 120 and p["prob_thd"] == 0.3 and p["crop"] == 112 and p["stride"] == 112
+    assert any("--short-side 120" in d for d in p["differs_from_official"])
+    assert rep["classes"] == ["background; sky", "cat; kitty", "person", "rocket"]
+    ref, art = rep["rows"]
+    assert ref["backend"] == "pytorch" and ref["graph"] is None and "miou_delta" not in ref
+    assert art["graph"] == "image.onnx" and art["backend"].startswith("onnxruntime")
+    for r in rep["rows"]:
+        cm = np.asarray(r["confusion"])
+        assert cm.shape == (4, 4) and cm.sum() > 0
+        s = scores(cm)
+        assert r["miou"] == pytest.approx(s.miou) and r["aacc"] == pytest.approx(s.aacc)
+        assert [None if np.isnan(v) else v for v in s.iou] == pytest.approx(r["iou"])
+        assert 0 <= r["miou"] <= 1 and r["images_per_s"] > 0
+    assert art["miou_delta"] == pytest.approx(art["miou"] - ref["miou"])
+    # the tiny export equals its reference to float rounding: nearly every pixel agrees
+    assert art["pixel_agreement"] > 0.99
+    assert out.with_suffix(".md").read_text().count("|") > 20
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_segment_reproduces_the_label_maps_eval_scored(tiny_artifact, folder_ds, folder_report, tmp_path):
+    """`fsa segment` with the JSON's protocol gives the label maps whose confusion eval summed; the
+    per-class IoU of those maps by the independent metric equals the JSON's."""
+    rep, _ = folder_report
+    root, classes = folder_ds
+    p = rep["protocol"]
+    seg = tmp_path / "seg"
+    proc = run_cli("segment", root / "images", "--artifact", tiny_artifact.root, "--out", seg,
+                   "--backend", "onnx", "--graph", "image.onnx", "--classes-file", classes,
+                   "--short-side", p["short_side"], "--long-side", p["long_side"], "--stride", p["stride"],
+                   "--prob-thd", p["prob_thd"], "--cache-dir", tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr
+    found = D.items("folder", root)
+    preds = [np.asarray(Image.open(seg / f"{it.image.stem}.png")).astype(np.int64) for it in found]
+    gts = [D.read_mask(it.mask, False) for it in found]
+    art = rep["rows"][1]
+    cm = sum(confusion(g, pr, 4, 255) for g, pr in zip(gts, preds))
+    assert cm.tolist() == art["confusion"]
+    want = iou_metric(preds, gts, 4)
+    assert [None if np.isnan(v) else v for v in want["iou"]] == pytest.approx(art["iou"], rel=1e-12)
+
+
+def test_stopped_run_resumes_to_the_same_result(tiny_artifact, folder_ds, folder_report, tmp_path):
+    rep, _ = folder_report
+    root, classes = folder_ds
+    work, out = tmp_path / "work", tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "fsa_deploy", "eval", "folder", "--root", str(root), "--artifact",
+           str(tiny_artifact.root), "--json", str(out), "--quiet", "--classes-file", str(classes), "--reference",
+           "--short-side", "120", "--prob-thd", "0.3", "--work", str(work), "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(work.glob("*.npz")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    done = list(work.glob("*.npz"))
+    assert proc.returncode == 143 and 1 <= len(done) < 4, (proc.returncode, len(done))
+    assert not out.exists() and not [f for f in work.iterdir() if f.name.startswith(".")]
+    proc2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc2.returncode == 0, proc2.stderr
+    again = json.loads(out.read_text())
+    assert len(list(work.glob("*.npz"))) == 4
+    for a, b in zip(again["rows"], rep["rows"]):
+        assert a["confusion"] == b["confusion"] and a["pixel_agreement" if "miou_delta" in b else "miou"] == \
+            b["pixel_agreement" if "miou_delta" in b else "miou"]
+
+
+BENCHMARKS = [d for d in D.DATASETS if d != "folder"]
+
+
+@pytest.mark.parametrize("dataset", BENCHMARKS)
+def test_benchmark_layout_end_to_end(tiny_artifact, tmp_path_factory, dataset, capsys):
+    """Each benchmark's layout and official FSA protocol, in process (one image, short side 112):
+    the confusion counts every non-ignored pixel of the mask as mmseg reads it."""
+    from fsa_deploy.validation.eval.protocol import official
+
+    from fsa_deploy.cli import main
+
+    lay = D.LAYOUTS[dataset]
+    tmp = tmp_path_factory.mktemp(dataset)
+    root = make_dataset(dataset, tmp / lay.root_hint, n=2)
+    out = tmp / "r.json"
+    rc = main(["eval", dataset, "--root", str(root), "--artifact", str(tiny_artifact.root), "--json", str(out),
+               "--quiet", "--short-side", "112", "--limit", "1", "--cache-dir", str(tmp_path_factory.getbasetemp())])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads(out.read_text())
+    pre = official("fsa", dataset)
+    assert rep["images"] == 1 and rep["protocol"]["prob_thd"] == pre.prob_thd
+    assert rep["protocol"]["reduce_zero_label"] == lay.reduce_zero_label
+    assert len(rep["classes"]) == lay.num_classes
+    cm = np.asarray(rep["rows"][0]["confusion"])
+    first = D.items(dataset, root)[0]
+    gt = D.read_mask(first.mask, lay.reduce_zero_label)
+    assert cm.shape == (lay.num_classes,) * 2 and cm.sum() == int((gt != 255).sum())
+    assert cm.sum(axis=1).tolist() == np.bincount(gt[gt != 255], minlength=lay.num_classes).tolist()
+    if dataset == "voc21":
+        assert rep["classes"][0].startswith("sky; wall; tree") and rep["classes"][1] == "aeroplane"
+    if dataset == "cityscapes":  # FSA's Cityscapes config slides 224 windows: the artefact's crop differs
+        assert any("224" in d for d in rep["protocol"]["differs_from_official"])
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def _bad_dataset(tmp_path: Path, case: str) -> tuple[str, Path, list[str], str]:
+    root = make_dataset("folder", tmp_path / "bad", n=2, k=4)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\nb\nc\nd\n")
+    extra = ["--classes-file", str(classes)]
+    if case == "no-mask":
+        (root / "masks" / "img_001.png").unlink()
+        return "folder", root, extra, "img_001"
+    if case == "mask-size":
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks" / "img_001.png")
+        return "folder", root, extra, "img_001.png"
+    if case == "label-value":
+        m = np.asarray(Image.open(root / "masks" / "img_000.png")).copy()
+        m[5, 5] = 9
+        Image.fromarray(m).save(root / "masks" / "img_000.png")
+        return "folder", root, extra, "label value 9"
+    if case == "empty-split":
+        split = tmp_path / "empty.txt"
+        split.write_text("\n")
+        return "folder", root, [*extra, "--split", str(split)], "empty split"
+    if case == "unknown-dataset":
+        return "pascal", root, extra, "pascal"
+    if case == "missing-root":
+        return "folder", tmp_path / "nowhere", extra, "nowhere"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["no-mask", "mask-size", "label-value", "empty-split", "unknown-dataset",
+                                  "missing-root"])
+def test_bad_input_is_one_line_and_no_report(tiny_artifact, tmp_path, case):
+    ds, root, extra, needle = _bad_dataset(tmp_path, case)
+    out = tmp_path / "r.json"
+    proc = eval_cli(tiny_artifact.root, ds, root, out, *extra)
+    assert_one_line_error(proc, needle)
+    assert not out.exists()
+
+
+def test_max_miou_drop_gate(tiny_artifact, folder_ds, folder_report, tmp_path):
+    """Exit 1 when an artefact row falls further below the reference than allowed; needs --reference."""
+    from fsa_deploy.validation.eval import gate
+
+    from fsa_deploy.errors import CheckFailed
+
+    rep, _ = folder_report
+    delta = rep["rows"][1]["miou_delta"]
+    gate(rep, abs(delta) + 1e-6)  # within the allowance: passes
+    worse = json.loads(json.dumps(rep))
+    worse["rows"][1]["miou_delta"] = -0.05
+    with pytest.raises(CheckFailed, match="image.onnx"):
+        gate(worse, 0.01)
+    gate(worse, 0.06)
+    root, classes = folder_ds
+    proc = eval_cli(tiny_artifact.root, "folder", root, tmp_path / "r.json", "--classes-file", classes,
+                    "--max-miou-drop", "0.1")
+    assert_one_line_error(proc, "--reference")
+
+
+def test_dump_takes_the_protocol_resize(tmp_path):
+    """`fsa dump --short-side/--long-side` prepares the crop with the eval's resize."""
+    from fsa_deploy.runtime.images import load_image
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+
+    out = tmp_path / "d.npz"
+    proc = run_cli("dump", "--image", photos()[0], "--out", out, "--model", "tiny", "--proxy", "tiny-dino",
+                   "--random-init", "--crop", "112", "--short-side", "150", "--long-side", "170",
+                   "--classes", "cat, dog")
+    assert proc.returncode == 0, proc.stderr
+    geo = Geometry(crop=112, short_side=150, long_side=170)
+    resized = resize_image(load_image(photos()[0]), geo)
+    assert max(resized.shape[-2:]) == 170 or min(resized.shape[-2:]) == 150
+    want = crops_of(resized, geo)[0][0]
+    with np.load(out) as z:
+        got = z["image"]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+    default = crops_of(resize_image(load_image(photos()[0]), Geometry(crop=112)), Geometry(crop=112))[0][0]
+    assert not np.array_equal(default, want)
+
+
+# ---------------------------------------------------------------- scale out on Triton
+
+
+@pytest.fixture(scope="module")
+def two_servers(tiny_artifact, tmp_path_factory):
+    from fsa_deploy.runtime.serve.env import find_serve_env
+    from test_serve import Served
+
+    try:
+        find_serve_env()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no serve environment: {e}")
+    folder = tmp_path_factory.mktemp("servers")
+    servers = [Served(tiny_artifact.root, folder / f"triton{i}.log", folder / "text-cache") for i in range(2)]
+    try:
+        for s in servers:
+            s.wait_ready()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_two_server_run_equals_the_local_run(tiny_artifact, folder_ds, folder_report, two_servers, tmp_path):
+    from fsa_deploy.validation.bench_serve import free_ports
+
+    rep, _ = folder_report
+    root, classes = folder_ds
+    (dead,) = free_ports(1)  # nobody listens there: dropped with one line at the probe
+    urls = [f"127.0.0.1:{s.http}" for s in two_servers] + [f"127.0.0.1:{dead}"]
+    out = tmp_path / "served.json"
+    proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--short-side", "120",
+                    "--prob-thd", "0.3", "--concurrency", "2", *[a for u in urls for a in ("--server", u)])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("dropped") == 1 and str(dead) in proc.stderr
+    served = json.loads(out.read_text())
+    (row,) = served["rows"]
+    assert row["backend"] == "triton" and row["images_per_s"] > 0
+    assert row["confusion"] == rep["rows"][1]["confusion"]  # the local ONNX Runtime row
+    # an image the servers cannot decode fails that image only (exit 2, named), no server dropped
+    bad = tmp_path / "bad"
+    make_dataset("folder", bad, n=2, k=4)
+    data = (bad / "images" / "img_001.png").read_bytes()
+    (bad / "images" / "img_001.png").write_bytes(data[: len(data) // 2])
+    proc = eval_cli(tiny_artifact.root, "folder", bad, tmp_path / "bad.json", "--classes-file", classes,
+                    "--server", urls[0], "--server", urls[1])
+    assert proc.returncode == 2 and "img_001.png" in proc.stderr and "dropped" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_a_server_of_another_artefact_is_refused(tiny_artifact, folder_ds, two_servers, tmp_path):
+    import shutil
+
+    root, classes = folder_ds
+    other = tmp_path / "other"
+    shutil.copytree(tiny_artifact.root, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["files"]["image.onnx"]["sha256"] = "0" * 64  # as if exported from other weights
+    (other / "meta.json").write_text(json.dumps(meta))
+    proc = eval_cli(other, "folder", root, tmp_path / "r.json", "--classes-file", classes,
+                    "--server", f"127.0.0.1:{two_servers[0].http}")
+    assert_one_line_error(proc, "serves artefact")
+
+
+def test_served_protocol_inputs_are_checked(two_servers):
+    """fsa_segment refuses a NaN PROB_THD or a stride above the crop with an error reply."""
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    client = th.InferenceServerClient(f"127.0.0.1:{two_servers[0].http}")
+    data = Path(photos()[1]).read_bytes()
+    for name, dtype, value in (("PROB_THD", "FP32", np.float32("nan")), ("STRIDE", "INT32", np.int32(999))):
+        ins = []
+        for n, d, v in (("IMAGE", "BYTES", np.array([data], dtype=np.object_)),
+                        ("CLASSES", "BYTES", np.array([b"cat, dog"], dtype=np.object_)),
+                        (name, dtype, np.array([value]))):
+            t = th.InferInput(n, [1], d)
+            t.set_data_from_numpy(v)
+            ins.append(t)
+        with pytest.raises(InferenceServerException, match=name if name == "PROB_THD" else "stride"):
+            client.infer("fsa_segment", ins)
+
+
+def test_offline_check_wants_the_protocol_inputs(tiny_artifact, tmp_path):
+    from fsa_deploy.runtime.serve.check import check_repository
+    from fsa_deploy.runtime.serve.repository import write_repository
+
+    out = write_repository(tiny_artifact, tmp_path / "repo")
+    assert check_repository(out) == []
+    cfg = out / "fsa_segment" / "config.pbtxt"
+    fp32 = '"PROB_THD"\n    data_type: TYPE_FP32'
+    assert fp32 in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace(fp32, fp32.replace("FP32", "FP64")))
+    assert any("PROB_THD" in p for p in check_repository(out)), check_repository(out)
+
+
+def test_a_transport_failure_moves_the_image_to_another_server(two_servers, capsys):
+    """A server that stops answering mid-run is dropped (one line) and the image is retried on another."""
+    from fsa_deploy.validation.bench_serve import free_ports
+    from fsa_deploy.validation.eval.remote import Servers
+
+    live = f"127.0.0.1:{two_servers[0].http}"
+    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    protocol = {"short_side": 120, "stride": 112, "prob_thd": 0.3}
+    servers = Servers([live, dead], "background; sky, cat; kitty, person, rocket", protocol)
+    data = Path(photos()[1]).read_bytes()
+    got = servers.labels(data, "chelsea")  # the first pick is the dead one
+    err = capsys.readouterr().err
+    assert servers.alive == [live] and err.count("dropped") == 1 and dead in err
+    want, _ = servers.once(live, data)
+    assert np.array_equal(got, want) and got.shape == np.asarray(Image.open(photos()[1])).shape[:2]

@@ -18,6 +18,7 @@ BROWSER_APT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && g
 REQUIRE_BROWSER := $(if $(or $(BROWSER_APT),$(wildcard /usr/bin/chromium)),1,)
 
 .PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve bench-serve-full
+.PHONY: bench-real-stats
 
 setup: $(STAMP) $(SERVE_STAMP) browser
 
@@ -102,6 +103,12 @@ bench-serve-full: setup
 
 clean:
 	rm -rf out .pytest_cache
+
+# Issue 23: full-size activation statistics per block, --real-stats against plain random init (ViT-B-16 and
+# DINO B/8, DINOv2, SAM, MAE at 336, two photos); heavy: under the shared lock. docs/BENCHMARKS.md.
+bench-real-stats: setup
+	flock /tmp/fsa-heavy.lock $(BIN)/python tools/bench_real_stats.py --json out/bench/real_stats.json \
+	  --md out/bench/real_stats.md
 
 # fsa eval vs fsa segment on the same 50 generated images (tiny model, ONNX Runtime; whole commands,
 # best of 3), then the demo's full-size model (exported when missing): reference and ONNX Runtime

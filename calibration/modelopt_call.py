@@ -95,7 +95,8 @@ def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: Cali
             quantize(str(src), quantize_mode=opts.precision, calibration_data_reader=DataReader(data, opts.batch),
                      calibration_method=METHODS[opts.method], calibration_eps=list(CALIBRATION_EPS),
                      output_path=str(out), high_precision_dtype="fp32", nodes_to_exclude=patterns,
-                     op_types_to_exclude=list(EXCLUDED_OP_TYPES), use_external_data_format=external,
+                     op_types_to_exclude=list(EXCLUDED_OP_TYPES) if opts.fp32_rules else [],
+                     use_external_data_format=external,
                      op_types_to_quantize=list(opts.op_types) or None,
                      log_level="WARNING")
     except Exception as e:  # ModelOpt/ORT raise many types (asserts included); one line, cause chained

@@ -58,6 +58,7 @@ class Options:
     cache: bool = True
     classes: Vocabulary | None = None  # None: the default vocabulary (models/data/voc21.txt)
     lint: bool = True
+    fp32_rules: bool = True  # False (debug, tests): quantize all but the FSA head and block, Softmax too
 
     def check(self) -> None:
         if self.precision not in CALIBRATE_PRECISIONS:
@@ -142,6 +143,22 @@ def calibrate(root: str | os.PathLike[str], opts: Options, progress: bool = True
     return Result(art.root / name, opts.precision, summary, fp32_nodes, seconds, data)
 
 
+def smooth_outliers(src: Path, work: Path, data: CalibrationData, progress: bool) -> tuple[Path, list[str]]:
+    """The graph ModelOpt calibrates: LayerNorm spread smoothed into the next MatMuls, and the MatMuls
+    whose input still has outlier channels (kept in fp32). A graph without them comes back as it was."""
+    from fsa_deploy.calibration.smooth import outlier_matmuls, smooth
+
+    feeds = [{A.IMAGE: data.crops[i:i + 1], A.TEXT_EMBEDDINGS: data.text} for i in range(min(8, len(data.crops)))]
+    smoothed = work / "smoothed.onnx"
+    n = smooth(src, smoothed, feeds)
+    src = smoothed if n else src
+    outliers = outlier_matmuls(src, feeds)
+    if progress and (n or outliers):
+        say(f"{n} LayerNorm(s) smoothed into their MatMuls; {len(outliers)} node(s) with outlier input channels "
+            "kept in fp32")
+    return src, outliers
+
+
 @contextlib.contextmanager
 def owned_tempdir(folder: Path) -> Iterator[None]:
     """Point tempfile (and TMPDIR, for child code) at `folder` inside the block: libraries that make
@@ -175,6 +192,10 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
         src, external = link_source(art, work)
         graph = onnx.load(str(src), load_external_data=False).graph
         rules = fp32_rules(graph, Where(scope, art.meta.get("stages", {}), opts.region))
+        if not opts.fp32_rules:  # only what keeps Q/DQ off the feedback block's boundary
+            rules = {k: v if k == "tail_and_boundary" else [] for k, v in rules.items()}
+        elif not external:  # post-LN channel spread and outlier channels (calibration/smooth.py)
+            src, rules["outlier_inputs"] = smooth_outliers(src, work, data, progress)
         exclude = sorted(set().union(*rules.values()))
         fp32_nodes = {k: len(v) for k, v in rules.items()}
         if progress:

@@ -16,7 +16,13 @@ def add_export(sub, help_text: str) -> None:
         "meta.json. Every graph is linted against TensorRT's ONNX rules as the last step."))
     p.add_argument("--out", required=True, help="artefact folder to create")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: CLIP trunk and proxy in fp16, last block + feedback + tail in fp32")
+                   help="fp16: made from the fp32 graph by ModelOpt AutoCast; the FSA head, the feedback and "
+                   "every node the fp16 range audit flags on calibration crops stay in fp32 (README: Real-weight "
+                   "statistics)")
+    p.add_argument("--images", nargs="+", metavar="PATH", help="--precision fp16: calibration images of the range "
+                   "audit, files and/or folders (default: fsa calibrate's, scikit-image's sample photos)")
+    p.add_argument("--no-fp16-islands", action="store_true", help="--precision fp16, debug: every node in fp16 "
+                   "(no fp32 islands), to see what the fp16 audit catches")
     add_ranged(p, "--max-batch", "largest crop batch the graph admits (default 64)", default=64)
     p.add_argument("--overwrite", action="store_true", help="replace an existing artefact folder")
     p.add_argument("--no-lint", action="store_true", help="skip the TensorRT lint (not recommended)")
@@ -32,7 +38,14 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1:
         raise FSAError(f"--max-batch {args.max_batch}: must be >= 1")
+    fp16 = None
+    if args.precision == "fp16":
+        from fsa_deploy.export.fp16_audit import Fp16Plan
+
+        fp16 = Fp16Plan(images=tuple(args.images or ()), islands=not args.no_fp16_islands)
+    elif args.images or args.no_fp16_islands:
+        raise FSAError("--images and --no-fp16-islands go with --precision fp16")
     art = export_artifact(spec_from_args(args), args.out, precision=args.precision, overwrite=args.overwrite,
-                          progress=not args.quiet, max_batch=args.max_batch, lint=not args.no_lint)
+                          progress=not args.quiet, max_batch=args.max_batch, lint=not args.no_lint, fp16=fp16)
     print(describe(art))
     return 0

@@ -161,10 +161,10 @@ def save_onnx(model: onnx.ModelProto, path: Path, external_data_bytes: int = EXT
 
 
 def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
-                 external_data_bytes: int = EXTERNAL_DATA_BYTES) -> tuple[dict[str, str], int]:
+                 external_data_bytes: int = EXTERNAL_DATA_BYTES, fp16: Any = None) -> tuple[dict[str, str], int]:
+    """fp16: the fp32 graph first, then the fp16 range audit's islands and AutoCast (export.fp16_audit;
+    `fp16` is its Fp16Plan, which receives the record for meta.json)."""
     model = ref.model
-    if precision == "fp16":
-        model.set_precision(torch.float16, torch.float32)
     stages = stage_names(ref)
     s = ref.spec.crop
     batch = torch.export.Dim("batch", min=1, max=max_batch)
@@ -179,6 +179,11 @@ def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
     mapping = finish_image_graph(graph, stages)
     graph.producer_name, graph.doc_string = "fsa-deploy", "FSA crop forward (docs/METHOD.md steps 1-15)"
     save_onnx(graph, work / A.IMAGE_ONNX, external_data_bytes)
+    if precision == "fp16":
+        from fsa_deploy.export.fp16_audit import Fp16Plan, export_fp16
+
+        plan = fp16 if fp16 is not None else Fp16Plan()
+        return mapping, export_fp16(ref, work / A.IMAGE_ONNX, mapping, FEEDBACK_SCOPE, plan, external_data_bytes)
     return mapping, len(graph.graph.node)
 
 
@@ -235,9 +240,10 @@ def build_meta(spec: ModelSpec, ref: Reference, precision: str, mapping: dict[st
 
 def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", overwrite: bool = False,
                     progress: bool = True, max_batch: int = 64, lint: bool = True,
-                    external_data_bytes: int = EXTERNAL_DATA_BYTES) -> A.Artifact:
+                    external_data_bytes: int = EXTERNAL_DATA_BYTES, fp16: Any = None) -> A.Artifact:
     """Write the artefact folder for `spec` at `out`; nothing is left there if a step fails.
-    Graphs over `external_data_bytes` keep their weights in a `.data` file beside them."""
+    Graphs over `external_data_bytes` keep their weights in a `.data` file beside them.
+    `fp16`: export.fp16_audit.Fp16Plan (calibration images, islands on/off) for --precision fp16."""
     if precision not in EXPORT_PRECISIONS:
         raise FSAError(f"--precision {precision!r}: choose from {', '.join(EXPORT_PRECISIONS)}")
     A.check_target(out, overwrite)  # before minutes of work
@@ -247,12 +253,17 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
     ref = build(spec, "deploy")
     with A.staging_folder(out, overwrite) as work, torch.no_grad():
         steps.step(f"exporting {A.IMAGE_ONNX} ({precision}; dynamic batch and classes)")
-        mapping, n_image = export_image(ref, work, precision, max_batch, external_data_bytes)
+        if precision == "fp16" and fp16 is None:
+            from fsa_deploy.export.fp16_audit import Fp16Plan
+
+            fp16 = Fp16Plan()
+        mapping, n_image = export_image(ref, work, precision, max_batch, external_data_bytes, fp16)
         steps.step(f"exporting {A.TEXT_ONNX}")
         n_text = export_text(ref, work, external_data_bytes)
         steps.step("writing meta.json")
         art = A.Artifact(work, build_meta(spec, ref, precision, mapping))
-        art.record(A.IMAGE_ONNX, role="image", precision=precision, nodes=n_image)
+        art.record(A.IMAGE_ONNX, role="image", precision=precision, nodes=n_image,
+                   **({"fp16_audit": fp16.record} if precision == "fp16" and fp16.record else {}))
         art.record(A.TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
         # the tokenizer's merges travel with the artefact: the runtime needs no open_clip
         shutil.copyfile(default_vocab_file(), work / TOKENIZER_VOCAB)

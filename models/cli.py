@@ -22,6 +22,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--random-init", action="store_true", help="deterministic random weights (see --seed)")
     g.add_argument("--cache-dir", metavar="DIR", help="hub cache folder for --pretrained (default: the hub's own)")
     add_ranged(g, "--seed", "seed of --random-init (default 0)", default=0)
+    g.add_argument("--real-stats", action="store_true", help="with --random-init: shape the random weights to "
+                   "show trained ViTs' outliers (massive activations, high-norm tokens, post-LayerNorm channel "
+                   "spread; README: Real-weight statistics)")
     g.add_argument("--attention", default="proxy", help="proxy, qk, sclip, clearclip or naclip (default proxy)")
     g.add_argument("--proxy", default="dino",
                    help="dino, dinov2, dinov2-noreg, sam, mae or tiny-* (default dino; proxy only)")
@@ -47,9 +50,11 @@ def spec_from_args(args: argparse.Namespace):
     elif args.checkpoint:
         weights = Weights(checkpoint=args.checkpoint)
     elif args.random_init:
-        weights = Weights(seed=args.seed)
+        weights = Weights(seed=args.seed, real_stats=bool(getattr(args, "real_stats", False)))
     else:
         raise FSAError("weights: give --pretrained TAG, --checkpoint PATH or --random-init [--seed N]")
+    if getattr(args, "real_stats", False) and not args.random_init:
+        raise FSAError("--real-stats goes with --random-init (it shapes random weights)")
     proxy = args.proxy if args.attention == "proxy" else None
     hp = default_hp(args.model, proxy, lamda=args.lamda, beta=args.beta, gamma=args.gamma, top_p=args.top_p)
     return ModelSpec(model=args.model, weights=weights, attention=args.attention, proxy=proxy,
@@ -65,6 +70,9 @@ def add_dump(sub, help_text: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--formulation", choices=("deploy", "literal"), default="deploy")
     add_ranged(p, "--stride", "window stride (default crop // 3)", default=None)
+    p.add_argument("--activation-stats", metavar="F.json", help="also write per-block activation statistics of "
+                   "the CLIP trunk and the proxy on the same crop ({clip: [...], proxy: [...]}; README: "
+                   "Real-weight statistics)")
     add_ranged(p, "--short-side", "resize so the short side is at most this (default the crop size)", default=None)
     add_ranged(p, "--long-side", "resize so the long side is at most this (default crop * 2048 / 336)", default=None)
     add_model_args(p)
@@ -81,8 +89,13 @@ def run_dump(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out", args.overwrite)  # before the work: a folder, a file under a file, ...
     if not str(args.out).endswith(".npz"):
         raise FSAError(f"--out {args.out}: must end in .npz")
+    if args.activation_stats:
+        from fsa_deploy.models.activation_stats import check_stats_path
+
+        check_stats_path(args.activation_stats, args.out)
+        check_output_file(args.activation_stats, "--activation-stats", args.overwrite)
     dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
                 formulation=args.formulation, stride=args.stride, short_side=args.short_side,
-                long_side=args.long_side)
-    print(f"wrote {args.out}")
+                long_side=args.long_side, activation_stats=args.activation_stats)
+    print(f"wrote {args.out}" + (f" and {args.activation_stats}" if args.activation_stats else ""))
     return 0

@@ -41,8 +41,8 @@ def tail_weights(ref: Reference) -> dict[str, np.ndarray]:
 
 
 def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formulation: str = "deploy",
-                stride: int | None = None, short_side: int | None = None,
-                long_side: int | None = None) -> dict[str, np.ndarray]:
+                stride: int | None = None, short_side: int | None = None, long_side: int | None = None,
+                activation_stats: str | None = None) -> dict[str, np.ndarray]:
     if not str(out).endswith(".npz"):
         raise FSAError(f"--out {out}: must end in .npz")
     crop = first_crop(image, spec.crop, stride, short_side, long_side)
@@ -59,8 +59,13 @@ def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formul
 
     try:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(out) as tmp, open(tmp, "wb") as f:  # our marker: removed on error or signal
-            np.savez(f, **arrays)
+        with atomic_file(out) as tmp:  # our marker: removed on error or signal
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            if activation_stats:  # written before the dump is published: both or neither
+                from fsa_deploy.models.activation_stats import model_stats, write_stats
+
+                write_stats(activation_stats, model_stats(ref.model, crop), spec)
     except OSError as e:
         raise FSAError(f"--out {out}: cannot write ({e.strerror or e})") from e
     return arrays

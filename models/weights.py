@@ -30,18 +30,22 @@ import torch
 
 from fsa_deploy.errors import FSAError
 
+REAL_STATS_SOURCE = "random-init-real-stats"
+
 
 @dataclass(frozen=True)
 class Weights:
     """One of: `pretrained` (an open_clip / timm tag), `checkpoint` (a local file), `seed`.
 
     `cache_dir`: the hub cache folder a pretrained tag is read from (offline with HF_HUB_OFFLINE=1).
+    `real_stats`: the seeded random init shaped by models.real_stats (`--random-init --real-stats`).
     """
 
     pretrained: str | None = None
     checkpoint: str | None = None
     seed: int | None = None
     cache_dir: str | None = None
+    real_stats: bool = False
 
     def __post_init__(self) -> None:
         given = [x is not None for x in (self.pretrained, self.checkpoint, self.seed)]
@@ -49,9 +53,15 @@ class Weights:
             raise FSAError("weights: give exactly one of --pretrained TAG, --checkpoint PATH, --random-init --seed N")
         if self.cache_dir is not None and self.pretrained is None:
             raise FSAError("--cache-dir goes with --pretrained TAG (a checkpoint file is read as it is)")
+        if self.real_stats and self.seed is None:
+            raise FSAError("--real-stats goes with --random-init (it shapes random weights)")
 
     def describe(self) -> dict[str, Any]:
         """The weights source as recorded in meta.json."""
+        if self.seed is not None and self.real_stats:  # a source older readers refuse (never build it plain)
+            from fsa_deploy.models.real_stats import RECIPE
+
+            return {"source": REAL_STATS_SOURCE, "seed": self.seed, "recipe": RECIPE}
         if self.seed is not None:
             return {"source": "random-init", "seed": self.seed}
         if self.checkpoint is not None:
@@ -68,6 +78,13 @@ class Weights:
         source = d.get("source")
         if source == "random-init":
             return cls(seed=int(d["seed"]))
+        if source == REAL_STATS_SOURCE:
+            from fsa_deploy.models.real_stats import RECIPES
+
+            if d.get("recipe") not in RECIPES:
+                raise FSAError(f"{what}: --real-stats recipe {d.get('recipe')!r} is unknown to this fsa-deploy "
+                               f"(it rebuilds {', '.join(RECIPES)}); re-export")
+            return cls(seed=int(d["seed"]), real_stats=True)
         if source == "pretrained":
             return cls(pretrained=str(d["tag"]), cache_dir=d.get("cache_dir"))
         if source == "checkpoint":

@@ -70,9 +70,15 @@ def run_lint(args: argparse.Namespace) -> int:
             if not real.accepted:
                 what = "parser" if not real.parses else "builder"
                 lines.append(f"<graph> ({real.library} {real.version}): {what}: " + "; ".join(real.errors[:3]))
+        from fsa_deploy.export.fp16_audit import lint_lines
+
+        audit_lines, audit_summary = lint_lines(path)  # an artefact's fp16 graph: its recorded ranges
+        lines += audit_lines
         nodes = next(iter(reports.values())).nodes
         status = "FAILED" if lines else "PASSED"
         print(f"{status}: {path} (TensorRT {versions}): {nodes} nodes, {len(lines)} violations")
+        if audit_summary:
+            print(audit_summary)
         for line in lines:
             print(line)
         failed += bool(lines)

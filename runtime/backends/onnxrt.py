@@ -131,8 +131,12 @@ class OnnxRuntimeBackend:
         if stages:
             model = graph_with_outputs(self.artifact, name, stages)
             opts.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(self.artifact.root))
+        # ONNX Runtime 1.32's CPU MatmulTransposeFusion segfaults at session creation on some mixed
+        # fp16 / fp32 graphs (AutoCast's, with fp32 islands: the tiny --real-stats export); the fusion
+        # only folds a Transpose into a MatMul, so fp16 graphs go without it
+        off = ["MatmulTransposeFusion"] if self.artifact.files().get(name, {}).get("precision") == "fp16" else []
         try:
-            return ort.InferenceSession(model, opts, providers=self.providers)
+            return ort.InferenceSession(model, opts, providers=self.providers, disabled_optimizers=off)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise FSAError(f"{path}: onnxruntime could not load it ({str(e).splitlines()[0][:200]})") from e
 

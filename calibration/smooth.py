@@ -1,0 +1,120 @@
+"""Channel smoothing before int8 / fp8: a LayerNorm's per-channel spread moves into the next MatMul's weights.
+
+Why: trained ViTs' post-LayerNorm activations differ per channel by tens of times (RepQ-ViT, ICCV
+2023; `--real-stats` reproduces it), and activations are quantized per tensor: the few wide
+channels set the scale and the others fall onto a handful of levels (tiny `--real-stats`, proxy in
+int8: 98.8% pixels, mIoU 0.61). The fix is in the graph, not the tolerance: for each
+LayerNormalization whose output feeds only MatMuls with constant weights, divide its gain and
+bias by s_c and multiply the weights' input rows by s_c, with s_c = sqrt(absmax_c(X) / absmax_c(W))
+(SmoothQuant, Xiao et al. 2023, alpha 0.5), normalised to a median of 1. The function is the same
+in exact arithmetic; the activation's channels come out balanced, the weights (quantized per
+output channel) take the spread. Only LayerNorms whose measured spread passes SPREAD_MIN are
+touched: a graph without the pathology is quantized as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SPREAD_MIN = 8.0  # largest channel absmax / median channel absmax that calls for smoothing
+
+
+def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:
+    """Write the smoothed graph of `src` to `dst` (same tensor and node names); returns how many
+    LayerNorms were smoothed (0: `dst` is an unchanged copy)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    uses = {name: len(consumers.get(name, [])) for name in inits}
+    cands = []
+    for n in g.node:
+        if n.op_type != "LayerNormalization" or len(n.input) < 3:
+            continue
+        readers = consumers.get(n.output[0], [])
+        if readers and all(r.op_type == "MatMul" and r.input[0] == n.output[0] and r.input[1] in inits
+                           and uses[r.input[1]] == 1 for r in readers) \
+                and n.input[1] in inits and n.input[2] in inits and uses[n.input[1]] == 1 and uses[n.input[2]] == 1:
+            cands.append((n, readers))
+    if not cands:
+        onnx.save(model, str(dst))
+        return 0
+    probe = onnx.load(str(src))
+    for n, _ in cands:
+        probe.graph.output.append(onnx.ValueInfoProto(name=n.output[0]))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [n.output[0] for n, _ in cands]
+    absmax = {k: None for k in names}
+    for feed in feeds:
+        for k, v in zip(names, sess.run(names, feed)):
+            a = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0)
+            absmax[k] = a if absmax[k] is None else np.maximum(absmax[k], a)
+    done = 0
+    for n, readers in cands:
+        x = absmax[n.output[0]]
+        if x is None or x.max() < SPREAD_MIN * np.median(x):
+            continue
+        ws = [numpy_helper.to_array(inits[r.input[1]]) for r in readers]
+        w = np.max([np.abs(m).max(axis=1) for m in ws], axis=0)
+        s = np.sqrt(np.maximum(x, 1e-8) / np.maximum(w, 1e-8))
+        s = (s / np.median(s)).astype(np.float32)
+        for idx, arr in ((1, numpy_helper.to_array(inits[n.input[1]])), (2, numpy_helper.to_array(inits[n.input[2]]))):
+            inits[n.input[idx]].CopyFrom(numpy_helper.from_array((arr / s).astype(arr.dtype), n.input[idx]))
+        for r, m in zip(readers, ws):
+            inits[r.input[1]].CopyFrom(numpy_helper.from_array((m * s[:, None]).astype(m.dtype), r.input[1]))
+        done += 1
+    onnx.save(model, str(dst))
+    return done
+
+
+OUTLIER_OPS = ("MatMul", "Add", "LayerNormalization")  # what ModelOpt's placement quantizes on a ViT's stream
+
+
+def outlier_matmuls(path: Path, feeds: list[dict[str, np.ndarray]], spread: float = SPREAD_MIN) -> list[str]:
+    """MatMuls (constant weights), Adds and LayerNorms whose activation input still has one channel
+    `spread` x the median channel: kept in fp32, islands for the outlier channels (the residual stream
+    with massive activations, the MLP input where one neuron carries them); per-tensor int8 would put
+    every other channel on a few levels."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    inits = {t.name for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type in OUTLIER_OPS
+             and (n.op_type != "MatMul" or n.input[1] in inits)]
+    inputs = {n.name: [t for t in (n.input[:1] if n.op_type != "Add" else n.input) if t and t not in inits]
+              for n in nodes}
+    names = sorted({t for ts in inputs.values() for t in ts})
+    have = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    for t in names:
+        if t not in have:
+            model.graph.output.append(onnx.ValueInfoProto(name=t))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    absmax: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        values = dict(zip(outs, sess.run(outs, feed)))
+        values.update(feed)
+        for t in names:
+            v = values.get(t)
+            if v is None or v.ndim < 2 or v.shape[-1] < 8 or not np.issubdtype(v.dtype, np.floating):
+                continue
+            a = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0)
+            absmax[t] = a if t not in absmax else np.maximum(absmax[t], a)
+    wide = {t for t, a in absmax.items() if a.max() >= spread * max(float(np.median(a)), 1e-12)}
+    return sorted(n.name for n in nodes if any(t in wide for t in inputs[n.name]))

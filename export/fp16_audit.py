@@ -1,0 +1,413 @@
+"""The fp16 range audit: which nodes of a graph would leave a safe fp16 range, from measured ranges.
+
+Why an audit and not a run: ONNX Runtime's CPU kernels evaluate an fp16 graph in fp32 arithmetic
+between Casts, so an fp16 graph that passes validation there proves only the rounding at tensor
+boundaries. TensorRT (and any GPU fp16 kernel) computes inside the node in fp16: LayerNorm's sum
+of squares, a reduction's sum, attention logits. A model with massive activations (a residual
+channel at ~1000, README "Real-weight statistics") overflows exactly there: 2 * 1000^2 > 65504.
+
+So: run the fp32 graph on calibration crops, record every float tensor's absmax and every
+reducing node's internal sum (`measure`), then flag each low-precision node whose inputs, outputs
+or internal sum pass SAFE_FP16 (`audit`). `fsa export --precision fp16` keeps the flagged nodes
+in fp32 (`islands`), converts the rest with ModelOpt's AutoCast from the fp32 graph, so the
+audit's tensor names are the graph's own (`to_fp16`), and records islands and ranges in
+meta.json; `fsa lint` re-runs the audit on an artefact's fp16 graph from those ranges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FP16_MAX = 65504.0
+SAFE_FP16 = 16384.0  # a quarter of fp16's largest value: headroom for inputs the calibration did not see
+FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto elem types
+SQUARE_SUMS = ("LayerNormalization", "ReduceL2", "ReduceSumSquare")  # sum of squares inside the node
+PLAIN_SUMS = ("ReduceMean", "ReduceSum")  # sum of |x| before any division
+SHAPE_ONLY = {"Shape", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "Concat",
+              "Expand", "Split", "Identity", "Constant", "ConstantOfShape", "Not", "Where", "Equal",
+              "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "TopK", "ReduceMax", "ReduceMin"}
+
+
+@dataclass
+class Ranges:
+    """What the fp32 graph did on the calibration crops."""
+
+    absmax: dict[str, float] = field(default_factory=dict)  # float tensor -> largest |value|
+    sums: dict[str, float] = field(default_factory=dict)  # node -> largest internal sum (see SQUARE_SUMS)
+    crops: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"crops": self.crops, "absmax": {k: _finite(v) for k, v in self.absmax.items()},
+                "sums": {k: _finite(v) for k, v in self.sums.items()}}
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> Ranges:
+        return cls({str(k): float(v) for k, v in d.get("absmax", {}).items()},
+                   {str(k): float(v) for k, v in d.get("sums", {}).items()}, int(d.get("crops", 0)))
+
+
+def _finite(v: float) -> float:
+    return float(v) if math.isfinite(v) else 1e38  # strict JSON; still far past any bound
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One low-precision node past the bound: `what` names the tensor or the internal sum."""
+
+    node: str
+    op: str
+    what: str
+    value: float
+    bound: float = SAFE_FP16
+
+    def line(self) -> str:
+        return f"{self.node} ({self.op}): {self.what} reaches {self.value:.4g} > {self.bound:g}"
+
+
+# ---------------------------------------------------------------- measuring the fp32 graph
+
+
+def _axes(node, consts: dict[str, np.ndarray], rank: int) -> tuple[int, ...] | None:
+    if node.op_type == "LayerNormalization":
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        return tuple(range(axis % rank, rank))
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and node.input[1] in consts:
+        axes = consts[node.input[1]].astype(int).ravel().tolist()
+    if axes is None:
+        return tuple(range(rank))
+    return tuple(a % rank for a in axes)
+
+
+def _constants(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in (6, 7)}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.t.data_type in (6, 7):
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def float_tensors(model) -> list[str]:
+    """Every float32 tensor a node writes (graph outputs included), by shape inference's types."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
+    return [t for n in model.graph.node for t in n.output if t and types.get(t) == FLOAT]
+
+
+def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]]) -> Ranges:
+    """Run the fp32 graph once per feed with every float tensor as an output; keep absmax and sums."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    names = float_tensors(model)
+    inputs = {i.name for i in model.graph.input}
+    existing = {o.name for o in model.graph.output}
+    for t in names:
+        if t not in existing:
+            model.graph.output.append(onnx.ValueInfoProto(name=t))
+    for i in model.graph.input:
+        if i.type.tensor_type.elem_type == FLOAT:
+            names.append(i.name)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as exported
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    consts = _constants(model)
+    reducing = [n for n in model.graph.node if n.op_type in SQUARE_SUMS + PLAIN_SUMS]
+    r = Ranges()
+    for feed in feeds:
+        values = dict(zip(outs, sess.run(outs, feed)))
+        values.update({k: v for k, v in feed.items() if k in inputs})
+        for t in names:
+            if t in values:  # +-inf is a mask (masked_fill before a softmax), the same in fp16: not a range
+                v = np.abs(values[t].astype(np.float64))
+                v = v[np.isfinite(v)]
+                r.absmax[t] = max(r.absmax.get(t, 0.0), float(v.max()) if v.size else 0.0)
+        for n in reducing:
+            x = values.get(n.input[0])
+            if x is None or not x.size:
+                continue
+            x = x.astype(np.float64)
+            axes = _axes(n, consts, x.ndim)
+            if n.op_type == "LayerNormalization":
+                s = ((x - x.mean(axis=axes, keepdims=True)) ** 2).sum(axis=axes)
+            elif n.op_type in SQUARE_SUMS:
+                s = (x ** 2).sum(axis=axes)
+            else:
+                s = np.abs(x).sum(axis=axes)
+            r.sums[n.name] = max(r.sums.get(n.name, 0.0), float(np.max(s)))
+        r.crops += len(next(iter(feed.values())))
+    return r
+
+
+# ---------------------------------------------------------------- the audit
+
+
+def _types(model) -> dict[str, int]:
+    import onnx
+
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:
+        g = model.graph
+    out = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.value_info, *g.output, *g.input)}
+    out.update({t.name: t.data_type for t in model.graph.initializer})
+    return out
+
+
+def low_precision_nodes(model) -> list[str]:
+    """Nodes computing in fp16: a float16 input or output (Casts and shape plumbing aside)."""
+    types = _types(model)
+    return [n.name for n in model.graph.node if n.op_type != "Cast"
+            and any(types.get(t) == FLOAT16 for t in (*n.input, *n.output) if t)]
+
+
+def _origin(model) -> dict[str, str]:
+    """A Cast's output -> the tensor it casts (so an fp16 graph's names resolve to the fp32 ranges)."""
+    links = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+
+    def root(t: str) -> str:
+        seen = 0
+        while t in links and seen < 8:
+            t, seen = links[t], seen + 1
+        return t
+    return {t: root(t) for t in links}
+
+
+def audit(model, ranges: Ranges, low: Iterable[str] | None = None, bound: float = SAFE_FP16) -> list[Finding]:
+    """Each node of `low` (default: the graph's fp16 nodes) whose inputs, outputs or internal sum pass
+    `bound`, from `ranges` measured on the fp32 graph. Shape-only nodes are checked on their outputs."""
+    low = set(low_precision_nodes(model) if low is None else low)
+    origin = _origin(model)
+    init = {t.name for t in model.graph.initializer}
+    found: list[Finding] = []
+    for n in model.graph.node:
+        if n.name not in low:
+            continue
+        tensors = n.output if n.op_type in SHAPE_ONLY else (*n.input, *n.output)
+        worst: tuple[float, str] | None = None
+        for t in tensors:
+            if not t or t in init:
+                continue
+            v = ranges.absmax.get(origin.get(t, t))
+            if v is not None and v > bound and (worst is None or v > worst[0]):
+                worst = (v, f"tensor {origin.get(t, t)}")
+        s = ranges.sums.get(n.name)
+        if s is not None and s > bound and (worst is None or s > worst[0]):
+            what = "sum of squares" if n.op_type in SQUARE_SUMS else "sum"
+            worst = (s, f"internal {what}")
+        if worst is not None:
+            found.append(Finding(n.name, n.op_type, worst[1], worst[0], bound))
+    return found
+
+
+# data movement, no arithmetic
+MOVERS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Slice", "Gather", "Concat", "Split", "Resize")
+
+
+def islands(model, ranges: Ranges, always: Iterable[str] = ()) -> list[str]:
+    """The nodes to keep in fp32: `always` (the policy) plus every node the audit flags were all in fp16,
+    plus the data-movement nodes that feed them (`_with_movers`)."""
+    flagged = {f.node for f in audit(model, ranges, [n.name for n in model.graph.node])}
+    return sorted(_with_movers(model, flagged | set(always)))
+
+
+def _with_movers(model, keep: set[str]) -> set[str]:
+    """An island also takes the Transposes / Reshapes that feed it, so AutoCast's Cast sits before them:
+    ONNX Runtime 1.2x crashes at session creation (ORT_ENABLE_ALL, MatmulTransposeFusion) on a
+    Transpose -> Cast -> MatMul chain (found on the tiny export: eight fp32 MatMuls of the head)."""
+    producer = {t: n for n in model.graph.node for t in n.output}
+    out, todo = set(keep), list(keep)
+    by_name = {n.name: n for n in model.graph.node}
+    while todo:
+        node = by_name.get(todo.pop())
+        for t in node.input if node is not None else ():
+            p = producer.get(t)
+            if p is not None and p.op_type in MOVERS and p.name not in out:
+                out.add(p.name)
+                todo.append(p.name)
+    return out
+
+
+def policy_nodes(model, stages: dict[str, str], scope: str) -> list[str]:
+    """What stays in fp32 whatever the ranges: the FSA head (downstream of the proxy features, the values
+    and the text embeddings: thresholds and the feedback's exp(lamda * Sim) flip on rounding), CLIP's last block up to
+    the values, and the feedback block: the split the fp16 export always had (trunk and proxy fp16)."""
+    from fsa_deploy.export.graph_walk import Walk
+
+    walk = Walk(model.graph)
+    heads = [stages[k] for k in ("proxy_features", "values") if k in stages] + ["text_embeddings"]
+    head = walk.downstream(heads)
+    if "values" in stages:  # and CLIP's last block up to V: its LayerNorm, in_proj and the resize to the grid
+        up = walk.upstream([stages["values"]])
+        lns = sorted(i for i in up if walk.nodes[i].op_type == "LayerNormalization")
+        if lns:
+            head |= {lns[-1]} | (walk.downstream(walk.nodes[lns[-1]].output) & up)
+    return sorted(walk.names(head) | {n.name for n in model.graph.node if scope and n.name.startswith(scope)})
+
+
+# ---------------------------------------------------------------- the fp16 graph
+
+
+def _hide_stub_tensorrt() -> None:
+    """tensorrt-stubs leave an empty importable `tensorrt` that ModelOpt takes for TensorRT (the same
+    guard as calibration.modelopt_call's; the export room does not import calibration)."""
+    import sys
+
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return
+    if not hasattr(tensorrt, "Builder"):
+        sys.modules["tensorrt"] = None  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def _quiet_modelopt() -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in ("", "modelopt", "modelopt.onnx", "modelopt.onnx.autocast")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def to_fp16(fp32_path: str | Path, keep_fp32: Iterable[str]):
+    """ModelOpt AutoCast: every node in fp16 but `keep_fp32` (exact names), inputs and outputs fp32.
+
+    AutoCast's own range rule (data_max) is off: the audit decided, on the crops it was given."""
+    from fsa_deploy.errors import FSAError
+
+    _hide_stub_tensorrt()
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError as e:
+        raise FSAError("--precision fp16 converts with NVIDIA ModelOpt's AutoCast, which is not installed: "
+                       "pip install 'fsa-deploy[quant]'") from e
+
+    patterns = ["^" + re.escape(n) + "$" for n in keep_fp32]
+    import onnx
+
+    with _quiet_modelopt():
+        model = convert_to_mixed_precision(str(fp32_path), "fp16", nodes_to_exclude=patterns or None,
+                                           data_max=float("inf"), keep_io_types=True)
+    # AutoCast's value_info can tie dims that differ (ORT then fails to reuse a buffer): infer afresh
+    del model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def record(ranges: Ranges, kept: list[str], findings_all_fp16: list[Finding]) -> dict[str, Any]:
+    """meta.json's `fp16_audit` on the fp16 image graph's file record."""
+    return {"bound": SAFE_FP16, "fp32_islands": kept, "flagged_if_all_fp16": [asdict(f) for f in findings_all_fp16],
+            "ranges": ranges.describe()}
+
+
+# ---------------------------------------------------------------- fsa export --precision fp16, fsa lint
+
+
+CALIBRATION_CROPS = 8  # crops the ranges are measured on (one feed each: every tensor of a crop is held)
+
+
+@dataclass
+class Fp16Plan:
+    """How `fsa export --precision fp16` makes its graph; `record` is filled for meta.json."""
+
+    images: tuple[str, ...] = ()  # calibration images (files / folders); empty: fsa calibrate's defaults
+    count: int = CALIBRATION_CROPS
+    islands: bool = True  # False: every node in fp16 (a debug switch: what the audit exists to catch)
+    record: dict[str, Any] | None = None
+
+
+def calibration_feeds(ref, images: tuple[str, ...], count: int) -> list[dict[str, np.ndarray]]:
+    """Crops cut as `fsa segment` cuts them (fsa calibrate's images and defaults), text from the
+    reference's text tower on the default vocabulary (first prompt template)."""
+    import torch
+    from fsa_deploy.models.dump import numpy_encoder
+    from fsa_deploy.models.text import openai_templates
+    from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
+
+    from fsa_deploy.errors import FSAError
+
+    files, errors = expand_images(list(images) or sample_photos(), "--images")
+    if errors or not files:
+        raise FSAError(errors[0] if errors else "--images: no calibration images (scikit-image's sample photos "
+                       "are not installed)")
+    geo, parts, have = Geometry(crop=ref.spec.crop), [], 0
+    for f in files:  # the first `count` crops, cut as `fsa segment` cuts them (fsa calibrate does the same)
+        batch, _ = crops_of(resize_image(load_image(f), geo), geo)
+        parts.append(batch[: count - have])
+        have += len(parts[-1])
+        if have >= count:
+            break
+    crops = np.concatenate(parts).astype(np.float32)
+    with torch.no_grad():
+        text = classifier(numpy_encoder(ref), Vocabulary.from_file(DEFAULT_CLASSES).queries, openai_templates()[:1])
+    return [{"image": crops[i:i + 1], "text_embeddings": np.asarray(text, dtype=np.float32)}
+            for i in range(len(crops))]
+
+
+def export_fp16(ref, path: Path, stages: dict[str, str], scope: str, plan: Fp16Plan,
+                external_data_bytes: int) -> int:
+    """The fp32 image graph at `path` -> its fp16 graph, in place; returns the node count."""
+    import onnx
+    from fsa_deploy.export.onnx_export import save_onnx
+
+    ranges = measure(path, calibration_feeds(ref, plan.images, plan.count))
+    fp32 = onnx.load(str(path))
+    flagged = audit(fp32, ranges, [n.name for n in fp32.graph.node])
+    keep = islands(fp32, ranges, policy_nodes(fp32, stages, scope)) if plan.islands else []
+    model = to_fp16(path, keep)
+    save_onnx(model, path, external_data_bytes)
+    plan.record = record(ranges, keep, flagged)
+    return len(model.graph.node)
+
+
+def lint_lines(path: Path) -> tuple[list[str], str | None]:
+    """`fsa lint` on an artefact's fp16 graph: the audit from the ranges meta.json recorded at export.
+
+    Returns (violations, summary line); ([], None) for a graph without a recorded audit."""
+    import onnx
+    from fsa_deploy.runtime.artifact import Artifact
+
+    from fsa_deploy.contract import META
+
+    if not (path.parent / META).is_file():
+        return [], None
+    try:
+        info = Artifact.load(path.parent).files().get(path.name) or {}
+    except Exception:
+        return [], None  # not readable as an artefact: the ONNX lint alone
+    rec = info.get("fp16_audit")
+    if not isinstance(rec, dict):
+        return [], None
+    ranges = Ranges.from_description(rec.get("ranges") or {})
+    model = onnx.load(str(path), load_external_data=False)
+    bound = float(rec.get("bound", SAFE_FP16))
+    low = low_precision_nodes(model)
+    found = audit(model, ranges, low, bound)
+    summary = (f"fp16 audit: {len(low)} fp16 nodes against |x| <= {bound:g} on {ranges.crops} calibration crops; "
+               f"{len(found)} past it; {len(rec.get('fp32_islands') or [])} fp32 islands")
+    return [f"{f.line()} [fp16 audit]" for f in found], summary

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, photos, run_cli
+from conftest import REPO, assert_one_line_error, missing, photos, require, run_cli
 from fsa_deploy.validation.bench_serve import free_ports
 from PIL import Image
 
@@ -404,16 +404,16 @@ def test_torch_backend_through_the_entry_point_gives_fsa_segments_labels(tiny_ar
 # ---------------------------------------------------------------- --server: fsa serve behind the page
 
 
-def test_server_mode_forwards_to_fsa_serve_with_fsa_segments_labels(tiny_artifact, reference, tmp_path):
+def test_server_mode_forwards_to_fsa_serve_with_fsa_segments_labels(tiny_artifact, reference, app, tmp_path):
     from fsa_deploy.runtime.serve.env import find_serve_env
 
     from fsa_deploy.errors import FSAError
 
-    pytest.importorskip("tritonclient.http")
+    require("tritonclient.http")
     try:
         find_serve_env()
     except FSAError as e:
-        pytest.skip(f"no serve environment: {e}")
+        missing(f"no serve environment: {e}")
     http_port, grpc, metrics = free_ports(3)
     serve = subprocess.Popen(
         [sys.executable, "-m", "fsa_deploy", "serve", str(tiny_artifact.root), "--http-port", str(http_port),
@@ -441,6 +441,12 @@ def test_server_mode_forwards_to_fsa_serve_with_fsa_segments_labels(tiny_artifac
             want_png, want = reference[CLASSES, Path(photo).stem]
             assert base64.b64decode(out["labels"]) == want_png
             assert out["summary"]["image"] == Path(photo).name and out["summary"]["classes"] == want["classes"]
+        # prob_thd travels as fsa_segment's PROB_THD input: the served labels equal the in-process ones
+        for thd in ("0.5", "1"):
+            status, served = good.segment(PHOTO, CLASSES, prob_thd=thd)
+            status_local, local = app.segment(PHOTO, CLASSES, prob_thd=thd)
+            assert status == status_local == 200, (served, local)
+            assert served["labels"] == local["labels"] and served["summary"]["prob_thd"] == float(thd)
         status, out = good.segment(("notes.txt", b"hello"), CLASSES)
         assert status == 400 and "notes.txt: not an image" in out["error"]
         status, out = wrong.segment(PHOTO, CLASSES)  # the server runs another artefact than DIR

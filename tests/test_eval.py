@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, photos, run_cli
+from conftest import REPO, assert_one_line_error, missing, photos, run_cli
 from fsa_deploy.validation.eval import datasets as D
 from fsa_deploy.validation.eval.metrics import confusion, scores
 from PIL import Image, ImageDraw
@@ -356,7 +356,7 @@ def two_servers(tiny_artifact, tmp_path_factory):
     try:
         find_serve_env()
     except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no serve environment: {e}")
+        missing(f"no serve environment: {e}")
     folder = tmp_path_factory.mktemp("servers")
     servers = [Served(tiny_artifact.root, folder / f"triton{i}.log", folder / "text-cache") for i in range(2)]
     try:

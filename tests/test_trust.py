@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, photos
+from conftest import REPO, RTX_ENV, photos, require
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import paths
 from PIL import Image
@@ -458,7 +458,7 @@ def test_two_writers_keep_both_records(tiny_artifact, tmp_path):
 def test_build_and_another_writer_at_once_keep_both_records(tiny_artifact, tmp_path):
     """A real `fsa build --engine rtx` and a second writer on one folder, each held between
     meta.json's read and write: the engine's record and the other one both survive."""
-    pytest.importorskip("tensorrt_rtx")
+    require("tensorrt_rtx", RTX_ENV)
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact.root, art)
     env = {**os.environ, "FSA_TEST_META_PAUSE": "1.5"}

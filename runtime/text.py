@@ -329,19 +329,12 @@ def _load_entry(path: Path, rows: int) -> np.ndarray | None:
 
 @contextlib.contextmanager
 def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `folder`/.lock (flock: released by the kernel when the holder
-    dies). Where there is no flock (Windows), no lock: a race then costs one encoding twice."""
-    try:
-        import fcntl
-    except ImportError:
+    """An exclusive lock on `folder`/.lock (filelock: flock on POSIX, released by the kernel when the
+    holder dies; msvcrt on Windows, where the runtime also serves RTX PCs)."""
+    from filelock import FileLock
+
+    with FileLock(str(folder / ".lock")):
         yield
-        return
-    with open(folder / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def default_cache_dir() -> Path:

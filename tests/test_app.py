@@ -452,11 +452,13 @@ def test_server_mode_forwards_to_fsa_serve_with_fsa_segments_labels(tiny_artifac
         status, out = wrong.segment(PHOTO, CLASSES)  # the server runs another artefact than DIR
         assert status == 502 and "0000000000" in out["error"] and "runs artefact" in out["error"]
     finally:
-        for a in apps:
-            a.proc.send_signal(signal.SIGINT)
-            assert a.proc.wait(timeout=30) == 130
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=60)
+        try:
+            for a in apps:
+                a.proc.send_signal(signal.SIGINT)
+                assert a.proc.wait(timeout=30) == 130
+        finally:  # the server is stopped even when an app did not stop as it should
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=60)
 
 
 # ---------------------------------------------------------------- the command line

@@ -18,14 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fsa_deploy.contract import (
     IMAGE_GRAPHS,
     IMAGE_ONNX,
-    IN_CLASSES,
-    IN_IMAGE,
-    IN_PROB_THD,
     OUT_LABELS,
     OUT_SUMMARY,
     SEGMENT_MODEL,
@@ -142,6 +137,7 @@ class Remote:
 
     def __init__(self, folder: str, url: str) -> None:
         from fsa_deploy.runtime.artifact import Artifact
+        from fsa_deploy.runtime.serve.client import server_address
         from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary
 
         try:
@@ -149,7 +145,7 @@ class Remote:
         except ImportError as e:
             raise FSAError(f"--server {url}: needs tritonclient: pip install 'fsa-deploy[serve]' ({e})") from e
         art = Artifact.load(folder)
-        self.url = url.split("://", 1)[-1].rstrip("/")
+        self.url = server_address(url)
         self.sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
         self.default = Vocabulary.from_file(DEFAULT_CLASSES)
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.sha, "backend": f"triton {self.url}",
@@ -169,24 +165,15 @@ class Remote:
         return th.InferenceServerClient(self.url, network_timeout=600.0, connection_timeout=10.0)
 
     def segment(self, data: bytes, name: str, classes: str, prob_thd: float | None) -> Answer:
-        import tritonclient.http as th
         from fsa_deploy.runtime.images import decode_image
         from fsa_deploy.runtime.segmenter import SegmentationResult
+        from fsa_deploy.runtime.serve.client import segment_inputs
         from tritonclient.utils import InferenceServerException
 
         vocab = parse_classes(classes)
         image = decode_image(io.BytesIO(data), name).transpose(1, 2, 0)  # refused here before the round trip
-        inputs = []
-        for tensor, value in ((IN_IMAGE, data), (IN_CLASSES, classes.encode("utf-8"))):
-            t = th.InferInput(tensor, [1], "BYTES")
-            t.set_data_from_numpy(np.array([value], dtype=np.object_))
-            inputs.append(t)
-        if prob_thd is not None:  # only when given: absent means the artefact's default
-            t = th.InferInput(IN_PROB_THD, [1], "FP32")
-            t.set_data_from_numpy(np.array([prob_thd], dtype=np.float32))
-            inputs.append(t)
         try:
-            reply = self._client().infer(SEGMENT_MODEL, inputs)
+            reply = self._client().infer(SEGMENT_MODEL, segment_inputs(data, classes, prob_thd=prob_thd))
         except InferenceServerException as e:
             raise UpstreamError(f"--server: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         except Exception as e:  # noqa: BLE001 - a dropped connection: this request's error, the page keeps going

@@ -19,16 +19,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from fsa_deploy.runtime.serve.client import segment_inputs, server_address
 from fsa_deploy.validation.eval.datasets import Item, read_mask
 from fsa_deploy.validation.eval.protocol import RESIZE_LONG
 from fsa_deploy.validation.eval.runner import Row
 
 from fsa_deploy.contract import (
-    IN_CLASSES,
-    IN_IMAGE,
-    IN_PROB_THD,
-    IN_SHORT_SIDE,
-    IN_STRIDE,
     OUT_LABELS,
     OUT_SUMMARY,
     SEGMENT_MODEL,
@@ -50,13 +46,6 @@ def _http() -> Any:
     return th
 
 
-def _address(url: str) -> str:
-    for prefix in ("http://", "https://"):
-        if url.startswith(prefix):
-            url = url[len(prefix):]
-    return url.rstrip("/")
-
-
 class Servers:
     """The live servers and one client per (thread, server): tritonclient's are not shared."""
 
@@ -75,7 +64,7 @@ class Servers:
             clients = self.local.clients = {}
         if url not in clients:
             th = _http()
-            clients[url] = th.InferenceServerClient(_address(url), connection_timeout=TIMEOUT_S,
+            clients[url] = th.InferenceServerClient(server_address(url), connection_timeout=TIMEOUT_S,
                                                     network_timeout=TIMEOUT_S)
         return clients[url]
 
@@ -93,17 +82,8 @@ class Servers:
             return self.alive[self.turn % len(self.alive)]
 
     def inputs(self, data: bytes) -> list:
-        th = _http()
-        out = []
-        for name, dtype, value in ((IN_IMAGE, "BYTES", np.array([data], dtype=np.object_)),
-                                   (IN_CLASSES, "BYTES", np.array([self.classes_text.encode()], dtype=np.object_)),
-                                   (IN_SHORT_SIDE, "INT32", np.array([self.protocol["short_side"]], np.int32)),
-                                   (IN_STRIDE, "INT32", np.array([self.protocol["stride"]], np.int32)),
-                                   (IN_PROB_THD, "FP32", np.array([self.protocol["prob_thd"]], np.float32))):
-            t = th.InferInput(name, [1], dtype)
-            t.set_data_from_numpy(value, binary_data=True)
-            out.append(t)
-        return out
+        return segment_inputs(data, self.classes_text, self.protocol["short_side"], self.protocol["stride"],
+                              self.protocol["prob_thd"])
 
     def once(self, url: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         """One request to one server: (labels, summary); ServerError for an error reply; any other

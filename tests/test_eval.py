@@ -435,7 +435,7 @@ def test_offline_check_wants_the_protocol_inputs(tiny_artifact, tmp_path):
     out = write_repository(tiny_artifact, tmp_path / "repo")
     assert check_repository(out) == []
     cfg = out / "fsa_segment" / "config.pbtxt"
-    fp32 = '"PROB_THD"\n    data_type: TYPE_FP32'
+    fp32 = '"PROB_THD"\n  data_type: TYPE_FP32'
     assert fp32 in cfg.read_text()
     cfg.write_text(cfg.read_text().replace(fp32, fp32.replace("FP32", "FP64")))
     assert any("PROB_THD" in p for p in check_repository(out)), check_repository(out)

@@ -51,8 +51,8 @@ def test_container_repository_passes_the_offline_check(tiny_artifact, tmp_path):
     assert (out / SEGMENT_MODEL / "1" / "fsa_deploy" / "runtime" / "segmenter.py").is_file()
     for cfg in out.glob("*/config.pbtxt"):  # NVIDIA's container runs it unchanged: no path of this machine
         assert str(tiny_artifact.root) not in cfg.read_text() and "/tmp" not in cfg.read_text()
-    image_cfg = (out / IMAGE_MODEL / "config.pbtxt").read_text()
-    assert 'backend: "onnxruntime"' in image_cfg and "max_batch_size: 0" in image_cfg
+    image_cfg = parse_configs(out)[IMAGE_MODEL]
+    assert (image_cfg.backend, image_cfg.max_batch_size) == ("onnxruntime", 0)
     assert check_repository(out) == []
 
 
@@ -60,11 +60,13 @@ def test_offline_check_catches_typos_and_wiring(tiny_artifact, tmp_path):
     out = write_repository(tiny_artifact, tmp_path / "repo")
     cfg = out / IMAGE_MODEL / "config.pbtxt"
     good = cfg.read_text()
-    cfg.write_text(good.replace("max_batch_size", "max_batch_sise"))
-    with pytest.raises(FSAError, match=r"max_batch_sise"):
+    assert "instance_group" in good
+    cfg.write_text(good.replace("instance_group", "instance_grup"))
+    with pytest.raises(FSAError, match=r"instance_grup"):
         check_repository(out)
     # wiring: fsa_segment sends FP32 embeddings; the model now takes FP16
-    fp32 = '"text_embeddings"\n    data_type: TYPE_FP32'
+    fp32 = '"text_embeddings"\n  data_type: TYPE_FP32'
+    assert fp32 in good
     cfg.write_text(good.replace(fp32, fp32.replace("FP32", "FP16")))
     problems = check_repository(out)
     assert any("text_embeddings: sends TYPE_FP32, model takes TYPE_FP16" in p for p in problems), problems
@@ -72,17 +74,72 @@ def test_offline_check_catches_typos_and_wiring(tiny_artifact, tmp_path):
     assert any("no output 'logits'" in p for p in check_repository(out))
 
 
-def test_tensorrt_repository_takes_the_engine_limits(tiny_artifact, tmp_path):
-    """The plan file and the batch / class limits come from the engine's record in meta.json
-    (a stand-in engine file: the repository writer never opens it)."""
-    art_dir = tmp_path / "art"
-    shutil.copytree(tiny_artifact.root, art_dir)
-    art = Artifact.load(art_dir)
-    (art_dir / "image.fp16.engine").write_bytes(b"plan bytes")
+# the old hand-written writer's configs for the tiny artefact (captured before it was replaced by
+# ModelConfig + text_format): the new files must parse into equal messages, field by field
+REFERENCE = Path(__file__).parent / "data" / "triton_reference"
+REFERENCE_OPTIONS = {
+    "container": RepoOptions(),
+    "container-options": RepoOptions(max_batch=8, segment_instances=3, image_instances=2, cache_dir="/srv/cache"),
+    "tensorrt": RepoOptions(image_backend="tensorrt", max_batch=16),
+    "local": RepoOptions(flavour="local", max_batch=8, threads=2, backend="onnx", queue_delay_us=500),
+}
+
+
+def with_stand_in_engine(tiny_artifact, folder: Path) -> Path:
+    """A copy of the artefact with an fp16 engine record (a stand-in file: the writer never opens it)."""
+    shutil.copytree(tiny_artifact.root, folder)
+    art = Artifact.load(folder)
+    (folder / "image.fp16.engine").write_bytes(b"plan bytes")
     profiles = {"image": {"min": [1, 3, 112, 112], "opt": [4, 3, 112, 112], "max": [6, 3, 112, 112]},
                 "text_embeddings": {"min": [1, 64], "opt": [21, 64], "max": [300, 64]}}
     art.record("image.fp16.engine", role="engine", precision="fp16", engine={"profiles": profiles})
     art.save()
+    return folder
+
+
+def test_configs_equal_the_hand_written_writers(tiny_artifact, tmp_path):
+    from google.protobuf import text_format
+
+    pb = tg.model_config_pb2
+    art = with_stand_in_engine(tiny_artifact, tmp_path / "art")
+    for variant, opts in REFERENCE_OPTIONS.items():
+        written = parse_configs(write_repository(art, tmp_path / variant, opts))
+        assert sorted(written) == sorted(p.stem for p in (REFERENCE / variant).glob("*.pbtxt"))
+        for model, got in written.items():
+            text = (REFERENCE / variant / f"{model}.pbtxt").read_text().replace("{artifact}", str(art.resolve()))
+            want = text_format.Parse(text, pb.ModelConfig())
+            fields = {f.name for f, _ in [*got.ListFields(), *want.ListFields()]}
+            assert fields >= {"name", "input", "output"}, (variant, model)
+            for name in sorted(fields):
+                assert getattr(got, name) == getattr(want, name), (variant, model, name)
+            assert got == want
+
+
+def test_the_writer_needs_the_serve_extra_and_loads_without_grpc(tiny_artifact, tmp_path, monkeypatch, capsys):
+    """tritonclient[http] alone has no grpc: `import tritonclient.grpc` fails there, the writer does
+    not (model_config_pb2 loaded by file); without tritonclient, fsa triton exits 2 in one line."""
+    from fsa_deploy.runtime.serve import model_config
+
+    from fsa_deploy.cli import main
+
+    for name in [m for m in sys.modules if m.startswith("tritonclient.grpc")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "grpc", None)  # an http-only install
+    with pytest.raises(RuntimeError, match="grpc support"):
+        __import__("tritonclient.grpc")
+    assert check_repository(write_repository(tiny_artifact, tmp_path / "repo")) == []
+    monkeypatch.delitem(sys.modules, model_config.NAME)
+    monkeypatch.setitem(sys.modules, "tritonclient", None)  # no serve extra
+    assert main(["triton", str(tiny_artifact.root), "--out", str(tmp_path / "none")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "pip install 'fsa-deploy[serve]'" in err[0], err
+    assert not (tmp_path / "none").exists()
+
+
+def test_tensorrt_repository_takes_the_engine_limits(tiny_artifact, tmp_path):
+    """The plan file and the batch / class limits come from the engine's record in meta.json
+    (a stand-in engine file: the repository writer never opens it)."""
+    art_dir = with_stand_in_engine(tiny_artifact, tmp_path / "art")
     out = write_repository(art_dir, tmp_path / "repo", RepoOptions(image_backend="tensorrt", max_batch=16))
     assert (out / IMAGE_MODEL / "1" / "model.plan").read_bytes() == b"plan bytes"
     assert 'platform: "tensorrt_plan"' in (out / IMAGE_MODEL / "config.pbtxt").read_text()

@@ -1,7 +1,8 @@
 """Offline check of a model repository: every config.pbtxt parsed into Triton's own ModelConfig
 (protobuf text format: misspelled fields, bad enums, wrong types fail with line:column), then the
 wiring: each BLS call fsa_segment makes (names, dtypes, shapes: runtime/serve/bls.py `calls`)
-against the called model's config. Needs tritonclient[grpc] (the `serve` extra)."""
+against the called model's config. It reads the files from disk, whatever wrote them (the writer's
+own message objects are never consulted). Needs the `serve` extra (tritonclient's model_config_pb2)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fsa_deploy.runtime.serve.bls import SegmentParams, calls
+from fsa_deploy.runtime.serve.model_config import model_config_pb2
 from fsa_deploy.runtime.serve.repository import ARTIFACT_COPY
 
 from fsa_deploy.contract import IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, META, SEGMENT_MODEL
@@ -18,14 +20,12 @@ from fsa_deploy.errors import FSAError
 
 def parse_configs(repo: Path) -> dict[str, Any]:
     """model name -> ModelConfig message, for every */config.pbtxt."""
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
-        raise FSAError(f"checking configs needs tritonclient[grpc]: pip install 'fsa-deploy[serve]' ({e})") from e
+    pb = model_config_pb2("checking a model repository")
+    from google.protobuf import text_format
+
     out = {}
     for path in sorted(Path(repo).glob("*/config.pbtxt")):
-        cfg = model_config_pb2.ModelConfig()
+        cfg = pb.ModelConfig()
         try:
             text_format.Parse(path.read_text(), cfg)
         except text_format.ParseError as e:
@@ -61,11 +61,9 @@ def protocol_input_problems(seg: Any, dtype_name: Any) -> list[str]:
 def check_repository(repo: str | Path, portable: bool = True) -> list[str]:
     """Problems found (empty: the repository is consistent). `portable`: no absolute path in any
     parameter (what NVIDIA's container needs; `fsa serve`'s local repository names the artefact)."""
-    from tritonclient.grpc import model_config_pb2
-
     repo = Path(repo)
     configs = parse_configs(repo)
-    dtype_name = model_config_pb2.DataType.Name
+    dtype_name = model_config_pb2().DataType.Name
     problems = []
     for name, cfg in configs.items():
         folder = repo / name

@@ -34,6 +34,7 @@ from typing import Any
 import fsa_deploy.runtime
 from fsa_deploy.runtime.artifact import Artifact, write_json_atomic
 from fsa_deploy.runtime.serve.bls import SegmentParams
+from fsa_deploy.runtime.serve.model_config import model_config_pb2
 
 import fsa_deploy.errors
 from fsa_deploy.contract import (
@@ -42,11 +43,15 @@ from fsa_deploy.contract import (
     IMAGE,
     IMAGE_MODEL,
     IMAGE_ONNX,
+    IN_CLASSES,
+    IN_IMAGE,
     IN_PROB_THD,
     IN_SHORT_SIDE,
     IN_STRIDE,
     LOGITS,
     META,
+    OUT_LABELS,
+    OUT_SUMMARY,
     SEGMENT_MODEL,
     TEXT_EMBEDDINGS,
     TEXT_MODEL,
@@ -61,40 +66,18 @@ MODEL_FILES = Path(__file__).parent / "models"
 ARTIFACT_COPY = "artifact"  # fsa_segment/1/artifact: meta.json + tokenizer vocabulary
 
 
-class Enum(str):
-    """A protobuf enum value: written bare in text format (TYPE_FP32, KIND_CPU)."""
-
-
-def pbtxt(obj: dict[str, Any], indent: int = 0) -> str:
-    """A dict as protobuf text format: dict -> message, list of dicts -> repeated message,
-    list of scalars -> repeated scalar, Enum bare, str quoted."""
-    pad = "  " * indent
-    lines = []
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            lines += [f"{pad}{key} {{", pbtxt(value, indent + 1), f"{pad}}}"]
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            body = ",\n".join(f"{pad}  {{\n{pbtxt(v, indent + 2)}\n{pad}  }}" for v in value)
-            lines += [f"{pad}{key} [", body, f"{pad}]"]
-        elif isinstance(value, list):
-            lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
-        else:
-            lines.append(f"{pad}{key}: {_scalar(value)}")
-    return "\n".join(line for line in lines if line)
-
-
-def _scalar(v: Any) -> str:
-    if isinstance(v, Enum):
-        return str(v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return str(v)
-
-
 def tensor(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
-    return {"name": name, "data_type": Enum(dtype), "dims": dims}
+    return {"name": name, "data_type": dtype, "dims": dims}
+
+
+def config_text(cfg: dict[str, Any]) -> str:
+    """A model's config.pbtxt: `cfg` (ModelConfig's fields, enums by name, `parameters` as a map)
+    parsed into Triton's ModelConfig message, so a misspelled field or enum fails here, and printed
+    by protobuf's text format (fields left at their default, such as max_batch_size 0, are omitted)."""
+    from google.protobuf import json_format, text_format
+
+    message = json_format.ParseDict(cfg, model_config_pb2("fsa triton / fsa serve").ModelConfig())
+    return text_format.MessageToString(message, use_short_repeated_primitives=True)
 
 
 # fsa_segment's optional inputs: the evaluation protocol of `fsa eval --server` (absent: the defaults)
@@ -103,8 +86,8 @@ SEGMENT_OPTIONAL_INPUTS = [{**tensor(name, dtype, [1]), "optional": True}
                                                (IN_PROB_THD, "TYPE_FP32"))]
 
 
-def parameters(params: dict[str, str]) -> list[dict[str, Any]]:
-    return [{"key": k, "value": {"string_value": v}} for k, v in params.items()]
+def parameters(params: dict[str, str]) -> dict[str, Any]:
+    return {k: {"string_value": v} for k, v in params.items()}
 
 
 @dataclass(frozen=True)
@@ -201,6 +184,7 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
     check_repository_target for what `out` may be). Returns `out`."""
     from fsa_deploy.runtime.artifact import staging_folder
 
+    model_config_pb2("fsa triton / fsa serve")  # the serve extra: refused before any work
     art = art if isinstance(art, Artifact) else Artifact.load(art)
     check_repository_target(Path(out), overwrite)  # before any work
     with staging_folder(out, overwrite, check=check_repository_target) as tmp:
@@ -238,12 +222,12 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
             "input": [tensor(IMAGE, "TYPE_FP32", [3, crop, crop]), tensor(TEXT_EMBEDDINGS, "TYPE_FP32", [-1, dim])],
             "output": [tensor(LOGITS, "TYPE_FP32", [-1, *grid])],
             "dynamic_batching": {"max_queue_delay_microseconds": opts.queue_delay_us},
-            "instance_group": [{"count": opts.image_instances, "kind": Enum("KIND_CPU")}]}
+            "instance_group": [{"count": opts.image_instances, "kind": "KIND_CPU"}]}
         for name in (IMAGE_ONNX, TEXT_ONNX):  # the graphs the server will open: hashes and external data now
             if name in art.files():
                 art.path(name)
         local_params = {"artifact": str(art.root.resolve()), "backend": opts.backend, "threads": str(opts.threads)}
-        text_cfg.update(backend="python", instance_group=[{"count": 1, "kind": Enum("KIND_CPU")}],
+        text_cfg.update(backend="python", instance_group=[{"count": 1, "kind": "KIND_CPU"}],
                         parameters=parameters(local_params))
         image_cfg["parameters"] = parameters(local_params)
         _python_model(out / TEXT_MODEL, "text_model.py")
@@ -254,7 +238,7 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
             "name": IMAGE_MODEL, "max_batch_size": 0,
             "input": [tensor(IMAGE, "TYPE_FP32", [-1, 3, crop, crop]), tensor(TEXT_EMBEDDINGS, "TYPE_FP32", [-1, dim])],
             "output": [tensor(LOGITS, "TYPE_FP32", [-1, -1, *grid])],
-            "instance_group": [{"count": opts.image_instances, "kind": Enum("KIND_GPU")}]}
+            "instance_group": [{"count": opts.image_instances, "kind": "KIND_GPU"}]}
         text_cfg["backend"] = "onnxruntime"
         _copy_graph(art, TEXT_ONNX, out / TEXT_MODEL / "1", "model.onnx")
         if trt:
@@ -270,10 +254,10 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
                            backend_name=backend_name, cache_dir=opts.cache_dir)
     segment_cfg = {
         "name": SEGMENT_MODEL, "backend": "python", "max_batch_size": 0,
-        "input": [tensor("IMAGE", "TYPE_STRING", [1]), tensor("CLASSES", "TYPE_STRING", [1]),
+        "input": [tensor(IN_IMAGE, "TYPE_STRING", [1]), tensor(IN_CLASSES, "TYPE_STRING", [1]),
                   *SEGMENT_OPTIONAL_INPUTS],
-        "output": [tensor("LABELS", "TYPE_UINT16", [-1, -1]), tensor("SUMMARY", "TYPE_STRING", [1])],
-        "instance_group": [{"count": opts.segment_instances, "kind": Enum("KIND_CPU")}],
+        "output": [tensor(OUT_LABELS, "TYPE_UINT16", [-1, -1]), tensor(OUT_SUMMARY, "TYPE_STRING", [1])],
+        "instance_group": [{"count": opts.segment_instances, "kind": "KIND_CPU"}],
         "parameters": parameters(params.to_config())}
     _python_model(out / SEGMENT_MODEL, "segment_model.py")
     copy = out / SEGMENT_MODEL / "1" / ARTIFACT_COPY
@@ -284,4 +268,4 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     # meta.json as recorded: the image graph's hash keys the summary; absent files are never opened
     write_json_atomic(copy / META, meta)
     for name, cfg in ((TEXT_MODEL, text_cfg), (IMAGE_MODEL, image_cfg), (SEGMENT_MODEL, segment_cfg)):
-        (out / name / "config.pbtxt").write_text(pbtxt(cfg) + "\n")
+        (out / name / "config.pbtxt").write_text(config_text(cfg))  # inside the staging folder

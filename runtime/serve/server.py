@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.env import ServeEnv, find_serve_env
+from fsa_deploy.runtime.serve.model_config import model_config_pb2
 from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
 from fsa_deploy.runtime.text import usable_cache_dir
 
@@ -96,6 +97,7 @@ class Server:
     def prepare(self) -> ServeEnv:
         """Every check that can fail on the user's input, before anything starts (exit 2)."""
         art = Artifact.load(self.artifact)
+        model_config_pb2("fsa serve")  # the repository's configs need the serve extra: say so before anything
         for name, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
                            ("--metrics-port", self.metrics_port)):
             if not 0 < port < 65536:

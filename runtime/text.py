@@ -224,6 +224,16 @@ class Vocabulary:
         return cls(tuple(classes))
 
 
+def classes_text(vocab: Vocabulary, what: str = "--server") -> str:
+    """`vocab` in --classes syntax (commas between classes, ';' between synonyms): fsa_segment's
+    CLASSES input, the page's classes field. A name holding ',' or ';' (a class file's line may)
+    would come back as other classes, so it is refused, naming `what` (where the vocabulary came from)."""
+    if bad := next((n for c in vocab.classes for n in c if "," in n or ";" in n), None):
+        raise FSAError(f"{what}: class name {escape(repr(bad))} holds ',' or ';', which the classes text "
+                       "(commas between classes, ';' between synonyms) cannot carry")
+    return ", ".join("; ".join(c) for c in vocab.classes)
+
+
 def _control(c: str) -> bool:
     """Control characters (NUL, ESC, newlines), line separators and bidirectional overrides."""
     return unicodedata.category(c) in ("Cc", "Zl", "Zp") or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069

@@ -491,6 +491,26 @@ def test_a_non_loopback_host_says_there_is_no_authentication(tiny_artifact, tmp_
         assert proc.wait(timeout=30) == 130
 
 
+def test_default_classes_a_server_cannot_carry_are_refused_at_start(tiny_artifact, tmp_path, monkeypatch):
+    """A class name holding ',' would come back from the page (or reach fsa_segment's CLASSES) as two
+    classes: refused in one line (fsa app's exit 2), in-process and with --server, before the model
+    loads or the server is asked (runtime.text.classes_text, the one `fsa eval --server` uses). ~0.1 s."""
+    from fsa_deploy.runtime import text
+    from fsa_deploy.runtime.app.service import Local, Remote
+
+    from fsa_deploy.errors import FSAError
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("background\ntv, monitor; screen\ncat\n")
+    monkeypatch.setattr(text, "DEFAULT_CLASSES", classes)
+    for make in (lambda: Local(str(tiny_artifact.root), "onnx"),
+                 lambda: Remote(str(tiny_artifact.root), f"127.0.0.1:{free_ports(1)[0]}")):
+        with pytest.raises(FSAError, match=r"classes\.txt: class name 'tv, monitor' holds ',' or ';'") as e:
+            make()
+        assert "\n" not in str(e.value)
+    assert text.classes_text(text.Vocabulary.parse("cat; kitten, dog")) == "cat; kitten, dog"
+
+
 def test_sigint_stops_the_server_with_nothing_left(app):
     """The last test of the module: it stops the module's server."""
     assert app.proc.poll() is None

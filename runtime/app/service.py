@@ -74,11 +74,6 @@ def parse_classes(text: str):
     return vocab
 
 
-def classes_text(vocab: Any) -> str:
-    """A Vocabulary in the CLI's syntax: commas between classes, semicolons between synonyms."""
-    return ", ".join("; ".join(c) for c in vocab.classes)
-
-
 def precision_of(backend: Any, meta: Any) -> str:
     """The image graph's precision: the engine's or ONNX file's name says it (meta.json for image.onnx)."""
     name = getattr(backend, "engine_name", None) or getattr(backend, "image_file", None) or IMAGE_ONNX
@@ -96,15 +91,16 @@ class Local:
     def __init__(self, folder: str, backend: str, cache_dir: Any = None) -> None:
         from fsa_deploy.runtime.artifact import Artifact
         from fsa_deploy.runtime.segmenter import Segmenter
-        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, usable_cache_dir
+        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text, usable_cache_dir
 
+        self.default = Vocabulary.from_file(DEFAULT_CLASSES)
+        default_text = classes_text(self.default, str(DEFAULT_CLASSES))  # the page sends it back: refused now
         art = Artifact.load(folder)
         self.base = Segmenter.from_artifact(art, backend, cache_dir=usable_cache_dir(cache_dir))
-        self.default = Vocabulary.from_file(DEFAULT_CLASSES)
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.base.artifact_sha256,
                      "backend": self.base.backend.name, "backend_reason": self.base.backend_reason,
                      "precision": precision_of(self.base.backend, art.meta), "model": art.meta.get("model"),
-                     "classes": classes_text(self.default), "server": None}
+                     "classes": default_text, "server": None}
         self.lock = threading.Lock()
         self.segmenters: OrderedDict[Any, Any] = OrderedDict()
 
@@ -138,19 +134,20 @@ class Remote:
     def __init__(self, folder: str, url: str) -> None:
         from fsa_deploy.runtime.artifact import Artifact
         from fsa_deploy.runtime.serve.client import server_address
-        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary
+        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text
 
         try:
             import tritonclient.http  # noqa: F401
         except ImportError as e:
             raise FSAError(f"--server {url}: needs tritonclient: pip install 'fsa-deploy[serve]' ({e})") from e
+        self.default = Vocabulary.from_file(DEFAULT_CLASSES)
+        default_text = classes_text(self.default, str(DEFAULT_CLASSES))  # fsa_segment's CLASSES: refused now
         art = Artifact.load(folder)
         self.url = server_address(url)
         self.sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
-        self.default = Vocabulary.from_file(DEFAULT_CLASSES)
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.sha, "backend": f"triton {self.url}",
                      "backend_reason": "--server", "precision": str(art.meta.get("precision", "fp32")),
-                     "model": art.meta.get("model"), "classes": classes_text(self.default), "server": url}
+                     "model": art.meta.get("model"), "classes": default_text, "server": url}
         client = self._client()
         try:
             ready = client.is_model_ready(SEGMENT_MODEL)

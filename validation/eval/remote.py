@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from fsa_deploy.runtime.serve.client import segment_inputs, server_address
+from fsa_deploy.runtime.text import classes_text
 from fsa_deploy.validation.eval.datasets import Item, read_mask
 from fsa_deploy.validation.eval.protocol import RESIZE_LONG
 from fsa_deploy.validation.eval.runner import Row
@@ -129,15 +130,6 @@ class Servers:
                                f"{artifact_sha[:12]}; refusing to compare different models")
         if not self.alive:
             raise FSAError(f"--server: no server answered ({', '.join(self.urls)})")
-
-
-def classes_text(vocab: Any) -> str:
-    """The CLASSES input: commas between classes, ';' between synonyms (fsa segment's --classes)."""
-    for c in vocab.classes:
-        for n in c:
-            if "," in n or ";" in n:
-                raise FSAError(f"--server: class name {n!r} holds ',' or ';', which CLASSES cannot carry")
-    return ", ".join("; ".join(c) for c in vocab.classes)
 
 
 def server_row(urls: list[str], meta: dict[str, Any], sha: str, proto: Any, vocab: Any) -> Row:

@@ -100,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
               "builds": builds, "notes": notes}
     text = markdown(report)
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.md:
-        args.md.write_text(text)
+    from fsa_deploy.runtime.artifact import atomic_file
+
+    for path, body in ((args.json, json.dumps(report, indent=2) + "\n"), (args.md, text)):
+        if path:
+            with atomic_file(path) as tmp:
+                tmp.write_text(body)
     return 0
 
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fsa_deploy.models.registry import ATTENTIONS, HyperParams, clip_spec, default_lamda, proxy_spec
-from fsa_deploy.models.weights import Weights, checked_path, file_sha256
+from fsa_deploy.models.weights import Weights, checked_path
+from fsa_deploy.runtime.artifact import sha256_file
 
 from fsa_deploy.errors import FSAError
 
@@ -49,7 +50,7 @@ class ModelSpec:
             "attention": self.attention,
             "proxy": self.proxy if self.attention == "proxy" else None,
             "proxy_weights": ({"source": "checkpoint", "path": os.path.abspath(self.proxy_checkpoint),
-                               "sha256": file_sha256(self.proxy_checkpoint)}
+                               "sha256": sha256_file(self.proxy_checkpoint, once=True)}
                               if self.proxy_checkpoint
                               else self.weights.describe()) if self.attention == "proxy" else None,
             "crop": self.crop,

@@ -13,7 +13,6 @@ own loader; we add only what it cannot know from a path (TorchScript, QuickGELU,
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib
 import logging
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from fsa_deploy.runtime.artifact import sha256_file
 
 from fsa_deploy.errors import FSAError
 
@@ -66,7 +66,7 @@ class Weights:
             return {"source": "random-init", "seed": self.seed}
         if self.checkpoint is not None:
             return {"source": "checkpoint", "path": os.path.abspath(self.checkpoint),
-                    "sha256": file_sha256(self.checkpoint)}
+                    "sha256": sha256_file(self.checkpoint, once=True)}
         out: dict[str, Any] = {"source": "pretrained", "tag": self.pretrained}
         if self.cache_dir is not None:
             out["cache_dir"] = os.path.abspath(self.cache_dir)
@@ -97,24 +97,9 @@ def checked_path(d: dict[str, Any], what: str) -> str:
     path = str(d["path"])
     if not os.path.isfile(path):
         raise FSAError(f"{what}: the reference checkpoint {path} is not on this machine")
-    if d.get("sha256") and file_sha256(path) != d["sha256"]:
+    if d.get("sha256") and sha256_file(path, once=True) != d["sha256"]:
         raise FSAError(f"{what}: {path} changed since export (sha256 differs)")
     return path
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a file; hashed once per (path, size, mtime): export records it in several places."""
-    st = os.stat(path)
-    return _sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hub_offline_from_env() -> None:
@@ -354,7 +339,7 @@ def key_diff(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor], limit:
 
 
 def _record(path: str, layout: str, f: StateFile | None, **extra: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {"file": os.path.basename(path), "sha256": file_sha256(path), "layout": layout}
+    rec: dict[str, Any] = {"file": os.path.basename(path), "sha256": sha256_file(path, once=True), "layout": layout}
     if f is not None:
         rec.update(format=f.fmt, container=f.container, stripped_prefix=f.stripped)
     rec.update(extra)

@@ -7,6 +7,7 @@ reader checks the sha256 of the files it relies on against meta.json.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -35,15 +36,36 @@ from fsa_deploy.contract import (  # noqa: F401
 )
 from fsa_deploy.errors import FSAError
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # sha256_file(once=True): (real path, size, mtime_ns) -> digest
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, scan: paths.LocationScanner | None = None) -> str:
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, scan: paths.LocationScanner | None = None,
+                *, once: bool = False, data: bytes | None = None) -> str:
+    """sha256 of a file: the one implementation. `scan` sees every block (an .onnx's external-data
+    names). `once`: hashed once per (path, size, mtime) in this process, for multi-GB files recorded
+    or checked in several places (checkpoints, engines). `data`: the file's bytes when the caller
+    holds them already (an engine about to be deserialised: not read twice)."""
+    key = None
+    if once:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+        if scan is None and key in _DIGESTS:
+            return _DIGESTS[key]
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            if scan is not None:
-                scan.feed(block)
-    return h.hexdigest()
+    if data is not None:
+        h.update(data)
+        if scan is not None:
+            scan.feed(data)
+    else:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+                if scan is not None:
+                    scan.feed(block)
+    digest = h.hexdigest()
+    if key is not None:
+        _DIGESTS[key] = digest
+    return digest
 
 
 @dataclass
@@ -230,15 +252,21 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         paths.sweep_stale(path.parent, once=True)
         tmp = paths.mkstemp_beside(path, path.suffix)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the result should look like any other file
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; the result should look like any other file
         yield Path(tmp)
         interrupts.check()
         os.replace(tmp, path)
     finally:
         with interrupts.shielded(), contextlib.suppress(OSError, TypeError):
             os.unlink(tmp)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it: never while other threads write files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def is_artifact(folder: str | os.PathLike[str]) -> bool:

@@ -255,9 +255,7 @@ class SegmentationResult:
         }
         with contextlib.ExitStack() as stack:
             for key, path in paths.items():
-                tmp = stack.enter_context(atomic_file(path))
-                writers[key](tmp)
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs are for sharing
+                writers[key](stack.enter_context(atomic_file(path)))  # renamed once all three are written
         return paths
 
 
@@ -266,13 +264,6 @@ LEGEND_CHARS = 48  # a class name longer than this is cut in the legend (a 100 k
 
 def legend_name(name: str) -> str:
     return name if len(name) <= LEGEND_CHARS else name[: LEGEND_CHARS - 3] + "..."
-
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------- the segmenter

@@ -22,6 +22,7 @@ import onnx
 import pytest
 from conftest import CONFIGS, CROP
 from fsa_deploy.export.trt_build import TIMING_CACHE, DimRange, image_source, profile_shapes
+from fsa_deploy.runtime import artifact as artifact_module
 from fsa_deploy.runtime.artifact import (
     EMBEDDINGS,
     IMAGE,
@@ -33,7 +34,6 @@ from fsa_deploy.runtime.artifact import (
     TOKENS,
     Artifact,
 )
-from fsa_deploy.runtime.backends import trt as trt_backend
 from fsa_deploy.runtime.backends.trt import (
     RuntimeCache,
     TensorRTBackend,
@@ -341,7 +341,7 @@ def test_read_engine_accepts_the_built_engine(rtx_folder: Path) -> None:
     assert data == (rtx_folder / "image.fp16.rtx.engine").read_bytes()
     path = (rtx_folder / "image.fp16.rtx.engine").resolve()
     stat = path.stat()  # hashed once per (path, size, mtime): a second load skips the sha256
-    assert trt_backend._DIGESTS[(str(path), stat.st_size, stat.st_mtime_ns)] == art.files()[path.name]["sha256"]
+    assert artifact_module._DIGESTS[(str(path), stat.st_size, stat.st_mtime_ns)] == art.files()[path.name]["sha256"]
 
 
 def damaged(rtx_folder: Path, tmp_path: Path, edit) -> Artifact:

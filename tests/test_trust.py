@@ -423,6 +423,9 @@ def test_segment_outputs_never_overwrite_inputs(tiny_artifact, tmp_path, capsys)
         names = sorted(p.name for p in (tmp_path / "out").iterdir())
         assert names == ["x.json", "x.png", "x_overlay.png", "x_overlay_png.json", "x_overlay_png.png",
                          "x_overlay_png_overlay.png"], names
+    umask = os.umask(0o022)
+    os.umask(umask)  # renamed from atomic_file's temporary (mkstemp: 0600): as readable as any other file
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "out").iterdir()} == {oct(0o666 & ~umask)}
     assert tree(src) == before
 
 

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 from conftest import CROP, photos  # noqa: E402
 from fsa_deploy.models.clip import _open_clip  # noqa: E402
 from fsa_deploy.models.factory import ModelSpec, build, default_hp, spec_from_meta  # noqa: E402
-from fsa_deploy.models.weights import POS_INTERP, Weights, file_sha256, resample_pos_embed_official  # noqa: E402
+from fsa_deploy.models.weights import POS_INTERP, Weights, resample_pos_embed_official  # noqa: E402
+from fsa_deploy.runtime.artifact import sha256_file  # noqa: E402
 
 from fsa_deploy.cli import main  # noqa: E402
 
@@ -244,7 +245,7 @@ def test_proxy_file_loads_as_published(files, row):
     name, proxy, layout, checks = row
     ref = build(_spec(files, proxy_row=row))
     rec = ref.weights_record()["proxy_weights"]
-    assert (rec["file"], rec["sha256"], rec["layout"]) == (name, file_sha256(files[name]), layout)
+    assert (rec["file"], rec["sha256"], rec["layout"]) == (name, sha256_file(files[name]), layout)
     assert rec["loaded_tensors"] == len(ref.model.proxy.net.state_dict())
     src, got = _load(files[name]), ref.model.proxy.net.state_dict()
     for key, expect in checks.items():
@@ -271,7 +272,7 @@ def test_clip_file_loads_as_published(files, row):
     ref = build(_spec(files, clip_row=row, attention="qk"))
     rec = ref.weights_record()["weights"]
     assert (rec["file"], rec["sha256"], rec["layout"], rec["quick_gelu"]) == (
-        name, file_sha256(files[name]), layout, quick_gelu)
+        name, sha256_file(files[name]), layout, quick_gelu)
     acts = {type(m).__name__ for m in ref.clip.modules() if "GELU" in type(m).__name__}
     assert acts == ({"QuickGELU"} if quick_gelu else {"GELU"})
     src, got = _load(files[name]), ref.clip.state_dict()
@@ -291,9 +292,9 @@ def test_export_then_validate(files, tmp_path, capsys):
     meta = json.loads((out / "meta.json").read_text())
     w, pw = meta["weights"], meta["proxy_weights"]
     assert (w["file"], w["layout"], w["quick_gelu"]) == ("ViT-B-16.pt", "openai-torchscript", True)
-    assert w["sha256"] == file_sha256(files["ViT-B-16.pt"])
+    assert w["sha256"] == sha256_file(files["ViT-B-16.pt"])
     assert (pw["file"], pw["layout"]) == ("dinov2_vitb14_reg4_pretrain.pth", "dinov2-reg-release")
-    assert pw["sha256"] == file_sha256(files["dinov2_vitb14_reg4_pretrain.pth"])
+    assert pw["sha256"] == sha256_file(files["dinov2_vitb14_reg4_pretrain.pth"])
     assert pw["pos_embed"]["from_grid"] == [37, 37] and pw["pos_embed"]["to_grid"] == [8, 8]
     assert pw["pos_embed"]["antialias"] is True and pw["pos_embed"]["offset"] == 0.0
     capsys.readouterr()

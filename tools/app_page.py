@@ -147,6 +147,8 @@ def photo(name: str) -> str:
 
 
 def screenshot(args: argparse.Namespace) -> None:
+    from fsa_deploy.runtime.artifact import atomic_file
+
     art = Path(args.artifact) if args.artifact else tiny_artifact()
     server = Server(art)
     driver = browser()
@@ -156,10 +158,8 @@ def screenshot(args: argparse.Namespace) -> None:
         page_segment(driver, photo(args.photo))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as tmp:
-            tmp.write(driver.get_screenshot_as_png())
-        os.chmod(tmp.name, 0o644)  # a picture for the docs, not a private file
-        os.replace(tmp.name, out)
+        with atomic_file(out) as tmp:  # a picture for the docs: the usual permissions, never half-written
+            tmp.write_bytes(driver.get_screenshot_as_png())
         print(out)
     finally:
         driver.quit()
@@ -167,6 +167,7 @@ def screenshot(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
+    from fsa_deploy.runtime.artifact import atomic_file
     from fsa_deploy.runtime.segmenter import Segmenter
 
     art = Path(args.artifact) if args.artifact else tiny_artifact()
@@ -214,7 +215,8 @@ def bench(args: argparse.Namespace) -> None:
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version()}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(rows))
 
 

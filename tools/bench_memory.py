@@ -47,6 +47,7 @@ def one(art: str, image: str, k: int, threads: int) -> dict:
 
 def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     """The tiny artefact (exported once) and the upscaled photos."""
+    from fsa_deploy.runtime.artifact import atomic_file
     from fsa_deploy.runtime.images import sample_photos
     from PIL import Image
 
@@ -61,8 +62,8 @@ def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     for name, size in SIZES.items():
         path = work / f"chelsea_{size[0]}x{size[1]}.png"
         if not path.is_file():
-            with Image.open(chelsea) as img:
-                img.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(path)
+            with Image.open(chelsea) as img, atomic_file(path) as tmp:  # kept between runs: whole or absent
+                img.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(tmp, format="PNG")
         photos[name] = path
     return art, photos
 
@@ -100,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         few, many = peak[3], peak[171]
         report[f"ratio 171/3 {size}"] = round(many / few, 3)
         print(f"{size}: 171 / 3 classes = {many / few:.2f}x")
+    from fsa_deploy.runtime.artifact import atomic_file
+
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_file(args.json) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -213,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
            f"{', '.join(f'{x:.0f}' for x in rss_curve)} MB). Ready in {ready_s:.1f} s."]
     text = "\n".join(md)
     print(text)
+    from fsa_deploy.runtime.artifact import atomic_file
+
     for path, body in ((args.json, json.dumps(result, indent=2)), (args.md, text)):
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(body + "\n")
+            with atomic_file(path) as tmp:
+                tmp.write_text(body + "\n")
     return 0 if result["failed_total"] == 0 else 1
 
 

@@ -14,7 +14,6 @@ an engine this machine cannot run is one line naming the fix, not a failure deep
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Mapping
@@ -165,7 +164,6 @@ def check_header(data: bytes, record: Mapping[str, Any], flavour: Flavour, name:
         raise FSAError(f"{name}: {'; '.join(problems)} (damaged or replaced); rebuild it with `fsa build --engine rtx`")
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def read_engine(art: Artifact, name: str, version: str, compute_capability: str | None) -> bytes:
@@ -186,12 +184,11 @@ def read_engine(art: Artifact, name: str, version: str, compute_capability: str 
         )
     data = path.read_bytes()
     check_header(data, record, flavour, name)
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    digest = _DIGESTS.get(key) or hashlib.sha256(data).hexdigest()
-    if digest != record.get("sha256"):
+    from fsa_deploy.runtime.artifact import sha256_file
+
+    if sha256_file(path, data=data, once=True) != record.get("sha256"):
         raise FSAError(f"{path}: sha256 does not match meta.json (file changed after it was written); "
                        "rebuild it (fsa build)")
-    _DIGESTS[key] = digest
     return data
 
 

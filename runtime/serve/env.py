@@ -108,10 +108,11 @@ def place_stub(env: ServeEnv) -> Path:
     if not src.is_file():
         raise FSAError(f"nvidia-pytriton has no python backend stub for Python {env.python_version}")
     if not dst.is_file() or dst.read_bytes() != src.read_bytes():
-        tmp = dst.with_name(f".{STUB}.{os.getpid()}.tmp")
-        tmp.write_bytes(src.read_bytes())
-        tmp.chmod(0o755)
-        os.replace(tmp, dst)
+        from fsa_deploy.runtime.artifact import atomic_file
+
+        with atomic_file(dst) as tmp:  # tritonserver may be starting from this env right now
+            tmp.write_bytes(src.read_bytes())
+            tmp.chmod(0o755)
     return dst
 
 

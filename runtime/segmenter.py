@@ -12,11 +12,13 @@ or as text embeddings is converted at the door.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,3 +391,22 @@ class Segmenter:
             labels=post.labels, probs=post.probs, classes=self.vocabulary.names, image=img.transpose(1, 2, 0),
             timings={k: round(v, 3) for k, v in timings.items()}, backend=self.backend.name,
             artifact_sha256=self.artifact_sha256, source=source, prob_thd=self.prob_thd, logits=post.logits)
+
+
+class SegmenterCache:
+    """One shallow copy of `base` per class list, the least recently used dropped past `size`: a
+    request's classes never leak into another's, and a repeated class list skips set_classes (the
+    in-process `fsa app` and Triton's fsa_segment). Not locked: the caller serialises."""
+
+    def __init__(self, base: Segmenter, size: int) -> None:
+        self.base, self.size = base, size
+        self.segmenters: OrderedDict[Vocabulary, Segmenter] = OrderedDict()
+
+    def get(self, vocab: Vocabulary) -> Segmenter:
+        seg = self.segmenters.pop(vocab, None)
+        if seg is None:
+            seg = copy.copy(self.base).set_classes(vocab)
+        self.segmenters[vocab] = seg  # most recent last
+        while len(self.segmenters) > self.size:
+            self.segmenters.popitem(last=False)
+        return seg

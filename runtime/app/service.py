@@ -13,7 +13,6 @@ import copy
 import io
 import json
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ class Local:
 
     def __init__(self, folder: str, backend: str, cache_dir: Any = None) -> None:
         from fsa_deploy.runtime.artifact import Artifact
-        from fsa_deploy.runtime.segmenter import Segmenter
+        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache
         from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text, usable_cache_dir
 
         self.default = Vocabulary.from_file(DEFAULT_CLASSES)
@@ -102,16 +101,7 @@ class Local:
                      "precision": precision_of(self.base.backend, art.meta), "model": art.meta.get("model"),
                      "classes": default_text, "server": None}
         self.lock = threading.Lock()
-        self.segmenters: OrderedDict[Any, Any] = OrderedDict()
-
-    def _segmenter(self, vocab: Any) -> Any:
-        seg = self.segmenters.pop(vocab, None)
-        if seg is None:
-            seg = copy.copy(self.base).set_classes(vocab)
-        self.segmenters[vocab] = seg
-        while len(self.segmenters) > CACHED_CLASS_LISTS:
-            self.segmenters.popitem(last=False)
-        return seg
+        self.segmenters = SegmenterCache(self.base, CACHED_CLASS_LISTS)
 
     def segment(self, data: bytes, name: str, classes: str, prob_thd: float | None) -> Answer:
         from fsa_deploy.runtime.images import decode_image
@@ -119,7 +109,7 @@ class Local:
         vocab = parse_classes(classes)
         image = decode_image(io.BytesIO(data), name).transpose(1, 2, 0)  # fsa segment's decoder and pixel limit
         with self.lock:
-            seg = self._segmenter(vocab)
+            seg = self.segmenters.get(vocab)
             if prob_thd is not None:
                 seg = copy.copy(seg)  # this request's threshold on its own copy
                 seg.prob_thd = prob_thd

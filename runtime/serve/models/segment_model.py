@@ -10,13 +10,11 @@ sends crops to the image model and tokens to the text model through BLS, so the 
 embeddings go through an on-disk cache that the instances share (parameter cache_dir).
 """
 
-import copy
 import dataclasses
 import io
 import json
 import sys
 import tempfile
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ class TritonPythonModel:
         here = Path(args["model_repository"]) / args["model_version"]
         sys.path.insert(0, str(here))  # the runtime copied next to this file, ahead of anything installed
         from fsa_deploy.runtime.images import decode_image
-        from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary
+        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache, as_vocabulary
         from fsa_deploy.runtime.serve.bls import SegmentParams, TritonBackend
 
         from fsa_deploy.contract import (
@@ -50,11 +48,10 @@ class TritonPythonModel:
         self.params = SegmentParams.from_config(json.loads(args["model_config"]).get("parameters", {}))
         backend = TritonBackend(pb_utils, self.params)
         # the instances share one on-disk cache (one encodes a class list, the others read it);
-        # the LRU below keeps each class list's Segmenter in memory
+        # SegmenterCache keeps each class list's Segmenter in memory (LRU)
         cache = self.params.cache_dir or str(Path(tempfile.gettempdir()) / "fsa-deploy-text")
-        self.base = Segmenter.from_artifact(here / "artifact", backend, cache_dir=cache,
-                                            max_batch=self.params.max_batch)
-        self.segmenters = OrderedDict()
+        base = Segmenter.from_artifact(here / "artifact", backend, cache_dir=cache, max_batch=self.params.max_batch)
+        self.segmenters = SegmenterCache(base, self.params.cache_size)
 
     def execute(self, requests):
         return [self._reply(r) for r in requests]
@@ -112,13 +109,7 @@ class TritonPythonModel:
         vocab = self.as_vocabulary(classes_text)
         if len(vocab.queries) > self.params.max_classes:
             raise self.FSAError(f"CLASSES: {len(vocab.queries)} class names, at most {self.params.max_classes}")
-        seg = self.segmenters.pop(vocab, None)
-        if seg is None:
-            seg = copy.copy(self.base).set_classes(vocab)
-        self.segmenters[vocab] = seg
-        while len(self.segmenters) > self.params.cache_size:
-            self.segmenters.popitem(last=False)
-        return seg
+        return self.segmenters.get(vocab)
 
     def _segment(self, request):
         in_image, in_classes, out_labels, out_summary = self.names

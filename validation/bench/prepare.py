@@ -59,14 +59,14 @@ def writable_copy(folder: str, work: Path) -> Path:
     if src.is_relative_to(work.resolve()):
         return src
     dest = work / "derived" / src.name
-    if not dest.is_dir():
-        dest.mkdir(parents=True)
-        for name in A.Artifact.load(src).files():
-            try:
-                os.link(src / name, dest / name)
-            except OSError:  # another file system, or links not allowed
-                shutil.copy2(src / name, dest / name)
-        shutil.copy2(src / A.META, dest / A.META)
+    if not dest.is_dir():  # kept between runs: built under a temporary name, so never reused half-made
+        with A.staging_folder(dest) as tmp:
+            for name in A.Artifact.load(src).files():
+                try:
+                    os.link(src / name, tmp / name)
+                except OSError:  # another file system, or links not allowed
+                    shutil.copy2(src / name, tmp / name)
+            shutil.copy2(src / A.META, tmp / A.META)
     return dest
 
 

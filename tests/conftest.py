@@ -1,4 +1,4 @@
-"""Shared helpers: tiny model selections, real-photo crops, the CLI in a subprocess."""
+"""Shared helpers: tiny model selections, real-photo crops, the CLI in a subprocess or in this one."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -107,6 +108,35 @@ def rel_l2(a, b) -> float:
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fsa_deploy", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_here(capfd: pytest.CaptureFixture[str]):
+    """`run_cli` without the 5-10 s of a new interpreter's imports, where the process is not the point.
+
+    fsa_deploy.cli.main runs in this process; the exit code is main's return or SystemExit's
+    (argparse); stdout and stderr are captured at the file descriptors (C libraries' output too);
+    warnings reach stderr as a fresh interpreter shows them, so one still makes a second error line.
+    """
+    from fsa_deploy.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capfd.readouterr()  # what came before is not this command's output
+        argv = [str(a) for a in args]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()  # Python's default filters, not pytest's
+            for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            try:
+                rc = main(argv)
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else int(e.code is not None)
+        out, err = capfd.readouterr()
+        err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+    return run
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -8,12 +8,15 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_one_line_error, photos, run_cli
+from conftest import assert_one_line_error, photos
 from fsa_deploy.runtime import artifact as A
 
 
-def validate(folder, *extra):
-    return run_cli("validate", folder, "--images", *photos()[:2], *extra)
+@pytest.fixture
+def validate(run_here):
+    """`fsa validate FOLDER --images (2 photos) ...` in this process (test_signals runs it as a process
+    of its own): a new interpreter's imports would be most of each call's time."""
+    return lambda folder, *extra: run_here("validate", folder, "--images", *photos()[:2], *extra)
 
 
 def copy_artifact(src, dst):
@@ -31,7 +34,7 @@ def rewrite_image_graph(art: A.Artifact, edit) -> None:
     art.save()
 
 
-def test_correct_export_passes_with_reports(tiny_artifact, tmp_path):
+def test_correct_export_passes_with_reports(validate, tiny_artifact, tmp_path):
     js, md = tmp_path / "r.json", tmp_path / "r.md"
     proc = validate(tiny_artifact.root, "--json", js, "--md", md)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -54,7 +57,7 @@ def test_correct_export_passes_with_reports(tiny_artifact, tmp_path):
     print(json.dumps(report["summary"]))
 
 
-def test_altered_weights_fail_and_stages_locate_them(tiny_artifact, tmp_path):
+def test_altered_weights_fail_and_stages_locate_them(validate, tiny_artifact, tmp_path):
     art = copy_artifact(tiny_artifact.root, tmp_path / "w")
 
     def scale_proxy_patch_embedding(model):
@@ -73,7 +76,7 @@ def test_altered_weights_fail_and_stages_locate_them(tiny_artifact, tmp_path):
     assert "proxy_features" in proc.stderr
 
 
-def test_wrong_feedback_step_is_located(tiny_artifact, tmp_path):
+def test_wrong_feedback_step_is_located(validate, tiny_artifact, tmp_path):
     art = copy_artifact(tiny_artifact.root, tmp_path / "l")
     lamda = tiny_artifact.meta["hyper_parameters"]["lamda"]
 
@@ -99,7 +102,7 @@ def test_wrong_feedback_step_is_located(tiny_artifact, tmp_path):
     assert report["summary"]["first_failing_stage"] == "attn_new"
 
 
-def test_bad_input(tiny_artifact, tmp_path):
+def test_bad_input(validate, tiny_artifact, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_one_line_error(validate(empty), str(empty), "meta.json")
@@ -118,7 +121,7 @@ def test_bad_input(tiny_artifact, tmp_path):
     assert_one_line_error(validate(tiny_artifact.root, "--tol", "nonsense=1"), "--tol nonsense")
 
 
-def test_old_artifact_spelling_still_names_the_file(tiny_artifact):
+def test_old_artifact_spelling_still_names_the_file(validate, tiny_artifact):
     """`--artifact FILE` (a folder everywhere else) still works, with one deprecation line first."""
     proc = validate(tiny_artifact.root, "--artifact", "image.int8.onnx")
     assert proc.returncode == 2, proc.stderr
@@ -128,7 +131,7 @@ def test_old_artifact_spelling_still_names_the_file(tiny_artifact):
 
 
 @pytest.mark.parametrize("profile", ["int8"])
-def test_profile_changes_thresholds(tiny_artifact, tmp_path, profile):
+def test_profile_changes_thresholds(validate, tiny_artifact, tmp_path, profile):
     js = tmp_path / "r.json"
     proc = validate(tiny_artifact.root, "--profile", profile, "--tol", "miou_min=0.5", "--json", js)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -137,7 +140,7 @@ def test_profile_changes_thresholds(tiny_artifact, tmp_path, profile):
     assert report["tolerances"]["pixel_agreement_min"] == 0.99 and report["tolerances"]["miou_min"] == 0.5
 
 
-def test_external_data_export_validates(tmp_path):
+def test_external_data_export_validates(tmp_path, run_here):
     """A tiny export forced to keep its weights in image.onnx.data (as ViT-H's are, past protobuf's
     2 GB) validates, with every stage tensor added as an output: the graph is rewritten and handed
     to ONNX Runtime without its weights, which stay in their file."""
@@ -156,7 +159,7 @@ def test_external_data_export_validates(tmp_path):
     handed = graph_with_outputs(art, A.IMAGE_ONNX, list(art.meta["stages"]))  # what ONNX Runtime gets
     assert len(handed) < weights / 4, (len(handed), weights)  # the weights did not come along
     js = tmp_path / "r.json"
-    proc = run_cli("validate", art.root, "--images", photos()[0], "--stages", "--json", js)
+    proc = run_here("validate", art.root, "--images", photos()[0], "--stages", "--json", js)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(js.read_text())
     assert report["passed"] is True and report["summary"]["logits_rel_l2_max"] <= 1e-5

@@ -16,7 +16,6 @@ from conftest import (
     photo_crops,
     photos,
     rel_l2,
-    run_cli,
     tiny_reference,
     unit_text,
 )
@@ -118,7 +117,7 @@ def test_changed_file_is_detected(artifact, tmp_path):
         A.Artifact.load(copy).path(A.IMAGE_ONNX)
 
 
-def test_segment_refuses_a_graph_changed_after_export(artifact, tmp_path):
+def test_segment_refuses_a_graph_changed_after_export(artifact, tmp_path, run_here):
     """A real photo and a graph that still loads and runs (one weight changed, re-saved): only the
     hash check stands between it and a label map, so exit 2 must come from it and name it."""
     import shutil
@@ -132,7 +131,7 @@ def test_segment_refuses_a_graph_changed_after_export(artifact, tmp_path):
     init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
     onnx.checker.check_model(model)
     onnx.save(model, str(copy / A.IMAGE_ONNX))
-    proc = run_cli("segment", photos()[0], "--artifact", copy, "--out", tmp_path / "seg", "--no-cache",
+    proc = run_here("segment", photos()[0], "--artifact", copy, "--out", tmp_path / "seg", "--no-cache",
                    "--backend", "onnx")
     assert_one_line_error(proc, A.IMAGE_ONNX, "sha256 does not match")
     assert not (tmp_path / "seg").exists() or not any((tmp_path / "seg").iterdir())
@@ -168,35 +167,35 @@ def test_top_p_graph_at_sam_grid(tmp_path):
     (["--model", "tiny", "--random-init", "--proxy", "tiny-dino", "--crop", "120"], "--crop 120"),
     (["--model", "tiny", "--proxy", "tiny-dino"], "weights"),
 ])
-def test_export_bad_input(tmp_path, args, needle):
-    proc = run_cli("export", "--out", tmp_path / "a", "--quiet", *args)
+def test_export_bad_input(tmp_path, run_here, args, needle):
+    proc = run_here("export", "--out", tmp_path / "a", "--quiet", *args)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "a").exists()
 
 
-def test_export_refuses_a_folder_that_is_not_an_artifact(tmp_path):
+def test_export_refuses_a_folder_that_is_not_an_artifact(tmp_path, run_here):
     mine = tmp_path / "photos"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
-    proc = run_cli("export", "--out", mine, "--model", "tiny", "--random-init", "--proxy", "tiny-dino",
+    proc = run_here("export", "--out", mine, "--model", "tiny", "--random-init", "--proxy", "tiny-dino",
                    "--crop", "112", "--quiet")
     assert_one_line_error(proc, str(mine), "not an artefact folder")
     assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
 
 
-def test_zero_classes_is_refused(artifact, tmp_path):
+def test_zero_classes_is_refused(artifact, tmp_path, run_here):
     from fsa_deploy.runtime.text import Vocabulary
 
     with pytest.raises(FSAError, match="no class names"):
         Vocabulary.parse(" ; , ")
-    proc = run_cli("segment", photos()[0], "--artifact", artifact.root, "--out", tmp_path / "o", "--classes", " , ;")
+    proc = run_here("segment", photos()[0], "--artifact", artifact.root, "--out", tmp_path / "o", "--classes", " , ;")
     assert_one_line_error(proc, "--classes")
     out = tmp_path / "o"
     assert not out.exists() or not list(out.iterdir()), "nothing is written for a refused vocabulary"
 
 
-def test_fsa_export_cli_prints_progress(tmp_path):
-    proc = run_cli("export", "--out", tmp_path / "b", "--model", "tiny", "--random-init", "--attention", "qk",
+def test_fsa_export_cli_prints_progress(tmp_path, run_here):
+    proc = run_here("export", "--out", tmp_path / "b", "--model", "tiny", "--random-init", "--attention", "qk",
                    "--crop", "112", "--no-fsa")
     assert proc.returncode == 0, proc.stderr
     assert "[1/6]" in proc.stderr and "linting" in proc.stderr

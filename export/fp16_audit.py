@@ -8,10 +8,11 @@ channel at ~1000, README "Real-weight statistics") overflows exactly there: 2 * 
 
 So: run the fp32 graph on calibration crops, record every float tensor's absmax and every
 reducing node's internal sum (`measure`), then flag each low-precision node whose inputs, outputs
-or internal sum pass SAFE_FP16 (`audit`). `fsa export --precision fp16` keeps the flagged nodes
-in fp32 (`islands`), converts the rest with ModelOpt's AutoCast from the fp32 graph, so the
-audit's tensor names are the graph's own (`to_fp16`), and records islands and ranges in
-meta.json; `fsa lint` re-runs the audit on an artefact's fp16 graph from those ranges.
+or internal sum pass SAFE_FP16 (`audit`). `fsa export --precision fp16` keeps the flagged nodes and
+the policy's (`policy_nodes`: the input normalisation, the FSA head, the feedback) in fp32 (`islands`),
+converts the rest with ModelOpt's AutoCast from the fp32 graph, so the audit's tensor names are the
+graph's own (`to_fp16`), and records islands and ranges in meta.json; `fsa lint` re-runs the audit
+on an artefact's fp16 graph from those ranges.
 """
 
 from __future__ import annotations
@@ -247,15 +248,34 @@ def _with_movers(model, keep: set[str]) -> set[str]:
     return out
 
 
+# elementwise steps between the image input and the first layer: (x - mean) / std, and SAM's resize to 1024
+NORMALISING = ("Sub", "Div", "Mul", "Add", "Resize", "Pad", "Clip")
+
+
+def input_normalisation(walk, image: str) -> set[int]:
+    """The nodes from the image input (RGB 0-255) to the patch embeddings: CLIP's and the proxy's normalisation.
+
+    Why fp32: in fp16 the input is rounded before the mean is subtracted (spacing 1/8 above 128, and the mean
+    122.77 itself to 122.75), a bias shared by every patch; after the subtraction the values lie in [-2, 3], where
+    fp16's spacing is at most 1/512. Measured on the tiny model (fsa validate, 5 photos): 99.76% of the pixels
+    with it in fp16, 99.94% in fp32 (plain init 99.68% / 99.96%); nothing else in the trunk or the proxy moved the
+    figure past 99.9% (docs/BENCHMARKS.md)."""
+    others = [i for i, n in enumerate(walk.nodes) if n.op_type not in NORMALISING]
+    return walk.downstream([image], avoid=others)
+
+
 def policy_nodes(model, stages: dict[str, str], scope: str) -> list[str]:
-    """What stays in fp32 whatever the ranges: the FSA head (downstream of the proxy features, the values
-    and the text embeddings: thresholds and the feedback's exp(lamda * Sim) flip on rounding), CLIP's last block up to
-    the values, and the feedback block: the split the fp16 export always had (trunk and proxy fp16)."""
+    """What stays in fp32 whatever the ranges: the input normalisation (`input_normalisation`), the FSA head
+    (downstream of the proxy features, the values and the text embeddings: thresholds and the feedback's
+    exp(lamda * Sim) flip on rounding), CLIP's last block up to the values, and the feedback block: the split the
+    fp16 export always had (trunk and proxy fp16) plus the normalisation."""
     from fsa_deploy.export.graph_walk import Walk
 
+    from fsa_deploy.contract import IMAGE, TEXT_EMBEDDINGS
+
     walk = Walk(model.graph)
-    heads = [stages[k] for k in ("proxy_features", "values") if k in stages] + ["text_embeddings"]
-    head = walk.downstream(heads)
+    heads = [stages[k] for k in ("proxy_features", "values") if k in stages] + [TEXT_EMBEDDINGS]
+    head = walk.downstream(heads) | input_normalisation(walk, IMAGE)
     if "values" in stages:  # and CLIP's last block up to V: its LayerNorm, in_proj and the resize to the grid
         up = walk.upstream([stages["values"]])
         lns = sorted(i for i in up if walk.nodes[i].op_type == "LayerNormalization")

@@ -18,7 +18,7 @@ BROWSER_APT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && g
 REQUIRE_BROWSER := $(if $(or $(BROWSER_APT),$(wildcard /usr/bin/chromium)),1,)
 
 .PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve bench-serve-full
-.PHONY: bench-real-stats
+.PHONY: bench-real-stats bench-real-stats-rows
 
 setup: $(STAMP) $(SERVE_STAMP) browser
 
@@ -109,6 +109,20 @@ clean:
 bench-real-stats: setup
 	flock /tmp/fsa-heavy.lock $(BIN)/python tools/bench_real_stats.py --json out/bench/real_stats.json \
 	  --md out/bench/real_stats.md
+
+# Issue 23: fsa bench's ONNX Runtime CPU rows (fp32, fp16 with the audit's fp32 islands, int8 from fsa calibrate)
+# of full-size ViT-B-16 + DINO B/8 at 336, --random-init --real-stats then plain --random-init; fidelity against
+# the PyTorch fp32 reference on astronaut.png + chelsea.png, int8 calibrated on RS_CALIBRATION crops (fsa
+# calibrate's default is 64). Each init ~25-40 min on 2 cores; exports are kept in out/bench/real-stats-rows.
+RS_CALIBRATION ?= 16
+bench-real-stats-rows: setup
+	photos="$$($(BIN)/python -c 'from fsa_deploy.runtime.images import sample_photos; print(*sample_photos()[:2])')"; \
+	for init in real-stats plain; do \
+	  flock /tmp/fsa-heavy.lock $(BIN)/fsa bench --model ViT-B-16 --random-init $$([ $$init = plain ] || echo --real-stats) \
+	    --seed 0 --proxy dino --crop 336 --device cpu --only "ONNX Runtime" --calibration-count $(RS_CALIBRATION) \
+	    --images $$photos --repeats 2 --warmup 1 --work out/bench/real-stats-rows/$$init \
+	    --json out/bench/real-stats-rows/$$init.json --md out/bench/real-stats-rows/$$init.md --overwrite || exit 1; \
+	done
 
 # fsa eval vs fsa segment on the same 50 generated images (tiny model, ONNX Runtime; whole commands,
 # best of 3), then the demo's full-size model (exported when missing): reference and ONNX Runtime

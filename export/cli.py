@@ -16,9 +16,9 @@ def add_export(sub, help_text: str) -> None:
         "meta.json. Every graph is linted against TensorRT's ONNX rules as the last step."))
     p.add_argument("--out", required=True, help="artefact folder to create")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp16: made from the fp32 graph by ModelOpt AutoCast; the FSA head, the feedback and "
-                   "every node the fp16 range audit flags on calibration crops stay in fp32 (README: Real-weight "
-                   "statistics)")
+                   help="fp16: made from the fp32 graph by ModelOpt AutoCast; the input normalisation, the FSA head, "
+                   "the feedback and every node the fp16 range audit flags on calibration crops stay in fp32 "
+                   "(README: Real-weight statistics)")
     p.add_argument("--images", nargs="+", metavar="PATH", help="--precision fp16: calibration images of the range "
                    "audit, files and/or folders (default: fsa calibrate's, scikit-image's sample photos)")
     p.add_argument("--no-fp16-islands", action="store_true", help="--precision fp16, debug: every node in fp16 "

@@ -71,7 +71,7 @@ test-gpu: setup
 # Add CAL=N to also calibrate and build int8 (a full-size ModelOpt calibration on the CPU is slow).
 bench-build: setup
 	$(BIN)/python -m fsa_deploy.export.trt_bench --work out/bench-build --json out/bench-build/report.json \
-	  --md out/bench-build/report.md $(if $(CAL),--calibrate-count $(CAL))
+	  --md out/bench-build/report.md $(if $(CAL),--calibration-count $(CAL))
 
 # On a machine with an NVIDIA GPU: CUDA tests, validate and bench with the TensorRT flavour it supports (< 8 min).
 gpu-check: setup
@@ -129,7 +129,7 @@ bench-real-stats-rows: setup
 # rows of `fsa eval` on 10 generated images, their mIoU delta and pixel agreement.
 .PHONY: bench-eval bench-eval-full
 bench-eval: setup
-	$(BIN)/python -m fsa_deploy.validation.bench_eval --images 50 --rounds 3 --json out/bench/eval.json \
+	$(BIN)/python -m fsa_deploy.validation.bench_eval --num-images 50 --rounds 3 --json out/bench/eval.json \
 	  --md out/bench/eval.md
 
 bench-eval-full: setup

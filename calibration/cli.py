@@ -9,6 +9,7 @@ from fsa_deploy.runtime.text import add_vocabulary_args
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.spellings import add_old_spellings
 
 
 def add_calibrate(sub, help_text: str) -> None:
@@ -27,7 +28,7 @@ def add_calibrate(sub, help_text: str) -> None:
                    help=f"Q/DQ precision (default {Options.precision})")
     p.add_argument("--images", nargs="+", metavar="PATH",
                    help="calibration images: files and/or folders (default: scikit-image's sample photos)")
-    add_ranged(p, "--count", f"crops used: the first N crops of the images (default {Options.count})",
+    add_ranged(p, "--calibration-count", f"crops used: the first N crops of the images (default {Options.count})",
                default=Options.count)
     add_ranged(p, "--batch", default=Options.batch,
                help_text=f"crops per calibration step (default {Options.batch}); ModelOpt holds every calibrated "
@@ -40,11 +41,12 @@ def add_calibrate(sub, help_text: str) -> None:
                         "placement, which also quantizes Add and LayerNormalization inputs)")
     p.add_argument("--method", choices=tuple(METHODS), default=Options.method,
                    help=f"activation ranges: entropy (KL divergence) or max (default {Options.method})")
-    p.add_argument("--no-cache", action="store_true",
+    p.add_argument("--no-calibration-cache", action="store_true",
                    help="neither read nor write the calibration tensors cached in DIR (calibration-*.npz)")
     p.add_argument("--no-lint", action="store_true", help="skip the TensorRT lint of the Q/DQ graph")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_vocabulary_args(p)
+    add_old_spellings(p, "calibrate")
     p.set_defaults(func=run_calibrate)
 
 
@@ -56,10 +58,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         from fsa_deploy.runtime.text import vocabulary_from_args
 
         classes = vocabulary_from_args(args)
-    opts = Options(precision=args.precision, images=tuple(args.images or ()), count=args.count, batch=args.batch,
-                   method=args.method, region=args.region,
-                   op_types=op_types(args.op_types),
-                   cache=not args.no_cache, classes=classes, lint=not args.no_lint)
+    opts = Options(precision=args.precision, images=tuple(args.images or ()), count=args.calibration_count,
+                   batch=args.batch, method=args.method, region=args.region, op_types=op_types(args.op_types),
+                   cache=not args.no_calibration_cache, classes=classes, lint=not args.no_lint)
     r = calibrate(args.dir, opts, progress=not args.quiet)
     print(json.dumps({"artifact": str(r.path.parent), "file": r.path.name, "precision": r.precision,
                       "qdq_pairs": r.summary.pairs, "quantized_ops": dict(r.summary.quantized_ops),

@@ -33,6 +33,7 @@ from fsa_deploy.runtime import paths
 
 from fsa_deploy.contract import CALIBRATE_PRECISIONS  # also ModelOpt's quantize_mode names
 from fsa_deploy.errors import FSAError
+from fsa_deploy.ranges import range_of
 
 if TYPE_CHECKING:
     from fsa_deploy.runtime.text import Vocabulary
@@ -65,12 +66,10 @@ class Options:
             raise FSAError(f"--precision {self.precision!r}: choose from {', '.join(CALIBRATE_PRECISIONS)}")
         if self.method not in METHODS:
             raise FSAError(f"--method {self.method!r}: choose from {', '.join(METHODS)}")
-        if self.count < 1:
-            raise FSAError(f"--count {self.count}: must be >= 1 (crops used for calibration)")
+        range_of("--calibration-count", "calibrate").check(self.count, "--calibration-count")
         if self.region is not None and self.region not in REGIONS:
             raise FSAError(f"--quantize {self.region!r}: choose from {', '.join(REGIONS)}")
-        if self.batch < 1:
-            raise FSAError(f"--batch {self.batch}: must be >= 1 (crops per calibration step)")
+        range_of("--batch", "calibrate").check(self.batch, "--batch")  # crops per calibration step
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def calibrate(root: str | os.PathLike[str], opts: Options, progress: bool = True
         say(f"{len(data.crops)} crops from {len(data.images)} image(s), K = {len(data.text)}"
             + (f" ({'cached' if data.cache_hit else 'saved'}: {data.cache})" if data.cache else ""))
         if len(data.crops) < opts.count:
-            say(f"--count {opts.count}: the images give only {len(data.crops)} crops; using them all")
+            say(f"--calibration-count {opts.count}: the images give only {len(data.crops)} crops; using them all")
     name = output_name(opts.precision)
     summary, fp32_nodes, written = quantize_into(art, name, quantize, data, opts, progress)
     seconds = time.perf_counter() - t0

@@ -7,6 +7,7 @@ import argparse
 from fsa_deploy.models.cli import add_model_args, spec_from_args
 
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.spellings import add_old_spellings
 
 
 def add_export(sub, help_text: str) -> None:
@@ -28,6 +29,7 @@ def add_export(sub, help_text: str) -> None:
     p.add_argument("--no-lint", action="store_true", help="skip the TensorRT lint (not recommended)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_model_args(p)
+    add_old_spellings(p, "export")
     p.set_defaults(func=run_export)
 
 
@@ -36,8 +38,6 @@ def run_export(args: argparse.Namespace) -> int:
 
     from fsa_deploy.errors import FSAError
 
-    if args.max_batch < 1:
-        raise FSAError(f"--max-batch {args.max_batch}: must be >= 1")
     fp16 = None
     if args.precision == "fp16":
         from fsa_deploy.export.fp16_audit import Fp16Plan

@@ -1,11 +1,11 @@
 """`make bench-build`: full-size TensorRT-RTX builds on this machine (no GPU needed): time, size, peak RSS.
 
-python -m fsa_deploy.export.trt_bench --work out/bench-build [--calibrate-count N] [--json F] [--md F]
+python -m fsa_deploy.export.trt_bench --work out/bench-build [--calibration-count N] [--json F] [--md F]
 
 Exports ViT-B-16 + DINO ViT-B/8 at 336 (random init; weights do not change build cost) in fp32 and
 fp16 once into --work, then runs each `fsa build --engine rtx` in its own process so that its peak
 RSS is its own (os.wait4). int8 needs `fsa calibrate` of the full-size graph first (ModelOpt on the
-CPU: slow); it runs only with --calibrate-count.
+CPU: slow); it runs only with --calibration-count.
 """
 
 from __future__ import annotations
@@ -70,13 +70,22 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.ranges import add_ranged
+    from fsa_deploy.spellings import add_old_spellings
+
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("out/bench-build"))
-    p.add_argument("--calibrate-count", type=int, help="also calibrate int8 from N crops and build it")
+    add_ranged(p, "--calibration-count", "also calibrate int8 from N crops and build it")
     p.add_argument("--json", type=Path)
     p.add_argument("--md", type=Path)
-    args = p.parse_args(argv)
+    add_old_spellings(p, "bench-build")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     import tensorrt_rtx
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -88,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"export {precision}: {seconds:.0f} s")
     builds += build(args.work / "fp32", [], log)  # image fp32 + text
     builds += build(args.work / "fp16", ["--no-text"], log)
-    if args.calibrate_count:
+    if args.calibration_count:
         wall, rss, _ = run([*FSA, "calibrate", str(args.work / "fp32"), "--precision", "int8",
-                            "--count", str(args.calibrate_count), "--quiet"], log)
-        notes.append(f"fsa calibrate --precision int8 --count {args.calibrate_count}: {wall:.0f} s, "
+                            "--calibration-count", str(args.calibration_count), "--quiet"], log)
+        notes.append(f"fsa calibrate --precision int8 --calibration-count {args.calibration_count}: {wall:.0f} s, "
                      f"peak RSS {rss:.0f} MiB")
         builds += build(args.work / "fp32", ["--no-text", "--precision", "int8"], log)
     else:
-        notes.append("int8: not built (a full-size `fsa calibrate` on the CPU is slow; pass --calibrate-count)")
+        notes.append("int8: not built (a full-size `fsa calibrate` on the CPU is slow; pass --calibration-count)")
     report = {"tensorrt_rtx": tensorrt_rtx.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "builds": builds, "notes": notes}
     text = markdown(report)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 # verb -> (module that defines it as module.add_<verb>(subparsers), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -34,6 +35,15 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, then one line per deprecated spelling used (fsa_deploy/spellings.py)."""
+        from fsa_deploy.spellings import take_notes
+
+        parsed, extras = super().parse_known_args(args, namespace)
+        for note in take_notes(parsed):
+            print(f"{self.prog}: {note}", file=sys.stderr)
+        return parsed, extras
 
 
 def build_parser(verb: str | None) -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
 """Valid ranges of the numeric options: one table, checked by argparse before any work.
 
-Every numeric option of every verb takes its `type=` from RANGES, so a value out of range,
-NaN or Infinity is a one-line error (FSAError, exit 2) naming the option, the value and the range, and
-`--help` prints the range. The same Range objects check values given through the Python API.
+Every numeric option of every verb and benchmark script takes its `type=` from RANGES (add_ranged), so
+a value out of range, NaN or Infinity is a one-line error (FSAError, exit 2) naming the option, the value
+and the range, and `--help` prints the range. The same Range objects check values given through the Python
+API (range_of). A key is `--option` where the option means the same everywhere, `VERB --option` where one
+verb's code admits another range (fsa triton's --batch is the image model's max_batch_size, 1-1024).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Range:
         return value
 
 
-# option -> valid range; --help of each option prints it
+# "--option" or "VERB --option" -> valid range; --help of each option prints it
 RANGES: dict[str, Range] = {
     # docs/METHOD.md: E = Sim * exp(lamda * Sim) stays finite in fp32 for lamda <= 80
     "--lamda": Range(0.0, 80.0, lo_open=True, why="exp(lamda) must stay finite in fp32"),
@@ -67,15 +69,19 @@ RANGES: dict[str, Range] = {
     "--top-p": Range(0.0, 1.0, lo_open=True, why="a probability mass"),
     "--crop": Range(14, 1024, integer=True, why="a multiple of the model's patch size"),
     "--seed": Range(0, 2**32 - 1, integer=True),
-    "--max-batch": Range(1, 4096, integer=True),
+    # export: the graph's batch dimension; build: the engine profile's maximum
+    "--max-batch": Range(1, 4096, integer=True, why="the largest crop batch the graph or engine admits"),
     "--stride": Range(1, 1024, integer=True, why="at most the crop size"),
     "--prob-thd": Range(0.0, 1.0, why="a probability"),
     "--threads": Range(0, 1024, integer=True, why="0: onnxruntime's default"),
-    "--count": Range(1, 100_000, integer=True),
-    "--batch": Range(1, 4096, integer=True),
+    # crops per call: segment, validate, eval, bench (per forward), calibrate (per step), serve / triton (below)
+    "--batch": Range(1, 4096, integer=True, why="crops per call"),
+    # fsa_segment's requests to fsa_image: the image model's max_batch_size (runtime/serve/repository.py)
+    "triton --batch": Range(1, 1024, integer=True, why="crops per image-model request"),
+    "serve --batch": Range(1, 1024, integer=True, why="crops per image-model request"),
     "--repeats": Range(1, 100_000, integer=True),
     "--warmup": Range(0, 100_000, integer=True),
-    "--calibration-count": Range(1, 100_000, integer=True),
+    "--calibration-count": Range(1, 100_000, integer=True, why="crops calibrating the Q/DQ graph"),
     "--min-agreement": Range(0.0, 2.0, why="a fraction of pixels; above 1 fails on purpose"),
     "--tokens": Range(1, 100_000, integer=True),
     "--num-classes": Range(1, 100_000, integer=True),
@@ -99,18 +105,42 @@ RANGES: dict[str, Range] = {
     "--max-miou-drop": Range(0.0, 1.0, why="a fraction of mIoU (0.01 = one point)"),
     "--concurrency": Range(1, 256, integer=True, why="requests in flight per server"),
     "--port": Range(1, 65535, integer=True),  # fsa app
+    # benchmark scripts (make bench-*): counts of their own
+    "--requests": Range(1, 1_000_000, integer=True, why="bench-serve: requests between the two RSS readings"),
+    "--per-level": Range(1, 100_000, integer=True, why="bench-serve: requests per concurrency level"),
+    "--num-images": Range(1, 100_000, integer=True, why="bench-eval: generated images"),
+    "--rounds": Range(1, 1000, integer=True, why="bench-eval: timed rounds, the best counts"),
 }
 
 
-def with_range(option: str, help_text: str) -> str:
-    """`help_text` (argparse %-escaped already) with the option's valid range appended."""
-    return f"{help_text}; valid {RANGES[option]}"
+def range_of(option: str, verb: str | None = None) -> Range:
+    """The range of `option` in `verb` (its own entry if it has one, else the option's)."""
+    if verb is not None and f"{verb} {option}" in RANGES:
+        return RANGES[f"{verb} {option}"]
+    return RANGES[option]
 
 
-def add_ranged(parser: Any, option: str, help_text: str, **kwargs: Any) -> Any:
-    """parser.add_argument(option, type=<its range>, help=<help + range>, **kwargs)."""
-    rng = RANGES[option]
-    # argparse lets other exceptions than ArgumentTypeError through: the FSAError is the CLI's one line
+@dataclass(frozen=True)
+class Ranged:
+    """argparse's `type=` of a ranged option: tests find every numeric option through it."""
+
+    option: str
+    range: Range
+
+    def __call__(self, text: str) -> int | float:
+        # argparse lets other exceptions than ArgumentTypeError through: the FSAError is the CLI's one line
+        return self.range.parse(text, self.option)
+
+
+def verb_of(parser: Any) -> str | None:
+    """`segment` for the parser of `fsa segment`; None for an argument group or another program."""
+    prog = str(getattr(parser, "prog", ""))
+    return prog.split()[1] if prog.startswith("fsa ") else None
+
+
+def add_ranged(parser: Any, option: str, help_text: str, verb: str | None = None, **kwargs: Any) -> Any:
+    """parser.add_argument(option, type=<its range>, help=<help + range>, **kwargs); `verb` defaults to the
+    parser's (fsa VERB), for the entries keyed by verb."""
+    rng = range_of(option, verb or verb_of(parser))
     kwargs.setdefault("metavar", "N" if rng.integer else "X")
-    return parser.add_argument(option, type=lambda text: rng.parse(text, option), help=with_range(option, help_text),
-                               **kwargs)
+    return parser.add_argument(option, type=Ranged(option, rng), help=f"{help_text}; valid {rng}", **kwargs)

@@ -7,6 +7,7 @@ import argparse
 from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 
 from fsa_deploy.ranges import RANGES, add_ranged
+from fsa_deploy.spellings import add_old_spellings
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -20,7 +21,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--checkpoint", metavar="PATH", help="local CLIP file: open_clip's .bin / .safetensors / "
                    "training checkpoint, or OpenAI's TorchScript ViT-*.pt (README: Weights)")
     w.add_argument("--random-init", action="store_true", help="deterministic random weights (see --seed)")
-    g.add_argument("--cache-dir", metavar="DIR", help="hub cache folder for --pretrained (default: the hub's own)")
+    g.add_argument("--hub-cache", metavar="DIR", help="the model hub's cache folder for --pretrained (default: the "
+                   "hub's own)")
     add_ranged(g, "--seed", "seed of --random-init (default 0)", default=0)
     g.add_argument("--real-stats", action="store_true", help="with --random-init: shape the random weights to "
                    "show trained ViTs' outliers (massive activations, high-norm tokens, post-LayerNorm channel "
@@ -44,9 +46,9 @@ def spec_from_args(args: argparse.Namespace):
     from fsa_deploy.errors import FSAError
 
     if args.pretrained:
-        weights = Weights(pretrained=args.pretrained, cache_dir=args.cache_dir)
-    elif args.cache_dir:
-        raise FSAError("--cache-dir goes with --pretrained TAG")
+        weights = Weights(pretrained=args.pretrained, cache_dir=args.hub_cache)
+    elif args.hub_cache:
+        raise FSAError("--hub-cache goes with --pretrained TAG")
     elif args.checkpoint:
         weights = Weights(checkpoint=args.checkpoint)
     elif args.random_init:
@@ -77,6 +79,7 @@ def add_dump(sub, help_text: str) -> None:
     add_ranged(p, "--long-side", "resize so the long side is at most this (default crop * 2048 / 336)", default=None)
     add_model_args(p)
     add_vocabulary_args(p)
+    add_old_spellings(p, "dump")
     p.set_defaults(func=run_dump)
 
 

@@ -19,6 +19,7 @@ from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.spellings import add_old_spellings
 
 PROG = "fsa segment"
 
@@ -36,7 +37,7 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
     add_vocabulary_args(p)
     add_ranged(p, "--prob-thd", "pixels whose top class probability is below this become class 0 (default 0)",
                default=0.0)
-    add_ranged(p, "--max-batch", "crops per backend call (default 16)", default=16)
+    add_ranged(p, "--batch", "crops per backend call (default 16)", default=16)
     add_ranged(p, "--stride", "sliding-window stride, at most the crop size (default crop // 3)", default=None)
     add_ranged(p, "--short-side", "resize so the short side is at most this (default the crop size)", default=None)
     add_ranged(p, "--long-side", "resize so the long side is at most this (default crop * 2048 / 336)", default=None)
@@ -48,6 +49,7 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir", metavar="DIR", help="class-embedding cache (default $FSA_CACHE_DIR or "
                                                           "~/.cache/fsa-deploy)")
     cache.add_argument("--no-cache", action="store_true", help="always recompute the class embeddings")
+    add_old_spellings(p, "segment")
     p.set_defaults(func=run_segment)
     return p
 
@@ -120,7 +122,7 @@ def run_segment(args: argparse.Namespace) -> int:
             backend = open_graph(artifact, args.graph, args.backend, threads=args.threads,
                                  precision=args.precision)[0]
         seg = Segmenter.from_artifact(artifact, backend, threads=args.threads, precision=args.precision,
-                                      max_batch=args.max_batch, cache_dir=cache, prob_thd=args.prob_thd,
+                                      max_batch=args.batch, cache_dir=cache, prob_thd=args.prob_thd,
                                       stride=args.stride, short_side=args.short_side, long_side=args.long_side)
         print(f"backend: {seg.backend.name} ({seg.backend_reason})", flush=True)
         seg.set_classes(vocabulary_from_args(args))

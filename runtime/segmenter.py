@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from fsa_deploy.contract import TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
+from fsa_deploy.ranges import range_of
 
 ImageLike = Any  # a path, a PIL image, numpy uint8 HWC or CHW, or torch [3, H, W] (0-255)
 Classes = Vocabulary | str | Sequence[str]
@@ -304,8 +305,7 @@ class Segmenter:
     def __post_init__(self) -> None:
         if isinstance(self.cache_dir, _DefaultCache):
             self.cache_dir = default_cache_dir()
-        if self.max_batch < 1:
-            raise FSAError(f"--max-batch {self.max_batch}: must be >= 1")
+        range_of("--batch", "segment").check(self.max_batch, "--batch")  # crops per backend call
         if not 0.0 <= self.prob_thd <= 1.0:
             raise FSAError(f"--prob-thd {self.prob_thd}: must be between 0 and 1")
         if self.stride is not None and not 1 <= self.stride <= self.crop:

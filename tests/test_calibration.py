@@ -35,7 +35,7 @@ def fsa(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 def calibrate(folder: Path, *args: str) -> dict:
-    r = fsa("calibrate", folder, "--count", str(COUNT), *args)
+    r = fsa("calibrate", folder, "--calibration-count", str(COUNT), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -153,7 +153,7 @@ def test_quiet_leaves_stderr_empty(artefact: Path, int8: dict, tmp_path: Path) -
 
     copy = tmp_path / "art"
     shutil.copytree(artefact, copy)  # the module's artefact keeps its cache and its int8 graph
-    r = fsa("calibrate", copy, "--count", "2", "--method", "max", "--quiet")
+    r = fsa("calibrate", copy, "--calibration-count", "2", "--method", "max", "--quiet")
     assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
     assert json.loads(r.stdout)["crops"] == 2
 
@@ -161,7 +161,7 @@ def test_quiet_leaves_stderr_empty(artefact: Path, int8: dict, tmp_path: Path) -
 @pytest.mark.quant
 @needs_modelopt
 def test_op_types_absent_from_the_graph(artefact: Path) -> None:
-    one_line_error(fsa("calibrate", artefact, "--count", "1", "--op-types", "MatMul,Einsum"), "--op-types Einsum")
+    one_line_error(fsa("calibrate", artefact, "--calibration-count", "1", "--op-types", "MatMul,Einsum"), "--op-types Einsum")
 
 
 @pytest.mark.quant
@@ -319,8 +319,9 @@ def test_missing_image(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("count", ["0", "-3"])
 def test_count_below_one(tmp_path: Path, count: str) -> None:
-    r = fsa("calibrate", fake_artefact(tmp_path / "a"), "--count", count, "--images", photo(tmp_path / "i"))
-    one_line_error(r, f"--count {count}")
+    r = fsa("calibrate", fake_artefact(tmp_path / "a"), "--calibration-count", count, "--images",
+            photo(tmp_path / "i"))
+    one_line_error(r, f"--calibration-count {count}")
 
 
 @pytest.mark.parametrize("batch", ["0", "-1"])

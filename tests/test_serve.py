@@ -43,7 +43,7 @@ MAX_PIXELS = 1_000_000  # the server's FSA_MAX_PIXELS: above the photos (at most
 
 def test_container_repository_passes_the_offline_check(tiny_artifact, tmp_path):
     out = tmp_path / "repo"
-    proc = run_cli("triton", tiny_artifact.root, "--out", out, "--max-batch", "8")
+    proc = run_cli("triton", tiny_artifact.root, "--out", out, "--batch", "8")
     assert proc.returncode == 0, proc.stderr
     assert "configs checked" in proc.stdout
     assert sorted(p.parent.name for p in out.glob("*/config.pbtxt")) == sorted([SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL])

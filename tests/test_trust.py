@@ -208,7 +208,7 @@ VERBS: dict[str, Callable[[str, Path, str], list[str] | Callable[[], None]]] = {
                                       "cat, dog", "--cache-dir", str(tmp / "cache"), "--threads", "1"],
     "validate": lambda art, tmp, img: ["validate", art, "--classes", "cat, dog", "--images", img],
     "build --engine rtx": lambda art, tmp, img: ["build", art, "--engine", "rtx"],
-    "calibrate": lambda art, tmp, img: ["calibrate", art, "--images", img, "--count", "1"],
+    "calibrate": lambda art, tmp, img: ["calibrate", art, "--images", img, "--calibration-count", "1"],
     "triton": lambda art, tmp, img: ["triton", art, "--out", str(tmp / "repo")],
     "serve (prepare)": lambda art, tmp, img: lambda: _serve_prepare(art, tmp),
     "lint (artefact graph)": lambda art, tmp, img: ["lint", str(Path(art) / A.IMAGE_ONNX)],

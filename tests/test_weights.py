@@ -298,7 +298,7 @@ def test_export_then_validate(files, tmp_path, capsys):
     assert pw["pos_embed"]["from_grid"] == [37, 37] and pw["pos_embed"]["to_grid"] == [8, 8]
     assert pw["pos_embed"]["antialias"] is True and pw["pos_embed"]["offset"] == 0.0
     capsys.readouterr()
-    rc = main(["validate", str(out), "--images", photos()[0], "--max-batch", "4"])
+    rc = main(["validate", str(out), "--images", photos()[0], "--batch", "4"])
     text = capsys.readouterr().out
     assert rc == 0 and "PASSED" in text, text
 
@@ -386,7 +386,7 @@ def test_tag_without_cache_fails_offline_without_the_network(tmp_path, capsys, m
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     try:
-        print(_refused(capsys, ["export", "--model", "ViT-B-16", "--pretrained", "openai", "--cache-dir",
+        print(_refused(capsys, ["export", "--model", "ViT-B-16", "--pretrained", "openai", "--hub-cache",
                                 str(tmp_path), "--out", str(tmp_path / "a")],
                        "--pretrained openai", "not found in the hub cache"))
     finally:  # the network attempt is the failure to report, whatever the message became
@@ -437,12 +437,12 @@ def test_full_size_release_names_map_onto_the_registry_proxies(row):
 
 
 def test_pretrained_tag_resolves_from_a_hub_cache_offline(files, tmp_path, capsys):
-    """`--pretrained openai --cache-dir DIR` finds open_clip's hub file for the tag in DIR, offline.
+    """`--pretrained openai --hub-cache DIR` finds open_clip's hub file for the tag in DIR, offline.
     (The cached file here is tiny, so ViT-B-16 refuses it, naming it: proof it was found and read.)"""
     open_clip = _open_clip()
     repo = open_clip.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"].strip("/")
     hub_cache(tmp_path / "hub", repo, {"open_clip_model.safetensors": files["open_clip_model.safetensors"]})
-    err = _refused(capsys, ["export", "--model", "ViT-B-16", "--pretrained", "openai", "--cache-dir",
+    err = _refused(capsys, ["export", "--model", "ViT-B-16", "--pretrained", "openai", "--hub-cache",
                             str(tmp_path / "hub"), "--out", str(tmp_path / "a")],
                    f"models--{repo.replace('/', '--')}", "open_clip_model.safetensors: does not fit ViT-B-16")
     print(err)

@@ -232,9 +232,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="what", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.ranges import add_ranged
+
+    p = OneLineParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True, parser_class=OneLineParser)
     s = sub.add_parser("screenshot")
     s.add_argument("--out", default="docs/app.png")
     s.add_argument("--artifact", default=None)
@@ -245,8 +248,12 @@ def main() -> None:
     b.add_argument("--artifact", default=None)
     b.add_argument("--photos", default="astronaut.png,chelsea.png,coffee.png,rocket.jpg")
     b.add_argument("--classes", default=BENCH_CLASSES)
-    b.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+    add_ranged(b, "--repeats", "timed runs per photo (default 5)", default=5)
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     (screenshot if args.what == "screenshot" else bench)(args)
 
 

@@ -68,13 +68,20 @@ def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     return art, photos
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.ranges import add_ranged
+
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="out/bench/memory", help="artefact and photos (default out/bench/memory)")
     p.add_argument("--json", default="out/bench/memory.json")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default all cores)")
+    add_ranged(p, "--threads", "ONNX Runtime threads (default all cores)", default=None)
     p.add_argument("--one", nargs=3, metavar=("ARTIFACT", "IMAGE", "K"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], int(args.one[2]), args.threads)))
         return 0

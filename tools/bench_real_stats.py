@@ -21,6 +21,19 @@ def targets_met(entry: dict) -> bool:
             and entry["attn_max_mean"] >= 5 / entry["tokens"])
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.ranges import add_ranged
+
+    p = OneLineParser(description=__doc__)
+    p.add_argument("--model", default="ViT-B-16")
+    p.add_argument("--proxies", default="dino,dinov2,sam,mae")
+    add_ranged(p, "--crop", "square crop size (default 336)", default=336)
+    p.add_argument("--json", required=True)
+    p.add_argument("--md", required=True)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
     from fsa_deploy.models.activation_stats import model_stats
@@ -30,13 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.runtime.artifact import atomic_file
     from fsa_deploy.runtime.images import sample_photos
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default="ViT-B-16")
-    p.add_argument("--proxies", default="dino,dinov2,sam,mae")
-    p.add_argument("--crop", type=int, default=336)
-    p.add_argument("--json", required=True)
-    p.add_argument("--md", required=True)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     photos = sample_photos()[:2]
     rows, report = [], {"model": args.model, "crop": args.crop, "photos": [Path(x).name for x in photos], "runs": []}
     clip_done = set()

@@ -82,7 +82,7 @@ else
 fi
 if [ "$engine" != none ] && [ -f "$full/meta.json" ]; then
   step "build full size --engine $engine" 120 "$BIN/fsa" build "$full" --engine "$engine" --max-batch 4 \
-  && step "validate full size --backend trt" 120 "$BIN/fsa" validate "$full" --backend trt --max-batch 4 \
+  && step "validate full size --backend trt" 120 "$BIN/fsa" validate "$full" --backend trt --batch 4 \
     --json "$OUT_DIR/validate-b16.json"
 fi
 if [ -f "$full/meta.json" ]; then

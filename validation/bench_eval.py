@@ -7,7 +7,7 @@ rounds. Eval decodes the next image in a thread while the backend runs; segment 
 per image that eval does not, so eval should not be slower. With `--reference`, the eval row of the
 PyTorch reference beside ONNX Runtime's (mIoU delta, pixel agreement) on the same dataset.
 
-python -m fsa_deploy.validation.bench_eval [--artifact DIR] [--images 50] [--rounds 2] [--reference]
+python -m fsa_deploy.validation.bench_eval [--artifact DIR] [--num-images 50] [--rounds 2] [--reference]
     [--json F] [--md F]
 Without --artifact, the tests' tiny random-init model (crop 112) is exported to out/bench/serve-art once.
 """
@@ -71,20 +71,29 @@ def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     return dt, proc
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.validation.bench_serve import tiny_artifact
+def build_parser() -> argparse.ArgumentParser:
+    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.ranges import add_ranged
+    from fsa_deploy.spellings import add_old_spellings
 
-    p = argparse.ArgumentParser(prog="bench_eval", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="bench_eval", description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path)
-    p.add_argument("--images", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=2)
+    add_ranged(p, "--num-images", "images of the generated dataset (default 50)", default=50)
+    add_ranged(p, "--rounds", "timed rounds, the best counts (default 2)", default=2)
     p.add_argument("--reference", action="store_true", help="also the eval rows of the reference and ORT")
     p.add_argument("--work", type=Path, default=Path("out/bench/eval"))
     p.add_argument("--json", type=Path)
     p.add_argument("--md", type=Path)
-    args = p.parse_args(argv)
+    add_old_spellings(p, "bench-eval")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fsa_deploy.validation.bench_serve import tiny_artifact
+
+    args = build_parser().parse_args(argv)
     art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))
-    root = make_dataset(args.work / f"ds{args.images}" / "data", args.images)
+    root = make_dataset(args.work / f"ds{args.num_images}" / "data", args.num_images)
     classes = root.parent / "classes.txt"
     cache = args.work / "cache"
     fsa = [sys.executable, "-m", "fsa_deploy"]
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         seg_s.append(timed(seg_cmd)[0])
         eval_s.append(timed(eval_cmd)[0])
         ips.append(json.loads((args.work / "eval.json").read_text())["rows"][0]["images_per_s"])
-    n = args.images
+    n = args.num_images
     out = {
         "machine": f"{platform.node()} ({os.cpu_count()} vCPU, {platform.machine()})", "artifact": str(art),
         "images": n, "rounds": args.rounds,

@@ -20,16 +20,25 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.ranges import add_ranged
+    from fsa_deploy.spellings import add_old_spellings
+
+    p = OneLineParser(description=__doc__)
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--proxy", default="dino")
-    p.add_argument("--crop", type=int, default=336)
-    p.add_argument("--classes", type=int, default=21)
-    p.add_argument("--repeats", type=int, default=3)
+    add_ranged(p, "--crop", "square crop size (default 336)", default=336)
+    add_ranged(p, "--num-classes", "class count K of the random text embeddings (default 21)", default=21)
+    add_ranged(p, "--repeats", "timed runs (default 3)", default=3)
     p.add_argument("--json")
-    args = p.parse_args(argv)
+    add_old_spellings(p, "export-b16")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import onnx
     from fsa_deploy.export.onnx_export import export_artifact
@@ -50,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     graph = onnx.load(str(art.path(A.IMAGE_ONNX)), load_external_data=False)
     geo = Geometry(crop=args.crop)
     crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]  # host numpy
-    text = torch.nn.functional.normalize(torch.randn(args.classes, art.meta["embed_dim"]), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(args.num_classes, art.meta["embed_dim"]), dim=-1)
     ort = OnnxRuntimeBackend(art)
     literal = build(spec, "literal").model
     crop_t = torch.from_numpy(crop.copy())
     ort_ms, ort_all = median_ms(lambda: ort.run(crop, text.numpy()), args.repeats)
     lit_ms, lit_all = median_ms(lambda: literal(crop_t, text), args.repeats)
     result = {
-        "model": args.model, "proxy": args.proxy, "crop": args.crop, "classes": args.classes,
+        "model": args.model, "proxy": args.proxy, "crop": args.crop, "classes": args.num_classes,
         "export_s": round(export_s, 1), "image_onnx_mb": art.files()[A.IMAGE_ONNX]["bytes"] / 2**20,
         "image_onnx_nodes": len(graph.graph.node), "text_onnx_mb": art.files()[A.TEXT_ONNX]["bytes"] / 2**20,
         "ort_cpu_crop_ms": ort_ms, "torch_literal_crop_ms": lit_ms, "speedup_vs_literal": lit_ms / ort_ms,

@@ -110,17 +110,25 @@ def tiny_artifact(folder: Path) -> Path:
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.ranges import add_ranged
+
+    p = OneLineParser(description=__doc__)
     p.add_argument("--artifact", type=Path)
-    p.add_argument("--requests", type=int, default=1000, help="requests between the two RSS readings")
-    p.add_argument("--per-level", type=int, default=32, help="requests per concurrency level")
-    p.add_argument("--warmup", type=int, default=100,
-                   help="requests at 4 clients before any timing: every fsa_segment instance meets every photo, "
-                        "so the RSS reading before the soak is past the allocators' first high-water marks")
+    add_ranged(p, "--requests", "requests between the two RSS readings (default 1000)", default=1000)
+    add_ranged(p, "--per-level", "requests per concurrency level (default 32)", default=32)
+    add_ranged(p, "--warmup", default=100,
+               help_text="requests at 4 clients before any timing (default 100): every fsa_segment instance meets "
+                         "every photo, so the RSS reading before the soak is past the allocators' first high-water "
+                         "marks")
     p.add_argument("--json", type=Path)
     p.add_argument("--md", type=Path)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import tritonclient.grpc as tg
     from fsa_deploy.runtime.images import sample_photos

@@ -22,6 +22,7 @@ from fsa_deploy.runtime import artifact as A
 from fsa_deploy.contract import TOKENIZER_VOCAB
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.ranges import Range, add_ranged
+from fsa_deploy.spellings import add_old_spellings
 
 # an in-memory model's external weights are read from this folder (onnxruntime >= 1.17)
 ARGMAX_TIE = 1e-5  # reference top-2 class probabilities closer than this: either label is right
@@ -495,7 +496,6 @@ def add_validate(sub, help_text: str) -> None:
     p.add_argument("folder", metavar="DIR", help="artefact folder (fsa export)")
     p.add_argument("--graph", metavar="FILE",
                    help="graph or engine file of the folder to check (default image.onnx; e.g. image.int8.onnx)")
-    p.add_argument("--artifact", dest="artifact_file", metavar="FILE", help="deprecated spelling of --graph")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="trt: the folder's engine of the graph's precision; onnx: ONNX Runtime; auto (default): "
                         "TensorRT for an .engine file, ONNX Runtime otherwise; torch does not apply (the "
@@ -506,23 +506,14 @@ def add_validate(sub, help_text: str) -> None:
                    help="override one tolerance, e.g. --tol pixel_agreement_min=0.995")
     p.add_argument("--stages", action="store_true", help="compare every stage; name the first that breaks")
     p.add_argument("--fp64", action="store_true", help="run the reference's last block and feedback in float64")
-    add_ranged(p, "--max-batch", "crops per call (default 8)", default=8)
+    add_ranged(p, "--batch", "crops per call (default 8)", default=8)
     add_ranged(p, "--stride", "sliding-window stride (default crop // 3)", default=None)
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--md", help="write the report as Markdown")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json / --md files")
     add_vocabulary_args(p)
+    add_old_spellings(p, "validate")
     p.set_defaults(func=run_validate)
-
-
-def graph_of(args: argparse.Namespace) -> str | None:
-    """--graph FILE, or its old spelling --artifact FILE (a file here, a folder in segment and bench)."""
-    if args.artifact_file is None:
-        return args.graph
-    if args.graph is not None:
-        raise FSAError("--artifact and --graph: give --graph only (--artifact FILE is its deprecated spelling)")
-    print("fsa validate: --artifact FILE is deprecated, use --graph FILE", file=sys.stderr)
-    return args.artifact_file
 
 
 def backend_of(name: str) -> str:
@@ -538,9 +529,9 @@ def run_validate(args: argparse.Namespace) -> int:
 
     for path, option in ((args.json, "--json"), (args.md, "--md")):
         check_output_file(path, option, args.overwrite)
-    report = run_validation(args.folder, graph_of(args), backend_of(args.backend), expand_images(args.images),
+    report = run_validation(args.folder, args.graph, backend_of(args.backend), expand_images(args.images),
                             vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,
-                            args.fp64, args.max_batch, args.stride, progress=True)
+                            args.fp64, args.batch, args.stride, progress=True)
     import json
 
     for path, text in ((args.json, lambda: json.dumps(strict_json(report), indent=2, allow_nan=False)),

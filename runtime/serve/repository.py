@@ -59,6 +59,7 @@ from fsa_deploy.contract import (
     TOKENS,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.ranges import range_of
 
 FLAVOURS = ("container", "local")
 IMAGE_BACKENDS = ("onnxruntime", "tensorrt")
@@ -197,8 +198,7 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
         raise FSAError(f"flavour {opts.flavour!r}: choose from {', '.join(FLAVOURS)}")
     if opts.image_backend not in IMAGE_BACKENDS:
         raise FSAError(f"--image-backend {opts.image_backend!r}: choose from {', '.join(IMAGE_BACKENDS)}")
-    if not 1 <= opts.max_batch <= 1024:
-        raise FSAError(f"--max-batch {opts.max_batch}: must be between 1 and 1024")
+    range_of("--batch", "serve" if opts.flavour == "local" else "triton").check(opts.max_batch, "--batch")
     meta = art.meta
     crop, dim = int(meta["crop"]), int(meta["embed_dim"])
     grid = [int(g) for g in meta["grid"]]

@@ -13,6 +13,7 @@ from fsa_deploy.validation.bench.run import run_bench
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.spellings import add_old_spellings
 
 
 def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--classes-file", metavar="FILE", help="one class a line, synonyms separated by ';'")
     add_ranged(p, "--repeats", "timed runs per measurement (default 3)", default=3)
     add_ranged(p, "--warmup", "untimed runs first (default 1)", default=1)
-    add_ranged(p, "--max-batch", "crops per forward in the per-image runs (default 1: a full-size literal crop "
+    add_ranged(p, "--batch", "crops per forward in the per-image runs (default 1: a full-size literal crop "
                "needs ~8 GB)", default=1)
     add_ranged(p, "--threads", "torch and ONNX Runtime CPU threads (default: their defaults)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="only this device's rows (default: every device here); "
@@ -52,6 +53,7 @@ def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
     add_ranged(p, "--num-classes", "--block: class count K (--classes K is its deprecated spelling there)",
                metavar="K")
     add_model_args(p)
+    add_old_spellings(p, "bench")
     p.set_defaults(func=run_bench_cli)
     return p
 
@@ -117,7 +119,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         spec = spec_from_args(args)
     devices = (args.device,) if args.device else ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
     return Options(spec, tuple(args.artifact), args.work, tuple(expand_images(args.images) or _default_images()),
-                   vocabulary_from_args(args), args.repeats, args.warmup, args.max_batch, args.threads, devices,
+                   vocabulary_from_args(args), args.repeats, args.warmup, args.batch, args.threads, devices,
                    tuple(args.only), args.min_agreement, args.calibration_count, args.json, args.md, args.plot)
 
 

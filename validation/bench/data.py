@@ -202,7 +202,7 @@ class Options:
     devices: tuple[str, ...] = ("cpu",)
     only: tuple[str, ...] = ()
     min_agreement: float | None = None
-    calibration_count: int = 64  # crops for the int8 calibration (fsa calibrate --count)
+    calibration_count: int = 64  # crops for the int8 calibration (fsa calibrate --calibration-count)
     json: str | None = None
     md: str | None = None
     plot: str | None = None

@@ -17,6 +17,7 @@ from typing import Any
 
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.spellings import add_old_spellings
 
 PROG = "fsa eval"
 
@@ -59,13 +60,14 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--md", metavar="F", help="write the report as Markdown here")
     p.add_argument("--plot", metavar="F.png", help="per-class IoU of the rows, worst deltas first")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json / --md / --plot files")
-    add_ranged(p, "--max-batch", "crops per backend call (default 16)", default=16)
+    add_ranged(p, "--batch", "crops per backend call (default 16)", default=16)
     add_ranged(p, "--threads", "ONNX Runtime CPU threads (default: all cores)", default=None)
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", metavar="DIR", help="class-embedding cache (default $FSA_CACHE_DIR or "
                                                           "~/.cache/fsa-deploy)")
     cache.add_argument("--no-cache", action="store_true", help="always recompute the class embeddings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_old_spellings(p, "eval")
     p.set_defaults(func=run_eval)
     return p
 
@@ -218,7 +220,7 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
 
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=list(art.meta["templates"]),
-                    model_key=sha, max_batch=args.max_batch, cache_dir=cache, prob_thd=proto.prob_thd,
+                    model_key=sha, max_batch=args.batch, cache_dir=cache, prob_thd=proto.prob_thd,
                     stride=proto.stride, short_side=proto.short_side, long_side=proto.long_side,
                     vocab_file=vocab_file, artifact_sha256=sha)
     seg.set_classes(vocab)

@@ -293,8 +293,8 @@ ROWS: list[Row] = [
           absent=(f"{{tmp}}/out/{Path(name).stem}.png",))
       for name, what in (("nan.tif", "NaN"), ("inf.tif", "Infinity"), ("neginf.tif", "one -Infinity pixel"))),
     Row("calibrate on a float TIFF with NaN", ("calibrate", "{broken:plain6}", "--images", "{bad:nan.tif}",
-                                               "--calibration-count", "1", "--no-calibration-cache"), 2, ("nan.tif", "NaN or infinite pixels"),
-        unchanged=("{broken:plain6}/meta.json",)),
+                                               "--calibration-count", "1", "--no-calibration-cache"), 2,
+        ("nan.tif", "NaN or infinite pixels"), unchanged=("{broken:plain6}/meta.json",)),
     Row("a symlink loop as the image", seg("{bad:loop.png}"), 2, ("leads nowhere",), lines=2),
     Row("a dangling symlink as the image", seg("{bad:dangling.png}"), 2, ("leads nowhere",), lines=2),
     Row("a FIFO as the image", seg("{bad:fifo.png}"), 2, ("not a regular file",), lines=2),

@@ -161,7 +161,8 @@ def test_quiet_leaves_stderr_empty(artefact: Path, int8: dict, tmp_path: Path) -
 @pytest.mark.quant
 @needs_modelopt
 def test_op_types_absent_from_the_graph(artefact: Path) -> None:
-    one_line_error(fsa("calibrate", artefact, "--calibration-count", "1", "--op-types", "MatMul,Einsum"), "--op-types Einsum")
+    one_line_error(fsa("calibrate", artefact, "--calibration-count", "1", "--op-types", "MatMul,Einsum"),
+                   "--op-types Einsum")
 
 
 @pytest.mark.quant

@@ -280,7 +280,7 @@ ROWS: list[Row] = [
     *(Row(f"{verb} refuses a climbing name", argv, 2, ("refused",), unchanged=("{victim}",)) for verb, argv in (
         ("validate", validate(art="{broken:climb_name}")),
         ("build", ("build", "{broken:climb_name}", "--engine", "rtx")),
-        ("calibrate", ("calibrate", "{broken:climb_name}", "--count", "1")),
+        ("calibrate", ("calibrate", "{broken:climb_name}", "--calibration-count", "1")),
         ("triton", ("triton", "{broken:climb_name}", "--out", "{tmp}/repo")),
         ("lint of an artefact graph", ("lint", "{broken:climb_name}/image.onnx")))),
     Row("deeply nested meta.json", seg("{img:rgb.png}", art="{broken:nested_meta}"), 2, ("nested too deeply",)),

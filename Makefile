@@ -53,7 +53,7 @@ bench-block: setup
 	$(BIN)/fsa bench --block --tokens 1764 --num-classes 171 --device cpu --repeats 5 --json out/bench/block.json
 
 export-b16: setup
-	$(BIN)/python -m fsa_deploy.validation.bench_export --out out/b16 --json out/bench/export_b16.json
+	$(BIN)/python -m fsa_deploy.validation.bench.export --out out/b16 --json out/bench/export_b16.json
 
 bench: setup
 	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png --overwrite
@@ -61,7 +61,7 @@ bench: setup
 # Peak RSS of a segmentation against the class count (3 vs 171) and the photo size (6.75 and 12 MP),
 # tiny export on ONNX Runtime CPU, each case in a fresh process (issue 15 item 7; docs/BENCHMARKS.md).
 bench-memory: setup
-	$(BIN)/python tools/bench_memory.py --work out/bench/memory --json out/bench/memory.json
+	$(BIN)/python -m fsa_deploy.validation.bench.memory --work out/bench/memory --json out/bench/memory.json
 
 # On a machine with an NVIDIA GPU (and TensorRT, where it can be installed):
 test-gpu: setup
@@ -70,7 +70,7 @@ test-gpu: setup
 # Full-size TensorRT-RTX builds on this machine, no GPU (issue 12): time, engine size, peak RSS.
 # Add CAL=N to also calibrate and build int8 (a full-size ModelOpt calibration on the CPU is slow).
 bench-build: setup
-	$(BIN)/python -m fsa_deploy.export.trt_bench --work out/bench-build --json out/bench-build/report.json \
+	$(BIN)/python -m fsa_deploy.validation.bench.build --work out/bench-build --json out/bench-build/report.json \
 	  --md out/bench-build/report.md $(if $(CAL),--calibration-count $(CAL))
 
 # On a machine with an NVIDIA GPU: CUDA tests, validate and bench with the TensorRT flavour it supports (< 8 min).
@@ -91,14 +91,14 @@ $(SERVE_STAMP): pyproject.toml $(STAMP)
 
 # Triton (fsa serve, tiny artefact, ORT CPU) against the in-process Segmenter: images/s, p50/p99, RSS.
 bench-serve: setup
-	$(BIN)/python -m fsa_deploy.validation.bench_serve --json out/bench/serve.json --md out/bench/serve.md
+	$(BIN)/python -m fsa_deploy.validation.bench.serve --json out/bench/serve.json --md out/bench/serve.md
 
 # The same on the demo's full-size ViT-B-16 + DINO ViT-B/8 at 336 (exported when missing; ~20 min
 # on 2 cores): the serving overhead on images that take seconds. 20 soak requests, not 1,000.
 bench-serve-full: setup
 	test -f out/demo/artifact/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
 	  --proxy dino --crop 336 --out out/demo/artifact
-	$(BIN)/python -m fsa_deploy.validation.bench_serve --artifact out/demo/artifact --per-level 4 --warmup 8 \
+	$(BIN)/python -m fsa_deploy.validation.bench.serve --artifact out/demo/artifact --per-level 4 --warmup 8 \
 	  --requests 20 --json out/bench/serve-full.json --md out/bench/serve-full.md
 
 clean:
@@ -107,8 +107,8 @@ clean:
 # Issue 23: full-size activation statistics per block, --real-stats against plain random init (ViT-B-16 and
 # DINO B/8, DINOv2, SAM, MAE at 336, two photos); heavy: under the shared lock. docs/BENCHMARKS.md.
 bench-real-stats: setup
-	flock /tmp/fsa-heavy.lock $(BIN)/python tools/bench_real_stats.py --json out/bench/real_stats.json \
-	  --md out/bench/real_stats.md
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.real_stats \
+	  --json out/bench/real_stats.json --md out/bench/real_stats.md
 
 # Issue 23: fsa bench's ONNX Runtime CPU rows (fp32, fp16 with the audit's fp32 islands, int8 from fsa calibrate)
 # of full-size ViT-B-16 + DINO B/8 at 336, --random-init --real-stats then plain --random-init; fidelity against
@@ -129,13 +129,13 @@ bench-real-stats-rows: setup
 # rows of `fsa eval` on 10 generated images, their mIoU delta and pixel agreement.
 .PHONY: bench-eval bench-eval-full
 bench-eval: setup
-	$(BIN)/python -m fsa_deploy.validation.bench_eval --num-images 50 --rounds 3 --json out/bench/eval.json \
+	$(BIN)/python -m fsa_deploy.validation.bench.eval --num-images 50 --rounds 3 --json out/bench/eval.json \
 	  --md out/bench/eval.md
 
 bench-eval-full: setup
 	test -f out/demo/artifact/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
 	  --proxy dino --crop 336 --out out/demo/artifact
-	$(BIN)/python -m fsa_deploy.validation.bench_eval --artifact out/demo/artifact --images 10 --rounds 1 \
+	$(BIN)/python -m fsa_deploy.validation.bench.eval --artifact out/demo/artifact --images 10 --rounds 1 \
 	  --reference --work out/bench/eval-full --json out/bench/eval-full.json --md out/bench/eval-full.md
 
 # fsa app (issue 24): the browser its tests drive (a no-op when present or where apt cannot install it).
@@ -148,8 +148,8 @@ browser:
 
 # docs/app.png: the page with an overlay, in Chromium. ART=DIR for another artefact (default: a tiny export).
 app-screenshot: setup
-	$(BIN)/python tools/app_page.py screenshot --out docs/app.png $(if $(ART),--artifact $(ART))
+	$(BIN)/python -m fsa_deploy.validation.bench.app screenshot --out docs/app.png $(if $(ART),--artifact $(ART))
 
 # The page's latency against fsa segment's on the same photos (docs/BENCHMARKS.md); ART=DIR as above.
 bench-app: setup
-	$(BIN)/python tools/app_page.py bench --json out/bench/app$(if $(ART),-$(notdir $(ART))).json $(if $(ART),--artifact $(ART))
+	$(BIN)/python -m fsa_deploy.validation.bench.app bench --json out/bench/app$(if $(ART),-$(notdir $(ART))).json $(if $(ART),--artifact $(ART))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -145,6 +146,17 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1, f"expected one error line, got: {proc.stderr}"
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+
+
+def free_ports(n: int) -> list[int]:
+    """n ports nobody listens on now (bound at once, so they differ), for a server a test starts."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @pytest.fixture(scope="session")

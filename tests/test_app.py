@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, missing, photos, require, run_cli
-from fsa_deploy.validation.bench_serve import free_ports
+from conftest import REPO, assert_one_line_error, free_ports, missing, photos, require, run_cli
 from PIL import Image
 
 CLASSES = "sky, person, grass, cat, road, tree, building"

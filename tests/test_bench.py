@@ -20,9 +20,9 @@ import torch
 from conftest import REPO, assert_one_line_error, required, tiny_reference
 from fsa_deploy.validation.bench import data as B
 from fsa_deploy.validation.bench.cli import run_block
+from fsa_deploy.validation.bench.flops import PARTS, Rates, count_work, floor_ms
 from fsa_deploy.validation.bench.plan import Machine, plan_rows
 from fsa_deploy.validation.bench.report import gate
-from fsa_deploy.validation.flops import PARTS, Rates, count_work, floor_ms
 
 from fsa_deploy.errors import CheckFailed
 
@@ -159,7 +159,7 @@ def test_model_options_conflict_with_artifact(tiny_artifact, capsys):
 def test_block_takes_the_class_count(monkeypatch, capsys, classes, num_classes, deprecated):
     """--num-classes K; the old --block --classes K still works, with one deprecation line."""
     seen = {}
-    monkeypatch.setattr("fsa_deploy.validation.bench_block.main_block", lambda ns: seen.setdefault("ns", ns) and 0)
+    monkeypatch.setattr("fsa_deploy.validation.bench.block.main_block", lambda ns: seen.setdefault("ns", ns) and 0)
     run_block(argparse.Namespace(tokens=16, classes=classes, num_classes=num_classes, device=None, repeats=3,
                                  json=None))
     assert (seen["ns"].classes, seen["ns"].device, seen["ns"].tokens) == (3, "cpu", 16)
@@ -170,7 +170,7 @@ def test_block_takes_the_class_count(monkeypatch, capsys, classes, num_classes, 
 def test_block_child_times_both_formulations(tmp_path):
     """bench --block's child (run in process here): timings, a peak, and logits that agree across
     the two formulations."""
-    from fsa_deploy.validation.bench_block import run_one
+    from fsa_deploy.validation.bench.block import run_one
 
     res = {}
     for form in ("literal", "deploy"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, missing, photos, run_cli
+from conftest import REPO, assert_one_line_error, free_ports, missing, photos, run_cli
 from fsa_deploy.validation.eval import datasets as D
 from fsa_deploy.validation.eval.metrics import confusion, scores
 from PIL import Image, ImageDraw
@@ -369,8 +369,6 @@ def two_servers(tiny_artifact, tmp_path_factory):
 
 
 def test_two_server_run_equals_the_local_run(tiny_artifact, folder_ds, folder_report, two_servers, tmp_path):
-    from fsa_deploy.validation.bench_serve import free_ports
-
     rep, _ = folder_report
     root, classes = folder_ds
     (dead,) = free_ports(1)  # nobody listens there: dropped with one line at the probe
@@ -443,7 +441,6 @@ def test_offline_check_wants_the_protocol_inputs(tiny_artifact, tmp_path):
 
 def test_a_transport_failure_moves_the_image_to_another_server(two_servers, capsys):
     """A server that stops answering mid-run is dropped (one line) and the image is retried on another."""
-    from fsa_deploy.validation.bench_serve import free_ports
     from fsa_deploy.validation.eval.remote import Servers
 
     live = f"127.0.0.1:{two_servers[0].http}"

@@ -22,13 +22,13 @@ README = (REPO / "README.md").read_text()
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # benchmark scripts (their make target) -> where their parser is built
 SCRIPTS: dict[str, str] = {
-    "bench-build": "fsa_deploy.export.trt_bench",
-    "export-b16": "fsa_deploy.validation.bench_export",
-    "bench-eval": "fsa_deploy.validation.bench_eval",
-    "bench-serve": "fsa_deploy.validation.bench_serve",
-    "bench-memory": "tools/bench_memory.py",
-    "bench-real-stats": "tools/bench_real_stats.py",
-    "bench-app": "tools/app_page.py",
+    "bench-build": "fsa_deploy.validation.bench.build",
+    "export-b16": "fsa_deploy.validation.bench.export",
+    "bench-eval": "fsa_deploy.validation.bench.eval",
+    "bench-serve": "fsa_deploy.validation.bench.serve",
+    "bench-memory": "fsa_deploy.validation.bench.memory",
+    "bench-real-stats": "fsa_deploy.validation.bench.real_stats",
+    "bench-app": "fsa_deploy.validation.bench.app",
 }
 # the least each parser needs before the option under test
 REQUIRED: dict[str, list[str]] = {
@@ -120,7 +120,7 @@ def test_the_spelling_state_stays_out_of_the_namespace() -> None:
 
 
 def _ranged(verb: str) -> list[tuple[str, argparse.Action]]:
-    """(parser's verb key, action) of every option of `verb` and of its subcommands (app_page's)."""
+    """(parser's verb key, action) of every option of `verb` and of its subcommands (bench.app's)."""
     found, todo = [], [parser_of(verb)]
     while todo:
         p = todo.pop()

@@ -19,7 +19,7 @@ from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
 from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 from fsa_deploy.runtime.images import load_image, sample_photos
 from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary, label_image, palette
-from fsa_deploy.validation.bench_block import rss_mb
+from fsa_deploy.validation.bench.timing import rss_mb
 from PIL import Image
 
 from fsa_deploy.errors import FSAError

@@ -9,12 +9,12 @@ device; absolute times come with the machine they were taken on.
 How it measures, and why:
 - Every row runs in a fresh child process, forked from a server that imported torch,
   open_clip and onnxruntime once: peak memory is the row's own (VmHWM reset as in
-  validation/bench_block.py) and a row that crashes or runs out of memory fails alone.
+  validation/bench/block.py) and a row that crashes or runs out of memory fails alone.
 - Fidelity is `fsa validate`'s per-image check (fsa_deploy.validation.validate.validate_image: same
   reference, alignment of rounding-decided masks, tolerance profile of the row's precision)
   on the bench images, with the class embeddings computed once: run_validation would
   re-encode queries x 80 templates per row, minutes at ViT-B-16 on a CPU.
-- The work of a crop forward (validation/flops.py) and the measured matmul and copy rates of
+- The work of a crop forward (validation/bench/flops.py) and the measured matmul and copy rates of
   each device give a roofline floor; each row says how far above it it runs.
 
 The package, along its seams: data (rows and results), plan (this machine, the rows),

@@ -139,8 +139,8 @@ def block_classes(args: argparse.Namespace) -> int | None:
 
 
 def run_block(args: argparse.Namespace) -> int:
-    """`--block`: validation/bench_block.py with K classes."""
-    from fsa_deploy.validation.bench_block import main_block
+    """`--block`: validation/bench/block.py with K classes."""
+    from fsa_deploy.validation.bench.block import main_block
 
     classes = block_classes(args)
     if args.tokens is None or classes is None:

@@ -16,7 +16,7 @@ OK, INVALID, FAILED, MISSING, SKIPPED = "ok", "failed validation", "failed", "mi
 DEFAULT_IMAGE = "chelsea.png"  # one sample photo, three crops: per-crop and per-image times differ
 PRELOAD = ("numpy", "torch", "open_clip", "timm", "onnxruntime", "fsa_deploy.models.factory",
            "fsa_deploy.validation.validate", "fsa_deploy.runtime.segmenter", "fsa_deploy.runtime.backends.onnxrt",
-           "fsa_deploy.models.backend", "fsa_deploy.validation.flops")
+           "fsa_deploy.models.backend", "fsa_deploy.validation.bench.flops")
 MIB = 2**20
 REFERENCE_NOTE = "validate's reference: the fidelity of every other row is measured against it"
 # image graphs the bench measures: fp8 needs SM89+ and TensorRT, so its row comes from `fsa validate`

@@ -19,7 +19,7 @@ from fsa_deploy.validation.bench.data import (
     one_line,
 )
 from fsa_deploy.validation.bench.fidelity import ort_fp16_note, row_fidelity
-from fsa_deploy.validation.timing import device_sync, time_calls
+from fsa_deploy.validation.bench.timing import device_sync, peak_rss_mb, rss_mb, time_calls
 
 from fsa_deploy.errors import FSAError
 
@@ -42,7 +42,7 @@ def measure_work(plan: Plan, devices: tuple[str, ...]) -> dict[str, Any]:
     from fsa_deploy.models.dump import numpy_encoder
     from fsa_deploy.models.factory import build
     from fsa_deploy.runtime.text import cached_classifier, default_cache_dir
-    from fsa_deploy.validation.flops import count_work, measure_rates
+    from fsa_deploy.validation.bench.flops import count_work, measure_rates
 
     _apply_threads(plan.threads)
     ref = build(plan.spec, "deploy")
@@ -60,10 +60,8 @@ def measure_work(plan: Plan, devices: tuple[str, ...]) -> dict[str, Any]:
 
 
 def reset_peak_rss() -> float | None:
-    """Reset VmHWM to the current RSS (as validation/bench_block.py does); the RSS then, or None
+    """Reset VmHWM to the current RSS (as validation/bench/block.py does); the RSS then, or None
     where /proc/self/clear_refs is not writable (the peak then includes loading)."""
-    from fsa_deploy.validation.bench_block import rss_mb
-
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -144,7 +142,6 @@ def timed(plan: Plan, row: Row, text: Any) -> tuple[Measured, Any]:
     from fsa_deploy.runtime.images import load_image
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image, windows
     from fsa_deploy.runtime.segmenter import Segmenter
-    from fsa_deploy.validation.bench_block import peak_rss_mb
 
     device_memory = DeviceMemory(row)
     backend = open_row_backend(row, plan)

@@ -51,12 +51,12 @@ class Report:
     machine: dict[str, Any]
     model: dict[str, Any]
     settings: dict[str, Any]
-    work: dict[str, Any]  # part -> fsa_deploy.validation.flops.PartWork
-    rates: dict[str, Any]  # device -> fsa_deploy.validation.flops.Rates
+    work: dict[str, Any]  # part -> fsa_deploy.validation.bench.flops.PartWork
+    rates: dict[str, Any]  # device -> fsa_deploy.validation.bench.flops.Rates
     results: list[Result] = field(default_factory=list)
 
     def floors(self) -> dict[str, dict[str, float]]:
-        from fsa_deploy.validation.flops import floor_ms
+        from fsa_deploy.validation.bench.flops import floor_ms
 
         return {d: {p: floor_ms(self.work, r, p) for p in BENCH_PRECISIONS} for d, r in self.rates.items()}
 

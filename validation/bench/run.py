@@ -41,7 +41,7 @@ def run_rows(children: Children, plan: Plan, rows: list[Row], text: Any) -> list
 
 def add_ratios(results: list[Result], work: dict[str, Any], rates: dict[str, Any]) -> None:
     """Speedup against the literal fp32 row of the same device; distance from the roofline floor."""
-    from fsa_deploy.validation.flops import floor_ms
+    from fsa_deploy.validation.bench.flops import floor_ms
 
     base = {r.row.device: r.measured for r in results if r.row.baseline and r.measured}
     for r in results:

@@ -5,7 +5,7 @@ three files) on a tiny export with ONNX Runtime on the CPU, and reports its own 
 set (ru_maxrss), so no case inherits another's high-water mark. The photo is scikit-image's
 chelsea.png, upscaled (bicubic) to each size.
 
-    python tools/bench_memory.py --json out/bench/memory.json     (make bench-memory)
+    python -m fsa_deploy.validation.bench.memory --json out/bench/memory.json     (make bench-memory)
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     art, photos = prepare(Path(args.work))
     rows = []
     for size, k in CASES:
-        cmd = [sys.executable, __file__, "--one", str(art), str(photos[size]), str(k)]
+        cmd = [sys.executable, "-m", __spec__.name, "--one", str(art), str(photos[size]), str(k)]
         if args.threads is not None:
             cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

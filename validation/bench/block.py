@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fsa_deploy.validation.timing import device_sync, time_calls
+from fsa_deploy.validation.bench.timing import device_sync, peak_rss_mb, rss_mb, time_calls
 
 BLOCK_MODEL = "ViT-B-16"  # width 768, 12 heads, output 512: the paper's default backbone
 
@@ -36,22 +36,6 @@ def block_inputs(tokens: int, classes: int, device: str, seed: int = 0):
     v = torch.randn(1, tokens, model.width, generator=g).to(device)
     text = torch.nn.functional.normalize(torch.randn(classes, model.embed_dim, generator=g), dim=-1).to(device)
     return model, attn, v, text
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def rss_mb() -> float:
-    return _status_mb("VmRSS:")
-
-
-def peak_rss_mb() -> float:
-    return _status_mb("VmHWM:")
 
 
 def _release_free_heap() -> None:
@@ -103,9 +87,9 @@ def bench_block(tokens: int, classes: int, device: str = "cpu", repeats: int = 3
     with tempfile.TemporaryDirectory() as tmp:
         for form in ("literal", "deploy"):
             out = os.path.join(tmp, f"{form}.pt")
-            code = ("import sys; from fsa_deploy.validation.bench_block import run_one; "
+            code = ("import sys; from fsa_deploy.validation.bench.block import run_one; "
                     f"run_one({form!r}, {tokens}, {classes}, {device!r}, {repeats}, {out!r})")
-            root = Path(__file__).resolve().parents[1]
+            root = Path(__file__).resolve().parents[2]
             env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
             if proc.returncode:

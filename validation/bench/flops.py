@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from fsa_deploy.validation.timing import device_sync, time_calls
+from fsa_deploy.validation.bench.timing import device_sync, time_calls
 
 PARTS = ("backbone", "proxy", "head")
 # dtype of each part per precision (fp16 exports keep the head in fp32, int8 Q/DQ graphs too)

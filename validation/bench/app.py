@@ -1,12 +1,12 @@
 """`fsa app` in Chromium, outside the tests (issue 24): the README's screenshot, and the page's
 latency against `fsa segment` on the same photos.
 
-    python tools/app_page.py screenshot --out docs/app.png [--artifact DIR]     (make app-screenshot)
-    python tools/app_page.py bench --json out/bench/app.json [--artifact DIR]  (make bench-app)
+    python -m fsa_deploy.validation.bench.app screenshot --out docs/app.png [--artifact DIR]  (make app-screenshot)
+    python -m fsa_deploy.validation.bench.app bench --json out/bench/app.json [--artifact DIR]   (make bench-app)
 
 Without --artifact a tiny artefact (tiny CLIP + tiny DINO, random init, crop 112) is exported to
-out/app/tiny first. The server is `fsa app DIR --backend onnx` on 127.0.0.1 and a free port; the
-browser is Debian's chromium through its chromedriver (headless).
+out/app/tiny (under the current folder) first. The server is `fsa app DIR --backend onnx` on
+127.0.0.1 and a free port; the browser is Debian's chromium through its chromedriver (headless).
 
 bench: per photo, `fsa segment`'s per-image work (Segmenter.segment + the three files, in this
 process, same backend and classes, warm) against (a) the API round trip POST /api/segment and
@@ -23,7 +23,6 @@ import os
 import platform
 import select
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from fsa_deploy.validation.bench.serve import free_ports
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
@@ -43,24 +43,18 @@ BENCH_CLASSES = "sky, person; astronaut, grass, cat; kitten, road, building, cof
 
 def tiny_artifact() -> Path:
     out = Path("out") / "app" / "tiny"  # relative: the page shows the path as given
-    if not (REPO / out / "meta.json").is_file():
+    if not (out / "meta.json").is_file():
         subprocess.run([sys.executable, "-m", "fsa_deploy", "export", "--model", "tiny", "--random-init", "--proxy",
                         "tiny-dino", "--crop", "112", "--out", str(out), "--quiet", "--overwrite"], check=True,
-                       cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     def __init__(self, artifact: Path) -> None:
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self.proc = subprocess.Popen([sys.executable, "-m", "fsa_deploy", "app", str(artifact), "--port",
-                                      str(self.port), "--backend", "onnx"], cwd=REPO, stdout=subprocess.PIPE,
+                                      str(self.port), "--backend", "onnx"], stdout=subprocess.PIPE,
                                      text=True, start_new_session=True)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)

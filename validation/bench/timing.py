@@ -1,4 +1,5 @@
-"""One timing loop for bench, bench_block, bench_export and the device rates of flops.
+"""How the benchmarks measure a call: one timing loop (fsa bench, bench.block, bench.export, the device
+rates of bench.flops) and the process's resident memory as /proc reports it.
 
 Why not torch.utils.benchmark.Timer: its timeit() runs a hidden warm-up of its own on every
 call and reports a mean, while bench quotes per-call samples (median, p90, spread) of calls
@@ -39,3 +40,20 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Calla
         sync()
         out.append(1e3 * (time.perf_counter() - t0))
     return out
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS:")
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: the peak RSS since the process started or since its last reset (measure.reset_peak_rss)."""
+    return _status_mb("VmHWM:")

@@ -3,7 +3,7 @@ artefact, images, classes and run. Images/s and p50/p99 latency at 1, 4 and 16 c
 (gRPC, one client each), failures, the serving overhead at concurrency 1, and the RSS of tritonserver
 and its descendants (server + python stubs, read with psutil) before and after 1,000 requests.
 
-python -m fsa_deploy.validation.bench_serve [--artifact DIR] [--requests 1000] [--json F] [--md F]
+python -m fsa_deploy.validation.bench.serve [--artifact DIR] [--requests 1000] [--json F] [--md F]
 Without --artifact, the tests' tiny random-init model (crop 112) is exported to out/bench/serve-art once.
 """
 

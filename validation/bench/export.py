@@ -1,7 +1,7 @@
 """`make export-b16`: time a full-size export and compare one crop on ONNX Runtime CPU against
 the PyTorch literal (official) formulation, in the same run on the same machine.
 
-python -m fsa_deploy.validation.bench_export --out out/b16 [--model ViT-B-16 --proxy dino --crop 336] [--json F]
+python -m fsa_deploy.validation.bench.export --out out/b16 [--model ViT-B-16 --proxy dino --crop 336] [--json F]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import statistics
 import time
 
 import torch
-from fsa_deploy.validation.timing import time_calls
+from fsa_deploy.validation.bench.timing import time_calls
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, free_ports, missing, photos, require, run_cli
+from conftest import REPO, assert_one_line_error, missing, photos, require, run_cli
+from fsa_deploy.runtime.serve.server import free_ports
 from PIL import Image
 
 CLASSES = "sky, person, grass, cat, road, tree, building"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, free_ports, missing, photos, run_cli
+from conftest import REPO, assert_one_line_error, missing, photos, run_cli
+from fsa_deploy.runtime.serve.server import free_ports
 from fsa_deploy.validation.eval import datasets as D
 from fsa_deploy.validation.eval.metrics import confusion, scores
 from PIL import Image, ImageDraw

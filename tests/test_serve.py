@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, free_ports, missing, photos, require, run_cli
+from conftest import REPO, assert_one_line_error, missing, photos, require, run_cli
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.check import check_repository, parse_configs
 from fsa_deploy.runtime.serve.env import find_serve_env
 from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
+from fsa_deploy.runtime.serve.server import free_ports
 
 from fsa_deploy.contract import IMAGE_MODEL, SEGMENT_MODEL, TEXT_MODEL
 from fsa_deploy.errors import FSAError

@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.validation.bench.serve import free_ports
+from fsa_deploy.runtime.serve.server import free_ports
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from fsa_deploy.runtime import artifact as A
 
+from fsa_deploy.contract import TEXT_ONNX
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def data_key(art: A.Artifact, files: Sequence[Path], count: int, vocab: Vocabula
         "images": [A.sha256_file(f) for f in files],
         "count": count,
         "crop": art.meta.get("crop"),
-        "text": art.files().get(A.TEXT_ONNX, {}).get("sha256"),
+        "text": art.files().get(TEXT_ONNX, {}).get("sha256"),
         "queries": vocab.queries,
     })
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

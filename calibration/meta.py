@@ -10,6 +10,8 @@ from fsa_deploy.calibration.modelopt_call import modelopt_version
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
 from fsa_deploy.runtime import artifact as A
 
+from fsa_deploy import contract
+
 if TYPE_CHECKING:
     from fsa_deploy.calibration.quantize import Options
 
@@ -18,8 +20,8 @@ def record(art: A.Artifact, name: str, opts: Options, data: CalibrationData, sum
            fp32_nodes: dict[str, int], seconds: float, has_data: bool) -> None:
     if has_data:
         art.record(name + "_data", role="external-data")
-    art.record(name, role="image-qdq", precision=opts.precision, source=A.IMAGE_ONNX,
-               source_sha256=art.files()[A.IMAGE_ONNX]["sha256"],
+    art.record(name, role="image-qdq", precision=opts.precision, source=contract.IMAGE_ONNX,
+               source_sha256=art.files()[contract.IMAGE_ONNX]["sha256"],
                calibration={"method": opts.method, "region": opts.region, "count": int(len(data.crops)),
                             "batch": opts.batch, "op_types": list(opts.op_types) or "modelopt", "images": data.images,
                             "classes": int(len(data.text)), "cache": data.cache, "seconds": round(seconds, 1)},

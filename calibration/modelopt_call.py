@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
 from fsa_deploy.runtime import artifact as A
 
+from fsa_deploy import contract
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ def modelopt_version() -> str:
 def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
     """image.onnx (and its external data) linked into the work folder: ModelOpt writes its
     intermediate files beside the input and output, never into the artefact folder."""
-    names = [A.IMAGE_ONNX] + [n for n, i in art.files().items()
-                              if i.get("role") == "external-data" and n.startswith(A.IMAGE_ONNX)]
+    names = [contract.IMAGE_ONNX] + [n for n, i in art.files().items()
+                              if i.get("role") == "external-data" and n.startswith(contract.IMAGE_ONNX)]
     for n in names:
         src = art.path(n).resolve()
         try:
@@ -79,7 +80,7 @@ def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
             import shutil
 
             shutil.copy2(src, work / n)
-    return work / A.IMAGE_ONNX, len(names) > 1
+    return work / contract.IMAGE_ONNX, len(names) > 1
 
 
 def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: CalibrationData, opts: Options,

@@ -31,7 +31,13 @@ from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES, Where, fp32_rules
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import paths
 
-from fsa_deploy.contract import CALIBRATE_PRECISIONS  # also ModelOpt's quantize_mode names
+from fsa_deploy.contract import (
+    CALIBRATE_PRECISIONS,  # also ModelOpt's quantize_mode names
+    IMAGE,
+    IMAGE_ONNX,
+    META,
+    TEXT_EMBEDDINGS,
+)
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import range_of
 
@@ -96,14 +102,14 @@ def quantized_region(art: A.Artifact, region: str | None) -> str:
 
 def source_graph(art: A.Artifact) -> Path:
     """image.onnx, hash-checked; it must be the fp32 export (ModelOpt calibrates in fp32)."""
-    if A.IMAGE_ONNX not in art.files():
-        raise FSAError(f"{art.root}: no {A.IMAGE_ONNX} recorded in {A.META} (calibrate needs the fp32 image graph "
+    if IMAGE_ONNX not in art.files():
+        raise FSAError(f"{art.root}: no {IMAGE_ONNX} recorded in {META} (calibrate needs the fp32 image graph "
                        "written by `fsa export`)")
-    precision = art.files()[A.IMAGE_ONNX].get("precision", "fp32")
+    precision = art.files()[IMAGE_ONNX].get("precision", "fp32")
     if precision != "fp32":
-        raise FSAError(f"{art.root / A.IMAGE_ONNX}: precision {precision}; calibrate needs an fp32 export "
+        raise FSAError(f"{art.root / IMAGE_ONNX}: precision {precision}; calibrate needs an fp32 export "
                        "(re-export without --precision)")
-    return art.path(A.IMAGE_ONNX)
+    return art.path(IMAGE_ONNX)
 
 
 def say(msg: str) -> None:
@@ -123,9 +129,9 @@ def calibrate(root: str | os.PathLike[str], opts: Options, progress: bool = True
     if opts.op_types:
         import onnx
 
-        present = {n.op_type for n in onnx.load(str(art.path(A.IMAGE_ONNX)), load_external_data=False).graph.node}
+        present = {n.op_type for n in onnx.load(str(art.path(IMAGE_ONNX)), load_external_data=False).graph.node}
         if absent := sorted(set(opts.op_types) - present):
-            raise FSAError(f"--op-types {','.join(absent)}: no such node in {art.root / A.IMAGE_ONNX}")
+            raise FSAError(f"--op-types {','.join(absent)}: no such node in {art.root / IMAGE_ONNX}")
     files = image_files(opts.images)
     quantize = require_modelopt()
     t0 = time.perf_counter()
@@ -147,7 +153,7 @@ def smooth_outliers(src: Path, work: Path, data: CalibrationData, progress: bool
     whose input still has outlier channels (kept in fp32). A graph without them comes back as it was."""
     from fsa_deploy.calibration.smooth import outlier_matmuls, smooth
 
-    feeds = [{A.IMAGE: data.crops[i:i + 1], A.TEXT_EMBEDDINGS: data.text} for i in range(min(8, len(data.crops)))]
+    feeds = [{IMAGE: data.crops[i:i + 1], TEXT_EMBEDDINGS: data.text} for i in range(min(8, len(data.crops)))]
     smoothed = work / "smoothed.onnx"
     n = smooth(src, smoothed, feeds)
     src = smoothed if n else src

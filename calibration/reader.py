@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from fsa_deploy.runtime import artifact as A
 from onnxruntime.quantization import CalibrationDataReader
+
+from fsa_deploy import contract
 
 if TYPE_CHECKING:
     from fsa_deploy.calibration.data import CalibrationData
@@ -22,7 +23,7 @@ class DataReader(CalibrationDataReader):
     text_embeddings along K."""
 
     def __init__(self, data: CalibrationData, batch: int):
-        self.feeds = [{A.IMAGE: data.crops[i : i + batch], A.TEXT_EMBEDDINGS: data.text}
+        self.feeds = [{contract.IMAGE: data.crops[i : i + batch], contract.TEXT_EMBEDDINGS: data.text}
                       for i in range(0, len(data.crops), batch)]
         self.i = 0
 

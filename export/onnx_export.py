@@ -24,10 +24,26 @@ from fsa_deploy.export.graph_walk import Walk
 from fsa_deploy.models.factory import ModelSpec, Reference, build
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime.text import CONTEXT_LENGTH, default_vocab_file
+from fsa_deploy.runtime.text import default_vocab_file
 from torch import nn
 
-from fsa_deploy.contract import EXPORT_PRECISIONS, FEEDBACK_SCOPE, STAGE_PREFIX, STAGES, TOKENIZER_VOCAB
+from fsa_deploy.contract import (
+    CONTEXT_LENGTH,
+    EMBEDDINGS,
+    EXPORT_PRECISIONS,
+    FEEDBACK_SCOPE,
+    FORMAT,
+    FORMAT_VERSION,
+    IMAGE,
+    IMAGE_ONNX,
+    LOGITS,
+    STAGE_PREFIX,
+    STAGES,
+    TEXT_EMBEDDINGS,
+    TEXT_ONNX,
+    TOKENIZER_VOCAB,
+    TOKENS,
+)
 from fsa_deploy.errors import FSAError
 
 OPSET = 18
@@ -137,9 +153,9 @@ def finish_image_graph(model: onnx.ModelProto, stages: list[str]) -> dict[str, s
         new = STAGE_PREFIX + name
         _rename_tensor(graph, tensor, new)
         mapping[name] = new
-    _rename_tensor(graph, graph.output[0].name, A.LOGITS)
+    _rename_tensor(graph, graph.output[0].name, LOGITS)
     name_nodes(graph, stages)
-    keep = [o for o in graph.output if o.name == A.LOGITS]
+    keep = [o for o in graph.output if o.name == LOGITS]
     del graph.output[:]
     graph.output.extend(keep)
     return mapping
@@ -171,19 +187,19 @@ def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
     classes = torch.export.Dim("classes", min=1, max=16384)
     raw = work / "raw.onnx"
     example = (torch.rand(2, 3, s, s) * 255, torch.nn.functional.normalize(torch.randn(3, model.embed_dim), dim=-1))
-    _torch_export(StagesOutput(model, stages), example, raw, [A.IMAGE, A.TEXT_EMBEDDINGS],
-                  [A.LOGITS, *(STAGE_PREFIX + n for n in stages)], {"image": {0: batch}, "text": {0: classes}})
+    _torch_export(StagesOutput(model, stages), example, raw, [IMAGE, TEXT_EMBEDDINGS],
+                  [LOGITS, *(STAGE_PREFIX + n for n in stages)], {"image": {0: batch}, "text": {0: classes}})
     graph = _slim(onnx.load(str(raw)))
     for f in work.glob("raw.onnx*"):
         f.unlink()
     mapping = finish_image_graph(graph, stages)
     graph.producer_name, graph.doc_string = "fsa-deploy", "FSA crop forward (docs/METHOD.md steps 1-15)"
-    save_onnx(graph, work / A.IMAGE_ONNX, external_data_bytes)
+    save_onnx(graph, work / IMAGE_ONNX, external_data_bytes)
     if precision == "fp16":
         from fsa_deploy.export.fp16_audit import Fp16Plan, export_fp16
 
         plan = fp16 if fp16 is not None else Fp16Plan()
-        return mapping, export_fp16(ref, work / A.IMAGE_ONNX, mapping, FEEDBACK_SCOPE, plan, external_data_bytes)
+        return mapping, export_fp16(ref, work / IMAGE_ONNX, mapping, FEEDBACK_SCOPE, plan, external_data_bytes)
     return mapping, len(graph.graph.node)
 
 
@@ -191,12 +207,12 @@ def export_text(ref: Reference, work: Path, external_data_bytes: int = EXTERNAL_
     tokens = torch.export.Dim("prompts", min=1, max=4096)
     raw = work / "text.raw.onnx"
     example = (torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int32),)
-    _torch_export(TextTower(ref.clip).eval(), example, raw, [A.TOKENS], [A.EMBEDDINGS], {"tokens": {0: tokens}})
+    _torch_export(TextTower(ref.clip).eval(), example, raw, [TOKENS], [EMBEDDINGS], {"tokens": {0: tokens}})
     graph = _slim(onnx.load(str(raw)))
     for f in work.glob("text.raw.onnx*"):
         f.unlink()
-    _rename_tensor(graph.graph, graph.graph.output[0].name, A.EMBEDDINGS)
-    save_onnx(graph, work / A.TEXT_ONNX, external_data_bytes)
+    _rename_tensor(graph.graph, graph.graph.output[0].name, EMBEDDINGS)
+    save_onnx(graph, work / TEXT_ONNX, external_data_bytes)
     return len(graph.graph.node)
 
 
@@ -215,8 +231,8 @@ def library_versions() -> dict[str, str]:
 def build_meta(spec: ModelSpec, ref: Reference, precision: str, mapping: dict[str, str]) -> dict[str, Any]:
     m = ref.model
     return {
-        "format": A.FORMAT,
-        "format_version": A.FORMAT_VERSION,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         **spec.describe(),
         **ref.weights_record(),  # file, sha256 and the layout each checkpoint was recognised as
         "precision": precision,
@@ -252,19 +268,19 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
                + f" ({spec.attention}, {'FSA' if spec.fsa else 'no FSA'}, crop {spec.crop})")
     ref = build(spec, "deploy")
     with A.staging_folder(out, overwrite) as work, torch.no_grad():
-        steps.step(f"exporting {A.IMAGE_ONNX} ({precision}; dynamic batch and classes)")
+        steps.step(f"exporting {IMAGE_ONNX} ({precision}; dynamic batch and classes)")
         if precision == "fp16" and fp16 is None:
             from fsa_deploy.export.fp16_audit import Fp16Plan
 
             fp16 = Fp16Plan()
         mapping, n_image = export_image(ref, work, precision, max_batch, external_data_bytes, fp16)
-        steps.step(f"exporting {A.TEXT_ONNX}")
+        steps.step(f"exporting {TEXT_ONNX}")
         n_text = export_text(ref, work, external_data_bytes)
         steps.step("writing meta.json")
         art = A.Artifact(work, build_meta(spec, ref, precision, mapping))
-        art.record(A.IMAGE_ONNX, role="image", precision=precision, nodes=n_image,
+        art.record(IMAGE_ONNX, role="image", precision=precision, nodes=n_image,
                    **({"fp16_audit": fp16.record} if precision == "fp16" and fp16.record else {}))
-        art.record(A.TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
+        art.record(TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
         # the tokenizer's merges travel with the artefact: the runtime needs no open_clip
         shutil.copyfile(default_vocab_file(), work / TOKENIZER_VOCAB)
         art.record(TOKENIZER_VOCAB, role="tokenizer")
@@ -275,7 +291,7 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
             steps.step("linting against the ONNX parser rules of TensorRT 10, 11 and TensorRT-RTX")
             from fsa_deploy.export.lint import assert_lint_clean
 
-            for name in (A.IMAGE_ONNX, A.TEXT_ONNX):
+            for name in (IMAGE_ONNX, TEXT_ONNX):
                 assert_lint_clean(str(work / name))
         steps.step(f"done: {out}")
     return A.Artifact.load(out)

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fsa_deploy.export.trt_options import (  # noqa: F401  (re-exported: callers import them from here)
-    PRECISIONS,
+from fsa_deploy.export.trt_options import (
     TIMING_CACHE,
     BuildOptions,
     DimRange,
@@ -39,36 +38,21 @@ from fsa_deploy.export.trt_options import (  # noqa: F401  (re-exported: callers
     options_from_args,
     profile_shapes,
 )
-from fsa_deploy.runtime.artifact import (
-    EMBEDDINGS,
-    IMAGE,
-    LOGITS,
-    TEXT_EMBEDDINGS,
-    TEXT_ONNX,
-    TOKENS,
-    Artifact,
-    atomic_file,
-)
-from fsa_deploy.runtime.backends.trt_lib import (  # noqa: F401  (the TensorRT environment lives with the runtime)
-    ENGINE_CHOICES,
+from fsa_deploy.runtime.artifact import Artifact, atomic_file
+from fsa_deploy.runtime.backends.trt_lib import (
     RTX,
-    TARGETS,
-    TEXT_ENGINE,
     TRT,
     Flavour,
     at_least,
     cuda_device,
-    image_engine_name,
     load,
     logger,
-    parse_targets,
     pick,
     read_header,
-    require_tensorrt,
-    trt_logger,
     version_tuple,
 )
 
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:

@@ -12,16 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime.backends.trt_lib import ENGINE_CHOICES, RTX, TARGETS, TRT, Flavour, parse_targets
+from fsa_deploy.runtime.backends.trt_lib import ENGINE_CHOICES, RTX, TRT, Flavour, parse_targets
 
-from fsa_deploy.contract import GRAPH_PRECISIONS, IMAGE_GRAPHS, IMAGE_ONNX
+from fsa_deploy.contract import GRAPH_PRECISIONS, IMAGE_GRAPHS, IMAGE_ONNX, RTX_TARGETS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 
-# Source graph of each precision: fp32 and fp16 share image.onnx (its precision is recorded in
-# meta.json), the Q/DQ graphs of `fsa calibrate` sit beside it.
-PRECISIONS = GRAPH_PRECISIONS
-IMAGE_SOURCES = IMAGE_GRAPHS
 IMAGE_ROLES = ("image", "image-qdq")
 TIMING_CACHE = "timing.cache"
 
@@ -107,12 +103,12 @@ def job_targets(flavour: Flavour, opts: BuildOptions, precision: str) -> tuple[s
     """
     if not flavour.targets:
         return None
-    order = list(TARGETS)
+    order = list(RTX_TARGETS)
     targets = opts.targets
     if precision == "fp8" and flavour.fp8_min_target:
         low = order.index(flavour.fp8_min_target)
         if targets is None:
-            targets = tuple(t for t in TARGETS if order.index(t) >= low and t != "sm75")
+            targets = tuple(t for t in RTX_TARGETS if order.index(t) >= low and t != "sm75")
         below = [t for t in targets if order.index(t) < low]
         if below:
             raise FSAError(f"--precision fp8 --targets {','.join(targets)}: {flavour.label} has fp8 kernels from "
@@ -141,7 +137,7 @@ def image_source(files: Mapping[str, Mapping[str, Any]], precision: str, default
         return p if p is not None or name != IMAGE_ONNX else default_precision
 
     graphs = [n for n, info in files.items() if info.get("role") in IMAGE_ROLES and n.endswith(".onnx")]
-    preferred = IMAGE_SOURCES[precision]
+    preferred = IMAGE_GRAPHS[precision]
     for name in [preferred, *sorted(graphs)]:
         if name in graphs and precision_of(name) == precision:
             return name
@@ -179,9 +175,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="trt: TensorRT 10/11; rtx: TensorRT-RTX; auto (default): trt when it imports and a GPU "
                    "is present, else rtx")
     p.add_argument("--targets", metavar="SM,...",
-                   help=f"rtx: compute capabilities to compile for ({','.join(TARGETS)}); default: TensorRT-RTX's "
+                   help=f"rtx: compute capabilities to compile for ({','.join(RTX_TARGETS)}); default: TensorRT-RTX's "
                    "own (sm80..sm120+), fp8: sm89 and newer")
-    p.add_argument("--precision", choices=PRECISIONS, help="image graph to build (default: the export's)")
+    p.add_argument("--precision", choices=GRAPH_PRECISIONS, help="image graph to build (default: the export's)")
     add_ranged(p, "--max-batch", "largest crop batch B (default 8)", default=8)
     add_ranged(p, "--opt-batch", "batch B tuned for (default 1)", default=1)
     add_ranged(p, "--max-classes", "largest class count K (default 256)", default=256)

@@ -35,7 +35,18 @@ EXPORT_PRECISIONS = ("fp32", "fp16")  # `fsa export --precision`: the precision 
 CALIBRATE_PRECISIONS = ("int8", "fp8")  # `fsa calibrate --precision`: Q/DQ graphs
 GRAPH_PRECISIONS = EXPORT_PRECISIONS + CALIBRATE_PRECISIONS  # image graphs an artefact can hold
 IMAGE_GRAPHS = {"fp32": IMAGE_ONNX, "fp16": IMAGE_ONNX, "int8": "image.int8.onnx", "fp8": "image.fp8.onnx"}
-PROFILES = GRAPH_PRECISIONS  # `fsa validate --profile`
+# `fsa validate --profile`: one tolerance profile per image-graph precision (the thresholds: validate.TOLERANCES)
+PROFILES = GRAPH_PRECISIONS
+
+# ---- backends: what `--backend` names
+ARTIFACT_BACKENDS = ("auto", "trt", "onnx")  # the artefact's own graphs and engines: fsa validate, fsa serve
+BACKENDS = (*ARTIFACT_BACKENDS, "torch")  # fsa segment, app, eval: torch is the PyTorch reference (an entry point)
+TRITON_BACKENDS = ("onnxruntime", "tensorrt")  # `fsa triton --image-backend`: Triton's own names for fsa_image
+
+# ---- TensorRT: the two flavours (`fsa build --engine`, an engine record's "flavour") and TensorRT-RTX's
+# compute-capability targets (`fsa build --targets`, an engine record's "targets"), oldest first
+FLAVOURS = ("trt", "rtx")
+RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 
 # ---- the crop's input colour: CLIP's normalisation (windows are padded with its mean colour)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

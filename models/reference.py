@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from fsa_deploy.models import fsa
 from fsa_deploy.models.proxies import ProxyFeatures
-from fsa_deploy.models.registry import ATTENTIONS, CLIP_MEAN, CLIP_STD, HyperParams
+from fsa_deploy.models.registry import ATTENTIONS, HyperParams
 from torch import nn
 
+from fsa_deploy.contract import CLIP_MEAN, CLIP_STD
 from fsa_deploy.errors import FSAError
 
 FORMULATIONS = ("deploy", "literal")

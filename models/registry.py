@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fsa_deploy.contract import CLIP_MEAN, CLIP_STD  # noqa: F401  (re-exported: the reference's normalisation)
 from fsa_deploy.errors import FSAError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

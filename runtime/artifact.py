@@ -20,20 +20,7 @@ from typing import Any
 from fsa_deploy.runtime import paths, schema
 
 from fsa_deploy import interrupts
-
-# The names live in fsa_deploy.contract; imported here for `artifact.IMAGE_ONNX`-style use.
-from fsa_deploy.contract import (  # noqa: F401
-    EMBEDDINGS,
-    FORMAT,
-    FORMAT_VERSION,
-    IMAGE,
-    IMAGE_ONNX,
-    LOGITS,
-    META,
-    TEXT_EMBEDDINGS,
-    TEXT_ONNX,
-    TOKENS,
-)
+from fsa_deploy.contract import FORMAT, FORMAT_VERSION, META
 from fsa_deploy.errors import FSAError
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # sha256_file(once=True): (real path, size, mtime_ns) -> digest

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fsa_deploy.runtime.backends.select import BACKENDS
 from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 
+from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from fsa_deploy.runtime.backends.trt_lib import FLAVOURS, RTX, TRT, Flavour, require_tensorrt
+from fsa_deploy.runtime.backends.trt_lib import FLAVOUR_OF, RTX, TRT, Flavour, require_tensorrt
 
 from fsa_deploy.errors import FSAError
 
@@ -63,9 +63,11 @@ def probe_tensorrt(flavour: Flavour = TRT) -> dict[str, Any]:
 
 def rtx_runs_here(gpus: list[dict[str, Any]]) -> bool:
     """TensorRT-RTX engines run on the first GPU when its compute capability is one of its targets."""
-    from fsa_deploy.runtime.backends.trt_lib import TARGETS, target_of
+    from fsa_deploy.runtime.backends.trt_lib import target_of
 
-    return bool(gpus) and target_of(gpus[0]["compute_capability"]) in TARGETS
+    from fsa_deploy.contract import RTX_TARGETS
+
+    return bool(gpus) and target_of(gpus[0]["compute_capability"]) in RTX_TARGETS
 
 
 def probe_onnxruntime() -> dict[str, Any]:
@@ -130,7 +132,7 @@ def format_text(r: dict[str, Any]) -> str:
     gpus = t.get("gpus") or []
     cuda = "; ".join(f"{g['name']} SM {g['compute_capability']} {g['memory_gib']} GiB" for g in gpus)
     lines.append(_line("cuda", cuda or "no CUDA GPU available"))
-    for key in (f.module for f in FLAVOURS.values()):
+    for key in (f.module for f in FLAVOUR_OF.values()):
         lib = r[key]
         lines.append(_line(key, lib.get("version") or lib.get("reason") or lib.get("error")))
     ort_text = ort.get("error") or f"{ort['version']} ({', '.join(ort['providers'])})"

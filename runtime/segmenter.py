@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact, atomic_file
+from fsa_deploy.runtime.artifact import Artifact, atomic_file
 from fsa_deploy.runtime.images import load_image, to_rgb
 from fsa_deploy.runtime.pipeline import Geometry, canvas_logits, postprocess, windows
 from fsa_deploy.runtime.schema import refuse_artifact_file
 from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from fsa_deploy.contract import TOKENIZER_VOCAB
+from fsa_deploy.contract import IMAGE_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import range_of
 

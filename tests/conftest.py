@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import warnings
@@ -148,17 +147,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
 
 
-def free_ports(n: int) -> list[int]:
-    """n ports nobody listens on now (bound at once, so they differ), for a server a test starts."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
@@ -181,7 +169,9 @@ def tiny_export(tmp_path_factory):
     (no text.onnx), exported once per session; callers that write into it take a copy."""
     from fsa_deploy.export.onnx_export import build_meta, export_image
     from fsa_deploy.models.factory import build as build_reference
-    from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
+    from fsa_deploy.runtime.artifact import Artifact
+
+    from fsa_deploy.contract import IMAGE_ONNX
 
     root = tmp_path_factory.mktemp("tiny-exports")
     done: dict[tuple[str, str | None, str], Path] = {}

@@ -30,6 +30,7 @@ from fsa_deploy.runtime import artifact as A
 from PIL import Image
 
 from fsa_deploy.cli import main
+from fsa_deploy.contract import IMAGE, IMAGE_ONNX, LOGITS, META, TEXT_ONNX
 from fsa_deploy.errors import FSAError
 
 SEG = ("segment", "--artifact")
@@ -445,35 +446,35 @@ def make_bad_files(folder: Path, images: Path) -> None:
 
 def _meta_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
     def apply(root: Path) -> None:
-        meta = json.loads((root / A.META).read_text())
+        meta = json.loads((root / META).read_text())
         edit(meta)
-        (root / A.META).write_text(json.dumps(meta))
+        (root / META).write_text(json.dumps(meta))
     return apply
 
 
 def _swap(root: Path) -> None:
-    os.replace(root / A.IMAGE_ONNX, root / "tmp")
-    os.replace(root / A.TEXT_ONNX, root / A.IMAGE_ONNX)
-    os.replace(root / "tmp", root / A.TEXT_ONNX)
+    os.replace(root / IMAGE_ONNX, root / "tmp")
+    os.replace(root / TEXT_ONNX, root / IMAGE_ONNX)
+    os.replace(root / "tmp", root / TEXT_ONNX)
 
 
 def _flip_byte(root: Path) -> None:
-    data = bytearray((root / A.IMAGE_ONNX).read_bytes())
+    data = bytearray((root / IMAGE_ONNX).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (root / A.IMAGE_ONNX).write_bytes(bytes(data))
+    (root / IMAGE_ONNX).write_bytes(bytes(data))
 
 
 def _truncate(root: Path) -> None:
-    data = (root / A.IMAGE_ONNX).read_bytes()
-    (root / A.IMAGE_ONNX).write_bytes(data[: len(data) // 2])
+    data = (root / IMAGE_ONNX).read_bytes()
+    (root / IMAGE_ONNX).write_bytes(data[: len(data) // 2])
 
 
 BROKEN: dict[str, Callable[[Path], None]] = {
     "plain": lambda root: None, "plain2": lambda root: None, "plain3": lambda root: None,
     "plain4": lambda root: None, "plain5": lambda root: None,
-    "no_meta": lambda root: (root / A.META).unlink(),
-    "meta_not_json": lambda root: (root / A.META).write_text("{format: fsa"),
-    "meta_nan": lambda root: (root / A.META).write_text((root / A.META).read_text().replace('"logit_scale": 40.0',
+    "no_meta": lambda root: (root / META).unlink(),
+    "meta_not_json": lambda root: (root / META).write_text("{format: fsa"),
+    "meta_nan": lambda root: (root / META).write_text((root / META).read_text().replace('"logit_scale": 40.0',
                                                                                             '"logit_scale": NaN')),
     "meta_foreign": _meta_edit(lambda m: m.update(format="something-else")),
     "meta_version": _meta_edit(lambda m: m.update(format_version=99)),
@@ -484,13 +485,13 @@ BROKEN: dict[str, Callable[[Path], None]] = {
     "meta_no_files": _meta_edit(lambda m: m.pop("files")),
     "meta_crop_string": _meta_edit(lambda m: m.update(crop="112")),
     "meta_negative_scale": _meta_edit(lambda m: m.update(logit_scale=-40.0)),
-    "meta_bad_sha": _meta_edit(lambda m: m["files"][A.IMAGE_ONNX].update(sha256="abc")),
+    "meta_bad_sha": _meta_edit(lambda m: m["files"][IMAGE_ONNX].update(sha256="abc")),
     "crop_mismatch": _meta_edit(lambda m: m.update(crop=128)),
     "image_changed": _flip_byte,
     "image_truncated": _truncate,
     "swapped": _swap,
-    "no_image": lambda root: (root / A.IMAGE_ONNX).unlink(),
-    "no_text": lambda root: (root / A.TEXT_ONNX).unlink(),
+    "no_image": lambda root: (root / IMAGE_ONNX).unlink(),
+    "no_text": lambda root: (root / TEXT_ONNX).unlink(),
     # issue 20: names that would lead out of the folder, and other hostile files
     "plain6": lambda root: None,
     "climb_name": lambda root: _add_record(root, "../victim.txt", role="tokenizer"),
@@ -503,22 +504,22 @@ BROKEN: dict[str, Callable[[Path], None]] = {
                                                      engine={"flavour": "rtx", "source": "../victim.txt"}),
     "calibration_source_climbs": lambda root: _add_record(root, "image.int8.onnx", role="image-qdq",
                                                           source="../victim.txt"),
-    "image_symlink_out": lambda root: _link_out(root, A.IMAGE_ONNX),
-    "meta_symlink_out": lambda root: _link_out(root, A.META),
+    "image_symlink_out": lambda root: _link_out(root, IMAGE_ONNX),
+    "meta_symlink_out": lambda root: _link_out(root, META),
     "location_climbs": lambda root: _external_location(root, "../victim.txt"),
-    "nested_meta": lambda root: (root / A.META).write_text((root / A.META).read_text().replace(
+    "nested_meta": lambda root: (root / META).write_text((root / META).read_text().replace(
         '"weights":', '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "weights":')),
-    "meta_dir": lambda root: ((root / A.META).unlink(), (root / A.META).mkdir()),
-    "meta_bom": lambda root: (root / A.META).write_bytes(b"\xef\xbb\xbf" + (root / A.META).read_bytes()),
+    "meta_dir": lambda root: ((root / META).unlink(), (root / META).mkdir()),
+    "meta_bom": lambda root: (root / META).write_bytes(b"\xef\xbb\xbf" + (root / META).read_bytes()),
     "no_text_input": lambda root: _image_only_graph(root),
 }
 
 
 def _add_record(root: Path, name: str, **info: Any) -> None:
     """A meta.json record whose sha256 is well-formed (the check at load must refuse the name itself)."""
-    meta = json.loads((root / A.META).read_text())
+    meta = json.loads((root / META).read_text())
     meta["files"][name] = {"sha256": hashlib.sha256(b"victim").hexdigest(), "bytes": 6, **info}
-    (root / A.META).write_text(json.dumps(meta))
+    (root / META).write_text(json.dumps(meta))
 
 
 def _link_out(root: Path, name: str) -> None:
@@ -530,17 +531,17 @@ def _link_out(root: Path, name: str) -> None:
 
 
 def _rehash(root: Path, name: str) -> None:
-    meta = json.loads((root / A.META).read_text())
+    meta = json.loads((root / META).read_text())
     meta["files"][name].update(sha256=hashlib.sha256((root / name).read_bytes()).hexdigest(),
                                bytes=(root / name).stat().st_size)
-    (root / A.META).write_text(json.dumps(meta))
+    (root / META).write_text(json.dumps(meta))
 
 
 def _external_location(root: Path, location: str) -> None:
     """image.onnx's largest weight moved to external data at `location`; its sha256 updated."""
     import onnx
 
-    model = onnx.load(str(root / A.IMAGE_ONNX))
+    model = onnx.load(str(root / IMAGE_ONNX))
     big = max(model.graph.initializer, key=lambda t: len(t.raw_data))
     length = len(big.raw_data)
     big.ClearField("raw_data")
@@ -548,8 +549,8 @@ def _external_location(root: Path, location: str) -> None:
     for k, v in (("location", location), ("offset", "0"), ("length", str(length))):
         entry = big.external_data.add()
         entry.key, entry.value = k, v
-    onnx.save(model, str(root / A.IMAGE_ONNX))
-    _rehash(root, A.IMAGE_ONNX)
+    onnx.save(model, str(root / IMAGE_ONNX))
+    _rehash(root, IMAGE_ONNX)
 
 
 def _image_only_graph(root: Path) -> None:
@@ -557,13 +558,13 @@ def _image_only_graph(root: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    inp = helper.make_tensor_value_info(A.IMAGE, TensorProto.FLOAT, ["B", 3, 112, 112])
-    out = helper.make_tensor_value_info(A.LOGITS, TensorProto.FLOAT, ["B", 3, 112, 112])
-    graph = helper.make_graph([helper.make_node("Identity", [A.IMAGE], [A.LOGITS])], "g", [inp], [out])
+    inp = helper.make_tensor_value_info(IMAGE, TensorProto.FLOAT, ["B", 3, 112, 112])
+    out = helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["B", 3, 112, 112])
+    graph = helper.make_graph([helper.make_node("Identity", [IMAGE], [LOGITS])], "g", [inp], [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(root / A.IMAGE_ONNX))
-    _rehash(root, A.IMAGE_ONNX)
+    onnx.save(model, str(root / IMAGE_ONNX))
+    _rehash(root, IMAGE_ONNX)
 
 
 @pytest.fixture(scope="module")
@@ -665,20 +666,20 @@ def test_validate_report_lists_the_bad_image(inputs, tmp_path, capsys):
 
 
 def test_nan_in_a_comparison_is_a_failure():
-    from fsa_deploy.validation.validate import PROFILES, failures_of, summarize
+    from fsa_deploy.validation.validate import TOLERANCES, failures_of, summarize
 
     image = {"logits_rel_l2": 1e-7, "logits_cosine": 1.0, "logits_max_abs": 0.0, "logits_mean_abs": 0.0,
              "pixel_agreement": 1.0, "miou": 1.0, "top_p_tie_entries": 0, "top_p_flips": 0, "proxy_mask_ties": 0,
              "proxy_mask_flips": 0, "argmax_ties": 0, "nonfinite_logits": 0}
-    assert failures_of(summarize([image, image], 0.0), PROFILES["fp32"]) == []
+    assert failures_of(summarize([image, image], 0.0), TOLERANCES["fp32"]) == []
     nan = {**image, "logits_rel_l2": math.nan}
     for order in ([image, nan], [nan, image]):  # Python's max() would keep or drop the NaN by position
         for profile in ("fp32", "fp16"):  # fp16 sets no logits_rel_l2_max: NaN still fails
-            fails = failures_of(summarize(order, 0.0), PROFILES[profile])
+            fails = failures_of(summarize(order, 0.0), TOLERANCES[profile])
             assert fails and "logits_rel_l2_max = nan" in fails[0], (profile, fails)
-    fails = failures_of(summarize([{**image, "nonfinite_logits": 3}], 0.0), PROFILES["fp16"])
+    fails = failures_of(summarize([{**image, "nonfinite_logits": 3}], 0.0), TOLERANCES["fp16"])
     assert fails == ["nonfinite_logits = 3 (NaN or Infinity in the logits)"]
-    assert failures_of(summarize([image], math.inf), PROFILES["fp32"])[0].startswith("text_rel_l2 = inf")
+    assert failures_of(summarize([image], math.inf), TOLERANCES["fp32"])[0].startswith("text_rel_l2 = inf")
 
 
 def test_json_writer_is_strict(tmp_path):
@@ -764,12 +765,12 @@ API_CALLS: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = [
 
 @pytest.mark.parametrize("name,call,words", API_CALLS, ids=[r[0] for r in API_CALLS])
 def test_api_calls_refused(inputs, api_seg, name, call, words):
-    before = digest(broken(inputs, "plain5") / A.META)
+    before = digest(broken(inputs, "plain5") / META)
     with pytest.raises(FSAError) as err:
         call(inputs, api_seg)
     msg = str(err.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
-    assert digest(broken(inputs, "plain5") / A.META) == before
+    assert digest(broken(inputs, "plain5") / META) == before
 
 
 def test_the_readme_counts_the_rows():

@@ -22,6 +22,8 @@ from fsa_deploy.runtime import artifact as A
 from onnx import TensorProto
 from onnx import helper as h
 
+from fsa_deploy.contract import FORMAT, FORMAT_VERSION, IMAGE, IMAGE_ONNX, TEXT_EMBEDDINGS
+
 REPO = Path(__file__).resolve().parents[1]
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
 needs_modelopt = needs("modelopt")  # the quant extra; under make test its absence fails the run
@@ -95,7 +97,7 @@ def held_out(folder: Path, n: int = 4) -> dict[str, np.ndarray]:
 
     art = A.Artifact.load(folder)
     crops, _ = pipeline_crops([Path(sample_photos()[-1])], int(art.meta["crop"]), n)
-    return {A.IMAGE: crops, A.TEXT_EMBEDDINGS: vocabulary_text(art, default_vocabulary())}
+    return {IMAGE: crops, TEXT_EMBEDDINGS: vocabulary_text(art, default_vocabulary())}
 
 
 def compare(folder: Path, name: str) -> tuple[float, float]:
@@ -103,13 +105,13 @@ def compare(folder: Path, name: str) -> tuple[float, float]:
     from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 
     feed = held_out(folder)
-    run = lambda f: OnnxRuntimeBackend(folder, f, providers=[CPU_EP]).run(feed[A.IMAGE], feed[A.TEXT_EMBEDDINGS])
-    ref, out = run(A.IMAGE_ONNX), run(name)
+    run = lambda f: OnnxRuntimeBackend(folder, f, providers=[CPU_EP]).run(feed[IMAGE], feed[TEXT_EMBEDDINGS])
+    ref, out = run(IMAGE_ONNX), run(name)
     assert out.shape == ref.shape and np.isfinite(out).all()
     rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
     cos = float((out * ref).sum() / (np.linalg.norm(out) * np.linalg.norm(ref)))
-    n = len(feed[A.IMAGE])
-    print(f"\n{name} vs {A.IMAGE_ONNX} on {n} held-out photo crops: rel L2 {rel:.4f}, cosine {cos:.5f}")
+    n = len(feed[IMAGE])
+    print(f"\n{name} vs {IMAGE_ONNX} on {n} held-out photo crops: rel L2 {rel:.4f}, cosine {cos:.5f}")
     return rel, cos
 
 
@@ -137,7 +139,7 @@ def test_int8_quantizes_backbone_not_feedback(artefact: Path, int8: dict) -> Non
     from fsa_deploy.calibration.rules import clip_trunk_nodes
 
     stages = A.Artifact.load(artefact).meta["stages"]
-    trunk = set(clip_trunk_nodes(onnx.load(str(artefact / A.IMAGE_ONNX)).graph, stages))
+    trunk = set(clip_trunk_nodes(onnx.load(str(artefact / IMAGE_ONNX)).graph, stages))
     assert len(trunk) > 20, "the CLIP trunk was not found"  # default --quantize proxy: CLIP's trunk stays fp32
     fed_trunk = [c.name for n in qdq if n.op_type == "DequantizeLinear" for t in n.output
                  for c in consumers.get(t, []) if c.name in trunk]
@@ -170,8 +172,8 @@ def test_op_types_absent_from_the_graph(artefact: Path) -> None:
 def test_int8_recorded_in_meta(artefact: Path, int8: dict) -> None:
     art = A.Artifact.load(artefact)
     info = art.files()["image.int8.onnx"]
-    assert info["role"] == "image-qdq" and info["precision"] == "int8" and info["source"] == A.IMAGE_ONNX
-    assert info["source_sha256"] == art.files()[A.IMAGE_ONNX]["sha256"]
+    assert info["role"] == "image-qdq" and info["precision"] == "int8" and info["source"] == IMAGE_ONNX
+    assert info["source_sha256"] == art.files()[IMAGE_ONNX]["sha256"]
     assert info["calibration"]["method"] == "entropy" and info["calibration"]["count"] == COUNT
     assert info["calibration"]["region"] == "proxy" and info["calibration"]["batch"] == 1
     assert info["calibration"]["images"], info["calibration"]
@@ -284,11 +286,11 @@ def test_probability_matmuls_are_the_ones_reading_a_softmax() -> None:
 def fake_artefact(root: Path, with_image: bool = True) -> Path:
     """meta.json (and a placeholder image.onnx): enough for every check before ModelOpt runs."""
     root.mkdir(parents=True)
-    art = A.Artifact(root, {"format": A.FORMAT, "format_version": A.FORMAT_VERSION, "crop": 112,
+    art = A.Artifact(root, {"format": FORMAT, "format_version": FORMAT_VERSION, "crop": 112,
                             "feedback_scope": "feedback/", "files": {}})
     if with_image:
-        (root / A.IMAGE_ONNX).write_bytes(b"placeholder: never parsed by these tests")
-        art.record(A.IMAGE_ONNX, role="image", precision="fp32")
+        (root / IMAGE_ONNX).write_bytes(b"placeholder: never parsed by these tests")
+        art.record(IMAGE_ONNX, role="image", precision="fp32")
     art.save()
     return root
 

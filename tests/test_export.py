@@ -25,6 +25,7 @@ from fsa_deploy.models.fsa import ambiguous_entries, top_p_keep, top_p_keep_sort
 from fsa_deploy.models.reference import aligned_stages
 from fsa_deploy.runtime import artifact as A
 
+from fsa_deploy.contract import IMAGE, IMAGE_ONNX, LOGITS, META, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
 from fsa_deploy.errors import FSAError
 
 
@@ -46,13 +47,13 @@ def assert_matches_reference(model, stage_map, path, crops, ks=QUERY_COUNTS, wha
     sess = ort_session(A.with_stage_outputs(onnx.load(str(path)), stage_map, names) if names else path)
     for k in ks:
         text = unit_text(k)
-        got = dict(zip([A.LOGITS, *names], sess.run(None, {A.IMAGE: crops.numpy(), A.TEXT_EMBEDDINGS: text.numpy()})))
+        got = dict(zip([LOGITS, *names], sess.run(None, {IMAGE: crops.numpy(), TEXT_EMBEDDINGS: text.numpy()})))
         with torch.no_grad():
             ref, al = aligned_stages(model, crops, text, got)
         assert al.top_p_flips == 0 and al.proxy_flips == 0, f"{what} K={k}: unambiguous mask flips {al}"
-        err = rel_l2(got[A.LOGITS], ref["logits"])
+        err = rel_l2(got[LOGITS], ref["logits"])
         print(f"{what} K={k}: ORT vs torch rel L2 {err:.2e} ({al}, excused)")
-        assert got[A.LOGITS].shape == tuple(ref["logits"].shape)
+        assert got[LOGITS].shape == tuple(ref["logits"].shape)
         assert err <= 1e-5, f"{what} K={k}: rel L2 {err:.2e}"
 
 
@@ -62,12 +63,12 @@ def test_image_graph_equals_reference(tmp_path, tiny_export, attention, proxy, f
     ref = tiny_reference(attention, proxy, fsa)
     if fsa:  # conftest's session export, made as here (test_trt builds its engines from the same folder)
         folder = tiny_export(attention, proxy)
-        stage_map = json.loads((folder / A.META).read_text())["stages"]
+        stage_map = json.loads((folder / META).read_text())["stages"]
     else:
         folder = tmp_path
         with torch.no_grad():
             stage_map, nodes = export_image(ref, folder, "fp32", 64)
-    path = folder / A.IMAGE_ONNX
+    path = folder / IMAGE_ONNX
     for major in (10, 11):
         report = lint(str(path), major)
         assert report.ok, report.format()
@@ -80,10 +81,10 @@ def test_image_graph_equals_reference(tmp_path, tiny_export, attention, proxy, f
 
 
 def test_batch_of_three_equals_three_singles(artifact):
-    sess = ort_session(artifact.path(A.IMAGE_ONNX))
+    sess = ort_session(artifact.path(IMAGE_ONNX))
     crops, text = photo_crops(3).numpy(), unit_text(21).numpy()
-    batched = sess.run(None, {A.IMAGE: crops, A.TEXT_EMBEDDINGS: text})[0]
-    singles = np.concatenate([sess.run(None, {A.IMAGE: c[None], A.TEXT_EMBEDDINGS: text})[0] for c in crops])
+    batched = sess.run(None, {IMAGE: crops, TEXT_EMBEDDINGS: text})[0]
+    singles = np.concatenate([sess.run(None, {IMAGE: c[None], TEXT_EMBEDDINGS: text})[0] for c in crops])
     assert rel_l2(batched, singles) <= 1e-6
 
 
@@ -91,15 +92,15 @@ def test_text_graph_equals_open_clip(artifact):
     from fsa_deploy.runtime.text import tokenize
 
     tokens = tokenize(["a photo of a cat.", "a bad photo of the dog.", "itap of a sofa.", "grass"])
-    sess = ort_session(artifact.path(A.TEXT_ONNX))
-    got = sess.run(None, {A.TOKENS: tokens.astype(np.int32)})[0]
+    sess = ort_session(artifact.path(TEXT_ONNX))
+    got = sess.run(None, {TOKENS: tokens.astype(np.int32)})[0]
     with torch.no_grad():
         want = tiny_reference().encode_text(torch.from_numpy(tokens))
     assert rel_l2(got, want) <= 1e-6
 
 
 def test_meta_records_contract_and_hashes(artifact):
-    meta = json.loads((artifact.root / A.META).read_text())
+    meta = json.loads((artifact.root / META).read_text())
     for key in ("format_version", "model", "weights", "attention", "proxy", "crop", "clip_grid", "grid",
                 "hyper_parameters", "logit_scale", "templates", "precision", "opset", "versions", "files"):
         assert key in meta, key
@@ -108,7 +109,7 @@ def test_meta_records_contract_and_hashes(artifact):
     for name, info in meta["files"].items():
         assert A.sha256_file(artifact.root / name) == info["sha256"], name
     for major in (10, 11):
-        assert lint(str(artifact.root / A.TEXT_ONNX), major).ok
+        assert lint(str(artifact.root / TEXT_ONNX), major).ok
 
 
 def test_changed_file_is_detected(artifact, tmp_path):
@@ -116,10 +117,10 @@ def test_changed_file_is_detected(artifact, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(artifact.root, copy)
-    with open(copy / A.IMAGE_ONNX, "ab") as f:
+    with open(copy / IMAGE_ONNX, "ab") as f:
         f.write(b"\0")
     with pytest.raises(FSAError, match="sha256 does not match"):
-        A.Artifact.load(copy).path(A.IMAGE_ONNX)
+        A.Artifact.load(copy).path(IMAGE_ONNX)
 
 
 def test_segment_refuses_a_graph_changed_after_export(artifact, tmp_path, run_here):
@@ -129,16 +130,16 @@ def test_segment_refuses_a_graph_changed_after_export(artifact, tmp_path, run_he
 
     copy = tmp_path / "copy"
     shutil.copytree(artifact.root, copy)
-    model = onnx.load(str(copy / A.IMAGE_ONNX))
+    model = onnx.load(str(copy / IMAGE_ONNX))
     init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
     w = onnx.numpy_helper.to_array(init).copy()
     w.flat[0] += 1.0
     init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
     onnx.checker.check_model(model)
-    onnx.save(model, str(copy / A.IMAGE_ONNX))
+    onnx.save(model, str(copy / IMAGE_ONNX))
     proc = run_here("segment", photos()[0], "--artifact", copy, "--out", tmp_path / "seg", "--no-cache",
                    "--backend", "onnx")
-    assert_one_line_error(proc, A.IMAGE_ONNX, "sha256 does not match")
+    assert_one_line_error(proc, IMAGE_ONNX, "sha256 does not match")
     assert not (tmp_path / "seg").exists() or not any((tmp_path / "seg").iterdir())
 
 
@@ -204,4 +205,4 @@ def test_fsa_export_cli_prints_progress(tmp_path, run_here):
                    "--crop", "112", "--no-fsa")
     assert proc.returncode == 0, proc.stderr
     assert "[1/6]" in proc.stderr and "linting" in proc.stderr
-    assert (tmp_path / "b" / A.META).is_file()
+    assert (tmp_path / "b" / META).is_file()

@@ -134,7 +134,9 @@ def image_artifact(real: bool, folder: Path, text: bool = False) -> Path:
     """An artefact folder with image.onnx and meta.json only (as conftest's tiny_export: no text tower)."""
     from fsa_deploy.export.onnx_export import build_meta, export_image, export_text
     from fsa_deploy.models.factory import build
-    from fsa_deploy.runtime.artifact import IMAGE_ONNX, TEXT_ONNX, Artifact
+    from fsa_deploy.runtime.artifact import Artifact
+
+    from fsa_deploy.contract import IMAGE_ONNX, TEXT_ONNX
 
     folder.mkdir(parents=True)
     s = spec(real)
@@ -154,7 +156,9 @@ def fp16_artifact(fp32: Path, folder: Path, plan) -> Path:
     """`fsa export --precision fp16`'s last step on a copy of an fp32 export (the same function)."""
     from fsa_deploy.export.onnx_export import EXTERNAL_DATA_BYTES, build_meta
     from fsa_deploy.models.factory import build
-    from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
+    from fsa_deploy.runtime.artifact import Artifact
+
+    from fsa_deploy.contract import IMAGE_ONNX
 
     folder.mkdir(parents=True)
     shutil.copy(fp32 / IMAGE_ONNX, folder / IMAGE_ONNX)

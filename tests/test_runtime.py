@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import rel_l2
-from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 from fsa_deploy.runtime.images import load_image, sample_photos
 from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary, label_image, palette
 from fsa_deploy.validation.bench.timing import rss_mb
 from PIL import Image
 
+from fsa_deploy.contract import IMAGE_ONNX
 from fsa_deploy.errors import FSAError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,19 +21,9 @@ import numpy as np
 import onnx
 import pytest
 from conftest import CONFIGS, CROP
-from fsa_deploy.export.trt_build import TIMING_CACHE, DimRange, image_source, profile_shapes
+from fsa_deploy.export.trt_options import TIMING_CACHE, DimRange, image_source, profile_shapes
 from fsa_deploy.runtime import artifact as artifact_module
-from fsa_deploy.runtime.artifact import (
-    EMBEDDINGS,
-    IMAGE,
-    IMAGE_ONNX,
-    LOGITS,
-    META,
-    TEXT_EMBEDDINGS,
-    TEXT_ONNX,
-    TOKENS,
-    Artifact,
-)
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.trt import (
     RuntimeCache,
     TensorRTBackend,
@@ -44,7 +34,6 @@ from fsa_deploy.runtime.backends.trt import (
 )
 from fsa_deploy.runtime.backends.trt_lib import (
     RTX,
-    TARGETS,
     TRT,
     gpu_present,
     installed,
@@ -57,6 +46,17 @@ from fsa_deploy.runtime.backends.trt_lib import (
 from onnx import TensorProto, helper, numpy_helper
 
 from fsa_deploy import cli as fsa_cli
+from fsa_deploy.contract import (
+    EMBEDDINGS,
+    IMAGE,
+    IMAGE_ONNX,
+    LOGITS,
+    META,
+    RTX_TARGETS,
+    TEXT_EMBEDDINGS,
+    TEXT_ONNX,
+    TOKENS,
+)
 from fsa_deploy.errors import FSAError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -493,7 +493,7 @@ def test_targets_and_versions() -> None:
     assert parse_targets("SM89, sm120,sm89") == ("sm89", "sm120")
     with pytest.raises(FSAError, match="unknown target sm87"):
         parse_targets("sm87")
-    assert list(TARGETS)[:2] == ["sm75", "sm80"]
+    assert list(RTX_TARGETS)[:2] == ["sm75", "sm80"]
     assert version_tuple("8.7") < version_tuple("12.0") and version_tuple("11.0.0.1post1") == (11, 0, 0)
 
 
@@ -550,7 +550,7 @@ def runnable_flavour() -> str | None:
     cc = "{}.{}".format(*torch.cuda.get_device_capability())
     if TRT_VERSION is not None:
         return "trt"
-    if RTX_VERSION is not None and f"sm{cc.replace('.', '')}" in TARGETS:
+    if RTX_VERSION is not None and f"sm{cc.replace('.', '')}" in RTX_TARGETS:
         return "rtx"
     return None
 

@@ -26,7 +26,7 @@ from fsa_deploy.runtime import paths
 from PIL import Image
 
 from fsa_deploy.cli import main
-from fsa_deploy.contract import TOKENIZER_VOCAB
+from fsa_deploy.contract import IMAGE_ONNX, META, TEXT_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
 
 # ---------------------------------------------------------------- what a run touched
@@ -102,11 +102,11 @@ def touched(log: list[tuple[str, str]], inside: Path, allowed: tuple[Path, ...] 
 
 
 def _meta(root: Path) -> dict:
-    return json.loads((root / A.META).read_text())
+    return json.loads((root / META).read_text())
 
 
 def _save_meta(root: Path, meta: dict) -> None:
-    (root / A.META).write_text(json.dumps(meta))
+    (root / META).write_text(json.dumps(meta))
 
 
 def _sha(p: Path) -> str:
@@ -139,15 +139,15 @@ def backslash_name(root: Path, outside: Path) -> None:
 
 def symlink_image_out(root: Path, outside: Path) -> None:
     """image.onnx replaced by a link to a copy outside: every hash still matches."""
-    shutil.copy2(root / A.IMAGE_ONNX, outside / "elsewhere.onnx")
-    (root / A.IMAGE_ONNX).unlink()
-    (root / A.IMAGE_ONNX).symlink_to(outside / "elsewhere.onnx")
+    shutil.copy2(root / IMAGE_ONNX, outside / "elsewhere.onnx")
+    (root / IMAGE_ONNX).unlink()
+    (root / IMAGE_ONNX).symlink_to(outside / "elsewhere.onnx")
 
 
 def symlink_meta_out(root: Path, outside: Path) -> None:
-    shutil.copy2(root / A.META, outside / "elsewhere.json")
-    (root / A.META).unlink()
-    (root / A.META).symlink_to(outside / "elsewhere.json")
+    shutil.copy2(root / META, outside / "elsewhere.json")
+    (root / META).unlink()
+    (root / META).symlink_to(outside / "elsewhere.json")
 
 
 def engine_source_climbs(root: Path, outside: Path) -> None:
@@ -163,7 +163,7 @@ def location_climbs(root: Path, outside: Path) -> None:
     """image.onnx's largest weight moved to external data named `../victim.bin`; hashes updated."""
     import onnx
 
-    model = onnx.load(str(root / A.IMAGE_ONNX))
+    model = onnx.load(str(root / IMAGE_ONNX))
     big = max(model.graph.initializer, key=lambda t: len(t.raw_data))
     length = len(big.raw_data)
     (outside / "victim.bin").write_bytes(big.raw_data)  # the weights a careless loader would read
@@ -172,15 +172,15 @@ def location_climbs(root: Path, outside: Path) -> None:
     for k, v in (("location", "../victim.bin"), ("offset", "0"), ("length", str(length))):
         entry = big.external_data.add()
         entry.key, entry.value = k, v
-    onnx.save(model, str(root / A.IMAGE_ONNX))
+    onnx.save(model, str(root / IMAGE_ONNX))
     meta = _meta(root)
-    meta["files"][A.IMAGE_ONNX].update(sha256=_sha(root / A.IMAGE_ONNX), bytes=(root / A.IMAGE_ONNX).stat().st_size)
+    meta["files"][IMAGE_ONNX].update(sha256=_sha(root / IMAGE_ONNX), bytes=(root / IMAGE_ONNX).stat().st_size)
     _save_meta(root, meta)
 
 
 def nested_meta(root: Path, outside: Path) -> None:
-    text = (root / A.META).read_text()
-    (root / A.META).write_text(text.replace('"weights":', '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "weights":'))
+    text = (root / META).read_text()
+    (root / META).write_text(text.replace('"weights":', '"deep": ' + "[" * 100_000 + "]" * 100_000 + ', "weights":'))
 
 
 HOSTILE: dict[str, tuple[Callable[[Path, Path], None], str]] = {
@@ -211,7 +211,7 @@ VERBS: dict[str, Callable[[str, Path, str], list[str] | Callable[[], None]]] = {
     "calibrate": lambda art, tmp, img: ["calibrate", art, "--images", img, "--calibration-count", "1"],
     "triton": lambda art, tmp, img: ["triton", art, "--out", str(tmp / "repo")],
     "serve (prepare)": lambda art, tmp, img: lambda: _serve_prepare(art, tmp),
-    "lint (artefact graph)": lambda art, tmp, img: ["lint", str(Path(art) / A.IMAGE_ONNX)],
+    "lint (artefact graph)": lambda art, tmp, img: ["lint", str(Path(art) / IMAGE_ONNX)],
 }
 
 
@@ -360,9 +360,9 @@ def test_overwrite_replaces_an_artefact_and_nothing_else(tiny_artifact, tmp_path
 def test_lint_json_never_over_an_artefact_or_a_users_file(tiny_artifact, tmp_path, capsys):
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact.root, art)
-    graph = str(art / A.IMAGE_ONNX)
+    graph = str(art / IMAGE_ONNX)
     before = tree(art)
-    for target, words in ((art / A.META, "would overwrite meta.json"), (art / A.TEXT_ONNX, "would overwrite text.onnx"),
+    for target, words in ((art / META, "would overwrite meta.json"), (art / TEXT_ONNX, "would overwrite text.onnx"),
                           (art / "report.json", "inside the artefact folder")):
         assert main(["lint", graph, "--json", str(target)]) == 2
         assert words in capsys.readouterr().err
@@ -481,14 +481,14 @@ def test_a_held_lock_is_one_clear_line_after_the_wait(tiny_artifact, tmp_path, m
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact.root, art)
     loaded = A.Artifact.load(art)
-    before = (art / A.META).read_bytes()
+    before = (art / META).read_bytes()
     monkeypatch.setenv("FSA_LOCK_TIMEOUT", "0.3")
-    with FileLock(str(art / f".{A.META}.lock")):
+    with FileLock(str(art / f".{META}.lock")):
         held = subprocess.run([sys.executable, "-c", "import sys; from fsa_deploy.cli import main; "
                                "from fsa_deploy.runtime.artifact import Artifact; a = Artifact.load(sys.argv[1]); "
                                "a.save()", str(art)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert held.returncode != 0 and "FSA_LOCK_TIMEOUT" in held.stderr, held.stderr
-    assert (art / A.META).read_bytes() == before
+    assert (art / META).read_bytes() == before
     loaded.save()  # free again: the same process saves
     assert A.Artifact.load(art).files() == loaded.files()
 

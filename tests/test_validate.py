@@ -11,6 +11,8 @@ import pytest
 from conftest import assert_one_line_error, photos
 from fsa_deploy.runtime import artifact as A
 
+from fsa_deploy.contract import IMAGE_ONNX, TEXT_ONNX
+
 
 @pytest.fixture
 def validate(run_here):
@@ -26,11 +28,11 @@ def copy_artifact(src, dst):
 
 def rewrite_image_graph(art: A.Artifact, edit) -> None:
     """Change image.onnx in place, then update meta.json's hash so that it loads."""
-    path = art.root / A.IMAGE_ONNX
+    path = art.root / IMAGE_ONNX
     model = onnx.load(str(path))
     edit(model)
     onnx.save(model, str(path))
-    art.record(A.IMAGE_ONNX, **{k: v for k, v in art.files()[A.IMAGE_ONNX].items() if k not in ("sha256", "bytes")})
+    art.record(IMAGE_ONNX, **{k: v for k, v in art.files()[IMAGE_ONNX].items() if k not in ("sha256", "bytes")})
     art.save()
 
 
@@ -107,7 +109,7 @@ def test_bad_input(validate, tiny_artifact, tmp_path):
     empty.mkdir()
     assert_one_line_error(validate(empty), str(empty), "meta.json")
     art = copy_artifact(tiny_artifact.root, tmp_path / "h")
-    with open(art.root / A.TEXT_ONNX, "ab") as f:
+    with open(art.root / TEXT_ONNX, "ab") as f:
         f.write(b"x")
     assert_one_line_error(validate(art.root), "text.onnx", "sha256")
     assert_one_line_error(validate(tiny_artifact.root, "--graph", "image.int8.onnx"), "--graph image.int8.onnx")
@@ -115,7 +117,7 @@ def test_bad_input(validate, tiny_artifact, tmp_path):
     assert_one_line_error(validate(tiny_artifact.root, "--graph", "image.onnx", "--artifact", "image.onnx"),
                           "--artifact and --graph")
     art = copy_artifact(tiny_artifact.root, tmp_path / "m")
-    (art.root / A.TEXT_ONNX).unlink()
+    (art.root / TEXT_ONNX).unlink()
     assert_one_line_error(validate(art.root), "text.onnx", "missing")
     assert_one_line_error(validate(tiny_artifact.root, "--profile", "int4"), "--profile 'int4'")
     assert_one_line_error(validate(tiny_artifact.root, "--tol", "nonsense=1"), "--tol nonsense")
@@ -149,14 +151,14 @@ def test_external_data_export_validates(tmp_path, run_here):
 
     art = export_artifact(tiny_spec(), tmp_path / "ext", progress=False, lint=False, external_data_bytes=0)
     files = art.files()
-    assert files[A.IMAGE_ONNX + ".data"]["role"] == "external-data", files
-    graph = onnx.load(str(art.root / A.IMAGE_ONNX), load_external_data=False).graph
+    assert files[IMAGE_ONNX + ".data"]["role"] == "external-data", files
+    graph = onnx.load(str(art.root / IMAGE_ONNX), load_external_data=False).graph
     external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    weights = files[A.IMAGE_ONNX + ".data"]["bytes"]
-    assert len(external) > 10 and files[A.IMAGE_ONNX]["bytes"] < weights
+    weights = files[IMAGE_ONNX + ".data"]["bytes"]
+    assert len(external) > 10 and files[IMAGE_ONNX]["bytes"] < weights
     from fsa_deploy.runtime.backends.onnxrt import graph_with_outputs
 
-    handed = graph_with_outputs(art, A.IMAGE_ONNX, list(art.meta["stages"]))  # what ONNX Runtime gets
+    handed = graph_with_outputs(art, IMAGE_ONNX, list(art.meta["stages"]))  # what ONNX Runtime gets
     assert len(handed) < weights / 4, (len(handed), weights)  # the weights did not come along
     js = tmp_path / "r.json"
     proc = run_here("validate", art.root, "--images", photos()[0], "--stages", "--json", js)

@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from fsa_deploy.runtime import artifact as A
 
-from fsa_deploy.contract import TOKENIZER_VOCAB
+from fsa_deploy.contract import ARTIFACT_BACKENDS, BACKENDS, IMAGE_ONNX, META, PROFILES, TEXT_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.ranges import Range, add_ranged
 from fsa_deploy.spellings import add_old_spellings
 
 # an in-memory model's external weights are read from this folder (onnxruntime >= 1.17)
 ARGMAX_TIE = 1e-5  # reference top-2 class probabilities closer than this: either label is right
-# runtime.backends.select.BACKENDS minus torch (the reference itself); auto: by the file (engine or graph)
-VALIDATE_BACKENDS = ("auto", "trt", "onnx")
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class Tolerances:
     text_rel_l2_max: float | None = 1e-5  # text.onnx is fp32 in every profile
 
 
-PROFILES: dict[str, Tolerances] = {
+TOLERANCES: dict[str, Tolerances] = {  # PROFILES' thresholds
     # stages: KL (a difference of near-equal terms) and A_new (exp(lamda * Sim)) amplify fp32
     # rounding to ~3e-5 while the logits stay at ~3e-6, hence 1e-4 per stage
     "fp32": Tolerances(logits_rel_l2_max=1e-5, pixel_agreement_min=1.0, top_p_flips_max=0, proxy_mask_flips_max=0,
@@ -53,6 +51,7 @@ PROFILES: dict[str, Tolerances] = {
     "int8": Tolerances(pixel_agreement_min=0.99, miou_min=0.97, stage_rel_l2_max=1e-1),
     "fp8": Tolerances(pixel_agreement_min=0.99, miou_min=0.97, stage_rel_l2_max=1e-1),
 }
+assert tuple(TOLERANCES) == PROFILES
 
 
 # each metric's range: a --tol outside it (or NaN / Infinity) is a usage error, never a silent pass
@@ -66,7 +65,7 @@ assert set(TOLERANCE_RANGES) == {f.name for f in fields(Tolerances)}
 
 
 def tolerances_for(profile: str, overrides: dict[str, float]) -> Tolerances:
-    if profile not in PROFILES:
+    if profile not in TOLERANCES:
         raise FSAError(f"--profile {profile!r}: unknown (choose from {', '.join(PROFILES)})")
     names = {f.name for f in fields(Tolerances)}
     bad = sorted(set(overrides) - names)
@@ -74,7 +73,7 @@ def tolerances_for(profile: str, overrides: dict[str, float]) -> Tolerances:
         raise FSAError(f"--tol {bad[0]}: unknown metric (choose from {', '.join(sorted(names))})")
     for name, value in overrides.items():
         TOLERANCE_RANGES[name].check(value, f"--tol {name}")
-    return replace(PROFILES[profile], **overrides)
+    return replace(TOLERANCES[profile], **overrides)
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -309,7 +308,7 @@ def failures_of(summary: dict[str, Any], tol: Tolerances) -> list[str]:
 
 def text_check(art: A.Artifact, ref, prompts: list[str]) -> float | None:
     """text.onnx against the reference text tower on (some of) the prompts in use."""
-    if A.TEXT_ONNX not in art.files():
+    if TEXT_ONNX not in art.files():
         return None
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.text import tokenize
@@ -331,13 +330,13 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
 
     art = A.Artifact.load(folder)
     art.verify_all()  # refuse a folder whose files do not match meta.json
-    name = artifact or A.IMAGE_ONNX
+    name = artifact or IMAGE_ONNX
     if name not in art.files():
-        raise FSAError(f"--graph {name}: not in {folder}/{A.META} (files: {', '.join(art.files())})")
+        raise FSAError(f"--graph {name}: not in {folder}/{META} (files: {', '.join(art.files())})")
     role = art.files()[name].get("role")
     if role not in (None, "image", "image-qdq", "engine"):
         raise FSAError(f"--graph {name}: its role is {role!r}, not an image graph or engine (validate compares "
-                       f"image graphs: e.g. {A.IMAGE_ONNX})")
+                       f"image graphs: e.g. {IMAGE_ONNX})")
     profile = profile or str(art.files()[name].get("precision") or art.meta.get("precision", "fp32"))
     tol = tolerances_for(profile, overrides or {})
     images = images or sample_photos()
@@ -487,7 +486,6 @@ def expand_images(items: list[str] | None) -> list[str] | None:
 
 
 def add_validate(sub, help_text: str) -> None:
-    from fsa_deploy.runtime.backends.select import BACKENDS
     from fsa_deploy.runtime.text import add_vocabulary_args
 
     p = sub.add_parser("validate", help=help_text, description=(
@@ -518,9 +516,9 @@ def add_validate(sub, help_text: str) -> None:
 
 def backend_of(name: str) -> str:
     """segment's backend names; the ones that do not apply to a comparison with the reference are refused."""
-    if name not in VALIDATE_BACKENDS:
+    if name not in ARTIFACT_BACKENDS:
         raise FSAError(f"--backend {name}: validate compares an artefact with the PyTorch reference; "
-                       f"choose from {', '.join(VALIDATE_BACKENDS)}")
+                       f"choose from {', '.join(ARTIFACT_BACKENDS)}")
     return name
 
 

@@ -113,7 +113,9 @@ def check_artifact_graph(path: Path) -> None:
     """A graph inside an artefact folder is read as the artefact says: its meta.json must load (no
     name leading out of the folder) and, if it records the graph, the graph's external-data names
     must be recorded plain names (runtime.paths). A graph outside any artefact is linted as given."""
-    from fsa_deploy.runtime.artifact import META, Artifact
+    from fsa_deploy.runtime.artifact import Artifact
+
+    from fsa_deploy.contract import META
 
     if not os.path.lexists(path.parent / META):
         return

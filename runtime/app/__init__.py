@@ -13,8 +13,7 @@ import ipaddress
 import socket
 import sys
 
-from fsa_deploy.runtime.backends.select import BACKENDS
-
+from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 

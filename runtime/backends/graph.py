@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsa_deploy.runtime.artifact import META, Artifact
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.select import select_backend
 
+from fsa_deploy.contract import META
 from fsa_deploy.errors import FSAError
 
 

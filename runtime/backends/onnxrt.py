@@ -12,17 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime.artifact import (
-    EMBEDDINGS,
-    IMAGE,
-    IMAGE_ONNX,
-    LOGITS,
-    TEXT_EMBEDDINGS,
-    TEXT_ONNX,
-    TOKENS,
-    Artifact,
-)
+from fsa_deploy.runtime.artifact import Artifact
 
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, IMAGE_ONNX, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
 from fsa_deploy.errors import FSAError
 
 CUDA_EP = "CUDAExecutionProvider"

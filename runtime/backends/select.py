@@ -11,9 +11,9 @@ from typing import Any
 
 from fsa_deploy.runtime.artifact import Artifact
 
+from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
 
-BACKENDS = ("auto", "trt", "onnx", "torch")
 PLUGIN_GROUP = "fsa_deploy.backends"
 
 

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fsa_deploy.runtime.artifact import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TOKENS, Artifact
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.trt_lib import (
-    FLAVOURS,
+    FLAVOUR_OF,
     RTX,
     TEXT_ENGINE,
     TRT,
@@ -40,6 +40,7 @@ from fsa_deploy.runtime.backends.trt_lib import (
     version_tuple,
 )
 
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TOKENS
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def check_header(data: bytes, record: Mapping[str, Any], flavour: Flavour, name:
     """The plan's own bytes agree with its record: flavour magic; TensorRT-RTX: size, version, targets."""
     header = read_header(data)
     if header.flavour is not None and header.flavour != flavour.name:
-        other = FLAVOURS[header.flavour]
+        other = FLAVOUR_OF[header.flavour]
         raise FSAError(f"{name}: the file is a {other.label} engine, meta.json says {flavour.label}; "
                        f"rebuild it with `fsa build --engine {flavour.name}`")
     if flavour is not RTX:
@@ -472,7 +473,7 @@ class TensorRTBackend:
 
     def _image_engine(self, precision: str | None, engine: str | None) -> tuple[str, Flavour]:
         root = self.artifact.root
-        flavours = [FLAVOURS[engine]] if engine else [f for f in (TRT, RTX) if _importable(f)] or [TRT, RTX]
+        flavours = [FLAVOUR_OF[engine]] if engine else [f for f in (TRT, RTX) if _importable(f)] or [TRT, RTX]
         for flavour in flavours:
             built = image_engines(self.artifact, flavour)
             if precision is not None and precision in built:

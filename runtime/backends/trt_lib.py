@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from fsa_deploy.contract import FLAVOURS, RTX_TARGETS
 from fsa_deploy.errors import FSAError
 
 # ---------------------------------------------------------------- compute-capability targets
 
-# TensorRT-RTX's ComputeCapability members, in the bit order of the plan header's target mask.
-# Bit 6 of the mask has no enum member (the library default sets it: "12.0 and later").
-TARGETS: dict[str, tuple[int, int]] = {
-    "sm75": (7, 5), "sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm120": (12, 0), "sm121": (12, 1),
-}
+# contract.RTX_TARGETS are TensorRT-RTX's ComputeCapability members, in the bit order of the plan
+# header's target mask. Bit 6 of the mask has no enum member (the library default sets it: "12.0 and later").
 LATER = "later"  # the header bit beyond sm121
 
 
@@ -40,10 +38,10 @@ def target_of(compute_capability: str) -> str:
 def parse_targets(text: str) -> tuple[str, ...]:
     """'sm80,sm86' -> ('sm80', 'sm86'); an unknown target is one line listing the known ones."""
     wanted = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
-    bad = [t for t in wanted if t not in TARGETS]
+    bad = [t for t in wanted if t not in RTX_TARGETS]
     if bad or not wanted:
         raise FSAError(f"--targets {text!r}: unknown target {', '.join(bad) or '(none)'}; "
-                       f"TensorRT-RTX targets: {', '.join(TARGETS)}")
+                       f"TensorRT-RTX targets: {', '.join(RTX_TARGETS)}")
     return wanted
 
 
@@ -90,12 +88,13 @@ TRT = Flavour(
 RTX = Flavour(
     name="rtx", module="tensorrt_rtx", label="TensorRT-RTX", install_hint="pip install 'fsa-deploy[rtx]'",
     suffix=".rtx", plan_magic=b"vtrt", needs_gpu_to_build=False, timing_cache=False, runtime_cache=True,
-    dla=False, version_compatible=False, hardware_compatible=False, targets=tuple(TARGETS),
+    dla=False, version_compatible=False, hardware_compatible=False, targets=RTX_TARGETS,
     fp8_min_target="sm89", fp32_min_target="sm80",
     serves="SM 8.0, 8.6, 8.9, 12.x (A100, RTX 30/40/50 desktops, laptops, workstations); SM 7.5 on request; "
     "not Hopper (SM 9.0) or Jetson Orin (SM 8.7)",
 )
-FLAVOURS: dict[str, Flavour] = {f.name: f for f in (TRT, RTX)}
+FLAVOUR_OF: dict[str, Flavour] = {f.name: f for f in (TRT, RTX)}  # contract.FLAVOURS' records
+assert tuple(FLAVOUR_OF) == FLAVOURS
 ENGINE_CHOICES = ("auto", *FLAVOURS)
 # Legacy engine names (no flavour in the name) are TensorRT 10/11's: TRT.suffix is "".
 TEXT_ENGINE = TRT.text_engine
@@ -108,9 +107,9 @@ def image_engine_name(precision: str, flavour: Flavour = TRT) -> str:
 def flavour_of_record(info: Any) -> Flavour:
     """The flavour an engine record names; records written before flavours existed are TensorRT's."""
     name = info.get("flavour", TRT.name) if isinstance(info, dict) else TRT.name
-    if name not in FLAVOURS:
+    if name not in FLAVOUR_OF:
         raise FSAError(f"engine flavour {name!r} unknown (this fsa-deploy knows {', '.join(FLAVOURS)}); upgrade")
-    return FLAVOURS[name]
+    return FLAVOUR_OF[name]
 
 
 # ---------------------------------------------------------------- the libraries
@@ -200,8 +199,8 @@ def gpu_present() -> bool:
 
 def pick(engine: str) -> Flavour:
     """--engine trt|rtx|auto; auto: TensorRT 10/11 when it imports and a GPU is present, else TensorRT-RTX."""
-    if engine in FLAVOURS:
-        return FLAVOURS[engine]
+    if engine in FLAVOUR_OF:
+        return FLAVOUR_OF[engine]
     if engine != "auto":
         raise FSAError(f"--engine {engine!r}: choose from {', '.join(ENGINE_CHOICES)}")
     if installed(TRT) is not None and gpu_present():
@@ -264,12 +263,12 @@ HEADER_BYTES = 64
 
 def read_header(blob: bytes) -> PlanHeader:
     magic = bytes(blob[:4])
-    flavour = next((f.name for f in FLAVOURS.values() if f.plan_magic == magic), None)
+    flavour = next((f.name for f in FLAVOUR_OF.values() if f.plan_magic == magic), None)
     if flavour != RTX.name or len(blob) < 0x28:
         return PlanHeader(flavour)
     (size,) = struct.unpack_from("<Q", blob, 0x10)
     version = ".".join(str(b) for b in blob[0x18:0x1C])
     (mask,) = struct.unpack_from("<Q", blob, 0x20)
-    names = [*TARGETS, LATER]
+    names = [*RTX_TARGETS, LATER]
     targets = tuple(n for i, n in enumerate(names) if mask >> i & 1)
     return PlanHeader(flavour, size, version, targets)

@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fsa_deploy.runtime.serve.repository import IMAGE_BACKENDS, RepoOptions
+from fsa_deploy.runtime.serve.repository import RepoOptions
 
+from fsa_deploy.contract import ARTIFACT_BACKENDS, TRITON_BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
-
-SERVE_BACKENDS = ("auto", "onnx", "trt")
 
 
 def add_triton(sub: argparse._SubParsersAction, text: str) -> None:
     p = sub.add_parser("triton", help=text, description=text)
     p.add_argument("artifact", metavar="DIR", help="artefact folder (fsa export)")
     p.add_argument("--out", required=True, metavar="REPO", help="model repository to write")
-    p.add_argument("--image-backend", choices=IMAGE_BACKENDS, default="onnxruntime",
+    p.add_argument("--image-backend", choices=TRITON_BACKENDS, default="onnxruntime",
                    help="Triton backend of the image model: image.onnx, or the TensorRT engine in meta.json")
     p.add_argument("--precision", help="which TensorRT engine, when several were built")
     add_ranged(p, "--batch", "crops per image-model request, fsa_image's max_batch_size (capped by the engine; "
@@ -53,7 +52,7 @@ def add_serve(sub: argparse._SubParsersAction, text: str) -> None:
     add_ranged(p, "--http-port", "Triton's HTTP port (default 8000)", default=8000)
     add_ranged(p, "--grpc-port", "Triton's gRPC port (default 8001)", default=8001)
     add_ranged(p, "--metrics-port", "Triton's metrics port (default 8002)", default=8002)
-    p.add_argument("--backend", choices=SERVE_BACKENDS, default="auto", help="runtime backend inside the server")
+    p.add_argument("--backend", choices=ARTIFACT_BACKENDS, default="auto", help="runtime backend inside the server")
     add_ranged(p, "--threads", "ONNX Runtime intra-op threads (0: its default)", default=0)
     add_ranged(p, "--batch", "crops per image-model request, fsa_image's max_batch_size (default 16)", default=16)
     add_ranged(p, "--instances", "fsa_segment instances (concurrent images; default 4)", default=4)

@@ -57,12 +57,12 @@ from fsa_deploy.contract import (
     TEXT_MODEL,
     TEXT_ONNX,
     TOKENS,
+    TRITON_BACKENDS,
 )
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import range_of
 
-FLAVOURS = ("container", "local")
-IMAGE_BACKENDS = ("onnxruntime", "tensorrt")
+REPOSITORY_FLAVOURS = ("container", "local")  # fsa triton (the image model on Triton's own backend), fsa serve
 MODEL_FILES = Path(__file__).parent / "models"
 ARTIFACT_COPY = "artifact"  # fsa_segment/1/artifact: meta.json + tokenizer vocabulary
 
@@ -194,10 +194,10 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
 
 
 def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
-    if opts.flavour not in FLAVOURS:
-        raise FSAError(f"flavour {opts.flavour!r}: choose from {', '.join(FLAVOURS)}")
-    if opts.image_backend not in IMAGE_BACKENDS:
-        raise FSAError(f"--image-backend {opts.image_backend!r}: choose from {', '.join(IMAGE_BACKENDS)}")
+    if opts.flavour not in REPOSITORY_FLAVOURS:
+        raise FSAError(f"flavour {opts.flavour!r}: choose from {', '.join(REPOSITORY_FLAVOURS)}")
+    if opts.image_backend not in TRITON_BACKENDS:
+        raise FSAError(f"--image-backend {opts.image_backend!r}: choose from {', '.join(TRITON_BACKENDS)}")
     range_of("--batch", "serve" if opts.flavour == "local" else "triton").check(opts.max_batch, "--batch")
     meta = art.meta
     crop, dim = int(meta["crop"]), int(meta["embed_dim"])

@@ -14,6 +14,8 @@ import time
 import torch
 from fsa_deploy.validation.bench.timing import time_calls
 
+from fsa_deploy import contract
+
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     times = time_calls(fn, repeats, warmup)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     art = export_artifact(spec, args.out, overwrite=True)
     export_s = time.perf_counter() - t0
-    graph = onnx.load(str(art.path(A.IMAGE_ONNX)), load_external_data=False)
+    graph = onnx.load(str(art.path(contract.IMAGE_ONNX)), load_external_data=False)
     geo = Geometry(crop=args.crop)
     crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]  # host numpy
     text = torch.nn.functional.normalize(torch.randn(args.num_classes, art.meta["embed_dim"]), dim=-1)
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     lit_ms, lit_all = median_ms(lambda: literal(crop_t, text), args.repeats)
     result = {
         "model": args.model, "proxy": args.proxy, "crop": args.crop, "classes": args.num_classes,
-        "export_s": round(export_s, 1), "image_onnx_mb": art.files()[A.IMAGE_ONNX]["bytes"] / 2**20,
-        "image_onnx_nodes": len(graph.graph.node), "text_onnx_mb": art.files()[A.TEXT_ONNX]["bytes"] / 2**20,
+        "export_s": round(export_s, 1), "image_onnx_mb": art.files()[contract.IMAGE_ONNX]["bytes"] / 2**20,
+        "image_onnx_nodes": len(graph.graph.node), "text_onnx_mb": art.files()[contract.TEXT_ONNX]["bytes"] / 2**20,
         "ort_cpu_crop_ms": ort_ms, "torch_literal_crop_ms": lit_ms, "speedup_vs_literal": lit_ms / ort_ms,
         "ort_cpu_all_ms": ort_all, "torch_literal_all_ms": lit_all,
         "machine": {"cpu": cpu_model(), "cores": torch.get_num_threads(), "torch": torch.__version__},

@@ -8,6 +8,8 @@ from typing import Any
 
 from fsa_deploy.validation.bench.data import TRT, Fidelity, Plan, Row
 
+from fsa_deploy import contract
+
 
 def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fidelity:
     """validate_image on every bench image against validate's reference (PyTorch deploy, fp32, CPU)."""
@@ -24,7 +26,7 @@ def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fideli
         side = V.ArtifactSide(Artifact.load(str(row.folder)), str(row.file), "trt" if row.format == TRT else "onnx",
                               False)
         ref = build(plan.spec, "deploy")
-    profile = row.precision if row.precision in V.PROFILES else "fp32"
+    profile = row.precision if row.precision in contract.PROFILES else "fp32"
     meta = {"crop": plan.spec.crop}
     reports = [V.validate_image(p, ref, side, text, plan.vocab.query_class, meta, plan.max_batch, False, None, None)
                for p in plan.images]

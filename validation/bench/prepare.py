@@ -14,6 +14,7 @@ from typing import Any
 from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, FAILED, MISSING, SKIPPED, Options, Source, one_line, say
 from fsa_deploy.validation.bench.plan import Machine
 
+from fsa_deploy import contract
 from fsa_deploy.errors import FSAError
 
 # ---------------------------------------------------------------- artefacts: export, calibrate, build
@@ -37,14 +38,14 @@ def export_into(spec: Any, folder: Path, precision: str) -> Source:
     from fsa_deploy.models.factory import spec_from_meta
     from fsa_deploy.runtime import artifact as A
 
-    if (folder / A.META).is_file():
+    if (folder / contract.META).is_file():
         with contextlib.suppress(FSAError):
             art = A.Artifact.load(folder)
             same = spec_from_meta(art.meta).describe() == spec.describe()
-            if same and art.files().get(A.IMAGE_ONNX, {}).get("precision") == precision:
-                return Source(str(folder), A.IMAGE_ONNX)
+            if same and art.files().get(contract.IMAGE_ONNX, {}).get("precision") == precision:
+                return Source(str(folder), contract.IMAGE_ONNX)
     export_artifact(spec, folder, precision, overwrite=True, progress=False, lint=False)
-    return Source(str(folder), A.IMAGE_ONNX)
+    return Source(str(folder), contract.IMAGE_ONNX)
 
 
 def writable_copy(folder: str, work: Path) -> Path:
@@ -66,7 +67,7 @@ def writable_copy(folder: str, work: Path) -> Path:
                     os.link(src / name, tmp / name)
                 except OSError:  # another file system, or links not allowed
                     shutil.copy2(src / name, tmp / name)
-            shutil.copy2(src / A.META, tmp / A.META)
+            shutil.copy2(src / contract.META, tmp / contract.META)
     return dest
 
 
@@ -85,15 +86,10 @@ def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
 
 def build_engine_into(graph: Source, precision: str, work: Path, max_batch: int, classes: int) -> Source:
     """`fsa build` of one image engine (no text engine: bench times crops only)."""
-    from fsa_deploy.export.trt_build import (
-        BuildOptions,
-        DimRange,
-        build_engine,
-        cuda_device,
-        engine_jobs,
-        image_engine_name,
-    )
+    from fsa_deploy.export.trt_build import build_engine, engine_jobs
+    from fsa_deploy.export.trt_options import BuildOptions, DimRange
     from fsa_deploy.runtime import artifact as A
+    from fsa_deploy.runtime.backends.trt_lib import cuda_device, image_engine_name
 
     folder = writable_copy(str(graph.folder), work)
     art = A.Artifact.load(folder)

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import sys
 import threading
 import time
@@ -23,17 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fsa_deploy.contract import IN_CLASSES, IN_IMAGE, OUT_LABELS, SEGMENT_MODEL
+
 CONCURRENCY = (1, 4, 16)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -134,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.runtime.images import sample_photos
     from fsa_deploy.runtime.segmenter import Segmenter
     from fsa_deploy.runtime.serve.repository import RepoOptions
-    from fsa_deploy.runtime.serve.server import Server
+    from fsa_deploy.runtime.serve.server import Server, free_ports
     from fsa_deploy.runtime.text import DEFAULT_CLASSES
 
     art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))
@@ -159,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         if state == "close":
             return image.close()
         ins = []
-        for name, value in (("IMAGE", image), ("CLASSES", classes.encode())):
+        for name, value in ((IN_IMAGE, image), (IN_CLASSES, classes.encode())):
             t = tg.InferInput(name, [1], "BYTES")
             t.set_data_from_numpy(np.array([value], dtype=np.object_))
             ins.append(t)
-        return state.infer("fsa_segment", ins).as_numpy("LABELS")
+        return state.infer(SEGMENT_MODEL, ins).as_numpy(OUT_LABELS)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
     t0 = time.perf_counter()

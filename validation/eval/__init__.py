@@ -23,8 +23,9 @@ PROG = "fsa eval"
 
 
 def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
-    from fsa_deploy.runtime.backends.select import BACKENDS
     from fsa_deploy.validation.eval.datasets import DATASETS
+
+    from fsa_deploy.contract import BACKENDS
 
     p = sub.add_parser("eval", help=help_text, description=(
         "Score an artefact on a segmentation benchmark as the paper does (mmsegmentation's mIoU, the "
@@ -77,11 +78,13 @@ def _say(line: str) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime.artifact import IMAGE_ONNX, Artifact, check_output_file, write_json_atomic
+    from fsa_deploy.runtime.artifact import Artifact, check_output_file, write_json_atomic
     from fsa_deploy.validation.eval import datasets as D
     from fsa_deploy.validation.eval import report as R
     from fsa_deploy.validation.eval.protocol import Overrides, resolve
     from fsa_deploy.validation.eval.runner import run_rows, work_key
+
+    from fsa_deploy.contract import IMAGE_ONNX
 
     for path, option in ((args.json, "--json"), (args.md, "--md"), (args.plot, "--plot")):
         check_output_file(path, option, args.overwrite)

@@ -6,6 +6,7 @@ import argparse
 
 from fsa_deploy.models.cli import add_model_args, spec_from_args
 
+from fsa_deploy.contract import EXPORT_PRECISIONS
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
 
@@ -16,7 +17,7 @@ def add_export(sub, help_text: str) -> None:
         "text_embeddings [K,D] -> logits [B,K,H',W']), text.onnx (tokens [T,77] -> embeddings [T,D]) and "
         "meta.json. Every graph is linted against TensorRT's ONNX rules as the last step."))
     p.add_argument("--out", required=True, help="artefact folder to create")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
                    help="fp16: made from the fp32 graph by ModelOpt AutoCast; the input normalisation, the FSA head, "
                    "the feedback and every node the fp16 range audit flags on calibration crops stay in fp32 "
                    "(README: Real-weight statistics)")

@@ -14,7 +14,7 @@ from typing import Any
 
 from fsa_deploy.runtime.backends.trt_lib import ENGINE_CHOICES, RTX, TRT, Flavour, parse_targets
 
-from fsa_deploy.contract import GRAPH_PRECISIONS, IMAGE_GRAPHS, IMAGE_ONNX, RTX_TARGETS
+from fsa_deploy.contract import CALIBRATE_PRECISIONS, GRAPH_PRECISIONS, IMAGE_GRAPHS, IMAGE_ONNX, RTX_TARGETS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 
@@ -142,7 +142,7 @@ def image_source(files: Mapping[str, Mapping[str, Any]], precision: str, default
         if name in graphs and precision_of(name) == precision:
             return name
     have = ", ".join(f"{n} ({precision_of(n)})" for n in sorted(graphs)) or "none"
-    how = "run `fsa calibrate`" if precision in ("int8", "fp8") else f"export with --precision {precision}"
+    how = "run `fsa calibrate`" if precision in CALIBRATE_PRECISIONS else f"export with --precision {precision}"
     raise FSAError(f"no {precision} image graph recorded in meta.json (image graphs: {have}); {how}")
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 import functools
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +67,14 @@ def test_every_module_and_script_a_recipe_names_exists():
     scripts = set(MAKE_SCRIPT.findall(text))
     assert "tools/demo.sh" in scripts
     assert sorted(s for s in scripts if not (REPO / s).is_file()) == [], "scripts the Makefile runs that do not exist"
+
+
+def test_the_bench_package_imports_nothing_heavy():
+    """`python -m fsa_deploy.validation.bench.NAME` runs the package's __init__ first (~0.3 s, one process)."""
+    heavy = ("numpy", "torch", "onnxruntime", "onnx", "open_clip", "PIL")
+    code = f"import sys, fsa_deploy.validation.bench; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_module_file_follows_the_package_dir_mapping():

@@ -40,7 +40,7 @@ from fsa_deploy.runtime.backends.trt_lib import (
     version_tuple,
 )
 
-from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TOKENS
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, RTX_TARGETS, TEXT_EMBEDDINGS, TOKENS
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def _check_rtx_record(info: Mapping[str, Any], version: str, cc: str | None, nam
     here = target_of(cc)
     if here in targets or ("later" in targets and version_tuple(cc) > (12, 1)):
         return
-    if cc in RTX_UNSUPPORTED or here not in ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121"):
+    if cc in RTX_UNSUPPORTED or here not in RTX_TARGETS:
         gpu = RTX_UNSUPPORTED.get(cc, "this GPU")
         raise FSAError(f"{name}: TensorRT-RTX does not support SM {cc} ({gpu}); "
                        f"build a TensorRT 10/11 engine for it: `fsa build --engine trt`")

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.contract import EXPORT_PRECISIONS
+
 FSA = [sys.executable, "-m", "fsa_deploy"]
 BUILT = re.compile(r"^(\S+\.engine): ([\d.]+) MiB from (\S+) in ([\d.]+) s", re.M)
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "bench-build.log"
     notes, builds = [], []
-    for precision in ("fp32", "fp16"):
+    for precision in EXPORT_PRECISIONS:
         seconds = export(args.work / precision, precision, log)
         if seconds is not None:
             notes.append(f"export {precision}: {seconds:.0f} s")

@@ -15,6 +15,7 @@ from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, FAILED, MISSING, 
 from fsa_deploy.validation.bench.plan import Machine
 
 from fsa_deploy import contract
+from fsa_deploy.contract import EXPORT_PRECISIONS
 from fsa_deploy.errors import FSAError
 
 # ---------------------------------------------------------------- artefacts: export, calibrate, build
@@ -105,7 +106,7 @@ def build_engine_into(graph: Source, precision: str, work: Path, max_batch: int,
 def graphs_from_exports(spec: Any, work: Path, machine: Machine, need: set[str], count: int) -> dict[str, Source]:
     """Default mode: export fp32 and fp16 into the work folder, calibrate int8 from fp32
     (only what the selected rows need)."""
-    exports: list[str] = [p for p in ("fp32", "fp16") if p in need or (p == "fp32" and "int8" in need)]
+    exports: list[str] = [p for p in EXPORT_PRECISIONS if p in need or (p == "fp32" and "int8" in need)]
     graphs = {p: _attempt(f"export {p}", functools.partial(export_into, spec, work / p, p)) for p in exports}
     if "int8" in need:
         graphs["int8"] = int8_source(graphs["fp32"], work, machine, count)
@@ -136,7 +137,7 @@ def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine
         for name, info in files.items():
             if info.get("role") in ("image", "image-qdq"):
                 graphs.setdefault(str(info.get("precision", "fp32")), Source(folder, name))
-    for p in ("fp32", "fp16"):
+    for p in EXPORT_PRECISIONS:
         graphs.setdefault(p, Source(status=SKIPPED, why=f"no {p} image graph in the --artifact folders "
                                     f"(fsa export --precision {p}, then add that folder with --artifact)"))
     if "int8" not in graphs and "int8" in need:

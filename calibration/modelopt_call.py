@@ -71,7 +71,7 @@ def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
     """image.onnx (and its external data) linked into the work folder: ModelOpt writes its
     intermediate files beside the input and output, never into the artefact folder."""
     names = [contract.IMAGE_ONNX] + [n for n, i in art.files().items()
-                              if i.get("role") == "external-data" and n.startswith(contract.IMAGE_ONNX)]
+                                     if i.get("role") == "external-data" and n.startswith(contract.IMAGE_ONNX)]
     for n in names:
         src = art.path(n).resolve()
         try:

@@ -475,7 +475,7 @@ BROKEN: dict[str, Callable[[Path], None]] = {
     "no_meta": lambda root: (root / META).unlink(),
     "meta_not_json": lambda root: (root / META).write_text("{format: fsa"),
     "meta_nan": lambda root: (root / META).write_text((root / META).read_text().replace('"logit_scale": 40.0',
-                                                                                            '"logit_scale": NaN')),
+                                                                                        '"logit_scale": NaN')),
     "meta_foreign": _meta_edit(lambda m: m.update(format="something-else")),
     "meta_version": _meta_edit(lambda m: m.update(format_version=99)),
     "meta_no_crop": _meta_edit(lambda m: m.pop("crop")),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
 from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
 
 from fsa_deploy import contract
 from fsa_deploy.errors import FSAError
@@ -33,24 +34,9 @@ MODELOPT_HINT = "NVIDIA ModelOpt is not installed: pip install 'fsa-deploy[quant
 # ---------------------------------------------------------------- ModelOpt
 
 
-def _hide_stub_tensorrt() -> None:
-    """`tensorrt-stubs` leaves an importable, empty namespace package `tensorrt`; ModelOpt takes
-    the successful import for TensorRT and calls trt.Logger. Where the real module is absent,
-    make the import fail as it would without the stubs (a None entry raises ImportError)."""
-    try:
-        import tensorrt
-    except (ImportError, OSError):
-        return
-    if not hasattr(tensorrt, "Builder"):
-        sys.modules["tensorrt"] = None  # type: ignore[assignment]
-        trt_utils = sys.modules.get("modelopt.onnx.trt_utils")
-        if trt_utils is not None:  # imported before us: correct its flag too
-            trt_utils.TRT_PYTHON_AVAILABLE = False  # type: ignore[attr-defined]
-
-
 def require_modelopt() -> Callable[..., None]:
     """modelopt.onnx.quantization.quantize, or one line naming the install command."""
-    _hide_stub_tensorrt()
+    hide_stub_tensorrt()
     try:
         from modelopt.onnx.quantization import quantize
     except ImportError as e:

@@ -324,19 +324,6 @@ def policy_nodes(model, stages: dict[str, str], scope: str) -> list[str]:
 # ---------------------------------------------------------------- the fp16 graph
 
 
-def _hide_stub_tensorrt() -> None:
-    """tensorrt-stubs leave an empty importable `tensorrt` that ModelOpt takes for TensorRT (the same
-    guard as calibration.modelopt_call's; the export room does not import calibration)."""
-    import sys
-
-    try:
-        import tensorrt
-    except (ImportError, OSError):
-        return
-    if not hasattr(tensorrt, "Builder"):
-        sys.modules["tensorrt"] = None  # type: ignore[assignment]
-
-
 @contextlib.contextmanager
 def _quiet_modelopt() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("", "modelopt", "modelopt.onnx", "modelopt.onnx.autocast")]
@@ -354,9 +341,11 @@ def to_fp16(fp32_path: str | Path, keep_fp32: Iterable[str]):
     """ModelOpt AutoCast: every node in fp16 but `keep_fp32` (exact names), inputs and outputs fp32.
 
     AutoCast's own range rule (data_max) is off: the audit decided, on the crops it was given."""
+    from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
+
     from fsa_deploy.errors import FSAError
 
-    _hide_stub_tensorrt()
+    hide_stub_tensorrt()
     try:
         from modelopt.onnx.autocast import convert_to_mixed_precision
     except ImportError as e:

@@ -131,6 +131,24 @@ def load(flavour: Flavour) -> Any:
     return mod
 
 
+def hide_stub_tensorrt() -> None:
+    """Before importing ModelOpt: where `tensorrt` is only `tensorrt-stubs`' empty namespace package,
+    make its import fail as it would without the stubs (a None entry raises ImportError). ModelOpt
+    takes a successful import for TensorRT and calls trt.Logger; its `trt_utils`, if already
+    imported, gets its flag corrected too."""
+    import sys
+
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return
+    if not hasattr(tensorrt, "Builder"):
+        sys.modules["tensorrt"] = None  # type: ignore[assignment]
+        trt_utils = sys.modules.get("modelopt.onnx.trt_utils")
+        if trt_utils is not None:
+            trt_utils.TRT_PYTHON_AVAILABLE = False  # type: ignore[attr-defined]
+
+
 def require_tensorrt(flavour: Flavour = TRT) -> str:
     """Import the flavour's library or raise one line naming the fix; returns its version."""
     return str(load(flavour).__version__)

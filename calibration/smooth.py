@@ -21,11 +21,42 @@ import numpy as np
 SPREAD_MIN = 8.0  # largest channel absmax / median channel absmax that calls for smoothing
 
 
+def channel_absmax(model, names: list[str], feeds: list[dict[str, np.ndarray]],
+                   min_channels: int = 1) -> dict[str, np.ndarray]:
+    """Each float tensor of `names` of rank >= 2 with >= `min_channels` channels: its absmax per last-axis
+    channel over every feed, from `model` (not modified) run as exported with those tensors as outputs; a
+    graph input is read from the feed."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
+    for t in names:
+        if t not in have:
+            probe.graph.output.append(onnx.ValueInfoProto(name=t))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    absmax: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        values = dict(zip(outs, sess.run(outs, feed)))
+        values.update(feed)
+        for t in names:
+            v = values.get(t)
+            if v is None or v.ndim < 2 or v.shape[-1] < min_channels or not np.issubdtype(v.dtype, np.floating):
+                continue
+            a = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0)
+            absmax[t] = a if t not in absmax else np.maximum(absmax[t], a)
+    return absmax
+
+
 def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:
     """Write the smoothed graph of `src` to `dst` (same tensor and node names); returns how many
     LayerNorms were smoothed (0: `dst` is an unchanged copy)."""
     import onnx
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     model = onnx.load(str(src))
@@ -48,22 +79,10 @@ def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:
     if not cands:
         onnx.save(model, str(dst))
         return 0
-    probe = onnx.load(str(src))
-    for n, _ in cands:
-        probe.graph.output.append(onnx.ValueInfoProto(name=n.output[0]))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [n.output[0] for n, _ in cands]
-    absmax = {k: None for k in names}
-    for feed in feeds:
-        for k, v in zip(names, sess.run(names, feed)):
-            a = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0)
-            absmax[k] = a if absmax[k] is None else np.maximum(absmax[k], a)
+    absmax = channel_absmax(model, [n.output[0] for n, _ in cands], feeds)
     done = 0
     for n, readers in cands:
-        x = absmax[n.output[0]]
+        x = absmax.get(n.output[0])
         if x is None or x.max() < SPREAD_MIN * np.median(x):
             continue
         ws = [numpy_helper.to_array(inits[r.input[1]]) for r in readers]
@@ -88,7 +107,6 @@ def outlier_matmuls(path: Path, feeds: list[dict[str, np.ndarray]], spread: floa
     with massive activations, the MLP input where one neuron carries them); per-tensor int8 would put
     every other channel on a few levels."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(path))
     inits = {t.name for t in model.graph.initializer}
@@ -96,25 +114,6 @@ def outlier_matmuls(path: Path, feeds: list[dict[str, np.ndarray]], spread: floa
              and (n.op_type != "MatMul" or n.input[1] in inits)]
     inputs = {n.name: [t for t in (n.input[:1] if n.op_type != "Add" else n.input) if t and t not in inits]
               for n in nodes}
-    names = sorted({t for ts in inputs.values() for t in ts})
-    have = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
-    for t in names:
-        if t not in have:
-            model.graph.output.append(onnx.ValueInfoProto(name=t))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
-    absmax: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        values = dict(zip(outs, sess.run(outs, feed)))
-        values.update(feed)
-        for t in names:
-            v = values.get(t)
-            if v is None or v.ndim < 2 or v.shape[-1] < 8 or not np.issubdtype(v.dtype, np.floating):
-                continue
-            a = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0)
-            absmax[t] = a if t not in absmax else np.maximum(absmax[t], a)
+    absmax = channel_absmax(model, sorted({t for ts in inputs.values() for t in ts}), feeds, min_channels=8)
     wide = {t for t, a in absmax.items() if a.max() >= spread * max(float(np.median(a)), 1e-12)}
     return sorted(n.name for n in nodes if any(t in wide for t in inputs[n.name]))

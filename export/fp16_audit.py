@@ -161,11 +161,10 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]]) -> Ranges:
     model = onnx.load(str(path))
     names = float_tensors(model) + [i.name for i in model.graph.input if i.type.tensor_type.elem_type == FLOAT]
     consts = _constants(model)
-    reducing = [(n.name, n.op_type, n.input[0]) for n in model.graph.node if n.op_type in SQUARE_SUMS + PLAIN_SUMS]
-    axes_of = {n.name: n for n in model.graph.node if n.op_type in SQUARE_SUMS + PLAIN_SUMS}
+    reducing = [n for n in model.graph.node if n.op_type in SQUARE_SUMS + PLAIN_SUMS]
     absmax = _with_absmax_outputs(model, names)
     existing = {o.name for o in model.graph.output}
-    for t in dict.fromkeys(x for _, _, x in reducing):  # LayerNorm / reduction inputs: [B, N, d] at most
+    for t in dict.fromkeys(n.input[0] for n in reducing):  # LayerNorm / reduction inputs: [B, N, d] at most
         if t not in existing:
             model.graph.output.append(onnx.ValueInfoProto(name=t))
     opts = ort.SessionOptions()
@@ -173,25 +172,25 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]]) -> Ranges:
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # see the docstring
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    wanted = list(dict.fromkeys([*absmax.values(), *(x for _, _, x in reducing)]))
+    wanted = list(dict.fromkeys([*absmax.values(), *(n.input[0] for n in reducing)]))
     r = Ranges()
     for feed in feeds:
         values = dict(zip(wanted, sess.run(wanted, feed)))
         for t, o in absmax.items():
             r.absmax[t] = max(r.absmax.get(t, 0.0), float(values[o]))
-        for name, op, t in reducing:
-            x = values.get(t)
+        for n in reducing:
+            x = values.get(n.input[0])
             if x is None or not x.size:
                 continue
             x = x.astype(np.float64)
-            axes = _axes(axes_of[name], consts, x.ndim)
-            if op == "LayerNormalization":
+            axes = _axes(n, consts, x.ndim)
+            if n.op_type == "LayerNormalization":
                 s = ((x - x.mean(axis=axes, keepdims=True)) ** 2).sum(axis=axes)
-            elif op in SQUARE_SUMS:
+            elif n.op_type in SQUARE_SUMS:
                 s = (x ** 2).sum(axis=axes)
             else:
                 s = np.abs(x).sum(axis=axes)
-            r.sums[name] = max(r.sums.get(name, 0.0), float(np.max(s)))
+            r.sums[n.name] = max(r.sums.get(n.name, 0.0), float(np.max(s)))
         r.crops += len(next(iter(feed.values())))
     return r
 

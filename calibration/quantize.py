@@ -199,7 +199,7 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
         rules = fp32_rules(graph, Where(scope, art.meta.get("stages", {}), opts.region))
         if not opts.fp32_rules:  # only what keeps Q/DQ off the feedback block's boundary
             rules = {k: v if k == "tail_and_boundary" else [] for k, v in rules.items()}
-        elif not external:  # post-LN channel spread and outlier channels (calibration/smooth.py)
+        else:  # post-LN channel spread and outlier channels (calibration/smooth.py), external data or not
             src, rules["outlier_inputs"] = smooth_outliers(src, work, data, progress)
         exclude = sorted(set().union(*rules.values()))
         fp32_nodes = {k: len(v) for k, v in rules.items()}

@@ -28,6 +28,7 @@ def channel_absmax(model, names: list[str], feeds: list[dict[str, np.ndarray]],
     graph input is read from the feed."""
     import onnx
     import onnxruntime as ort
+    from fsa_deploy.export.fp16_audit import ort_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -38,7 +39,7 @@ def channel_absmax(model, names: list[str], feeds: list[dict[str, np.ndarray]],
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(probe, opts)  # past 2 GB (ViT-H) too
     outs = [o.name for o in sess.get_outputs()]
     absmax: dict[str, np.ndarray] = {}
     for feed in feeds:
@@ -53,13 +54,33 @@ def channel_absmax(model, names: list[str], feeds: list[dict[str, np.ndarray]],
     return absmax
 
 
+def has_external_data(path: Path) -> bool:
+    """Whether the graph at `path` keeps weights in a file beside it (past protobuf's 2 GB: ViT-H)."""
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL
+               for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+
+
+def save_like(model, dst: Path, external: bool) -> None:
+    """`model` at `dst`, its weights in `dst.name + ".data"` beside it when the source had external data."""
+    import onnx
+
+    if external:
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=dst.name + ".data", size_threshold=0)
+    else:
+        onnx.save(model, str(dst))
+
+
 def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:
-    """Write the smoothed graph of `src` to `dst` (same tensor and node names); returns how many
-    LayerNorms were smoothed (0: `dst` is an unchanged copy)."""
+    """Write the smoothed graph of `src` to `dst` (same tensor and node names; external data beside it when
+    `src` has them); returns how many LayerNorms were smoothed (0: `dst` is an unchanged copy)."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(src))
+    external = has_external_data(src)
+    model = onnx.load(str(src))  # external data read from beside src
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     consumers: dict[str, list] = {}
@@ -77,7 +98,7 @@ def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:
                 and n.input[1] in inits and n.input[2] in inits and uses[n.input[1]] == 1 and uses[n.input[2]] == 1:
             cands.append((n, readers))
     if not cands:
-        onnx.save(model, str(dst))
+        save_like(model, dst, external)
         return 0
     absmax = channel_absmax(model, [n.output[0] for n, _ in cands], feeds)
     done = 0
@@ -94,7 +115,7 @@ def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:
         for r, m in zip(readers, ws):
             inits[r.input[1]].CopyFrom(numpy_helper.from_array((m * s[:, None]).astype(m.dtype), r.input[1]))
         done += 1
-    onnx.save(model, str(dst))
+    save_like(model, dst, external)
     return done
 
 

@@ -21,12 +21,14 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fsa_deploy.errors import FSAError
 
 FP16_MAX = 65504.0
 SAFE_FP16 = 16384.0  # a quarter of fp16's largest value: headroom for inputs the calibration did not see
@@ -111,46 +113,102 @@ def float_tensors(model) -> list[str]:
     return [t for n in model.graph.node for t in n.output if t and types.get(t) == FLOAT]
 
 
-def _with_absmax_outputs(model, names: list[str]) -> dict[str, str]:
-    """Add to `model`, right after each tensor of `names` is written, a scalar output: its largest finite |value|
-    (0 when it has none; +-inf is a mask, masked_fill before a softmax, the same in fp16: not a range). Returns
-    tensor -> output. Reduced inside the graph so that ONNX Runtime frees each tensor once read: every tensor as
-    an output held 24 GB for one full-size ViT-B-16 + DINO B/8 crop (the proxy's 12 x 1765^2 attention maps)."""
+@dataclass(frozen=True)
+class Probes:
+    """The scalar outputs `_with_absmax_outputs` adds, per tensor."""
+
+    absmax: dict[str, str]  # largest finite |value|
+    bad: dict[str, str]  # 1 where the tensor holds a non-finite value (NaN or +-inf) it may not hold, else 0
+
+
+def _with_absmax_outputs(model, names: list[str]) -> Probes:
+    """Add to `model`, right after each tensor of `names` is written, scalar outputs: its largest finite |value|
+    (0 when it has none) and whether it holds a value it may not: NaN or +-inf, or NaN alone in a mask the
+    graph builds on purpose (`MASK_PREFIX`: masked_fill with -inf before a softmax, the same in fp16).
+    Reduced inside the graph so that ONNX Runtime frees each tensor once read: every tensor as an output held
+    24 GB for one full-size ViT-B-16 + DINO B/8 crop (the proxy's 12 x 1765^2 attention maps)."""
     from onnx import TensorProto, helper
+
+    from fsa_deploy.contract import MASK_PREFIX
 
     model.graph.initializer.extend([helper.make_tensor("fsa_absmax.zero", FLOAT, [1], [0.0]),
                                     helper.make_tensor("fsa_absmax.inf", FLOAT, [1], [math.inf]),
                                     helper.make_tensor("fsa_absmax.flat", TensorProto.INT64, [1], [-1])])
-    wanted, out, nodes = set(names), {}, []
+    wanted, absmax, bad, nodes = set(names), {}, {}, []
+
+    def add(op: str, ins: list[str], out: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
+        return out
+
+    def largest(p: str, x: str) -> str:  # max over a flattened tensor; 0 for an empty one
+        flat = add("Reshape", [x, "fsa_absmax.flat"], p + ".Reshape")
+        both = add("Concat", [flat, "fsa_absmax.zero"], p + ".Concat", axis=0)
+        return add("ReduceMax", [both], p, keepdims=0)
 
     def chain(t: str) -> None:
-        p = f"fsa_absmax.{len(out)}"
-        steps = [("Abs", [t]), ("Less", [p + ".Abs", "fsa_absmax.inf"]),  # NaN and inf fail the test
-                 ("Where", [p + ".Less", p + ".Abs", "fsa_absmax.zero"]),
-                 ("Reshape", [p + ".Where", "fsa_absmax.flat"]),
-                 ("Concat", [p + ".Reshape", "fsa_absmax.zero"])]  # the 0 makes an empty tensor's max 0
-        for op, ins in steps:
-            extra = {"axis": 0} if op == "Concat" else {}
-            nodes.append(helper.make_node(op, ins, [p + "." + op], name=p + "." + op, **extra))
-        nodes.append(helper.make_node("ReduceMax", [p + ".Concat"], [p], name=p + ".ReduceMax", keepdims=0))
-        model.graph.output.append(helper.make_tensor_value_info(p, FLOAT, []))
-        out[t] = p
+        p = f"fsa_absmax.{len(absmax)}"
+        a = add("Abs", [t], p + ".Abs")
+        finite = add("Less", [a, "fsa_absmax.inf"], p + ".Less")  # NaN and inf fail the test
+        absmax[t] = largest(p, add("Where", [finite, a, "fsa_absmax.zero"], p + ".Where"))
+        forbidden = add("IsNaN", [t], p + ".IsNaN") if t.startswith(MASK_PREFIX) else add("Not", [finite], p + ".Not")
+        bad[t] = largest(p + ".bad", add("Cast", [forbidden], p + ".Cast", to=FLOAT))
+        for o in (absmax[t], bad[t]):
+            model.graph.output.append(helper.make_tensor_value_info(o, FLOAT, []))
 
     for t in [i.name for i in model.graph.input if i.name in wanted]:
         chain(t)
     for n in list(model.graph.node):
         nodes.append(n)
         for t in n.output:
-            if t in wanted and t not in out:
+            if t in wanted and t not in absmax:
                 chain(t)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    return out
+    return Probes(absmax, bad)
 
 
-def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]]) -> Ranges:
+class NonFinite(FSAError):
+    """The fp32 graph itself is not finite on calibration data: no precision decision can rest on it."""
+
+
+INLINE_BYTES = 1_900_000_000  # protobuf's 2 GB limit, with a margin (export.onnx_export.EXTERNAL_DATA_BYTES)
+
+
+def ort_session(model, opts, inline_bytes: int = INLINE_BYTES):
+    """An ONNX Runtime CPU session on an in-memory `model` of any size: past `inline_bytes` (protobuf cannot
+    serialise 2 GB: ViT-H) the large initializers go to ONNX Runtime as OrtValues
+    (SessionOptions.add_external_initializers) and the graph is serialised without them."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    if model.ByteSize() <= inline_bytes:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    slim = onnx.ModelProto()
+    slim.CopyFrom(model)
+    names, values = [], []
+    for t in slim.graph.initializer:
+        if t.ByteSize() > 1024:  # stays declared, its bytes replaced by a reference that ORT resolves to the value
+            names.append(t.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t))))
+            nbytes = values[-1].numpy().nbytes
+            for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+                t.ClearField(f)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            for k, v in (("location", "fsa-in-memory"), ("offset", "0"), ("length", str(nbytes))):
+                t.external_data.add(key=k, value=v)
+    opts.add_external_initializers(names, values)
+    sess = ort.InferenceSession(slim.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess._fsa_values = values  # ORT reads the OrtValues' buffers for the session's life
+    return sess
+
+
+def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]], labels: list[str] | None = None) -> Ranges:
     """Run the fp32 graph once per feed; keep each float tensor's absmax (reduced in the graph) and each reducing
-    node's internal sum (from its input, in float64).
+    node's internal sum (from its input, in float64). Fails closed: a NaN or inf anywhere but in a mask built on
+    purpose (+-inf there, never NaN) raises NonFinite naming the first such tensor in graph order and the crop
+    (`labels[i]` for feed i).
 
     Memory, one full-size ViT-B-16 + DINO B/8 crop: 24 GB (killed) with every tensor as an output, 11.4 GB with the
     in-graph absmax in ONNX Runtime's default order (which runs the whole forward before the absmax chains), 4 GB
@@ -159,10 +217,11 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]]) -> Ranges:
     import onnxruntime as ort
 
     model = onnx.load(str(path))
-    names = float_tensors(model) + [i.name for i in model.graph.input if i.type.tensor_type.elem_type == FLOAT]
+    names = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == FLOAT] + float_tensors(model)
+    producer = {t: n for n in model.graph.node for t in n.output}
     consts = _constants(model)
     reducing = [n for n in model.graph.node if n.op_type in SQUARE_SUMS + PLAIN_SUMS]
-    absmax = _with_absmax_outputs(model, names)
+    probes = _with_absmax_outputs(model, names)
     existing = {o.name for o in model.graph.output}
     for t in dict.fromkeys(n.input[0] for n in reducing):  # LayerNorm / reduction inputs: [B, N, d] at most
         if t not in existing:
@@ -171,12 +230,20 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]]) -> Ranges:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as exported
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # see the docstring
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    wanted = list(dict.fromkeys([*absmax.values(), *(n.input[0] for n in reducing)]))
+    sess = ort_session(model, opts)
+    wanted = list(dict.fromkeys([*probes.absmax.values(), *probes.bad.values(), *(n.input[0] for n in reducing)]))
     r = Ranges()
-    for feed in feeds:
+    for i, feed in enumerate(feeds):
         values = dict(zip(wanted, sess.run(wanted, feed)))
-        for t, o in absmax.items():
+        first = next((t for t in names if values[probes.bad[t]] != 0), None)
+        if first is not None:
+            crop = labels[i] if labels and i < len(labels) else f"feed {i}"
+            node = producer.get(first)
+            raise NonFinite(f"{Path(path).name}: tensor {first} "
+                            + (f"({node.op_type} {node.name}) " if node is not None else "(graph input) ")
+                            + f"is NaN or inf in fp32 on calibration crop {crop}: the model overflows before any "
+                            "precision choice; refused")
+        for t, o in probes.absmax.items():
             r.absmax[t] = max(r.absmax.get(t, 0.0), float(values[o]))
         for n in reducing:
             x = values.get(n.input[0])
@@ -190,9 +257,14 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]]) -> Ranges:
                 s = (x ** 2).sum(axis=axes)
             else:
                 s = np.abs(x).sum(axis=axes)
-            r.sums[n.name] = max(r.sums.get(n.name, 0.0), float(np.max(s)))
+            r.sums[n.name] = max(r.sums.get(n.name, 0.0), _at_least_inf(float(np.max(s))))
         r.crops += len(next(iter(feed.values())))
     return r
+
+
+def _at_least_inf(v: float) -> float:
+    """NaN (a float64 sum of finite fp32 values never is one, but) counts as past every bound."""
+    return v if not math.isnan(v) else math.inf
 
 
 # ---------------------------------------------------------------- the audit
@@ -203,8 +275,8 @@ def _types(model) -> dict[str, int]:
 
     try:
         g = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:
-        g = model.graph
+    except (onnx.shape_inference.InferenceError, ValueError):  # past 2 GB (ValueError) or a graph it cannot type:
+        g = model.graph  # the types the graph itself declares
     out = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.value_info, *g.output, *g.input)}
     out.update({t.name: t.data_type for t in model.graph.initializer})
     return out
@@ -229,10 +301,39 @@ def _origin(model) -> dict[str, str]:
     return {t: root(t) for t in links}
 
 
+def _range_of(model, ranges: Ranges) -> Callable[[str], float | None]:
+    """Tensor -> its measured absmax in the fp32 graph, through AutoCast's Casts both ways: a Cast's output has
+    its input's range, and a tensor read only by Casts (AutoCast renames a graph output's producer's output and
+    casts it back to the output's name) has the range of what they write."""
+    origin = _origin(model)
+    readers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n.op_type)
+    casts: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if n.op_type == "Cast" and readers.get(n.input[0]) and all(op == "Cast" for op in readers[n.input[0]]):
+            casts.setdefault(n.input[0], []).append(n.output[0])
+
+    def of(t: str, depth: int = 0) -> float | None:
+        v = ranges.absmax.get(t, ranges.absmax.get(origin.get(t, t)))
+        if v is None and depth < 8:
+            found = [x for x in (of(o, depth + 1) for o in casts.get(t, ())) if x is not None]
+            v = max(found) if found else None
+        return v
+    return of
+
+
+def _past(v: float | None, bound: float) -> bool:
+    return v is not None and not v <= bound  # NaN is past every bound
+
+
 def audit(model, ranges: Ranges, low: Iterable[str] | None = None, bound: float = SAFE_FP16) -> list[Finding]:
     """Each node of `low` (default: the graph's fp16 nodes) whose inputs, outputs or internal sum pass
-    `bound`, from `ranges` measured on the fp32 graph. Shape-only nodes are checked on their outputs."""
+    `bound`, from `ranges` measured on the fp32 graph. Shape-only nodes are checked on their outputs; a NaN
+    range fails like an infinite one."""
     low = set(low_precision_nodes(model) if low is None else low)
+    range_of = _range_of(model, ranges)
     origin = _origin(model)
     init = {t.name for t in model.graph.initializer}
     found: list[Finding] = []
@@ -244,13 +345,13 @@ def audit(model, ranges: Ranges, low: Iterable[str] | None = None, bound: float 
         for t in tensors:
             if not t or t in init:
                 continue
-            v = ranges.absmax.get(origin.get(t, t))
-            if v is not None and v > bound and (worst is None or v > worst[0]):
-                worst = (v, f"tensor {origin.get(t, t)}")
+            v = range_of(t)
+            if _past(v, bound) and (worst is None or not v <= worst[0]):
+                worst = (v if v == v else math.inf, f"tensor {origin.get(t, t)}")
         s = ranges.sums.get(n.name)
-        if s is not None and s > bound and (worst is None or s > worst[0]):
+        if _past(s, bound) and (worst is None or not s <= worst[0]):
             what = "sum of squares" if n.op_type in SQUARE_SUMS else "sum"
-            worst = (s, f"internal {what}")
+            worst = (s if s == s else math.inf, f"internal {what}")
         if worst is not None:
             found.append(Finding(n.name, n.op_type, worst[1], worst[0], bound))
     return found
@@ -320,6 +421,75 @@ def policy_nodes(model, stages: dict[str, str], scope: str) -> list[str]:
     return sorted(walk.names(head) | {n.name for n in model.graph.node if scope and n.name.startswith(scope)})
 
 
+# ---------------------------------------------------------------- the precision policy: fp32 whatever the ranges
+
+SQUARING = ("Pow", "Mul")  # Pow(x, 2) or Mul(x, x): a square that a following ReduceMean / ReduceSum sums
+LOGIT_STEPS = ("Mul", "Div", "Add", "Sub", "Where", "MatMul")  # what forms a softmax's input: scale, mask, QK^T
+POLICY_RULES = ("layernorm", "square_sums", "softmax")
+
+
+def _is_square(node, consts: dict[str, np.ndarray]) -> bool:
+    if node.op_type == "Mul":
+        return len(node.input) == 2 and node.input[0] == node.input[1]
+    if node.op_type == "Pow" and node.input[1] in consts:
+        e = consts[node.input[1]]
+        return e.size == 1 and float(e.reshape(-1)[0]) == 2.0
+    return False
+
+
+def _float_constants(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in (FLOAT, FLOAT16, 11)}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.t.data_type in (FLOAT, FLOAT16, 11):
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def precision_policy(model) -> dict[str, list[str]]:
+    """The nodes that stay fp32 in the fp16 graph whatever the calibration ranges say, by rule:
+    `layernorm`: every LayerNormalization (a sum of squares inside: 768 channels at |d| = 10 reach 7.7e4);
+    `square_sums`: every ReduceSumSquare / ReduceL2 and every ReduceMean / ReduceSum of a square (Pow(x, 2),
+    Mul(x, x)), the square included; `softmax`: every Softmax and the steps that form its input back to and
+    including the MatMul (QK^T; scale, mask): a logit rounded in fp16 moves every probability of its row by exp.
+    A photo unlike the calibration crops cannot push these past fp16: they never run in it."""
+    consts = {**_constants(model), **_float_constants(model)}
+    producer = {t: n for n in model.graph.node for t in n.output}
+    out: dict[str, list[str]] = {k: [] for k in POLICY_RULES}
+    for n in model.graph.node:
+        if n.op_type == "LayerNormalization":
+            out["layernorm"].append(n.name)
+        elif n.op_type in ("ReduceSumSquare", "ReduceL2"):
+            out["square_sums"].append(n.name)
+        elif n.op_type in ("ReduceMean", "ReduceSum"):
+            p = producer.get(n.input[0])
+            if p is not None and p.op_type in SQUARING and _is_square(p, consts):
+                out["square_sums"] += [p.name, n.name]
+        elif n.op_type == "Softmax":
+            out["softmax"].append(n.name)
+            todo = [n.input[0]]
+            while todo:
+                p = producer.get(todo.pop())
+                if p is None or p.op_type not in LOGIT_STEPS or p.name in out["softmax"]:
+                    continue
+                out["softmax"].append(p.name)
+                if p.op_type != "MatMul":  # the MatMul is where the logits are formed: the walk stops there
+                    todo += [t for t in p.input if t and t not in consts]
+    return {k: sorted(set(v)) for k, v in out.items()}
+
+
+def policy_violations(model) -> list[str]:
+    """`fsa lint`: the policy's own nodes (LayerNorm, square sums, Softmax) of an fp16 graph that compute in fp16."""
+    low = set(low_precision_nodes(model))
+    ops = {n.name: n.op_type for n in model.graph.node}
+    rule = {name: k for k, names in precision_policy(model).items() for name in names}
+    return [f"{name} ({ops[name]}): computes in fp16; the precision policy ({rule[name]}) keeps it fp32 "
+            "[fp16 policy]" for name in sorted(set(rule) & low)]
+
+
 # ---------------------------------------------------------------- the fp16 graph
 
 
@@ -362,10 +532,12 @@ def to_fp16(fp32_path: str | Path, keep_fp32: Iterable[str]):
     return onnx.shape_inference.infer_shapes(model)
 
 
-def record(ranges: Ranges, kept: list[str], findings_all_fp16: list[Finding]) -> dict[str, Any]:
-    """meta.json's `fp16_audit` on the fp16 image graph's file record."""
-    return {"bound": SAFE_FP16, "fp32_islands": kept, "flagged_if_all_fp16": [asdict(f) for f in findings_all_fp16],
-            "ranges": ranges.describe()}
+def record(ranges: Ranges, kept: list[str], findings_all_fp16: list[Finding],
+           policy: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """meta.json's `fp16_audit` on the fp16 image graph's file record: `policy` (precision_policy's nodes by
+    rule, kept whatever the ranges), the measured audit (`flagged_if_all_fp16`, `ranges`) and every fp32 node."""
+    return {"bound": SAFE_FP16, "fp32_islands": kept, "policy": policy or {},
+            "flagged_if_all_fp16": [asdict(f) for f in findings_all_fp16], "ranges": ranges.describe()}
 
 
 # ---------------------------------------------------------------- fsa export --precision fp16, fsa lint
@@ -384,9 +556,10 @@ class Fp16Plan:
     record: dict[str, Any] | None = None
 
 
-def calibration_feeds(ref, images: tuple[str, ...], count: int) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(ref, images: tuple[str, ...], count: int) -> tuple[list[dict[str, np.ndarray]], list[str]]:
     """Crops cut as `fsa segment` cuts them (fsa calibrate's images and defaults), text from the
-    reference's text tower on the default vocabulary (first prompt template)."""
+    reference's text tower on the default vocabulary (first prompt template); and each crop's label
+    (`FILE crop i`) for the non-finite refusal."""
     import torch
     from fsa_deploy.models.dump import numpy_encoder
     from fsa_deploy.models.text import openai_templates
@@ -400,10 +573,11 @@ def calibration_feeds(ref, images: tuple[str, ...], count: int) -> list[dict[str
     if errors or not files:
         raise FSAError(errors[0] if errors else "--images: no calibration images (scikit-image's sample photos "
                        "are not installed)")
-    geo, parts, have = Geometry(crop=ref.spec.crop), [], 0
+    geo, parts, have, labels = Geometry(crop=ref.spec.crop), [], 0, []
     for f in files:  # the first `count` crops, cut as `fsa segment` cuts them (fsa calibrate does the same)
         batch, _ = crops_of(resize_image(load_image(f), geo), geo)
         parts.append(batch[: count - have])
+        labels += [f"{f} crop {i}" for i in range(len(parts[-1]))]
         have += len(parts[-1])
         if have >= count:
             break
@@ -411,7 +585,7 @@ def calibration_feeds(ref, images: tuple[str, ...], count: int) -> list[dict[str
     with torch.no_grad():
         text = classifier(numpy_encoder(ref), Vocabulary.from_file(DEFAULT_CLASSES).queries, openai_templates()[:1])
     return [{"image": crops[i:i + 1], "text_embeddings": np.asarray(text, dtype=np.float32)}
-            for i in range(len(crops))]
+            for i in range(len(crops))], labels
 
 
 def export_fp16(ref, path: Path, stages: dict[str, str], scope: str, plan: Fp16Plan,
@@ -420,20 +594,23 @@ def export_fp16(ref, path: Path, stages: dict[str, str], scope: str, plan: Fp16P
     import onnx
     from fsa_deploy.export.onnx_export import save_onnx
 
-    ranges = measure(path, calibration_feeds(ref, plan.images, plan.count))
+    ranges = measure(path, *calibration_feeds(ref, plan.images, plan.count))
     fp32 = onnx.load(str(path))
     flagged = audit(fp32, ranges, [n.name for n in fp32.graph.node])
-    keep = islands(fp32, ranges, policy_nodes(fp32, stages, scope)) if plan.islands else []
+    policy = precision_policy(fp32) if plan.islands else {}
+    always = policy_nodes(fp32, stages, scope) + [n for names in policy.values() for n in names]
+    keep = islands(fp32, ranges, always) if plan.islands else []
     model = to_fp16(path, keep)
     save_onnx(model, path, external_data_bytes)
-    plan.record = record(ranges, keep, flagged)
+    plan.record = record(ranges, keep, flagged, policy)
     return len(model.graph.node)
 
 
 def lint_lines(path: Path) -> tuple[list[str], str | None]:
-    """`fsa lint` on an artefact's fp16 graph: the audit from the ranges meta.json recorded at export.
+    """`fsa lint` on an artefact's fp16 graph: the precision policy (its nodes must compute in fp32) and the
+    measured audit from the ranges meta.json recorded at export.
 
-    Returns (violations, summary line); ([], None) for a graph without a recorded audit."""
+    Returns (violations, summary lines); ([], None) for a graph without a recorded audit."""
     import onnx
     from fsa_deploy.runtime.artifact import Artifact
 
@@ -443,8 +620,8 @@ def lint_lines(path: Path) -> tuple[list[str], str | None]:
         return [], None
     try:
         info = Artifact.load(path.parent).files().get(path.name) or {}
-    except Exception:
-        return [], None  # not readable as an artefact: the ONNX lint alone
+    except FSAError:
+        return [], None  # a meta.json that is not an artefact's: the ONNX lint alone
     rec = info.get("fp16_audit")
     if not isinstance(rec, dict):
         return [], None
@@ -453,6 +630,11 @@ def lint_lines(path: Path) -> tuple[list[str], str | None]:
     bound = float(rec.get("bound", SAFE_FP16))
     low = low_precision_nodes(model)
     found = audit(model, ranges, low, bound)
-    summary = (f"fp16 audit: {len(low)} fp16 nodes against |x| <= {bound:g} on {ranges.crops} calibration crops; "
-               f"{len(found)} past it; {len(rec.get('fp32_islands') or [])} fp32 islands")
-    return [f"{f.line()} [fp16 audit]" for f in found], summary
+    policy = precision_policy(model)
+    broken = policy_violations(model)
+    by_rule = ", ".join(f"{k} {len(v)}" for k, v in policy.items())
+    summary = (f"fp16 policy: {sum(map(len, policy.values()))} nodes fp32 whatever the ranges ({by_rule}); "
+               f"{len(broken)} in fp16\n"
+               f"fp16 audit (measured): {len(low)} fp16 nodes against |x| <= {bound:g} on {ranges.crops} calibration "
+               f"crops; {len(found)} past it; {len(rec.get('fp32_islands') or [])} fp32 islands")
+    return broken + [f"{f.line()} [fp16 audit]" for f in found], summary

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from fsa_deploy.export.graph_walk import Walk
@@ -37,6 +38,7 @@ from fsa_deploy.contract import (
     IMAGE,
     IMAGE_ONNX,
     LOGITS,
+    MASK_PREFIX,
     STAGE_PREFIX,
     STAGES,
     TEXT_EMBEDDINGS,
@@ -144,6 +146,33 @@ def name_nodes(graph: onnx.GraphProto, stages: list[str]) -> None:
         counts[key] = counts.get(key, 0) + 1
 
 
+def _infinite_constants(graph: onnx.GraphProto) -> set[str]:
+    from onnx import numpy_helper
+
+    arrays = [(t.name, t) for t in graph.initializer] + [
+        (n.output[0], a.t) for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    out = set()
+    for name, t in arrays:
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+            a = numpy_helper.to_array(t)
+            if a.size and np.isinf(a).all():
+                out.add(name)
+    return out
+
+
+def name_masks(graph: onnx.GraphProto) -> list[str]:
+    """The masks the model builds on purpose (models.fsa's masked_fill with +-inf: a Where with an infinite
+    constant branch) are renamed `mask.<i>`: the fp16 export's non-finite check allows +-inf in them only
+    (export.fp16_audit.measure). Returns the new names."""
+    inf = _infinite_constants(graph)
+    outputs = {o.name for o in graph.output}
+    olds = [n.output[0] for n in graph.node if n.op_type == "Where" and set(n.input[1:]) & inf
+            and not n.output[0].startswith(STAGE_PREFIX) and n.output[0] not in outputs]
+    for i, old in enumerate(olds):
+        _rename_tensor(graph, old, f"{MASK_PREFIX}{i}")
+    return [f"{MASK_PREFIX}{i}" for i in range(len(olds))]
+
+
 def finish_image_graph(model: onnx.ModelProto, stages: list[str]) -> dict[str, str]:
     """Rename stage outputs, keep `logits` as the only output; returns stage -> tensor name."""
     graph = model.graph
@@ -154,6 +183,7 @@ def finish_image_graph(model: onnx.ModelProto, stages: list[str]) -> dict[str, s
         _rename_tensor(graph, tensor, new)
         mapping[name] = new
     _rename_tensor(graph, graph.output[0].name, LOGITS)
+    name_masks(graph)
     name_nodes(graph, stages)
     keep = [o for o in graph.output if o.name == LOGITS]
     del graph.output[:]

@@ -24,6 +24,9 @@ CONTEXT_LENGTH = 77  # CLIP's token context
 # ---- stable names inside image.onnx
 STAGE_PREFIX = "stage."  # stage tensors are `stage.<name>`
 FEEDBACK_SCOPE = "feedback/"  # nodes of the feedback steps 8-13 are `feedback/<Op>_<i>`
+# masks built on purpose (masked_fill with +-inf before a softmax or a min): the only tensors of the fp32 graph that
+# may hold a non-finite value (+-inf, never NaN) on calibration data; named `mask.<i>` by the exporter
+MASK_PREFIX = "mask."
 # docs/CONTRACT.md's stage keys, in forward order
 STAGES = ("image", "proxy_features", "values", "text_embeddings", "attn_proxy", "attn_out1", "patch_logits",
           "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new", "features", "logits")

@@ -206,7 +206,10 @@ def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, cap
     capsys.readouterr()
     assert main(["lint", str(good / "image.onnx")]) == 0
     out = capsys.readouterr().out
-    assert "fp16 audit:" in out and "0 past it" in out
+    assert "fp16 audit (measured):" in out and "0 past it" in out
+    # the policy: every LayerNorm, square sum and softmax in fp32 whatever the ranges, shown beside the audit
+    assert "fp16 policy:" in out and " 0 in fp16" in out
+    assert rec["policy"]["layernorm"] and set(rec["policy"]["layernorm"]) <= set(rec["fp32_islands"])
     # the fp16 profile (pixels >= 99.9% vs the fp32 reference, ONNX Runtime CPU) on the worst photo: 99.76% before
     # the input normalisation stayed in fp32
     report = run_validation(str(good), images=[worst_photo()], profile="fp16")
@@ -216,6 +219,7 @@ def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, cap
     out = capsys.readouterr().out
     node = sorted(flagged)[0]
     assert "[fp16 audit]" in out and any(n in out for n in flagged) and "sum of squares" in out, (node, out)
+    assert "[fp16 policy]" in out and "LayerNormalization_0 (LayerNormalization): computes in fp16" in out
     rtx_builds(good, "fp16")
 
 

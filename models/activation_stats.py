@@ -6,6 +6,8 @@ Per block, on one crop (batch of one):
   `resid_outlier_channels`: how many channels reach 10x the median (the ones carrying it);
 - `high_norm_token_fraction`: patch tokens (prefix tokens excluded) whose residual-output L2 norm
   is >= 5x the median patch-token norm (high-norm tokens, Darcet et al., ICLR 2024);
+  `high_norm_tokens`: their indices (sorted, among the patch tokens, row-major over the grid);
+  `token_norm_ratio`: their median norm over the median patch-token norm (None where there are none);
 - `post_ln_channel_spread`: on the block's first LayerNorm output (affine included), each
   channel's absmax over tokens, largest over median (inter-channel variation, RepQ-ViT, ICCV 2023);
 - `attn_max_mean`: the block's attention probabilities averaged over heads, the mean over query
@@ -142,29 +144,32 @@ def _ratio(absmax: torch.Tensor) -> float:
     return float(absmax.max() / absmax.median().clamp_min(1e-30))
 
 
-def block_stats(c: Captured, prefix: int) -> dict[str, float]:
+def block_stats(c: Captured, prefix: int) -> dict[str, Any]:
     """The four statistics (and the outlier channel count) of one captured block."""
     assert c.resid is not None and c.ln1 is not None and c.probs is not None
     absmax = c.resid.abs().amax(dim=0)
     norms = c.resid[prefix:].norm(dim=-1)
+    high = norms >= HIGH_NORM_FACTOR * norms.median()
     return {
         "resid_absmax_ratio": _ratio(absmax),
         "resid_outlier_channels": int((absmax >= OUTLIER_FACTOR * absmax.median()).sum()),
-        "high_norm_token_fraction": float((norms >= HIGH_NORM_FACTOR * norms.median()).float().mean()),
+        "high_norm_token_fraction": float(high.float().mean()),
+        "high_norm_tokens": torch.nonzero(high).flatten().tolist(),
+        "token_norm_ratio": float(norms[high].median() / norms.median().clamp_min(1e-30)) if high.any() else None,
         "post_ln_channel_spread": _ratio(c.ln1.abs().amax(dim=0)),
         "attn_max_mean": float(c.probs.amax(dim=-1).mean()),
         "tokens": int(c.probs.shape[-1]),
     }
 
 
-def trunk_stats(trunk: TrunkView, run: Callable[[], Any]) -> list[dict[str, float]]:
+def trunk_stats(trunk: TrunkView, run: Callable[[], Any]) -> list[dict[str, Any]]:
     """Statistics of every block while `run()` makes one forward of a batch of one."""
     with torch.no_grad(), capture(trunk) as caps:
         run()
     return [{"block": i, **block_stats(c, trunk.prefix)} for i, c in enumerate(caps)]
 
 
-def model_stats(model: nn.Module, crop: torch.Tensor) -> dict[str, list[dict[str, float]]]:
+def model_stats(model: nn.Module, crop: torch.Tensor) -> dict[str, list[dict[str, Any]]]:
     """{clip: [...], proxy: [...]} for an FSAModel on one crop [3, S, S] (RGB 0-255).
 
     The CLIP trunk is every resblock, the last one included (its output is not used by FSA, but

@@ -27,6 +27,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--real-stats", action="store_true", help="with --random-init: shape the random weights to "
                    "show trained ViTs' outliers (massive activations, high-norm tokens, post-LayerNorm channel "
                    "spread; README: Real-weight statistics)")
+    add_ranged(g, "--real-stats-scale", "with --real-stats: multiply every planted magnitude (gain outliers, massive "
+               "activations, the attention boost) by X (default 1: the published figures)", default=1.0)
     g.add_argument("--attention", default="proxy", help="proxy, qk, sclip, clearclip or naclip (default proxy)")
     g.add_argument("--proxy", default="dino",
                    help="dino, dinov2, dinov2-noreg, sam, mae or tiny-* (default dino; proxy only)")
@@ -52,11 +54,14 @@ def spec_from_args(args: argparse.Namespace):
     elif args.checkpoint:
         weights = Weights(checkpoint=args.checkpoint)
     elif args.random_init:
-        weights = Weights(seed=args.seed, real_stats=bool(getattr(args, "real_stats", False)))
+        weights = Weights(seed=args.seed, real_stats=bool(getattr(args, "real_stats", False)),
+                          real_stats_scale=float(getattr(args, "real_stats_scale", 1.0)))
     else:
         raise FSAError("weights: give --pretrained TAG, --checkpoint PATH or --random-init [--seed N]")
     if getattr(args, "real_stats", False) and not args.random_init:
         raise FSAError("--real-stats goes with --random-init (it shapes random weights)")
+    if getattr(args, "real_stats_scale", 1.0) != 1.0 and not getattr(args, "real_stats", False):
+        raise FSAError("--real-stats-scale goes with --random-init --real-stats")
     proxy = args.proxy if args.attention == "proxy" else None
     hp = default_hp(args.model, proxy, lamda=args.lamda, beta=args.beta, gamma=args.gamma, top_p=args.top_p)
     return ModelSpec(model=args.model, weights=weights, attention=args.attention, proxy=proxy,

@@ -114,9 +114,9 @@ def build(spec: ModelSpec, formulation: str = "deploy") -> Reference:
     if spec.weights.real_stats:  # before FSAModel resizes the positional embedding for the crop
         from fsa_deploy.models import real_stats
 
-        seed = int(spec.weights.seed or 0)
-        real_stats.apply_clip(clip.visual, seed)
-        if proxy is not None and spec.proxy_checkpoint is None:
-            real_stats.apply_proxy(proxy.net, seed + 1)  # the proxy's own seed (models.proxies)
+        seed, w = int(spec.weights.seed or 0), spec.weights
+        real_stats.apply_clip(clip.visual, seed, w.recipe_name, w.real_stats_scale)
+        if proxy is not None and spec.proxy_checkpoint is None:  # the proxy's own seed (models.proxies)
+            real_stats.apply_proxy(proxy.net, seed + 1, proxy.spec.family, w.recipe_name, w.real_stats_scale)
     cfg = FSAConfig(attention=spec.attention, fsa=spec.fsa, crop=spec.crop, hp=spec.hp)
     return Reference(spec, FSAModel(clip, proxy, cfg, formulation).eval(), clip, records)

@@ -46,6 +46,8 @@ class Weights:
     seed: int | None = None
     cache_dir: str | None = None
     real_stats: bool = False
+    real_stats_scale: float = 1.0  # --real-stats-scale: every planted magnitude x this (1 = published figures)
+    recipe: str | None = None  # the --real-stats recipe (None: models.real_stats.RECIPE, the current one)
 
     def __post_init__(self) -> None:
         given = [x is not None for x in (self.pretrained, self.checkpoint, self.seed)]
@@ -55,13 +57,22 @@ class Weights:
             raise FSAError("--cache-dir goes with --pretrained TAG (a checkpoint file is read as it is)")
         if self.real_stats and self.seed is None:
             raise FSAError("--real-stats goes with --random-init (it shapes random weights)")
+        if not (math.isfinite(self.real_stats_scale) and self.real_stats_scale > 0):
+            raise FSAError(f"--real-stats-scale {self.real_stats_scale}: not a finite number > 0")
+        if self.real_stats_scale != 1.0 and not self.real_stats:
+            raise FSAError("--real-stats-scale goes with --random-init --real-stats")
+
+    @property
+    def recipe_name(self) -> str:
+        from fsa_deploy.models.real_stats import RECIPE
+
+        return self.recipe or RECIPE
 
     def describe(self) -> dict[str, Any]:
         """The weights source as recorded in meta.json."""
         if self.seed is not None and self.real_stats:  # a source older readers refuse (never build it plain)
-            from fsa_deploy.models.real_stats import RECIPE
-
-            return {"source": REAL_STATS_SOURCE, "seed": self.seed, "recipe": RECIPE}
+            out = {"source": REAL_STATS_SOURCE, "seed": self.seed, "recipe": self.recipe_name}
+            return out if self.real_stats_scale == 1.0 else {**out, "scale": self.real_stats_scale}
         if self.seed is not None:
             return {"source": "random-init", "seed": self.seed}
         if self.checkpoint is not None:
@@ -84,7 +95,11 @@ class Weights:
             if d.get("recipe") not in RECIPES:
                 raise FSAError(f"{what}: --real-stats recipe {d.get('recipe')!r} is unknown to this fsa-deploy "
                                f"(it rebuilds {', '.join(RECIPES)}); re-export")
-            return cls(seed=int(d["seed"]), real_stats=True)
+            scale = d.get("scale", 1.0)
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale)
+                                                                                     and scale > 0):
+                raise FSAError(f"{what}: --real-stats scale {scale!r} is not a finite number > 0")
+            return cls(seed=int(d["seed"]), real_stats=True, real_stats_scale=float(scale), recipe=str(d["recipe"]))
         if source == "pretrained":
             return cls(pretrained=str(d["tag"]), cache_dir=d.get("cache_dir"))
         if source == "checkpoint":

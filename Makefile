@@ -18,7 +18,7 @@ BROWSER_APT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && g
 REQUIRE_BROWSER := $(if $(or $(BROWSER_APT),$(wildcard /usr/bin/chromium)),1,)
 
 .PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve bench-serve-full
-.PHONY: bench-real-stats bench-real-stats-rows
+.PHONY: bench-real-stats bench-real-stats-rows bench-envelope
 
 setup: $(STAMP) $(SERVE_STAMP) browser
 
@@ -153,3 +153,9 @@ app-screenshot: setup
 # The page's latency against fsa segment's on the same photos (docs/BENCHMARKS.md); ART=DIR as above.
 bench-app: setup
 	$(BIN)/python -m fsa_deploy.validation.bench.app bench --json out/bench/app$(if $(ART),-$(notdir $(ART))).json $(if $(ART),--artifact $(ART))
+
+# fidelity over the outlier scale: --real-stats-scale 0.1-30 on tiny, fp16 (policy) / naive fp16 / int8 / fp8, each
+# through fsa validate and the fp16 emulation (docs/BENCHMARKS.md "Envelope"; ~5 min a point on 2 cores)
+bench-envelope: setup
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.envelope --work out/bench/envelope \
+	  --json docs/envelope.json --md out/bench/envelope.md --plot docs/envelope.png

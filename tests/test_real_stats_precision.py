@@ -27,9 +27,14 @@ from fsa_deploy.export import fp16_audit as F
 from fsa_deploy.models.weights import Weights
 from fsa_deploy.validation.fp16_emulate import run_graph
 
+# real-stats-2 at published magnitudes does not reach fp16's limits on the tiny model (docs/BENCHMARKS.md, the
+# envelope): these checks are shown where the outliers do, 30x the published magnitudes (the envelope's top point)
+SCALE = 30.0
+
 
 def spec(real: bool):
-    return dataclasses.replace(tiny_spec(), weights=Weights(seed=0, real_stats=real))
+    return dataclasses.replace(tiny_spec(), weights=Weights(seed=0, real_stats=real,
+                                                            real_stats_scale=SCALE if real else 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +99,27 @@ def test_naive_fp16_fails_the_audit_and_the_emulation_shows_it(graphs):
     findings = F.audit(naive, ranges)
     ln = [f for f in findings if f.op == "LayerNormalization" and f.what == "internal sum of squares"]
     assert ln, [f.line() for f in findings]
-    assert all(f.value > 10 * F.SAFE_FP16 for f in ln)  # massive activations: ~1e6, far past fp16
+    assert all(f.value > 10 * F.SAFE_FP16 for f in ln)  # massive activations: far past fp16
     assert ln[0].node in {n.name for n in naive.graph.node} and ln[0].node in ln[0].line()
     ref = ort_logits(path, feed)
     # ONNX Runtime's CPU sees nothing wrong (it computes inside the node in fp32) ...
     assert agreement(ort_logits(naive, feed), ref) >= 0.999
-    # ... fp16 arithmetic inside the LayerNorms does: the emulation loses pixels
-    emulated = run_graph(naive, feed)["logits"]
-    assert agreement(emulated, ref) < 0.97
+    # ... fp16 accumulation inside the flagged LayerNorm does: its sum of squares overflows, the high-norm
+    # tokens' rows collapse to the bias; fp32 accumulation (TensorRT's default) computes them
+    worst = max(ln, key=lambda f: f.value)
+    out = next(n.output[0] for n in naive.graph.node if n.name == worst.node)
+    x = next(n.input[0] for n in naive.graph.node if n.name == worst.node)
+    exact = run_graph(onnx.load(str(path)), feed, keep=(out, x))
+    centred = exact[x] - exact[x].mean(axis=-1, keepdims=True)
+    at = np.abs(centred) > 256  # a square past fp16's 65504: the massive channels at the high-norm tokens
+    assert at.any()
+    err = {}
+    for m in ("fp16-storage-fp32-accumulate", "fp16-accumulate"):
+        with np.errstate(all="ignore"):
+            y = run_graph(naive, feed, keep=(out,), precision=m)[out]
+        e = np.nan_to_num(y[at] - exact[out][at], nan=1e9, posinf=1e9, neginf=1e9)
+        err[m] = float(np.linalg.norm(e) / np.linalg.norm(exact[out][at]))
+    assert err["fp16-accumulate"] > 0.5 and err["fp16-storage-fp32-accumulate"] < 0.01, err
     # plain random init: the same naive graph passes the audit, and the emulation loses far less
     p_path, p_ranges, _ = g[False]
     p_naive = F.to_fp16(p_path, [])
@@ -113,15 +131,18 @@ def test_islands_pass_the_audit_and_the_emulation(graphs):
     (g, feed) = graphs
     path, ranges, mapping = g[True]
     fp32 = onnx.load(str(path))
-    keep = F.islands(fp32, ranges, F.policy_nodes(fp32, mapping, "feedback/"))
+    policy = [n for names in F.precision_policy(fp32).values() for n in names]
+    keep = F.islands(fp32, ranges, F.policy_nodes(fp32, mapping, "feedback/") + policy)
     flagged = {f.node for f in F.audit(fp32, ranges, [n.name for n in fp32.graph.node])}
-    assert flagged and flagged <= set(keep)
+    assert flagged and flagged <= set(keep) and set(policy) <= set(keep)
     model = F.to_fp16(path, keep)
     low = F.low_precision_nodes(model)
-    assert len(low) > 100 and not set(low) & flagged  # most of the graph in fp16, the flagged ones not
-    assert F.audit(model, ranges) == []
+    assert len(low) > 90 and not set(low) & flagged  # most of the graph in fp16, the flagged ones not
+    assert F.audit(model, ranges) == [] and F.policy_violations(model) == []
     ref = ort_logits(path, feed)
-    assert agreement(run_graph(model, feed)["logits"], ref) >= 0.999
+    # at 30x the published magnitudes the fp16 trunk's storage rounding flips 1 of the 392 positions of these two
+    # crops under both emulation models (docs/BENCHMARKS.md, the envelope); none on the worst photo below
+    assert agreement(run_graph(model, feed)["logits"], ref) >= 0.997
     # the fp16 profile's 99.9% on the worst photo's 3 crops (588 positions: no flip), ORT and fp16 arithmetic alike;
     # with (x - mean) / std in fp16 ORT flipped 2 positions there and the emulation 1
     moto = photo_feed(worst_photo())

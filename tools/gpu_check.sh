@@ -4,6 +4,11 @@
 #   2. `fsa validate --backend trt` on a tiny and a full-size (ViT-B-16 + DINO B/8, 336) engine of the
 #      TensorRT flavour this GPU supports (TensorRT 10/11 when installed, else TensorRT-RTX on SM 8.0-12.x)
 #   3. `fsa bench`'s CUDA rows on the full-size export
+#   4. precision without TensorRT (validation/gpu_precision.py): the PyTorch reference on CUDA in true half, in the
+#      export's split and in autocast against fp32, per stage, plain and --real-stats, tiny and full size; and the
+#      fp16 emulation's prediction against the real CUDA half run (tiny)
+# GPU_CHECK_DRY_RUN=1: no GPU needed; runs step 4's flow on the CPU (tiny; GPU_CHECK_WEIGHTS picks the weights) and
+# skips the rest with the reason: what tests/test_fail_closed.py runs.
 # Prints the card and the figures as a markdown block for docs/BENCHMARKS.md (also $OUT_DIR/report.md),
 # and says what it skipped and why. Each step has a time budget; exit 1 if a step that ran failed.
 set -uo pipefail
@@ -34,6 +39,23 @@ step() {
   failed=1; tail -5 "$LOG" | sed 's/^/    /'; return 1
 }
 
+precision_step() {  # DEVICE SIZES LIMIT
+  step "precision: PyTorch $1 half / split / autocast vs fp32 ($2)" "$3" "$PY" -m fsa_deploy.validation.gpu_precision \
+    --device "$1" --sizes "$2" --weights "${GPU_CHECK_WEIGHTS:-plain,real-stats}" \
+    --json "$OUT_DIR/precision-$1.json" --md "$OUT_DIR/precision-$1.md" || true
+}
+
+if [ -n "${GPU_CHECK_DRY_RUN:-}" ]; then
+  echo "== dry run on the CPU: no GPU used"
+  precision_step cpu tiny 300
+  skip "pytest -m 'gpu or tensorrt', fsa build / validate --backend trt, bench CUDA rows" "dry run (no GPU)"
+  { echo "### GPU check dry run (CPU)"; echo; echo "| step | result | time |"; echo "|---|---|---|"
+    printf '%s\n' "${rows[@]}"; echo; printf '%s\n' "${skipped[@]}"
+    [ -f "$OUT_DIR/precision-cpu.md" ] && { echo; cat "$OUT_DIR/precision-cpu.md"; }; } >"$REPORT"
+  cat "$REPORT"
+  exit $failed
+fi
+
 card=$(nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 if [ -z "$card" ]; then echo "gpu-check: no NVIDIA GPU (nvidia-smi found none): nothing to check" >&2; exit 2; fi
 cc=$(echo "$card" | cut -d, -f2 | tr -d ' ')
@@ -61,7 +83,9 @@ EOF
 engine=${flavour%% *}
 echo "== TensorRT: ${flavour#* }"
 
-step "pytest -m 'gpu or tensorrt'" 180 "$BIN/python" -m pytest -q -ra -m "gpu or tensorrt" -p no:cacheprovider \
+precision_step cuda tiny,full 200  # first: it needs no TensorRT, and what it shows is the point on a bare GPU
+
+step "pytest -m 'gpu or tensorrt'" 120 "$BIN/python" -m pytest -q -ra -m "gpu or tensorrt" -p no:cacheprovider \
   || true
 grep -E "passed|failed|skipped" "$LOG" | tail -1 | sed 's/^/    /'
 
@@ -114,6 +138,7 @@ print(f"\n{sys.argv[1].rsplit('/', 1)[-1]}: " + ", ".join(f"{k}={v}" for k, v in
 EOF
   done
   [ -f "$OUT_DIR/bench.md" ] && { echo; cat "$OUT_DIR/bench.md"; }
+  [ -f "$OUT_DIR/precision-cuda.md" ] && { echo; cat "$OUT_DIR/precision-cuda.md"; }
 } >"$REPORT"
 echo
 cat "$REPORT"

@@ -1,14 +1,24 @@
 """An fp16 emulation of an ONNX graph in torch, independent of the fp16 range audit (export.fp16_audit).
 
 Each node runs in the dtype its tensors have in the graph: a node AutoCast left in fp16 computes in
-torch.float16, an fp32 island in float32. LayerNormalization and Softmax are decomposed into
-their elementwise steps, each rounded to the node's dtype, as a GPU fp16 kernel without
-mixed-precision accumulation would compute them (ONNX Runtime's CPU kernels upcast inside the
-node and cannot show this). It is a test instrument: the op table covers the ops fsa export writes.
+torch.float16, an fp32 island in float32 (ONNX Runtime's CPU kernels upcast inside the node and cannot
+show what an fp16 kernel does). The precision model is stated, one of PRECISION_MODELS:
+
+- `fp16-storage-fp32-accumulate` (the default; TensorRT's default for fp16 GEMMs and reductions): every
+  tensor an fp16 node writes is rounded to fp16, and every sum inside a node (MatMul's dot products,
+  ReduceSum / ReduceMean / ReduceL2, LayerNormalization's mean and variance, which follow the graph's fp32
+  `stash_type`, Softmax's denominator) accumulates in fp32 and is rounded once.
+- `fp16-accumulate` (a worst case for reductions): those sums accumulate in fp16, as a pairwise tree whose
+  every partial sum is rounded to fp16 (what numpy's float16 sum does): LayerNorm's sum of squares on 768
+  channels at |d| = 10 (7.7e4) overflows here and not in the default model. MatMul keeps fp32 accumulation.
+
+Elementwise steps (d * d, exp) are rounded to the node's dtype in both. It is a test instrument: the op table
+covers the ops fsa export writes.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+PRECISION_MODELS = ("fp16-storage-fp32-accumulate", "fp16-accumulate")
+_FP16_ACCUMULATE = contextvars.ContextVar("fp16_accumulate", default=False)  # set by run_graph from its model
 DTYPES = {1: torch.float32, 10: torch.float16, 11: torch.float64, 6: torch.int32, 7: torch.int64, 9: torch.bool}
 
 
@@ -32,19 +44,58 @@ def _ints(t: torch.Tensor | None) -> list[int]:
     return [] if t is None else [int(v) for v in t.reshape(-1).tolist()]
 
 
-def _layer_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, axis: int, eps: float) -> torch.Tensor:
+def _tree_sum(x: torch.Tensor, dims: tuple[int, ...], keep: bool) -> torch.Tensor:
+    """The sum over `dims` as a pairwise tree in x's dtype: every partial sum rounded (fp16 accumulation)."""
+    dims = tuple(sorted(d % x.dim() for d in dims))
+    rest = [d for d in range(x.dim()) if d not in dims]
+    y = x.permute(*rest, *dims)
+    y = y.reshape(*y.shape[:len(rest)], -1)
+    while y.shape[-1] > 1:
+        if y.shape[-1] % 2:
+            y = torch.cat([y, torch.zeros_like(y[..., :1])], dim=-1)
+        y = y[..., 0::2] + y[..., 1::2]
+    y = y[..., 0] if y.shape[-1] else torch.zeros(y.shape[:-1], dtype=x.dtype)
+    if keep:
+        for d in dims:
+            y = y.unsqueeze(d)
+    return y
+
+
+def _sum(x: torch.Tensor, dims, keep: bool = True) -> torch.Tensor:
+    """A node's internal sum: accumulated in fp32 and rounded once (default model), or in fp16 (`fp16-accumulate`)."""
+    dims = tuple(dims)
+    if x.dtype == torch.float16 and _FP16_ACCUMULATE.get():
+        return _tree_sum(x, dims, keep)
+    return x.float().sum(dim=dims, keepdim=keep).to(x.dtype)
+
+
+def _mean(x: torch.Tensor, dims, keep: bool = True) -> torch.Tensor:
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    if x.dtype == torch.float16 and _FP16_ACCUMULATE.get():
+        return _tree_sum(x, tuple(dims), keep) / torch.tensor(float(n), dtype=x.dtype)
+    return x.float().mean(dim=tuple(dims), keepdim=keep).to(x.dtype)
+
+
+def _layer_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, axis: int, eps: float,
+                stash: int = 1) -> torch.Tensor:
+    """ONNX LayerNormalization: the statistics in `stash_type` (1: fp32, the default) unless fp16 accumulation
+    is the model, where they accumulate in the input's dtype; the output in the input's dtype."""
     dims = tuple(range(axis % x.dim(), x.dim()))
-    mean = x.mean(dim=dims, keepdim=True)
-    d = x - mean
-    var = (d * d).mean(dim=dims, keepdim=True)  # d * d in the node's dtype: where fp16 overflows
-    y = d / torch.sqrt(var + torch.tensor(eps, dtype=x.dtype))
+    acc16 = x.dtype == torch.float16 and _FP16_ACCUMULATE.get()
+    s = x if acc16 or stash != 1 else x.float()
+    mean = _mean(s, dims)
+    d = s - mean
+    var = _mean(d * d, dims)  # d * d in the statistics' dtype: where fp16 accumulation overflows
+    y = (d / torch.sqrt(var + torch.tensor(eps, dtype=s.dtype))).to(x.dtype)
     y = y * scale
     return y + bias if bias is not None else y
 
 
 def _softmax(x: torch.Tensor, axis: int) -> torch.Tensor:
     e = torch.exp(x - x.amax(dim=axis, keepdim=True))
-    return e / e.sum(dim=axis, keepdim=True)
+    return e / _sum(e, (axis,))
 
 
 def _reduce(fn: Callable[..., torch.Tensor]) -> Callable:
@@ -176,18 +227,31 @@ OPS: dict[str, Callable[..., Any]] = {
         _attr(n, "axis", 0)]).reshape(*x.shape[:_attr(n, "axis", 0) % x.dim()], *i.shape,
                                       *x.shape[_attr(n, "axis", 0) % x.dim() + 1:]),
     "Slice": _slice, "Split": _split, "Resize": _resize, "TopK": _topk, "CumSum": _cumsum,
-    "ReduceMean": _reduce(lambda x, d, k: x.mean(dim=d, keepdim=k)),
-    "ReduceSum": _reduce(lambda x, d, k: x.sum(dim=d, keepdim=k)),
+    "ReduceMean": _reduce(lambda x, d, k: _mean(x, d, k)),
+    "ReduceSum": _reduce(lambda x, d, k: _sum(x, d, k)),
     "ReduceMax": _reduce(lambda x, d, k: x.amax(dim=d, keepdim=k)),
     "ReduceMin": _reduce(lambda x, d, k: x.amin(dim=d, keepdim=k)),
-    "ReduceL2": _reduce(lambda x, d, k: torch.sqrt((x * x).sum(dim=d, keepdim=k))),
-    "LayerNormalization": lambda n, x, s, b=None: _layer_norm(x, s, b, _attr(n, "axis", -1), _attr(n, "epsilon", 1e-5)),
+    "ReduceL2": _reduce(lambda x, d, k: torch.sqrt(_sum(x * x, d, k))),
+    "LayerNormalization": lambda n, x, s, b=None: _layer_norm(x, s, b, _attr(n, "axis", -1), _attr(n, "epsilon", 1e-5),
+                                                              _attr(n, "stash_type", 1)),
     "Softmax": lambda n, x: _softmax(x, _attr(n, "axis", -1)),
 }
 
 
-def run_graph(model, feeds: dict[str, np.ndarray], keep: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Evaluate `model` node by node in torch; returns the graph outputs and the tensors in `keep`."""
+def run_graph(model, feeds: dict[str, np.ndarray], keep: tuple[str, ...] = (),
+              precision: str = PRECISION_MODELS[0]) -> dict[str, np.ndarray]:
+    """Evaluate `model` node by node in torch under `precision` (PRECISION_MODELS); returns the graph outputs and
+    the tensors in `keep`."""
+    if precision not in PRECISION_MODELS:
+        raise ValueError(f"precision model {precision!r}: choose from {', '.join(PRECISION_MODELS)}")
+    token = _FP16_ACCUMULATE.set(precision == "fp16-accumulate")
+    try:
+        return _run(model, feeds, keep)
+    finally:
+        _FP16_ACCUMULATE.reset(token)
+
+
+def _run(model, feeds: dict[str, np.ndarray], keep: tuple[str, ...]) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
     env: dict[str, torch.Tensor] = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())

@@ -1,0 +1,182 @@
+"""`make bench-envelope`: fidelity over the range of outlier magnitudes, `--real-stats-scale` swept on the tiny model.
+
+For each scale: the fp32 export (`--random-init --real-stats --real-stats-scale X`), the fp16 export with the
+precision policy and the measured islands, the naive all-fp16 graph (`--no-fp16-islands`), and fsa calibrate's
+int8 and fp8 graphs; each validated with `fsa validate` (ONNX Runtime CPU against the PyTorch reference: pixel
+agreement, mIoU, non-finite logits) on the sample photos, and the fp16 graphs also through the fp16 emulation
+(validation.fp16_emulate, both precision models: what an fp16 kernel computes, which ONNX Runtime's CPU does not
+show). A scale whose fp32 graph is not finite on the calibration crops is refused by the fp16 export: recorded as
+`refused`. Writes JSON, a Markdown table and a heatmap PNG; minutes per point on 2 cores: run it under the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROFILES = {"fp16": (0.999, None), "fp16-naive": (0.999, None), "int8": (0.99, 0.97), "fp8": (0.99, 0.97)}
+SCALES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+MODEL = ["--model", "tiny", "--proxy", "tiny-dino", "--crop", "112", "--random-init", "--real-stats", "--seed", "0"]
+
+
+def fsa(*args: str) -> tuple[int, str]:
+    """The CLI in this process; (exit code, last stderr line)."""
+    from fsa_deploy.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main([str(a) for a in args])
+    lines = err.getvalue().strip().splitlines()
+    return rc, lines[-1] if lines else ""
+
+
+def validated(folder: Path, graph: str, work: Path, photos: list[str]) -> dict[str, Any]:
+    out = work / f"{folder.name}-{graph}.json"
+    rc, line = fsa("validate", folder, "--graph", graph, "--images", *photos, "--json", out, "--overwrite")
+    if not out.is_file():
+        return {"error": line}
+    s = json.loads(out.read_text())["summary"]
+    return {"rc": rc, "pixels": s["pixel_agreement_min"], "miou": s["miou_min"], "nonfinite": s["nonfinite_logits"]}
+
+
+def emulated(folder: Path, photos: list[str]) -> dict[str, float]:
+    """Pixel agreement of the fp16 graph under each emulation precision model against the fp32 graph (ORT)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from fsa_deploy.runtime.images import load_image
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+    from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
+
+    geo = Geometry(crop=112)
+    crops = np.concatenate([crops_of(resize_image(load_image(p), geo), geo)[0] for p in photos]).astype(np.float32)
+    text = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    feed = {"image": crops, "text_embeddings": text}
+    ref = ort.InferenceSession(str(folder.parent / "fp32" / "image.onnx"),
+                               providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]
+    model = onnx.load(str(folder / "image.onnx"))
+    out = {}
+    for m in PRECISION_MODELS:
+        with np.errstate(all="ignore"):
+            y = run_graph(model, feed, precision=m)["logits"]
+        out[m] = float((y.argmax(1) == ref.argmax(1)).mean()) if np.isfinite(y).all() else 0.0
+    return out
+
+
+def passes(kind: str, row: dict[str, Any]) -> bool:
+    pix, miou = PROFILES[kind]
+    return ("pixels" in row and row["pixels"] >= pix and row["nonfinite"] == 0
+            and (miou is None or row["miou"] >= miou))
+
+
+def point(scale: float, work: Path, photos: list[str], count: int) -> dict[str, Any]:
+    base = work / f"s{scale:g}"
+    row: dict[str, Any] = {"scale": scale}
+    t0 = time.perf_counter()
+    scale_arg = ["--real-stats-scale", str(scale)]
+    rc, line = fsa("export", "--out", base / "fp32", "--overwrite", "--quiet", "--no-lint", *MODEL, *scale_arg)
+    if rc:
+        return {**row, "error": line}
+    for kind, extra in (("fp16", []), ("fp16-naive", ["--no-fp16-islands"])):
+        rc, line = fsa("export", "--out", base / kind, "--overwrite", "--quiet", "--no-lint", "--precision", "fp16",
+                       *extra, *MODEL, *scale_arg)
+        if rc:
+            row[kind] = {"refused": line}
+            continue
+        row[kind] = validated(base / kind, "image.onnx", work, photos)
+        row[kind]["emulated"] = emulated(base / kind, photos)
+    for prec in ("int8", "fp8"):
+        rc, line = fsa("calibrate", base / "fp32", "--precision", prec, "--calibration-count", str(count),
+                       "--no-calibration-cache", "--quiet", "--no-lint")
+        row[prec] = validated(base / "fp32", f"image.{prec}.onnx", work, photos) if rc == 0 else {"error": line}
+    for kind in PROFILES:
+        r = row.get(kind, {})
+        r["passed"] = passes(kind, r)
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def cell(r: dict[str, Any]) -> str:
+    if "refused" in r:
+        return "refused (fp32 not finite)"
+    if "pixels" not in r:
+        return "error"
+    text = f"{100 * r['pixels']:.2f}% / {r['miou']:.3f}" + (f" / {r['nonfinite']} nf" if r["nonfinite"] else "")
+    if "emulated" in r:
+        text += " (emul. " + " / ".join(f"{100 * v:.1f}%" for v in r["emulated"].values()) + ")"
+    return text + ("" if r.get("passed") else " **FAIL**")
+
+
+def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
+
+    write_json_atomic(args.json, {"command": " ".join(sys.argv), "profiles": PROFILES, "rows": rows})
+    lines = ["| --real-stats-scale | " + " | ".join(PROFILES) + " |", "|---" * (len(PROFILES) + 1) + "|"]
+    for r in rows:
+        lines.append(f"| {r['scale']:g} | " + " | ".join(cell(r.get(k, {})) for k in PROFILES) + " |")
+    with atomic_file(args.md) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        grid = np.array([[r.get(k, {}).get("pixels", np.nan) for r in rows] for k in PROFILES]) * 100
+        fig, ax = plt.subplots(figsize=(7, 3))
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=95, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(rows)), [f"{r['scale']:g}" for r in rows])
+        ax.set_yticks(range(len(PROFILES)), list(PROFILES))
+        ax.set_xlabel("--real-stats-scale (1 = published magnitudes)")
+        for i, k in enumerate(PROFILES):
+            for j, r in enumerate(rows):
+                c = r.get(k, {})
+                ax.text(j, i, "refused" if "refused" in c else (f"{grid[i, j]:.1f}" + ("" if c.get("passed") else "!")
+                                                               if np.isfinite(grid[i, j]) else "err"),
+                        ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=ax, label="pixel agreement % (ORT CPU)")
+        ax.set_title("tiny --real-stats: fsa validate over the outlier scale")
+        fig.tight_layout()
+        with atomic_file(args.plot) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fsa_deploy.cli import OneLineParser
+
+    p = OneLineParser(description=__doc__)
+    p.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES))
+    p.add_argument("--photos", type=int, default=2, help="sample photos to validate on")
+    p.add_argument("--calibration-count", type=int, default=8)
+    p.add_argument("--work", required=True)
+    p.add_argument("--json", required=True)
+    p.add_argument("--md", required=True)
+    p.add_argument("--plot")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fsa_deploy.runtime.images import sample_photos
+
+    args = build_parser().parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    photos = list(sample_photos()[: args.photos])
+    rows = []
+    for s in (float(x) for x in args.scales.split(",")):
+        rows.append(point(s, work, photos, args.calibration_count))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        write_outputs(rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

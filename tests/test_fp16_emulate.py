@@ -94,3 +94,4 @@ def test_fp16_accumulation_rounds_partial_sums_plain_does_not(tmp_path):
     assert tree == float(numpy_tree_sum(h[0])) and tree != once
     with pytest.raises(ValueError, match="precision model"):
         run_graph(naive, {"x": x}, precision="fp8")
+

@@ -18,7 +18,7 @@ BROWSER_APT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && g
 REQUIRE_BROWSER := $(if $(or $(BROWSER_APT),$(wildcard /usr/bin/chromium)),1,)
 
 .PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve bench-serve-full
-.PHONY: bench-real-stats bench-real-stats-rows bench-envelope
+.PHONY: bench-real-stats bench-real-stats-rows bench-envelope bench-policy-cost
 
 setup: $(STAMP) $(SERVE_STAMP) browser
 
@@ -159,3 +159,9 @@ bench-app: setup
 bench-envelope: setup
 	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.envelope --work out/bench/envelope \
 	  --json docs/envelope.json --md out/bench/envelope.md --plot docs/envelope.png
+
+# the fp16 precision policy's cost (nodes, MiB, ORT CPU time) on one fp32 export; POLICY_ARGS picks the model
+POLICY_ARGS ?= --model tiny --proxy tiny-dino --crop 112 --random-init --real-stats --real-stats-scale 30
+bench-policy-cost: setup
+	flock /tmp/fsa-heavy.lock sh -c '$(BIN)/fsa export --out out/bench/policy-fp32 --overwrite --quiet $(POLICY_ARGS) \
+	  && $(BIN)/python -m fsa_deploy.validation.bench.policy_cost out/bench/policy-fp32'

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROFILES = {"fp16": (0.999, None), "fp16-naive": (0.999, None), "int8": (0.99, 0.97), "fp8": (0.99, 0.97)}
+TARGETS = {"fp16": (0.999, None), "fp16-naive": (0.999, None), "int8": (0.99, 0.97), "fp8": (0.99, 0.97)}
 SCALES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 MODEL = ["--model", "tiny", "--proxy", "tiny-dino", "--crop", "112", "--random-init", "--real-stats", "--seed", "0"]
 
@@ -71,13 +71,13 @@ def emulated(folder: Path, photos: list[str]) -> dict[str, float]:
 
 
 def passes(kind: str, row: dict[str, Any]) -> bool:
-    pix, miou = PROFILES[kind]
+    pix, miou = TARGETS[kind]
     return ("pixels" in row and row["pixels"] >= pix and row["nonfinite"] == 0
             and (miou is None or row["miou"] >= miou))
 
 
 def point(scale: float, work: Path, photos: list[str], count: int,
-          kinds: tuple[str, ...] = tuple(PROFILES)) -> dict[str, Any]:
+          kinds: tuple[str, ...] = tuple(TARGETS)) -> dict[str, Any]:
     base = work / f"s{scale:g}"
     row: dict[str, Any] = {"scale": scale}
     t0 = time.perf_counter()
@@ -121,10 +121,10 @@ def cell(r: dict[str, Any]) -> str:
 def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
 
-    write_json_atomic(args.json, {"command": " ".join(sys.argv), "profiles": PROFILES, "rows": rows})
-    lines = ["| --real-stats-scale | " + " | ".join(PROFILES) + " |", "|---" * (len(PROFILES) + 1) + "|"]
+    write_json_atomic(args.json, {"command": " ".join(sys.argv), "profiles": TARGETS, "rows": rows})
+    lines = ["| --real-stats-scale | " + " | ".join(TARGETS) + " |", "|---" * (len(TARGETS) + 1) + "|"]
     for r in rows:
-        lines.append(f"| {r['scale']:g} | " + " | ".join(cell(r.get(k, {})) for k in PROFILES) + " |")
+        lines.append(f"| {r['scale']:g} | " + " | ".join(cell(r.get(k, {})) for k in TARGETS) + " |")
     with atomic_file(args.md) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     if args.plot:
@@ -134,13 +134,13 @@ def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         import matplotlib.pyplot as plt
         import numpy as np
 
-        grid = np.array([[r.get(k, {}).get("pixels", np.nan) for r in rows] for k in PROFILES]) * 100
+        grid = np.array([[r.get(k, {}).get("pixels", np.nan) for r in rows] for k in TARGETS]) * 100
         fig, ax = plt.subplots(figsize=(7, 3))
         im = ax.imshow(grid, cmap="RdYlGn", vmin=95, vmax=100, aspect="auto")
         ax.set_xticks(range(len(rows)), [f"{r['scale']:g}" for r in rows])
-        ax.set_yticks(range(len(PROFILES)), list(PROFILES))
+        ax.set_yticks(range(len(TARGETS)), list(TARGETS))
         ax.set_xlabel("--real-stats-scale (1 = published magnitudes)")
-        for i, k in enumerate(PROFILES):
+        for i, k in enumerate(TARGETS):
             for j, r in enumerate(rows):
                 c = r.get(k, {})
                 ax.text(j, i, "refused" if "refused" in c else (f"{grid[i, j]:.1f}" + ("" if c.get("passed") else "!")
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(description=__doc__)
     p.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES))
     p.add_argument("--photos", type=int, default=2, help="sample photos to validate on")
-    p.add_argument("--kinds", default=",".join(PROFILES), help="graphs to make and validate")
+    p.add_argument("--kinds", default=",".join(TARGETS), help="graphs to make and validate")
     p.add_argument("--calibration-count", type=int, default=8)
     p.add_argument("--work", required=True)
     p.add_argument("--json", required=True)

@@ -71,7 +71,8 @@ RANGES: dict[str, Range] = {
     "--crop": Range(14, 1024, integer=True, why="a multiple of the model's patch size"),
     "--seed": Range(0, 2**32 - 1, integer=True),
     # any finite X > 0: a scale whose fp32 graph overflows is what the fp16 export refuses, not the option
-    "--real-stats-scale": Range(0.0, sys.float_info.max, lo_open=True, why="multiplies every planted magnitude; 1 = published"),
+    "--real-stats-scale": Range(0.0, sys.float_info.max, lo_open=True,
+                                why="multiplies every planted magnitude; 1 = published"),
     # export: the graph's batch dimension; build: the engine profile's maximum
     "--max-batch": Range(1, 4096, integer=True, why="the largest crop batch the graph or engine admits"),
     "--stride": Range(1, 1024, integer=True, why="at most the crop size"),

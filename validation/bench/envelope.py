@@ -77,7 +77,7 @@ def passes(kind: str, row: dict[str, Any]) -> bool:
 
 
 def point(scale: float, work: Path, photos: list[str], count: int,
-          kinds: tuple[str, ...] = tuple(TARGETS)) -> dict[str, Any]:
+          kinds: tuple[str, ...] = tuple(TARGETS), emulate: bool = True) -> dict[str, Any]:
     base = work / f"s{scale:g}"
     row: dict[str, Any] = {"scale": scale}
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def point(scale: float, work: Path, photos: list[str], count: int,
         rc, line = fsa("export", "--out", base / kind, "--overwrite", "--quiet", "--no-lint", "--precision", "fp16",
                        *extra, *MODEL, *scale_arg)
         row[kind] = {"refused": line} if rc else validated(base / kind, "image.onnx", work, photos)
-    made = [k for k in ("fp16", "fp16-naive") if k in row and "refused" not in row[k]]
+    made = [k for k in ("fp16", "fp16-naive") if k in row and "refused" not in row[k]] if emulate else []
     quantized = [k for k in ("int8", "fp8") if k in kinds]
     if made or quantized:  # the fp32 graph: the emulation's reference and what fsa calibrate quantizes
         rc, line = fsa("export", "--out", base / "fp32", "--overwrite", "--quiet", "--no-lint", *MODEL, *scale_arg)
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES))
     p.add_argument("--photos", type=int, default=2, help="sample photos to validate on")
     p.add_argument("--kinds", default=",".join(TARGETS), help="graphs to make and validate")
+    p.add_argument("--no-emulation", action="store_true", help="skip the fp16 emulation (the smoke test's speed)")
     p.add_argument("--calibration-count", type=int, default=8)
     p.add_argument("--work", required=True)
     p.add_argument("--json", required=True)
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     photos = list(sample_photos()[: args.photos])
     rows = []
     for s in (float(x) for x in args.scales.split(",")):
-        rows.append(point(s, work, photos, args.calibration_count, tuple(args.kinds.split(","))))
+        rows.append(point(s, work, photos, args.calibration_count, tuple(args.kinds.split(",")),
+                          not args.no_emulation))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         write_outputs(rows, args)
     return 0

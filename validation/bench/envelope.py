@@ -114,7 +114,7 @@ def cell(r: dict[str, Any]) -> str:
         return "error"
     text = f"{100 * r['pixels']:.2f}% / {r['miou']:.3f}" + (f" / {r['nonfinite']} nf" if r["nonfinite"] else "")
     if "emulated" in r:
-        text += " (emul. " + " / ".join(f"{100 * v:.1f}%" for v in r["emulated"].values()) + ")"
+        text += " (emul. " + " / ".join(f"{100 * v:.2f}%" for v in r["emulated"].values()) + ")"
     return text + ("" if r.get("passed") else " **FAIL**")
 
 
@@ -134,20 +134,28 @@ def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         import matplotlib.pyplot as plt
         import numpy as np
 
-        grid = np.array([[r.get(k, {}).get("pixels", np.nan) for r in rows] for k in TARGETS]) * 100
-        fig, ax = plt.subplots(figsize=(7, 3))
-        im = ax.imshow(grid, cmap="RdYlGn", vmin=95, vmax=100, aspect="auto")
+        lines_ = [(k, k, None) for k in TARGETS] + [
+            (f"{k} emul. {m.split('-')[1]}", k, m) for k in ("fp16", "fp16-naive")
+            for m in ("fp16-storage-fp32-accumulate", "fp16-accumulate")]
+
+        def value(r: dict[str, Any], kind: str, model: str | None) -> float:
+            c = r.get(kind, {})
+            v = c.get("emulated", {}).get(model) if model else c.get("pixels")
+            return float("nan") if v is None else 100 * v
+
+        grid = np.array([[value(r, k, m) for r in rows] for _, k, m in lines_])
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=98, vmax=100, aspect="auto")
         ax.set_xticks(range(len(rows)), [f"{r['scale']:g}" for r in rows])
-        ax.set_yticks(range(len(TARGETS)), list(TARGETS))
+        ax.set_yticks(range(len(lines_)), [n for n, _, _ in lines_])
         ax.set_xlabel("--real-stats-scale (1 = published magnitudes)")
-        for i, k in enumerate(TARGETS):
+        for i, (_, k, m) in enumerate(lines_):
             for j, r in enumerate(rows):
                 c = r.get(k, {})
-                ax.text(j, i, "refused" if "refused" in c else (f"{grid[i, j]:.1f}" + ("" if c.get("passed") else "!")
-                                                               if np.isfinite(grid[i, j]) else "err"),
-                        ha="center", va="center", fontsize=7)
-        fig.colorbar(im, ax=ax, label="pixel agreement % (ORT CPU)")
-        ax.set_title("tiny --real-stats: fsa validate over the outlier scale")
+                txt = "refused" if "refused" in c else (f"{grid[i, j]:.2f}" if np.isfinite(grid[i, j]) else "-")
+                ax.text(j, i, txt + ("" if m or c.get("passed", True) else "!"), ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=ax, label="pixel agreement %")
+        ax.set_title("tiny --real-stats: fsa validate (ORT CPU) and the fp16 emulation over the outlier scale")
         fig.tight_layout()
         with atomic_file(args.plot) as tmp:
             fig.savefig(tmp, format="png", dpi=110)

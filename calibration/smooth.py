@@ -80,7 +80,7 @@ def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:
     from onnx import numpy_helper
 
     external = has_external_data(src)
-    model = onnx.load(str(src))  # external data read from beside src
+    model = onnx.load(str(Path(src).resolve()))  # calibrate links the artefact's graph: its data lie beside the target
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     consumers: dict[str, list] = {}
@@ -129,7 +129,7 @@ def outlier_matmuls(path: Path, feeds: list[dict[str, np.ndarray]], spread: floa
     every other channel on a few levels."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(Path(path).resolve()))  # onnx reads no external data through a link
     inits = {t.name for t in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type in OUTLIER_OPS
              and (n.op_type != "MatMul" or n.input[1] in inits)]

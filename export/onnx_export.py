@@ -83,14 +83,26 @@ class StagesOutput(nn.Module):
 
 
 class TextTower(nn.Module):
-    """tokens int32 [T, 77] -> embeddings float32 [T, D] (open_clip's encode_text)."""
+    """tokens int32 [T, L], L <= 77 -> embeddings float32 [T, D]: open_clip's encode_text with the
+    positional embedding and the causal mask cut to L. The tower is causal and pools at the end
+    token (the highest id), so a prompt's embedding does not depend on the padding after it: the
+    runtime sends the batch's longest prompt, not 77 (tests/test_export.py checks the equality)."""
 
     def __init__(self, clip: nn.Module):
         super().__init__()
         self.clip = clip
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_text(tokens.long()).float()
+        from open_clip.transformer import text_global_pool
+
+        clip, ids = self.clip, tokens.long()
+        n = ids.shape[1]
+        x = clip.token_embedding(ids) + clip.positional_embedding[:n]
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:n, :n])
+        x = text_global_pool(clip.ln_final(x), ids, clip.text_pool_type)
+        if isinstance(clip.text_projection, nn.Linear):
+            return clip.text_projection(x).float()
+        return (x @ clip.text_projection).float()
 
 
 def stage_names(ref: Reference) -> list[str]:
@@ -235,9 +247,11 @@ def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
 
 def export_text(ref: Reference, work: Path, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> int:
     tokens = torch.export.Dim("prompts", min=1, max=4096)
+    length = torch.export.Dim("length", min=2, max=CONTEXT_LENGTH)
     raw = work / "text.raw.onnx"
     example = (torch.zeros(2, CONTEXT_LENGTH, dtype=torch.int32),)
-    _torch_export(TextTower(ref.clip).eval(), example, raw, [TOKENS], [EMBEDDINGS], {"tokens": {0: tokens}})
+    _torch_export(TextTower(ref.clip).eval(), example, raw, [TOKENS], [EMBEDDINGS],
+                  {"tokens": {0: tokens, 1: length}})
     graph = _slim(onnx.load(str(raw)))
     for f in work.glob("text.raw.onnx*"):
         f.unlink()

@@ -31,6 +31,7 @@ from fsa_deploy.export.trt_options import (
     TIMING_CACHE,
     BuildOptions,
     DimRange,
+    Tail,
     add_build_arguments,
     check_options,
     image_source,
@@ -57,6 +58,10 @@ from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     import tensorrt as trt
+
+# the text engine's token length (the runtime sends the batch's longest prompt): from start + end
+# tokens to CLIP's 77, tuned for class-name prompts ("a photo of a {}." is 8 to 12 tokens)
+TEXT_MIN_LENGTH, TEXT_OPT_LENGTH = 2, 16
 
 # ---------------------------------------------------------------- TensorRT steps (either flavour)
 
@@ -171,7 +176,7 @@ class EngineJob:
     source: str
     precision: str
     dims: Mapping[str, DimRange]
-    tails: Mapping[str, Sequence[int] | None]
+    tails: Mapping[str, Tail | None]
     outputs: frozenset[str]
     dla_core: int | None = None
     targets: tuple[str, ...] | None = None
@@ -297,7 +302,7 @@ def engine_jobs(art: Artifact, opts: BuildOptions, flavour: Flavour = TRT) -> li
                 source=TEXT_ONNX,
                 precision=precision,
                 dims={TOKENS: opts.prompts},
-                tails={TOKENS: None if context is None else [context]},
+                tails={TOKENS: None if context is None else [(TEXT_MIN_LENGTH, TEXT_OPT_LENGTH, context)]},
                 outputs=frozenset({EMBEDDINGS}),
                 targets=job_targets(flavour, opts, precision),
             )

@@ -146,27 +146,34 @@ def image_source(files: Mapping[str, Mapping[str, Any]], precision: str, default
     raise FSAError(f"no {precision} image graph recorded in meta.json (image graphs: {have}); {how}")
 
 
-def profile_shapes(
-    name: str, shape: Sequence[int], dims: DimRange, tail: Sequence[int] | None
-) -> dict[str, list[int]]:
-    """min/opt/max shapes of an input whose leading dimension is dynamic and the rest static.
+Tail = Sequence[int | tuple[int, int, int]]  # per dimension after the first: static, or (min, opt, max)
 
-    `tail` is what meta.json says the static dimensions are (None: take the graph's);
-    a graph that disagrees with meta.json is refused rather than built wrong.
+
+def profile_shapes(
+    name: str, shape: Sequence[int], dims: DimRange, tail: Tail | None
+) -> dict[str, list[int]]:
+    """min/opt/max shapes of an input whose leading dimension is dynamic and the rest static, or
+    ranged where `tail` gives (min, opt, max) (the text graph's token length).
+
+    `tail` is what meta.json says the other dimensions are (None: take the graph's); a graph that
+    disagrees with meta.json is refused rather than built wrong. A ranged dimension that the graph
+    has static (a text.onnx exported before its length became dynamic) is built at that size.
     """
     shape = list(shape)
     if not shape or shape[0] != -1:
         raise FSAError(f"input {name!r} has shape {shape}: its first dimension must be dynamic (re-export)")
-    rest = shape[1:]
+    rest: list[int | tuple[int, int, int]] = list(shape[1:])
     if tail is not None:
-        if any(d not in (-1, t) for d, t in zip(rest, tail)) or len(rest) != len(tail):
+        top = [t[2] if isinstance(t, tuple) else t for t in tail]
+        if any(d not in (-1, t) for d, t in zip(rest, top)) or len(rest) != len(tail):
             raise FSAError(
-                f"input {name!r} has shape {shape}, meta.json says [N, {', '.join(map(str, tail))}]"
+                f"input {name!r} has shape {shape}, meta.json says [N, {', '.join(map(str, top))}]"
             )
-        rest = list(tail)
-    if any(d < 0 for d in rest):
+        rest = [t if d == -1 else d for d, t in zip(rest, tail)]
+    if any(not isinstance(d, tuple) and d < 0 for d in rest):
         raise FSAError(f"input {name!r} has shape {shape}: only the first dimension may be dynamic")
-    return {k: [v, *rest] for k, v in (("min", dims.min), ("opt", dims.opt), ("max", dims.max))}
+    return {k: [v, *(d[i] if isinstance(d, tuple) else d for d in rest)]
+            for i, (k, v) in enumerate((("min", dims.min), ("opt", dims.opt), ("max", dims.max)))}
 
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:

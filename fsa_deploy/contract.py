@@ -17,9 +17,9 @@ TEXT_ONNX = "text.onnx"
 IMAGE = "image"  # float32 [B, 3, S, S], RGB 0-255, the crop resized and padded
 TEXT_EMBEDDINGS = "text_embeddings"  # float32 [K, D], rows L2-normalised
 LOGITS = "logits"  # float32 [B, K, H', W'], crop logits before upsampling
-TOKENS = "tokens"  # int32 [T, 77]
+TOKENS = "tokens"  # int32 [T, L], L <= 77 (the longest prompt of the batch; [T, 77] as ever)
 EMBEDDINGS = "embeddings"  # float32 [T, D], one per prompt, before template averaging
-CONTEXT_LENGTH = 77  # CLIP's token context
+CONTEXT_LENGTH = 77  # CLIP's token context: the longest `tokens` row (text.onnx also takes shorter rows)
 
 # ---- stable names inside image.onnx
 STAGE_PREFIX = "stage."  # stage tensors are `stage.<name>`
@@ -66,3 +66,9 @@ SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL = "fsa_segment", "fsa_image", "fsa_text"
 IN_IMAGE, IN_CLASSES, OUT_LABELS, OUT_SUMMARY = "IMAGE", "CLASSES", "LABELS", "SUMMARY"
 # optional fsa_segment inputs (the evaluation protocol); absent means the artefact's defaults
 IN_SHORT_SIDE, IN_STRIDE, IN_PROB_THD = "SHORT_SIDE", "STRIDE", "PROB_THD"  # INT32, INT32, FP32
+
+# ---- label maps: pixels under the probability threshold (fsa segment, serve, app; mmseg's ignore index).
+# Above 255 classes the label map is 16-bit and the unlabelled value is UNLABELLED_WIDE.
+UNLABELLED = 255
+UNLABELLED_WIDE = 65535
+UNLABELLED_NAME = "unlabelled"

@@ -86,9 +86,12 @@ class TorchBackend:
         return out
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        """tokens int [T, 77] -> embeddings float32 [T, D] (host arrays)."""
+        """tokens int [T, L] -> embeddings float32 [T, D] (host arrays; open_clip's tower takes [T, 77]:
+        padded, which changes no embedding)."""
+        from fsa_deploy.runtime.text import padded
+
         with torch.inference_mode():
-            return self.ref.encode_text(to_torch(tokens, self.device).long()).float().cpu().numpy()
+            return self.ref.encode_text(to_torch(padded(tokens), self.device).long()).float().cpu().numpy()
 
 
 def to_torch(a: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:

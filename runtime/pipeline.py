@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fsa_deploy.contract import CLIP_MEAN
+from fsa_deploy.contract import CLIP_MEAN, UNLABELLED, UNLABELLED_WIDE
 
 CropForward = Callable[[np.ndarray], np.ndarray]  # crops [B, 3, S, S] -> logits [B, K, H', W']
 BAND_BYTES = 16 << 20  # one band of full-resolution class planes: bounds post-processing memory
@@ -244,11 +244,17 @@ def class_probs(image_logits: np.ndarray, query_class: Sequence[int], logit_scal
     return np.stack([z[g].max(axis=0) if len(g) > 1 else z[g[0]] for g in groups])
 
 
-def labels_of(probs: np.ndarray, prob_thd: float) -> np.ndarray:
-    """argmax over classes (axis 0) as int32; pixels whose top probability is below prob_thd become class 0."""
+def unlabelled_label(n_classes: int) -> int:
+    """The label of pixels under the threshold: 255 (mmseg's ignore index), or 65535 when 255 is a class."""
+    return UNLABELLED if n_classes <= UNLABELLED else UNLABELLED_WIDE
+
+
+def labels_of(probs: np.ndarray, prob_thd: float, below: int | None = None) -> np.ndarray:
+    """argmax over classes (axis 0) as int32; pixels whose top probability is below prob_thd get
+    `below`: None is `unlabelled_label` (fsa segment, serve, app); the benchmarks' official rule is 0."""
     labels = probs.argmax(axis=0).astype(np.int32)
     if prob_thd > 0:
-        labels[probs.max(axis=0) < prob_thd] = 0
+        labels[probs.max(axis=0) < prob_thd] = unlabelled_label(probs.shape[0]) if below is None else below
     return labels
 
 
@@ -269,9 +275,9 @@ def band_rows(k: int, width: int, budget: int = BAND_BYTES) -> int:
 
 def postprocess(canvas: np.ndarray, out_size: tuple[int, int], query_class: Sequence[int], logit_scale: float,
                 prob_thd: float = 0.0, keep_probs: bool = False, keep_logits: bool = False,
-                band_budget: int = BAND_BYTES) -> Post:
+                band_budget: int = BAND_BYTES, below: int | None = None) -> Post:
     """Canvas logits [K, h, w] -> labels at `out_size`, one band of output rows at a time:
-    upsample (bilinear, as `resize`), softmax, synonym max, argmax, threshold."""
+    upsample (bilinear, as `resize`), softmax, synonym max, argmax, threshold (`below`: labels_of's)."""
     k = canvas.shape[0]
     h0, w0 = out_size
     n_cls = max(query_class) + 1
@@ -290,7 +296,7 @@ def postprocess(canvas: np.ndarray, out_size: tuple[int, int], query_class: Sequ
         probs = class_probs(band, query_class, logit_scale, overwrite=True)
         if out.probs is not None:
             out.probs[:, rows] = probs
-        out.labels[rows] = labels_of(probs, prob_thd)
+        out.labels[rows] = labels_of(probs, prob_thd, below)
 
     starts = range(0, h0, step)
     if BAND_WORKERS > 1 and len(starts) > 1:

@@ -29,10 +29,10 @@ from fsa_deploy.runtime.artifact import Artifact, atomic_file
 from fsa_deploy.runtime.images import load_image, to_rgb
 from fsa_deploy.runtime.pipeline import Geometry, canvas_logits, postprocess, windows
 from fsa_deploy.runtime.schema import refuse_artifact_file
-from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir
+from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir, split_classes
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from fsa_deploy.contract import IMAGE_ONNX, TOKENIZER_VOCAB
+from fsa_deploy.contract import IMAGE_ONNX, TOKENIZER_VOCAB, UNLABELLED, UNLABELLED_NAME, UNLABELLED_WIDE
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import range_of
 
@@ -57,7 +57,7 @@ def as_vocabulary(classes: Classes) -> Vocabulary:
     """A Vocabulary, the CLI string ("cat; kitty, dog") or a list of names ("cat; kitty" = synonyms)."""
     if isinstance(classes, Vocabulary):
         return classes
-    lines = classes.split(",") if isinstance(classes, str) else [str(c) for c in classes]
+    lines = split_classes(classes) if isinstance(classes, str) else [str(c) for c in classes]
     if not any(n.strip() for line in lines for n in line.split(";")):
         raise FSAError("classes: no class names (K = 0)")
     return Vocabulary.from_lines(lines, "classes")
@@ -123,25 +123,32 @@ def _from_numpy(a: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- drawing
 
 
+PALETTE_FILE = Path(__file__).parent / "data" / "palette.txt"  # data: bright, distinct, none near black
+
+
 @functools.cache
 def palette() -> np.ndarray:
-    """[256, 3] uint8: the PASCAL VOC bit-interleaved palette (deterministic, index 0 black)."""
-    out = np.zeros((256, 3), dtype=np.uint8)
-    for i in range(256):
-        c, rgb = i, [0, 0, 0]
-        for bit in range(7, -1, -1):
-            for ch in range(3):
-                rgb[ch] |= ((c >> ch) & 1) << bit
-            c >>= 3
-        out[i] = rgb
+    """[256, 3] uint8: class i's colour at row i (runtime/data/palette.txt); row 255, the
+    unlabelled label, is grey and drawn transparent (label PNGs carry it as their tRNS entry)."""
+    rows = [line.split() for line in PALETTE_FILE.read_text().splitlines() if line.strip() and line[0] != "#"]
+    out = np.full((256, 3), 128, dtype=np.uint8)
+    out[: len(rows)] = np.asarray(rows, dtype=np.uint8)[:UNLABELLED]
     return out
 
 
+def class_color(index: int) -> list[int] | None:
+    """A label's colour as JSON gives it: None for unlabelled (transparent)."""
+    return None if index in (UNLABELLED, UNLABELLED_WIDE) else palette()[index % UNLABELLED].tolist()
+
+
 def label_image(labels: np.ndarray) -> Image.Image:
-    """Palette PNG of class indices; above 256 classes, 16-bit grey (a palette holds 256 colours)."""
-    if labels.max(initial=0) < 256:
+    """Palette PNG of class indices, index 255 (unlabelled) transparent; above 255 classes, 16-bit grey
+    (a palette holds 256 colours; unlabelled is 65535 there)."""
+    if labels.max(initial=0) <= UNLABELLED and not (labels == UNLABELLED_WIDE).any():
         img = Image.fromarray(labels.astype(np.uint8), mode="P")
         img.putpalette(palette().tobytes())
+        if (labels == UNLABELLED).any():
+            img.info["transparency"] = UNLABELLED  # PNG tRNS: viewers (and the page) show the photo there
         return img
     return Image.fromarray(labels.astype(np.uint16))
 
@@ -210,19 +217,22 @@ class SegmentationResult:
         return self.labels.shape[0], self.labels.shape[1]
 
     def fractions(self) -> dict[int, float]:
-        """Class index -> fraction of the pixels, for the classes present."""
+        """Label -> fraction of the pixels, for the labels present (unlabelled, 255, last when present)."""
         counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
         return {int(i): float(c) / self.labels.size for i, c in enumerate(counts) if c}
 
+    def name_of(self, index: int) -> str:
+        return UNLABELLED_NAME if index >= len(self.classes) else self.classes[index]
+
     def summary(self) -> dict[str, Any]:
-        """What `stem.json` holds."""
-        colors = palette()
+        """What `stem.json` holds: `classes` lists the labels present, "unlabelled" (255, color null)
+        for pixels under prob_thd."""
         return {
             "image": self.source,
             "height": self.size[0],
             "width": self.size[1],
-            "classes": [{"index": i, "name": self.classes[i], "fraction": round(f, 6),
-                         "color": colors[i % 256].tolist()} for i, f in self.fractions().items()],
+            "classes": [{"index": i, "name": self.name_of(i), "fraction": round(f, 6),
+                         "color": class_color(i)} for i, f in self.fractions().items()],
             "vocabulary": self.classes,
             "prob_thd": self.prob_thd,
             "timings_ms": self.timings,
@@ -231,16 +241,19 @@ class SegmentationResult:
         }
 
     def overlay(self, alpha: float = 0.5) -> Image.Image:
-        """The image blended with the class colours, above a legend of the classes present."""
+        """The image blended with the class colours (unlabelled pixels left as they are), above a
+        legend of the labels present."""
         out = np.empty(self.image.shape, dtype=np.uint8)
         step = max(1, (4 << 20) // max(1, 12 * self.image.shape[1]))  # bands of ~4 MiB float32: flat memory
         for r in range(0, out.shape[0], step):
-            colors = palette()[self.labels[r : r + step] % 256].astype(np.float32)
-            blend = self.image[r : r + step].astype(np.float32) * (1 - alpha) + colors * alpha
+            lab = self.labels[r : r + step]
+            colors = palette()[lab % UNLABELLED].astype(np.float32)
+            a = np.where(lab >= len(self.classes), np.float32(0), np.float32(alpha))[..., None]
+            blend = self.image[r : r + step].astype(np.float32) * (1 - a) + colors * a
             out[r : r + step] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(out)
-        entries = [(f"{legend_name(self.classes[i])} {100 * f:.1f}%", tuple(palette()[i % 256].tolist()))
-                   for i, f in self.fractions().items()]
+        entries = [(f"{legend_name(self.name_of(i))} {100 * f:.1f}%",
+                    tuple(class_color(i) or (255, 255, 255))) for i, f in self.fractions().items()]
         return with_legend(img, entries)
 
     def save(self, out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
@@ -290,6 +303,7 @@ class Segmenter:
     max_batch: int = 16
     cache_dir: str | os.PathLike[str] | None | _DefaultCache = DEFAULT_CACHE
     prob_thd: float = 0.0
+    below_thd: int | None = None  # the label under prob_thd: None is unlabelled (255); `fsa eval` gives 0
     stride: int | None = None
     short_side: int | None = None  # the resize (Geometry): default the crop, as the official configs at 336
     long_side: int | None = None
@@ -383,7 +397,7 @@ class Segmenter:
                            f"of {canvas.size} (a broken engine or weights; `fsa validate` compares with the reference)")
         t2 = time.perf_counter()
         post = postprocess(canvas, (h, w), self.vocabulary.query_class, self.logit_scale, self.prob_thd,
-                           keep_probs=self.keep_probs, keep_logits=self.keep_logits)
+                           keep_probs=self.keep_probs, keep_logits=self.keep_logits, below=self.below_thd)
         t3 = time.perf_counter()
         timings = {"preprocess": 1e3 * (t1 - t0), "forward": 1e3 * (t2 - t1), "postprocess": 1e3 * (t3 - t2),
                    "total": 1e3 * (t3 - t0), "crops": len(windows(*self.geometry.resized_size(h, w), self.geometry))}

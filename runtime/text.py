@@ -17,6 +17,7 @@ import html
 import importlib.util
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from fsa_deploy.errors import FSAError, escape
 DEFAULT_CLASSES = Path(__file__).parent / "data" / "voc21.txt"  # PASCAL VOC's 21, background first
 N_MERGES = 49152 - 256 - 2  # CLIP's vocabulary: 256 bytes, their end-of-word forms, merges, 2 specials
 SOT, EOT = "<start_of_text>", "<end_of_text>"
-Encode = Callable[[np.ndarray], np.ndarray]  # tokens int [T, 77] -> embeddings float32 [T, D]
+Encode = Callable[[np.ndarray], np.ndarray]  # tokens int [T, L <= 77] -> embeddings float32 [T, D]
 
 # CLIP's pre-tokenisation: the specials, English contractions, letter runs, single digits,
 # runs of other non-space characters (case-insensitive: `regex` for the \p classes).
@@ -153,6 +154,19 @@ def tokenize(prompts: Sequence[str], vocab_file: str | os.PathLike[str] | None =
     return tokenizer(str(vocab_file) if vocab_file else None)(list(prompts))
 
 
+def trimmed(tokens: np.ndarray) -> np.ndarray:
+    """tokens [T, 77] cut after the batch's longest prompt (its end token): CLIP's text tower is
+    causal and pools at the end token, so the padding after it never changes an embedding."""
+    return tokens[:, : max(2, int((tokens != 0).sum(axis=1).max(initial=0)))]
+
+
+def padded(tokens: np.ndarray, length: int = CONTEXT_LENGTH) -> np.ndarray:
+    """tokens [T, L] padded with zeros to [T, length] (a graph or engine with a static length)."""
+    if tokens.shape[1] >= length:
+        return tokens
+    return np.pad(tokens, ((0, 0), (0, length - tokens.shape[1])))
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Classes and their synonyms: `queries` flattened in order, `query_class[i]` = class of query i."""
@@ -174,8 +188,8 @@ class Vocabulary:
 
     @classmethod
     def parse(cls, text: str, what: str = "--classes") -> Vocabulary:
-        """'cat; kitty, dog, grass': commas separate classes, semicolons synonyms."""
-        return cls.from_lines(text.split(","), what)
+        """'cat; kitty, dog, grass': commas and newlines separate classes, semicolons synonyms."""
+        return cls.from_lines(split_classes(text), what)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Vocabulary:
@@ -224,6 +238,11 @@ class Vocabulary:
         return cls(tuple(classes))
 
 
+def split_classes(text: str) -> list[str]:
+    """The classes text's items: a comma or a line break (\\n, \\r\\n, \\r) ends a class, as in a class file."""
+    return re.split(r"\r\n|[\r\n,]", text)  # other line separators stay refused as control characters
+
+
 def classes_text(vocab: Vocabulary, what: str = "--server") -> str:
     """`vocab` in --classes syntax (commas between classes, ';' between synonyms): fsa_segment's
     CLASSES input, the page's classes field. A name holding ',' or ';' (a class file's line may)
@@ -250,8 +269,9 @@ def classifier(
 ) -> np.ndarray:
     """T float32 [K, D]: per query, each template's embedding L2-normalised, averaged, normalised again.
 
-    `encode` maps tokens int [T, 77] to embeddings [T, D] (a Backend's encode_text: text.onnx,
-    a text engine or open_clip's tower). Prompts are encoded in batches of `batch` (64: ONNX
+    `encode` maps tokens int [T, L] to embeddings [T, D] (a Backend's encode_text: text.onnx,
+    a text engine or open_clip's tower); L is the batch's longest prompt (`trimmed`), not 77: a
+    few times less work for class names, the same embeddings. Prompts are encoded in batches of `batch` (64: ONNX
 Runtime's CPU arena keeps its high-water mark, measured 418 MiB peak RSS at 256 for 171
 classes x 80 templates on the tiny export, 192 MiB at 64, with no loss of speed);
     `vocab_file` is the tokenizer's merges file (the artefact's; default open_clip's).
@@ -259,7 +279,7 @@ classes x 80 templates on the tiny export, 192 MiB at 64, with no loss of speed)
     if not queries:
         raise FSAError("no class names given (K = 0)")
     prompts = [t.format(q) for q in queries for t in templates]
-    embs = [np.asarray(encode(tokenize(prompts[i : i + batch], vocab_file)), dtype=np.float32)
+    embs = [np.asarray(encode(trimmed(tokenize(prompts[i : i + batch], vocab_file))), dtype=np.float32)
             for i in range(0, len(prompts), batch)]
     e = l2_normalize(np.concatenate(embs)).reshape(len(queries), len(templates), -1)
     return l2_normalize(e.mean(axis=1)).astype(np.float32)
@@ -275,35 +295,54 @@ def cached_classifier(
     cache_dir: str | os.PathLike[str] | None, model_key: str, encode: Encode,
     queries: Sequence[str], templates: Sequence[str], vocab_file: str | os.PathLike[str] | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """`classifier` with an on-disk cache (.npy per key). Returns (T float32 [K, D], hit).
+    """`classifier` with an on-disk cache, one .npy entry per class name (model, name, templates):
+    a list with one class more costs one class. Returns (T float32 [K, D], hit: no name was encoded).
 
     Processes sharing a cache (fsa_segment's instances, `fsa segment` next to `fsa serve`) take
-    the folder's lock around a miss: one encodes a class list, the others then read its entry.
+    the folder's lock around misses: one encodes them, the others then read their entries.
     """
     if cache_dir is None:
         return classifier(encode, queries, templates, vocab_file=vocab_file), False
-    path = Path(cache_dir) / f"text-{cache_key(model_key, queries, templates)}.npy"
-    t = _load_entry(path, len(queries))
-    if t is not None:
-        return t, True
+    paths = [Path(cache_dir) / f"text-{cache_key(model_key, [q], templates)}.npy" for q in queries]
+    rows: dict[int, np.ndarray] = {}
+
+    def load_hits() -> list[int]:
+        for i, path in enumerate(paths):
+            if i not in rows and (t := _load_entry(path, 1)) is not None:
+                rows[i] = t
+        return [i for i in range(len(queries)) if i not in rows]
+
+    def encode_misses(missing: list[int]) -> dict[int, np.ndarray]:
+        t = classifier(encode, [queries[i] for i in missing], templates, vocab_file=vocab_file)
+        return {i: t[j : j + 1] for j, i in enumerate(missing)}
+
+    missing = load_hits()
+    if not missing:
+        return np.concatenate([rows[i] for i in range(len(queries))]), True
     folder = usable_cache_dir(cache_dir, "class-embedding cache")
     if not os.access(folder, os.W_OK | os.X_OK):  # a read-only cache (a shared mount) serves its hits only
-        return classifier(encode, queries, templates, vocab_file=vocab_file), False
+        rows.update(encode_misses(missing))
+        return np.concatenate([rows[i] for i in range(len(queries))]), False
     with _folder_lock(folder):
-        t = _load_entry(path, len(queries))  # written while this process waited for the lock
-        if t is not None:
-            return t, True
-        t = classifier(encode, queries, templates, vocab_file=vocab_file)
-        from fsa_deploy.runtime.artifact import atomic_file
+        missing = load_hits()  # written while this process waited for the lock
+        new = encode_misses(missing) if missing else {}
+        rows.update(new)
+        _keep_entries({paths[i]: t for i, t in new.items()})
+    return np.concatenate([rows[i] for i in range(len(queries))]), not new
 
-        if entry_problem(t, len(queries)):  # NaN from a broken text graph: used (and caught later), never kept
-            return t, False
+
+def _keep_entries(entries: dict[Path, np.ndarray]) -> None:
+    """Write new cache entries; a NaN entry (a broken text graph) is used, caught later, never kept."""
+    from fsa_deploy.runtime.artifact import atomic_file
+
+    for path, t in entries.items():
+        if entry_problem(t, 1):
+            continue
         try:
             with atomic_file(path) as tmp:  # our marker: a killed writer's leftover is swept next time
                 np.save(tmp, t)
         except OSError:  # a full disk: the embeddings are good, only the entry is not kept
-            pass
-    return t, False
+            return
 
 
 def entry_problem(t: object, rows: int) -> str | None:

@@ -148,9 +148,15 @@ class OnnxRuntimeBackend:
         return dict(zip(["logits", *self.stage_names], outs))
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        """tokens [T, 77] -> embeddings float32 [T, D]; text.onnx is loaded on the first call."""
+        """tokens [T, L] -> embeddings float32 [T, D]; text.onnx is loaded on the first call. A text.onnx
+        exported with a static length (77: before the length became dynamic) gets the tokens padded."""
+        from fsa_deploy.runtime.text import padded
+
         if self._text is None:
             self._text = self._session(TEXT_ONNX)
+        length = self._text.get_inputs()[0].shape[1]
+        if isinstance(length, int):
+            tokens = padded(tokens, length)
         (out,) = self._text.run([EMBEDDINGS], {TOKENS: np.ascontiguousarray(tokens, dtype=np.int32)})
         return out
 

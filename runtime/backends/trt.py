@@ -521,7 +521,7 @@ class TensorRTBackend:
         return _cat(logits)
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        """tokens int [T, 77] -> embeddings float32 [T, D], in chunks of the text engine's max prompt batch."""
+        """tokens int [T, L] -> embeddings float32 [T, D], in chunks of the text engine's max prompt batch."""
         import torch
 
         if self._text is None:
@@ -531,6 +531,9 @@ class TensorRTBackend:
             self._text = self._load(self.text_engine)
             self._text.check_io({TOKENS}, {EMBEDDINGS})
         text = self._text
+        from fsa_deploy.runtime.text import padded
+
+        tokens = padded(tokens, text.ranges[TOKENS][0][1])  # an engine with a static length (77) or a longer minimum
         with torch.cuda.device(self.device):
             step = text.max_leading(TOKENS)
             out = [text({TOKENS: _tensor(tokens[i:i + step])})[EMBEDDINGS].float().cpu().numpy()

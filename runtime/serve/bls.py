@@ -99,8 +99,11 @@ class TritonBackend:
         return self._call(self.params.image_model, {IMAGE: image, TEXT_EMBEDDINGS: text}, LOGITS)
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        """tokens [T, 77] -> embeddings float32 [T, D]."""
-        return self._call(self.params.text_model, {TOKENS: np.ascontiguousarray(tokens, dtype=np.int32)}, EMBEDDINGS)
+        """tokens [T, L] -> embeddings float32 [T, D] (padded to the text model's [T, 77])."""
+        from fsa_deploy.runtime.text import padded
+
+        tokens = np.ascontiguousarray(padded(tokens, CONTEXT_LENGTH), dtype=np.int32)
+        return self._call(self.params.text_model, {TOKENS: tokens}, EMBEDDINGS)
 
 
 def local_backend(model_config: str) -> Any:

@@ -223,7 +223,7 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
 
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=list(art.meta["templates"]),
-                    model_key=sha, max_batch=args.batch, cache_dir=cache, prob_thd=proto.prob_thd,
+                    model_key=sha, max_batch=args.batch, cache_dir=cache, prob_thd=proto.prob_thd, below_thd=0,
                     stride=proto.stride, short_side=proto.short_side, long_side=proto.long_side,
                     vocab_file=vocab_file, artifact_sha256=sha)
     seg.set_classes(vocab)

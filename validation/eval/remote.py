@@ -55,6 +55,7 @@ class Servers:
         self.urls = list(dict.fromkeys(urls))
         self.alive = list(self.urls)
         self.classes_text, self.protocol = classes_text, protocol
+        self.n_classes = classes_text.count(",") + 1
         self.local = threading.local()
         self.lock = threading.Lock()
         self.turn = 0
@@ -104,7 +105,9 @@ class Servers:
         while True:
             url = self.pick()
             try:
-                return self.once(url, data)[0]
+                labels = self.once(url, data)[0]
+                labels[labels >= self.n_classes] = 0  # fsa_segment's unlabelled (under PROB_THD): the official class 0
+                return labels
             except ServerError as e:
                 raise FSAError(f"{name}: {url} replied with an error: {e}") from None
             except Exception as e:  # noqa: BLE001 - transport: connection refused, reset, timeout, ...

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fsa_deploy.runtime.cancel import checkpoint
 
 from fsa_deploy.contract import CONTEXT_LENGTH, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError, escape
@@ -279,8 +280,10 @@ classes x 80 templates on the tiny export, 192 MiB at 64, with no loss of speed)
     if not queries:
         raise FSAError("no class names given (K = 0)")
     prompts = [t.format(q) for q in queries for t in templates]
-    embs = [np.asarray(encode(trimmed(tokenize(prompts[i : i + batch], vocab_file))), dtype=np.float32)
-            for i in range(0, len(prompts), batch)]
+    embs = []
+    for i in range(0, len(prompts), batch):
+        checkpoint()  # a cancelled request (fsa app) stops here, between prompt batches
+        embs.append(np.asarray(encode(trimmed(tokenize(prompts[i : i + batch], vocab_file))), dtype=np.float32))
     e = l2_normalize(np.concatenate(embs)).reshape(len(queries), len(templates), -1)
     return l2_normalize(e.mean(axis=1)).astype(np.float32)
 

@@ -3,7 +3,9 @@ Triton `fsa_segment` at --server. Both answer with the three things `fsa segment
 
 In-process, each class list gets its own shallow copy of one Segmenter (as the Triton model
 does), so a request's classes never leak into another's; one lock serialises the backend calls
-(a TensorRT context is not re-entrant, ONNX Runtime already uses every core).
+(a TensorRT context is not re-entrant, ONNX Runtime already uses every core). A request runs
+under its `stop` event (runtime.cancel): when its client goes away it stops at the next crop or
+prompt batch and frees the lock, so the next request never waits behind abandoned work.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import io
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,18 +34,39 @@ MAX_CLASSES_CHARS = 20_000  # the classes text
 CACHED_CLASS_LISTS = 32  # Segmenters (class embeddings) kept in memory, least recently used dropped
 
 
+CPU_BATCH = 2  # crops per backend call on a CPU backend: a cancelled request stops within one batch (seconds)
+
+
 @dataclass
 class Answer:
     """One segmentation as the API returns it: fsa segment's NAME.json (as an object), NAME.png
-    and NAME_overlay.png (their bytes)."""
+    and, when asked (overlay=1: the page composites the label map itself), NAME_overlay.png."""
 
     summary: dict[str, Any]
     labels_png: bytes
-    overlay_png: bytes
+    overlay_png: bytes | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"summary": self.summary, "labels": base64.b64encode(self.labels_png).decode("ascii"),
-                "overlay": base64.b64encode(self.overlay_png).decode("ascii")}
+        out = {"summary": self.summary, "labels": base64.b64encode(self.labels_png).decode("ascii")}
+        if self.overlay_png is not None:
+            out["overlay"] = base64.b64encode(self.overlay_png).decode("ascii")
+        return out
+
+
+@dataclass
+class Job:
+    """One request's work: the upload, its classes and threshold, whether to draw NAME_overlay.png,
+    and the event that stops it (its client went away, or the server is stopping)."""
+
+    data: bytes
+    name: str
+    classes: str
+    prob_thd: float | None = None
+    overlay: bool = False
+    stop: threading.Event | None = None
+
+    def events(self) -> tuple[threading.Event, ...]:
+        return (self.stop,) if self.stop is not None else ()
 
 
 def png_bytes(image: Any) -> bytes:
@@ -51,14 +75,29 @@ def png_bytes(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def answer_of(result: Any, name: str) -> Answer:
+def answer_of(result: Any, job: Job, timings: dict[str, float], summary: dict[str, Any] | None = None) -> Answer:
     """A SegmentationResult -> the bytes `fsa segment` writes for it (runtime.segmenter's own
-    drawing), the summary's `image` being the uploaded file's name."""
+    drawing), the summary's `image` being the uploaded file's name and its timings_ms gaining
+    `timings` (decode, text) and `encode` (these PNGs)."""
     from fsa_deploy.runtime.segmenter import label_image
 
-    summary = result.summary()
-    summary["image"] = name
-    return Answer(summary, png_bytes(label_image(result.labels)), png_bytes(result.overlay()))
+    t0 = time.perf_counter()
+    labels = png_bytes(label_image(result.labels))
+    overlay = png_bytes(result.overlay()) if job.overlay else None
+    summary = dict(summary if summary is not None else result.summary())
+    summary["image"] = job.name
+    summary["timings_ms"] = {**summary.get("timings_ms", {}), **timings,
+                             "encode": round(1e3 * (time.perf_counter() - t0), 3)}
+    return Answer(summary, labels, overlay)
+
+
+def decoded(job: Job) -> tuple[Any, float]:
+    """The upload as HWC RGB (fsa segment's decoder and the app's pixel limit) and the ms it took."""
+    from fsa_deploy.runtime.images import decode_image
+
+    t0 = time.perf_counter()
+    image = decode_image(io.BytesIO(job.data), job.name).transpose(1, 2, 0)
+    return image, round(1e3 * (time.perf_counter() - t0), 3)
 
 
 def parse_classes(text: str):
@@ -96,25 +135,29 @@ class Local:
         default_text = classes_text(self.default, str(DEFAULT_CLASSES))  # the page sends it back: refused now
         art = Artifact.load(folder)
         self.base = Segmenter.from_artifact(art, backend, cache_dir=usable_cache_dir(cache_dir))
+        if "cpu" in self.base.backend.name:
+            self.base.max_batch = CPU_BATCH
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.base.artifact_sha256,
                      "backend": self.base.backend.name, "backend_reason": self.base.backend_reason,
                      "precision": precision_of(self.base.backend, art.meta), "model": art.meta.get("model"),
-                     "classes": default_text, "server": None}
+                     "weights": art.meta.get("weights"), "classes": default_text, "server": None}
         self.lock = threading.Lock()
         self.segmenters = SegmenterCache(self.base, CACHED_CLASS_LISTS)
 
-    def segment(self, data: bytes, name: str, classes: str, prob_thd: float | None) -> Answer:
-        from fsa_deploy.runtime.images import decode_image
+    def segment(self, job: Job) -> Answer:
+        from fsa_deploy.runtime.cancel import stoppable
 
-        vocab = parse_classes(classes)
-        image = decode_image(io.BytesIO(data), name).transpose(1, 2, 0)  # fsa segment's decoder and pixel limit
-        with self.lock:
-            seg = self.segmenters.get(vocab)
-            if prob_thd is not None:
+        vocab = parse_classes(job.classes)
+        image, decode_ms = decoded(job)
+        with stoppable(*job.events()), self.lock:
+            t0 = time.perf_counter()
+            seg = self.segmenters.get(vocab)  # the class names not in the cache are encoded here
+            text_ms = round(1e3 * (time.perf_counter() - t0), 3)
+            if job.prob_thd is not None:
                 seg = copy.copy(seg)  # this request's threshold on its own copy
-                seg.prob_thd = prob_thd
+                seg.prob_thd = job.prob_thd
             result = seg.segment(image)
-        return answer_of(result, name)
+        return answer_of(result, job, {"decode": decode_ms, "text": text_ms})
 
 
 class Remote:
@@ -137,7 +180,8 @@ class Remote:
         self.sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.sha, "backend": f"triton {self.url}",
                      "backend_reason": "--server", "precision": str(art.meta.get("precision", "fp32")),
-                     "model": art.meta.get("model"), "classes": default_text, "server": url}
+                     "model": art.meta.get("model"), "weights": art.meta.get("weights"), "classes": default_text,
+                     "server": url}
         client = self._client()
         try:
             ready = client.is_model_ready(SEGMENT_MODEL)
@@ -151,16 +195,15 @@ class Remote:
 
         return th.InferenceServerClient(self.url, network_timeout=600.0, connection_timeout=10.0)
 
-    def segment(self, data: bytes, name: str, classes: str, prob_thd: float | None) -> Answer:
-        from fsa_deploy.runtime.images import decode_image
+    def segment(self, job: Job) -> Answer:
         from fsa_deploy.runtime.segmenter import SegmentationResult
         from fsa_deploy.runtime.serve.client import segment_inputs
         from tritonclient.utils import InferenceServerException
 
-        vocab = parse_classes(classes)
-        image = decode_image(io.BytesIO(data), name).transpose(1, 2, 0)  # refused here before the round trip
+        vocab = parse_classes(job.classes)
+        image, decode_ms = decoded(job)  # refused here before the round trip
         try:
-            reply = self._client().infer(SEGMENT_MODEL, segment_inputs(data, classes, prob_thd=prob_thd))
+            reply = self._client().infer(SEGMENT_MODEL, segment_inputs(job.data, job.classes, prob_thd=job.prob_thd))
         except InferenceServerException as e:
             raise UpstreamError(f"--server: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         except Exception as e:  # noqa: BLE001 - a dropped connection: this request's error, the page keeps going
@@ -175,9 +218,8 @@ class Remote:
                                     artifact_sha256=summary["artifact_sha256"], prob_thd=summary["prob_thd"])
         if result.classes != vocab.names:
             raise UpstreamError(f"--server: answered classes {result.classes}, asked for {vocab.names}")
-        answer = answer_of(result, name)
-        answer.summary = {**summary, "image": name}  # the server's own JSON (its timings)
-        return answer
+        # the server's own JSON (its timings; its text encoding is inside its round trip, not measured here)
+        return answer_of(result, job, {"decode": decode_ms, "text": summary["timings_ms"].get("text", 0.0)}, summary)
 
 
 class UpstreamError(FSAError):

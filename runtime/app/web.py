@@ -2,15 +2,23 @@
 
 Every bad request is a 400 or 413 with JSON {"error": one line}; the server keeps serving.
 The upload is read with a byte cap before multipart parsing, so a huge body costs no memory.
+A request whose Host is not this server's (DNS rebinding) or whose Origin is another site's
+(a page elsewhere posting to it) gets 403 before anything runs (`Guard`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import math
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from fsa_deploy.runtime.app.service import Job
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -24,8 +32,56 @@ from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import RANGES
 
 STATIC = Path(__file__).parent / "static"
+EXAMPLES = Path(__file__).parent / "examples"  # small photos shipped with the package (LICENSES.txt there)
 MAX_UPLOAD = 32 << 20  # bytes of one POST /api/segment (the image and the fields)
-FIELDS = ("image", "classes", "prob_thd")
+FIELDS = ("image", "classes", "prob_thd", "overlay")
+DISCONNECT_POLL_S = 0.2  # how often a running request looks whether its client is still there
+LOOPBACK_NAMES = ("localhost",)  # with *.localhost (RFC 6761) and loopback addresses
+
+
+@dataclass
+class Guard:
+    """Which Host and Origin headers the API answers: Host a loopback name or address, the listening
+    address (any IP address when it listens on all of them: a DNS rebinding attack sends a name),
+    or one of `hosts`; Origin absent (curl, scripts) or this very Host, or one of `origins`."""
+
+    listen: str = "127.0.0.1"
+    hosts: tuple[str, ...] = ()
+    origins: tuple[str, ...] = ()
+    stopping: threading.Event = field(default_factory=threading.Event)  # set when the server stops
+
+    def host_ok(self, host: str) -> bool:
+        name = split_host(host)
+        if name in self.hosts or name == self.listen.lower() or name in LOOPBACK_NAMES or name.endswith(".localhost"):
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return address.is_loopback or self.listen in ("0.0.0.0", "::")
+
+    def problem(self, headers: Any) -> str | None:
+        """None when the request may go on, else the one-line reason for its 403."""
+        host = headers.get("host", "")
+        if not self.host_ok(host):
+            return (f"Host {host[:80]!r} is not this server's name; start fsa app with --allow-host "
+                    f"{split_host(host)[:80] or 'NAME'} to serve it")
+        origin = headers.get("origin")
+        if origin is None or origin.rstrip("/") in self.origins:
+            return None
+        parts = urlsplit(origin)
+        if parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower():
+            return None
+        return (f"Origin {origin[:80]!r} is another site; start fsa app with --allow-origin {origin[:80]} "
+                "to let its pages use this server")
+
+
+def split_host(host: str) -> str:
+    """A Host header's name without its port, lower case ("[::1]:7860" -> "::1")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class BadRequest(Exception):
@@ -76,8 +132,16 @@ def parse_prob_thd(text: str | None) -> float | None:
     return value
 
 
-async def form_fields(request: Request) -> tuple[bytes, str, str, float | None]:
-    """(image bytes, its file name, classes text, prob_thd) of a multipart POST, or BadRequest."""
+def parse_flag(text: Any, name: str) -> bool:
+    if text is None or text == "" or text == "0":
+        return False
+    if text == "1":
+        return True
+    raise BadRequest(f"field {name}: {str(text)[:40]!r}: expected 1 or 0")
+
+
+async def form_fields(request: Request) -> Job:
+    """The Job of a multipart POST (image bytes, its file name, classes text, prob_thd, overlay), or BadRequest."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("expected multipart/form-data with fields image (a file) and classes")
     body = await capped_body(request, MAX_UPLOAD)
@@ -88,7 +152,7 @@ async def form_fields(request: Request) -> tuple[bytes, str, str, float | None]:
     except Exception as e:  # noqa: BLE001 - python-multipart's parse errors have no common base
         raise BadRequest(f"multipart body: {type(e).__name__}: {e}") from None
     try:
-        image, classes, prob = form.get("image"), form.get("classes"), form.get("prob_thd")
+        image, classes, prob, overlay = (form.get(n) for n in FIELDS)
         if not isinstance(image, UploadFile):
             raise BadRequest("field image missing (a file)")
         if not isinstance(classes, str):
@@ -97,17 +161,35 @@ async def form_fields(request: Request) -> tuple[bytes, str, str, float | None]:
             raise BadRequest("field prob_thd: expected text, got a file")
         data = await image.read()
         name = os.path.basename(image.filename or "") or "image"
-        return data, name, classes, parse_prob_thd(prob)
+        return Job(data, name, classes, parse_prob_thd(prob), parse_flag(overlay, "overlay"))
     finally:
         await form.close()
 
 
-def build(service: Any) -> Starlette:
+def examples() -> list[str]:
+    """The example photos shipped with the page (runtime/app/examples, their licences beside them)."""
+    return sorted(p.name for p in EXAMPLES.glob("*.jpg"))
+
+
+async def until_done_or_gone(request: Request, work: asyncio.Future, stop: threading.Event,
+                             stopping: threading.Event) -> Any:
+    """Wait for `work`; if the client disconnects (or the server stops) meanwhile, set `stop`: the work
+    stops at its next crop batch (runtime.cancel) and its lock goes to the next request."""
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return work.result()
+        if not stop.is_set() and (stopping.is_set() or await request.is_disconnected()):
+            stop.set()
+
+
+def build(service: Any, guard: Guard | None = None) -> Starlette:
     """The Starlette application around a service (runtime.app.service Local or Remote)."""
     from fsa_deploy.runtime.app.service import UpstreamError
-    from fsa_deploy.runtime.images import SAMPLE_PHOTOS
+    from fsa_deploy.runtime.cancel import Cancelled
 
-    samples = sample_folder()
+    guard = guard or Guard()
+    shipped = examples()
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -116,21 +198,25 @@ def build(service: Any) -> Starlette:
         return JSONResponse(service.info)
 
     async def sample_list(request: Request) -> Response:
-        names = [n for n in SAMPLE_PHOTOS if samples and (samples / n).is_file()]
-        return JSONResponse({"samples": names})
+        return JSONResponse({"samples": shipped})
 
     async def sample(request: Request) -> Response:
         name = request.path_params["name"]
-        if samples is None or name not in SAMPLE_PHOTOS or not (samples / name).is_file():  # names from a table
-            return error(f"no sample photo {name[:80]}", 404)
-        return FileResponse(samples / name)
+        if name not in shipped:  # names from the folder's listing, never a path
+            return error(f"no example photo {name[:80]}", 404)
+        return FileResponse(EXAMPLES / name)
 
     async def segment(request: Request) -> Response:
+        stop = threading.Event()
         try:
-            data, name, classes, prob = await form_fields(request)
-            answer = await run_in_threadpool(service.segment, data, name, classes, prob)
+            job = await form_fields(request)
+            job.stop = stop
+            work = asyncio.ensure_future(run_in_threadpool(service.segment, job))
+            answer = await until_done_or_gone(request, work, stop, guard.stopping)
         except BadRequest as e:
             return error(str(e), e.status)
+        except Cancelled as e:
+            return error(str(e), 503 if guard.stopping.is_set() else 499)
         except UpstreamError as e:
             return error(str(e), 502)
         except FSAError as e:
@@ -151,15 +237,18 @@ def build(service: Any) -> Starlette:
         Route("/samples/{name}", sample),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),  # refuses paths outside its folder
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    return guarded(app, guard)
 
 
-def sample_folder() -> Path | None:
-    """scikit-image's data folder when installed (found by path; skimage is not imported)."""
-    try:
-        from fsa_deploy.runtime.images import sample_photos
+def guarded(app: Any, guard: Guard) -> Any:
+    """`app` behind the Host and Origin check (a pure ASGI wrapper: nothing of the request is read)."""
+    from starlette.datastructures import Headers
 
-        found = sample_photos()
-    except FSAError:
-        return None
-    return Path(found[0]).parent if found else None
+    async def wrapper(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (why := guard.problem(Headers(scope=scope))):
+            await error(why, 403)(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return wrapper

@@ -26,6 +26,7 @@ from fsa_deploy.contract import (
     OUT_LABELS,
     OUT_SUMMARY,
     SEGMENT_MODEL,
+    UNLABELLED,
 )
 from fsa_deploy.errors import FSAError
 
@@ -91,6 +92,13 @@ def answer_of(result: Any, job: Job, timings: dict[str, float], summary: dict[st
     return Answer(summary, labels, overlay)
 
 
+def class_colors() -> list[list[int]]:
+    """Class i's colour at row i (fsa segment's palette): the page's legend shows absent classes too."""
+    from fsa_deploy.runtime.segmenter import palette
+
+    return palette()[:UNLABELLED].tolist()
+
+
 def decoded(job: Job) -> tuple[Any, float]:
     """The upload as HWC RGB (fsa segment's decoder and the app's pixel limit) and the ms it took."""
     from fsa_deploy.runtime.images import decode_image
@@ -140,7 +148,8 @@ class Local:
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.base.artifact_sha256,
                      "backend": self.base.backend.name, "backend_reason": self.base.backend_reason,
                      "precision": precision_of(self.base.backend, art.meta), "model": art.meta.get("model"),
-                     "weights": art.meta.get("weights"), "classes": default_text, "server": None}
+                     "weights": art.meta.get("weights"), "classes": default_text, "server": None,
+                     "palette": class_colors()}
         self.lock = threading.Lock()
         self.segmenters = SegmenterCache(self.base, CACHED_CLASS_LISTS)
 
@@ -181,7 +190,7 @@ class Remote:
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.sha, "backend": f"triton {self.url}",
                      "backend_reason": "--server", "precision": str(art.meta.get("precision", "fp32")),
                      "model": art.meta.get("model"), "weights": art.meta.get("weights"), "classes": default_text,
-                     "server": url}
+                     "server": url, "palette": class_colors()}
         client = self._client()
         try:
             ready = client.is_model_ready(SEGMENT_MODEL)

@@ -1,5 +1,5 @@
-"""`fsa app` (issue 24): the page in a real Chromium (Selenium, Debian's chromium + chromedriver),
-its API against `fsa segment`'s files, bad requests, and SIGINT.
+"""`fsa app`: the page in a real Chromium (Selenium, Debian's chromium + chromedriver), its API
+against `fsa segment`'s files, bad requests, Host/Origin refusals, cancelled work, and SIGINT.
 
 One server for the module (`fsa app` as a subprocess on 127.0.0.1, a free port, the tiny export,
 ONNX Runtime CPU); the last test stops it with SIGINT and checks that nothing is left. The
@@ -192,68 +192,261 @@ def legend(driver) -> list[tuple[str, float, str]]:
 # ---------------------------------------------------------------- the page in Chromium
 
 
-def test_page_segments_a_photo_with_fsa_segments_legend_and_files(app, reference, browser):
-    from selenium.webdriver.common.by import By
+def canvas_pixels(driver) -> np.ndarray:
+    """#overlay's pixels as on screen: uint8 [H, W, 4]."""
+    data = driver.execute_script(
+        "const c = document.getElementById('overlay');"
+        "return [c.width, c.height, c.toDataURL('image/png')];")
+    w, h, url = data
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA")).reshape(h, w, 4)
 
-    photo = photos()[0]
+
+def set_value(driver, element_id: str, value: str) -> None:
+    """An input's value as if typed (input event), without typing thousands of characters."""
+    driver.execute_script("const e = document.getElementById(arguments[0]); e.value = arguments[1];"
+                          "e.dispatchEvent(new Event('input'));", element_id, value)
+
+
+def palette_rgb(indices: np.ndarray) -> np.ndarray:
+    from fsa_deploy.runtime.segmenter import palette
+
+    return palette()[indices]
+
+
+def test_page_segments_a_photo_with_fsa_segments_legend_colours_and_files(app, reference, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     open_page(browser, app, CLASSES)
+    empty = browser.find_element(By.ID, "empty")
+    assert empty.is_displayed() and not browser.find_element(By.ID, "overlay").is_displayed()  # no broken image
+    photo = photos()[0]
     upload_and_wait(browser, photo)
     status = browser.find_element(By.ID, "status")
     assert "error" not in (status.get_attribute("class") or ""), status.text
     want_png, want = reference[CLASSES, Path(photo).stem]
     got = legend(browser)
-    assert len(want["classes"]) >= 2  # a photo where the tiny model finds more than one class
-    assert [(str(c["index"]), c["fraction"]) for c in want["classes"]] == [(i, f) for i, f, _ in got]
-    for c, (_, _, text) in zip(want["classes"], got):  # name and percentage as shown
-        assert text == f"{c['name']} {100 * c['fraction']:.1f}%"
-    overlay = browser.find_element(By.ID, "overlay")
-    assert browser.execute_script("return arguments[0].naturalWidth", overlay) == want["width"]
-    # the three downloads: NAME.png and NAME_overlay.png are fsa segment's files byte for byte
-    links = {a.get_attribute("download"): a.get_attribute("href")
-             for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")}
+    present = {c["index"]: c["fraction"] for c in want["classes"]}
+    assert len(present) >= 2  # a photo where the tiny model finds more than one class
+    # every class of the list, in order, absent ones at 0.0%
+    assert [(str(i), present.get(i, 0.0)) for i in range(len(want["vocabulary"]))] == [(i, f) for i, f, _ in got]
+    for name, (_, f, text) in zip(want["vocabulary"], got):
+        assert text == f"{name} {100 * f:.1f}%"
+    # at opacity 1 the canvas shows fsa segment's label map in the palette's bright colours
+    set_value(browser, "opacity", "1")
+    labels = np.asarray(Image.open(io.BytesIO(want_png)))
+    pixels = canvas_pixels(browser)
+    assert pixels.shape[:2] == labels.shape == (want["height"], want["width"])
+    assert np.array_equal(pixels[..., :3], palette_rgb(labels))
+    luminance = palette_rgb(labels).astype(float) @ [0.2126, 0.7152, 0.0722]
+    assert luminance.min() >= 70, "a class drawn near black"
+    # the downloads: NAME.png is fsa segment's file byte for byte, the overlay is the canvas on screen
+    links = {a.get_attribute("download"): a for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")}
     stem = Path(photo).stem
     assert set(links) == {f"{stem}.png", f"{stem}_overlay.png", f"{stem}.json"}
-    assert base64.b64decode(links[f"{stem}.png"].split(",", 1)[1]) == want_png
-    assert base64.b64decode(links[f"{stem}_overlay.png"].split(",", 1)[1]) == reference["overlay", CLASSES, stem]
-    # the plain label map toggle redraws the overlay from the label PNG alone
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    for name, link in links.items():
+        link.click()
+        WebDriverWait(browser, 20).until(lambda d, f=tmp_path / name: f.is_file() and f.stat().st_size)
+    assert (tmp_path / f"{stem}.png").read_bytes() == want_png
+    saved = np.asarray(Image.open(tmp_path / f"{stem}_overlay.png").convert("RGBA"))
+    assert np.array_equal(saved, pixels)  # the overlay at the opacity on screen (1 here)
+    summary = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert summary["classes"] == want["classes"] and summary["vocabulary"] == want["vocabulary"]
+    timings = browser.find_element(By.ID, "timings").text
+    assert all(f"{k} " in timings for k in ("decode", "text", "forward", "encode")), timings
+    # segmenting the same photo again (other classes) replaces its thumbnail
+    set_value(browser, "classes", OTHER)
+    upload_and_wait(browser, photo)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#thumbs img")) == 1
+    assert [t for _, _, t in legend(browser)][0].startswith("background ")
+    # the plain label map toggle redraws from the label PNG alone
     before = frames(browser)
     browser.find_element(By.ID, "labelmap").click()
-    from selenium.webdriver.support.ui import WebDriverWait
-
     WebDriverWait(browser, 20).until(lambda d: frames(d) > before)
+    browser.find_element(By.ID, "labelmap").click()
 
 
-def test_a_bad_file_shows_an_error_and_the_next_request_works(app, reference, browser, tmp_path):
+def test_threshold_leaves_pixels_unlabelled_and_transparent(app, browser):
+
+    open_page(browser, app, CLASSES)
+    set_value(browser, "prob-thd", "0.99")
+    photo = photos()[1]
+    upload_and_wait(browser, photo)
+    set_value(browser, "prob-thd", "")
+    got = legend(browser)
+    assert got[-1][0] == "255" and got[-1][2].startswith("unlabelled ") and got[-1][1] > 0.5, got
+    assert len(got) == len(CLASSES.split(",")) + 1
+    set_value(browser, "opacity", "1")
+    pixels = canvas_pixels(browser)
+    shown = np.asarray(Image.open(photo).convert("RGB"))
+    # where nothing passed the threshold the photo shows through (the label PNG is transparent there)
+    status, out = app.segment((Path(photo).name, Path(photo).read_bytes()), CLASSES, prob_thd="0.99")
+    labels = np.asarray(Image.open(io.BytesIO(base64.b64decode(out["labels"]))))
+    mask = labels == 255
+    assert mask.mean() > 0.5
+    assert np.abs(pixels[..., :3][mask].astype(int) - shown[mask]).max() <= 1
+
+
+def test_legend_hover_highlights_its_class(app, reference, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
+    open_page(browser, app, CLASSES)
+    photo = photos()[0]
+    upload_and_wait(browser, photo)
+    set_value(browser, "opacity", "1")
+    want_png, want = reference[CLASSES, Path(photo).stem]
+    labels = np.asarray(Image.open(io.BytesIO(want_png)))
+    index = want["classes"][0]["index"]
+    item = browser.find_element(By.CSS_SELECTOR, f'#legend li[data-index="{index}"]')
+    ActionChains(browser).move_to_element(item).perform()
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    overlay = browser.find_element(By.ID, "overlay")
+    WebDriverWait(browser, 10).until(lambda d: overlay.get_attribute("data-highlight") == str(index))
+    pixels = canvas_pixels(browser)[..., :3]
+    shown = np.asarray(Image.open(photo).convert("RGB"))
+    mine = labels == index
+    assert np.array_equal(pixels[mine], palette_rgb(labels)[mine])
+    assert np.abs(pixels[~mine].astype(int) - shown[~mine]).max() <= 1  # the other classes: the photo
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "status")).perform()
+    WebDriverWait(browser, 10).until(lambda d: overlay.get_attribute("data-highlight") == "")
+
+
+def test_a_bad_file_shows_an_error_in_plain_words_and_clears_the_result(app, reference, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, app, CLASSES)
+    upload_and_wait(browser, photos()[1])
+    assert browser.find_element(By.ID, "overlay").is_displayed() and legend(browser)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
-    open_page(browser, app, CLASSES)
     upload_and_wait(browser, str(bad))
     status = browser.find_element(By.ID, "status")
-    assert "error" in status.get_attribute("class") and "broken.png" in status.text, status.text
+    assert "error" in status.get_attribute("class"), status.text
+    assert status.text.count("broken.png") == 1 and "Pillow" not in status.text, status.text
+    assert not browser.find_element(By.ID, "overlay").is_displayed() and not legend(browser)  # the old result went
+    assert browser.find_element(By.ID, "empty").is_displayed()
     photo = photos()[1]
     upload_and_wait(browser, photo)
     assert "error" not in (status.get_attribute("class") or ""), status.text
     want = reference[CLASSES, Path(photo).stem][1]
-    assert [(str(c["index"]), c["fraction"]) for c in want["classes"]] == [(i, f) for i, f, _ in legend(browser)]
+    assert {str(c["index"]): c["fraction"] for c in want["classes"]} == {i: f for i, f, _ in legend(browser) if f}
 
 
-def test_live_camera_shows_overlays_and_frames_per_second(app, browser):
+def fresh_classes(n: int) -> str:
+    """`n` class names no cache holds: their text encoding takes seconds (~16 ms a class here)."""
+    return ", ".join(f"t{uuid.uuid4().hex[:10]}" for _ in range(n))
+
+
+def test_cancel_and_replace_a_request_in_flight(app, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     open_page(browser, app, CLASSES)
+    button = browser.find_element(By.ID, "segment")
+    status = browser.find_element(By.ID, "status")
+    chooser = browser.find_element(By.ID, "image")
+    chooser.send_keys(photos()[0])
+    # a slow request (1,000 new classes: ~15 s of text encoding) shows its elapsed time and cancels
+    set_value(browser, "classes", fresh_classes(1000))
+    button.click()
+    WebDriverWait(browser, 10).until(lambda d: float(button.get_attribute("data-elapsed") or 0) >= 0.5)
+    assert re.fullmatch(r"Cancel \([\d.]+ s\)", button.text), button.text
+    button.click()
+    WebDriverWait(browser, 10).until(lambda d: status.text == "cancelled" and button.text == "Segment")
+    # another slow one, replaced by new classes: the server stops the old work, the new answer comes at once
+    set_value(browser, "classes", fresh_classes(1000))
+    button.click()
+    WebDriverWait(browser, 10).until(lambda d: button.text.startswith("Cancel"))
+    t0 = time.monotonic()
+    set_value(browser, "classes", "sky, grass")
+    assert button.text == "Segment with new classes"
+    done = int(status.get_attribute("data-done") or 0)
+    button.click()
+    WebDriverWait(browser, 30).until(lambda d: int(status.get_attribute("data-done") or 0) >= done + 2
+                                     and button.text == "Segment")
+    assert time.monotonic() - t0 < 8, "the new request waited behind the abandoned one"
+    assert [t.split()[0] for _, _, t in legend(browser)] == ["sky", "grass"]
+
+
+def test_habits_paste_ctrl_enter_remembered_classes_and_the_phone_layout(app, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, app, "cat\ngrass, sky; cloud")
+    status = browser.find_element(By.ID, "status")
+    done = int(status.get_attribute("data-done") or 0)
+    # paste an image (a clipboard event carrying a file): it is segmented
+    browser.execute_script(
+        "const blob = await (await fetch('/samples/' + arguments[0])).blob();"
+        "const dt = new DataTransfer(); dt.items.add(new File([blob], 'pasted.jpg', {type: 'image/jpeg'}));"
+        "document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt}));", "chelsea.jpg")
+    WebDriverWait(browser, 30).until(lambda d: int(status.get_attribute("data-done") or 0) == done + 1)
+    assert "pasted.jpg" in status.text and "error" not in (status.get_attribute("class") or ""), status.text
+    assert [t.split()[0] for _, _, t in legend(browser)] == ["cat", "grass", "sky"]  # a newline separates classes
+    # Ctrl+Enter segments again with the classes typed
+    box = browser.find_element(By.ID, "classes")
+    box.send_keys(Keys.END, ", road")
+    box.send_keys(Keys.CONTROL, Keys.ENTER)
+    WebDriverWait(browser, 30).until(lambda d: int(status.get_attribute("data-done") or 0) == done + 2)
+    assert [t.split()[0] for _, _, t in legend(browser)] == ["cat", "grass", "sky", "road"]
+    # the last classes come back on the next visit
+    browser.get(app.url + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "classes").get_attribute("value"))
+    assert browser.find_element(By.ID, "classes").get_attribute("value") == "cat\ngrass, sky; cloud, road"
+    assert "random weights" in browser.find_element(By.ID, "weights").text
+    # a phone: 390 px wide, no sideways scroll, the result scrolled into view
+    browser.set_window_size(390, 844)
+    status = browser.find_element(By.ID, "status")
+    try:
+        browser.execute_script("document.getElementById('classes').value = arguments[0]", "x" * 300 + ", sky")
+        browser.find_element(By.CSS_SELECTOR, '#samples button[data-sample="coffee.jpg"]').click()
+        WebDriverWait(browser, 30).until(lambda d: int(status.get_attribute("data-done") or 0) >= 1
+                                         and "coffee.jpg: shown" in status.text)
+        width, inner = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width <= inner, f"horizontal scroll at 390 px: {width} > {inner}"
+        top = browser.execute_script("return document.getElementById('overlay').getBoundingClientRect().top")
+        assert 0 <= top < 844 / 2, f"the result is not in view ({top} px from the top)"
+    finally:
+        browser.set_window_size(1280, 1000)
+
+
+def test_live_camera_draws_video_with_masks_pauses_when_hidden_and_esc_stops(app, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, app, CLASSES)
+    overlay = browser.find_element(By.ID, "overlay")
+    video_frames = lambda d: int(overlay.get_attribute("data-video-frames") or 0)  # noqa: E731
     before = frames(browser)
     browser.find_element(By.ID, "camera").click()
     fps = browser.find_element(By.ID, "fps")
-    WebDriverWait(browser, 60).until(lambda d: frames(d) >= before + 3 and "frames/s" in fps.text)
-    browser.find_element(By.ID, "camera").click()  # stop
-    rate = float(re.search(r"([\d.]+) frames/s", fps.text).group(1))
+    WebDriverWait(browser, 60).until(lambda d: frames(d) >= before + 3 and "masks" in fps.text)
+    # the video is drawn at its own rate, more often than masks arrive
+    assert video_frames(browser) > frames(browser) - before
+    rate = float(re.search(r"masks ([\d.]+)/s", fps.text).group(1))
     assert rate > 0
+    # the camera picker lists the fake device once the camera runs
+    WebDriverWait(browser, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#camera-select option")) > 2)
+    # a hidden tab sends no frames
+    browser.execute_script("Object.defineProperty(document, 'hidden', {value: true, configurable: true});"
+                           "document.dispatchEvent(new Event('visibilitychange'));")
+    time.sleep(1.0)  # a frame in flight may still land
+    paused = frames(browser)
+    time.sleep(1.5)
+    assert frames(browser) == paused, "frames were segmented while the tab was hidden"
+    browser.execute_script("delete document.hidden; document.dispatchEvent(new Event('visibilitychange'));")
+    WebDriverWait(browser, 30).until(lambda d: frames(d) > paused)
+    # Esc stops it
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "camera").text == "Live camera")
     status = browser.find_element(By.ID, "status")
-    assert "error" not in (status.get_attribute("class") or ""), status.text
-    assert len(legend(browser)) >= 1
+    assert status.text == "camera stopped", status.text
+    assert len(legend(browser)) == len(CLASSES.split(","))
 
 
 # ---------------------------------------------------------------- the API
@@ -266,11 +459,14 @@ def test_info_names_the_artefact_backend_precision_and_classes(app, tiny_artifac
     assert info["backend"] == "onnxruntime-cpu" and info["precision"] == "fp32"
     assert info["artifact_sha256"] == tiny_artifact.files()["image.onnx"]["sha256"]
     assert info["classes"].startswith("background") and ", cat, " in info["classes"]
+    assert info["weights"] == json.loads((tiny_artifact.root / "meta.json").read_text())["weights"]
+    assert info["weights"]["source"] == "random-init"
 
 
 def test_api_labels_are_fsa_segments_png_pixel_for_pixel(app, reference):
-    for photo in photos()[:2]:
-        status, out = app.segment((Path(photo).name, Path(photo).read_bytes()), CLASSES)
+    for photo, overlay in zip(photos()[:2], ("1", None)):
+        status, out = app.segment((Path(photo).name, Path(photo).read_bytes()), CLASSES,
+                                  **({"overlay": overlay} if overlay else {}))
         assert status == 200, out
         want_png, want = reference[CLASSES, Path(photo).stem]
         got_png = base64.b64decode(out["labels"])
@@ -279,7 +475,18 @@ def test_api_labels_are_fsa_segments_png_pixel_for_pixel(app, reference):
         summary = out["summary"]
         assert summary["image"] == Path(photo).name
         assert summary["classes"] == want["classes"] and summary["vocabulary"] == want["vocabulary"]
-        assert base64.b64decode(out["overlay"]) == reference["overlay", CLASSES, Path(photo).stem]  # NAME_overlay.png
+        assert {"decode", "text", "encode", "forward", "total"} <= set(summary["timings_ms"])
+        if overlay:  # NAME_overlay.png only when asked
+            assert base64.b64decode(out["overlay"]) == reference["overlay", CLASSES, Path(photo).stem]
+        else:
+            assert set(out) == {"summary", "labels"}
+
+
+def test_newlines_separate_classes_as_in_a_class_file(app, reference):
+    photo = photos()[0]
+    status, out = app.segment((Path(photo).name, Path(photo).read_bytes()), CLASSES.replace(", ", "\r\n"))
+    assert status == 200, out
+    assert base64.b64decode(out["labels"]) == reference[CLASSES, Path(photo).stem][0]
 
 
 def test_concurrent_requests_with_different_classes_keep_their_own(app, reference):
@@ -303,7 +510,10 @@ def test_prob_thd_is_applied_and_checked(app):
     image = (Path(photo).name, Path(photo).read_bytes())
     status, out = app.segment(image, CLASSES, prob_thd="1")
     assert status == 200 and out["summary"]["prob_thd"] == 1.0
-    assert [c["index"] for c in out["summary"]["classes"]] == [0]  # every pixel below 1: class 0
+    # every pixel below 1: unlabelled (255, no colour), not the first class
+    assert out["summary"]["classes"] == [{"index": 255, "name": "unlabelled", "fraction": 1.0, "color": None}]
+    labels = Image.open(io.BytesIO(base64.b64decode(out["labels"])))
+    assert labels.mode == "P" and labels.info.get("transparency") == 255 and set(np.unique(labels)) == {255}
     status, out = app.segment(image, CLASSES)  # the next request has the default again
     assert out["summary"]["prob_thd"] == 0.0 and len(out["summary"]["classes"]) >= 2
 
@@ -375,11 +585,76 @@ def test_static_files_and_samples_stay_in_their_folders(app):
                  "/samples/%2fetc%2fpasswd"):
         status, data = app.request("GET", path)
         assert status == 404 and b"def " not in data and b"root:" not in data, path
+    # the example photos ship with the package, small, with their licences
+    from fsa_deploy.runtime.app.web import EXAMPLES
+
     status, data = app.request("GET", "/api/samples")
     names = json.loads(data)["samples"]
-    assert Path(photos()[0]).name in names
-    status, data = app.request("GET", f"/samples/{names[0]}")
-    assert status == 200 and data == Path(photos()[0]).parent.joinpath(names[0]).read_bytes()
+    assert names == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+    licences = (EXAMPLES / "LICENSES.txt").read_text()
+    for name in names:
+        status, data = app.request("GET", f"/samples/{name}")
+        assert status == 200 and data == (EXAMPLES / name).read_bytes() and len(data) < 64_000
+        assert name in licences
+        assert max(Image.open(io.BytesIO(data)).size) <= 480
+
+
+def test_foreign_host_and_cross_site_origin_get_403(app):
+    ok = {"Host": f"127.0.0.1:{app.port}"}
+    assert app.request("GET", "/api/info", headers=ok)[0] == 200
+    for host in (f"localhost:{app.port}", f"[::1]:{app.port}", "app.localhost"):
+        assert app.request("GET", "/api/info", headers={"Host": host})[0] == 200, host
+    for host in ("evil.example", f"attacker.example:{app.port}", "10.0.0.1"):
+        status, data = app.request("GET", "/", headers={"Host": host})
+        assert status == 403 and "--allow-host" in json.loads(data)["error"], host
+    body, ctype = multipart({"classes": "sky"}, {"image": PHOTO})
+    same = {"Content-Type": ctype, "Origin": f"http://127.0.0.1:{app.port}"}
+    assert app.request("POST", "/api/segment", body, same)[0] == 200
+    for origin in ("http://evil.example", f"http://127.0.0.1:{app.port + 1}", "null"):
+        status, data = app.request("POST", "/api/segment", body, {**same, "Origin": origin})
+        assert status == 403 and "--allow-origin" in json.loads(data)["error"], origin
+
+
+def test_allow_host_and_allow_origin_open_the_guard():
+    """The options' effect on the check the server runs (runtime.app.web.Guard), in-process: ~0 s."""
+    import argparse
+
+    from fsa_deploy.runtime.app import guard_of
+
+    guard = guard_of(argparse.Namespace(allow_host=["Box.lan"], allow_origin=["https://ui.example/"]), "127.0.0.1")
+    assert guard.problem({"host": "box.lan:7860"}) is None
+    assert guard.problem({"host": "127.0.0.1:7860", "origin": "https://ui.example"}) is None
+    assert "Host" in guard.problem({"host": "other.lan"})
+    assert "Origin" in guard.problem({"host": "box.lan", "origin": "https://other.example"})
+    wild = guard_of(argparse.Namespace(allow_host=[], allow_origin=[]), "0.0.0.0")
+    assert wild.problem({"host": "192.168.1.5:7860"}) is None and wild.problem({"host": "rebind.example"})
+
+
+def test_app_pixel_limit_follows_memory():
+    from fsa_deploy.runtime.app import BYTES_PER_PIXEL, MEMORY_SHARE, app_pixel_limit
+    from fsa_deploy.runtime.images import MAX_PIXELS
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert app_pixel_limit() == min(MAX_PIXELS, memory // (BYTES_PER_PIXEL * MEMORY_SHARE))
+
+
+def slow_request(app: App) -> socket.socket:
+    """A request that takes ~15 s (1,000 new class names to encode), sent on a raw socket."""
+    body, ctype = multipart({"classes": fresh_classes(1000)}, {"image": PHOTO})
+    sock = socket.create_connection(("127.0.0.1", app.port))
+    sock.sendall(f"POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: {ctype}\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def test_a_request_whose_client_left_stops_and_the_next_does_not_wait(app):
+    sock = slow_request(app)
+    time.sleep(1.5)  # its text encoding runs, holding the backend
+    sock.close()
+    t0 = time.monotonic()
+    status, out = app.segment(PHOTO, "sky, grass")
+    assert status == 200, out
+    assert time.monotonic() - t0 < 6, "the request waited behind abandoned work"
 
 
 def test_torch_backend_through_the_entry_point_gives_fsa_segments_labels(tiny_artifact, tmp_path):
@@ -514,8 +789,13 @@ def test_default_classes_a_server_cannot_carry_are_refused_at_start(tiny_artifac
 def test_sigint_stops_the_server_with_nothing_left(app):
     """The last test of the module: it stops the module's server."""
     assert app.proc.poll() is None
+    sock = slow_request(app)  # work in flight: it stops at its next batch, not in ~15 s
+    time.sleep(1.5)
+    t0 = time.monotonic()
     os.kill(app.proc.pid, signal.SIGINT)
     assert app.proc.wait(timeout=30) == 130
+    assert time.monotonic() - t0 < 10, "fsa app took more than 10 s to stop"
+    sock.close()
     assert "interrupted" in app.proc.stderr.read()
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):

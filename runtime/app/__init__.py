@@ -92,7 +92,7 @@ def guard_of(args: argparse.Namespace, listen: str) -> object:
     from fsa_deploy.runtime.app.web import Guard
 
     for origin in args.allow_origin:
-        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+        if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
             raise FSAError(f"--allow-origin {origin}: expected scheme://host[:port], e.g. http://192.168.1.5:7860")
     return Guard(listen=listen.lower(), hosts=tuple(h.lower() for h in args.allow_host),
                  origins=tuple(o.rstrip("/") for o in args.allow_origin))

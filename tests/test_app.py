@@ -9,6 +9,7 @@ browser tests need chromium: `make setup` installs it where it can (root, Debian
 
 from __future__ import annotations
 
+import argparse
 import base64
 import http.client
 import io
@@ -806,3 +807,63 @@ def test_sigint_stops_the_server_with_nothing_left(app):
         s.listen()
     assert set(app.tmp.iterdir()) == app.tmp_at_start  # no spooled upload left
     shutil.rmtree(app.tmp)
+
+
+# ---------------------------------------------------------------- the threshold rule, in every verb
+
+
+def test_under_the_threshold_segment_gives_unlabelled_and_eval_keeps_class_0(tiny_artifact, run_here, tmp_path):
+    """`fsa segment`: label 255 (transparent, "unlabelled" in NAME.json) under --prob-thd; `fsa eval`'s
+    segmenter: class 0, the official rule. Against the class probabilities of the same run. ~2 s."""
+    from fsa_deploy.runtime.images import load_image
+    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.text import Vocabulary
+    from fsa_deploy.validation.eval import _segment_fn
+
+    photo = photos()[0]
+    seg = Segmenter.from_artifact(tiny_artifact.root, "onnx", cache_dir=None, keep_probs=True).set_classes(CLASSES)
+    probs = seg.segment(photo).probs
+    top = probs.max(axis=0)
+    thd = round(float(np.median(top)), 3)  # about half the pixels fall under it
+    low = top < thd
+    assert 0.2 < low.mean() < 0.8
+    proc = run_here("segment", photo, "--artifact", tiny_artifact.root, "--out", tmp_path, "--backend", "onnx",
+                    "--classes", CLASSES, "--prob-thd", str(thd), "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    stem = Path(photo).stem
+    png = Image.open(tmp_path / f"{stem}.png")
+    labels = np.asarray(png)
+    assert png.info.get("transparency") == 255
+    assert (labels[low] == 255).all() and np.array_equal(labels[~low], probs.argmax(axis=0)[~low])
+    summary = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert summary["classes"][-1] == {"index": 255, "name": "unlabelled", "fraction": round(float(low.mean()), 6),
+                                      "color": None}
+    overlay = np.asarray(Image.open(tmp_path / f"{stem}_overlay.png").convert("RGB"))[: labels.shape[0]]
+    assert np.array_equal(overlay[low], np.asarray(Image.open(photo).convert("RGB"))[low])  # left as it is
+    # fsa eval's segmenter on the same backend: class 0 there, the same labels elsewhere
+    proto = argparse.Namespace(crop=seg.crop, logit_scale=seg.logit_scale, prob_thd=thd, stride=None,
+                               short_side=None, long_side=None)
+    official = _segment_fn(seg.backend, seg_artifact(tiny_artifact), seg.artifact_sha256, proto,
+                           Vocabulary.parse(CLASSES), argparse.Namespace(batch=16), None)(None, load_image(photo))
+    assert (official[low] == 0).all() and np.array_equal(official[~low], labels[~low])
+
+
+def seg_artifact(tiny_artifact):
+    from fsa_deploy.runtime.artifact import Artifact
+
+    return Artifact.load(tiny_artifact.root)
+
+
+def test_palette_is_bright_distinct_and_keeps_indices():
+    from fsa_deploy.runtime.segmenter import label_image, palette
+
+    colours = palette()[:255]
+    assert len({tuple(c) for c in colours}) == 255
+    assert (colours.astype(float) @ [0.2126, 0.7152, 0.0722]).min() >= 70  # none near black
+    labels = np.array([[0, 1, 254], [255, 3, 0]], dtype=np.int32)
+    buf = io.BytesIO()
+    label_image(labels).save(buf, format="PNG")
+    back = Image.open(io.BytesIO(buf.getvalue()))
+    assert np.array_equal(np.asarray(back), labels) and back.info["transparency"] == 255
+    assert np.array_equal(np.asarray(back.convert("RGBA"))[0, :, :3], colours[[0, 1, 254]])
+    assert np.asarray(back.convert("RGBA"))[1, 0, 3] == 0  # unlabelled: transparent

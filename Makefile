@@ -139,7 +139,7 @@ bench-eval-full: setup
 	  --reference --work out/bench/eval-full --json out/bench/eval-full.json --md out/bench/eval-full.md
 
 # fsa app (issue 24): the browser its tests drive (a no-op when present or where apt cannot install it).
-.PHONY: browser app-screenshot bench-app
+.PHONY: browser app-screenshot bench-app bench-text
 browser:
 	@if [ -n "$(BROWSER_APT)" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then \
 	  echo "installing chromium and chromium-driver (apt) for tests/test_app.py"; \
@@ -165,3 +165,11 @@ POLICY_ARGS ?= --model tiny --proxy tiny-dino --crop 112 --random-init --real-st
 bench-policy-cost: setup
 	flock /tmp/fsa-heavy.lock sh -c '$(BIN)/fsa export --out out/bench/policy-fp32 --overwrite --quiet $(POLICY_ARGS) \
 	  && $(BIN)/python -m fsa_deploy.validation.bench.policy_cost out/bench/policy-fp32'
+
+# A new class list's text encoding, before/after (docs/BENCHMARKS.md): on the full-size export that
+# bench-eval-full makes (ART=DIR for another); heavy on CPU, so under the shared lock.
+bench-text: setup
+	test -f $(or $(ART),out/demo/artifact)/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
+	  --proxy dino --crop 336 --out out/demo/artifact
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.app text --artifact $(or $(ART),out/demo/artifact) \
+	  --json out/bench/text.json

@@ -3,6 +3,7 @@ latency against `fsa segment` on the same photos.
 
     python -m fsa_deploy.validation.bench.app screenshot --out docs/app.png [--artifact DIR]  (make app-screenshot)
     python -m fsa_deploy.validation.bench.app bench --json out/bench/app.json [--artifact DIR]   (make bench-app)
+    python -m fsa_deploy.validation.bench.app text --artifact DIR --json out/bench/text.json     (make bench-text)
 
 Without --artifact a tiny artefact (tiny CLIP + tiny DINO, random init, crop 112) is exported to
 out/app/tiny (under the current folder) first. The server is `fsa app DIR --backend onnx` on
@@ -32,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fsa_deploy.runtime.serve.server import free_ports
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -214,6 +216,72 @@ def bench(args: argparse.Namespace) -> None:
     print(markdown(rows))
 
 
+TEXT_CLASSES = ("aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, dining table, dog, horse, "
+                "motorbike, person, potted plant, sheep, sofa, train, tv monitor")  # VOC's 20 objects
+TEXT_ADDED = "kite"
+
+
+def text_bench(args: argparse.Namespace) -> None:
+    """A new class list's text encoding in the app, before and after: a cold list of 20 classes, then
+    the same list with one class added. Before: every prompt at 77 tokens and the cache keyed by the
+    whole list (the added class makes a new list: all of it encoded again). After: prompts at the
+    batch's longest and one cache entry per class (the added class alone is encoded). One process,
+    one backend (ONNX Runtime CPU, text.onnx), the four measurements in turn."""
+    from fsa_deploy.runtime.artifact import Artifact, atomic_file
+    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from fsa_deploy.runtime.text import Vocabulary, cached_classifier, classifier, padded
+
+    from fsa_deploy.contract import TOKENIZER_VOCAB
+
+    art = Artifact.load(args.artifact)
+    backend = OnnxRuntimeBackend(art, providers=["CPUExecutionProvider"])
+    vocab_file, templates = art.path(TOKENIZER_VOCAB), list(art.meta["templates"])
+    cold = Vocabulary.parse(args.classes).queries
+    added = [*cold, args.added]
+    # session loaded and its arena grown (a batch of 64 at 77 tokens), not timed
+    classifier(lambda t: backend.encode_text(padded(t)), ["warm-up"], templates[:64], vocab_file=vocab_file)
+    prompts: list[int] = []
+
+    def counted(encode):
+        def run(tokens):
+            prompts.append(len(tokens))
+            return encode(tokens)
+        return run
+
+    def timed(what: str, fn) -> dict[str, Any]:
+        prompts.clear()
+        t0 = time.perf_counter()
+        fn()
+        row = {"case": what, "ms": 1e3 * (time.perf_counter() - t0), "prompts": sum(prompts)}
+        print(json.dumps(row), flush=True)
+        return row
+
+    at77 = counted(lambda t: backend.encode_text(padded(t)))
+    trim = counted(backend.encode_text)
+    with tempfile.TemporaryDirectory() as cache:
+        rows = [timed("before: cold 20 classes", lambda: classifier(at77, cold, templates, vocab_file=vocab_file)),
+                timed("before: add one class", lambda: classifier(at77, added, templates, vocab_file=vocab_file)),
+                timed("after: cold 20 classes",
+                      lambda: cached_classifier(cache, "bench", trim, cold, templates, vocab_file)),
+                timed("after: add one class",
+                      lambda: cached_classifier(cache, "bench", trim, added, templates, vocab_file))]
+    base = rows[0]["ms"]
+    for r in rows:
+        r["vs_before_cold"] = r["ms"] / base
+    report = {"artifact": str(art.root), "model": art.meta.get("model"), "classes": args.classes,
+              "added": args.added, "templates": len(templates), "rows": rows,
+              "add_one_vs_cold_after": rows[3]["ms"] / rows[2]["ms"],
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version()}
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    print("| case | prompts encoded | ms | vs before, cold 20 |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['prompts']} | {r['ms']:.0f} | {r['vs_before_cold']:.3f} |")
+    print(f"after: adding one class costs {100 * report['add_one_vs_cold_after']:.1f}% of a cold 20-class list")
+
+
 def markdown(rows: list[dict]) -> str:
     """Medians in ms per photo: whole, and outside the segmentation; the overheads against fsa segment."""
     lines = ["| photo | size | fsa segment | API round trip | page: request to overlay | outside the segmentation: "
@@ -243,12 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--photos", default="astronaut.png,chelsea.png,coffee.png,rocket.jpg")
     b.add_argument("--classes", default=BENCH_CLASSES)
     add_ranged(b, "--repeats", "timed runs per photo (default 5)", default=5)
+    t = sub.add_parser("text")
+    t.add_argument("--artifact", required=True)
+    t.add_argument("--json", default="out/bench/text.json")
+    t.add_argument("--classes", default=TEXT_CLASSES)
+    t.add_argument("--added", default=TEXT_ADDED)
     return p
 
 
 def main() -> None:
     args = build_parser().parse_args()
-    (screenshot if args.what == "screenshot" else bench)(args)
+    {"screenshot": screenshot, "bench": bench, "text": text_bench}[args.what](args)
 
 
 if __name__ == "__main__":

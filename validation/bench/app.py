@@ -33,7 +33,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fsa_deploy.runtime.serve.server import free_ports
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

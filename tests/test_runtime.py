@@ -445,7 +445,8 @@ def torch_post(canvas: np.ndarray, out: tuple[int, int], query_class: list[int],
         groups.setdefault(c, []).append(q)
     probs = torch.stack([probs[groups[c]].amax(dim=0) for c in sorted(groups)])
     top, labels = probs.max(dim=0)
-    return torch.where(top < thd, torch.zeros_like(labels), labels).numpy(), probs.numpy(), logits.numpy()
+    # under the threshold: label 255, unlabelled (fsa segment's rule; fsa eval's class 0 is below=0)
+    return torch.where(top < thd, torch.full_like(labels, 255), labels).numpy(), probs.numpy(), logits.numpy()
 
 
 def test_banded_postprocess_equals_full_planes():
@@ -457,7 +458,7 @@ def test_banded_postprocess_equals_full_planes():
     canvas = rng.normal(size=(9, 37, 50)).astype(np.float32) * 0.05
     query_class = [0, 1, 1, 2, 3, 3, 3, 4, 5]
     want_labels, want_probs, want_logits = torch_post(canvas, (211, 283), query_class, 100.0, 0.3)
-    assert 0.05 < (want_labels == 0).mean() < 0.95, "the threshold must matter in this case"
+    assert 0.01 < (want_labels == 255).mean() < 0.95, "the threshold must matter in this case"
     for budget in (1, 4 * 9 * 283 * 5, 1 << 30):
         post = postprocess(canvas, (211, 283), query_class, 100.0, 0.3, keep_probs=True, keep_logits=True,
                            band_budget=budget)
@@ -468,6 +469,8 @@ def test_banded_postprocess_equals_full_planes():
     lean = postprocess(canvas, (211, 283), query_class, 100.0, 0.3)
     assert lean.probs is None and lean.logits is None
     np.testing.assert_array_equal(lean.labels, post.labels)
+    official = postprocess(canvas, (211, 283), query_class, 100.0, 0.3, below=0)  # fsa eval's rule: class 0
+    np.testing.assert_array_equal(official.labels, np.where(lean.labels == 255, 0, lean.labels))
 
 
 def test_postprocess_memory_does_not_grow_with_classes():

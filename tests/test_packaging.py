@@ -54,6 +54,8 @@ def test_wheel_holds_one_package_and_every_source_file(wheel):
     assert not missing, f"source files not in the wheel: {missing}"
     assert "fsa_deploy/runtime/data/voc21.txt" in names
     assert {f"fsa_deploy/runtime/app/static/{n}" for n in ("index.html", "app.js", "app.css")} <= set(names)
+    assert "fsa_deploy/runtime/data/palette.txt" in names
+    assert {f"fsa_deploy/runtime/app/examples/{n}" for n in ("chelsea.jpg", "LICENSES.txt")} <= set(names)
     meta = zipfile.ZipFile(wheel).read(f"{dist[0]}/METADATA").decode()
     base = [ln.split(":", 1)[1].strip() for ln in meta.splitlines()
             if ln.startswith("Requires-Dist:") and "extra ==" not in ln]

@@ -523,6 +523,12 @@ def test_profile_shapes() -> None:
         profile_shapes(IMAGE, [1, 3, CROP, CROP], rng, None)
     with pytest.raises(FSAError, match="only the first dimension"):
         profile_shapes(TOKENS, [-1, -1], rng, None)
+    # the text graph's token length: a range (the runtime sends the batch's longest prompt); a text.onnx of
+    # a static length (77, exported before) is built at that length
+    assert profile_shapes(TOKENS, [-1, -1], rng, [(2, 16, 77)]) == {"min": [1, 2], "opt": [2, 16], "max": [4, 77]}
+    assert profile_shapes(TOKENS, [-1, 77], rng, [(2, 16, 77)]) == {"min": [1, 77], "opt": [2, 77], "max": [4, 77]}
+    with pytest.raises(FSAError, match="meta.json says"):
+        profile_shapes(TOKENS, [-1, 64], rng, [(2, 16, 77)])
 
 
 def test_doctor_json() -> None:

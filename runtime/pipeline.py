@@ -211,7 +211,7 @@ def canvas_logits(image: np.ndarray, forward: CropForward, geo: Geometry, max_ba
     wins = windows(resized.shape[-2], resized.shape[-1], geo)
     canvas = Canvas((resized.shape[-2], resized.shape[-1]), geo.crop)
     for sl in batches(len(wins), max_batch):
-        checkpoint()  # a cancelled request (fsa app) stops here, between crop batches
+        checkpoint("crops", sl.start, len(wins))  # a cancelled request (fsa app) stops here, between crop batches
         crops = np.stack([cut_crop(resized, w, geo.crop) for w in wins[sl]])
         canvas.add(np.asarray(forward(crops), dtype=np.float32), wins[sl])
     return canvas.mean()

@@ -282,7 +282,7 @@ classes x 80 templates on the tiny export, 192 MiB at 64, with no loss of speed)
     prompts = [t.format(q) for q in queries for t in templates]
     embs = []
     for i in range(0, len(prompts), batch):
-        checkpoint()  # a cancelled request (fsa app) stops here, between prompt batches
+        checkpoint("text", i, len(prompts))  # a cancelled request (fsa app) stops here, between prompt batches
         embs.append(np.asarray(encode(trimmed(tokenize(prompts[i : i + batch], vocab_file))), dtype=np.float32))
     e = l2_normalize(np.concatenate(embs)).reshape(len(queries), len(templates), -1)
     return l2_normalize(e.mean(axis=1)).astype(np.float32)

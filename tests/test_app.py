@@ -353,8 +353,9 @@ def test_cancel_and_replace_a_request_in_flight(app, browser):
     # a slow request (1,000 new classes: ~15 s of text encoding) shows its elapsed time and cancels
     set_value(browser, "classes", fresh_classes(1000))
     button.click()
-    WebDriverWait(browser, 10).until(lambda d: float(button.get_attribute("data-elapsed") or 0) >= 0.5)
-    assert re.fullmatch(r"Cancel \([\d.]+ s\)", button.text), button.text
+    WebDriverWait(browser, 10).until(lambda d: float(button.get_attribute("data-elapsed") or 0) >= 0.5
+                                     and "text" in (button.get_attribute("data-step") or ""))
+    assert re.fullmatch(r"Cancel \([\d.]+ s, text \d+%\)", button.text), button.text  # the server's progress
     button.click()
     WebDriverWait(browser, 10).until(lambda d: status.text == "cancelled" and button.text == "Segment")
     # another slow one, replaced by new classes: the server stops the old work, the new answer comes at once
@@ -639,9 +640,9 @@ def test_app_pixel_limit_follows_memory():
     assert app_pixel_limit() == min(MAX_PIXELS, memory // (BYTES_PER_PIXEL * MEMORY_SHARE))
 
 
-def slow_request(app: App) -> socket.socket:
+def slow_request(app: App, rid: str = "slow") -> socket.socket:
     """A request that takes ~15 s (1,000 new class names to encode), sent on a raw socket."""
-    body, ctype = multipart({"classes": fresh_classes(1000)}, {"image": PHOTO})
+    body, ctype = multipart({"classes": fresh_classes(1000), "request_id": rid}, {"image": PHOTO})
     sock = socket.create_connection(("127.0.0.1", app.port))
     sock.sendall(f"POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: {ctype}\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -649,13 +650,20 @@ def slow_request(app: App) -> socket.socket:
 
 
 def test_a_request_whose_client_left_stops_and_the_next_does_not_wait(app):
-    sock = slow_request(app)
-    time.sleep(1.5)  # its text encoding runs, holding the backend
+    sock = slow_request(app, "left")
+    time.sleep(1.0)  # its text encoding runs, holding the backend; GET /api/progress says how far
+    steps = []
+    for _ in range(2):
+        time.sleep(0.3)
+        steps.append(json.loads(app.request("GET", "/api/progress/left")[1]))
+    assert [s["stage"] for s in steps] == ["text", "text"] and steps[0]["total"] == 1000 * 80
+    assert 0 < steps[0]["done"] < steps[1]["done"] < steps[1]["total"], steps
     sock.close()
     t0 = time.monotonic()
     status, out = app.segment(PHOTO, "sky, grass")
     assert status == 200, out
     assert time.monotonic() - t0 < 6, "the request waited behind abandoned work"
+    assert app.request("GET", "/api/progress/left")[0] == 404  # gone with its request
 
 
 def test_torch_backend_through_the_entry_point_gives_fsa_segments_labels(tiny_artifact, tmp_path):

@@ -65,6 +65,7 @@ class Job:
     prob_thd: float | None = None
     overlay: bool = False
     stop: threading.Event | None = None
+    report: Any = None  # runtime.cancel.Report: each step's (stage, done, total), for GET /api/progress
 
     def events(self) -> tuple[threading.Event, ...]:
         return (self.stop,) if self.stop is not None else ()
@@ -158,7 +159,7 @@ class Local:
 
         vocab = parse_classes(job.classes)
         image, decode_ms = decoded(job)
-        with stoppable(*job.events()), self.lock:
+        with stoppable(*job.events(), report=job.report), self.lock:
             t0 = time.perf_counter()
             seg = self.segmenters.get(vocab)  # the class names not in the cache are encoded here
             text_ms = round(1e3 * (time.perf_counter() - t0), 3)

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ from fsa_deploy.ranges import RANGES
 STATIC = Path(__file__).parent / "static"
 EXAMPLES = Path(__file__).parent / "examples"  # small photos shipped with the package (LICENSES.txt there)
 MAX_UPLOAD = 32 << 20  # bytes of one POST /api/segment (the image and the fields)
-FIELDS = ("image", "classes", "prob_thd", "overlay")
+FIELDS = ("image", "classes", "prob_thd", "overlay", "request_id")
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the page's name for a request, to ask its progress
 DISCONNECT_POLL_S = 0.2  # how often a running request looks whether its client is still there
 LOOPBACK_NAMES = ("localhost",)  # with *.localhost (RFC 6761) and loopback addresses
 
@@ -140,8 +142,17 @@ def parse_flag(text: Any, name: str) -> bool:
     raise BadRequest(f"field {name}: {str(text)[:40]!r}: expected 1 or 0")
 
 
-async def form_fields(request: Request) -> Job:
-    """The Job of a multipart POST (image bytes, its file name, classes text, prob_thd, overlay), or BadRequest."""
+def parse_request_id(text: Any) -> str | None:
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str) or not REQUEST_ID.fullmatch(text):
+        raise BadRequest("field request_id: 1 to 64 letters, digits, '-' or '_'")
+    return text
+
+
+async def form_fields(request: Request) -> tuple[Job, str | None]:
+    """The Job of a multipart POST (image bytes, its file name, classes text, prob_thd, overlay) and its
+    request_id, or BadRequest."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("expected multipart/form-data with fields image (a file) and classes")
     body = await capped_body(request, MAX_UPLOAD)
@@ -152,7 +163,7 @@ async def form_fields(request: Request) -> Job:
     except Exception as e:  # noqa: BLE001 - python-multipart's parse errors have no common base
         raise BadRequest(f"multipart body: {type(e).__name__}: {e}") from None
     try:
-        image, classes, prob, overlay = (form.get(n) for n in FIELDS)
+        image, classes, prob, overlay, rid = (form.get(n) for n in FIELDS)
         if not isinstance(image, UploadFile):
             raise BadRequest("field image missing (a file)")
         if not isinstance(classes, str):
@@ -161,7 +172,7 @@ async def form_fields(request: Request) -> Job:
             raise BadRequest("field prob_thd: expected text, got a file")
         data = await image.read()
         name = os.path.basename(image.filename or "") or "image"
-        return Job(data, name, classes, parse_prob_thd(prob), parse_flag(overlay, "overlay"))
+        return Job(data, name, classes, parse_prob_thd(prob), parse_flag(overlay, "overlay")), parse_request_id(rid)
     finally:
         await form.close()
 
@@ -190,6 +201,7 @@ def build(service: Any, guard: Guard | None = None) -> Starlette:
 
     guard = guard or Guard()
     shipped = examples()
+    progress: dict[str, dict[str, Any]] = {}  # request_id -> the step its work is at (requests in flight only)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -206,11 +218,19 @@ def build(service: Any, guard: Guard | None = None) -> Starlette:
             return error(f"no example photo {name[:80]}", 404)
         return FileResponse(EXAMPLES / name)
 
+    async def step(request: Request) -> Response:
+        at = progress.get(request.path_params["rid"])
+        return JSONResponse(at) if at is not None else error("no such request in flight", 404)
+
     async def segment(request: Request) -> Response:
-        stop = threading.Event()
+        stop, rid = threading.Event(), None
         try:
-            job = await form_fields(request)
+            job, rid = await form_fields(request)
             job.stop = stop
+            if rid is not None:
+                progress[rid] = {"stage": "waiting", "done": 0, "total": 0}
+                job.report = lambda stage, done, total: progress.__setitem__(
+                    rid, {"stage": stage, "done": done, "total": total})
             work = asyncio.ensure_future(run_in_threadpool(service.segment, job))
             answer = await until_done_or_gone(request, work, stop, guard.stopping)
         except BadRequest as e:
@@ -223,6 +243,8 @@ def build(service: Any, guard: Guard | None = None) -> Starlette:
             return error(str(e), 400)
         except Exception as e:  # noqa: BLE001 - the server keeps serving; the page shows the line
             return error(f"{type(e).__name__}: {e}", 500)
+        finally:
+            progress.pop(rid or "", None)
         return JSONResponse(answer.as_json())
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -234,6 +256,7 @@ def build(service: Any, guard: Guard | None = None) -> Starlette:
         Route("/api/info", info),
         Route("/api/samples", sample_list),
         Route("/api/segment", segment, methods=["POST"]),
+        Route("/api/progress/{rid}", step),
         Route("/samples/{name}", sample),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),  # refuses paths outside its folder
     ]

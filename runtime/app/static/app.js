@@ -61,10 +61,11 @@ function friendly(message, name) {
 
 // ---- the request
 
-async function postSegment(blob, name, classes, signal) {
+async function postSegment(blob, name, classes, signal, requestId = "") {
   const form = new FormData();
   form.append("image", blob, name);
   form.append("classes", classes);
+  if (requestId) form.append("request_id", requestId);
   if (el.probThd.value.trim() !== "") form.append("prob_thd", el.probThd.value.trim());
   const t0 = performance.now();
   const reply = await fetch("/api/segment", { method: "POST", body: form, signal });
@@ -274,8 +275,30 @@ function updateButton() {
     return;
   }
   const secs = ((performance.now() - run.started) / 1000).toFixed(1);
-  el.segment.textContent = el.classes.value !== run.classes ? "Segment with new classes" : `Cancel (${secs} s)`;
+  const step = describeStep(run.step);
+  el.segment.textContent = el.classes.value !== run.classes ? "Segment with new classes"
+    : `Cancel (${secs} s${step ? ", " + step : ""})`;
   el.segment.dataset.elapsed = secs;
+  el.segment.dataset.step = step;
+}
+
+function describeStep(step) {
+  // the server's GET /api/progress answer: where the request's work is
+  if (!step) return "";
+  if (step.stage === "text") return `text ${Math.round((100 * step.done) / Math.max(1, step.total))}%`;
+  if (step.stage === "crops") return `crops ${step.done}/${step.total}`;
+  return step.stage;
+}
+
+async function pollProgress(run) {
+  if (!run.rid || run.polling) return;
+  run.polling = true;
+  try {
+    const reply = await fetch(`/api/progress/${run.rid}`);
+    if (reply.ok) run.step = await reply.json();
+  } catch (e) { /* the answer will say */ } finally {
+    run.polling = false;
+  }
 }
 
 async function segmentFiles(files) {
@@ -286,7 +309,7 @@ async function segmentFiles(files) {
   if (state.run) state.run.controller.abort();  // replaced: its server work stops at the next batch
   const run = { controller: new AbortController(), classes: el.classes.value, started: performance.now() };
   state.run = run;
-  run.timer = setInterval(updateButton, 100);
+  run.timer = setInterval(() => { updateButton(); pollProgress(run); }, 250);
   updateButton();
   try {
     localStorage.setItem(STORE, run.classes);
@@ -296,7 +319,9 @@ async function segmentFiles(files) {
       if (state.run !== run) return;
       setStatus(`segmenting ${file.name} (${i + 1} of ${files.length})…`);
       try {
-        const result = await postSegment(file, file.name, run.classes, run.controller.signal);
+        run.rid = `r${Date.now().toString(36)}${Math.random().toString(36).slice(2, 10)}`;
+        run.step = null;
+        const result = await postSegment(file, file.name, run.classes, run.controller.signal, run.rid);
         if (state.run !== run) return;
         await show(remember(result, file));
         setStatus(`${file.name}: shown in ${result.shownMs.toFixed(0)} ms`);

@@ -401,7 +401,9 @@ def test_habits_paste_ctrl_enter_remembered_classes_and_the_phone_layout(app, br
     assert browser.find_element(By.ID, "classes").get_attribute("value") == "cat\ngrass, sky; cloud, road"
     assert "random weights" in browser.find_element(By.ID, "weights").text
     # a phone: 390 px wide, no sideways scroll, the result scrolled into view
-    browser.set_window_size(390, 844)
+    # (a headless window is at least 500 px wide: the phone's viewport is emulated)
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
     status = browser.find_element(By.ID, "status")
     try:
         browser.execute_script("document.getElementById('classes').value = arguments[0]", "x" * 300 + ", sky")
@@ -409,11 +411,11 @@ def test_habits_paste_ctrl_enter_remembered_classes_and_the_phone_layout(app, br
         WebDriverWait(browser, 30).until(lambda d: int(status.get_attribute("data-done") or 0) >= 1
                                          and "coffee.jpg: shown" in status.text)
         width, inner = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
-        assert width <= inner, f"horizontal scroll at 390 px: {width} > {inner}"
+        assert inner == 390 and width <= inner, f"horizontal scroll at 390 px: {width} > {inner}"
         top = browser.execute_script("return document.getElementById('overlay').getBoundingClientRect().top")
         assert 0 <= top < 844 / 2, f"the result is not in view ({top} px from the top)"
     finally:
-        browser.set_window_size(1280, 1000)
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_live_camera_draws_video_with_masks_pauses_when_hidden_and_esc_stops(app, browser):

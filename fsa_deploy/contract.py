@@ -72,3 +72,8 @@ IN_SHORT_SIDE, IN_STRIDE, IN_PROB_THD = "SHORT_SIDE", "STRIDE", "PROB_THD"  # IN
 UNLABELLED = 255
 UNLABELLED_WIDE = 65535
 UNLABELLED_NAME = "unlabelled"
+
+# ---- fsa eval: its resize (`--resize`), its benchmarks in the paper's column order (`fsa eval paper`)
+EVAL_RESIZES = ("mmcv", "float")  # mmcv: cv2 on uint8, the official pipeline; float: fsa segment's
+PAPER_BENCHMARKS = ("voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff", "cityscapes", "ade20k")
+PAPER = "paper"  # `fsa eval paper --root DATA`

@@ -108,6 +108,7 @@ RANGES: dict[str, Range] = {
     "--limit": Range(1, 10_000_000, integer=True),
     "--max-miou-drop": Range(0.0, 1.0, why="a fraction of mIoU (0.01 = one point)"),
     "--concurrency": Range(1, 256, integer=True, why="requests in flight per server"),
+    "--server-timeout": Range(0.1, 86400.0, why="seconds a server may take for one image"),
     "--port": Range(1, 65535, integer=True),  # fsa app
     # benchmark scripts (make bench-*): counts of their own
     "--requests": Range(1, 1_000_000, integer=True, why="bench-serve: requests between the two RSS readings"),

@@ -207,7 +207,12 @@ def stitch(logits: np.ndarray, wins: Sequence[Window], size: tuple[int, int], ou
 
 def canvas_logits(image: np.ndarray, forward: CropForward, geo: Geometry, max_batch: int = 16) -> np.ndarray:
     """image [3, H0, W0] RGB 0-255 -> image logits at the resized size [K, h, w] (before the scale)."""
-    resized = resize_image(image, geo)
+    return resized_canvas_logits(resize_image(image, geo), forward, geo, max_batch)
+
+
+def resized_canvas_logits(resized: np.ndarray, forward: CropForward, geo: Geometry, max_batch: int = 16) -> np.ndarray:
+    """The image already resized (float32 [3, h, w], by `resize_image` or by `fsa eval`'s mmcv
+    resize) -> image logits at that size [K, h, w] (before the scale)."""
     wins = windows(resized.shape[-2], resized.shape[-1], geo)
     canvas = Canvas((resized.shape[-2], resized.shape[-1]), geo.crop)
     for sl in batches(len(wins), max_batch):

@@ -193,32 +193,42 @@ class Vocabulary:
         return cls.from_lines(split_classes(text), what)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> Vocabulary:
-        """One class a line, synonyms separated by ';' (the official class files)."""
-        if Path(path).exists() and not Path(path).is_file():  # a FIFO would block the read forever
-            raise FSAError(f"--classes-file {path}: not a regular file")
+    def from_file(cls, path: str | os.PathLike[str], separator: str = ";", what: str = "--classes-file") -> Vocabulary:
+        """One class a line in label order, synonyms split on `separator` (';' in ours and FSA's
+        files, ', ' or ',' in other repositories'): the one reader of class files (`fsa segment`,
+        `fsa eval`). Regular files only (a FIFO would block the read forever); an empty line
+        between classes would shift every later label index, so it is refused."""
+        if not Path(path).is_file():
+            raise FSAError(f"{what} {path}: {'not a regular file' if Path(path).exists() else 'no such file'}")
         try:
             lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a BOM is not a class name
         except (OSError, UnicodeDecodeError) as e:
-            raise FSAError(f"--classes-file {path}: unreadable ({type(e).__name__})") from e
-        return cls.from_lines(lines, f"--classes-file {path}")
+            raise FSAError(f"{what} {path}: unreadable ({type(e).__name__})") from e
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if blank := next((n for n, line in enumerate(lines, 1) if not line.strip()), None):
+            raise FSAError(f"{what} {path}: line {blank} is empty (every line is one class, in label order)")
+        return cls.from_lines(lines, f"{what} {path}", separator)
 
     @classmethod
-    def from_lines(cls, lines: Sequence[str], what: str) -> Vocabulary:
-        """Classes from lines (or comma-separated items): a BOM is dropped; control characters, and
-        a class identical to another (its probability would split in two), are refused; a synonym
-        shared by two classes (COCO-Object's `bed`) is accepted with one warning line."""
+    def from_lines(cls, lines: Sequence[str], what: str, separator: str = ";") -> Vocabulary:
+        """Classes from lines (or comma-separated items): a BOM is dropped; control characters, '|'
+        (it would split a Markdown table's cell), and a class identical to another after CLIP's
+        cleaning (its probability would split in two) are refused; a synonym shared by two classes
+        (COCO-Object's `bed`) is accepted with one warning line."""
         classes: list[tuple[str, ...]] = []
         first: dict[tuple[str, ...], int] = {}
         owner: dict[str, int] = {}
         shared: list[str] = []
         for n, line in enumerate(lines, 1):
             line = line.removeprefix("\ufeff") if n == 1 else line
-            names = tuple(x.strip() for x in line.split(";") if x.strip())
+            names = tuple(x.strip() for x in line.split(separator.strip() or separator) if x.strip())
             if not names:
                 continue
             if bad := next((c for x in names for c in x if _control(c)), None):
                 raise FSAError(f"{what}: item {n} holds a control character (U+{ord(bad):04X}); refused")
+            if any("|" in x for x in names):
+                raise FSAError(f"{what}: item {n} holds '|', which would split a table's cell; refused")
             key = tuple(clean(x) for x in names)
             if key in first:
                 raise FSAError(f"{what}: item {n} ({escape(line.strip()[:80])}) repeats item {first[key]}; a repeated "

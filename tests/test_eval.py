@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, missing, photos, run_cli
+from conftest import REPO, assert_one_line_error, missing, photos, require, run_cli
 from fsa_deploy.runtime.serve.server import free_ports
 from fsa_deploy.validation.eval import datasets as D
 from fsa_deploy.validation.eval.metrics import confusion, scores
@@ -61,6 +61,67 @@ def test_metrics_match_an_independent_iou_metric():
     assert got.miou == pytest.approx(want["miou"], rel=1e-12)
     assert got.macc == pytest.approx(want["macc"], rel=1e-12)
     assert got.aacc == pytest.approx(want["aacc"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- mmcv's resize
+
+
+# mmcv's arithmetic, transcribed from open-mmlab/mmcv@a8073c74bf83d62ec36a103f835faa4837fb6585
+# mmcv/image/geometric.py: _scale_size, rescale_size, imrescale, imresize (backend 'cv2',
+# interpolation 'bilinear' -> cv2.INTER_LINEAR), as mmcv.transforms.Resize(keep_ratio=True) calls it.
+def mmcv_scale_size(size, scale):
+    if isinstance(scale, (float, int)):
+        scale = (scale, scale)
+    w, h = size
+    return int(w * float(scale[0]) + 0.5), int(h * float(scale[1]) + 0.5)
+
+
+def mmcv_rescale_size(old_size, scale):
+    w, h = old_size
+    max_long_edge = max(scale)
+    max_short_edge = min(scale)
+    scale_factor = min(max_long_edge / max(h, w), max_short_edge / min(h, w))
+    return mmcv_scale_size((w, h), scale_factor)
+
+
+def mmcv_imrescale(img, scale):
+    import cv2
+
+    h, w = img.shape[:2]
+    new_size = mmcv_rescale_size((w, h), scale)
+    return cv2.resize(img, new_size, dst=None, interpolation=cv2.INTER_LINEAR)
+
+
+# (height, width) of the inputs: landscape, portrait, square, extreme ratios, odd sizes, the
+# long-side bound (2048) binding, upscaling and downscaling; short sides of the official configs
+MMCV_SIZES = [(375, 500), (500, 375), (333, 500), (480, 640), (1024, 2048), (1, 1), (7, 3), (97, 1999),
+              (2000, 111), (336, 336), (337, 335), (250, 8000), (1080, 1920), (281, 500), (427, 640)]
+
+
+def test_mmcv_resize_equals_mmcv_on_sizes_and_ratios():
+    """fsa eval's resize (validation/eval/mmcv.py) is mmcv.imrescale's: the same size for every shape,
+    and the same uint8 pixels; fsa segment's float path differs from it by rounding only."""
+    require("cv2")
+    from fsa_deploy.runtime.pipeline import Geometry, resize_image
+    from fsa_deploy.validation.eval.mmcv import imrescale, rescale_size
+
+    rng = np.random.default_rng(0)
+    for short in (336, 448, 560, 224):
+        for h, w in MMCV_SIZES:
+            want = mmcv_rescale_size((w, h), (2048, short))
+            assert rescale_size(h, w, short, 2048)[::-1] == want, (h, w, short)
+    photo = np.asarray(Image.open(photos()[0]).convert("RGB"))
+    for h, w in MMCV_SIZES[:10]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) if h < 20 else \
+            np.ascontiguousarray(np.resize(photo, (h, w, 3)))
+        want = mmcv_imrescale(img, (2048, 336))  # as LoadImageFromFile gives it (HWC), channel order irrelevant
+        got = imrescale(img.transpose(2, 0, 1), 336, 2048)
+        assert got.dtype == np.float32 and got.shape == (3, *want.shape[:2])
+        np.testing.assert_array_equal(got, want.transpose(2, 0, 1).astype(np.float32))
+        flt = resize_image(img.transpose(2, 0, 1), Geometry(crop=336, short_side=336, long_side=2048))
+        assert flt.shape == got.shape  # the same size; the values differ by cv2's uint8 rounding
+        if (h, w) != (336, 336):
+            assert 0 < np.abs(flt - got).max() <= 1.0 + 1e-3
 
 
 # ---------------------------------------------------------------- datasets in each layout
@@ -152,8 +213,10 @@ def folder_report(tiny_artifact, folder_ds, tmp_path_factory) -> tuple[dict, Pat
     out = tmp_path_factory.mktemp("eval") / "r.json"
     proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--reference",
                     "--short-side", "120", "--prob-thd", "0.3", "--md", out.with_suffix(".md"),
-                    "--plot", out.with_suffix(".png"))
+                    "--plot", out.with_suffix(".png"), "--resize", "float", "--csv", out.with_suffix(".csv"),
+                    "--latex", out.with_suffix(".tex"), "--show-dir", out.parent / "show")
     assert proc.returncode == 0, proc.stderr
+    out.with_suffix(".stdout").write_text(proc.stdout)
     return json.loads(out.read_text()), out
 
 
@@ -182,6 +245,49 @@ def test_json_contract_and_rows(folder_report):
     assert art["pixel_agreement"] > 0.99
     assert out.with_suffix(".md").read_text().count("|") > 20
     assert out.with_suffix(".png").stat().st_size > 1000
+    # the dataset's names (a folder's: its class file's first names), and per-class Acc = IoUMetric's
+    assert rep["class_names"] == ["background", "cat", "person", "rocket"]
+    for r in rep["rows"]:
+        want = scores(np.asarray(r["confusion"])).acc
+        assert [None if np.isnan(v) else v for v in want] == pytest.approx(r["acc"])
+    # what differs from the official setup is declared: fp32 vs fp16, the tiny backbone and proxy,
+    # random weights, the float resize
+    differs = " ".join(p["differs_from_official"])
+    for needle in ("fp16", "backbone tiny", "proxy tiny-dino", "random-init", "--resize float"):
+        assert needle in differs, needle
+    setup = rep["setup"]
+    assert setup["model"] == "tiny" and setup["proxy"] == "tiny-dino" and setup["precision"]["reference"] == "fp32"
+    assert setup["artifact_sha256"] == rep["artifact_sha256"] and len(setup["text_sha256"]) == 64
+    assert setup["hyper_parameters"]["lamda"] == 3.0
+
+
+def test_stdout_csv_latex_tables(folder_report):
+    """stdout is mmseg's table (per-class IoU and Acc, then aAcc, mIoU, mAcc); CSV and LaTeX carry the
+    same cells; a delta under 0.01 point prints "<0.01", never "-0.00"."""
+    import csv
+
+    from fsa_deploy.validation.eval.report import delta_text, share_text
+
+    rep, out = folder_report
+    text = out.with_suffix(".stdout").read_text()
+    ref, art = rep["rows"]
+    assert "| Class" in text and "| aAcc" in text and "| mIoU" in text and "| mAcc" in text
+    for i, name in enumerate(rep["class_names"]):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} "))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == (f"{100 * ref['iou'][i]:.2f}" if ref["iou"][i] is not None else "-")
+        assert cells[2] == (f"{100 * ref['acc'][i]:.2f}" if ref["acc"][i] is not None else "-")
+        assert cells[-1] == rep["classes"][i]  # the prompt line beside the dataset's name
+    assert f"{100 * art['miou']:.2f}" in text and "fp16" in text
+    assert "-0.00" not in text and "100.00%" not in text or art["pixel_agreement"] == 1.0
+    rows = list(csv.reader(out.with_suffix(".csv").read_text().splitlines()))
+    assert rows[0][:3] == ["Class", "IoU reference", "Acc reference"] and rows[1][0] == "background"
+    assert rows[1][1] == (f"{100 * ref['iou'][0]:.2f}" if ref["iou"][0] is not None else "-")
+    tex = out.with_suffix(".tex").read_text()
+    assert tex.count("\\begin{tabular}") == 2 and "background" in tex and f"{100 * art['miou']:.2f}" in tex
+    for v, want in ((0.0, "0.00"), (-4e-5, "-<0.01"), (3e-6, "+<0.01"), (-0.00012, "-0.01"), (0.0123, "+1.23")):
+        assert delta_text(v) == want
+    assert share_text(1 - 4 / 443556) == ">99.99%" and share_text(1.0) == "100.00%"
 
 
 def test_segment_reproduces_the_label_maps_eval_scored(tiny_artifact, folder_ds, folder_report, tmp_path):
@@ -200,6 +306,11 @@ def test_segment_reproduces_the_label_maps_eval_scored(tiny_artifact, folder_ds,
     # fsa segment leaves pixels under prob_thd unlabelled (255); eval applies the official rule, class 0
     preds = [np.asarray(Image.open(seg / f"{it.image.stem}.png")).astype(np.int64) for it in found]
     preds = [np.where(pr == 255, 0, pr) for pr in preds]
+    show = folder_report[1].parent / "show"  # --show-dir: the artefact row's maps (segment's, under the official rule)
+    for it, pr in zip(found, preds):
+        shown = Image.open(show / f"{it.image.stem}.png")
+        assert shown.mode == "P" and np.array_equal(np.asarray(shown), pr)
+        assert shown.getpalette() == Image.open(seg / f"{it.image.stem}.png").getpalette()
     gts = [D.read_mask(it.mask, False) for it in found]
     art = rep["rows"][1]
     cm = sum(confusion(g, pr, 4, 255) for g, pr in zip(gts, preds))
@@ -214,7 +325,8 @@ def test_stopped_run_resumes_to_the_same_result(tiny_artifact, folder_ds, folder
     work, out = tmp_path / "work", tmp_path / "r.json"
     cmd = [sys.executable, "-m", "fsa_deploy", "eval", "folder", "--root", str(root), "--artifact",
            str(tiny_artifact.root), "--json", str(out), "--quiet", "--classes-file", str(classes), "--reference",
-           "--short-side", "120", "--prob-thd", "0.3", "--work", str(work), "--cache-dir", str(tmp_path / "cache")]
+           "--short-side", "120", "--prob-thd", "0.3", "--work", str(work), "--cache-dir", str(tmp_path / "cache"),
+           "--resize", "float"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(work.glob("*.npz")) and proc.poll() is None:
@@ -261,8 +373,13 @@ def test_benchmark_layout_end_to_end(tiny_artifact, tmp_path_factory, dataset, c
     gt = D.read_mask(first.mask, lay.reduce_zero_label)
     assert cm.shape == (lay.num_classes,) * 2 and cm.sum() == int((gt != 255).sum())
     assert cm.sum(axis=1).tolist() == np.bincount(gt[gt != 255], minlength=lay.num_classes).tolist()
-    if dataset == "voc21":
+    assert rep["protocol"]["resize"] == "mmcv" and len(rep["class_names"]) == lay.num_classes
+    if dataset == "voc21":  # the prompt lines, and the dataset's own names beside them
         assert rep["classes"][0].startswith("sky; wall; tree") and rep["classes"][1] == "aeroplane"
+        assert rep["class_names"][0] == "background" and rep["class_names"][11] == "diningtable"
+        assert rep["class_names"][20] == "tvmonitor" and rep["classes"][11] == "table"
+    if dataset == "coco-object":
+        assert rep["class_names"][0] == "background" and rep["classes"][0] != "background"
     if dataset == "cityscapes":  # FSA's Cityscapes config slides 224 windows: the artefact's crop differs
         assert any("224" in d for d in rep["protocol"]["differs_from_official"])
 

@@ -7,7 +7,32 @@ from typing import Any
 
 import numpy as np
 
-from fsa_deploy.contract import IN_CLASSES, IN_IMAGE, IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE
+from fsa_deploy.contract import IMAGE_ONNX, IN_CLASSES, IN_IMAGE, IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, TEXT_ONNX
+
+IDENTITY_KEYS = ("attention", "fsa", "proxy", "crop", "logit_scale", "hyper_parameters")
+SERVED = "served"  # fsa_segment's SUMMARY key holding `identity` of the artefact it serves
+
+
+def identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a served row's numbers depend on, from meta.json: the image and text graphs' hashes and the
+    method preset (attention, FSA on/off, proxy, crop, logit scale, hyper-parameters). fsa_segment
+    puts it in SUMMARY; `fsa eval --server` compares it with the local artefact's."""
+    files = meta.get("files") or {}
+    out = {"image_sha256": (files.get(IMAGE_ONNX) or {}).get("sha256"),
+           "text_sha256": (files.get(TEXT_ONNX) or {}).get("sha256")}
+    out.update({k: meta.get(k) for k in IDENTITY_KEYS})
+    return out
+
+
+def secure_address(url: str) -> tuple[str, bool]:
+    """(host:port, TLS?) of a server URL: https:// is spoken to with TLS, never as plain HTTP;
+    any scheme other than http:// and https:// is refused."""
+    from fsa_deploy.errors import FSAError
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else "http"
+    if scheme not in ("http", "https"):
+        raise FSAError(f"--server {url}: scheme {scheme}:// (give http:// or https://)")
+    return server_address(url), scheme == "https"
 
 
 def server_address(url: str) -> str:

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
@@ -25,14 +27,16 @@ PROG = "fsa eval"
 def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
     from fsa_deploy.validation.eval.datasets import DATASETS
 
-    from fsa_deploy.contract import BACKENDS
+    from fsa_deploy.contract import BACKENDS, EVAL_RESIZES, PAPER
 
     p = sub.add_parser("eval", help=help_text, description=(
         "Score an artefact on a segmentation benchmark as the paper does (mmsegmentation's mIoU, the "
         "official configs' resize, windows, prob_thd and class names for the artefact's method), one row per "
         "--graph, beside the PyTorch reference with --reference. Metrics are fractions in the JSON, points in "
         "the Markdown."))
-    p.add_argument("dataset", metavar="DATASET", help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("dataset", metavar="DATASET",
+                   help=f"one of: {', '.join(DATASETS)}; or {PAPER}: every benchmark found under --root, laid out "
+                        "as mmsegmentation's data/ folder, one row per model in the paper's column order")
     p.add_argument("--root", required=True, metavar="DIR",
                    help="the dataset's own folder, as the configs' data_root names it (e.g. VOCdevkit/VOC2012)")
     p.add_argument("--artifact", required=True, metavar="DIR", help="artefact folder written by `fsa export`")
@@ -45,6 +49,8 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
                    help="Triton server(s) running `fsa serve` on this artefact (repeatable): the artefact row "
                         "runs there")
     add_ranged(p, "--concurrency", "requests in flight per server (default 2)", default=2)
+    add_ranged(p, "--server-timeout", "seconds one image may take on a server before the server is dropped and the "
+                                      "image retried on another (default: from the largest image's size)", default=None)
     add_ranged(p, "--short-side", "resize: the short side (default: the protocol's)", default=None)
     add_ranged(p, "--long-side", "resize: at most this long side (default: the protocol's, 2048)", default=None)
     add_ranged(p, "--stride", "sliding-window stride (default: the protocol's)", default=None)
@@ -57,10 +63,20 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--work", metavar="DIR", help="keep each image's confusion matrices here; a rerun resumes")
     add_ranged(p, "--max-miou-drop", "exit 1 when an artefact row's mIoU is further below the reference's",
                default=None)
+    p.add_argument("--resize", choices=EVAL_RESIZES, default=None,
+                   help="mmcv (default): decode with OpenCV and resize the uint8 image with cv2 as the official "
+                        "pipeline (mmcv.imrescale); float: Pillow and fsa segment's float32 resize (its label maps "
+                        "are fsa segment's exactly; listed as a difference)")
     p.add_argument("--json", required=True, metavar="F", help="write the report (JSON) here")
     p.add_argument("--md", metavar="F", help="write the report as Markdown here")
+    p.add_argument("--csv", metavar="F", help="write the per-class table and the summary as CSV (points) here")
+    p.add_argument("--latex", metavar="F", help="write the tables as LaTeX tabulars (points) here")
+    p.add_argument("--show-dir", metavar="DIR",
+                   help="write each image's label map (the first artefact row's, else the reference's) as a palette "
+                        "PNG named after the image, as fsa segment writes NAME.png (pixels under prob_thd: class 0)")
     p.add_argument("--plot", metavar="F.png", help="per-class IoU of the rows, worst deltas first")
-    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --md / --plot files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --json / --md / --csv / --latex / --plot files and --show-dir images")
     add_ranged(p, "--batch", "crops per backend call (default 16)", default=16)
     add_ranged(p, "--threads", "ONNX Runtime CPU threads (default: all cores)", default=None)
     cache = p.add_mutually_exclusive_group()
@@ -73,89 +89,231 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
+def _report() -> Any:
+    """validation/eval/report.py, imported when a command runs (not when the CLI's parser is built)."""
+    from fsa_deploy.validation.eval import report
+
+    return report
+
+
 def _say(line: str) -> None:
     print(f"{PROG}: {line}", file=sys.stderr, flush=True)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime.artifact import Artifact, check_output_file, write_json_atomic
-    from fsa_deploy.validation.eval import datasets as D
-    from fsa_deploy.validation.eval import report as R
-    from fsa_deploy.validation.eval.protocol import Overrides, resolve
-    from fsa_deploy.validation.eval.runner import run_rows, work_key
+    from fsa_deploy.runtime.artifact import Artifact, check_output_file
 
-    from fsa_deploy.contract import IMAGE_ONNX
+    args.resize_given = args.resize is not None
+    args.resize = args.resize or "mmcv"
+    from fsa_deploy.contract import IMAGE_ONNX, PAPER
 
-    for path, option in ((args.json, "--json"), (args.md, "--md"), (args.plot, "--plot")):
+    outputs = (("--json", args.json), ("--md", args.md), ("--plot", args.plot), ("--csv", args.csv),
+               ("--latex", args.latex))
+    for option, path in outputs:
         check_output_file(path, option, args.overwrite)
     if args.max_miou_drop is not None and not args.reference:
         raise FSAError("--max-miou-drop: needs --reference (the drop is measured against it)")
-    lay = D.layout_of(args.dataset)
+    if args.server and args.resize == "mmcv" and args.resize_given:
+        raise FSAError("--server with --resize mmcv: fsa_segment decodes with Pillow and resizes in float32; "
+                       "give --resize float (or run the rows locally)")
+    if args.server:
+        args.resize = "float"  # what fsa_segment does; declared in differs_from_official
+    if args.show_dir:
+        _check_show_dir(args.show_dir)
     art = Artifact.load(args.artifact)
     sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
     if not sha:
         raise FSAError(f"{art.root}: meta.json records no {IMAGE_ONNX} hash; re-export")
-    over = Overrides(args.short_side, args.long_side, args.stride, args.prob_thd, args.classes_file)
-    method, proto, vocab = resolve(art.meta, args.dataset, over)
+    if args.dataset == PAPER:
+        return run_paper(args, art, sha)
+    with _work_dir(args.work) as work:
+        report = evaluate(args, args.dataset, args.root, art, sha, work,
+                          Path(args.show_dir) if args.show_dir else None)
+    _write_outputs(args, report)
+    print(_report().stdout_text(report), end="", flush=True)
+    gate(report, args.max_miou_drop)
+    return 0
+
+
+def _check_show_dir(folder: str) -> None:
+    from fsa_deploy.runtime.artifact import is_artifact
+    from fsa_deploy.runtime.schema import refuse_artifact_file
+
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise FSAError(f"--show-dir {p}: exists and is not a folder")
+    refuse_artifact_file(p / "x.png", "--show-dir")
+    if is_artifact(p) or is_artifact(p.parent):
+        raise FSAError(f"--show-dir {p}: inside an artefact folder; write it elsewhere")
+
+
+def _write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
+
+    write_json_atomic(args.json, report)
+    rep = _report()
+    for path, text in ((args.md, rep.markdown), (args.csv, rep.csv_text), (args.latex, rep.latex_text)):
+        if path:
+            with atomic_file(path) as tmp:
+                tmp.write_text(text(report))
+    if args.plot:
+        _report().plot(report, args.plot)
+
+
+def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any, sha: str, work: Path,
+             show_dir: Path | None) -> dict[str, Any]:
+    """One benchmark: the rows run (or read back from `work`) and the report (the JSON's object)."""
+    from fsa_deploy.validation.eval import datasets as D
+    from fsa_deploy.validation.eval.protocol import Overrides, class_names, declared, resolve
+    from fsa_deploy.validation.eval.runner import Progress, ShowDir, run_rows, work_key
+
+    lay = D.layout_of(dataset)
+    over = Overrides(args.short_side, args.long_side, args.stride, args.prob_thd, args.classes_file, args.resize)
+    method, proto, vocab = resolve(art.meta, dataset, over)
     k = len(vocab.classes)
-    found = D.items(args.dataset, args.root, args.split, args.limit)
-    if not args.quiet and len(found) > 100:
-        _say(f"checking {len(found)} masks before the first image runs")
-    for _ in D.check_all(found, lay.reduce_zero_label, k, proto.ignore_index):
-        pass
+    found = D.items(dataset, root, args.split, args.limit)
+    bar = Progress(len(found), not args.quiet and len(found) > 1, f"{dataset}: checking masks", "mask")
+    try:
+        for _ in D.check_all(found, lay.reduce_zero_label, k, proto.ignore_index):
+            bar.step()
+    finally:
+        bar.close()
+    rows = open_rows(args, art, sha, proto, vocab, found)
+    setup, notes = declared(art, rows, args.reference)
+    proto.differs_from_official.extend(notes)
     protocol = proto.as_json()
     classes = ["; ".join(c) for c in vocab.classes]
-    rows = open_rows(args, art, sha, proto, vocab)
     if not args.quiet:
-        _say(f"{args.dataset}: {len(found)} images, {k} classes, method {method}; rows: "
+        _say(f"{dataset}: {len(found)} images, {k} classes, method {method}; rows: "
              + ", ".join(f"{r.name} ({r.backend})" for r in rows))
-    with _work_dir(args.work) as work:
-        key_of = lambda item: work_key(sha, rows, protocol, classes, item)
-        parallel = None
-        if args.server:
-            from fsa_deploy.validation.eval.remote import fan_out
+    decode = _decoder(proto.resize)
+    key_of = lambda item: work_key(sha, rows, protocol, classes, item)  # noqa: E731
+    parallel = None
+    if args.server:
+        from fsa_deploy.validation.eval.remote import fan_out
 
-            parallel = fan_out(rows, lay.reduce_zero_label, args.concurrency)
-        failures = run_rows(rows, found, k, proto.ignore_index, lay.reduce_zero_label, work, key_of,
-                            progress=not args.quiet, parallel=parallel)
+        parallel = fan_out(rows, lay.reduce_zero_label, args.concurrency, decode)
+    show = None
+    if show_dir is not None:
+        show = ShowDir(show_dir, next((i for i, r in enumerate(rows) if not r.is_reference), 0))
+    failures = run_rows(rows, found, k, proto.ignore_index, lay.reduce_zero_label, work, key_of, decode,
+                        progress=not args.quiet, parallel=parallel, show=show, overwrite=args.overwrite)
     if failures:
         for line in failures:
             print(f"{PROG}: error: {line}", file=sys.stderr)
         raise FSAError(f"{len(failures)} of {len(found)} images failed (named above); no report written")
-    extra = {"artifact": str(art.root), "artifact_sha256": sha}
-    report = R.build(args.dataset, method, protocol, classes, len(found), rows, extra)
-    write_json_atomic(args.json, report)
-    if args.md:
-        from fsa_deploy.runtime.artifact import atomic_file
+    extra: dict[str, Any] = {"artifact": str(art.root), "artifact_sha256": sha, "setup": setup}
+    if show is not None:
+        extra["show_dir"] = {"folder": str(show.folder), "row": rows[show.row].name}
+    return _report().build(dataset, method, protocol, classes, class_names(dataset, vocab), len(found), rows, extra)
 
-        with atomic_file(args.md) as tmp:
-            tmp.write_text(R.markdown(report))
-    if args.plot:
-        R.plot(report, args.plot)
-    _print_summary(report)
-    gate(report, args.max_miou_drop)
+
+def _decoder(resize: str):
+    """The protocol's decoder: OpenCV as mmcv (mmcv resize), Pillow as `fsa segment` (float)."""
+    if resize == "mmcv":
+        from fsa_deploy.validation.eval.mmcv import cv2, decode
+
+        cv2()  # a missing OpenCV is one line now, not one per image
+        return decode
+    from fsa_deploy.runtime.images import load_image
+
+    return load_image
+
+
+def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
+    """Every benchmark found under DATA (mmseg's data/ layout), one row per model in the paper's
+    column order; each benchmark's report kept in --work (a rerun skips the finished ones)."""
+    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
+    from fsa_deploy.validation.eval import datasets as D
+
+    from fsa_deploy.contract import PAPER_BENCHMARKS
+
+    if args.classes_file or args.split:
+        raise FSAError("fsa eval paper: --classes-file and --split apply to one dataset; the paper uses each "
+                       "benchmark's own")
+    base = Path(args.root)
+    if not base.is_dir():
+        raise FSAError(f"--root {args.root}: no such folder (expected mmsegmentation's data/ folder)")
+    found, missing = [], []
+    for b in PAPER_BENCHMARKS:
+        (found if D.present(b, base / D.PAPER_ROOTS[b]) else missing).append(b)
+    if not found:
+        raise FSAError(f"--root {args.root}: none of the benchmarks found (expected "
+                       + ", ".join(sorted(set(D.PAPER_ROOTS.values()))) + ")")
+    if missing and not args.quiet:
+        _say("not found under --root, not run: " + ", ".join(f"{b} ({D.PAPER_ROOTS[b]})" for b in missing))
+    reports: dict[str, dict[str, Any]] = {}
+    with _work_dir(args.work) as work:
+        for b in found:
+            done = work / f"{b}.json"
+            reports[b] = _read_report(done, sha) if done.is_file() else None  # type: ignore[assignment]
+            if reports[b] is None:
+                folder = work / b
+                folder.mkdir(exist_ok=True)
+                show = Path(args.show_dir) / b if args.show_dir else None
+                reports[b] = evaluate(args, b, base / D.PAPER_ROOTS[b], art, sha, folder, show)
+                write_json_atomic(done, reports[b])
+            elif not args.quiet:
+                _say(f"{b}: finished in an earlier run ({done}); reused")
+            if not args.quiet:
+                print(_report().stdout_text(reports[b]), end="", flush=True)
+    paper = paper_rows(reports, missing, sha)
+    write_json_atomic(args.json, paper)
+    rep = _report()
+    for path, text in ((args.md, rep.paper_markdown), (args.csv, rep.paper_csv), (args.latex, rep.paper_latex)):
+        if path:
+            with atomic_file(path) as tmp:
+                tmp.write_text(text(paper))
+    print(_report().paper_markdown(paper), end="", flush=True)
+    for one in reports.values():
+        gate(one, args.max_miou_drop)
     return 0
+
+
+def _read_report(path: Path, sha: str) -> dict[str, Any] | None:
+    """A finished benchmark's report from --work, or None (one warning line) when damaged or of
+    another artefact."""
+    import json
+
+    try:
+        rep = json.loads(path.read_text(encoding="utf-8"))
+        if rep.get("artifact_sha256") != sha or not isinstance(rep.get("rows"), list):
+            raise ValueError("another artefact's report")
+        for r in rep["rows"]:
+            if not all(k in r for k in ("name", "backend", "miou")):
+                raise ValueError("rows without mIoU")
+        return rep
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        _say(f"warning: --work {path}: {str(e)[:80]}; running that benchmark again")
+        return None
+
+
+def paper_rows(reports: dict[str, dict[str, Any]], missing: list[str], sha: str) -> dict[str, Any]:
+    """{rows: [{name, backend, cells {benchmark: mIoU}, avg}], missing}: one row per model, the
+    cells in the paper's column order, avg the mean of the cells found."""
+    from fsa_deploy.contract import PAPER_BENCHMARKS
+
+    out: list[dict[str, Any]] = []
+    for b in PAPER_BENCHMARKS:
+        for r in (reports.get(b) or {}).get("rows", []):
+            row = next((o for o in out if o["name"] == r["name"] and o["backend"] == r["backend"]), None)
+            if row is None:
+                row = {"name": r["name"], "backend": r["backend"], "cells": {}, "avg": None}
+                out.append(row)
+            row["cells"][b] = r["miou"]
+    for row in out:
+        vals = [v for v in row["cells"].values() if v is not None]
+        row["avg"] = sum(vals) / len(vals) if vals else None
+    return {"rows": out, "missing": missing, "artifact_sha256": sha}
 
 
 def gate(report: dict[str, Any], max_drop: float | None) -> None:
     if max_drop is None:
         return
-    bad = [f"{r['name']} ({r['backend']}) mIoU {r['miou_delta'] * 100:+.2f} points"
+    bad = [f"{r['name']} ({r['backend']}) mIoU {_report().delta_text(r['miou_delta'])} points"
            for r in report["rows"] if r.get("miou_delta") is not None and r["miou_delta"] < -max_drop]
     if bad:
         raise CheckFailed(f"below the reference by more than {max_drop * 100:.2f} points: " + "; ".join(bad))
-
-
-def _print_summary(report: dict[str, Any]) -> None:
-    for r in report["rows"]:
-        parts = [f"{r['name']:<16} {r['backend']:<20} mIoU {100 * (r['miou'] or 0):6.2f}"]
-        if r.get("miou_delta") is not None:
-            parts.append(f"delta {100 * r['miou_delta']:+.2f}")
-        if r.get("pixel_agreement") is not None:
-            parts.append(f"agreement {100 * r['pixel_agreement']:.2f}%")
-        if r["images_per_s"]:
-            parts.append(f"{r['images_per_s']:.2f} images/s")
-        print("  ".join(parts), flush=True)
 
 
 class _work_dir:
@@ -182,7 +340,7 @@ class _work_dir:
             self.tmp.cleanup()
 
 
-def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: Any) -> list:
+def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: Any, found: list) -> list:
     """The reference row (first) and one row per --graph (or the --backend choice) or per server."""
     from fsa_deploy.runtime.backends.graph import open_graph
     from fsa_deploy.runtime.backends.select import plugin
@@ -200,7 +358,7 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
             raise FSAError("--server with --graph: the servers run their own graph; give one or the other")
         from fsa_deploy.validation.eval.remote import server_row
 
-        rows.append(server_row(args.server, art.meta, sha, proto, vocab))
+        rows.append(server_row(args.server, art, sha, proto, vocab, args.server_timeout, found))
         return rows
     for graph in args.graph or [None]:
         if graph is None and args.backend == "torch":
@@ -217,6 +375,10 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
 
 
 def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: argparse.Namespace, cache: Any):
+    """(item, image) -> the label map under the protocol: mmcv's resize of the uint8 image (or
+    `fsa segment`'s float one), then the runtime's windows, stitching and post-processing; pixels
+    under prob_thd are class 0, the official rule (whatever `fsa segment` draws for them)."""
+    from fsa_deploy.runtime.pipeline import postprocess, resized_canvas_logits
     from fsa_deploy.runtime.segmenter import Segmenter
 
     from fsa_deploy.contract import TOKENIZER_VOCAB
@@ -227,4 +389,21 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
                     stride=proto.stride, short_side=proto.short_side, long_side=proto.long_side,
                     vocab_file=vocab_file, artifact_sha256=sha)
     seg.set_classes(vocab)
-    return lambda item, img: seg.segment(img).labels
+    assert seg.vocabulary is not None
+    query_class = seg.vocabulary.query_class
+
+    def run(item: Any, img: np.ndarray) -> np.ndarray:
+        if proto.resize == "mmcv":
+            from fsa_deploy.validation.eval.mmcv import imrescale
+
+            resized = imrescale(img, proto.short_side, proto.long_side)
+        else:
+            from fsa_deploy.runtime.pipeline import resize_image
+
+            resized = resize_image(img, seg.geometry)
+        canvas = resized_canvas_logits(resized, seg._forward, seg.geometry, seg.max_batch)
+        if not np.isfinite(canvas).all():
+            raise FSAError(f"{item.image}: the {backend.name} backend gave NaN or infinite logits")
+        return postprocess(canvas, img.shape[-2:], query_class, proto.logit_scale, proto.prob_thd).labels
+
+    return run

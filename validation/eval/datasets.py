@@ -65,6 +65,11 @@ LAYOUTS: dict[str, Layout] = {
                      "fsa-deploy's own layout for users' data"),
 }
 DATASETS = tuple(LAYOUTS)
+# `fsa eval paper --root DATA`: each benchmark's data_root under mmsegmentation's data/ folder
+# (open-mmlab/mmsegmentation docs/en/user_guides/2_dataset_prepare.md; the official configs' data_root)
+PAPER_ROOTS = {"voc21": "VOCdevkit/VOC2012", "voc20": "VOCdevkit/VOC2012", "context60": "VOCdevkit/VOC2010",
+               "context59": "VOCdevkit/VOC2010", "coco-object": "coco_stuff164k", "coco-stuff": "coco_stuff164k",
+               "cityscapes": "cityscapes", "ade20k": "ade/ADEChallengeData2016"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,17 @@ def layout_of(dataset: str) -> Layout:
     if dataset not in LAYOUTS:
         raise FSAError(f"dataset {dataset!r}: unknown (choose from {', '.join(DATASETS)})")
     return LAYOUTS[dataset]
+
+
+def present(dataset: str, root: Path) -> bool:
+    """Whether `root` holds the benchmark: its image and mask folders and its split file (COCO-Object
+    needs its own masks, made by the official datasets/cvt_coco_object.py)."""
+    lay = layout_of(dataset)
+    if not ((root / lay.img_dir).is_dir() and (root / lay.ann_dir).is_dir()):
+        return False
+    if lay.split:
+        return (root / lay.split).is_file()
+    return any((root / lay.ann_dir).rglob(f"*{lay.seg_suffix}"))
 
 
 def _inside(root: Path, rel: str, what: str) -> Path:
@@ -108,6 +124,13 @@ def _scan(img_dir: Path, suffix: str) -> list[str]:
             rel = str((Path(dirpath) / f).relative_to(img_dir))
             if (f.endswith(suffix) if suffix else Path(f).suffix.lower() in FOLDER_IMAGE_SUFFIXES):
                 found.append(rel)
+    if not suffix:  # folder: x.png and x.jpg would both be scored against masks/x.png
+        seen: dict[str, str] = {}
+        for rel in sorted(found):
+            stem = str(Path(rel).with_suffix(""))
+            if stem in seen:
+                raise FSAError(f"{img_dir}: {seen[stem]} and {rel} both map to the mask {stem}.png; keep one")
+            seen[stem] = rel
     return [rel[: len(rel) - len(suffix)] for rel in sorted(found)]
 
 
@@ -177,9 +200,8 @@ def image_size(path: Path) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
-def read_mask(path: Path, reduce_zero_label: bool) -> np.ndarray:
-    """A label map as mmseg's LoadAnnotations gives it (pillow, unchanged: palette indices for
-    VOC's P-mode PNGs), int64 [H, W]; reduce_zero_label: 0 -> 255, k -> k - 1."""
+def read_raw_mask(path: Path) -> np.ndarray:
+    """A mask's values as stored (pillow, unchanged: palette indices for VOC's P-mode PNGs), int64 [H, W]."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -191,28 +213,42 @@ def read_mask(path: Path, reduce_zero_label: bool) -> np.ndarray:
         raise FSAError(f"{path}: unreadable mask ({type(e).__name__})") from e
     if m.ndim != 2:
         raise FSAError(f"{path}: mask of shape {list(m.shape)}: expected a single-channel PNG of class indices")
-    if reduce_zero_label:
-        m = m.copy()
-        m[m == 0] = 256  # becomes 255 below
-        m -= 1
-        m[m == 254] = IGNORE_INDEX
     return m
 
 
+def reduce_zero(m: np.ndarray) -> np.ndarray:
+    """mmseg's reduce_zero_label: 0 -> 255 (ignore), k -> k - 1, 255 stays 255."""
+    m = m.copy()
+    m[m == 0] = 256  # becomes 255 below
+    m -= 1
+    m[m == 254] = IGNORE_INDEX
+    return m
+
+
+def read_mask(path: Path, reduce_zero_label: bool) -> np.ndarray:
+    """A label map as mmseg's LoadAnnotations gives it, int64 [H, W]; reduce_zero_label: 0 -> 255, k -> k - 1."""
+    m = read_raw_mask(path)
+    return reduce_zero(m) if reduce_zero_label else m
+
+
 def check_mask(item: Item, reduce_zero_label: bool, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
-    """One line naming the file (and the value) when the mask cannot be scored."""
-    m = read_mask(item.mask, reduce_zero_label)
+    """One line naming the file (and the value) when the mask cannot be scored. The values are
+    checked as stored, before reduce_zero_label's shift: a 16-bit 256 would become the ignore
+    index there, silently."""
+    raw = read_raw_mask(item.mask)
     h, w = image_size(item.image)
-    if m.shape != (h, w):
-        raise FSAError(f"{item.mask}: mask of {m.shape[1]}x{m.shape[0]} pixels but its image {item.image} "
+    if raw.shape != (h, w):
+        raise FSAError(f"{item.mask}: mask of {raw.shape[1]}x{raw.shape[0]} pixels but its image {item.image} "
                        f"is {w}x{h}")
-    bad = (m != ignore_index) & ((m < 0) | (m >= num_classes))
-    if bad.any():
-        value = int(m[bad][0])
-        raw = value + 1 if reduce_zero_label else value
-        raise FSAError(f"{item.mask}: label value {raw} is neither a class (0-{num_classes - 1}"
-                       f"{', after reduce_zero_label' if reduce_zero_label else ''}) nor the ignore index "
-                       f"{ignore_index}")
+    lo, hi = (1, num_classes) if reduce_zero_label else (0, num_classes - 1)
+    ok = (raw == ignore_index) | ((raw >= lo) & (raw <= hi))
+    if reduce_zero_label:
+        ok |= raw == 0
+    if not ok.all():
+        value = int(raw[~ok][0])
+        what = (f"0 (ignore) or a class 1-{num_classes} (reduce_zero_label)" if reduce_zero_label
+                else f"a class 0-{num_classes - 1}")
+        raise FSAError(f"{item.mask}: label value {value} is neither {what} nor the ignore index {ignore_index}")
 
 
 def check_all(found: list[Item], reduce_zero_label: bool, num_classes: int,

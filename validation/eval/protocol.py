@@ -9,6 +9,9 @@ inference, another window size than the artefact's crop) is run as close as it c
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
@@ -125,6 +128,7 @@ class Protocol:
     ignore_index: int
     logit_scale: float
     class_file: str
+    resize: str  # "mmcv": cv2 on uint8 as the official pipeline; "float": fsa segment's float32 resize
     differs_from_official: list[str]
     sources: list[str]
 
@@ -145,23 +149,21 @@ def class_file_of(method: str, dataset: str) -> Path:
 
 
 def read_classes(path: str | os.PathLike[str], separator: str, what: str) -> Vocabulary:
-    """One class a line, synonyms split on `separator` as the file's own repository splits them;
-    names stripped. An empty line in the middle would shift every later class index: refused."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise FSAError(f"{what} {path}: unreadable ({type(e).__name__})") from e
-    while lines and not lines[-1].strip():
-        lines.pop()
-    classes = []
-    for i, line in enumerate(lines, 1):
-        names = tuple(n.strip() for n in line.split(separator.strip() or separator) if n.strip())
-        if not names:
-            raise FSAError(f"{what} {path}: line {i} is empty (every line is one class, in label order)")
-        classes.append(names)
-    if not classes:
-        raise FSAError(f"{what} {path}: no class names")
-    return Vocabulary(tuple(classes))
+    """A class file through `fsa segment`'s reader (runtime/text.py: BOM, FIFO, control characters,
+    '|', repeated classes, empty lines), synonyms split as the file's own repository splits them."""
+    return Vocabulary.from_file(path, separator, what)
+
+
+@functools.cache
+def _dataset_names() -> dict[str, list[str]]:
+    path = resources.files("fsa_deploy.validation.eval") / "data" / "class_names.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def class_names(dataset: str, vocab: Vocabulary) -> list[str]:
+    """The dataset's own class names (its mmsegmentation dataset class's METAINFO, data/SOURCES.md),
+    for the per-class rows; a folder dataset's are its class file's first names."""
+    return list(_dataset_names().get(dataset) or vocab.names)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class Overrides:
     stride: int | None = None
     prob_thd: float | None = None
     classes_file: str | None = None
+    resize: str = "mmcv"
 
 
 def resolve(meta: dict[str, Any], dataset: str, over: Overrides) -> tuple[str, Protocol, Vocabulary]:
@@ -215,13 +218,90 @@ def resolve(meta: dict[str, Any], dataset: str, over: Overrides) -> tuple[str, P
         raise FSAError(f"--classes-file {over.classes_file}: {len(vocab.classes)} classes, {dataset} has {k}")
     proto = Protocol(short_side=pre.short_side, long_side=RESIZE_LONG, crop=art_crop, stride=stride,
                      prob_thd=pre.prob_thd, reduce_zero_label=lay.reduce_zero_label, ignore_index=IGNORE_INDEX,
-                     logit_scale=pre.logit_scale, class_file=class_file, differs_from_official=differs,
+                     logit_scale=pre.logit_scale, class_file=class_file, resize=over.resize,
+                     differs_from_official=differs,
                      sources=[s for s in (pre.source, lay.source) if s])
     for key in ("short_side", "long_side", "stride", "prob_thd"):
         value = getattr(over, key)
         if value is not None and value != getattr(proto, key):
             differs.append(f"--{key.replace('_', '-')} {value} instead of {getattr(proto, key)}")
             setattr(proto, key, value)
+    if over.resize != "mmcv":
+        differs.append(f"--resize {over.resize}: the image is decoded by Pillow and resized in float32 (as `fsa "
+                       "segment` does); the official pipeline decodes with OpenCV and resizes the uint8 image with "
+                       "cv2 (mmcv.imrescale), which changes a few pixels per image")
     if proto.stride > art_crop:
         raise FSAError(f"--stride {proto.stride}: above the artefact's crop {art_crop}")
     return name, proto, vocab
+
+
+# The official code's precision (FSA_Proxy_segmentor.py / proxyclip_segmentor.py: open_clip's
+# create_model(..., precision='fp16'), self.vfm.half(), imgs_norm.half()); SCLIP, ClearCLIP and
+# NACLIP build CLIP in fp16 as well (open_clip's create_model(precision='fp16') / clip.load on CUDA).
+OFFICIAL_PRECISION = "fp16"
+# The paper's backbones (FSA README, hyper_param.txt) and the proxy its configs load (base_config.py
+# vfm_model='dino': torch.hub dino_vitb8, this project's proxy "dino").
+PAPER_MODELS = ("ViT-B-16", "ViT-L-14", "ViT-H-14")
+OFFICIAL_PROXY = "dino"
+
+
+def published_hyper_parameters(meta: dict[str, Any]) -> dict[str, float]:
+    """The method's published hyper-parameters for the artefact's backbone and proxy (FSA's
+    defaults and hyper_param.txt's lambda, models/registry.py)."""
+    from dataclasses import asdict as _asdict
+
+    from fsa_deploy.models.registry import HyperParams, default_lamda
+
+    hp = _asdict(HyperParams())
+    with contextlib.suppress(FSAError):  # a backbone or proxy this version does not know: the defaults
+        hp["lamda"] = default_lamda(str(meta.get("model")), meta.get("proxy"))
+    return hp
+
+
+def _source(w: Any) -> str | None:
+    if not isinstance(w, dict):
+        return None
+    src = str(w.get("source"))
+    detail = w.get("tag") or (f"seed {w['seed']}" if "seed" in w else None) or str(w.get("sha256", ""))[:12]
+    return f"{src} ({detail})" if detail else src
+
+
+def declared(art: Any, rows: list[Any], reference: bool) -> tuple[dict[str, Any], list[str]]:
+    """(the JSON's `setup`: backbone, proxy, weights, precision per row, hyper-parameters, crop,
+    hashes; the differences from the official setup, each one line)."""
+    from fsa_deploy.contract import IMAGE_ONNX, TEXT_ONNX
+
+    meta = art.meta
+    files = art.files()
+    hp = {k: float(v) for k, v in (meta.get("hyper_parameters") or {}).items()}
+    precision = {}
+    for r in rows:
+        if r.is_reference:
+            precision[r.name] = "fp32"
+        elif r.graph:
+            precision[r.name] = str(files.get(r.graph, {}).get("precision") or meta.get("precision", "fp32"))
+        else:
+            precision[r.name] = str(meta.get("precision", "fp32"))
+    setup = {"model": meta.get("model"), "proxy": meta.get("proxy"), "weights": _source(meta.get("weights")),
+             "proxy_weights": _source(meta.get("proxy_weights")), "crop": meta.get("crop"),
+             "precision": precision, "official_precision": OFFICIAL_PRECISION, "hyper_parameters": hp,
+             "artifact_sha256": files.get(IMAGE_ONNX, {}).get("sha256"),
+             "text_sha256": files.get(TEXT_ONNX, {}).get("sha256")}
+    notes = []
+    off = [f"{name} {p}" for name, p in precision.items() if p != OFFICIAL_PRECISION]
+    if off:
+        notes.append(f"precision: the official code runs CLIP and the proxy in {OFFICIAL_PRECISION}; here "
+                     + ", ".join(off))
+    published = published_hyper_parameters(meta)
+    for key, value in hp.items():
+        if key in published and abs(value - published[key]) > 1e-9 * max(1.0, abs(published[key])):
+            notes.append(f"hyper-parameter {key} {value:g}, the method's published value is {published[key]:g}")
+    if meta.get("model") not in PAPER_MODELS:
+        notes.append(f"backbone {meta.get('model')}: not one of the paper's ({', '.join(PAPER_MODELS)})")
+    if meta.get("attention") == "proxy" and meta.get("proxy") != OFFICIAL_PROXY:
+        notes.append(f"proxy {meta.get('proxy')}: the official configs load {OFFICIAL_PROXY} (dino_vitb8)")
+    for key in ("weights", "proxy_weights"):
+        w = meta.get(key)
+        if isinstance(w, dict) and w.get("source") not in ("pretrained", "checkpoint"):
+            notes.append(f"{key.replace('_', ' ')} {_source(w)}: not published weights")
+    return setup, notes

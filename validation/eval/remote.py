@@ -2,10 +2,14 @@
 (or NVIDIA's container with `fsa triton`'s repository), `--concurrency` requests in flight each.
 
 Each request is fsa_segment's: the image file's bytes, the class list, and the protocol as the
-optional inputs SHORT_SIDE / STRIDE / PROB_THD, so a served label map is the local one. A
-transport failure (connection refused, reset, timeout) drops that server with one line and the
-image goes to another; an error reply fails that image only. At start every server segments a
-tiny probe image: a server that cannot is dropped, one whose artefact hash differs is refused.
+optional inputs SHORT_SIDE / STRIDE / PROB_THD, so a served label map is the local one (with
+`fsa segment`'s float resize: the protocol's `resize` is "float" with servers). Results are
+collected as they complete, so a slow or stopped server holds back only its own requests; each
+request has a timeout (`--server-timeout`, default from the largest image's size), after which
+the server is dropped with one line and its images go to another. An error reply fails that
+image only. At start every server answers a health probe and segments a tiny image whose
+SUMMARY must name the local artefact's identity (image graph, text graph, method preset);
+`https://` is spoken with TLS, never as plain HTTP.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ import json
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime.serve.client import segment_inputs, server_address
+from fsa_deploy.runtime.serve.client import SERVED, identity, secure_address, segment_inputs
 from fsa_deploy.runtime.text import classes_text
-from fsa_deploy.validation.eval.datasets import Item, read_mask
+from fsa_deploy.validation.eval.datasets import Item, image_size, read_mask
 from fsa_deploy.validation.eval.protocol import RESIZE_LONG
 from fsa_deploy.validation.eval.runner import Row
 
@@ -32,7 +36,14 @@ from fsa_deploy.contract import (
 )
 from fsa_deploy.errors import FSAError
 
-TIMEOUT_S = 600.0  # one image of a large benchmark on a busy CPU server
+HEALTH_TIMEOUT_S = 10.0  # the health probe: a live server answers at once
+
+
+def default_timeout(found: list[Item]) -> float:
+    """Seconds one image may take on a server: 60 s plus 30 s per megapixel of the split's largest
+    image (decode, windows at the protocol's size, the upsampling to the image's size on a busy CPU)."""
+    pixels = max((h * w for h, w in (image_size(it.image) for it in found)), default=0)
+    return 60.0 + 30.0 * pixels / 1e6
 
 
 class ServerError(Exception):
@@ -50,25 +61,40 @@ def _http() -> Any:
 class Servers:
     """The live servers and one client per (thread, server): tritonclient's are not shared."""
 
-    def __init__(self, urls: list[str], classes_text: str, protocol: dict[str, Any]):
+    def __init__(self, urls: list[str], classes_text: str, protocol: dict[str, Any], timeout: float = 600.0):
         _http()  # a missing tritonclient is one line here, not a "dead" server below
         self.urls = list(dict.fromkeys(urls))
+        self.address = {u: secure_address(u) for u in self.urls}
         self.alive = list(self.urls)
-        self.classes_text, self.protocol = classes_text, protocol
+        self.classes_text, self.protocol, self.timeout = classes_text, protocol, float(timeout)
         self.n_classes = classes_text.count(",") + 1
         self.local = threading.local()
         self.lock = threading.Lock()
         self.turn = 0
 
-    def client(self, url: str) -> Any:
+    def client(self, url: str, timeout: float | None = None) -> Any:
         clients = getattr(self.local, "clients", None)
         if clients is None:
             clients = self.local.clients = {}
-        if url not in clients:
+        t = timeout or self.timeout
+        if (url, t) not in clients:
             th = _http()
-            clients[url] = th.InferenceServerClient(server_address(url), connection_timeout=TIMEOUT_S,
-                                                    network_timeout=TIMEOUT_S)
-        return clients[url]
+            address, tls = self.address[url]
+            clients[(url, t)] = th.InferenceServerClient(address, ssl=tls, connection_timeout=min(t, 30.0),
+                                                         network_timeout=t)
+        return clients[(url, t)]
+
+    def healthy(self, url: str) -> str | None:
+        """None when the server says it is live and fsa_segment is ready; else why not (one line)."""
+        try:
+            c = self.client(url, HEALTH_TIMEOUT_S)
+            if not c.is_server_live():
+                return "not live"
+            if not c.is_model_ready(SEGMENT_MODEL):
+                return f"{SEGMENT_MODEL} not ready"
+        except Exception as e:  # noqa: BLE001 - transport: refused, reset, TLS, timeout
+            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no reply'}"
+        return None
 
     def drop(self, url: str, why: str) -> None:
         with self.lock:
@@ -113,13 +139,18 @@ class Servers:
             except Exception as e:  # noqa: BLE001 - transport: connection refused, reset, timeout, ...
                 self.drop(url, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no reply'}")
 
-    def probe(self, artifact_sha: str) -> None:
-        """Every server segments a tiny image: dead ones are dropped, a differing artefact refused."""
+    def probe(self, meta: dict[str, Any]) -> None:
+        """Every server: a health probe, then a tiny image whose SUMMARY names what it serves; dead
+        ones are dropped, one serving another artefact or preset is refused."""
         from PIL import Image
 
+        want = identity(meta)
         buf = io.BytesIO()
         Image.new("RGB", (16, 12), (120, 90, 60)).save(buf, format="PNG")
         for url in list(self.alive):
+            if (why := self.healthy(url)) is not None:
+                self.drop(url, f"health probe: {why}")
+                continue
             try:
                 _, summary = self.once(url, buf.getvalue())
             except ServerError as e:
@@ -127,34 +158,42 @@ class Servers:
             except Exception as e:  # noqa: BLE001 - transport
                 self.drop(url, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no reply'}")
                 continue
-            theirs = summary.get("artifact_sha256")
-            if theirs != artifact_sha:
-                raise FSAError(f"--server {url}: serves artefact {str(theirs)[:12]}, --artifact is "
-                               f"{artifact_sha[:12]}; refusing to compare different models")
+            theirs = summary.get(SERVED)
+            if not isinstance(theirs, dict):
+                raise FSAError(f"--server {url}: does not report what it serves (an older fsa serve); refusing "
+                               "to compare a model that cannot be identified")
+            differ = [k for k in want if theirs.get(k) != want[k]]
+            if differ:
+                k = differ[0]
+                short = 12 if k.endswith("sha256") else 60
+                raise FSAError(f"--server {url}: serves artefact {k} {json.dumps(theirs.get(k))[:short]}, --artifact has "
+                               f"{json.dumps(want[k])[:short]} "
+                               f"(differs in: {', '.join(differ)}); refusing to compare different models")
         if not self.alive:
             raise FSAError(f"--server: no server answered ({', '.join(self.urls)})")
 
 
-def server_row(urls: list[str], meta: dict[str, Any], sha: str, proto: Any, vocab: Any) -> Row:
+def server_row(urls: list[str], art: Any, sha: str, proto: Any, vocab: Any, timeout: float | None,
+               found: list[Item]) -> Row:
     """The served row; its `segment` is filled by `fan_out` (the labels come from the servers)."""
+    meta = art.meta
     if proto.long_side != RESIZE_LONG:
         raise FSAError(f"--server with --long-side {proto.long_side}: fsa_segment resizes with the configs' "
                        f"long side {RESIZE_LONG}")
     if abs(float(meta.get("logit_scale", proto.logit_scale)) - proto.logit_scale) > 1e-9:
         raise FSAError(f"--server: the protocol's logit scale {proto.logit_scale:g} differs from the artefact's "
                        f"{meta.get('logit_scale')}, which fsa_segment uses")
-    servers = Servers(urls, classes_text(vocab), proto.as_json())
-    servers.probe(sha)
+    servers = Servers(urls, classes_text(vocab), proto.as_json(), timeout or default_timeout(found))
+    servers.probe(meta)
     row = Row("server", "triton", None, lambda item, img: np.zeros(0), f"server:{sha}")
     row.servers = servers  # type: ignore[attr-defined]
     return row
 
 
-def fan_out(rows: list[Row], reduce_zero_label: bool, concurrency: int):
-    """A `parallel` for runner.run_rows: the servers work `concurrency` requests each ahead of
-    the main thread, which decodes, runs any local row (the reference) and scores, in order."""
-    from fsa_deploy.runtime.images import load_image
-
+def fan_out(rows: list[Row], reduce_zero_label: bool, concurrency: int, decode: Any):
+    """A `parallel` for runner.run_rows: the servers work `concurrency` requests each; the main
+    thread takes each result as it completes (not in order: a stalled request holds back nothing
+    else), decodes that image, runs any local row (the reference) and scores it."""
     row = next(r for r in rows if hasattr(r, "servers"))
     servers: Servers = row.servers  # type: ignore[attr-defined]
 
@@ -164,33 +203,35 @@ def fan_out(rows: list[Row], reduce_zero_label: bool, concurrency: int):
         workers = max(1, concurrency * len(servers.alive))
         t0 = time.perf_counter()
         with ThreadPoolExecutor(workers, thread_name_prefix="eval-server") as pool:
-            window: list[tuple[Item, Future]] = []
+            running: dict[Future, Item] = {}
             pending = iter(todo)
 
             def refill() -> None:
-                while len(window) < 2 * workers:
+                while len(running) < workers:
                     item = next(pending, None)
                     if item is None:
                         return
-                    window.append((item, pool.submit(lambda it=item: servers.labels(it.image.read_bytes(),
-                                                                                       str(it.image)))))
+                    fut = pool.submit(lambda it=item: servers.labels(it.image.read_bytes(), str(it.image)))
+                    running[fut] = item
 
             refill()
-            while window:
-                item, fut = window.pop(0)
+            while running:
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item = running.pop(fut)
+                    try:
+                        got[item.name] = fut.result()
+                        score(item, decode(item.image), read_mask(item.mask, reduce_zero_label))
+                    except FSAError as e:
+                        if str(e).startswith("--server: no server left"):
+                            for f in running:
+                                f.cancel()
+                            raise
+                        msg = str(e)
+                        failures.append(msg if msg.startswith(str(item.image)) else f"{item.image}: {msg}")
+                    got.pop(item.name, None)
+                    bar.step()
                 refill()
-                try:
-                    got[item.name] = fut.result()
-                    score(item, load_image(item.image), read_mask(item.mask, reduce_zero_label))
-                except FSAError as e:
-                    if str(e).startswith("--server: no server left"):
-                        for _, f in window:
-                            f.cancel()
-                        raise
-                    msg = str(e)
-                    failures.append(msg if msg.startswith(str(item.image)) else f"{item.image}: {msg}")
-                got.pop(item.name, None)
-                bar.step()
         row.seconds = time.perf_counter() - t0  # the servers' wall time: their throughput
 
     return parallel

@@ -1,4 +1,9 @@
-"""The evaluation's JSON (fractions), Markdown (points) and per-class plot (worst deltas first)."""
+"""The evaluation's JSON (fractions), its tables in points (stdout as mmseg prints them, Markdown,
+CSV, LaTeX), the per-class plot (worst deltas first), and `fsa eval paper`'s one row per model.
+
+Points are rounded to 2 decimals for reading; a difference that rounds to nothing is printed
+"<0.01" (never "-0.00", never "100.00%" when pixels differ); the JSON keeps the exact fractions.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ def row_json(r: Row, ref: Row | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": r.name, "backend": r.backend, "graph": r.graph,
         "miou": _num(s.miou), "aacc": _num(s.aacc), "macc": _num(s.macc),
-        "iou": [_num(v) for v in s.iou], "confusion": r.cm.tolist(),
+        "iou": [_num(v) for v in s.iou], "acc": [_num(v) for v in s.acc], "confusion": r.cm.tolist(),
         "images_per_s": (r.images_run / r.seconds) if r.images_run and r.seconds > 0 else None,
     }
     if ref is not None and not r.is_reference:
@@ -30,17 +35,42 @@ def row_json(r: Row, ref: Row | None) -> dict[str, Any]:
     return out
 
 
-def build(dataset: str, method: str, protocol: dict[str, Any], classes: list[str], images: int, rows: list[Row],
-          extra: dict[str, Any]) -> dict[str, Any]:
+def build(dataset: str, method: str, protocol: dict[str, Any], classes: list[str], class_names: list[str],
+          images: int, rows: list[Row], extra: dict[str, Any]) -> dict[str, Any]:
     ref = next((r for r in rows if r.is_reference), None)
-    return {"dataset": dataset, "method": method, "protocol": protocol, "classes": classes, "images": images,
-            "rows": [row_json(r, ref) for r in rows], **extra}
+    return {"dataset": dataset, "method": method, "protocol": protocol, "classes": classes,
+            "class_names": class_names, "images": images, "rows": [row_json(r, ref) for r in rows], **extra}
 
 
 def _pts(v: float | None, sign: bool = False) -> str:
+    """Points to 2 decimals; with `sign`, a difference: "<0.01" (signed) where it would print as 0.00."""
     if v is None:
         return "-"
-    return f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}"
+    if sign:
+        return delta_text(v)
+    return f"{100 * v:.2f}"
+
+
+def delta_text(v: float | None) -> str:
+    """A difference of fractions in points: 2 decimals, "+<0.01" / "-<0.01" below 0.01 point, 0.00 only
+    when exactly equal."""
+    if v is None:
+        return "-"
+    d = 100 * v
+    if d == 0:
+        return "0.00"
+    if abs(d) < 0.01:
+        return "+<0.01" if d > 0 else "-<0.01"
+    return f"{d:+.2f}"
+
+
+def share_text(v: float | None) -> str:
+    """A share of pixels in percent: never 100.00% unless every pixel agrees (then ">99.99%")."""
+    if v is None:
+        return "-"
+    if v < 1 and 100 * v >= 99.995:
+        return ">99.99%"
+    return f"{100 * v:.2f}%"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -56,13 +86,15 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         ips = f"{r['images_per_s']:.2f}" if r["images_per_s"] else "-"
         lines.append(f"| {r['name']} | {r['backend']} | {r['graph'] or '-'} | {_pts(r['miou'])} | {_pts(r['aacc'])} "
-                     f"| {_pts(r['macc'])} | {_pts(r.get('miou_delta'), True)} | {_pts(r.get('pixel_agreement'))} "
+                     f"| {_pts(r['macc'])} | {_pts(r.get('miou_delta'), True)} "
+                     f"| {share_text(r.get('pixel_agreement'))} "
                      f"| {ips} |")
     lines += ["", "Per-class IoU (points):", "",
               "| class | " + " | ".join(r["name"] for r in report["rows"]) + " |",
               "|---|" + "---|" * len(report["rows"])]
-    for i, c in enumerate(report["classes"]):
-        lines.append(f"| {c.split(';')[0]} | " + " | ".join(_pts(r["iou"][i]) for r in report["rows"]) + " |")
+    for i, name in enumerate(report["class_names"]):
+        lines.append(f"| {name} | " + " | ".join(_pts(r["iou"][i]) for r in report["rows"]) + " |")
+    lines += [""] + [f"- {line}" for line in setup_lines(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -97,7 +129,7 @@ def plot(report: dict[str, Any], path: str) -> None:
 
     order = class_order(report)
     rows = report["rows"]
-    names = [report["classes"][i].split(";")[0] for i in order]
+    names = [report["class_names"][i] for i in order]
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(order) + 2), 4.5))
     x = np.arange(len(order))
@@ -112,3 +144,164 @@ def plot(report: dict[str, Any], path: str) -> None:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- tables to paste
+
+
+def _ref(report: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in report["rows"] if "miou_delta" not in r and r["backend"] == "pytorch"
+                 and r["graph"] is None and any("miou_delta" in o for o in report["rows"])), None)
+
+
+def row_label(r: dict[str, Any]) -> str:
+    return r["name"] if r["name"] == "reference" else f"{r['name']} ({r['backend']})"
+
+
+def per_class_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """mmseg's per-class table (Class, IoU, Acc) with a column pair per row, and the IoU delta of
+    each artefact row against the reference; the prompt line beside each dataset class name."""
+    rows, ref = report["rows"], _ref(report)
+    head = ["Class"]
+    for r in rows:
+        tag = "" if len(rows) == 1 else f" {r['name']}"
+        head += [f"IoU{tag}", f"Acc{tag}"]
+        if ref is not None and r is not ref:
+            head.append(f"dIoU{tag}")
+    head.append("Prompts")
+    body = []
+    for i, name in enumerate(report["class_names"]):
+        line = [name]
+        for r in rows:
+            line += [_pts(r["iou"][i]), _pts(r["acc"][i])]
+            if ref is not None and r is not ref:
+                a, b = r["iou"][i], ref["iou"][i]
+                line.append(delta_text(a - b) if a is not None and b is not None else "-")
+        line.append(report["classes"][i])
+        body.append(line)
+    return head, body
+
+
+def summary_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """mmseg's summary (aAcc, mIoU, mAcc) per row, with the mIoU delta and the pixel agreement."""
+    head = ["Row", "Backend", "aAcc", "mIoU", "mAcc", "mIoU delta", "Pixel agreement", "Images/s"]
+    body = []
+    for r in report["rows"]:
+        ips = f"{r['images_per_s']:.2f}" if r.get("images_per_s") else "-"
+        body.append([r["name"], r["backend"], _pts(r["aacc"]), _pts(r["miou"]), _pts(r["macc"]),
+                     delta_text(r.get("miou_delta")) if "miou_delta" in r else "-",
+                     share_text(r.get("pixel_agreement")), ips])
+    return head, body
+
+
+def ascii_table(head: list[str], body: list[list[str]], width: int = 40) -> str:
+    """A PrettyTable-like box, as mmseg's logger prints its tables; long cells cut at `width`."""
+    cut = [[c if len(c) <= width else c[: width - 3] + "..." for c in line] for line in [head, *body]]
+    widths = [max(len(line[j]) for line in cut) for j in range(len(head))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"  # noqa: E731
+    return "\n".join([rule, fmt(cut[0]), rule, *[fmt(line) for line in cut[1:]], rule])
+
+
+def setup_lines(report: dict[str, Any]) -> list[str]:
+    """What the numbers were made with, and every difference from the official protocol."""
+    s, p = report.get("setup", {}), report["protocol"]
+    lines = []
+    if s:
+        lines.append(f"model {s.get('model')}, proxy {s.get('proxy') or '-'}, weights {s.get('weights')}, "
+                     f"proxy weights {s.get('proxy_weights') or '-'}, crop {s.get('crop')}")
+        lines.append("precision: " + ", ".join(f"{k} {v}" for k, v in s.get("precision", {}).items()))
+        lines.append("hyper-parameters: " + ", ".join(f"{k} {v:g}" for k, v in s.get("hyper_parameters", {}).items()))
+        lines.append(f"artefact {s.get('artifact_sha256', '')[:16]} (image graph sha256), text graph "
+                     f"{str(s.get('text_sha256'))[:16]}")
+    lines.append(f"protocol: resize {p.get('resize', 'float')} (short side {p['short_side']}, long side "
+                 f"{p['long_side']}), windows {p['crop']} stride {p['stride']}, prob_thd {p['prob_thd']}, "
+                 f"reduce_zero_label {p['reduce_zero_label']}")
+    lines += [f"differs from the official: {d}" for d in p["differs_from_official"]]
+    return lines
+
+
+def stdout_text(report: dict[str, Any]) -> str:
+    head, body = per_class_table(report)
+    sh, sb = summary_table(report)
+    return "\n".join([f"per class results ({report['dataset']}, {report['images']} images):", ascii_table(head, body),
+                      "Summary:", ascii_table(sh, sb), *setup_lines(report)]) + "\n"
+
+
+def csv_text(report: dict[str, Any]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head, body = per_class_table(report)
+    w.writerow(head)
+    w.writerows(body)
+    w.writerow([])
+    sh, sb = summary_table(report)
+    w.writerow(sh)
+    w.writerows(sb)
+    return buf.getvalue()
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def latex_table(head: list[str], body: list[list[str]]) -> str:
+    cols = "l" + "r" * (len(head) - 1)
+    lines = [f"\\begin{{tabular}}{{{cols}}}", r"\hline", " & ".join(latex_escape(h) for h in head) + r" \\",
+             r"\hline"]
+    lines += [" & ".join(latex_escape(c) for c in line) + r" \\" for line in body]
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def latex_text(report: dict[str, Any]) -> str:
+    head, body = per_class_table(report)
+    head, body = head[:-1], [line[:-1] for line in body]  # prompts: too wide for a paper's table
+    return latex_table(head, body) + "\n" + latex_table(*summary_table(report))
+
+
+# ---------------------------------------------------------------- fsa eval paper
+
+
+def paper_table(paper: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    from fsa_deploy.contract import PAPER_BENCHMARKS
+
+    head = ["Row", "Backend", *[PAPER_COLUMNS[b] for b in PAPER_BENCHMARKS], "Avg."]
+    body = [[r["name"], r["backend"], *[_pts(r["cells"].get(b)) for b in PAPER_BENCHMARKS], _pts(r["avg"])]
+            for r in paper["rows"]]
+    return head, body
+
+
+PAPER_COLUMNS = {"voc21": "VOC21", "context60": "Context60", "coco-object": "Object", "voc20": "VOC20",
+                 "context59": "Context59", "coco-stuff": "Stuff", "cityscapes": "City", "ade20k": "ADE"}
+
+
+def paper_markdown(paper: dict[str, Any]) -> str:
+    head, body = paper_table(paper)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *["| " + " | ".join(b) + " |" for b in body]]
+    if paper["missing"]:
+        lines += ["", "Not found under --root (not run): " + ", ".join(paper["missing"])]
+    return "\n".join(lines) + "\n"
+
+
+def paper_csv(paper: dict[str, Any]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head, body = paper_table(paper)
+    w.writerow(head)
+    w.writerows(body)
+    return buf.getvalue()
+
+
+def paper_latex(paper: dict[str, Any]) -> str:
+    return latex_table(*paper_table(paper))

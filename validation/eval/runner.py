@@ -27,6 +27,7 @@ from fsa_deploy.validation.eval.metrics import agreement, confusion
 from fsa_deploy.errors import FSAError
 
 Segment = Callable[[Item, np.ndarray], np.ndarray]  # (item, image [3, H, W] uint8) -> labels [H, W]
+Decode = Callable[[Path], np.ndarray]  # image file -> RGB uint8 [3, H, W] (the protocol's decoder)
 
 
 @dataclass
@@ -45,18 +46,28 @@ class Row:
     agree: list[int] = field(default_factory=lambda: [0, 0])
 
 
+def file_sha256(path: Path) -> str:
+    """A file's content hash: work files are keyed by what the image and mask hold, not their sizes
+    (a mask redrawn with the same byte count must not reuse the old matrices)."""
+    from fsa_deploy.runtime.artifact import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise FSAError(f"{path}: unreadable ({e.strerror or type(e).__name__})") from e
+
+
 def work_key(artifact_sha: str, rows: list[Row], protocol: dict[str, Any], classes: list[str], item: Item) -> str:
     blob = json.dumps({"artifact": artifact_sha, "rows": [[r.name, r.identity] for r in rows],
                        "protocol": protocol, "classes": classes, "image": item.name,
-                       "mask_bytes": item.mask.stat().st_size, "image_bytes": item.image.stat().st_size},
+                       "mask_sha256": file_sha256(item.mask), "image_sha256": file_sha256(item.image)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
 
-def prefetch(found: list[Item], reduce_zero_label: bool, depth: int = 2) -> Iterator[tuple[Item, Any, Any]]:
+def prefetch(found: list[Item], reduce_zero_label: bool, decode: Decode,
+             depth: int = 2) -> Iterator[tuple[Item, Any, Any]]:
     """(item, image or the FSAError decoding it, mask) in order, decoded by a thread `depth` ahead."""
-    from fsa_deploy.runtime.images import load_image
-
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -65,7 +76,7 @@ def prefetch(found: list[Item], reduce_zero_label: bool, depth: int = 2) -> Iter
             if stop.is_set():
                 return
             try:
-                got: Any = (item, load_image(item.image), read_mask(item.mask, reduce_zero_label))
+                got: Any = (item, decode(item.image), read_mask(item.mask, reduce_zero_label))
             except FSAError as e:
                 got = (item, e, None)
             while not stop.is_set():
@@ -87,15 +98,16 @@ def prefetch(found: list[Item], reduce_zero_label: bool, depth: int = 2) -> Iter
 class Progress:
     """A bar with ETA on stderr (tqdm when installed, else a line every few seconds)."""
 
-    def __init__(self, total: int, enabled: bool = True):
+    def __init__(self, total: int, enabled: bool = True, what: str = "scoring", unit: str = "image"):
         self.total, self.done, self.t0, self.last = total, 0, time.perf_counter(), 0.0
+        self.what, self.unit = what, unit
         self.bar: Any = None
         self.enabled = enabled
         if enabled:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True)
+                self.bar = tqdm(total=total, unit=unit, desc=f"fsa eval: {what}", file=sys.stderr, dynamic_ncols=True)
             except ImportError:
                 self.bar = None
 
@@ -110,7 +122,7 @@ class Progress:
         if now - self.last >= 5 or self.done == self.total:
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate else 0
-            print(f"fsa eval: {self.done}/{self.total} images, {rate:.2f}/s, ETA {eta:.0f} s",
+            print(f"fsa eval: {self.what} {self.done}/{self.total} {self.unit}s, {rate:.2f}/s, ETA {eta:.0f} s",
                   file=sys.stderr, flush=True)
             self.last = now
 
@@ -119,9 +131,33 @@ class Progress:
             self.bar.close()
 
 
+@dataclass
+class ShowDir:
+    """--show-dir: each image's label map from `row` (index into the rows) as a palette PNG named
+    after the image (its path under the image folder, the image's own stem), as `fsa segment` writes
+    NAME.png. An image whose work file is reused and whose PNG exists is not rewritten."""
+
+    folder: Path
+    row: int
+
+    def target(self, item: Item) -> Path:
+        rel = Path(item.name)
+        return self.folder / rel.parent / f"{item.image.stem}.png"
+
+    def write(self, item: Item, labels: np.ndarray) -> None:
+        from fsa_deploy.runtime.artifact import atomic_file
+        from fsa_deploy.runtime.segmenter import label_image
+
+        path = self.target(item)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            label_image(labels).save(tmp, format="PNG")
+
+
 def run_rows(rows: list[Row], found: list[Item], k: int, ignore_index: int, reduce_zero_label: bool,
-             work: Path, key_of: Callable[[Item], str], progress: bool = True,
-             parallel: Callable[..., Any] | None = None) -> list[str]:
+             work: Path, key_of: Callable[[Item], str], decode: Decode, progress: bool = True,
+             parallel: Callable[..., Any] | None = None, show: ShowDir | None = None,
+             overwrite: bool = False) -> list[str]:
     """Sum each row's confusion over the images (work files reused); returns the failed images' lines.
 
     `parallel`, when given, scores the images itself (the servers' fan-out) through `score_one`.
@@ -130,27 +166,40 @@ def run_rows(rows: list[Row], found: list[Item], k: int, ignore_index: int, redu
         r.cm = np.zeros((k, k), dtype=np.int64)
         r.agree = [0, 0]
     failures: list[str] = []
-    bar = Progress(len(found), progress)
+    paths: dict[str, Path] = {}
     todo = []
+    cached_items = []
+    for item in found:
+        paths[item.name] = work / f"{key_of(item)}.npz"
+        cached = load_work(paths[item.name], len(rows), k)
+        if cached is None or (show is not None and not show.target(item).exists()):
+            todo.append(item)
+        else:
+            cached_items.append(cached)
+    if show is not None and not overwrite:
+        for item in todo:
+            if (t := show.target(item)).exists() or t.is_symlink():
+                raise FSAError(f"--show-dir {show.folder}: {t} exists; pass --overwrite to replace it")
+    bar = Progress(len(found), progress, "scoring")
     try:
-        for item in found:
-            cached = load_work(work / f"{key_of(item)}.npz", len(rows), k)
-            if cached is None:
-                todo.append(item)
-                continue
+        for cached in cached_items:
             add(rows, *cached)
             bar.step()
+
+        def one(item: Item, img: np.ndarray, gt: np.ndarray) -> None:
+            labels = score_one(rows, item, img, gt, k, ignore_index, paths[item.name])
+            if show is not None:
+                show.write(item, labels[show.row])
+
         if parallel is not None:
-            parallel(todo, lambda item, img, gt: score_one(rows, item, img, gt, k, ignore_index,
-                                                            work / f"{key_of(item)}.npz"),
-                     failures, bar)
+            parallel(todo, one, failures, bar)
         else:
-            for item, img, gt in prefetch(todo, reduce_zero_label):
+            for item, img, gt in prefetch(todo, reduce_zero_label, decode):
                 if isinstance(img, FSAError):
                     failures.append(str(img))
                 else:
                     try:
-                        score_one(rows, item, img, gt, k, ignore_index, work / f"{key_of(item)}.npz")
+                        one(item, img, gt)
                     except FSAError as e:
                         msg = str(e)
                         failures.append(msg if msg.startswith(str(item.image)) else f"{item.image}: {msg}")
@@ -161,8 +210,8 @@ def run_rows(rows: list[Row], found: list[Item], k: int, ignore_index: int, redu
 
 
 def score_one(rows: list[Row], item: Item, img: np.ndarray, gt: np.ndarray, k: int, ignore_index: int,
-              path: Path) -> None:
-    """Every row on one image; its matrices saved to `path` (atomically), then summed."""
+              path: Path) -> list[np.ndarray]:
+    """Every row on one image; its matrices saved to `path` (atomically), then summed; the label maps."""
     labels, cms, agrees = [], [], []
     for r in rows:
         t0 = time.perf_counter()
@@ -179,6 +228,7 @@ def score_one(rows: list[Row], item: Item, img: np.ndarray, gt: np.ndarray, k: i
     cm, ag = np.stack(cms), np.asarray(agrees, dtype=np.int64)
     save_work(path, cm, ag)
     add(rows, cm, ag)
+    return labels
 
 
 def add(rows: list[Row], cm: np.ndarray, ag: np.ndarray) -> None:
@@ -197,14 +247,18 @@ def save_work(path: Path, cm: np.ndarray, ag: np.ndarray) -> None:
 
 
 def load_work(path: Path, n_rows: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """A work file's matrices, or None when absent or not of this run's shape (recomputed)."""
-    if not path.is_file():
+    """A work file's matrices, or None when absent; a damaged one (unreadable, not this run's
+    shape, negative counts) is recomputed after one warning line."""
+    if not (path.is_file() or path.is_symlink()):
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             cm, ag = z["confusion"], z["agreement"]
-    except (OSError, ValueError, KeyError):
-        return None
-    if cm.shape != (n_rows, k, k) or ag.shape != (n_rows, 2) or cm.dtype.kind not in "iu" or (cm < 0).any():
+        if cm.shape != (n_rows, k, k) or ag.shape != (n_rows, 2) or cm.dtype.kind not in "iu" \
+                or ag.dtype.kind not in "iu" or (cm < 0).any() or (ag < 0).any() or (ag[:, 0] > ag[:, 1]).any():
+            raise ValueError("not this run's matrices")
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        print(f"fsa eval: warning: --work {path}: damaged ({str(e).splitlines()[0][:80] or type(e).__name__}); "
+              "recomputing that image", file=sys.stderr, flush=True)
         return None
     return cm.astype(np.int64), ag.astype(np.int64)

@@ -51,6 +51,9 @@ class TritonPythonModel:
         # SegmenterCache keeps each class list's Segmenter in memory (LRU)
         cache = self.params.cache_dir or str(Path(tempfile.gettempdir()) / "fsa-deploy-text")
         base = Segmenter.from_artifact(here / "artifact", backend, cache_dir=cache, max_batch=self.params.max_batch)
+        from fsa_deploy.runtime.serve.client import SERVED, identity
+
+        self.served = (SERVED, identity(base_meta(here / "artifact")))
         self.segmenters = SegmenterCache(base, self.params.cache_size)
 
     def execute(self, requests):
@@ -122,8 +125,15 @@ class TritonPythonModel:
         # fsa segment's decoder and pixel limit (FSA_MAX_PIXELS), on the request's bytes; handed
         # over as HWC, the layout Segmenter reads first when an array fits both
         result = seg.segment(self.decode_image(io.BytesIO(data), in_image).transpose(1, 2, 0))
-        summary = json.dumps(result.summary(), indent=2) + "\n"
+        summary = json.dumps({**result.summary(), self.served[0]: self.served[1]}, indent=2) + "\n"
         return pb_utils.InferenceResponse([
             pb_utils.Tensor(out_labels, np.ascontiguousarray(result.labels, dtype=np.uint16)),
             pb_utils.Tensor(out_summary, np.array([summary.encode()], dtype=np.object_)),
         ])
+
+
+def base_meta(folder):
+    """meta.json of the artefact copy beside this file (what `fsa eval --server` checks)."""
+    from fsa_deploy.runtime.artifact import Artifact
+
+    return Artifact.load(folder).meta

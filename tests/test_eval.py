@@ -411,11 +411,31 @@ def _bad_dataset(tmp_path: Path, case: str) -> tuple[str, Path, list[str], str]:
         return "pascal", root, extra, "pascal"
     if case == "missing-root":
         return "folder", tmp_path / "nowhere", extra, "nowhere"
+    if case == "stem-clash":  # x.png and x.jpg would both be scored against masks/x.png
+        Image.open(root / "images" / "img_000.png").save(root / "images" / "img_000.jpg")
+        return "folder", root, extra, "img_000.jpg"
+    if case == "mask-256-reduced":  # 256 - 1 would be the ignore index after reduce_zero_label: an error
+        ade = make_dataset("ade20k", tmp_path / "ade", n=1)
+        mask = next((ade / "annotations" / "validation").glob("*.png"))
+        m = np.asarray(Image.open(mask)).astype(np.uint16)
+        m[4, 4] = 256
+        Image.fromarray(m).save(mask)
+        return "ade20k", ade, [], "label value 256"
+    if case in ("class-pipe", "class-blank-line", "class-fifo"):
+        bad = tmp_path / "bad-classes.txt"
+        if case == "class-fifo":
+            import os
+
+            os.mkfifo(bad)  # would block a reader forever
+            return "folder", root, ["--classes-file", str(bad)], "not a regular file"
+        bad.write_text("a\nb | c\nc\nd\n" if case == "class-pipe" else "a\nb\n\nc\nd\n")
+        return "folder", root, ["--classes-file", str(bad)], "'|'" if case == "class-pipe" else "line 3 is empty"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["no-mask", "mask-size", "label-value", "empty-split", "unknown-dataset",
-                                  "missing-root"])
+                                  "missing-root", "stem-clash", "mask-256-reduced", "class-pipe",
+                                  "class-blank-line", "class-fifo"])
 def test_bad_input_is_one_line_and_no_report(tiny_artifact, tmp_path, case):
     ds, root, extra, needle = _bad_dataset(tmp_path, case)
     out = tmp_path / "r.json"
@@ -442,6 +462,84 @@ def test_max_miou_drop_gate(tiny_artifact, folder_ds, folder_report, tmp_path):
     proc = eval_cli(tiny_artifact.root, "folder", root, tmp_path / "r.json", "--classes-file", classes,
                     "--max-miou-drop", "0.1")
     assert_one_line_error(proc, "--reference")
+
+
+def test_work_files_keyed_by_content_and_damage_recomputed(tiny_artifact, tmp_path, capsys):
+    """A mask redrawn in place is scored anew (work files keyed by content, not size); a damaged work
+    file is recomputed after one warning line, to the same numbers."""
+    from fsa_deploy.cli import main
+
+    root = make_dataset("folder", tmp_path / "ds", n=1, k=4)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\nb\nc\nd\n")
+    work = tmp_path / "work"
+
+    def run(out: str) -> dict:
+        rc = main(["eval", "folder", "--root", str(root), "--artifact", str(tiny_artifact.root), "--json",
+                   str(tmp_path / out), "--quiet", "--short-side", "112", "--classes-file", str(classes),
+                   "--work", str(work), "--cache-dir", str(tmp_path / "cache")])
+        assert rc == 0, capsys.readouterr().err
+        return json.loads((tmp_path / out).read_text())
+
+    first = run("a.json")
+    (npz,) = work.glob("*.npz")
+    npz.write_bytes(b"PK\x03\x04 not a zip")
+    capsys.readouterr()
+    again = run("b.json")
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "damaged" in err and npz.name in err
+    assert again["rows"][0]["confusion"] == first["rows"][0]["confusion"]
+    mask = root / "masks" / "img_000.png"
+    m = np.asarray(Image.open(mask)).copy()
+    m[m == 255] = 3  # the ignored border becomes class 3: more pixels scored
+    Image.fromarray(m).save(mask)
+    redrawn = run("c.json")
+    assert len(list(work.glob("*.npz"))) == 2
+    assert np.asarray(redrawn["rows"][0]["confusion"]).sum() == m.size
+
+
+def make_paper_data(data: Path) -> None:
+    """mmseg's data/ folder holding VOC2012 (voc21 and voc20) and ADE20K; the others absent."""
+    make_dataset("voc21", data / "VOCdevkit" / "VOC2012", n=2)
+    make_dataset("ade20k", data / "ade" / "ADEChallengeData2016", n=2)
+
+
+def test_paper_row_over_the_benchmarks_found(tiny_artifact, tmp_path, capsys):
+    """`fsa eval paper`: one row per model in the paper's column order, each cell the benchmark's own
+    `fsa eval` mIoU, the absent benchmarks listed; a rerun with --work reuses every finished one."""
+    from fsa_deploy.cli import main
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    make_paper_data(data)
+    common = ["--artifact", str(tiny_artifact.root), "--quiet", "--short-side", "112", "--limit", "1",
+              "--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "paper.json"
+    files = ["--md", str(tmp_path / "p.md"), "--csv", str(tmp_path / "p.csv"), "--latex", str(tmp_path / "p.tex")]
+    rc = main(["eval", "paper", "--root", str(data), "--json", str(out), "--work", str(work), *files, *common])
+    assert rc == 0, capsys.readouterr().err
+    paper = json.loads(out.read_text())
+    assert paper["missing"] == ["context60", "coco-object", "context59", "coco-stuff", "cityscapes"]
+    (row,) = paper["rows"]
+    assert row["name"] == "image.onnx" and list(row["cells"]) == ["voc21", "voc20", "ade20k"]
+    assert row["avg"] == pytest.approx(sum(row["cells"].values()) / 3)
+    one = tmp_path / "ade.json"
+    assert main(["eval", "ade20k", "--root", str(data / "ade" / "ADEChallengeData2016"), "--json", str(one),
+                 *common]) == 0
+    assert row["cells"]["ade20k"] == json.loads(one.read_text())["rows"][0]["miou"]
+    md = (tmp_path / "p.md").read_text().splitlines()
+    assert md[0] == "| Row | Backend | VOC21 | Context60 | Object | VOC20 | Context59 | Stuff | City | ADE | Avg. |"
+    assert f"{100 * row['avg']:.2f}" in md[2] and "cityscapes" in md[-1]
+    assert (tmp_path / "p.csv").read_text().startswith("Row,Backend,VOC21,Context60")
+    assert "\\begin{tabular}" in (tmp_path / "p.tex").read_text()
+    capsys.readouterr()
+    out2 = tmp_path / "again.json"
+    rc = main(["eval", "paper", "--root", str(data), "--json", str(out2), "--work", str(work), *common[:-2],
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    assert json.loads(out2.read_text())["rows"] == paper["rows"]
+    assert not (tmp_path / "nothing").exists()
+    rc = main(["eval", "paper", "--root", str(tmp_path / "cache"), "--json", str(tmp_path / "none.json"), *common])
+    assert rc == 2 and "none of the benchmarks" in capsys.readouterr().err
 
 
 def test_dump_takes_the_protocol_resize(tmp_path):
@@ -513,18 +611,66 @@ def test_two_server_run_equals_the_local_run(tiny_artifact, folder_ds, folder_re
     assert not (tmp_path / "bad.json").exists()
 
 
-def test_a_server_of_another_artefact_is_refused(tiny_artifact, folder_ds, two_servers, tmp_path):
+@pytest.mark.parametrize("change", ["image_sha256", "text_sha256", "hyper_parameters"])
+def test_a_server_of_another_artefact_is_refused(tiny_artifact, folder_ds, two_servers, tmp_path, change):
+    """Identity: the image graph, the text graph and the method preset must be the local artefact's."""
     import shutil
 
     root, classes = folder_ds
     other = tmp_path / "other"
     shutil.copytree(tiny_artifact.root, other)
     meta = json.loads((other / "meta.json").read_text())
-    meta["files"]["image.onnx"]["sha256"] = "0" * 64  # as if exported from other weights
+    if change == "hyper_parameters":
+        meta["hyper_parameters"]["lamda"] = 2.0  # exported with --lamda 2
+    else:
+        meta["files"][{"image_sha256": "image.onnx", "text_sha256": "text.onnx"}[change]]["sha256"] = "0" * 64
     (other / "meta.json").write_text(json.dumps(meta))
     proc = eval_cli(other, "folder", root, tmp_path / "r.json", "--classes-file", classes,
                     "--server", f"127.0.0.1:{two_servers[0].http}")
-    assert_one_line_error(proc, "serves artefact")
+    assert_one_line_error(proc, "serves artefact", change)
+
+
+def test_a_stopped_server_stalls_nothing(two_servers, capsys):
+    """A server stopped (SIGSTOP) mid-run: its request times out (--server-timeout), the server is
+    dropped with one line and the image is served by the other; its health probe fails at start."""
+    import os
+
+    from fsa_deploy.validation.eval.remote import Servers
+
+    live, stopped = two_servers
+    protocol = {"short_side": 120, "stride": 112, "prob_thd": 0.3}
+    urls = [f"127.0.0.1:{live.http}", f"127.0.0.1:{stopped.http}"]
+    data = Path(photos()[1]).read_bytes()
+    os.kill(stopped.triton_pid, signal.SIGSTOP)
+    try:
+        servers = Servers(urls, "background; sky, cat; kitty, person, rocket", protocol, timeout=3.0)
+        t0 = time.perf_counter()
+        got = servers.labels(data, "chelsea")  # the first pick is the stopped one
+        assert time.perf_counter() - t0 < 30
+        err = capsys.readouterr().err
+        assert servers.alive == [urls[0]] and err.count("dropped") == 1 and urls[1] in err
+        assert np.array_equal(got, servers.once(urls[0], data)[0])
+        probe = Servers(urls, "cat, dog", protocol, timeout=3.0)
+        assert probe.healthy(urls[1]) is not None and probe.healthy(urls[0]) is None
+    finally:
+        os.kill(stopped.triton_pid, signal.SIGCONT)
+
+
+def test_https_is_tls_or_refused(tiny_artifact, two_servers, capsys):
+    """https:// is spoken with TLS: a plain-HTTP server fails the TLS handshake and is dropped,
+    never spoken to as HTTP; another scheme is refused."""
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.validation.eval.remote import Servers
+
+    from fsa_deploy.errors import FSAError
+
+    url = f"https://127.0.0.1:{two_servers[0].http}"
+    servers = Servers([url], "cat, dog", {"short_side": 120, "stride": 112, "prob_thd": 0.3}, timeout=5.0)
+    with pytest.raises(FSAError, match="no server answered"):
+        servers.probe(Artifact.load(tiny_artifact.root).meta)
+    assert "dropped" in capsys.readouterr().err
+    with pytest.raises(FSAError, match="ftp://"):
+        Servers([f"ftp://127.0.0.1:{two_servers[0].http}"], "cat", {}, timeout=5.0)
 
 
 def test_served_protocol_inputs_are_checked(two_servers):

@@ -15,6 +15,7 @@ import queue
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,7 +258,7 @@ def load_work(path: Path, n_rows: int, k: int) -> tuple[np.ndarray, np.ndarray] 
         if cm.shape != (n_rows, k, k) or ag.shape != (n_rows, 2) or cm.dtype.kind not in "iu" \
                 or ag.dtype.kind not in "iu" or (cm < 0).any() or (ag < 0).any() or (ag[:, 0] > ag[:, 1]).any():
             raise ValueError("not this run's matrices")
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         print(f"fsa eval: warning: --work {path}: damaged ({str(e).splitlines()[0][:80] or type(e).__name__}); "
               "recomputing that image", file=sys.stderr, flush=True)
         return None

@@ -166,8 +166,8 @@ class Servers:
             if differ:
                 k = differ[0]
                 short = 12 if k.endswith("sha256") else 60
-                raise FSAError(f"--server {url}: serves artefact {k} {json.dumps(theirs.get(k))[:short]}, --artifact has "
-                               f"{json.dumps(want[k])[:short]} "
+                raise FSAError(f"--server {url}: serves artefact {k} {json.dumps(theirs.get(k))[:short]}, "
+                               f"--artifact has {json.dumps(want[k])[:short]} "
                                f"(differs in: {', '.join(differ)}); refusing to compare different models")
         if not self.alive:
             raise FSAError(f"--server: no server answered ({', '.join(self.urls)})")

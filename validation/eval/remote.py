@@ -87,7 +87,7 @@ class Servers:
     def healthy(self, url: str) -> str | None:
         """None when the server says it is live and fsa_segment is ready; else why not (one line)."""
         try:
-            c = self.client(url, HEALTH_TIMEOUT_S)
+            c = self.client(url, min(HEALTH_TIMEOUT_S, self.timeout))
             if not c.is_server_live():
                 return "not live"
             if not c.is_model_ready(SEGMENT_MODEL):

@@ -228,7 +228,11 @@ class Remote:
                                     artifact_sha256=summary["artifact_sha256"], prob_thd=summary["prob_thd"])
         if result.classes != vocab.names:
             raise UpstreamError(f"--server: answered classes {result.classes}, asked for {vocab.names}")
-        # the server's own JSON (its timings; its text encoding is inside its round trip, not measured here)
+        from fsa_deploy.runtime.serve.client import SERVED
+
+        # the server's own JSON (its timings; its text encoding is inside its round trip, not measured
+        # here), as NAME.json: without the identity the server adds
+        summary = {k: v for k, v in summary.items() if k != SERVED}
         return answer_of(result, job, {"decode": decode_ms, "text": summary["timings_ms"].get("text", 0.0)}, summary)
 
 

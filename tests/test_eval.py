@@ -532,11 +532,14 @@ def test_paper_row_over_the_benchmarks_found(tiny_artifact, tmp_path, capsys):
     assert (tmp_path / "p.csv").read_text().startswith("Row,Backend,VOC21,Context60")
     assert "\\begin{tabular}" in (tmp_path / "p.tex").read_text()
     capsys.readouterr()
+    finished = {f: f.stat().st_mtime_ns for f in work.glob("*.json")}
+    assert sorted(f.name.split(".")[0] for f in finished) == ["ade20k", "voc20", "voc21"]
     out2 = tmp_path / "again.json"
     rc = main(["eval", "paper", "--root", str(data), "--json", str(out2), "--work", str(work), *common[:-2],
                "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0
     assert json.loads(out2.read_text())["rows"] == paper["rows"]
+    assert {f: f.stat().st_mtime_ns for f in work.glob("*.json")} == finished  # reused, not rerun
     assert not (tmp_path / "nothing").exists()
     rc = main(["eval", "paper", "--root", str(tmp_path / "cache"), "--json", str(tmp_path / "none.json"), *common])
     assert rc == 2 and "none of the benchmarks" in capsys.readouterr().err

@@ -243,9 +243,16 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     if missing and not args.quiet:
         _say("not found under --root, not run: " + ", ".join(f"{b} ({D.PAPER_ROOTS[b]})" for b in missing))
     reports: dict[str, dict[str, Any]] = {}
+    # a finished benchmark is reused only by a run asking the same of it (rows, protocol options)
+    import hashlib
+    import json
+
+    asked = {k: getattr(args, k) for k in ("graph", "backend", "reference", "server", "short_side", "long_side",
+                                           "stride", "prob_thd", "limit", "resize")}
+    tag = hashlib.sha256(json.dumps([sha, asked], sort_keys=True, default=str).encode()).hexdigest()[:12]
     with _work_dir(args.work) as work:
         for b in found:
-            done = work / f"{b}.json"
+            done = work / f"{b}.{tag}.json"
             reports[b] = _read_report(done, sha) if done.is_file() else None  # type: ignore[assignment]
             if reports[b] is None:
                 folder = work / b

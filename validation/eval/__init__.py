@@ -103,9 +103,10 @@ def _say(line: str) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.artifact import Artifact, check_output_file
 
+    from fsa_deploy.contract import EVAL_RESIZES, IMAGE_ONNX, PAPER
+
     args.resize_given = args.resize is not None
-    args.resize = args.resize or "mmcv"
-    from fsa_deploy.contract import IMAGE_ONNX, PAPER
+    args.resize = args.resize or EVAL_RESIZES[0]  # mmcv: the official pipeline
 
     outputs = (("--json", args.json), ("--md", args.md), ("--plot", args.plot), ("--csv", args.csv),
                ("--latex", args.latex))

@@ -74,6 +74,7 @@ UNLABELLED_WIDE = 65535
 UNLABELLED_NAME = "unlabelled"
 
 # ---- fsa eval: its resize (`--resize`), its benchmarks in the paper's column order (`fsa eval paper`)
-EVAL_RESIZES = ("mmcv", "float")  # mmcv: cv2 on uint8, the official pipeline; float: fsa segment's
+RESIZE_MMCV, RESIZE_FLOAT = "mmcv", "float"  # mmcv: cv2 on uint8, the official pipeline; float: fsa segment's
+EVAL_RESIZES = (RESIZE_MMCV, RESIZE_FLOAT)
 PAPER_BENCHMARKS = ("voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff", "cityscapes", "ade20k")
 PAPER = "paper"  # `fsa eval paper --root DATA`

@@ -103,10 +103,10 @@ def _say(line: str) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.artifact import Artifact, check_output_file
 
-    from fsa_deploy.contract import EVAL_RESIZES, IMAGE_ONNX, PAPER
+    from fsa_deploy.contract import IMAGE_ONNX, PAPER, RESIZE_FLOAT, RESIZE_MMCV
 
     args.resize_given = args.resize is not None
-    args.resize = args.resize or EVAL_RESIZES[0]  # mmcv: the official pipeline
+    args.resize = args.resize or RESIZE_MMCV  # the official pipeline
 
     outputs = (("--json", args.json), ("--md", args.md), ("--plot", args.plot), ("--csv", args.csv),
                ("--latex", args.latex))
@@ -114,11 +114,11 @@ def run_eval(args: argparse.Namespace) -> int:
         check_output_file(path, option, args.overwrite)
     if args.max_miou_drop is not None and not args.reference:
         raise FSAError("--max-miou-drop: needs --reference (the drop is measured against it)")
-    if args.server and args.resize == "mmcv" and args.resize_given:
+    if args.server and args.resize == RESIZE_MMCV and args.resize_given:
         raise FSAError("--server with --resize mmcv: fsa_segment decodes with Pillow and resizes in float32; "
                        "give --resize float (or run the rows locally)")
     if args.server:
-        args.resize = "float"  # what fsa_segment does; declared in differs_from_official
+        args.resize = RESIZE_FLOAT  # what fsa_segment does; declared in differs_from_official
     if args.show_dir:
         _check_show_dir(args.show_dir)
     art = Artifact.load(args.artifact)
@@ -211,7 +211,9 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
 
 def _decoder(resize: str):
     """The protocol's decoder: OpenCV as mmcv (mmcv resize), Pillow as `fsa segment` (float)."""
-    if resize == "mmcv":
+    from fsa_deploy.contract import RESIZE_MMCV
+
+    if resize == RESIZE_MMCV:
         from fsa_deploy.validation.eval.mmcv import cv2, decode
 
         cv2()  # a missing OpenCV is one line now, not one per image
@@ -389,7 +391,7 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
     from fsa_deploy.runtime.pipeline import postprocess, resized_canvas_logits
     from fsa_deploy.runtime.segmenter import Segmenter
 
-    from fsa_deploy.contract import TOKENIZER_VOCAB
+    from fsa_deploy.contract import RESIZE_MMCV, TOKENIZER_VOCAB
 
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=list(art.meta["templates"]),
@@ -401,7 +403,7 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
     query_class = seg.vocabulary.query_class
 
     def run(item: Any, img: np.ndarray) -> np.ndarray:
-        if proto.resize == "mmcv":
+        if proto.resize == RESIZE_MMCV:
             from fsa_deploy.validation.eval.mmcv import imrescale
 
             resized = imrescale(img, proto.short_side, proto.long_side)

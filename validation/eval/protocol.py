@@ -21,6 +21,7 @@ from typing import Any
 from fsa_deploy.runtime.text import Vocabulary
 from fsa_deploy.validation.eval.datasets import IGNORE_INDEX, LAYOUTS
 
+from fsa_deploy.contract import RESIZE_MMCV
 from fsa_deploy.errors import FSAError
 
 RESIZE_LONG = 2048  # every config: Resize(scale=(2048, short), keep_ratio=True)
@@ -173,7 +174,7 @@ class Overrides:
     stride: int | None = None
     prob_thd: float | None = None
     classes_file: str | None = None
-    resize: str = "mmcv"
+    resize: str = RESIZE_MMCV
 
 
 def resolve(meta: dict[str, Any], dataset: str, over: Overrides) -> tuple[str, Protocol, Vocabulary]:
@@ -226,7 +227,7 @@ def resolve(meta: dict[str, Any], dataset: str, over: Overrides) -> tuple[str, P
         if value is not None and value != getattr(proto, key):
             differs.append(f"--{key.replace('_', '-')} {value} instead of {getattr(proto, key)}")
             setattr(proto, key, value)
-    if over.resize != "mmcv":
+    if over.resize != RESIZE_MMCV:
         differs.append(f"--resize {over.resize}: the image is decoded by Pillow and resized in float32 (as `fsa "
                        "segment` does); the official pipeline decodes with OpenCV and resizes the uint8 image with "
                        "cv2 (mmcv.imrescale), which changes a few pixels per image")

@@ -401,6 +401,7 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
     seg.set_classes(vocab)
     assert seg.vocabulary is not None
     query_class = seg.vocabulary.query_class
+    n_classes = len(seg.vocabulary.classes)
 
     def run(item: Any, img: np.ndarray) -> np.ndarray:
         if proto.resize == RESIZE_MMCV:
@@ -414,6 +415,8 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
         canvas = resized_canvas_logits(resized, seg._forward, seg.geometry, seg.max_batch)
         if not np.isfinite(canvas).all():
             raise FSAError(f"{item.image}: the {backend.name} backend gave NaN or infinite logits")
-        return postprocess(canvas, img.shape[-2:], query_class, proto.logit_scale, proto.prob_thd).labels
+        labels = postprocess(canvas, img.shape[-2:], query_class, proto.logit_scale, proto.prob_thd).labels
+        labels[labels >= n_classes] = 0  # the official rule: under prob_thd is class 0, not "unlabelled"
+        return labels
 
     return run

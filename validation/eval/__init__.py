@@ -33,7 +33,8 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
         "Score an artefact on a segmentation benchmark as the paper does (mmsegmentation's mIoU, the "
         "official configs' resize, windows, prob_thd and class names for the artefact's method), one row per "
         "--graph, beside the PyTorch reference with --reference. Metrics are fractions in the JSON, points in "
-        "the Markdown."))
+        "the tables (stdout: mmseg's per-class IoU/Acc and aAcc/mIoU/mAcc; --md, --csv, --latex). DATASET paper: "
+        "every benchmark found under --root, the paper's row."))
     p.add_argument("dataset", metavar="DATASET",
                    help=f"one of: {', '.join(DATASETS)}; or {PAPER}: every benchmark found under --root, laid out "
                         "as mmsegmentation's data/ folder, one row per model in the paper's column order")

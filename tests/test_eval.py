@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, missing, photos, require, run_cli
+from conftest import REPO, assert_one_line_error, missing, photo_crops, photos, require, run_cli, unit_text
 from fsa_deploy.runtime.serve.server import free_ports
 from fsa_deploy.validation.eval import datasets as D
 from fsa_deploy.validation.eval.metrics import confusion, scores
@@ -496,6 +496,44 @@ def test_work_files_keyed_by_content_and_damage_recomputed(tiny_artifact, tmp_pa
     redrawn = run("c.json")
     assert len(list(work.glob("*.npz"))) == 2
     assert np.asarray(redrawn["rows"][0]["confusion"]).sum() == m.size
+
+
+def test_reference_in_fp16_as_the_official_code(tiny_artifact, tmp_path, capsys):
+    """--reference-precision fp16: the reference under fp16 autocast; its precision is recorded and it is
+    no longer listed as differing (the fp32 artefact row still is)."""
+    from fsa_deploy.cli import main
+
+    root = make_dataset("folder", tmp_path / "ds", n=1, k=4)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\nb\nc\nd\n")
+    reps = {}
+    for precision in ("fp32", "fp16"):
+        out = tmp_path / f"{precision}.json"
+        rc = main(["eval", "folder", "--root", str(root), "--artifact", str(tiny_artifact.root), "--json", str(out),
+                   "--quiet", "--short-side", "112", "--classes-file", str(classes), "--reference",
+                   "--reference-precision", precision, "--cache-dir", str(tmp_path / "cache")])
+        assert rc == 0, capsys.readouterr().err
+        reps[precision] = json.loads(out.read_text())
+    half, full = reps["fp16"], reps["fp32"]
+    assert half["setup"]["precision"] == {"reference": "fp16", "image.onnx": "fp32"}
+    note = next(d for d in half["protocol"]["differs_from_official"] if d.startswith("precision"))
+    assert "image.onnx fp32" in note and "reference" not in note
+    assert "reference fp32" in " ".join(full["protocol"]["differs_from_official"])
+    # the same artefact row; a reference that moved by fp16 rounding only
+    assert half["rows"][1]["confusion"] == full["rows"][1]["confusion"]
+    assert half["rows"][1]["pixel_agreement"] > 0.95
+    ref = np.asarray(half["rows"][0]["confusion"])
+    assert ref.sum() == np.asarray(full["rows"][0]["confusion"]).sum()
+    # the fp16 forward is the fp32 one to fp16 rounding: close, not equal
+    from fsa_deploy.models.backend import TorchBackend
+    from fsa_deploy.validation.eval.precision import Autocast
+
+    b = TorchBackend(tiny_artifact, device="cpu")
+    crops = photo_crops(2, 112).numpy()
+    text = unit_text(3, 64).numpy()
+    a, h = b.run(crops, text), Autocast(b).run(crops, text)
+    err = np.linalg.norm(h - a) / np.linalg.norm(a)
+    assert 0 < err < 0.05, err
 
 
 def make_paper_data(data: Path) -> None:

@@ -27,7 +27,7 @@ PROG = "fsa eval"
 def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
     from fsa_deploy.validation.eval.datasets import DATASETS
 
-    from fsa_deploy.contract import BACKENDS, EVAL_RESIZES, PAPER
+    from fsa_deploy.contract import BACKENDS, EVAL_RESIZES, EXPORT_PRECISIONS, PAPER
 
     p = sub.add_parser("eval", help=help_text, description=(
         "Score an artefact on a segmentation benchmark as the paper does (mmsegmentation's mIoU, the "
@@ -46,6 +46,9 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: a TensorRT engine when this machine can run it, else ONNX Runtime (default auto)")
     p.add_argument("--reference", action="store_true", help="add the PyTorch reference row (and deltas)")
+    p.add_argument("--reference-precision", choices=EXPORT_PRECISIONS, default=EXPORT_PRECISIONS[0],
+                   help="fp16: the reference under torch.autocast in fp16 (CUDA; on a CPU, CPU autocast emulates "
+                        "it), as the official code runs in fp16 (default fp32)")
     p.add_argument("--server", action="append", metavar="URL",
                    help="Triton server(s) running `fsa serve` on this artefact (repeatable): the artefact row "
                         "runs there")
@@ -113,6 +116,8 @@ def run_eval(args: argparse.Namespace) -> int:
                ("--latex", args.latex))
     for option, path in outputs:
         check_output_file(path, option, args.overwrite)
+    if args.reference_precision != "fp32" and not args.reference:
+        raise FSAError("--reference-precision: needs --reference")
     if args.max_miou_drop is not None and not args.reference:
         raise FSAError("--max-miou-drop: needs --reference (the drop is measured against it)")
     if args.server and args.resize == RESIZE_MMCV and args.resize_given:
@@ -362,8 +367,14 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
     rows = []
     if args.reference:
         backend = plugin("torch")(art, device="auto")
+        ident = "pytorch"
+        if args.reference_precision == "fp16":
+            from fsa_deploy.validation.eval.precision import Autocast
+
+            backend = Autocast(backend)
+            ident = backend.name
         rows.append(Row("reference", "pytorch", None, _segment_fn(backend, art, sha, proto, vocab, args, cache),
-                        "pytorch", is_reference=True))
+                        ident, is_reference=True, precision=args.reference_precision))
     if args.server:
         if args.graph:
             raise FSAError("--server with --graph: the servers run their own graph; give one or the other")

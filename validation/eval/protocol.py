@@ -278,7 +278,7 @@ def declared(art: Any, rows: list[Any], reference: bool) -> tuple[dict[str, Any]
     precision = {}
     for r in rows:
         if r.is_reference:
-            precision[r.name] = "fp32"
+            precision[r.name] = r.precision or "fp32"
         elif r.graph:
             precision[r.name] = str(files.get(r.graph, {}).get("precision") or meta.get("precision", "fp32"))
         else:

@@ -41,6 +41,7 @@ class Row:
     segment: Segment
     identity: str  # what its numbers depend on besides the protocol (graph hash, server's artefact)
     is_reference: bool = False
+    precision: str | None = None  # the reference's (fp32, or fp16 under autocast); graphs: meta.json's
     seconds: float = 0.0
     images_run: int = 0
     cm: np.ndarray | None = None

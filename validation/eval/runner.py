@@ -3,8 +3,9 @@
 Image-major: each image is decoded once (by a prefetch thread, while the backends run the
 previous one) and goes through every row; its confusion matrices and its pixel agreement with
 the reference are written to one work file (atomically), keyed by the artefact hash, the rows,
-the protocol and the image. A stopped run finds those files and continues; the sums are the
-same as an uninterrupted run's, since each image's numbers are exact integers.
+the protocol and the contents of the image and its mask. A stopped run finds those files and
+continues; the sums are the same as an uninterrupted run's, since each image's numbers are exact
+integers. A damaged work file is recomputed (one warning line). `--show-dir` writes the label maps.
 """
 
 from __future__ import annotations

@@ -204,7 +204,8 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
     if show_dir is not None:
         show = ShowDir(show_dir, next((i for i, r in enumerate(rows) if not r.is_reference), 0))
     failures = run_rows(rows, found, k, proto.ignore_index, lay.reduce_zero_label, work, key_of, decode,
-                        progress=not args.quiet, parallel=parallel, show=show, overwrite=args.overwrite)
+                        progress=not args.quiet, parallel=parallel, show=show, overwrite=args.overwrite,
+                        what=f"{dataset}: scoring")
     if failures:
         for line in failures:
             print(f"{PROG}: error: {line}", file=sys.stderr)

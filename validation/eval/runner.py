@@ -160,7 +160,7 @@ class ShowDir:
 def run_rows(rows: list[Row], found: list[Item], k: int, ignore_index: int, reduce_zero_label: bool,
              work: Path, key_of: Callable[[Item], str], decode: Decode, progress: bool = True,
              parallel: Callable[..., Any] | None = None, show: ShowDir | None = None,
-             overwrite: bool = False) -> list[str]:
+             overwrite: bool = False, what: str = "scoring") -> list[str]:
     """Sum each row's confusion over the images (work files reused); returns the failed images' lines.
 
     `parallel`, when given, scores the images itself (the servers' fan-out) through `score_one`.
@@ -183,7 +183,7 @@ def run_rows(rows: list[Row], found: list[Item], k: int, ignore_index: int, redu
         for item in todo:
             if (t := show.target(item)).exists() or t.is_symlink():
                 raise FSAError(f"--show-dir {show.folder}: {t} exists; pass --overwrite to replace it")
-    bar = Progress(len(found), progress, "scoring")
+    bar = Progress(len(found), progress, what)
     try:
         for cached in cached_items:
             add(rows, *cached)

@@ -96,7 +96,12 @@ class Reference:
                 if d.get(k) is not None and self.loaded.get(k)}
 
     def encode_text(self, tokens):
-        return self.clip.encode_text(tokens.long())
+        """Embeddings of tokens [T, L]: open_clip's tower adds a positional embedding of its full
+        context length, so prompts cut at the batch's longest (runtime.text.trimmed) are padded back
+        with zeros (exact: the tower is causal and pools at the end token)."""
+        full = tokens.long().new_zeros((tokens.shape[0], max(self.clip.context_length, tokens.shape[1])))
+        full[:, : tokens.shape[1]] = tokens
+        return self.clip.encode_text(full)
 
 
 def build(spec: ModelSpec, formulation: str = "deploy") -> Reference:

@@ -25,7 +25,7 @@ setup: $(STAMP) $(SERVE_STAMP) browser
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant,rtx,serve,app,eval]"
+	$(PIP) install -q -c constraints.txt -e ".[export,dev,quant,rtx,serve,app,eval,video]"
 	# tensorrt-stubs' metadata requires the placeholder `tensorrt` wheel: install the stubs alone
 	$(PIP) install -q --no-deps "tensorrt-stubs>=10.13,<11"
 	touch $(STAMP)

@@ -78,3 +78,13 @@ RESIZE_MMCV, RESIZE_FLOAT = "mmcv", "float"  # mmcv: cv2 on uint8, the official 
 EVAL_RESIZES = (RESIZE_MMCV, RESIZE_FLOAT)
 PAPER_BENCHMARKS = ("voc21", "context60", "coco-object", "voc20", "context59", "coco-stuff", "cityscapes", "ade20k")
 PAPER = "paper"  # `fsa eval paper --root DATA`
+
+# ---- video sources of `fsa segment` (the `video` extra, PyAV) and what it writes per source NAME
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
+CAMERA_PREFIX = "/dev/video"  # a V4L2 device; a bare index (0, 1, ...) names the platform's camera N
+VIDEO_OVERLAY = "{}_overlay.mp4"  # H.264, the source's rate and size, the legend drawn in the frame
+VIDEO_LABELS = "{}.labels.npz"  # one array, VIDEO_LABELS_KEY: [frames, H, W] class indices
+VIDEO_LABELS_KEY = "labels"
+VIDEO_SUMMARY = "{}.json"  # the run's summary with `frames`: one entry per frame
+VIDEO_FRAME_PNG = "{:06d}.png"  # --frames: NAME/000000.png, ... (frame index in the output)

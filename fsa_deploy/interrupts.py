@@ -36,9 +36,13 @@ class Interrupted(KeyboardInterrupt):
 
 _received: list[int] = []
 _shield = 0
+_deferred: list[int] | None = None  # inside deferred(): where a signal goes instead
 
 
 def _handler(signum: int, frame: object) -> None:
+    if _deferred is not None:
+        _deferred.append(signum)
+        return
     _received.append(signum)
     if not _shield:
         raise Interrupted(signum)
@@ -89,3 +93,22 @@ def shielded() -> Iterator[None]:
         yield
     finally:
         _shield -= 1
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[list[int]]:
+    """A run that publishes a shorter result when stopped (a video): inside the block a signal is
+    appended to the yielded list, neither raised nor seen by check(), so the loop that polls the list
+    stops at a frame boundary and its commit points publish what it has. Leaving the block, the
+    first such signal is recorded and raised as Interrupted (the CLI exits 130 / 143 as usual)."""
+    global _deferred
+    outer, _deferred = _deferred, []
+    caught = _deferred
+    try:
+        yield caught
+    finally:
+        _deferred = outer
+        if caught:  # the exit code follows it even when the block ends in an error
+            _received.append(caught[0])
+    if caught:
+        raise Interrupted(caught[0])

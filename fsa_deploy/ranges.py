@@ -110,6 +110,13 @@ RANGES: dict[str, Range] = {
     "--concurrency": Range(1, 256, integer=True, why="requests in flight per server"),
     "--server-timeout": Range(0.1, 86400.0, why="seconds a server may take for one image"),
     "--port": Range(1, 65535, integer=True),  # fsa app
+    # video sources (fsa segment, fsa app --source): frame selection and a live source's patience
+    "--every": Range(1, 1_000_000, integer=True, why="keep one frame in N"),
+    "--max-fps": Range(0.0, 1000.0, lo_open=True, why="frames per second of source time kept"),
+    "--start": Range(0.0, 1e7, why="seconds into the source"),
+    "--duration": Range(0.0, 1e7, lo_open=True, why="seconds of source time"),
+    "--stream-timeout": Range(0.0, 3600.0, lo_open=True, why="seconds without a frame before a source is stalled"),
+    "--sequence-fps": Range(0.0, 1000.0, lo_open=True, why="frame rate given to an image sequence"),
     # benchmark scripts (make bench-*): counts of their own
     "--requests": Range(1, 1_000_000, integer=True, why="bench-serve: requests between the two RSS readings"),
     "--per-level": Range(1, 100_000, integer=True, why="bench-serve: requests per concurrency level"),

@@ -29,7 +29,10 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
         "Segment images with an artefact folder: for each input NAME.ext, write NAME.png (palette PNG of class "
         "indices, original size), NAME_overlay.png (coloured masks and a legend) and NAME.json (classes present "
         "with pixel fractions, timings, backend, artefact hash) to --out."))
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders (their image files, sorted)")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image files, or folders (their image files, sorted); or video sources: video files (mp4, mkv, "
+                        "avi, mov, webm, ...), image sequences (a quoted glob 'f/*.png' or 'f/%%06d.png'), cameras "
+                        "(/dev/videoN or an index), streams (rtsp://, rtmp://, http(s)://, udp://); see docs/VIDEO.md")
     p.add_argument("--artifact", required=True, metavar="DIR", help="artefact folder written by `fsa export`")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -49,12 +52,31 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir", metavar="DIR", help="class-embedding cache (default $FSA_CACHE_DIR or "
                                                           "~/.cache/fsa-deploy)")
     cache.add_argument("--no-cache", action="store_true", help="always recompute the class embeddings")
+    add_video_args(p)
     add_old_spellings(p, "segment")
     p.set_defaults(func=run_segment)
     return p
 
 
 OUTPUTS = ("{}.png", "{}_overlay.png", "{}.json")  # what `fsa segment` writes per image
+
+
+def add_video_args(p: argparse.ArgumentParser) -> None:
+    """The options of a video source (fsa segment; fsa app --source takes the selection ones)."""
+    g = p.add_argument_group("video sources (the `video` extra: PyAV)")
+    add_ranged(g, "--every", "keep one frame in N (default 1: every frame)", verb="segment", default=1)
+    add_ranged(g, "--max-fps", "keep at most X frames per second of source time (default: all)", verb="segment",
+               default=None)
+    add_ranged(g, "--start", "start X seconds into the source (default 0)", verb="segment", default=0.0)
+    add_ranged(g, "--duration", "stop after X seconds of source time (default: the whole source)", verb="segment",
+               default=None)
+    add_ranged(g, "--limit", "stop after N frames written (default: no limit)", verb="segment", default=None)
+    add_ranged(g, "--stream-timeout", "seconds a camera or stream may stay silent (opening or between frames) "
+               "before it counts as stalled (default 10)", verb="segment", default=10.0)
+    add_ranged(g, "--sequence-fps", "frame rate of an image sequence's overlay video (default 25)", verb="segment",
+               default=25.0)
+    g.add_argument("--frames", action="store_true",
+                   help="write NAME/000000.png, ... (a label PNG per frame) instead of NAME.labels.npz")
 
 
 def unique_stems(files: Sequence[Path]) -> list[str]:
@@ -97,22 +119,40 @@ def _report(message: str) -> None:
     _write(f"{PROG}: error: {escape(message)}", file=sys.stderr)
 
 
+def split_sources(items: Sequence[str]) -> tuple[list[str], list, list[str]]:
+    """(image arguments, video SourceSpecs with unique names, error lines) of the command line."""
+    from fsa_deploy.runtime.video.sources import classify
+
+    images, videos, errors = [], [], []
+    for item in items:
+        try:
+            spec = classify(str(item))
+        except FSAError as e:
+            errors.append(str(e))
+            continue
+        (images if spec is None else videos).append(item if spec is None else spec)
+    return images, videos, errors
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.images import expand_images
     from fsa_deploy.runtime.segmenter import Segmenter
     from fsa_deploy.runtime.text import usable_cache_dir
 
-    files, errors = expand_images(args.images)
+    items, videos, errors = split_sources(args.images)
+    files, more = expand_images(items) if items else ([], [])
+    errors += more
     for line in errors:
         _report(line)
-    total = len(files) + len(errors)
+    total = len(files) + len(videos) + len(errors)
     failed = len(errors)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FSAError(f"--out {out}: exists and is not a folder")
     check_outputs(out, files)
+    videos = video_names(videos, unique_stems(files), out)
     cache = None if args.no_cache else usable_cache_dir(args.cache_dir)
-    if files:
+    if files or videos:
         artifact, backend = args.artifact, args.backend
         if args.graph:
             from fsa_deploy.runtime.artifact import Artifact
@@ -136,9 +176,67 @@ def run_segment(args: argparse.Namespace) -> int:
         for path, stem in bar:
             if not _segment_one(seg, path, out, stem):
                 failed += 1
+        for spec in videos:
+            if not _segment_video(seg, spec, out, args):
+                failed += 1
     if failed:
-        raise FSAError(f"{failed} of {total} images failed")
+        raise FSAError(f"{failed} of {total} {'inputs' if videos else 'images'} failed")
     return 0
+
+
+def video_names(videos: list, image_stems: Sequence[str], out: Path) -> list:
+    """Video sources with output names that clash with no image's and no other source's (a counter
+    added), checked against the artefact's files like the images' outputs."""
+    from dataclasses import replace
+
+    from fsa_deploy.runtime.schema import refuse_artifact_file
+    from fsa_deploy.runtime.video.outputs import output_paths
+
+    taken = {s.casefold() for s in image_stems}
+    named = []
+    for spec in videos:
+        name = spec.name
+        for n in itertools.count(2):
+            if name.casefold() not in taken:
+                break
+            name = f"{spec.name}_{n}"
+        taken.add(name.casefold())
+        spec = replace(spec, name=name)
+        for target in output_paths(out, name, False).values():
+            refuse_artifact_file(target, "--out")
+        named.append(spec)
+    return named
+
+
+def _segment_video(seg, spec, out: Path, args: argparse.Namespace) -> bool:
+    """One video source; False (after a one-line report) if nothing could be written."""
+    from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
+    from fsa_deploy.runtime.video.sources import Selection
+
+    from fsa_deploy.errors import escape
+
+    selection = Selection(every=args.every, max_fps=args.max_fps, start=args.start, duration=args.duration,
+                          limit=args.limit)
+    options = VideoOptions(selection, stream_timeout=args.stream_timeout, sequence_fps=args.sequence_fps,
+                           frames_folder=args.frames)
+    try:
+        summary = VideoRun(seg, spec, out, options).run()
+    except FSAError as e:
+        msg = str(e)
+        named = msg.startswith((spec.text, escape(spec.text)))
+        _report(msg if named else f"{escape(spec.text)}: {msg}")
+        return False
+    except OSError as e:
+        _report(f"{escape(spec.text)}: could not write its results to {out} ({e.strerror or e})")
+        return False
+    dropped = f", {summary['frames_dropped']} dropped (live source, model slower than it)" \
+        if summary["frames_dropped"] else ""
+    _write(f"{out / summary['outputs']['overlay']}: {summary['frame_count']} frames, "
+           f"{summary['frames_per_s']:.2f} frames/s{dropped}")
+    if summary["stopped_by"] and summary["stopped_by"] != "signal":
+        _write(f"{PROG}: warning: {escape(spec.text)}: {summary['stopped_by']}; the {summary['frame_count']} frames "
+               "before it are written", file=sys.stderr)
+    return True
 
 
 def check_outputs(out: Path, files: Sequence[Path]) -> None:

@@ -177,7 +177,7 @@ def run_segment(args: argparse.Namespace) -> int:
             if not _segment_one(seg, path, out, stem):
                 failed += 1
         for spec in videos:
-            if not _segment_video(seg, spec, out, args):
+            if not _segment_video(seg, spec, out, args, alone=total == 1):
                 failed += 1
     if failed:
         raise FSAError(f"{failed} of {total} {'inputs' if videos else 'images'} failed")
@@ -208,8 +208,9 @@ def video_names(videos: list, image_stems: Sequence[str], out: Path) -> list:
     return named
 
 
-def _segment_video(seg, spec, out: Path, args: argparse.Namespace) -> bool:
-    """One video source; False (after a one-line report) if nothing could be written."""
+def _segment_video(seg, spec, out: Path, args: argparse.Namespace, alone: bool = False) -> bool:
+    """One video source; False (after a one-line report) if nothing could be written. `alone`: the
+    run's only input, whose error is the run's one line (FSAError, exit 2)."""
     from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
     from fsa_deploy.runtime.video.sources import Selection
 
@@ -224,10 +225,15 @@ def _segment_video(seg, spec, out: Path, args: argparse.Namespace) -> bool:
     except FSAError as e:
         msg = str(e)
         named = msg.startswith((spec.text, escape(spec.text)))
+        if alone:
+            raise FSAError(msg if named else f"{spec.text}: {msg}") from None
         _report(msg if named else f"{escape(spec.text)}: {msg}")
         return False
     except OSError as e:
-        _report(f"{escape(spec.text)}: could not write its results to {out} ({e.strerror or e})")
+        line = f"{escape(spec.text)}: could not write its results to {out} ({e.strerror or e})"
+        if alone:
+            raise FSAError(line) from None
+        _report(line)
         return False
     dropped = f", {summary['frames_dropped']} dropped (live source, model slower than it)" \
         if summary["frames_dropped"] else ""

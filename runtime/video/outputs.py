@@ -35,6 +35,7 @@ from fsa_deploy.errors import FSAError
 
 H264_ENCODERS = ("libx264", "h264", "libopenh264")  # the first PyAV's FFmpeg has
 _FRAME_NAME = re.compile(r"^\d{6,}\.png$")
+TIME_BASE = Fraction(1, 90000)  # the overlay's timestamps: MPEG's 90 kHz clock
 JSON_EVERY_S = 1.0  # NAME.json is rewritten at most this often (and at least 20x its own write time apart)
 
 
@@ -79,6 +80,7 @@ class OverlayWriter:
         self.stream = self.container.add_stream(codec, rate=self.rate)
         self.stream.width, self.stream.height = width + width % 2, height + height % 2
         self.stream.pix_fmt = "yuv420p"
+        self.stream.codec_context.time_base = TIME_BASE  # frames keep the source's timestamps (variable rate)
         if codec == "libx264":
             self.stream.options = {"crf": "23", "preset": "veryfast"}
         self.size = (width, height)
@@ -94,18 +96,22 @@ class OverlayWriter:
             rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         self.t0 = t if self.t0 is None else self.t0
-        pts = max(self.last_pts + 1, int(round((t - self.t0) * self.rate)))
-        frame.pts, frame.time_base = pts, 1 / self.rate
+        pts = max(self.last_pts + 1, int(round((t - self.t0) / TIME_BASE)))
+        frame.pts, frame.time_base = pts, TIME_BASE
         self.last_pts = pts
-        for packet in self.stream.encode(frame):
+        self._mux(self.stream.encode(frame))
+
+    def _mux(self, packets: Any) -> None:
+        tick = int(round(1 / (self.rate * TIME_BASE)))  # a frame's nominal duration: the mp4's rate is the source's
+        for packet in packets:
+            packet.duration = tick
             self.container.mux(packet)
 
     def close(self) -> None:
         if self.container is None:
             return
         try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
+            self._mux(self.stream.encode())
         finally:
             self.container.close()
             self.container = None

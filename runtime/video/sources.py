@@ -27,6 +27,7 @@ from fsa_deploy.errors import FSAError, escape
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PRINTF = re.compile(r"%0?(\d*)d")
 _GLOB = re.compile(r"[*?\[]")
+MAX_BAD_PACKETS = 50  # damaged packets in a row before a source counts as unreadable from there on
 SEQUENCE_FPS = 25.0  # an image sequence's frame rate unless --sequence-fps says otherwise (FFmpeg's image2 default)
 
 
@@ -248,28 +249,53 @@ class Source:
                 return
 
     def _decode(self) -> Iterator[tuple[float, np.ndarray]]:
+        """Decode order; a packet that does not decode is skipped (counted), a demuxer error or a stall
+        ends the source with `error` set, as does a file that ends before the frames it announced."""
         av = _av()
         assert self.container is not None
-        last = None
+        last, count, bad, run_of_bad = None, 0, 0, 0
         packets = self.container.demux(self.stream)
         while True:
             try:
                 packet = next(packets)
-                decoded = packet.decode()
             except StopIteration:
-                return
+                break
             except (av.FFmpegError, OSError) as e:
-                if isinstance(e, av.ExitError) or "Immediate exit" in str(e) or isinstance(e, TimeoutError):
+                if isinstance(e, (av.ExitError, TimeoutError)) or "Immediate exit" in str(e):
                     self.error = f"no data for {self.stream_timeout:g} s (stalled; --stream-timeout)"
                 else:
-                    self.error = f"decoding stopped ({_first_line(e)}), the frames after it are lost"
+                    self.error = f"reading stopped ({_first_line(e)}); the rest of the source is lost"
                 return
+            try:
+                decoded = packet.decode()
+                run_of_bad = 0
+            except (av.FFmpegError, OSError) as e:
+                bad, run_of_bad = bad + 1, run_of_bad + 1
+                self.error = f"{bad} damaged packet(s) skipped ({_first_line(e)})"
+                if run_of_bad >= MAX_BAD_PACKETS:
+                    self.error = f"decoding stopped after {bad} damaged packets ({_first_line(e)})"
+                    return
+                continue
             for frame in decoded:
                 t = frame.time if frame.time is not None else (0.0 if last is None else last + 1 / self.info.fps)
                 if last is not None and t <= last:  # a repeated or backward timestamp: keep the order
                     t = last + 1e-6
                 last = t
+                count += 1
                 yield t, rgb_of(frame)
+        if self.error is None and self.spec.kind == "file":
+            self.error = self._ended_early(count, last)
+
+    def _ended_early(self, count: int, last: float | None) -> str | None:
+        """A file whose frames stop before what its header announces (a frame count or a duration)."""
+        announced = self.info.frames
+        if announced and self.start == 0 and count < announced:
+            return f"the file ends early: {count} of the {announced} frames it announces (truncated?)"
+        duration = self.container.duration / 1e6 if self.container and self.container.duration else None
+        if duration and (last is None or last + 3 / self.info.fps < duration):
+            return f"the file ends early: frames up to {last or 0:.2f} s of the {duration:.2f} s it announces " \
+                   "(truncated or damaged?)"
+        return None
 
 
 def rgb_of(frame: Any) -> np.ndarray:

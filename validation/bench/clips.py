@@ -45,14 +45,14 @@ def write_clip(path: str | Path, frames: list[np.ndarray], fps: float = 12, code
         s.pix_fmt = pix_fmt
         if times is not None:
             s.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:  # the display matrix, as phones record
+            s.set_display_rotation(rotation)
         for i, rgb in enumerate(frames):
             f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             if times is not None:
                 f.pts, f.time_base = int(round(times[i] * 1000)), Fraction(1, 1000)
             else:
                 f.pts, f.time_base = i, 1 / rate
-            if rotation is not None:
-                f.rotation = rotation
             for p in s.encode(f):
                 c.mux(p)
         for p in s.encode():

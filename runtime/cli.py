@@ -140,6 +140,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.text import usable_cache_dir
 
     items, videos, errors = split_sources(args.images)
+    if errors and len(args.images) == 1:  # the only source: its line is the run's one line
+        raise FSAError(errors[0])
     files, more = expand_images(items) if items else ([], [])
     errors += more
     for line in errors:

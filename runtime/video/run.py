@@ -127,7 +127,7 @@ class VideoRun:
     def _reader(self, source: Source, q: queue.Queue) -> None:
         from fsa_deploy.runtime.pipeline import crops_of, resize_image
 
-        geo, live = self.seg.geometry, self.spec.live
+        geo, live = self.seg.geometry, source.live
         try:
             frames = self.options.selection.filter(source.frames())
             while not self.stop.is_set():
@@ -310,7 +310,7 @@ class VideoRun:
             from tqdm import tqdm
         except ImportError:
             return None
-        return tqdm(total=None if self.spec.live else self._expected(source), unit="frame", file=sys.stderr,
+        return tqdm(total=None if source.live else self._expected(source), unit="frame", file=sys.stderr,
                     desc=self.spec.name, disable=None, smoothing=0.1)
 
     def _expected(self, source: Source) -> int | None:

@@ -62,7 +62,7 @@ class Sink:
 
     def _head(self) -> dict[str, Any]:
         seg, spec = self.seg, self.spec
-        return {"source": spec.text, "kind": spec.kind, "live": spec.live, "fps": round(self.info.fps, 6),
+        return {"source": spec.text, "kind": spec.kind, "live": self.info.live, "fps": round(self.info.fps, 6),
                 "outputs": {k: p.name for k, p in self.paths.items()}, "vocabulary": seg.vocabulary.names,
                 "prob_thd": seg.prob_thd, "backend": seg.backend.name, "artifact_sha256": seg.artifact_sha256}
 

@@ -28,7 +28,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PRINTF = re.compile(r"%0?(\d*)d")
 _GLOB = re.compile(r"[*?\[]")
 MAX_BAD_PACKETS = 50  # damaged packets in a row before a source counts as unreadable from there on
-SEQUENCE_FPS = 25.0  # an image sequence's frame rate unless --sequence-fps says otherwise (FFmpeg's image2 default)
+SEQUENCE_FPS = 25.0
+ANALYZE_S = 1.0  # seconds of a network stream probed for its format (FFmpeg's default is 5)  # an image sequence's frame rate unless --sequence-fps says otherwise (FFmpeg's image2 default)
 
 
 @dataclass(frozen=True)
@@ -65,16 +66,11 @@ class Selection:
 @dataclass(frozen=True)
 class SourceSpec:
     """One video source as given on the command line. `kind`: file, sequence, camera or stream;
-    `name` the stem of its outputs; `live`: frames arrive in real time (dropped, not queued, when
-    the model is slower)."""
+    `name` the stem of its outputs."""
 
     text: str
     kind: str
     name: str
-
-    @property
-    def live(self) -> bool:
-        return self.kind in ("camera", "stream")
 
 
 def _clean(name: str, fallback: str) -> str:
@@ -91,8 +87,8 @@ def classify(item: str) -> SourceSpec | None:
             raise FSAError(f"{escape(item)}: unknown stream scheme {m.group(1)}:// (known: "
                            f"{', '.join(s + '://' for s in STREAM_SCHEMES)})")
         rest = item[m.end():].split("?")[0].rstrip("/")
-        tail = rest.rsplit("/", 1)[-1] if "/" in rest else rest.replace(":", "_")
-        return SourceSpec(item, "stream", _clean(Path(tail).stem or tail, "stream"))
+        name = Path(rest.rsplit("/", 1)[-1]).stem if "/" in rest else rest.replace(":", "_")
+        return SourceSpec(item, "stream", _clean(name, "stream"))
     if item.startswith(CAMERA_PREFIX) or (item.isdigit() and not os.path.lexists(item)):
         return SourceSpec(item, "camera", _clean(Path(item).name if not item.isdigit() else f"camera{item}", "camera"))
     path = Path(item)
@@ -128,6 +124,7 @@ class VideoInfo:
     width: int
     height: int
     frames: int | None  # as the container says (None: unknown or live)
+    live: bool = False
 
 
 class SourceError(FSAError):
@@ -165,11 +162,13 @@ def _camera_target(text: str) -> tuple[str, str | None]:
 
 class Source:
     """An opened source: `info`, then `frames()` yields (time s, RGB uint8 [H, W, 3]) in decode
-    order. `error` holds the line that ended the decoding early (truncated, corrupt, stalled), or None."""
+    order. `error` holds the line that ended the decoding early (truncated, corrupt, stalled), or None.
+    `live`: frames arrive in real time (a camera, a stream of no known length, rtsp/rtmp/udp/srt),
+    so a slower model drops them instead of queueing; a file served over http(s) is not live."""
 
     def __init__(self, spec: SourceSpec, stream_timeout: float = 10.0, sequence_fps: float = SEQUENCE_FPS,
                  start: float = 0.0) -> None:
-        self.spec, self.error = spec, None
+        self.spec, self.error, self.live = spec, None, spec.kind == "camera"
         self.stream_timeout, self.start = stream_timeout, start
         self.container: Any = None
         if spec.kind == "sequence":
@@ -195,14 +194,18 @@ class Source:
                 raise FSAError(f"{escape(text)}: empty file (0 bytes), no video")
         elif spec.kind == "camera":
             target, fmt = _camera_target(text)
-        elif spec.kind == "stream" and text.lower().startswith("rtsp"):
-            options = {"rtsp_transport": "tcp"}
+        open_timeout = self.stream_timeout
+        if spec.kind == "stream":  # probe ANALYZE_S of stream time, not FFmpeg's 5 s, and wait for it
+            options = {"analyzeduration": str(int(ANALYZE_S * 1e6))}
+            open_timeout += ANALYZE_S
+            if text.lower().startswith("rtsp"):
+                options["rtsp_transport"] = "tcp"
         try:
-            self.container = av.open(target, format=fmt, options=options,
-                                     timeout=(self.stream_timeout, self.stream_timeout))
+            self.container = av.open(target, format=fmt, options=options, timeout=(open_timeout, self.stream_timeout))
         except (av.FFmpegError, OSError) as e:
             what = {"camera": "cannot open the camera (absent, or busy in another program?)",
-                    "stream": f"cannot open the stream within {self.stream_timeout:g} s",
+                    "stream": f"cannot open the stream (no answer or no video within {open_timeout:g} s: "
+                              "--stream-timeout)",
                     }.get(spec.kind, "not a video PyAV/FFmpeg can read")
             raise FSAError(f"{escape(text)}: {what} ({escape(_first_line(e))})") from None
         video = self.container.streams.video
@@ -216,7 +219,11 @@ class Source:
         if not math.isfinite(fps) or fps <= 0 or fps > 1000:
             fps = 25.0
         self.stream = stream
-        self.info = VideoInfo(fps, stream.codec_context.width, stream.codec_context.height, stream.frames or None)
+        if spec.kind == "stream":
+            scheme = text.split(":", 1)[0].lower()
+            self.live = scheme not in ("http", "https") or not self.container.duration
+        self.info = VideoInfo(fps, stream.codec_context.width, stream.codec_context.height, stream.frames or None,
+                              self.live)
         if self.start > 0 and spec.kind == "file":
             try:  # to the key frame before `start`; Selection drops the frames before it
                 self.container.seek(int(self.start / stream.time_base), stream=stream, backward=True)

@@ -28,8 +28,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PRINTF = re.compile(r"%0?(\d*)d")
 _GLOB = re.compile(r"[*?\[]")
 MAX_BAD_PACKETS = 50  # damaged packets in a row before a source counts as unreadable from there on
-SEQUENCE_FPS = 25.0
-ANALYZE_S = 1.0  # seconds of a network stream probed for its format (FFmpeg's default is 5)  # an image sequence's frame rate unless --sequence-fps says otherwise (FFmpeg's image2 default)
+SEQUENCE_FPS = 25.0  # an image sequence's frame rate unless --sequence-fps says otherwise (FFmpeg's image2 default)
+ANALYZE_S = 1.0  # seconds of a network stream probed for its format (FFmpeg's default is 5)
 
 
 @dataclass(frozen=True)

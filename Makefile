@@ -18,7 +18,7 @@ BROWSER_APT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && g
 REQUIRE_BROWSER := $(if $(or $(BROWSER_APT),$(wildcard /usr/bin/chromium)),1,)
 
 .PHONY: setup test test-fast demo lint typecheck bench bench-block export-b16 test-gpu bench-build gpu-check clean bench-memory bench-serve bench-serve-full
-.PHONY: bench-real-stats bench-real-stats-rows bench-envelope bench-policy-cost
+.PHONY: bench-real-stats bench-real-stats-rows bench-envelope bench-policy-cost bench-video
 
 setup: $(STAMP) $(SERVE_STAMP) browser
 
@@ -60,6 +60,15 @@ bench: setup
 
 # Peak RSS of a segmentation against the class count (3 vs 171) and the photo size (6.75 and 12 MP),
 # tiny export on ONNX Runtime CPU, each case in a fresh process (issue 15 item 7; docs/BENCHMARKS.md).
+# A video through `fsa segment` against the same frames as PNG images (frames/s vs images/s), tiny and full
+# size (ViT-B-16 + DINO B/8 at 336, random init, exported once into out/b16), ONNX Runtime CPU; peak RSS on
+# N and 4N frames (docs/BENCHMARKS.md, docs/VIDEO.md).
+bench-video: setup
+	test -f out/b16/meta.json || flock /tmp/fsa-heavy.lock $(BIN)/fsa export --model ViT-B-16 --proxy dino --crop 336 \
+	  --random-init --seed 0 --out out/b16
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.video --work out/bench/video \
+	  --json out/bench/video.json --full out/b16
+
 bench-memory: setup
 	$(BIN)/python -m fsa_deploy.validation.bench.memory --work out/bench/memory --json out/bench/memory.json
 

@@ -128,8 +128,8 @@ def reference(tiny_artifact, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def browser():
+def browser_driver():
+    """A headless Chromium (Debian's) under chromedriver, or a skip / failure saying what is missing."""
     why = None
     try:
         from selenium import webdriver
@@ -148,6 +148,12 @@ def browser():
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = browser_driver()
     yield driver
     driver.quit()
 

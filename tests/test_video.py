@@ -332,3 +332,81 @@ def test_source_kinds_are_told_apart():
                      "127.0.0.1_5000"), "/dev/video0": ("camera", "video0"), "0": ("camera", "camera0"),
                      "clips/run1/*.png": ("sequence", "run1"), "clips/run2/%06d.png": ("sequence", "run2"),
                      "a/b/movie.MKV": ("file", "movie"), "photo.jpg": None}
+
+
+# ---------------------------------------------------------------- fsa app --source in Chromium
+
+
+def mjpeg_frames(port: int, count: int, timeout: float = 60) -> tuple[str, list[Image.Image]]:
+    """The content type of GET /api/stream and its first `count` JPEG parts."""
+    import http.client
+    import io
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/stream")
+        r = conn.getresponse()
+        ctype, images = r.getheader("Content-Type"), []
+        while len(images) < count:
+            headers = {}
+            line = r.readline()
+            while line.strip() == b"":
+                line = r.readline()
+            assert line.strip() == b"--fsaframe", line
+            while (line := r.readline().strip()):
+                k, v = line.decode().split(":", 1)
+                headers[k.lower()] = v.strip()
+            assert headers["content-type"] == "image/jpeg"
+            images.append(Image.open(io.BytesIO(r.read(int(headers["content-length"])))))
+        return ctype, images
+    finally:
+        conn.close()
+
+
+def test_app_source_streams_the_annotated_video_to_chromium(clips, tiny_artifact, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_app import App, browser_driver
+
+    app = App(tiny_artifact.root, tmp_path, "--backend", "onnx", "--source", str(clips["clip"]))
+    driver = None
+    try:
+        app.wait_ready()
+        ctype, images = mjpeg_frames(app.port, 2)
+        assert ctype.startswith("multipart/x-mixed-replace; boundary=fsaframe")
+        assert images[0].width == 160 and images[0].height > 120  # the frame above its legend
+        driver = browser_driver()
+        driver.get(app.url + "/")
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "live-stats"))  # /api/info names a source
+        stats = driver.find_element(By.ID, "live-stats")
+        img = driver.find_element(By.ID, "live-stream")
+        WebDriverWait(driver, 60).until(lambda d: "frames/s" in stats.text and "latency" in stats.text
+                                        and d.execute_script("return arguments[0].naturalWidth", img) == 160)
+        assert driver.find_element(By.ID, "camera").is_displayed()  # the page's own camera mode is still there
+        box = driver.find_element(By.ID, "classes")
+        box.clear()
+        box.send_keys("cat, grass; lawn, sky")  # edited live: the stream's classes follow
+        WebDriverWait(driver, 30).until(lambda d: stats.get_attribute("data-classes") == "cat, grass; lawn, sky")
+        done = int(stats.get_attribute("data-frames-done"))
+        WebDriverWait(driver, 30).until(lambda d: int(stats.get_attribute("data-frames-done")) > done + 3)
+        info = json.loads(app.request("GET", "/api/stream/info")[1])
+        assert info["frames_per_s"] > 0 and info["latency_ms"] > 0 and info["error"] is None
+        assert info["frames_read"] >= info["frames_done"] + info["frames_dropped"]
+        status, body = app.request("POST", "/api/stream/classes", b'{"classes": ""}',
+                                   {"Content-Type": "application/json"})
+        assert status == 400 and "no class names" in json.loads(body)["error"]
+    finally:
+        if driver is not None:
+            driver.quit()
+        if app.proc.poll() is None:
+            os.kill(app.proc.pid, signal.SIGINT)
+        assert app.proc.wait(timeout=30) == 130
+
+
+def test_app_with_a_bad_source_is_one_line_before_serving(tiny_artifact, tmp_path):
+    from conftest import run_cli
+    from fsa_deploy.runtime.serve.server import free_ports
+
+    proc = run_cli("app", tiny_artifact.root, "--port", str(free_ports(1)[0]), "--source", "/dev/video63",
+                   timeout=60)
+    assert_one_line_error(proc, "/dev/video63", "no such camera")

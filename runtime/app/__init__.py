@@ -45,6 +45,11 @@ def add_app(sub, help_text: str) -> argparse.ArgumentParser:
                         "Loopback names and the --host address are always answered")
     p.add_argument("--allow-origin", metavar="ORIGIN", action="append", default=[],
                    help="let pages of ORIGIN (scheme://host[:port]) use the API (repeatable); other sites get 403")
+    p.add_argument("--source", metavar="SRC", default=None,
+                   help="also stream a camera (/dev/videoN or an index), video file or stream (rtsp://, http://, ...) "
+                        "of this machine, annotated, to the page (GET /api/stream: MJPEG); see docs/VIDEO.md")
+    add_ranged(p, "--stream-timeout", "seconds a --source camera or stream may stay silent (default 10)",
+               verb="segment", default=10.0)
     p.set_defaults(func=run_app)
     return p
 
@@ -130,8 +135,14 @@ def run_app(args: argparse.Namespace) -> int:
     os.environ.setdefault(MAX_PIXELS_ENV, str(app_pixel_limit()))  # this process's decoder reads it per request
     guard = guard_of(args, args.host)
     sock = listening_socket(args.host, args.port)
+    live = None
     try:
         service = Remote(args.artifact, args.server) if args.server else Local(args.artifact, args.backend)
+        if args.source:
+            from fsa_deploy.runtime.app.live import LiveSource
+
+            live = LiveSource(service, args.source, service.info["classes"], args.stream_timeout).start()
+            service.info["source"] = args.source
         if not is_loopback(args.host):
             print(f"{PROG}: --host {args.host}: the page has no authentication; anyone who can reach this address "
                   "can use it", file=sys.stderr, flush=True)
@@ -139,7 +150,9 @@ def run_app(args: argparse.Namespace) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(f"{PROG}: serving http://{shown}:{port}/ ({service.info['backend']}, {service.info['precision']}, "
               f"{service.info['artifact']}); Ctrl-C stops it", flush=True)
-        serve_until_signal(build(service, guard), sock, guard)
+        serve_until_signal(build(service, guard, live), sock, guard)
     finally:
+        if live is not None:
+            live.stop()
         sock.close()
     return 0

@@ -194,8 +194,10 @@ async def until_done_or_gone(request: Request, work: asyncio.Future, stop: threa
             stop.set()
 
 
-def build(service: Any, guard: Guard | None = None) -> Starlette:
-    """The Starlette application around a service (runtime.app.service Local or Remote)."""
+def build(service: Any, guard: Guard | None = None, live: Any = None) -> Starlette:
+    """The Starlette application around a service (runtime.app.service Local or Remote); `live`: the
+    --source stream (runtime.app.live), whose routes answer 404 without it."""
+    from fsa_deploy.runtime.app.live import routes as live_routes
     from fsa_deploy.runtime.app.service import UpstreamError
     from fsa_deploy.runtime.cancel import Cancelled
 
@@ -258,6 +260,7 @@ def build(service: Any, guard: Guard | None = None) -> Starlette:
         Route("/api/segment", segment, methods=["POST"]),
         Route("/api/progress/{rid}", step),
         Route("/samples/{name}", sample),
+        *live_routes(live),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),  # refuses paths outside its folder
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})

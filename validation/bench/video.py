@@ -1,0 +1,145 @@
+"""`make bench-video`: a video through `fsa segment` against the same frames as PNG images.
+
+For each model (the tiny export; with --full DIR a full-size artefact too) one clip is made from
+scikit-image's chelsea.png (a pan and a zoom, --size, 12 fps), its frames saved as PNGs, and in
+one process with one Segmenter (ONNX Runtime CPU, the same classes):
+- images/s: `fsa segment`'s per-image loop on the PNGs (load, segment, write the three files);
+- frames/s: runtime.video's pipeline on the mp4 (decode, segment, overlay H.264, labels, JSON).
+Both include writing their outputs. Then peak RSS of the video run on N and 4N frames, each in a
+fresh process: memory flat in the video's length.
+
+    python -m fsa_deploy.validation.bench.video --work out/bench/video --json out/bench/video.json \\
+        [--full out/b16] [--gif docs/video.gif]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLASSES = "cat, floor, blanket, wall, sky, grass, person"
+FPS = 12
+
+
+def tiny_artifact(work: Path) -> Path:
+    art = work / "tiny-dino"
+    if not (art / "meta.json").is_file():
+        subprocess.run([sys.executable, "-m", "fsa_deploy", "export", "--out", str(art), "--model", "tiny",
+                        "--random-init", "--proxy", "tiny-dino", "--crop", "112", "--quiet", "--overwrite"],
+                       check=True)
+    return art
+
+
+def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple[Path, list[Path]]:
+    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.validation.bench.clips import decoded_frames, pan_zoom_frames, write_clip
+    from PIL import Image
+
+    chelsea = next(p for p in sample_photos() if Path(p).name == "chelsea.png")
+    folder = work / f"{tag}-{frames}"
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = folder / f"{tag}.mp4"
+    with atomic_file(clip) as tmp:
+        write_clip(tmp, pan_zoom_frames(chelsea, frames, size), FPS, fmt="mp4")
+    (folder / "png").mkdir(exist_ok=True)
+    pngs = []
+    for i, rgb in enumerate(decoded_frames(clip)):  # the very frames the video run decodes
+        pngs.append(folder / "png" / f"{i:04d}.png")
+        with atomic_file(pngs[-1]) as tmp:
+            Image.fromarray(rgb).save(tmp, format="PNG")
+    return clip, pngs
+
+
+def compare(art: Path, clip: Path, pngs: list[Path], out: Path, threads: int | None) -> dict:
+    """images/s of the per-image loop and frames/s of the video pipeline, one Segmenter, same frames."""
+    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
+    from fsa_deploy.runtime.video.sources import classify
+
+    seg = Segmenter.from_artifact(art, "onnx", threads=threads, cache_dir=None).set_classes(CLASSES)
+    seg.segment(pngs[0])  # warm-up: ORT's first run
+    t0 = time.perf_counter()
+    for p in pngs:
+        seg.segment(p).save(out / "images", p.stem)
+    images_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summary = VideoRun(seg, classify(str(clip)), out / "video", VideoOptions(progress=False)).run()
+    video_s = time.perf_counter() - t0
+    n = len(pngs)
+    return {"frames": n, "images_per_s": n / images_s, "frames_per_s": summary["frame_count"] / video_s,
+            "ratio": (summary["frame_count"] / video_s) / (n / images_s), "video_frames": summary["frame_count"]}
+
+
+def peak_rss_child(art: Path, clip: Path, out: Path, threads: int | None) -> float:
+    """Peak RSS (MiB) of a fresh process that runs the video pipeline on `clip`."""
+    code = ("import resource, sys; from fsa_deploy.runtime.segmenter import Segmenter; "
+            "from fsa_deploy.runtime.video.run import VideoOptions, VideoRun; "
+            "from fsa_deploy.runtime.video.sources import classify; from pathlib import Path; "
+            f"seg = Segmenter.from_artifact({str(art)!r}, 'onnx', threads={threads!r}, cache_dir=None)"
+            f".set_classes({CLASSES!r}); "
+            f"VideoRun(seg, classify({str(clip)!r}), Path({str(out)!r}), VideoOptions(progress=False)).run(); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def gif(overlay: Path, target: Path, frames: int = 36) -> None:
+    """The first frames of an overlay video as a small looping GIF (docs/)."""
+    import av
+    from fsa_deploy.runtime.artifact import atomic_file
+
+    with av.open(str(overlay)) as c:
+        images = [f.to_image() for _, f in zip(range(frames), c.decode(video=0))]
+    with atomic_file(target) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / FPS), loop=0,
+                       optimize=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.ranges import add_ranged
+
+    p = OneLineParser(description=__doc__)
+    p.add_argument("--work", default="out/bench/video")
+    p.add_argument("--json", default="out/bench/video.json")
+    p.add_argument("--full", metavar="DIR", help="a full-size artefact folder (ViT-B-16 + DINO B/8 at 336) to time too")
+    p.add_argument("--gif", metavar="FILE", help="write a GIF of the tiny run's overlay here")
+    add_ranged(p, "--threads", "ONNX Runtime threads (default: all cores)", default=None)
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    cases = [("tiny", tiny_artifact(work), 96, (320, 240))]
+    if args.full:
+        cases.append(("full", Path(args.full), 6, (320, 240)))
+    for tag, art, n, size in cases:
+        clip, pngs = make_clip(work, n, size, tag)
+        row = {"model": tag, "size": f"{size[0]}x{size[1]}", **compare(art, clip, pngs, work / f"out-{tag}",
+                                                                        args.threads)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    art = cases[0][1]
+    memory = {}
+    for n in (48, 192):
+        clip, _ = make_clip(work, n, (320, 240), "mem")
+        memory[n] = peak_rss_child(art, clip, work / f"out-mem-{n}", args.threads)
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+              "command": "make bench-video", "rows": rows, "peak_rss_mib_by_frames": memory,
+              "rss_ratio_4x_frames": memory[192] / memory[48]}
+    from fsa_deploy.runtime.artifact import write_json_atomic
+
+    write_json_atomic(args.json, report)
+    print(json.dumps({"peak_rss_mib_by_frames": memory}), flush=True)
+    if args.gif:
+        gif(work / "out-tiny" / "video" / "tiny_overlay.mp4", Path(args.gif))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

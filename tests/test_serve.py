@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -366,6 +367,30 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(server, reference,
             assert np.array_equal(labels, reference[path].labels)
         finally:
             client.close()
+
+
+def test_a_video_stream_fed_at_a_fixed_rate_comes_back_in_order(server, tiny_artifact, tmp_path):
+    """runtime.video.triton: a clip's frames sent at 12 frames/s, at most 3 in flight; every frame
+    answered in order, each label map equal to the Segmenter's on that frame (~2 s)."""
+    require("av")
+    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.video.triton import StreamStats, stream_to_triton
+    from fsa_deploy.validation.bench.clips import decoded_frames, pan_zoom_frames, write_clip
+
+    clip = write_clip(tmp_path / "feed.mp4", pan_zoom_frames(photos()[1], 10, (96, 64)), 12)
+    frames = decoded_frames(clip)
+    seg = Segmenter.from_artifact(tiny_artifact.root, "onnx", cache_dir=None).set_classes(CLASSES)
+    list(stream_to_triton(str(clip), f"127.0.0.1:{server.http}", CLASSES, rate=12, limit=1))  # classes encoded
+    stats = StreamStats()
+    t0 = time.monotonic()
+    got = list(stream_to_triton(str(clip), f"127.0.0.1:{server.http}", CLASSES, rate=12, in_flight=4, stats=stats))
+    assert time.monotonic() - t0 >= 9 / 12  # paced: the 10th frame is due 9 periods after the first
+    assert [f.index for f in got] == sorted(f.index for f in got) == stats.order
+    assert stats.sent == len(got) == 10 - stats.dropped and len(got) >= 4  # a slow server: frames dropped
+    for f in got:
+        ref = seg.segment(frames[f.index]).labels
+        assert f.labels.dtype == np.uint16 and np.array_equal(f.labels, ref), f"frame {f.index}"
+        assert f.time == pytest.approx(f.index / 12, abs=2e-3) and f.latency_ms > 0
 
 
 def test_shutdown_leaves_no_process(server):

@@ -70,6 +70,7 @@ class Sink:
         from fsa_deploy.runtime import paths
         from fsa_deploy.runtime.artifact import atomic_file
 
+        self.paths["overlay"].parent.mkdir(parents=True, exist_ok=True)
         if "frames" in self.paths:
             check_frames_folder(self.paths["frames"])
             self.pngs = FramePNGs(self.paths["frames"])

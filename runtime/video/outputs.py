@@ -70,8 +70,9 @@ class OverlayWriter:
     source's rate, so a variable-rate or dropping source keeps its timing."""
 
     def __init__(self, path: Path, fps: float, width: int, height: int) -> None:
-        import av
+        from fsa_deploy.runtime.video.sources import require_av
 
+        av = require_av()
         self.container = av.open(str(path), mode="w", format="mp4")
         codec = next((c for c in H264_ENCODERS if c in av.codecs_available), None)
         if codec is None:

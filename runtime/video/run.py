@@ -263,7 +263,9 @@ class VideoRun:
         """Segment every selected frame; the summary written to NAME.json. FSAError (nothing
         written) when no frame could be read."""
         from fsa_deploy.runtime.video.sink import Sink
+        from fsa_deploy.runtime.video.sources import require_av
 
+        require_av()  # the overlay's encoder, for an image sequence too: one line before any work
         o = self.options
         source = Source(self.spec, o.stream_timeout, o.sequence_fps, o.selection.start)
         self.stages: list[Stage] = []

@@ -131,7 +131,7 @@ class SourceError(FSAError):
     """The source stopped (truncated, corrupt, stalled): the frames before it are good."""
 
 
-def _av():
+def require_av():
     try:
         import av
     except ImportError as e:
@@ -183,7 +183,7 @@ class Source:
         self._open()
 
     def _open(self) -> None:
-        av = _av()
+        av = require_av()
         spec, text = self.spec, self.spec.text
         target, fmt, options = text, None, {}
         if spec.kind == "file":
@@ -258,7 +258,7 @@ class Source:
     def _decode(self) -> Iterator[tuple[float, np.ndarray]]:
         """Decode order; a packet that does not decode is skipped (counted), a demuxer error or a stall
         ends the source with `error` set, as does a file that ends before the frames it announced."""
-        av = _av()
+        av = require_av()
         assert self.container is not None
         last, count, bad, run_of_bad = None, 0, 0, 0
         packets = self.container.demux(self.stream)

@@ -77,28 +77,31 @@ def compare(art: Path, clip: Path, pngs: list[Path], out: Path, threads: int | N
 
 
 def peak_rss_child(art: Path, clip: Path, out: Path, threads: int | None) -> float:
-    """Peak RSS (MiB) of a fresh process that runs the video pipeline on `clip`."""
-    code = ("import resource, sys; from fsa_deploy.runtime.segmenter import Segmenter; "
+    """Peak RSS (MiB) of a fresh process that runs the video pipeline on `clip`: its VmHWM (Linux), which
+    a new program starts afresh (ru_maxrss would carry this parent's high-water mark across exec)."""
+    code = ("from fsa_deploy.runtime.segmenter import Segmenter; "
             "from fsa_deploy.runtime.video.run import VideoOptions, VideoRun; "
             "from fsa_deploy.runtime.video.sources import classify; from pathlib import Path; "
             f"seg = Segmenter.from_artifact({str(art)!r}, 'onnx', threads={threads!r}, cache_dir=None)"
             f".set_classes({CLASSES!r}); "
             f"VideoRun(seg, classify({str(clip)!r}), Path({str(out)!r}), VideoOptions(progress=False)).run(); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print(next(int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM')) / 1024)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def gif(overlay: Path, target: Path, frames: int = 36) -> None:
-    """The first frames of an overlay video as a small looping GIF (docs/)."""
+def gif(overlay: Path, target: Path, frames: int = 48, step: int = 2, width: int = 240) -> None:
+    """Every `step`-th of the first frames of an overlay video, `width` wide, as a looping GIF under
+    1 MB (docs/)."""
     import av
     from fsa_deploy.runtime.artifact import atomic_file
 
     with av.open(str(overlay)) as c:
-        images = [f.to_image() for _, f in zip(range(frames), c.decode(video=0))]
+        images = [f.to_image() for i, f in zip(range(frames), c.decode(video=0)) if i % step == 0]
+    images = [im.resize((width, round(im.height * width / im.width))).quantize(64) for im in images]
     with atomic_file(target) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / FPS), loop=0,
-                       optimize=True)
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 * step / FPS),
+                       loop=0, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,11 @@ class LiveSource:
             except FSAError as e:
                 self.error = str(e)
                 continue
+            except Exception as e:  # noqa: BLE001 - stopped at shutdown, or a backend error: shown, not fatal
+                if self.stopped.is_set():
+                    return
+                self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                continue
             out = io.BytesIO()
             Image.open(io.BytesIO(answer.overlay_png)).convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY)
             now = time.monotonic()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
 
 from fsa_deploy.contract import TEXT_ONNX
 from fsa_deploy.errors import FSAError
@@ -123,10 +124,11 @@ def load_cached(art: A.Artifact, name: str) -> CalibrationData | None:
 def save_cache(art: A.Artifact, name: str, data: CalibrationData) -> None:
     """Write the .npz atomically, drop older caches (they hold crops: tens of MB each), record it."""
     for old in [n for n, info in art.files().items() if info.get("role") == CACHE_ROLE and n != name]:
-        art.path(old, verify=False).unlink(missing_ok=True)  # a contained name (checked at load)
+        gate.unlink(art.path(old, verify=False))  # a contained name (checked at load)
         art.forget(old)
-    with A.atomic_file(art.root / name) as tmp, open(tmp, "wb") as f:
-        np.savez(f, crops=data.crops, text_embeddings=data.text, images=np.array(data.images))
+    with gate.writing_into(art.root):  # calibrate adds the cache and records it
+        gate.save_npz(art.root / name, keep=False, crops=data.crops, text_embeddings=data.text,
+                      images=np.array(data.images))
     art.record(name, role=CACHE_ROLE, crops=int(len(data.crops)), images=data.images)
     art.save()
 

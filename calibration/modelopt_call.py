@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import io
 import re
 import sys
 from collections.abc import Callable
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
 from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
 
 from fsa_deploy import contract
@@ -60,12 +61,7 @@ def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
                                      if i.get("role") == "external-data" and n.startswith(contract.IMAGE_ONNX)]
     for n in names:
         src = art.path(n).resolve()
-        try:
-            os.symlink(src, work / n)
-        except OSError:
-            import shutil
-
-            shutil.copy2(src, work / n)
+        gate.link_or_copy(src, work / n, symbolic=True)
     return work / contract.IMAGE_ONNX, len(names) > 1
 
 
@@ -77,7 +73,7 @@ def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: Cali
     try:
         # ORT's calibrator prints and tqdm draws bars: on stderr with progress, nowhere with --quiet;
         # stdout is for the result either way
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(sys.stderr if progress else null), \
+        with io.StringIO() as null, contextlib.redirect_stdout(sys.stderr if progress else null), \
                 contextlib.redirect_stderr(sys.stderr if progress else null):
             quantize(str(src), quantize_mode=opts.precision, calibration_data_reader=DataReader(data, opts.batch),
                      calibration_method=METHODS[opts.method], calibration_eps=list(CALIBRATION_EPS),

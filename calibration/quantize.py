@@ -29,7 +29,7 @@ from fsa_deploy.calibration.meta import record
 from fsa_deploy.calibration.modelopt_call import METHODS, link_source, require_modelopt, run_modelopt
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES, Where, fp32_rules
 from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime import paths
+from fsa_deploy.runtime import gate, paths
 
 from fsa_deploy.contract import (
     CALIBRATE_PRECISIONS,  # also ModelOpt's quantize_mode names
@@ -168,7 +168,7 @@ def smooth_outliers(src: Path, work: Path, data: CalibrationData, progress: bool
 def owned_tempdir(folder: Path) -> Iterator[None]:
     """Point tempfile (and TMPDIR, for child code) at `folder` inside the block: libraries that make
     temporary files (ModelOpt writes intermediate ONNX models) make them in a folder we remove."""
-    folder.mkdir()
+    gate.mkdir(folder)
     saved, env = tempfile.tempdir, {k: os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")}
     tempfile.tempdir = str(folder)
     os.environ.update({k: str(folder) for k in env})
@@ -190,8 +190,8 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
     import onnx
 
     scope = str(art.meta.get("feedback_scope") or "")
-    paths.sweep_stale(art.root)  # what a killed calibration left (our marker, its PID gone)
-    with tempfile.TemporaryDirectory(prefix=paths.temp_prefix("calibrate"), dir=art.root) as tmp, \
+    gate.sweep_stale(art.root)  # what a killed calibration left (our marker, its PID gone)
+    with gate.writing_into(art.root), gate.temp_dir(paths.temp_prefix("calibrate"), where=art.root) as tmp, \
             owned_tempdir(Path(tmp) / "tmp"):  # ModelOpt's and ORT's own temp files: in ours, gone with it
         work = Path(tmp)
         src, external = link_source(art, work)
@@ -217,7 +217,7 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
             assert_lint_clean(str(work / name))
         written = [n for n in (name, name + "_data") if (work / n).is_file()]
         for n in written:
-            os.replace(work / n, art.root / n)  # same file system: a rename, never a half-written file
+            gate.replace(work / n, art.root / n)  # same file system: a rename, never a half-written file
     return summary, fp32_nodes, written
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from fsa_deploy.runtime import gate
 
 SPREAD_MIN = 8.0  # largest channel absmax / median channel absmax that calls for smoothing
 
@@ -67,10 +68,10 @@ def save_like(model, dst: Path, external: bool) -> None:
     import onnx
 
     if external:
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=0)
+        gate.produce(dst, onnx.save_model, model, save_as_external_data=True, all_tensors_to_one_file=True,
+                     location=dst.name + ".data", size_threshold=0)
     else:
-        onnx.save(model, str(dst))
+        gate.produce(dst, onnx.save, model)
 
 
 def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:

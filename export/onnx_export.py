@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import sys
 import time
 import warnings
@@ -25,6 +24,7 @@ from fsa_deploy.export.graph_walk import Walk
 from fsa_deploy.models.factory import ModelSpec, Reference, build
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.text import default_vocab_file
 from torch import nn
 
@@ -119,9 +119,9 @@ def _torch_export(module: nn.Module, args: tuple, path: Path, input_names: list[
                   dynamic: dict[str, dict[int, Any]]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
-                          dynamic_shapes=dynamic, dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
-                          external_data=True)
+        gate.produce(path, torch.onnx.export, module, args, input_names=input_names, output_names=output_names,
+                     dynamic_shapes=dynamic, dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
+                     external_data=True)
 
 
 def _slim(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -208,14 +208,14 @@ def save_onnx(model: onnx.ModelProto, path: Path, external_data_bytes: int = EXT
     `external_data_bytes` lower than the default forces the external-data path on a small model (tests)."""
     large = model.ByteSize() > external_data_bytes
     if large:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data")
+        gate.produce(path, onnx.save_model, model, save_as_external_data=True, all_tensors_to_one_file=True,
+                     location=path.name + ".data")
         onnx.checker.check_model(str(path))
         onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred")
-        Path(str(path) + ".inferred").unlink()
+        gate.unlink(str(path) + ".inferred")
     else:
         onnx.checker.check_model(model, full_check=True)
-        onnx.save_model(onnx.shape_inference.infer_shapes(model, strict_mode=True), str(path))
+        gate.produce(path, onnx.save_model, onnx.shape_inference.infer_shapes(model, strict_mode=True))
 
 
 def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
@@ -233,7 +233,7 @@ def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
                   [LOGITS, *(STAGE_PREFIX + n for n in stages)], {"image": {0: batch}, "text": {0: classes}})
     graph = _slim(onnx.load(str(raw)))
     for f in work.glob("raw.onnx*"):
-        f.unlink()
+        gate.unlink(f)
     mapping = finish_image_graph(graph, stages)
     graph.producer_name, graph.doc_string = "fsa-deploy", "FSA crop forward (docs/METHOD.md steps 1-15)"
     save_onnx(graph, work / IMAGE_ONNX, external_data_bytes)
@@ -254,7 +254,7 @@ def export_text(ref: Reference, work: Path, external_data_bytes: int = EXTERNAL_
                   {"tokens": {0: tokens, 1: length}})
     graph = _slim(onnx.load(str(raw)))
     for f in work.glob("text.raw.onnx*"):
-        f.unlink()
+        gate.unlink(f)
     _rename_tensor(graph.graph, graph.graph.output[0].name, EMBEDDINGS)
     save_onnx(graph, work / TEXT_ONNX, external_data_bytes)
     return len(graph.graph.node)
@@ -326,7 +326,7 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
                    **({"fp16_audit": fp16.record} if precision == "fp16" and fp16.record else {}))
         art.record(TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
         # the tokenizer's merges travel with the artefact: the runtime needs no open_clip
-        shutil.copyfile(default_vocab_file(), work / TOKENIZER_VOCAB)
+        gate.copy(default_vocab_file(), work / TOKENIZER_VOCAB, keep=False)
         art.record(TOKENIZER_VOCAB, role="tokenizer")
         for extra in sorted(work.glob("*.data")):
             art.record(extra.name, role="external-data")

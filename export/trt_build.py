@@ -39,7 +39,8 @@ from fsa_deploy.export.trt_options import (
     options_from_args,
     profile_shapes,
 )
-from fsa_deploy.runtime.artifact import Artifact, atomic_file
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.trt_lib import (
     RTX,
     TRT,
@@ -212,8 +213,7 @@ def build_plan(
     if plan is None:
         raise FSAError(f"{flavour.label} could not build {job.engine} from {job.source}: {first_error(log, since)}")
     if cache is not None and timing_cache is not None:
-        with atomic_file(timing_cache) as tmp:
-            tmp.write_bytes(cache.serialize())
+        gate.write_bytes(timing_cache, bytes(cache.serialize()), keep=False)
     warnings = [m for s, m in log.lines[since:] if s == "WARNING"]
     return Plan(bytes(plan), io, profiles, time.perf_counter() - t0, warnings)
 
@@ -260,9 +260,9 @@ def build_engine(art: Artifact, job: EngineJob, opts: BuildOptions, device: tupl
     cache = None
     if flavour.timing_cache:
         cache = opts.timing_cache or art.root / TIMING_CACHE
-    plan = build_plan(lib, flavour, source, job, opts, cache)
-    with atomic_file(art.root / job.engine) as tmp:
-        tmp.write_bytes(plan.data)
+    with gate.writing_into(art.root):  # build adds the engine (and the timing cache) and records them
+        plan = build_plan(lib, flavour, source, job, opts, cache)
+        gate.write_bytes(art.root / job.engine, plan.data, keep=False)
     if cache is not None and cache.parent.resolve() == art.root.resolve():
         art.record(cache.name, role="timing-cache")
     art.record(job.engine, role="engine", precision=job.precision,
@@ -320,6 +320,8 @@ def run_build(args: argparse.Namespace) -> int:
     lib = load(flavour)  # before hashing gigabytes of ONNX
     device = cuda_device() if flavour.needs_gpu_to_build else None
     art = Artifact.load(args.folder)
+    if opts.timing_cache is not None:  # a user's cache file: never a special file or inside another artefact
+        gate.guard(opts.timing_cache, f"--timing-cache {opts.timing_cache}")
     opts = replace(opts, engine=flavour.name, precision=opts.precision or art.meta.get("precision", "fp32"))
     if opts.hardware_compatible and device and version_tuple(device[1]) < (8, 0):
         raise FSAError(f"--hardware-compatible needs an Ampere or newer GPU (this one is SM {device[1]})")

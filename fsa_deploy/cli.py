@@ -83,8 +83,11 @@ def _main(argv: list[str], verb: str | None) -> int:
     from fsa_deploy.interrupts import Interrupted
 
     try:
+        from fsa_deploy.runtime import environ
+
         parser = build_parser(verb if verb in VERBS else None)
         args = parser.parse_args(argv)
+        environ.check_all()  # every FSA_* variable, before any work
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

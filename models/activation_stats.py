@@ -210,8 +210,8 @@ def write_stats(path: str, stats: dict[str, list[dict[str, float]]], spec: Any) 
     """The statistics as JSON (atomic; strict: a non-finite statistic is refused, never written)."""
     from pathlib import Path
 
-    from fsa_deploy.runtime.artifact import write_json_atomic
+    from fsa_deploy.runtime import gate
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"model": spec.model, "proxy_name": spec.proxy, "weights": spec.weights.describe(),
+    gate.mkdir(Path(path).parent)
+    gate.write_json(path, {"model": spec.model, "proxy_name": spec.proxy, "weights": spec.weights.describe(),
                              "crop": spec.crop, **stats})

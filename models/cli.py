@@ -90,18 +90,19 @@ def add_dump(sub, help_text: str) -> None:
 
 def run_dump(args: argparse.Namespace) -> int:
     from fsa_deploy.models.dump import dump_stages
-    from fsa_deploy.runtime.artifact import check_output_file
+    from fsa_deploy.runtime import gate
 
     from fsa_deploy.errors import FSAError
 
-    check_output_file(args.out, "--out", args.overwrite)  # before the work: a folder, a file under a file, ...
+    outputs = gate.Outputs()
+    outputs.file(args.out, "--out", args.overwrite)  # before the work: a folder, a file under a file, ...
     if not str(args.out).endswith(".npz"):
         raise FSAError(f"--out {args.out}: must end in .npz")
     if args.activation_stats:
         from fsa_deploy.models.activation_stats import check_stats_path
 
         check_stats_path(args.activation_stats, args.out)
-        check_output_file(args.activation_stats, "--activation-stats", args.overwrite)
+        outputs.file(args.activation_stats, "--activation-stats", args.overwrite)
     dump_stages(spec_from_args(args), vocabulary_from_args(args), args.image, args.out,
                 formulation=args.formulation, stride=args.stride, short_side=args.short_side,
                 long_side=args.long_side, activation_stats=args.activation_stats)

@@ -55,13 +55,12 @@ def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formul
     arrays.update(tail_weights(ref))
     for k in ("beta", "gamma", "lamda", "top_p"):
         arrays[f"hp.{k}"] = np.array(getattr(spec.hp, k), dtype=np.float64)
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
 
     try:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(out) as tmp:  # our marker: removed on error or signal
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        gate.mkdir(Path(out).parent)
+        with gate.atomic(out) as tmp:  # our marker: removed on error or signal
+            gate.fill_npz(tmp, **arrays)
             if activation_stats:  # written before the dump is published: both or neither
                 from fsa_deploy.models.activation_stats import model_stats, write_stats
 

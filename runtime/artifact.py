@@ -7,19 +7,15 @@ reader checks the sha256 of the files it relies on against meta.json.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import json
 import os
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime import paths, schema
+from fsa_deploy.runtime import environ, gate, paths, schema
 
-from fsa_deploy import interrupts
 from fsa_deploy.contract import FORMAT, FORMAT_VERSION, META
 from fsa_deploy.errors import FSAError
 
@@ -137,6 +133,10 @@ class Artifact:
         """Write meta.json: one writer at a time (a lock beside it, bounded wait), re-read under the
         lock and merged with this process's records, replaced atomically, so two `fsa build` or
         `fsa calibrate` on one folder keep each other's records."""
+        with gate.writing_into(self.root):  # the one writer of an artefact's own meta.json
+            self._save()
+
+    def _save(self) -> None:
         path = self.root / META
         if not path.exists():  # a folder being written (export's staging folder): nobody else knows it
             write_json_atomic(path, self.meta)
@@ -162,40 +162,31 @@ class Artifact:
             self._changed.clear()
 
 
-LOCK_TIMEOUT_S = 300.0  # FSA_LOCK_TIMEOUT overrides: how long a writer waits for another one
-
-
 def _pause_for_tests() -> None:
     """FSA_TEST_META_PAUSE=SECONDS: sleep between meta.json's read and write (the race test's hook)."""
-    pause = os.environ.get("FSA_TEST_META_PAUSE")
+    pause = environ.value("FSA_TEST_META_PAUSE")
     if pause:
         import time
 
-        time.sleep(float(pause))
+        time.sleep(pause)
 
 
 @contextlib.contextmanager
 def meta_lock(root: Path) -> Iterator[None]:
-    """An exclusive lock on the folder's meta.json (`.meta.json.lock`, released by the OS if the
-    holder dies); FSAError naming the folder after FSA_LOCK_TIMEOUT seconds (default 300)."""
-    from filelock import FileLock, Timeout
-
+    """An exclusive lock on the folder's meta.json (`.meta.json.lock`, opened by the gate without
+    following a link, released by the OS if the holder dies); FSAError naming the folder after
+    FSA_LOCK_TIMEOUT seconds (default 300)."""
+    timeout = environ.value("FSA_LOCK_TIMEOUT")
     try:
-        timeout = float(os.environ.get("FSA_LOCK_TIMEOUT", LOCK_TIMEOUT_S))
-    except ValueError:
-        raise FSAError(f"FSA_LOCK_TIMEOUT {os.environ['FSA_LOCK_TIMEOUT']!r}: not a number of seconds") from None
-    lock = FileLock(str(root / f".{META}.lock"), timeout=timeout)
-    try:
-        lock.acquire()
-    except Timeout:
+        with gate.lock(root / f".{META}.lock", timeout, what=f"{root}: {META}"):
+            yield
+    except FSAError as e:
+        if "still locked" not in str(e):
+            raise
         raise FSAError(f"{root}: another fsa process has held {META} for {timeout:g} s (a build or calibrate "
                        "still running?); try again when it ends (FSA_LOCK_TIMEOUT sets the wait)") from None
     except OSError as e:
         raise FSAError(f"{root}: cannot lock {META} ({e.strerror or e}); is the folder read-only?") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def with_stage_outputs(model, stages: dict[str, str], names: list[str] | None = None):
@@ -216,44 +207,12 @@ def with_stage_outputs(model, stages: dict[str, str], names: list[str] | None = 
     return m
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON to a temporary name beside `path`, then rename: never half-written."""
-    try:  # strict JSON: NaN and Infinity are not JSON, and a reader must never meet them
-        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    except ValueError as e:
-        raise FSAError(f"{path}: refusing to write a non-finite number (NaN or Infinity) into JSON ({e})") from e
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
-
-    The temporary name carries our marker and PID (runtime.paths), so a killed run's leftover is
-    swept by the next write into that folder. No rename after a signal (fsa_deploy.interrupts);
-    the temporary file goes in every case.
-    """
-    path = Path(path)
-    tmp: str | None = None
-    try:
-        paths.sweep_stale(path.parent, once=True)
-        tmp = paths.mkstemp_beside(path, path.suffix)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; the result should look like any other file
-        yield Path(tmp)
-        interrupts.check()
-        os.replace(tmp, path)
-    finally:
-        with interrupts.shielded(), contextlib.suppress(OSError, TypeError):
-            os.unlink(tmp)  # type: ignore[arg-type]
-
-
-@functools.cache
-def _umask() -> int:
-    """The process's umask, read once (reading it means setting it: never while other threads write files)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+# the writers live in the gate (runtime/gate.py); these names stay for the callers
+write_json_atomic = gate.write_json
+atomic_file = gate.atomic
+check_output_file = gate.check_output_file
+check_target = gate.check_target
+staging_folder = gate.staging_folder
 
 
 def is_artifact(folder: str | os.PathLike[str]) -> bool:
@@ -267,85 +226,3 @@ def is_artifact(folder: str | os.PathLike[str]) -> bool:
         return False
     version = meta.get("format_version")
     return meta.get("format") == FORMAT and isinstance(version, int) and not isinstance(version, bool)
-
-
-def check_target(final: str | os.PathLike[str], overwrite: bool = False, option: str = "--out") -> None:
-    """`final` may not exist, or must be an artefact folder by schema (replaced only with `overwrite`).
-
-    A folder that merely holds a file called meta.json is not an artefact: refused even with --overwrite.
-    """
-    final = Path(final)
-    if final.is_symlink() or final.exists():
-        if final.is_symlink() or not final.is_dir() or not is_artifact(final):
-            raise FSAError(f"{option} {final}: exists and is not an artefact folder (no fsa-deploy {META}); "
-                           f"--overwrite replaces only an artefact folder: choose another {option}")
-        if not overwrite:
-            raise FSAError(f"{option} {final}: artefact folder exists; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def staging_folder(final: str | os.PathLike[str], overwrite: bool = False,
-                   check: Callable[[Path, bool], None] | None = None) -> Iterator[Path]:
-    """Build a folder under a temporary name beside `final`, then move it into place.
-
-    `final` may not exist, or must be an artefact folder (it is replaced only with `overwrite`);
-    anything else is refused, so a user's folder is never clobbered. The old artefact is moved
-    aside under a unique name of ours and removed only once the new one is in place.
-    """
-    final = Path(final)
-    check = check or check_target
-    check(final, overwrite)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FSAError(f"{final.parent}: cannot create the folder ({e.strerror or e})") from e
-    paths.sweep_stale(final.parent)  # what a killed export left (our marker, its PID gone)
-    tmp: Path | None = None
-    try:
-        tmp = paths.mkdtemp_beside(final)
-        yield tmp
-        interrupts.check()
-        if final.exists():
-            check(final, overwrite)  # still replaceable (nobody swapped it while we worked)
-            with interrupts.shielded():  # the swap must not stop half-way
-                old = paths.mkdtemp_beside(final, paths.OLD_MARKER)
-                os.rmdir(old)  # a unique free name: the old artefact goes there
-                os.replace(final, old)
-                try:
-                    os.replace(tmp, final)
-                except OSError:
-                    os.replace(old, final)  # put the old one back: the user keeps a working artefact
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp is not None:
-            with interrupts.shielded():
-                shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_output_file(path: str | os.PathLike[str] | None, option: str, overwrite: bool = False) -> None:
-    """Before any work: a report or dump the user names must be a file name we may write.
-
-    Never a folder, never meta.json or a file it records (not even with --overwrite); an existing
-    file, or a new one inside an artefact folder, only with `overwrite`. Its folder is created.
-    """
-    if not path:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise FSAError(f"{option} {p}: is a folder; give a file name")
-    schema.refuse_artifact_file(p, option)
-    if not overwrite:
-        if p.is_symlink() or p.exists():
-            raise FSAError(f"{option} {p}: exists; pass --overwrite to replace it")
-        if is_artifact(p.parent):
-            raise FSAError(f"{option} {p}: inside the artefact folder {p.parent}; write it elsewhere "
-                           "(or pass --overwrite)")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FSAError(f"{option} {p}: cannot create its folder ({e.strerror or e})") from e
-    if not p.parent.is_dir():
-        raise FSAError(f"{option} {p}: cannot create its folder ({p.parent} is not a folder)")

@@ -53,6 +53,8 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
                                                           "~/.cache/fsa-deploy)")
     cache.add_argument("--no-cache", action="store_true", help="always recompute the class embeddings")
     add_video_args(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace result files in --out that fsa did not write (its own are replaced anyway)")
     add_old_spellings(p, "segment")
     p.set_defaults(func=run_segment)
     return p
@@ -149,10 +151,8 @@ def run_segment(args: argparse.Namespace) -> int:
     total = len(files) + len(videos) + len(errors)
     failed = len(errors)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FSAError(f"--out {out}: exists and is not a folder")
-    check_outputs(out, files)
-    videos = video_names(videos, unique_stems(files), out)
+    check_outputs(out, files, getattr(args, "overwrite", False))
+    videos = video_names(videos, unique_stems(files), out, getattr(args, "overwrite", False))
     cache = None if args.no_cache else usable_cache_dir(args.cache_dir)
     if files or videos:
         artifact, backend = args.artifact, args.backend
@@ -168,10 +168,6 @@ def run_segment(args: argparse.Namespace) -> int:
                                       stride=args.stride, short_side=args.short_side, long_side=args.long_side)
         print(f"backend: {seg.backend.name} ({seg.backend_reason})", flush=True)
         seg.set_classes(vocabulary_from_args(args))
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise FSAError(f"--out {out}: cannot create the folder ({e.strerror or e})") from e
         todo = list(zip(files, unique_stems(files)))
         tqdm = _tqdm()
         bar = todo if tqdm is None else tqdm(todo, disable=len(files) <= 1, unit="image", file=sys.stderr)
@@ -186,9 +182,11 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def video_names(videos: list, image_stems: Sequence[str], out: Path) -> list:
+def video_names(videos: list, image_stems: Sequence[str], out: Path, overwrite: bool = False) -> list:
     """Video sources with output names that clash with no image's and no other source's (a counter
-    added), checked against the artefact's files like the images' outputs."""
+    added), checked through the output gate like the images' outputs."""
+    from fsa_deploy.runtime import gate
+
     from dataclasses import replace
 
     from fsa_deploy.runtime.schema import refuse_artifact_file
@@ -206,6 +204,8 @@ def video_names(videos: list, image_stems: Sequence[str], out: Path) -> list:
         spec = replace(spec, name=name)
         for target in output_paths(out, name, False).values():
             refuse_artifact_file(target, "--out")
+            if Path(target).suffix:  # a file (NAME/ frame folders are made by the run)
+                gate.check_file(target, "--out", overwrite)
         named.append(spec)
     return named
 
@@ -247,28 +247,26 @@ def _segment_video(seg, spec, out: Path, args: argparse.Namespace, alone: bool =
     return True
 
 
-def check_outputs(out: Path, files: Sequence[Path]) -> None:
-    """Before any work: no output may be an input of the run (--out the input folder, x_overlay.png
-    given as an input) or replace meta.json or a file it records (--out inside an artefact folder),
-    and --out must be creatable."""
-    from fsa_deploy.runtime.schema import refuse_artifact_file
+def check_outputs(out: Path, files: Sequence[Path], overwrite: bool = False) -> None:
+    """Before any work, through the output gate: --out a folder we may write (not inside an artefact
+    folder, created, writable); no result may be an input of the run (--out the input folder,
+    x_overlay.png given as an input), meta.json or a file it records, a special file, or (without
+    --overwrite) an existing file fsa did not write."""
+    from fsa_deploy.runtime import gate
 
     from fsa_deploy.errors import escape
 
     inputs = {os.path.normcase(os.path.realpath(f)): f for f in files}
-    for f, stem in zip(files, unique_stems(files)):
-        for pattern in OUTPUTS:
-            target = out / pattern.format(stem)
-            refuse_artifact_file(target, "--out")
-            clash = inputs.get(os.path.normcase(os.path.realpath(target)))
-            if clash is not None:
-                raise FSAError(f"--out {escape(str(out))}: the result {escape(target.name)} of {escape(str(f))} would "
-                               f"overwrite the input {escape(str(clash))}; choose another --out")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise FSAError(f"--out {out}: cannot create or write it ({parent} is not a writable folder)")
+    targets = [(f, out / pattern.format(stem)) for f, stem in zip(files, unique_stems(files)) for pattern in OUTPUTS]
+    for f, target in targets:  # before the folder is made: an input is never touched
+        clash = inputs.get(os.path.normcase(os.path.realpath(target)))
+        if clash is not None:
+            raise FSAError(f"--out {escape(str(out))}: the result {escape(target.name)} of {escape(str(f))} would "
+                           f"overwrite the input {escape(str(clash))}; choose another --out")
+    gate.check_folder(out, "--out")
+    plan = gate.Outputs()
+    for _f, target in targets:
+        plan.file(target, "--out", overwrite)
 
 
 def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
@@ -277,7 +275,7 @@ def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
     try:
         if any(os.path.realpath(t) == os.path.realpath(path) for t in targets):  # never raises on a link loop
             raise FSAError(f"{path}: writing its results to {out} would overwrite it; choose another --out")
-        written = seg.segment(path).save(out, stem)
+        written = seg.segment(path).write(out, stem)
     except FSAError as e:
         msg = str(e)
         _report(msg if msg.startswith(str(path)) else f"{path}: {msg}")

@@ -6,7 +6,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -19,16 +19,18 @@ MAX_PIXELS_ENV = "FSA_MAX_PIXELS"
 def max_pixels() -> int:
     """The one pixel limit: $FSA_MAX_PIXELS, else MAX_PIXELS. Pillow's own decompression-bomb
     limit (89.5 MP by default) is set from it, so that the two never disagree."""
-    text = os.environ.get(MAX_PIXELS_ENV)
-    if not text:
-        return MAX_PIXELS
-    try:
-        value = int(float(text))
-    except (ValueError, OverflowError):  # "lots", "nan", "inf"
-        value = 0
-    if value < 1:
-        raise FSAError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive pixel count, e.g. 400000000")
-    return value
+    from fsa_deploy.runtime import environ
+
+    return environ.value(MAX_PIXELS_ENV) if environ.is_set(MAX_PIXELS_ENV) else MAX_PIXELS
+
+
+def encode(img: Any, format: str = "PNG", **kw: Any) -> bytes:
+    """A PIL image encoded in memory (files are written by runtime/gate.py)."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=format, **kw)
+    return buf.getvalue()
 
 
 def _too_large(path: object, what: str, limit: int) -> FSAError:

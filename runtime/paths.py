@@ -8,16 +8,13 @@ out of the folder.
 
 Temporary files and folders we make carry MARKER and the writer's PID in their name
 (`.NAME.fsa-tmp-PID-RANDOM`), so the next run on a folder can sweep what a killed run left
-(`sweep_stale`) without ever touching a name a user could have chosen.
+(runtime/gate.py's `sweep_stale`) without ever touching a name a user could have chosen.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
-import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -76,17 +73,6 @@ def temp_prefix(name: str, kind: str = MARKER) -> str:
     return f".{name[:100]}.{kind}-{os.getpid()}-"
 
 
-def mkstemp_beside(path: Path, suffix: str = "") -> str:
-    """A new empty temporary file beside `path`, named with our marker (closed)."""
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.stem), suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def mkdtemp_beside(path: Path, kind: str = MARKER) -> Path:
-    return Path(tempfile.mkdtemp(prefix=temp_prefix(path.name, kind), dir=path.parent))
-
-
 def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -105,38 +91,6 @@ def is_ours(name: str) -> int | None:
     """The PID recorded in one of our temporary names, else None (a name a user could choose)."""
     m = _OURS.match(name)
     return int(m.group(1)) if m else None
-
-
-_SWEPT: set[str] = set()
-
-
-def sweep_stale(folder: str | os.PathLike[str], once: bool = False) -> list[str]:
-    """Remove what a killed run left in `folder`: names with our marker whose PID is not alive.
-
-    Returns the names removed. Never follows a symlink; never raises. With `once`, a folder is
-    swept at most once per process (atomic_file: segment writes three files per image).
-    """
-    removed: list[str] = []
-    if once:
-        key = os.path.realpath(folder)
-        if key in _SWEPT:
-            return removed
-        _SWEPT.add(key)
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        pid = is_ours(entry.name)
-        if pid is None or pid_alive(pid):
-            continue
-        with contextlib.suppress(OSError):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
-            removed.append(entry.name)
-    return removed
 
 
 # ---------------------------------------------------------------- external data named inside an .onnx

@@ -11,7 +11,6 @@ or as text embeddings is converted at the door.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import json
@@ -19,14 +18,15 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime.artifact import Artifact, atomic_file
-from fsa_deploy.runtime.images import load_image, to_rgb
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.images import encode, load_image, to_rgb
 from fsa_deploy.runtime.pipeline import Geometry, canvas_logits, postprocess, windows
 from fsa_deploy.runtime.schema import refuse_artifact_file
 from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir, split_classes
@@ -256,23 +256,20 @@ class SegmentationResult:
                     tuple(class_color(i) or (255, 255, 255))) for i, f in self.fractions().items()]
         return with_legend(img, entries)
 
-    def save(self, out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
-        """stem.png, stem_overlay.png and stem.json in `out_dir`; all three written under
-        temporary names and renamed only once all three are complete."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    def write(self, out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:
+        """stem.png, stem_overlay.png and stem.json in `out_dir`, through the output gate: all three
+        written under temporary names and renamed only once all three are complete, then recorded
+        as ours in the folder's manifest."""
+        out = gate.mkdir(out_dir)
         paths = {"labels": out / f"{stem}.png", "overlay": out / f"{stem}_overlay.png", "summary": out / f"{stem}.json"}
         for p in paths.values():  # never over meta.json or a file it records
             refuse_artifact_file(p, "out_dir")
-        writers: dict[str, Callable[[Path], object]] = {
-            "labels": lambda p: label_image(self.labels).save(p, format="PNG"),
-            "overlay": lambda p: self.overlay().save(p, format="PNG"),
-            "summary": lambda p: p.write_text(json.dumps(self.summary(), indent=2) + "\n"),
-        }
-        with contextlib.ExitStack() as stack:
-            for key, path in paths.items():
-                writers[key](stack.enter_context(atomic_file(path)))  # renamed once all three are written
+        gate.write_group({paths["labels"]: encode(label_image(self.labels)),
+                          paths["overlay"]: encode(self.overlay()),
+                          paths["summary"]: (json.dumps(self.summary(), indent=2) + "\n").encode()})
         return paths
+
+    save = write  # the Python API's name
 
 
 LEGEND_CHARS = 48  # a class name longer than this is cut in the legend (a 100 kB name made a 500,000 px image)

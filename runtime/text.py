@@ -19,11 +19,12 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fsa_deploy.runtime import environ, gate
 from fsa_deploy.runtime.cancel import checkpoint
 
 from fsa_deploy.contract import CONTEXT_LENGTH, TOKENIZER_VOCAB
@@ -336,7 +337,7 @@ def cached_classifier(
     if not os.access(folder, os.W_OK | os.X_OK):  # a read-only cache (a shared mount) serves its hits only
         rows.update(encode_misses(missing))
         return np.concatenate([rows[i] for i in range(len(queries))]), False
-    with _folder_lock(folder):
+    with gate.lock(folder / ".lock", environ.value("FSA_LOCK_TIMEOUT"), what=f"class-embedding cache {folder}"):
         missing = load_hits()  # written while this process waited for the lock
         new = encode_misses(missing) if missing else {}
         rows.update(new)
@@ -346,14 +347,11 @@ def cached_classifier(
 
 def _keep_entries(entries: dict[Path, np.ndarray]) -> None:
     """Write new cache entries; a NaN entry (a broken text graph) is used, caught later, never kept."""
-    from fsa_deploy.runtime.artifact import atomic_file
-
     for path, t in entries.items():
         if entry_problem(t, 1):
             continue
         try:
-            with atomic_file(path) as tmp:  # our marker: a killed writer's leftover is swept next time
-                np.save(tmp, t)
+            gate.save_npy(path, t, keep=False)  # our marker: a killed writer's leftover is swept next time
         except OSError:  # a full disk: the embeddings are good, only the entry is not kept
             return
 
@@ -384,23 +382,13 @@ def _load_entry(path: Path, rows: int) -> np.ndarray | None:
             raise ValueError(entry_problem(t, rows))
         return t
     except (OSError, ValueError, EOFError):
-        with contextlib.suppress(OSError):
-            path.unlink()  # the link itself, never its target
+        with contextlib.suppress(OSError, FSAError):
+            gate.unlink(path)  # the link itself, never its target
         return None
 
 
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on `folder`/.lock (filelock: flock on POSIX, released by the kernel when the
-    holder dies; msvcrt on Windows, where the runtime also serves RTX PCs)."""
-    from filelock import FileLock
-
-    with FileLock(str(folder / ".lock")):
-        yield
-
-
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("FSA_CACHE_DIR", Path.home() / ".cache" / "fsa-deploy"))
+    return environ.value("FSA_CACHE_DIR")
 
 
 def usable_cache_dir(folder: str | os.PathLike[str] | None, option: str = "--cache-dir") -> Path:
@@ -409,12 +397,7 @@ def usable_cache_dir(folder: str | os.PathLike[str] | None, option: str = "--cac
     fine: its entries are read, misses are computed and not kept."""
     if folder is None:
         folder, option = default_cache_dir(), "FSA_CACHE_DIR" if os.environ.get("FSA_CACHE_DIR") else "cache folder"
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FSAError(f"{option} {path}: cannot be made a folder ({e.strerror or e})") from None
-    return path
+    return gate.check_folder(folder, option, writable=False)  # never inside an artefact folder, never a file
 
 
 def add_vocabulary_args(p: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ from fsa_deploy.runtime import paths
 from PIL import Image
 
 from fsa_deploy.cli import main
-from fsa_deploy.contract import IMAGE_ONNX, META, TEXT_ONNX, TOKENIZER_VOCAB
+from fsa_deploy.contract import IMAGE_ONNX, META, OUTPUTS_MANIFEST, TEXT_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
 
 # ---------------------------------------------------------------- what a run touched
@@ -384,7 +384,7 @@ def test_triton_out_never_an_artefact_or_a_users_folder(tiny_artifact, tmp_path,
     (user / "config.pbtxt").write_text("mine\n")
     before = tree(tmp_path)
     for out, words in ((art, "inside the artefact folder"), (art / "repo", "inside the artefact folder"),
-                       (user, "holds other files or models")):
+                       (user, "fsa triton did not write")):
         for extra in ((), ("--overwrite",)):
             assert main(["triton", str(art), "--out", str(out), *extra]) == 2
             assert words in capsys.readouterr().err
@@ -421,8 +421,8 @@ def test_segment_outputs_never_overwrite_inputs(tiny_artifact, tmp_path, capsys)
     for _ in range(2):  # a second run into the same --out replaces the verb's own outputs
         assert main([*argv, "--out", str(tmp_path / "out"), *opts]) == 0
         names = sorted(p.name for p in (tmp_path / "out").iterdir())
-        assert names == ["x.json", "x.png", "x_overlay.png", "x_overlay_png.json", "x_overlay_png.png",
-                         "x_overlay_png_overlay.png"], names
+        assert names == [OUTPUTS_MANIFEST, "x.json", "x.png", "x_overlay.png", "x_overlay_png.json",
+                         "x_overlay_png.png", "x_overlay_png_overlay.png"], names
     umask = os.umask(0o022)
     os.umask(umask)  # renamed from atomic_file's temporary (mkstemp: 0600): as readable as any other file
     assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "out").iterdir()} == {oct(0o666 & ~umask)}
@@ -518,7 +518,7 @@ def test_sweep_removes_only_our_stale_names(tmp_path):
     with A.atomic_file(tmp_path / "x.json") as tmp:
         assert paths.MARKER in tmp.name and str(os.getpid()) in tmp.name
         tmp.write_text("{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["x.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["x.json", OUTPUTS_MANIFEST])
 
 
 def test_modelopt_temp_files_go_in_a_folder_we_own(tmp_path):

@@ -523,10 +523,12 @@ def backend_of(name: str) -> str:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.text import vocabulary_from_args
 
+    outputs = gate.Outputs()  # before any work; --json and --md the same file is refused
     for path, option in ((args.json, "--json"), (args.md, "--md")):
-        check_output_file(path, option, args.overwrite)
+        outputs.file(path, option, args.overwrite)
     report = run_validation(args.folder, args.graph, backend_of(args.backend), expand_images(args.images),
                             vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,
                             args.fp64, args.batch, args.stride, progress=True)
@@ -536,8 +538,7 @@ def run_validate(args: argparse.Namespace) -> int:
                        (args.md, lambda: format_markdown(report))):
         if path:
             try:
-                with A.atomic_file(path) as tmp:
-                    tmp.write_text(text())
+                gate.write_text(path, text())
             except OSError as e:
                 raise FSAError(f"{path}: cannot write the report ({e.strerror or e})") from e
     print(format_terminal(report))

@@ -251,18 +251,19 @@ class RuntimeCache:
         runtime_config.set_runtime_cache(self.cache)
 
     def save(self) -> None:
-        from fsa_deploy.runtime.artifact import atomic_file
+        from fsa_deploy.runtime import gate
+
+        from fsa_deploy.errors import FSAError as Refused
 
         if self.cache is None:
             return
         blob = bytes(self.cache.serialize())
         for path in self.paths:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_file(path) as tmp:
-                    tmp.write_bytes(blob)
+                gate.mkdir(path.parent)
+                gate.write_bytes(path, blob, keep=False)
                 return
-            except OSError:
+            except (OSError, Refused):  # a cache only: never fatal
                 continue
 
 

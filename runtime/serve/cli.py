@@ -59,6 +59,7 @@ def add_serve(sub: argparse._SubParsersAction, text: str) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="class-embedding cache, shared by the instances and kept "
                                                       "across restarts (default $FSA_CACHE_DIR or ~/.cache/fsa-deploy)")
     p.add_argument("--log-file", type=Path, help="tritonserver's log (default: a temp file, gone at exit)")
+    p.add_argument("--overwrite", action="store_true", help="append to a --log-file that fsa did not write")
     p.add_argument("--serve-venv", type=Path, help="the serving env (default $FSA_SERVE_VENV or <repo>/.venv-serve)")
     add_old_spellings(p, "serve")
     p.set_defaults(func=run_serve)
@@ -73,4 +74,4 @@ def run_serve(args: argparse.Namespace) -> int:
     opts = RepoOptions(flavour="local", backend=args.backend, max_batch=args.batch,
                        segment_instances=args.instances, threads=args.threads, cache_dir=args.cache_dir or "")
     return serve(Server(Path(args.artifact), args.host, args.http_port, args.grpc_port, args.metrics_port,
-                        opts, args.serve_venv, args.log_file))
+                        opts, args.serve_venv, args.log_file, args.overwrite))

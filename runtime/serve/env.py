@@ -70,8 +70,10 @@ class ServeEnv:
 
 def default_venv() -> Path:
     """$FSA_SERVE_VENV, else <source checkout>/.venv-serve (what `make setup` creates)."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR])
+    from fsa_deploy.runtime import environ
+
+    if environ.is_set(ENV_VAR):
+        return environ.value(ENV_VAR)
     return Path(__file__).resolve().parents[2] / DEFAULT_NAME
 
 
@@ -108,11 +110,9 @@ def place_stub(env: ServeEnv) -> Path:
     if not src.is_file():
         raise FSAError(f"nvidia-pytriton has no python backend stub for Python {env.python_version}")
     if not dst.is_file() or dst.read_bytes() != src.read_bytes():
-        from fsa_deploy.runtime.artifact import atomic_file
+        from fsa_deploy.runtime import gate
 
-        with atomic_file(dst) as tmp:  # tritonserver may be starting from this env right now
-            tmp.write_bytes(src.read_bytes())
-            tmp.chmod(0o755)
+        gate.write_bytes(dst, src.read_bytes(), keep=False, mode=0o755)  # tritonserver may be starting from it now
     return dst
 
 

@@ -26,13 +26,13 @@ artefact is meta.json and the tokenizer's vocabulary only.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsa_deploy.runtime
-from fsa_deploy.runtime.artifact import Artifact, write_json_atomic
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.bls import SegmentParams
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
 
@@ -52,6 +52,7 @@ from fsa_deploy.contract import (
     META,
     OUT_LABELS,
     OUT_SUMMARY,
+    OUTPUTS_MANIFEST,
     SEGMENT_MODEL,
     TEXT_EMBEDDINGS,
     TEXT_MODEL,
@@ -115,12 +116,10 @@ def vendor_runtime(dest: Path) -> None:
     imports. Every top-level module goes: they are small, stdlib-only, and whichever the runtime
     imports next is then already there."""
     top, runtime = Path(fsa_deploy.errors.__file__).parent, Path(fsa_deploy.runtime.__file__).parent
-    pkg = dest / "fsa_deploy"
-    pkg.mkdir(parents=True, exist_ok=True)
+    pkg = gate.mkdir(dest / "fsa_deploy")
     for module in sorted(top.glob("*.py")):
-        shutil.copy2(module, pkg / module.name)
-    shutil.copytree(runtime, pkg / "runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                    dirs_exist_ok=True)
+        gate.copy(module, pkg / module.name, keep=False)
+    gate.copytree(runtime, pkg / "runtime", ignore=("__pycache__", "*.pyc"))
 
 
 def engine_of(art: Artifact, precision: str | None) -> tuple[str, dict[str, Any]]:
@@ -139,16 +138,15 @@ def engine_of(art: Artifact, precision: str | None) -> tuple[str, dict[str, Any]
 
 def _copy_graph(art: Artifact, name: str, folder: Path, as_name: str) -> None:
     """A graph (sha256 checked) and its external-data file, which keeps its recorded name."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(art.path(name), folder / as_name)
+    gate.mkdir(folder)
+    gate.copy(art.path(name), folder / as_name, keep=False)
     if f"{name}.data" in art.files():
-        shutil.copy2(art.path(f"{name}.data"), folder / f"{name}.data")
+        gate.copy(art.path(f"{name}.data"), folder / f"{name}.data", keep=False)
 
 
 def _python_model(folder: Path, model_file: str) -> None:
-    version = folder / "1"
-    version.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(MODEL_FILES / model_file, version / "model.py")
+    version = gate.mkdir(folder / "1")
+    gate.copy(MODEL_FILES / model_file, version / "model.py", keep=False)
     vendor_runtime(version)
 
 
@@ -156,13 +154,12 @@ MODELS = (SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL)
 
 
 def check_repository_target(out: Path, overwrite: bool = False) -> None:
-    """`out` may be absent or an empty folder; a repository of ours (only our three models) is
-    replaced with `overwrite`; anything else (an artefact folder, a user's files) is refused."""
-    from fsa_deploy.runtime.artifact import is_artifact
-
-    for folder in (out, out.parent):
-        if is_artifact(folder):
-            raise FSAError(f"--out {out}: inside the artefact folder {folder}; a repository needs a folder of its own")
+    """`out` may be absent or an empty folder, never inside an artefact folder (at any depth); a
+    repository of ours is replaced with `overwrite`, and only when every file in it is one its
+    manifest lists (a file a user added is named and refused); anything else is refused."""
+    art = gate.artifact_holding(out / "x")
+    if art is not None:
+        raise FSAError(f"--out {out}: inside the artefact folder {art}; a repository needs a folder of its own")
     if not (out.is_symlink() or out.exists()):
         return
     if out.is_symlink() or not out.is_dir():
@@ -170,13 +167,12 @@ def check_repository_target(out: Path, overwrite: bool = False) -> None:
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
         return
-    ours = all(n in MODELS and (out / n).is_dir() and (out / n / "config.pbtxt").is_file() for n in entries)
-    if not ours:
-        others = [n for n in entries if n not in MODELS][:3] or entries[:3]
-        raise FSAError(f"--out {out}: holds other files or models ({', '.join(others)}); --overwrite replaces only a "
-                       "repository written by fsa triton: give an empty or new folder")
+    if not (out / OUTPUTS_MANIFEST).is_file():
+        raise FSAError(f"--out {out}: holds files fsa triton did not write ({', '.join(entries[:3])}); --overwrite "
+                       "replaces only a repository written by fsa triton: give an empty or new folder")
     if not overwrite:
         raise FSAError(f"--out {out}: a model repository exists; pass --overwrite to replace it")
+    gate.refuse_foreign(out, "--out")
 
 
 def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathLike[str],
@@ -190,6 +186,7 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
     check_repository_target(Path(out), overwrite)  # before any work
     with staging_folder(out, overwrite, check=check_repository_target) as tmp:
         _write_models(art, tmp, opts)
+        gate.record_tree(tmp)  # the manifest: what a later --overwrite may remove
     return Path(out)
 
 
@@ -243,8 +240,8 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
         _copy_graph(art, TEXT_ONNX, out / TEXT_MODEL / "1", "model.onnx")
         if trt:
             image_cfg["platform"] = "tensorrt_plan"
-            (out / IMAGE_MODEL / "1").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(art.path(engine), out / IMAGE_MODEL / "1" / "model.plan")
+            gate.mkdir(out / IMAGE_MODEL / "1")
+            gate.copy(art.path(engine), out / IMAGE_MODEL / "1" / "model.plan", keep=False)
         else:
             image_cfg["backend"] = "onnxruntime"
             _copy_graph(art, IMAGE_ONNX, out / IMAGE_MODEL / "1", "model.onnx")
@@ -261,11 +258,11 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
         "parameters": parameters(params.to_config())}
     _python_model(out / SEGMENT_MODEL, "segment_model.py")
     copy = out / SEGMENT_MODEL / "1" / ARTIFACT_COPY
-    copy.mkdir(parents=True, exist_ok=True)
+    gate.mkdir(copy)
     kept = {n: i for n, i in art.files().items() if i.get("role") == "tokenizer"}
     for name in kept:
-        shutil.copy2(art.path(name), copy / name)
+        gate.copy(art.path(name), copy / name, keep=False)
     # meta.json as recorded: the image graph's hash keys the summary; absent files are never opened
-    write_json_atomic(copy / META, meta)
+    gate.write_json(copy / META, meta, keep=False)
     for name, cfg in ((TEXT_MODEL, text_cfg), (IMAGE_MODEL, image_cfg), (SEGMENT_MODEL, segment_cfg)):
-        (out / name / "config.pbtxt").write_text(config_text(cfg))  # inside the staging folder
+        gate.write_text(out / name / "config.pbtxt", config_text(cfg), keep=False)  # inside the staging folder

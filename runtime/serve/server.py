@@ -10,17 +10,16 @@ and its cwd is the repository (the stub puts its cwd first on sys.path).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.env import ServeEnv, find_serve_env
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
@@ -29,8 +28,20 @@ from fsa_deploy.runtime.text import usable_cache_dir
 
 from fsa_deploy.contract import SEGMENT_MODEL
 from fsa_deploy.errors import FSAError
+from fsa_deploy.interrupts import Interrupted, shielded
 
 SHM = Path("/dev/shm")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when fsa dies, even by SIGKILL (Linux prctl; elsewhere nothing),
+    so a killed `fsa serve` never leaves tritonserver serving on its ports."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 READY_TIMEOUT_S = 120.0
 
 
@@ -99,6 +110,7 @@ class Server:
     options: RepoOptions = field(default_factory=lambda: RepoOptions(flavour="local"))
     venv: Path | None = None
     log_file: Path | None = None
+    overwrite_log: bool = False  # append to a --log-file that fsa did not write
     proc: subprocess.Popen | None = field(default=None, init=False)
     repo: Path | None = field(default=None, init=False)
 
@@ -108,6 +120,9 @@ class Server:
 
     def prepare(self) -> ServeEnv:
         """Every check that can fail on the user's input, before anything starts (exit 2)."""
+        if self.log_file is not None:  # the user's cwd, not the temporary repository tritonserver runs in
+            self.log_file = gate.check_file(Path(os.path.abspath(self.log_file)), "--log-file", self.overwrite_log,
+                                            append=True)
         art = Artifact.load(self.artifact)
         model_config_pb2("fsa serve")  # the repository's configs need the serve extra: say so before anything
         for name, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
@@ -122,7 +137,7 @@ class Server:
         # fsa segment's cache folder unless told: entries outlive a restart; made (or refused) now
         cache = usable_cache_dir(self.options.cache_dir or None).resolve()
         self.options = replace(self.options, cache_dir=str(cache))
-        self.repo = Path(tempfile.mkdtemp(prefix="fsa-serve-"))
+        self.repo = gate.mkdtemp("fsa-serve-")
         write_repository(art, self.repo, self.options)
         # the serve env must import the runtime copy (numpy < 2, no torch): say so now, not after the load
         probe = ("import fsa_deploy.runtime.segmenter, fsa_deploy.runtime.backends.select, "
@@ -157,7 +172,8 @@ class Server:
         self.log_file = log
         self.proc = subprocess.Popen(self.command(env, log), env=env.process_env(), cwd=self.repo,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         url = f"http://{self.host}:{self.http_port}/v2/health/ready"
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -192,11 +208,11 @@ class Server:
 
     def cleanup(self) -> None:
         for leftover in SHM.glob(f"{self.shm_prefix}*"):
-            leftover.unlink(missing_ok=True)
+            gate.unlink(leftover)
         if self.repo is not None:
             if self.log_file is not None and self.log_file.parent == self.repo:
                 self.log_file = None
-            shutil.rmtree(self.repo, ignore_errors=True)
+            gate.rmtree(self.repo)
             self.repo = None
 
 
@@ -206,7 +222,9 @@ def serve(server: Server) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         stop["asked"] = True
-        if server.proc is not None and server.proc.poll() is None:
+        if server.proc is None:  # still preparing (the repository, the import probe): stop that now
+            raise Interrupted(signum)
+        if server.proc.poll() is None:
             server.proc.send_signal(signal.SIGTERM)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -233,8 +251,12 @@ def serve(server: Server) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if server.proc is not None and server.proc.poll() is None:
-            server.stop()
+        with shielded():
+            if server.proc is not None and server.proc.poll() is None:
+                server.stop()
+            server.cleanup()  # the temporary repository, whatever phase we stopped in
+            if server.log_file is not None and server.log_file.is_file():
+                gate.record(server.log_file)  # ours now: a later run may append to it
     if stop["asked"]:
         print("fsa serve: stopped", file=sys.stderr)
         return 0  # rc 1 from Triton then only means its exit timeout expired: the group is swept anyway

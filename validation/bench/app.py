@@ -27,7 +27,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -142,7 +141,7 @@ def photo(name: str) -> str:
 
 
 def screenshot(args: argparse.Namespace) -> None:
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
 
     art = Path(args.artifact) if args.artifact else tiny_artifact()
     server = Server(art)
@@ -152,9 +151,8 @@ def screenshot(args: argparse.Namespace) -> None:
         open_page(driver, server, args.classes)
         page_segment(driver, photo(args.photo))
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(out) as tmp:  # a picture for the docs: the usual permissions, never half-written
-            tmp.write_bytes(driver.get_screenshot_as_png())
+        gate.mkdir(out.parent)
+        gate.write_bytes(out, driver.get_screenshot_as_png())  # a picture for the docs: never half-written
         print(out)
     finally:
         driver.quit()
@@ -162,7 +160,7 @@ def screenshot(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.segmenter import Segmenter
 
     art = Path(args.artifact) if args.artifact else tiny_artifact()
@@ -173,7 +171,7 @@ def bench(args: argparse.Namespace) -> None:
     driver = browser()
     try:
         open_page(driver, server, args.classes)
-        with tempfile.TemporaryDirectory() as tmp:
+        with gate.temp_dir() as tmp:
             for p in photos:
                 # per round: (whole ms, the segmentation's own ms as its summary's timings say)
                 cli: list[tuple[float, float]] = []
@@ -182,7 +180,7 @@ def bench(args: argparse.Namespace) -> None:
                 for i in range(args.repeats + 1):  # the first round warms each path up
                     t0 = time.perf_counter()
                     result = seg.segment(p)
-                    result.save(tmp, "x")
+                    result.write(tmp, "x")
                     cli.append((1e3 * (time.perf_counter() - t0), result.timings["total"]))
                     ms, answer = server.segment(p, args.classes)
                     api.append((ms, answer["summary"]["timings_ms"]["total"]))
@@ -209,9 +207,8 @@ def bench(args: argparse.Namespace) -> None:
     report = {"artifact": str(art), "classes": args.classes, "repeats": args.repeats, "rows": rows,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version()}
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    gate.mkdir(out.parent)
+    gate.write_text(out, json.dumps(report, indent=2) + "\n")
     print(markdown(rows))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fsa_deploy.runtime import gate
 from fsa_deploy.validation.bench.timing import device_sync, peak_rss_mb, rss_mb, time_calls
 
 BLOCK_MODEL = "ViT-B-16"  # width 768, 12 heads, output 512: the paper's default backbone
@@ -57,8 +58,7 @@ def run_one(formulation: str, tokens: int, classes: int, device: str, repeats: i
     model, attn, v, text = block_inputs(tokens, classes, device)
     model = model.with_formulation(formulation)
     _release_free_heap()
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
+    gate.write_proc("/proc/self/clear_refs", "5")  # reset the peak (VmHWM) to the current RSS
     base = rss_mb()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -73,18 +73,17 @@ def run_one(formulation: str, tokens: int, classes: int, device: str, repeats: i
     feats = last[0]
     peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if device == "cuda" else peak_rss_mb() - base
     logits = torch.nn.functional.normalize(feats, dim=-1) @ text.T
-    torch.save({"ms": sorted(times)[len(times) // 2], "peak_mb": peak, "logits": logits.cpu()}, out)
+    gate.write_with(out, torch.save, {"ms": sorted(times)[len(times) // 2], "peak_mb": peak, "logits": logits.cpu()},
+                    keep=False)
 
 
 def bench_block(tokens: int, classes: int, device: str = "cpu", repeats: int = 3) -> dict[str, Any]:
-    import tempfile
-
     if device == "cuda" and not torch.cuda.is_available():
         from fsa_deploy.errors import FSAError
 
         raise FSAError("--device cuda: no CUDA device visible to torch")
     res = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with gate.temp_dir() as tmp:
         for form in ("literal", "deploy"):
             out = os.path.join(tmp, f"{form}.pt")
             code = ("import sys; from fsa_deploy.validation.bench.block import run_one; "
@@ -108,10 +107,8 @@ def bench_block(tokens: int, classes: int, device: str = "cpu", repeats: int = 3
 
 def write_json(path: str | None, obj: dict[str, Any]) -> None:
     if path:
-        from fsa_deploy.runtime.artifact import write_json_atomic
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, obj)
+        gate.mkdir(Path(path).parent)
+        gate.write_json(path, obj)
 
 
 def main_block(args) -> int:

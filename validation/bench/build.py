@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.runtime import gate
+
 from fsa_deploy.contract import EXPORT_PRECISIONS
 
 FSA = [sys.executable, "-m", "fsa_deploy"]
@@ -30,7 +32,7 @@ BUILT = re.compile(r"^(\S+\.engine): ([\d.]+) MiB from (\S+) in ([\d.]+) s", re.
 def run(argv: list[str], log: Path) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MiB of that process, its stdout); a failure stops the bench with its log."""
     t0 = time.perf_counter()
-    with open(log, "a") as f:
+    with gate.open_append(log) as f:
         f.write(f"$ {' '.join(argv)}\n")
         f.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=f, text=True)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import tensorrt_rtx
 
-    args.work.mkdir(parents=True, exist_ok=True)
+    gate.check_folder(args.work, "--work")
     log = args.work / "bench-build.log"
     notes, builds = [], []
     for precision in EXPORT_PRECISIONS:
@@ -111,12 +113,9 @@ def main(argv: list[str] | None = None) -> int:
               "builds": builds, "notes": notes}
     text = markdown(report)
     print(text)
-    from fsa_deploy.runtime.artifact import atomic_file
-
     for path, body in ((args.json, json.dumps(report, indent=2) + "\n"), (args.md, text)):
         if path:
-            with atomic_file(path) as tmp:
-                tmp.write_text(body)
+            gate.write_text(path, body)
     return 0
 
 

@@ -96,10 +96,13 @@ def options_from_args(args: argparse.Namespace) -> Options:
     from fsa_deploy.validation.validate import expand_images
 
     _check_ranges(args)
-    from fsa_deploy.runtime.artifact import check_output_file
+    from fsa_deploy.runtime import gate
 
+    outputs = gate.Outputs()  # before minutes of measuring; two options on one file are refused
     for path, option in ((args.json, "--json"), (args.md, "--md"), (args.plot, "--plot")):
-        check_output_file(path, option, args.overwrite)  # before minutes of measuring
+        outputs.file(path, option, args.overwrite)
+    if getattr(args, "work", None):
+        gate.check_folder(args.work, "--work")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise FSAError("--device cuda: no CUDA device visible to torch")
     if args.plot and importlib.util.find_spec("matplotlib") is None:

@@ -30,14 +30,14 @@ CLASSES = "background; sky\ncat; kitty\nperson\nrocket\ncoffee cup\n"
 
 def make_dataset(root: Path, n: int) -> Path:
     """n images and drawn masks in the folder layout (kept between runs)."""
-    from fsa_deploy.runtime.artifact import atomic_file
-    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.runtime import gate
+    from fsa_deploy.runtime.images import encode, sample_photos
     from PIL import Image, ImageDraw, ImageOps
 
     if (root / "masks").is_dir() and len(list((root / "masks").glob("*.png"))) == n:
         return root
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
+    gate.mkdir(root / "images")
+    gate.mkdir(root / "masks")
     photos = sample_photos()
     rng = np.random.default_rng(0)
     k = CLASSES.count("\n")
@@ -47,18 +47,15 @@ def make_dataset(root: Path, n: int) -> Path:
         img = img.resize((max(64, int(img.width * scale)), max(64, int(img.height * scale))))
         if (i // len(photos)) % 2:
             img = ImageOps.mirror(img)
-        with atomic_file(root / "images" / f"img_{i:03d}.jpg") as tmp:  # kept between runs: whole or absent
-            img.save(tmp, format="JPEG", quality=92)
+        gate.write_bytes(root / "images" / f"img_{i:03d}.jpg", encode(img, "JPEG", quality=92))  # whole or absent
         mask = Image.new("L", img.size, 0)
         d = ImageDraw.Draw(mask)
         for _ in range(5):
             x, y = int(rng.integers(0, img.width - 8)), int(rng.integers(0, img.height - 8))
             d.rectangle((x, y, x + int(rng.integers(8, img.width // 2)), y + int(rng.integers(8, img.height // 2))),
                         fill=int(rng.integers(0, k)))
-        with atomic_file(root / "masks" / f"img_{i:03d}.png") as tmp:
-            mask.save(tmp, format="PNG")
-    with atomic_file(root.parent / "classes.txt") as tmp:
-        tmp.write_text(CLASSES)
+        gate.write_bytes(root / "masks" / f"img_{i:03d}.png", encode(mask))
+    gate.write_text(root.parent / "classes.txt", CLASSES)
     return root
 
 
@@ -133,13 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"- {r['name']} ({r['backend']}): mIoU {100 * r['miou']:.2f}"
                   + (f", delta {100 * r['miou_delta']:+.3f} points, agreement {100 * r['pixel_agreement']:.3f}%"
                      if r.get("miou_delta") is not None else "") + f", {r['images_per_s']:.3f} images/s")
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
 
     for path, body in ((args.json, text + "\n"), (args.md, "\n".join(md) + "\n")):
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_file(path) as tmp:
-                tmp.write_text(body)
+            gate.mkdir(path.parent)
+            gate.write_text(path, body)
     print("\n".join(md))
     return 0
 

@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.export.onnx_export import export_artifact
     from fsa_deploy.models.factory import ModelSpec, build, default_hp
     from fsa_deploy.models.weights import Weights
-    from fsa_deploy.runtime import artifact as A
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.images import load_image, sample_photos
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
@@ -78,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from pathlib import Path
 
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        A.write_json_atomic(args.json, result)
+        from fsa_deploy.runtime import gate
+
+        gate.mkdir(Path(args.json).parent)
+        gate.write_json(args.json, result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,10 @@ def ort_fp16_note(row: Row) -> str | None:
     """Whether ONNX Runtime's CPU provider runs the fp16 graph natively: it inserts Casts to
     fp32 around nodes it has no fp16 kernel for; count them in its optimized graph."""
     import onnx
+    from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with gate.temp_dir() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         backend = OnnxRuntimeBackend(str(row.folder), str(row.file), providers=[CPU_EP], optimized_to=optimized)
         path = backend.artifact.path(str(row.file))

@@ -32,26 +32,26 @@ def class_names(k: int) -> str:
 
 def one(art: str, image: str, k: int, threads: int) -> dict:
     """Runs in the child: one segmentation and its outputs; returns its own figures."""
-    import tempfile
-
     from fsa_deploy.runtime.segmenter import Segmenter
 
     t0 = time.perf_counter()
     seg = Segmenter.from_artifact(art, "onnx", threads=threads, cache_dir=None).set_classes(class_names(k))
     res = seg.segment(image)
-    with tempfile.TemporaryDirectory() as out:
-        res.save(out, "photo")
+    from fsa_deploy.runtime import gate
+
+    with gate.temp_dir() as out:
+        res.write(out, "photo")
     return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "seconds": time.perf_counter() - t0, "timings_ms": res.timings, "torch_loaded": "torch" in sys.modules}
 
 
 def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     """The tiny artefact (exported once) and the upscaled photos."""
-    from fsa_deploy.runtime.artifact import atomic_file
-    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.runtime import gate
+    from fsa_deploy.runtime.images import encode, sample_photos
     from PIL import Image
 
-    work.mkdir(parents=True, exist_ok=True)
+    gate.check_folder(work, "--work")
     art = work / "tiny-dino"
     if not (art / "meta.json").is_file():
         subprocess.run([sys.executable, "-m", "fsa_deploy", "export", "--out", str(art), "--model", "tiny",
@@ -62,8 +62,8 @@ def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     for name, size in SIZES.items():
         path = work / f"chelsea_{size[0]}x{size[1]}.png"
         if not path.is_file():
-            with Image.open(chelsea) as img, atomic_file(path) as tmp:  # kept between runs: whole or absent
-                img.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(tmp, format="PNG")
+            with Image.open(chelsea) as img:  # kept between runs: whole or absent
+                gate.write_bytes(path, encode(img.convert("RGB").resize(size, Image.Resampling.BICUBIC)))
         photos[name] = path
     return art, photos
 
@@ -108,11 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         few, many = peak[3], peak[171]
         report[f"ratio 171/3 {size}"] = round(many / few, 3)
         print(f"{size}: 171 / 3 classes = {many / few:.2f}x")
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
 
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(args.json) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    gate.mkdir(Path(args.json).parent)
+    gate.write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 

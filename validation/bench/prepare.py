@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,22 +51,20 @@ def writable_copy(folder: str, work: Path) -> Path:
     """A folder to add files to: the folder itself when bench made it, else a copy in the work
     folder (files hard-linked where the file system allows, else copied; meta.json copied), so that a
     user's artefact is never modified. Not symlinks: an artefact's files must be inside its folder."""
-    import shutil
-
     from fsa_deploy.runtime import artifact as A
+    from fsa_deploy.runtime import gate
 
     src = Path(folder).resolve()
     if src.is_relative_to(work.resolve()):
         return src
-    dest = work / "derived" / src.name
+    # keyed by the artefact's content (meta.json records every file's hash), not its base name: two
+    # folders called alike never share a calibrated copy
+    dest = work / "derived" / f"{src.name}-{A.sha256_file(src / contract.META)[:16]}"
     if not dest.is_dir():  # kept between runs: built under a temporary name, so never reused half-made
         with A.staging_folder(dest) as tmp:
             for name in A.Artifact.load(src).files():
-                try:
-                    os.link(src / name, tmp / name)
-                except OSError:  # another file system, or links not allowed
-                    shutil.copy2(src / name, tmp / name)
-            shutil.copy2(src / contract.META, tmp / contract.META)
+                gate.link_or_copy(src / name, tmp / name)  # a hard link, or a copy on another file system
+            gate.copy(src / contract.META, tmp / contract.META, keep=False)
     return dest
 
 
@@ -80,7 +76,9 @@ def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
 
     folder = writable_copy(str(fp32.folder), work)
     log = work / "calibrate.log"
-    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    from fsa_deploy.runtime import gate
+
+    with gate.open_append(log) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         calibrate(folder, CalibrationOptions(precision="int8", count=count, lint=False), progress=True)
     return Source(str(folder), output_name("int8"))
 
@@ -173,12 +171,13 @@ def prepare(opts: Options, work: Path, machine: Machine, spec: Any, need: set[st
 
 @contextlib.contextmanager
 def work_folder(path: str | None) -> Iterator[Path]:
+    from fsa_deploy.runtime import gate
+
     if path:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        yield Path(path)
+        yield gate.check_folder(path, "--work")  # never inside an artefact folder
     else:
-        with tempfile.TemporaryDirectory(prefix="fsa-bench-") as tmp:
-            yield Path(tmp)
+        with gate.temp_dir("fsa-bench-") as tmp:
+            yield tmp
 
 
 def model_of(opts: Options) -> tuple[Any, tuple[str, ...]]:

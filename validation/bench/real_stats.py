@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.models.dump import first_crop
     from fsa_deploy.models.factory import ModelSpec, build, default_hp
     from fsa_deploy.models.weights import Weights
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.images import sample_photos
 
     args = build_parser().parse_args(argv)
@@ -73,13 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             clip_done.add(real)
             print(f"{proxy} real_stats={real}: {run['seconds']} s", file=sys.stderr, flush=True)
             del ref
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(args.json) as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    gate.mkdir(Path(args.json).parent)
+    gate.write_text(args.json, json.dumps(report, indent=1) + "\n")
     head = ("| model | init | block | resid_absmax_ratio | high_norm_token_fraction | post_ln_channel_spread "
             "| attn_max_mean x N | last third meets targets |\n|---|---|---|---|---|---|---|---|\n")
-    with atomic_file(args.md) as tmp:
-        tmp.write_text(head + "".join("| " + " | ".join(map(str, r)) + " |\n" for r in rows))
+    gate.write_text(args.md, head + "".join("| " + " | ".join(map(str, r)) + " |\n" for r in rows))
     print(Path(args.md).read_text())
     return 0
 

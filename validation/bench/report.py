@@ -172,7 +172,7 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
         import matplotlib.ticker
     except ImportError as e:
         raise FSAError(f"--plot {path}: matplotlib is not installed: pip install matplotlib") from e
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
 
     # by latency, so that neighbours on the x axis get labels at different heights
     pts = sorted((r for r in rep.results if r.measured and r.agreement is not None),
@@ -208,22 +208,20 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
+    gate.mkdir(Path(path).parent)
+    gate.write_with(path, fig.savefig, format="png")
     plt.close(fig)
 
 
 def write_outputs(rep: Report, opts: Options) -> None:
-    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
+    from fsa_deploy.runtime import gate
 
     if opts.json:
-        Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(opts.json, rep.as_dict())
+        gate.mkdir(Path(opts.json).parent)
+        gate.write_json(opts.json, rep.as_dict())
     if opts.md:
-        Path(opts.md).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(opts.md) as tmp:
-            tmp.write_text(format_markdown(rep))
+        gate.mkdir(Path(opts.md).parent)
+        gate.write_text(opts.md, format_markdown(rep))
     if opts.plot:
         write_plot(rep, opts.plot, opts.min_agreement)
 

@@ -212,13 +212,12 @@ def main(argv: list[str] | None = None) -> int:
            f"{', '.join(f'{x:.0f}' for x in rss_curve)} MB). Ready in {ready_s:.1f} s."]
     text = "\n".join(md)
     print(text)
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
 
     for path, body in ((args.json, json.dumps(result, indent=2)), (args.md, text)):
         if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_file(path) as tmp:
-                tmp.write_text(body + "\n")
+            gate.mkdir(path.parent)
+            gate.write_text(path, body + "\n")
     return 0 if result["failed_total"] == 0 else 1
 
 

@@ -125,7 +125,7 @@ def plot(report: dict[str, Any], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise FSAError(f"--plot {path}: needs matplotlib (pip install matplotlib)") from e
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
 
     order = class_order(report)
     rows = report["rows"]
@@ -141,8 +141,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     ax.set_title(f"{report['dataset']}, {report['method']}: per-class IoU, worst deltas first")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    gate.write_with(path, fig.savefig, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -243,10 +243,9 @@ def add(rows: list[Row], cm: np.ndarray, ag: np.ndarray) -> None:
 
 
 def save_work(path: Path, cm: np.ndarray, ag: np.ndarray) -> None:
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime import gate
 
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, confusion=cm, agreement=ag)
+    gate.save_npz(path, keep=False, confusion=cm, agreement=ag)
 
 
 def load_work(path: Path, n_rows: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,0 +1,712 @@
+"""The output gate: every file or folder fsa creates, replaces, appends to or deletes goes through here.
+
+Nothing else in the package calls a write or delete primitive (tests/test_gate.py scans the source),
+so the policy is decided once:
+
+- never inside an artefact folder at any depth (recognised by its schema, also when meta.json is a
+  symlink), except a folder this process is building or recording into (`writing_into`: export's
+  staging folder, build and calibrate on their artefact);
+- never over anything that is not a regular file or folder (device nodes, FIFOs, sockets), not even
+  with --overwrite;
+- never two outputs of one run on the same file (`Outputs`);
+- never over a file fsa cannot show it wrote unless --overwrite: every output is recorded, with its
+  sha256, in the manifest of its folder (contract.OUTPUTS_MANIFEST); a re-run replaces a file whose
+  recorded hash still matches, a file the user put there or edited since is refused;
+- outputs are checked (and their folders made writable) before any work; folders follow the umask;
+- lock files are opened without following links and never truncated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from fsa_deploy.runtime import paths
+
+from fsa_deploy import interrupts
+from fsa_deploy.contract import FORMAT, META, OUTPUTS_FORMAT, OUTPUTS_MANIFEST
+from fsa_deploy.errors import FSAError, escape
+
+PathLike = str | os.PathLike[str]
+
+# ---------------------------------------------------------------- what a path is
+
+
+@functools.cache
+def umask() -> int:
+    """The process's umask, read once (reading it means setting it: never while other threads write files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def artifact_format(folder: PathLike) -> bool:
+    """True if `folder`/meta.json (a link followed) is an fsa-deploy meta.json by its format field."""
+    meta = Path(folder) / META
+    try:
+        if not meta.is_file() or meta.stat().st_size > 64 << 20:
+            return False
+        raw = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(raw, dict) and raw.get("format") == FORMAT
+
+
+_BUILDING: set[str] = set()  # real paths of artefact folders this process writes into (writing_into)
+_BUILDING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def writing_into(root: PathLike) -> Iterator[None]:
+    """Allow writes inside the artefact folder `root` for the block: export's staging folder, build
+    and calibrate adding the files they record in its meta.json."""
+    key = os.path.realpath(root)
+    with _BUILDING_LOCK:
+        fresh = key not in _BUILDING
+        _BUILDING.add(key)
+    try:
+        yield
+    finally:
+        if fresh:
+            with _BUILDING_LOCK:
+                _BUILDING.discard(key)
+
+
+def artifact_holding(path: PathLike) -> Path | None:
+    """The artefact folder `path` lies in (at any depth, as written and with links resolved), or None;
+    a folder this process is writing into does not count."""
+    seen: set[str] = set()
+    for start in (Path(os.path.abspath(path)), Path(os.path.realpath(path))):
+        for folder in start.parents:
+            key = str(folder)
+            if key in seen:
+                continue
+            seen.add(key)
+            if artifact_format(folder):
+                real = os.path.realpath(folder)
+                if any(real == b or real.startswith(b + os.sep) for b in _BUILDING):
+                    return None
+                return folder
+    return None
+
+
+def kind_problem(path: PathLike) -> str | None:
+    """What makes `path` unfit to write over: a device node, FIFO or socket (a link followed); None if
+    it is absent, a regular file or a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    what = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"is {what}, not a regular file"
+
+
+def guard(path: PathLike, name: str | None = None) -> Path:
+    """The check every primitive below makes: not a special file, not inside an artefact folder."""
+    p = Path(path)
+    shown = escape(name or str(p))
+    bad = kind_problem(p)
+    if bad:
+        raise FSAError(f"{shown}: {bad}; fsa writes only regular files and folders")
+    art = artifact_holding(p)
+    if art is not None:
+        raise FSAError(f"{shown}: inside the artefact folder {escape(str(art))}; write it elsewhere")
+    return p
+
+
+# ---------------------------------------------------------------- ownership: the manifest of each folder
+
+
+def sha256(path: PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    """name -> sha256 of the files fsa wrote in `folder` (its manifest; empty if none or unreadable)."""
+    path = folder / OUTPUTS_MANIFEST
+    try:
+        if path.is_symlink() or not path.is_file():
+            return {}
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    files = raw.get("files") if isinstance(raw, dict) and raw.get("format") == OUTPUTS_FORMAT else None
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def owned(path: PathLike) -> bool:
+    """True if `path` is a regular file fsa wrote and nobody changed since (its folder's manifest)."""
+    p = Path(path)
+    if p.is_symlink() or not p.is_file():
+        return False
+    digest = _manifest(p.parent).get(p.name)
+    return digest is not None and digest == sha256(p)
+
+
+def _update_manifest(folder: Path, change: dict[str, str | None]) -> None:
+    """Add (name -> sha256) or drop (name -> None) records in `folder`'s manifest, under its lock."""
+    if not change:
+        return
+    with _folder_lock(folder):
+        files = _manifest(folder)
+        for name, digest in change.items():
+            if digest is None:
+                files.pop(name, None)
+            else:
+                files[name] = digest
+        text = json.dumps({"format": OUTPUTS_FORMAT, "files": dict(sorted(files.items()))}, indent=1) + "\n"
+        with _atomic(folder / OUTPUTS_MANIFEST) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """flock on the folder itself (no lock file left beside the user's files); none on Windows."""
+    if os.name == "nt":
+        yield
+        return
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def record(*files: PathLike) -> None:
+    """Mark `files` (written by us) as ours: their hashes go into their folders' manifests."""
+    by_folder: dict[Path, dict[str, str | None]] = {}
+    for f in files:
+        p = Path(f)
+        if p.is_file() and not p.is_symlink():
+            by_folder.setdefault(p.parent, {})[p.name] = sha256(p)
+    for folder, change in by_folder.items():
+        _update_manifest(folder, change)
+
+
+# ---------------------------------------------------------------- before any work: the outputs of a run
+
+
+def _writable_folder(p: Path, shown: str) -> None:
+    """The folder `p` will be written in exists (created, following the umask) and is writable."""
+    parent = p.parent
+    try:
+        mkdir(parent)
+    except FSAError:
+        raise
+    except OSError as e:
+        raise FSAError(f"{shown}: cannot create its folder ({e.strerror or e})") from None
+    if not parent.is_dir():
+        raise FSAError(f"{shown}: cannot create its folder ({escape(str(parent))} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FSAError(f"{shown}: its folder {escape(str(parent))} is not writable")
+
+
+def check_file(path: PathLike, option: str, overwrite: bool = False, *, append: bool = False) -> Path:
+    """Before any work: `path` may be written as a file. Refused: a folder, a special file, a file
+    inside an artefact folder, meta.json or a file it records, an existing file that is not ours
+    (unless `overwrite`; `append`: a log we append to is ours when its manifest says so)."""
+    p = Path(path)
+    shown = f"{option} {escape(str(p))}"
+    if p.is_dir():
+        raise FSAError(f"{shown}: is a folder; give a file name")
+    bad = kind_problem(p)
+    if bad:
+        raise FSAError(f"{shown}: {bad}; refused (also with --overwrite)")
+    from fsa_deploy.runtime.schema import refuse_artifact_file
+
+    refuse_artifact_file(p, option)
+    art = artifact_holding(p)
+    if art is not None:
+        raise FSAError(f"{shown}: inside the artefact folder {escape(str(art))}; write it elsewhere")
+    if (p.is_symlink() or p.exists()) and not overwrite and not owned(p):
+        raise FSAError(f"{shown}: exists and fsa did not write it (or it changed since); pass --overwrite to "
+                       "replace it")
+    _writable_folder(p, shown)
+    return p
+
+
+def check_folder(path: PathLike, option: str, writable: bool = True) -> Path:
+    """Before any work: `path` may be used as a folder we write in (created, not inside an artefact
+    folder, not a file; `writable`: refused when we cannot write in it, else a read-only one is fine)."""
+    p = Path(path)
+    shown = f"{option} {escape(str(p))}"
+    bad = kind_problem(p)
+    if bad or (p.exists() and not p.is_dir()):
+        raise FSAError(f"{shown}: {bad or 'exists and is not a folder'}")
+    art = artifact_holding(p / "x") if artifact_format(p) else artifact_holding(p)
+    if art is not None:
+        raise FSAError(f"{shown}: inside the artefact folder {escape(str(art))}; choose a folder of its own")
+    try:
+        mkdir(p)
+    except OSError as e:
+        raise FSAError(f"{shown}: cannot create the folder ({e.strerror or e})") from None
+    if writable and not os.access(p, os.W_OK | os.X_OK):
+        raise FSAError(f"{shown}: not a writable folder")
+    return p
+
+
+class Outputs:
+    """The output files of one run, checked together before any work: two options (or two results)
+    that resolve to one file are refused."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, str] = {}
+
+    def _claim(self, p: Path, option: str) -> None:
+        key = os.path.normcase(os.path.realpath(p))
+        other = self._seen.get(key)
+        if other is not None:
+            raise FSAError(f"{option} {escape(str(p))}: the same file as {other}; give each output its own file")
+        self._seen[key] = f"{option} {escape(str(p))}"
+
+    def file(self, path: PathLike | None, option: str, overwrite: bool = False, **kw: Any) -> Path | None:
+        if not path:
+            return None
+        p = check_file(path, option, overwrite, **kw)
+        self._claim(p, option)
+        return p
+
+    def same(self, path: PathLike, option: str) -> None:
+        """Claim a file without the other checks (the caller made them): duplicates only."""
+        self._claim(Path(path), option)
+
+
+def check_output_file(path: PathLike | None, option: str, overwrite: bool = False) -> None:
+    """One output file checked before any work (check_file); nothing for None."""
+    if path:
+        check_file(path, option, overwrite)
+
+
+# ---------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    tmp: str | None = None
+    try:
+        sweep_stale(path.parent, once=True)
+        fd, tmp = tempfile.mkstemp(prefix=paths.temp_prefix(path.stem), suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600 files; the result should look like any other file
+        yield Path(tmp)
+        interrupts.check()
+        os.replace(tmp, path)
+    finally:
+        with interrupts.shielded(), contextlib.suppress(OSError, TypeError):
+            os.unlink(tmp)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def atomic(path: PathLike, keep: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (our marker and PID in its name, so a killed run's
+    leftover is swept by the next write there); renamed to `path` only if the block succeeds and no
+    signal came. `keep`: record the result as ours in its folder's manifest (caches and files an
+    artefact's meta.json records pass False)."""
+    p = guard(path)
+    with _atomic(p) as tmp:
+        yield tmp
+    if keep and not _inside_building(p):
+        record(p)
+
+
+def _inside_building(p: Path) -> bool:
+    real = os.path.realpath(p.parent)
+    return any(real == b or real.startswith(b + os.sep) for b in _BUILDING)
+
+
+atomic_file = atomic
+
+
+def write_text(path: PathLike, text: str, keep: bool = True, encoding: str = "utf-8") -> None:
+    with atomic(path, keep) as tmp:
+        tmp.write_text(text, encoding=encoding)
+
+
+def write_bytes(path: PathLike, data: bytes, keep: bool = True, mode: int | None = None) -> None:
+    """`mode`: permission bits (an executable), the umask applied."""
+    with atomic(path, keep) as tmp:
+        tmp.write_bytes(data)
+        if mode is not None:
+            os.chmod(tmp, mode & ~umask())
+
+
+def write_group(files: dict[Path, bytes], keep: bool = True) -> None:
+    """Several files, each under a temporary name, renamed only once all are written (one image's results)."""
+    with contextlib.ExitStack() as stack:
+        for path, data in files.items():
+            stack.enter_context(atomic(path, keep)).write_bytes(data)
+
+
+def write_json(path: PathLike, obj: Any, keep: bool = True) -> None:
+    """Strict JSON (NaN and Infinity refused: a reader must never meet them), never half-written."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise FSAError(f"{path}: refusing to write a non-finite number (NaN or Infinity) into JSON ({e})") from e
+    write_text(path, text, keep)
+
+
+write_json_atomic = write_json
+
+
+def write_with(path: PathLike, fn: Callable[..., object], *args: Any, keep: bool = True, **kw: Any) -> None:
+    """`fn(*args, TMP, **kw)` fills a temporary file (torch.save, a figure's savefig...), then it becomes `path`."""
+    with atomic(path, keep) as tmp:
+        fn(*args, str(tmp), **kw)
+
+
+def produce(path: PathLike, fn: Callable[..., object], *args: Any, **kw: Any) -> None:
+    """`fn(*args, PATH, **kw)` for a tool that writes `path` itself, and files beside it (an ONNX graph
+    with external data): inside a folder of ours being built (staging, a temporary folder)."""
+    fn(*args, str(guard(path)), **kw)
+
+
+def save_image(img: Any, path: PathLike, keep: bool = True, **kw: Any) -> None:
+    """A PIL image to `path` (the temporary name keeps the suffix: the format follows it)."""
+    with atomic(path, keep) as tmp:
+        img.save(tmp, **kw)
+
+
+def save_npz(path: PathLike, keep: bool = True, **arrays: Any) -> None:
+    import numpy as np
+
+    with atomic(path, keep) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def fill_npz(tmp: PathLike, **arrays: Any) -> None:
+    """Arrays into a temporary file `atomic` handed out (the caller renames it with other work)."""
+    import numpy as np
+
+    with open(guard(tmp), "wb") as f:
+        np.savez(f, **arrays)
+
+
+def save_npy(path: PathLike, array: Any, keep: bool = True) -> None:
+    import numpy as np
+
+    with atomic(path, keep) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def open_append(path: PathLike, text: bool = True) -> IO[Any]:
+    """A log we append to (checked with check_file(append=True) before the work); never through a link."""
+    p = guard(path)
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC,
+                 0o666)
+    return os.fdopen(fd, "a" if text else "ab")
+
+
+def write_proc(path: str, text: str) -> None:
+    """A control file of this process under /proc/self (clear_refs): the kernel's, not a user's file."""
+    if not path.startswith("/proc/self/"):
+        raise FSAError(f"{path}: not a /proc/self control file")
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def mkdir(path: PathLike) -> Path:
+    """A folder and its parents, following the umask like files do."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    guard(p)
+    p.mkdir(parents=True, exist_ok=True, mode=0o777)
+    return p
+
+
+def unlink(path: PathLike, missing_ok: bool = True) -> None:
+    """Remove one file or link (never a link's target)."""
+    p = guard_parent(path)
+    with contextlib.suppress(FileNotFoundError) if missing_ok else contextlib.nullcontext():
+        os.unlink(p)
+    record_removed(p)
+
+
+def guard_parent(path: PathLike) -> Path:
+    """guard for a name that may itself be a link or a special file we remove (only its folder counts)."""
+    p = Path(path)
+    art = artifact_holding(p)
+    if art is not None:
+        raise FSAError(f"{escape(str(p))}: inside the artefact folder {escape(str(art))}; refused")
+    return p
+
+
+def record_removed(p: Path) -> None:
+    if p.name in _manifest(p.parent):
+        _update_manifest(p.parent, {p.name: None})
+
+
+def rmtree(path: PathLike) -> None:
+    """Remove a folder this process made (a temp or staging folder); errors ignored."""
+    p = guard_parent(path)
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def replace(src: PathLike, dst: PathLike) -> None:
+    guard(src)
+    guard(dst)
+    os.replace(src, dst)
+
+
+def copy(src: PathLike, dst: PathLike, keep: bool = True) -> None:
+    """Copy a file's bytes and times (never its mode bits' setuid and the like) atomically."""
+    with atomic(dst, keep) as tmp:
+        shutil.copyfile(src, tmp)
+        shutil.copystat(src, tmp)
+
+
+def link_or_copy(src: PathLike, dst: PathLike, symbolic: bool = False) -> None:
+    """A hard (or `symbolic`) link of `src` at `dst` where the file system allows it, else a copy."""
+    d = guard(dst)
+    try:
+        os.symlink(src, d) if symbolic else os.link(src, d)
+    except OSError:
+        shutil.copy2(src, d)
+
+
+def copytree(src: PathLike, dst: PathLike, ignore: Iterable[str] = ()) -> None:
+    guard(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*ignore) if ignore else None, dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str = "fsa-", where: PathLike | None = None) -> Iterator[Path]:
+    """A private temporary folder (the system's temp area, or inside `where`), removed on exit and on a signal."""
+    if where is not None:
+        guard(Path(where) / "x")
+    d = tempfile.mkdtemp(prefix=prefix, dir=where)
+    try:
+        yield Path(d)
+    finally:
+        with interrupts.shielded():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def mkdtemp(prefix: str = "fsa-", where: PathLike | None = None) -> Path:
+    """A temporary folder the caller removes (rmtree): the system's temp area, or inside `where`."""
+    if where is not None:
+        guard(Path(where) / "x")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+
+
+def mkdtemp_beside(path: Path, kind: str = paths.MARKER) -> Path:
+    guard(path.parent / "x")
+    return Path(tempfile.mkdtemp(prefix=paths.temp_prefix(path.name, kind), dir=path.parent))
+
+
+_SWEPT: set[str] = set()
+
+
+def sweep_stale(folder: PathLike, once: bool = False) -> list[str]:
+    """Remove what a killed run left in `folder`: names with our marker whose PID is not alive.
+
+    Returns the names removed. Never follows a symlink; never raises. With `once`, a folder is
+    swept at most once per process (segment writes three files per image).
+    """
+    removed: list[str] = []
+    if once:
+        key = os.path.realpath(folder)
+        if key in _SWEPT:
+            return removed
+        _SWEPT.add(key)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = paths.is_ours(entry.name)
+        if pid is None or paths.pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
+
+
+# ---------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def lock(path: PathLike, timeout: float = -1.0, what: str | None = None) -> Iterator[None]:
+    """An exclusive lock on the file `path`, opened without following a link and never truncated
+    (released by the kernel if the holder dies). `timeout` < 0 waits forever; FSAError after it."""
+    p = Path(path)
+    if os.name == "nt":  # no flock: filelock's msvcrt lock (its floor refuses links too)
+        from filelock import FileLock, Timeout
+
+        fl = FileLock(str(p), timeout=timeout)
+        try:
+            fl.acquire()
+        except Timeout:
+            raise FSAError(f"{what or p}: still locked by another fsa process after {timeout:g} s") from None
+        try:
+            yield
+        finally:
+            fl.release()
+        return
+    import fcntl
+
+    guard_parent(p) if not _inside_building(p) else None
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except OSError as e:
+        why = "a link (refused)" if e.errno in (40, 31) else (e.strerror or str(e))
+        raise FSAError(f"{escape(str(p))}: cannot open the lock file ({why})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FSAError(f"{escape(str(p))}: the lock file is not a regular file; refused")
+        end = time.monotonic() + timeout if timeout >= 0 else None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if end is not None and time.monotonic() >= end:
+                    raise FSAError(f"{what or escape(str(p))}: still locked by another fsa process after "
+                                   f"{timeout:g} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ---------------------------------------------------------------- --overwrite of a folder removes only what we wrote
+
+
+def foreign_files(folder: Path, listed: set[str] | None = None) -> list[str]:
+    """Files under `folder` (relative paths) that `listed` (default: its manifest) does not name; links
+    and special files are always foreign."""
+    names = set(_manifest(folder)) if listed is None else listed
+    names |= {OUTPUTS_MANIFEST}
+    foreign = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        for name in [*dirs, *files]:
+            p = here / name
+            rel = p.relative_to(folder).as_posix()
+            if p.is_symlink() or (name in files and (rel not in names or not p.is_file())):
+                foreign.append(rel)
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+    return sorted(foreign)
+
+
+def record_tree(folder: Path) -> None:
+    """Every file under `folder` (a folder we just filled: a model repository) into one manifest at its
+    top, by relative path: --overwrite later removes only these."""
+    files = {}
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            p = Path(root, name)
+            if name != OUTPUTS_MANIFEST and not p.is_symlink():
+                files[p.relative_to(folder).as_posix()] = sha256(p)
+    _update_manifest(folder, files)
+
+
+# ---------------------------------------------------------------- folders built aside and moved into place
+
+
+def _artifact_listed(root: Path) -> set[str]:
+    """The names an artefact's meta.json accounts for (its files are all at the top)."""
+    try:
+        files = json.loads((root / META).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError, RecursionError):
+        files = {}
+    return {META, f".{META}.lock", *(files if isinstance(files, dict) else ())}
+
+
+def check_target(final: PathLike, overwrite: bool = False, option: str = "--out") -> None:
+    """`final` may not exist, or must be an artefact folder by schema (replaced only with `overwrite`,
+    and only when every file in it is one its meta.json records: a user's file inside is named and
+    refused). Never inside another artefact folder."""
+    final = Path(final)
+    shown = f"{option} {escape(str(final))}"
+    art = artifact_holding(final)
+    if art is not None:
+        raise FSAError(f"{shown}: inside the artefact folder {escape(str(art))}; choose a folder of its own")
+    if final.is_symlink() or final.exists():
+        if final.is_symlink() or not final.is_dir() or not artifact_format(final):
+            raise FSAError(f"{shown}: exists and is not an artefact folder (no fsa-deploy {META}); "
+                           f"--overwrite replaces only an artefact folder: choose another {option}")
+        if not overwrite:
+            raise FSAError(f"{shown}: artefact folder exists; pass --overwrite to replace it")
+        refuse_foreign(final, option, _artifact_listed(final))
+
+
+def refuse_foreign(folder: Path, option: str, listed: set[str] | None = None) -> None:
+    """--overwrite of a folder of ours: refused, naming them, when files we did not write are inside."""
+    foreign = foreign_files(folder, listed)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        names = escape(", ".join(foreign[:3]))
+        raise FSAError(f"{option} {escape(str(folder))}: holds files fsa did not write ({names}"
+                       f"{more}); --overwrite removes only its own files: move them first")
+
+
+@contextlib.contextmanager
+def staging_folder(final: PathLike, overwrite: bool = False,
+                   check: Callable[[Path, bool], None] | None = None) -> Iterator[Path]:
+    """Build a folder under a temporary name beside `final`, then move it into place.
+
+    `check(final, overwrite)` decides what `final` may be (default: absent, or an artefact folder
+    replaced with `overwrite`), before the work and again before the swap. The old folder is moved
+    aside under a unique name of ours and removed only once the new one is in place.
+    """
+    final = Path(final)
+    check = check or check_target
+    check(final, overwrite)
+    try:
+        mkdir(final.parent)
+    except OSError as e:
+        raise FSAError(f"{escape(str(final.parent))}: cannot create the folder ({e.strerror or e})") from e
+    sweep_stale(final.parent)  # what a killed export left (our marker, its PID gone)
+    tmp: Path | None = None
+    try:
+        tmp = mkdtemp_beside(final)
+        with writing_into(tmp):
+            yield tmp
+        interrupts.check()
+        if final.exists():
+            check(final, overwrite)  # still replaceable (nobody swapped it while we worked)
+            with interrupts.shielded():  # the swap must not stop half-way
+                old = mkdtemp_beside(final, paths.OLD_MARKER)
+                os.rmdir(old)  # a unique free name: the old folder goes there
+                os.replace(final, old)
+                try:
+                    os.replace(tmp, final)
+                except OSError:
+                    os.replace(old, final)  # put the old one back: the user keeps a working folder
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp is not None:
+            with interrupts.shielded():
+                shutil.rmtree(tmp, ignore_errors=True)

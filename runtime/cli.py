@@ -253,17 +253,19 @@ def check_outputs(out: Path, files: Sequence[Path], overwrite: bool = False) -> 
     x_overlay.png given as an input), meta.json or a file it records, a special file, or (without
     --overwrite) an existing file fsa did not write."""
     from fsa_deploy.runtime import gate
+    from fsa_deploy.runtime.schema import refuse_artifact_file
 
     from fsa_deploy.errors import escape
 
     inputs = {os.path.normcase(os.path.realpath(f)): f for f in files}
     targets = [(f, out / pattern.format(stem)) for f, stem in zip(files, unique_stems(files)) for pattern in OUTPUTS]
     for f, target in targets:  # before the folder is made: an input is never touched
+        refuse_artifact_file(target, "--out")
         clash = inputs.get(os.path.normcase(os.path.realpath(target)))
         if clash is not None:
             raise FSAError(f"--out {escape(str(out))}: the result {escape(target.name)} of {escape(str(f))} would "
                            f"overwrite the input {escape(str(clash))}; choose another --out")
-    gate.check_folder(out, "--out")
+    gate.check_folder(out, "--out", create=False)  # made when the first result is written
     plan = gate.Outputs()
     for _f, target in targets:
         plan.file(target, "--out", overwrite)

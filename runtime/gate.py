@@ -200,7 +200,7 @@ def record(*files: PathLike) -> None:
     by_folder: dict[Path, dict[str, str | None]] = {}
     for f in files:
         p = Path(f)
-        if p.is_file() and not p.is_symlink():
+        if p.is_file() and not p.is_symlink() and artifact_holding(p) is None:  # meta.json records those
             by_folder.setdefault(p.parent, {})[p.name] = sha256(p)
     for folder, change in by_folder.items():
         _update_manifest(folder, change)
@@ -209,19 +209,17 @@ def record(*files: PathLike) -> None:
 # ---------------------------------------------------------------- before any work: the outputs of a run
 
 
-def _writable_folder(p: Path, shown: str) -> None:
-    """The folder `p` will be written in exists (created, following the umask) and is writable."""
-    parent = p.parent
-    try:
-        mkdir(parent)
-    except FSAError:
-        raise
-    except OSError as e:
-        raise FSAError(f"{shown}: cannot create its folder ({e.strerror or e})") from None
+def writable(folder: Path, shown: str) -> None:
+    """`folder` can be written in, or made (its nearest existing ancestor is a writable folder): checked
+    before the work, created only when the first file is written."""
+    parent = folder
+    while not (parent.is_symlink() or parent.exists()) and parent != parent.parent:
+        parent = parent.parent
     if not parent.is_dir():
         raise FSAError(f"{shown}: cannot create its folder ({escape(str(parent))} is not a folder)")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise FSAError(f"{shown}: its folder {escape(str(parent))} is not writable")
+        what = "is not writable" if parent == folder else "cannot be created (not writable)"
+        raise FSAError(f"{shown}: cannot write there: {escape(str(parent))} {what}")
 
 
 def check_file(path: PathLike, option: str, overwrite: bool = False, *, append: bool = False) -> Path:
@@ -242,28 +240,32 @@ def check_file(path: PathLike, option: str, overwrite: bool = False, *, append: 
     if art is not None:
         raise FSAError(f"{shown}: inside the artefact folder {escape(str(art))}; write it elsewhere")
     if (p.is_symlink() or p.exists()) and not overwrite and not owned(p):
-        raise FSAError(f"{shown}: exists and fsa did not write it (or it changed since); pass --overwrite to "
-                       "replace it")
-    _writable_folder(p, shown)
+        raise FSAError(f"{shown}: exists; pass --overwrite to replace it (fsa did not write it, or it was "
+                       "changed since)")
+    writable(p.parent, shown)
     return p
 
 
-def check_folder(path: PathLike, option: str, writable: bool = True) -> Path:
-    """Before any work: `path` may be used as a folder we write in (created, not inside an artefact
-    folder, not a file; `writable`: refused when we cannot write in it, else a read-only one is fine)."""
+def check_folder(path: PathLike, option: str, write: bool = True, create: bool = True) -> Path:
+    """Before any work: `path` may be used as a folder we write in (not inside an artefact folder, not a
+    file; `create`: made now, else when its first file is written; `write`: refused when we cannot
+    write in it, else a read-only one is fine: a cache)."""
     p = Path(path)
     shown = f"{option} {escape(str(p))}"
     bad = kind_problem(p)
     if bad or (p.exists() and not p.is_dir()):
-        raise FSAError(f"{shown}: {bad or 'exists and is not a folder'}")
+        raise FSAError(f"{shown}: {bad or 'exists and is not a folder (cannot be made a folder)'}")
     art = artifact_holding(p / "x") if artifact_format(p) else artifact_holding(p)
     if art is not None:
         raise FSAError(f"{shown}: inside the artefact folder {escape(str(art))}; choose a folder of its own")
+    if not create:
+        writable(p, shown)
+        return p
     try:
         mkdir(p)
     except OSError as e:
-        raise FSAError(f"{shown}: cannot create the folder ({e.strerror or e})") from None
-    if writable and not os.access(p, os.W_OK | os.X_OK):
+        raise FSAError(f"{shown}: cannot be made a folder ({e.strerror or e})") from None
+    if write and not os.access(p, os.W_OK | os.X_OK):
         raise FSAError(f"{shown}: not a writable folder")
     return p
 
@@ -326,8 +328,15 @@ def atomic(path: PathLike, keep: bool = True) -> Iterator[Path]:
     signal came. `keep`: record the result as ours in its folder's manifest (caches and files an
     artefact's meta.json records pass False)."""
     p = guard(path)
-    with _atomic(p) as tmp:
-        yield tmp
+    if not p.parent.is_dir():
+        mkdir(p.parent)
+    try:
+        with _atomic(p) as tmp:
+            yield tmp
+    except OSError as e:  # the user's name in the line, never our temporary one
+        if e.filename is None or paths.MARKER not in str(e.filename):
+            raise
+        raise FSAError(f"{escape(str(p))}: cannot write ({e.strerror or e})") from None
     if keep and not _inside_building(p):
         record(p)
 
@@ -689,6 +698,7 @@ def staging_folder(final: PathLike, overwrite: bool = False,
     tmp: Path | None = None
     try:
         tmp = mkdtemp_beside(final)
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700 folders; the result should look like any other
         with writing_into(tmp):
             yield tmp
         interrupts.check()

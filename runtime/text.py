@@ -397,7 +397,7 @@ def usable_cache_dir(folder: str | os.PathLike[str] | None, option: str = "--cac
     fine: its entries are read, misses are computed and not kept."""
     if folder is None:
         folder, option = default_cache_dir(), "FSA_CACHE_DIR" if os.environ.get("FSA_CACHE_DIR") else "cache folder"
-    return gate.check_folder(folder, option, writable=False)  # never inside an artefact folder, never a file
+    return gate.check_folder(folder, option, write=False)  # never inside an artefact folder, never a file
 
 
 def add_vocabulary_args(p: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ from fsa_deploy.runtime import artifact as A
 from PIL import Image
 
 from fsa_deploy.cli import main
-from fsa_deploy.contract import IMAGE, IMAGE_ONNX, LOGITS, META, TEXT_ONNX
+from fsa_deploy.contract import IMAGE, IMAGE_ONNX, LOGITS, META, OUTPUTS_MANIFEST, TEXT_ONNX
 from fsa_deploy.errors import FSAError
 
 SEG = ("segment", "--artifact")
@@ -183,10 +183,10 @@ ROWS: list[Row] = [
                                                          out="{broken:plain}"), 2,
         ("would overwrite meta.json",), unchanged=("{broken:plain}/meta.json",),
         absent=("{broken:plain}/meta_overlay.png",)),
-    Row("--out is the artefact and the stem is image (image.png is not recorded)",
-        seg("{img:image.png}", art="{broken:plain2}", out="{broken:plain2}"), 0,
+    Row("--out is the artefact and the stem is image (image.png is not recorded: still inside an artefact)",
+        seg("{img:image.png}", art="{broken:plain2}", out="{broken:plain2}"), 2, ("inside the artefact folder",),
         unchanged=("{broken:plain2}/meta.json", "{broken:plain2}/image.onnx"),
-        present=("{broken:plain2}/image_overlay.png",)),
+        absent=("{broken:plain2}/image_overlay.png",)),
     Row("--out is a file", seg("{img:rgb.png}", out="{img:rgb.png}"), 2, ("exists and is not a folder",)),
     Row("--out cannot be created", seg("{img:rgb.png}", out="/sys/fsa-deploy-test/out"), 2,
         ("/sys/fsa-deploy-test/out", "cannot"), absent=("/sys/fsa-deploy-test",)),
@@ -358,7 +358,7 @@ ROWS: list[Row] = [
         ("inside the artefact folder",), unchanged=("{broken:plain}/meta.json",)),
     Row("triton --out a folder with a user's config.pbtxt", ("triton", "{art}", "--out", "{bad:userrepo}",
                                                              "--overwrite"), 2,
-        ("holds other files or models",), unchanged=("{bad:userrepo}/config.pbtxt",)),
+        ("fsa triton did not write",), unchanged=("{bad:userrepo}/config.pbtxt",)),
     *(Row(f"dump --out {what}", ("dump", "--image", "{img:rgb.png}", "--out", out, "--model", "tiny", "--random-init"),
           2, words, unchanged=keep)
       for what, out, words, keep in (
@@ -639,7 +639,7 @@ def test_matrix(row: Row, inputs, tmp_path, capsys, monkeypatch):
         assert Path(fill(p, inputs, tmp_path)).exists(), f"{p} missing"
     for p, d in before.items():
         assert d is not None and digest(Path(fill(p, inputs, tmp_path))) == d, f"{p} changed"
-    leftovers = [p for p in tmp_path.rglob(".*") if p.is_file() or p.is_dir()]
+    leftovers = [p for p in tmp_path.rglob(".*") if (p.is_file() or p.is_dir()) and p.name != OUTPUTS_MANIFEST]
     assert not leftovers, f"temporary files left: {leftovers}"
     if row.size:
         out = next(Path(fill(p, inputs, tmp_path)) for p in row.present if p.endswith(".json"))
@@ -686,7 +686,7 @@ def test_json_writer_is_strict(tmp_path):
     A.write_json_atomic(tmp_path / "ok.json", {"x": 1.5})
     with pytest.raises(FSAError, match="non-finite"):
         A.write_json_atomic(tmp_path / "bad.json", {"x": math.nan})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OUTPUTS_MANIFEST, "ok.json"]
 
 
 def test_pillow_limit_follows_ours(inputs, monkeypatch):

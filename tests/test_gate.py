@@ -119,3 +119,267 @@ def test_the_scan_sees_each_primitive(tmp_path):
     finally:
         globals()["REPO"] = REPO_
     assert [int(h.split(":")[1]) for h in hits] == list(range(1, len(bad) + 1)), hits
+
+
+# ---------------------------------------------------------------- the families, as a user meets them
+
+import hashlib  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import pytest  # noqa: E402
+from conftest import assert_one_line_error, photos  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from fsa_deploy.contract import META, OUTPUTS_MANIFEST  # noqa: E402
+
+CLASSES = ["--classes", "cat, dog", "--threads", "1"]
+
+
+@dataclass
+class Row:
+    """argv with {art} (the shared tiny export), {tmp}, {photo}, {link_art} (an artefact whose meta.json is a
+    symlink), {fifo}, {sock}, {user} (a user's file) filled in; env likewise; the error line must hold
+    `needle` (rc 2), or rc 0 when needle is None."""
+
+    argv: list[str]
+    needle: str | None
+    env: dict[str, str] = field(default_factory=dict)
+    setup: str = ""  # a named preparation (below)
+
+
+SEG = ["segment", "{photo}", "--artifact", "{art}", *CLASSES, "--no-cache"]
+VAL = ["validate", "{art}", "--classes", "cat, dog"]
+EVAL = ["eval", "folder", "--root", "{tmp}/data", "--artifact", "{art}"]
+BENCH = ["bench", "--artifact", "{art}"]
+LINT = ["lint", "{art}/image.onnx"]
+INSIDE = "inside the artefact folder"
+SPECIAL = "not a regular file"
+ROWS: dict[str, Row] = {
+    # a path inside an artefact folder, at any depth, through every option that writes
+    "segment --out in artefact": Row([*SEG, "--out", "{art}/out"], INSIDE),
+    "segment --out 2 deep": Row([*SEG, "--out", "{art}/a/b"], INSIDE),
+    "segment --out in linked-meta artefact": Row([*SEG, "--out", "{link_art}/out"], INSIDE),
+    "segment --cache-dir in artefact": Row([*SEG[:-1], "--cache-dir", "{art}/cache", "--out", "{tmp}/o"], INSIDE),
+    "FSA_CACHE_DIR in artefact": Row([*SEG[:-1], "--out", "{tmp}/o"], INSIDE, {"FSA_CACHE_DIR": "{art}/c/d"}),
+    "triton --out 2 deep": Row(["triton", "{art}", "--out", "{art}/a/repo"], INSIDE),
+    "triton --out 2 deep --overwrite": Row(["triton", "{art}", "--out", "{art}/a/repo", "--overwrite"], INSIDE),
+    "serve --log-file meta.json": Row(["serve", "{art}", "--log-file", "{art}/meta.json"], "meta.json"),
+    "serve --log-file in artefact": Row(["serve", "{art}", "--log-file", "{art}/logs/t.log"], INSIDE),
+    "eval --work in artefact": Row([*EVAL, "--json", "{tmp}/r.json", "--work", "{art}/w"], INSIDE),
+    "eval --json in artefact": Row([*EVAL, "--json", "{art}/x/r.json"], INSIDE),
+    "bench --work in artefact": Row([*BENCH, "--work", "{art}/w/x"], INSIDE),
+    "validate --md in artefact": Row([*VAL, "--md", "{art}/r/r.md", "--overwrite"], INSIDE),
+    "lint --json in artefact": Row([*LINT, "--json", "{art}/l.json", "--overwrite"], INSIDE),
+    "export --out in artefact": Row(["export", "--model", "tiny", "--random-init", "--proxy", "tiny-dino", "--crop",
+                                     "112", "--out", "{art}/a/new"], INSIDE),
+    "dump --out in artefact": Row(["dump", "--image", "{photo}", "--model", "tiny", "--random-init", "--proxy",
+                                   "tiny-dino", "--crop", "112", "--out", "{art}/x/d.npz"], INSIDE),
+    # never over a device node, a FIFO or a socket, --overwrite or not
+    "validate --json /dev/null --overwrite": Row([*VAL, "--json", "/dev/null", "--overwrite"], "a device"),
+    "validate --json FIFO --overwrite": Row([*VAL, "--json", "{fifo}", "--overwrite"], "a FIFO"),
+    "eval --md FIFO": Row([*EVAL, "--json", "{tmp}/r.json", "--md", "{fifo}"], "a FIFO"),
+    "bench --json socket --overwrite": Row([*BENCH, "--json", "{sock}", "--overwrite"], "a socket"),
+    "lint --json /dev/null --overwrite": Row([*LINT, "--json", "/dev/null", "--overwrite"], "a device"),
+    "segment result is a FIFO --overwrite": Row([*SEG, "--out", "{tmp}/pics", "--overwrite"], "a FIFO",
+                                                setup="fifo result"),
+    # two outputs of one run on one file
+    "validate --json = --md": Row([*VAL, "--json", "{tmp}/r", "--md", "{tmp}/r"], "the same file"),
+    "eval --json = --md": Row([*EVAL, "--json", "{tmp}/r", "--md", "{tmp}/./r"], "the same file"),
+    "eval --json = --plot": Row([*EVAL, "--json", "{tmp}/r.png", "--plot", "{tmp}/x/../r.png"], "the same file"),
+    "bench --json = --md": Row([*BENCH, "--json", "{tmp}/r", "--md", "{tmp}/r"], "the same file"),
+    "bench --md = --plot via link": Row([*BENCH, "--md", "{tmp}/r.md", "--plot", "{tmp}/link.md", "--overwrite"],
+                                        "the same file",
+                                        setup="link to r.md"),
+    # an existing file fsa cannot show it wrote
+    "segment over a user's photo.png": Row([*SEG, "--out", "{tmp}/pics"], "fsa did not write", setup="user png"),
+    "segment over an edited result": Row([*SEG, "--out", "{tmp}/pics"], "fsa did not write", setup="edited result"),
+    "segment re-run replaces its own": Row([*SEG, "--out", "{tmp}/pics"], None, setup="own result"),
+    "segment --overwrite over a user's": Row([*SEG, "--out", "{tmp}/pics", "--overwrite"], None, setup="user png"),
+    "validate --json over a user's": Row([*VAL, "--json", "{user}"], "fsa did not write"),
+    "serve --log-file a user's file": Row(["serve", "{art}", "--log-file", "{user}"], "fsa did not write"),
+    "triton --overwrite, user file inside": Row(["triton", "{art}", "--out", "{tmp}/repo", "--overwrite"],
+                                               "fsa_text/1/notes.txt", setup="repo with user file"),
+    "triton into a user's folder": Row(["triton", "{art}", "--out", "{tmp}/mine", "--overwrite"],
+                                       "did not write", setup="user folder"),
+    "export --overwrite, user file inside": Row(["export", "--model", "tiny", "--random-init", "--proxy",
+                                                 "tiny-dino", "--crop", "112", "--out", "{tmp}/art", "--overwrite"],
+                                                "mine.txt", setup="artefact with user file"),
+    # FSA_* variables: each checked once, before any work
+    "FSA_LOCK_TIMEOUT=-1": Row(["doctor"], "FSA_LOCK_TIMEOUT", {"FSA_LOCK_TIMEOUT": "-1"}),
+    "FSA_LOCK_TIMEOUT=nan": Row(["doctor"], "FSA_LOCK_TIMEOUT", {"FSA_LOCK_TIMEOUT": "nan"}),
+    "FSA_LOCK_TIMEOUT=inf": Row(["doctor"], "FSA_LOCK_TIMEOUT", {"FSA_LOCK_TIMEOUT": "inf"}),
+    "FSA_LOCK_TIMEOUT=junk": Row([*SEG, "--out", "{tmp}/o"], "FSA_LOCK_TIMEOUT", {"FSA_LOCK_TIMEOUT": "soon"}),
+    "FSA_MAX_PIXELS=0": Row([*SEG, "--out", "{tmp}/o"], "FSA_MAX_PIXELS", {"FSA_MAX_PIXELS": "0"}),
+    "FSA_CACHE_DIR a file": Row([*SEG[:-1], "--out", "{tmp}/o"], "FSA_CACHE_DIR", {"FSA_CACHE_DIR": "{user}"}),
+}
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for k, v in values.items():
+        text = text.replace("{" + k + "}", v)
+    return text
+
+
+def _digests(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            out[str(p)] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif not p.is_dir():
+            out[str(p)] = "special"
+    return out
+
+
+def _prepare(name: str, tmp: Path, values: dict[str, str], run) -> None:
+    pics = tmp / "pics"
+    stem = Path(values["photo"]).stem
+    if name in ("user png", "edited result", "own result", "fifo result"):
+        pics.mkdir()
+        if name == "fifo result":
+            os.mkfifo(pics / f"{stem}.png")
+        elif name == "user png":
+            Image.new("RGB", (8, 8), (1, 2, 3)).save(pics / f"{stem}.png")
+        else:
+            assert run(*_argv(SEG, values), "--out", str(pics)).returncode == 0
+            if name == "edited result":
+                (pics / f"{stem}.json").write_text("{}\n")
+    elif name == "link to r.md":
+        (tmp / "r.md").write_text("mine\n")
+        (tmp / "link.md").symlink_to(tmp / "r.md")
+    elif name == "repo with user file":
+        assert run("triton", values["art"], "--out", str(tmp / "repo")).returncode == 0
+        (tmp / "repo" / "fsa_text" / "1" / "notes.txt").write_text("mine\n")
+    elif name == "user folder":
+        (tmp / "mine" / "fsa_text").mkdir(parents=True)
+        (tmp / "mine" / "fsa_text" / "config.pbtxt").write_text("mine\n")
+    elif name == "artefact with user file":
+        shutil.copytree(values["art"], tmp / "art")
+        (tmp / "art" / "mine.txt").write_text("mine\n")
+
+
+def _argv(argv: list[str], values: dict[str, str]) -> list[str]:
+    return [_fill(a, values) for a in argv]
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_gate_matrix(name, tiny_artifact, tmp_path, run_here, monkeypatch):
+    """Each family refused (one line, exit 2, nothing outside the run's own outputs touched) or handled."""
+    row = ROWS[name]
+    art = str(tiny_artifact.root)
+    link_art = tmp_path / "link-art"
+    link_art.mkdir()
+    (link_art / META).symlink_to(tiny_artifact.root / META)
+    user = tmp_path / "user.txt"
+    user.write_text("the user's own file\n")
+    os.mkfifo(tmp_path / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    values = {"art": art, "tmp": str(tmp_path), "photo": photos()[0], "link_art": str(link_art),
+              "fifo": str(tmp_path / "fifo"), "sock": str(tmp_path / "sock"), "user": str(user)}
+    try:
+        _prepare(row.setup, tmp_path, values, run_here)
+        before, art_before = _digests(tmp_path), _digests(Path(art))
+        for k, v in row.env.items():
+            monkeypatch.setenv(k, _fill(v, values))
+        t0 = time.monotonic()
+        proc = run_here(*_argv(row.argv, values))
+    finally:
+        sock.close()
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert _digests(Path(art)) == art_before, "the artefact folder changed"
+    if row.needle is None:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert_one_line_error(proc, row.needle)
+    assert time.monotonic() - t0 < 30, "refused before the work, not after it"
+    after = _digests(tmp_path)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert not {k for k in changed if not k.endswith(OUTPUTS_MANIFEST)}, f"touched: {sorted(changed)}"
+
+
+def test_a_linked_lock_file_is_refused_and_its_target_kept(tiny_artifact, tmp_path):
+    """filelock < 3.20.3 truncates what .meta.json.lock links to; the gate opens it without following links."""
+    from fsa_deploy.runtime.artifact import Artifact
+
+    from fsa_deploy.errors import FSAError
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact.root, art)
+    user = tmp_path / "notes.txt"
+    user.write_text("precious\n")
+    (art / f".{META}.lock").symlink_to(user)
+    with pytest.raises(FSAError, match="lock file"):
+        Artifact.load(art).save()
+    assert user.read_text() == "precious\n"
+
+
+def test_folders_we_create_follow_the_umask(tmp_path):
+    """A staged folder (export's, triton's) is renamed from mkdtemp's 0700: it must look like any other folder."""
+    from fsa_deploy.runtime import gate
+
+    with gate.staging_folder(tmp_path / "made", check=lambda *_: None) as work:
+        gate.write_text(work / "f.txt", "x", keep=False)
+    mode = (tmp_path / "made").stat().st_mode & 0o777
+    assert mode == 0o777 & ~gate.umask(), oct(mode)
+    gate.mkdir(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o777 & ~gate.umask()
+
+
+def test_bench_work_keys_copies_by_artefact_content(tiny_artifact, tmp_path):
+    """Two artefacts with one base name never share a derived copy in bench's --work (a stale calibration)."""
+    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.validation.bench.prepare import writable_copy
+
+    a, b = tmp_path / "one" / "tiny", tmp_path / "two" / "tiny"
+    shutil.copytree(tiny_artifact.root, a)
+    shutil.copytree(tiny_artifact.root, b)
+    art = Artifact.load(b)
+    art.meta["note"] = "another export"
+    art.save()
+    work = tmp_path / "work"
+    ca, cb = writable_copy(str(a), work), writable_copy(str(b), work)
+    assert ca != cb and ca.parent == cb.parent == work / "derived"
+    assert writable_copy(str(a), work) == ca  # the same artefact: its copy is reused
+
+
+CHILD = """
+import subprocess, sys, time
+from fsa_deploy.runtime.serve.server import die_with_parent
+p = subprocess.Popen(["sleep", "60"], preexec_fn=die_with_parent, start_new_session=True)
+print(p.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_server_child_dies_with_a_killed_fsa():
+    """What tritonserver gets: SIGKILL the parent, the child (its own session, as tritonserver) goes within 1 s."""
+    parent = subprocess.Popen([sys.executable, "-c", CHILD], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split(") ")[-1].startswith("Z"):  # reaped by init soon: gone as a server
+                break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its killed parent")
+    assert time.monotonic() < deadline

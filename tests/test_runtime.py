@@ -22,7 +22,7 @@ from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary, label_image, 
 from fsa_deploy.validation.bench.timing import rss_mb
 from PIL import Image
 
-from fsa_deploy.contract import IMAGE_ONNX
+from fsa_deploy.contract import IMAGE_ONNX, OUTPUTS_MANIFEST
 from fsa_deploy.errors import FSAError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -318,7 +318,8 @@ def test_save_writes_three_files(seg, tmp_path):
     img = photo("chelsea")
     res = seg.segment(img)
     paths = res.save(tmp_path / "out", "cat")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat.json", "cat.png", "cat_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [OUTPUTS_MANIFEST, "cat.json", "cat.png",
+                                                                    "cat_overlay.png"]
     with Image.open(paths["labels"]) as lab:
         assert lab.mode == "P" and lab.size == (451, 300)
         np.testing.assert_array_equal(np.asarray(lab), res.labels)
@@ -404,7 +405,8 @@ def test_cli_writes_good_images_and_reports_bad_ones(artifact, tmp_path):
         assert sum(str(path) in x for x in errors) == 1, f"{path} not reported once:\n{proc.stderr}"
     assert errors[-1] == "fsa segment: error: 4 of 5 images failed"
     assert "backend: onnxruntime-cpu" in proc.stdout and str(out / "chelsea_overlay.png") in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["chelsea.json", "chelsea.png", "chelsea_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUTS_MANIFEST, "chelsea.json", "chelsea.png",
+                                                     "chelsea_overlay.png"]
     with Image.open(out / "chelsea_overlay.png") as ov:
         assert ov.width >= 451 and ov.height > 300
     with Image.open(out / "chelsea.png") as lab:

@@ -111,6 +111,7 @@ class Server:
     venv: Path | None = None
     log_file: Path | None = None
     overwrite_log: bool = False  # append to a --log-file that fsa did not write
+    log_checked: bool = field(default=False, init=False)
     proc: subprocess.Popen | None = field(default=None, init=False)
     repo: Path | None = field(default=None, init=False)
 
@@ -123,6 +124,7 @@ class Server:
         if self.log_file is not None:  # the user's cwd, not the temporary repository tritonserver runs in
             self.log_file = gate.check_file(Path(os.path.abspath(self.log_file)), "--log-file", self.overwrite_log,
                                             append=True)
+            self.log_checked = True
         art = Artifact.load(self.artifact)
         model_config_pb2("fsa serve")  # the repository's configs need the serve extra: say so before anything
         for name, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
@@ -255,7 +257,7 @@ def serve(server: Server) -> int:
             if server.proc is not None and server.proc.poll() is None:
                 server.stop()
             server.cleanup()  # the temporary repository, whatever phase we stopped in
-            if server.log_file is not None and server.log_file.is_file():
+            if server.log_checked and server.log_file is not None and server.log_file.is_file():
                 gate.record(server.log_file)  # ours now: a later run may append to it
     if stop["asked"]:
         print("fsa serve: stopped", file=sys.stderr)

@@ -210,16 +210,29 @@ def record(*files: PathLike) -> None:
 
 
 def writable(folder: Path, shown: str) -> None:
-    """`folder` can be written in, or made (its nearest existing ancestor is a writable folder): checked
-    before the work, created only when the first file is written."""
-    parent = folder
-    while not (parent.is_symlink() or parent.exists()) and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise FSAError(f"{shown}: cannot create its folder ({escape(str(parent))} is not a folder)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        what = "is not writable" if parent == folder else "cannot be created (not writable)"
-        raise FSAError(f"{shown}: cannot write there: {escape(str(parent))} {what}")
+    """Before the work: a file can be made in `folder` (tried: the missing folders made and a probe file
+    of ours created, then all of it removed again, so nothing is left before the work; the results
+    make the folder when the first is written). Root ignores permission bits: only trying tells."""
+    folder = Path(os.path.abspath(folder))  # `x/..` as the result's path will be resolved
+    base = folder
+    while not (base.is_symlink() or base.exists()) and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise FSAError(f"{shown}: cannot create its folder ({escape(str(base))} is not a folder)")
+    made: list[Path] = []
+    try:
+        for p in reversed([folder, *folder.parents][: len(folder.parts) - len(base.parts)]):
+            os.mkdir(p, 0o777)
+            made.append(p)
+        fd, probe = tempfile.mkstemp(prefix=paths.temp_prefix("probe"), dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FSAError(f"{shown}: cannot write in {escape(str(folder))} ({e.strerror or e})") from None
+    finally:
+        for p in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(p)
 
 
 def check_file(path: PathLike, option: str, overwrite: bool = False, *, append: bool = False) -> Path:
@@ -265,8 +278,8 @@ def check_folder(path: PathLike, option: str, write: bool = True, create: bool =
         mkdir(p)
     except OSError as e:
         raise FSAError(f"{shown}: cannot be made a folder ({e.strerror or e})") from None
-    if write and not os.access(p, os.W_OK | os.X_OK):
-        raise FSAError(f"{shown}: not a writable folder")
+    if write:
+        writable(p, shown)
     return p
 
 
@@ -287,9 +300,8 @@ class Outputs:
     def file(self, path: PathLike | None, option: str, overwrite: bool = False, **kw: Any) -> Path | None:
         if not path:
             return None
-        p = check_file(path, option, overwrite, **kw)
-        self._claim(p, option)
-        return p
+        self._claim(Path(path), option)
+        return check_file(path, option, overwrite, **kw)
 
     def same(self, path: PathLike, option: str) -> None:
         """Claim a file without the other checks (the caller made them): duplicates only."""

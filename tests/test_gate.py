@@ -383,3 +383,80 @@ def test_a_server_child_dies_with_a_killed_fsa():
         os.kill(child, signal.SIGKILL)
         pytest.fail("the child outlived its killed parent")
     assert time.monotonic() < deadline
+
+
+def _serve(artifact: Path, tmp: Path) -> tuple[subprocess.Popen, list[int]]:
+    from fsa_deploy.runtime.serve.server import free_ports
+
+    ports = free_ports(3)
+    proc = subprocess.Popen([sys.executable, "-m", "fsa_deploy", "serve", str(artifact), "--backend", "onnx",
+                             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port",
+                             str(ports[2]), "--cache-dir", str(tmp / "cache"), "--log-file", "t.log"],
+                            cwd=tmp, stderr=subprocess.PIPE, text=True)
+    return proc, ports
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[-1].startswith("Z"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _serve_temp_folders() -> set[str]:
+    import tempfile
+
+    return {p.name for p in Path(tempfile.gettempdir()).glob(".fsa-serve.fsa-tmp-*")}
+
+
+def test_serve_killed_or_stopped_in_any_phase_leaves_nothing(tiny_artifact, tmp_path):
+    """SIGKILL of a ready `fsa serve`: tritonserver goes (parent-death signal) and frees its port within 10 s;
+    SIGTERM during preparation: exit within 10 s, no server, no temporary repository; a relative --log-file
+    lands in the user's folder (the cwd), marked as ours."""
+    from fsa_deploy.runtime.serve.env import find_serve_env
+    from fsa_deploy.runtime.serve.server import port_free
+
+    from fsa_deploy.errors import FSAError
+
+    try:
+        find_serve_env()
+    except FSAError as e:
+        from conftest import missing
+
+        missing(f"no serve environment: {e}")
+    temps = _serve_temp_folders()
+    early, _ = _serve(tiny_artifact.root, tmp_path)
+    time.sleep(2.5)  # importing, loading the artefact or writing the repository: before tritonserver
+    t0 = time.monotonic()
+    early.send_signal(signal.SIGTERM)
+    early.wait(timeout=10)
+    assert time.monotonic() - t0 < 10 and early.returncode != 0
+    assert "ready" not in early.stderr.read()
+    proc, ports = _serve(tiny_artifact.root, tmp_path)
+    line = proc.stderr.readline()
+    assert "ready" in line, line + proc.stderr.read()
+    triton = int(line.split("tritonserver pid ")[1].split(";")[0])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _gone(triton, 10), "tritonserver outlived a SIGKILLed fsa serve"
+    deadline = time.monotonic() + 10
+    while not port_free("127.0.0.1", ports[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert port_free("127.0.0.1", ports[0])
+    assert (tmp_path / "t.log").is_file()  # the user's cwd, not the temporary repository
+    # the killed run never reached its cleanup: its temporary repository (our marker, a dead PID) is what
+    # the next serve sweeps first
+    import tempfile
+
+    from fsa_deploy.runtime import gate
+
+    left = _serve_temp_folders() - temps
+    assert len(left) <= 1
+    gate.sweep_stale(tempfile.gettempdir())
+    assert not _serve_temp_folders() & left

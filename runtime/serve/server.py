@@ -14,12 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fsa_deploy.runtime import gate
+from fsa_deploy.runtime import gate, paths
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.env import ServeEnv, find_serve_env
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
@@ -139,7 +140,9 @@ class Server:
         # fsa segment's cache folder unless told: entries outlive a restart; made (or refused) now
         cache = usable_cache_dir(self.options.cache_dir or None).resolve()
         self.options = replace(self.options, cache_dir=str(cache))
-        self.repo = gate.mkdtemp("fsa-serve-")
+        # our marker and PID in its name: what a SIGKILLed serve left is swept by the next one
+        gate.sweep_stale(tempfile.gettempdir())
+        self.repo = gate.mkdtemp(paths.temp_prefix("fsa-serve"))
         write_repository(art, self.repo, self.options)
         # the serve env must import the runtime copy (numpy < 2, no torch): say so now, not after the load
         probe = ("import fsa_deploy.runtime.segmenter, fsa_deploy.runtime.backends.select, "

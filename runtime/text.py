@@ -61,6 +61,35 @@ def _narrow(ch: str) -> str:
     return ch
 
 
+PIPE_PREFIXES = ("/dev/fd/", "/proc/self/fd/")  # what the shell's process substitution <(...) gives
+USER_TEXT_MAX = 16 << 20
+
+
+def read_user_text(path: str | os.PathLike[str], option: str) -> str:
+    """A small text file the user names (a class list): the one reader. A regular file, or the pipe of a
+    process substitution (`<(...)`, /dev/fd/N); a named FIFO (it would block forever), a device, a
+    socket or a folder is refused; UTF-8, a BOM dropped. One line naming `option` and the path."""
+    import stat
+
+    shown = f"{option} {escape(str(path))}"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise FSAError(f"{shown}: unreadable ({e.strerror or type(e).__name__})") from None
+    pipe = stat.S_ISFIFO(mode) and str(path).startswith(PIPE_PREFIXES)
+    if not (stat.S_ISREG(mode) or pipe):
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise FSAError(f"{shown}: {what}, not a regular file (a pipe is read as <(command))")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(USER_TEXT_MAX + 1)
+        if len(data) > USER_TEXT_MAX:
+            raise FSAError(f"{shown}: larger than {USER_TEXT_MAX >> 20} MiB; not a class list")
+        return data.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FSAError(f"{shown}: unreadable ({type(e).__name__})") from e
+
+
 def clean(text: str) -> str:
     """open_clip's `lower` cleaning for well-formed text: NFC, quotes uncurled, ligatures and
     full-width forms narrowed, HTML entities unescaped twice, whitespace collapsed, lower case.
@@ -197,14 +226,10 @@ class Vocabulary:
     def from_file(cls, path: str | os.PathLike[str], separator: str = ";", what: str = "--classes-file") -> Vocabulary:
         """One class a line in label order, synonyms split on `separator` (';' in ours and FSA's
         files, ', ' or ',' in other repositories'): the one reader of class files (`fsa segment`,
-        `fsa eval`). Regular files only (a FIFO would block the read forever); an empty line
-        between classes would shift every later label index, so it is refused."""
-        if not Path(path).is_file():
-            raise FSAError(f"{what} {path}: {'not a regular file' if Path(path).exists() else 'no such file'}")
-        try:
-            lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a BOM is not a class name
-        except (OSError, UnicodeDecodeError) as e:
-            raise FSAError(f"{what} {path}: unreadable ({type(e).__name__})") from e
+        `fsa eval`), read_user_text's rules (a regular file or a process substitution's pipe; a FIFO
+        would block forever). An empty line between classes would shift every later label index,
+        so it is refused."""
+        lines = read_user_text(path, what).splitlines()
         while lines and not lines[-1].strip():
             lines.pop()
         if blank := next((n for n, line in enumerate(lines, 1) if not line.strip()), None):

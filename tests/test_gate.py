@@ -124,6 +124,7 @@ def test_the_scan_sees_each_primitive(tmp_path):
 # ---------------------------------------------------------------- the families, as a user meets them
 
 import hashlib  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -460,3 +461,30 @@ def test_serve_killed_or_stopped_in_any_phase_leaves_nothing(tiny_artifact, tmp_
     assert len(left) <= 1
     gate.sweep_stale(tempfile.gettempdir())
     assert not _serve_temp_folders() & left
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "pipe"])
+def test_class_files_regular_or_a_process_substitution(kind, tiny_artifact, tmp_path, run_here):
+    """One reader for class files: a named FIFO (it would block), a device, a folder refused; the pipe of
+    `<(printf ...)` (/dev/fd/N) read like a file."""
+    path = {"fifo": tmp_path / "fifo", "device": Path("/dev/zero"), "folder": tmp_path}.get(kind)
+    r = w = None
+    if kind == "fifo":
+        os.mkfifo(path)
+    if kind == "pipe":
+        r, w = os.pipe()
+        os.write(w, "\ufeffbackground\ncat; kitty\n".encode())
+        os.close(w)
+        path = Path(f"/dev/fd/{r}")
+    try:
+        proc = run_here("segment", photos()[0], "--artifact", tiny_artifact.root, "--out", tmp_path / "o",
+                        "--no-cache", "--threads", "1", "--classes-file", path)
+    finally:
+        if r is not None:
+            os.close(r)
+    if kind == "pipe":
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads((tmp_path / "o" / f"{Path(photos()[0]).stem}.json").read_text())
+        assert [c.split(";")[0] for c in summary["vocabulary"]] == ["background", "cat"], summary["vocabulary"]
+    else:
+        assert_one_line_error(proc, "--classes-file", "not a regular file")

@@ -123,10 +123,10 @@ def load_cached(art: A.Artifact, name: str) -> CalibrationData | None:
 
 def save_cache(art: A.Artifact, name: str, data: CalibrationData) -> None:
     """Write the .npz atomically, drop older caches (they hold crops: tens of MB each), record it."""
-    for old in [n for n, info in art.files().items() if info.get("role") == CACHE_ROLE and n != name]:
-        gate.unlink(art.path(old, verify=False))  # a contained name (checked at load)
-        art.forget(old)
-    with gate.writing_into(art.root):  # calibrate adds the cache and records it
+    with gate.writing_into(art.root):  # calibrate replaces its own cache and records it
+        for old in [n for n, info in art.files().items() if info.get("role") == CACHE_ROLE and n != name]:
+            gate.unlink(art.path(old, verify=False))  # a contained name (checked at load)
+            art.forget(old)
         gate.save_npz(art.root / name, keep=False, crops=data.crops, text_embeddings=data.text,
                       images=np.array(data.images))
     art.record(name, role=CACHE_ROLE, crops=int(len(data.crops)), images=data.images)

@@ -13,7 +13,7 @@ META = "meta.json"
 IMAGE_ONNX = "image.onnx"
 # ---- what fsa wrote: the manifest in every folder it writes outputs to (file name -> sha256), so a re-run
 # replaces its own files and refuses a user's (runtime/gate.py)
-OUTPUTS_MANIFEST = ".fsa-outputs.json"
+OUTPUTS_MANIFEST = ".fsa-outputs.jsonl"
 OUTPUTS_FORMAT = "fsa-deploy-outputs"
 TEXT_ONNX = "text.onnx"
 

@@ -140,18 +140,42 @@ def sha256(path: PathLike) -> str:
 
 
 def _manifest(folder: Path) -> dict[str, str]:
-    """name -> sha256 of the files fsa wrote in `folder` (its manifest; empty if none or unreadable)."""
+    """name -> sha256 of the files fsa wrote in `folder` (its manifest; empty if none or unreadable).
+
+    The manifest is JSON Lines, appended to (one line per file written or removed, the last one
+    counts), so recording stays O(1) per file in a folder of thousands of results; a line torn by
+    a killed writer is skipped."""
     path = folder / OUTPUTS_MANIFEST
+    files: dict[str, str] = {}
     try:
-        if path.is_symlink() or not path.is_file():
-            return {}
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    files = raw.get("files") if isinstance(raw, dict) and raw.get("format") == OUTPUTS_FORMAT else None
-    if not isinstance(files, dict):
-        return {}
-    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return files
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if _MANIFESTS.get(key[0], (None,))[0] == key:  # read once per change: a re-run checks thousands
+            return dict(_MANIFESTS[key[0]][1])
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return files
+    if not lines or lines[0].strip() != _MANIFEST_HEAD:
+        return files
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("file"), str):
+            digest = rec.get("sha256")
+            if isinstance(digest, str):
+                files[rec["file"]] = digest
+            else:
+                files.pop(rec["file"], None)
+    _MANIFESTS[key[0]] = (key, dict(files))
+    return files
+
+
+_MANIFEST_HEAD = json.dumps({"format": OUTPUTS_FORMAT})
+_MANIFESTS: dict[str, tuple[tuple[str, int, int, int], dict[str, str]]] = {}
 
 
 def owned(path: PathLike) -> bool:
@@ -164,19 +188,21 @@ def owned(path: PathLike) -> bool:
 
 
 def _update_manifest(folder: Path, change: dict[str, str | None]) -> None:
-    """Add (name -> sha256) or drop (name -> None) records in `folder`'s manifest, under its lock."""
+    """Record (name -> sha256) or drop (name -> None) files in `folder`'s manifest: lines appended
+    under the folder's lock; never through a link."""
     if not change:
         return
+    path = folder / OUTPUTS_MANIFEST
     with _folder_lock(folder):
-        files = _manifest(folder)
-        for name, digest in change.items():
-            if digest is None:
-                files.pop(name, None)
-            else:
-                files[name] = digest
-        text = json.dumps({"format": OUTPUTS_FORMAT, "files": dict(sorted(files.items()))}, indent=1) + "\n"
-        with _atomic(folder / OUTPUTS_MANIFEST) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+        fresh = not path.is_file() or path.is_symlink()
+        if fresh and (path.is_symlink() or path.exists()):
+            os.unlink(path)  # a link or a special file in our manifest's name: never written through
+        lines = [] if not fresh else [_MANIFEST_HEAD]
+        lines += [json.dumps({"file": n, "sha256": d} if d else {"file": n}) for n, d in change.items()]
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC,
+                     0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 @contextlib.contextmanager

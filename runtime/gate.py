@@ -261,10 +261,10 @@ def writable(folder: Path, shown: str) -> None:
                 os.rmdir(p)
 
 
-def check_file(path: PathLike, option: str, overwrite: bool = False, *, append: bool = False) -> Path:
+def check_file(path: PathLike, option: str, overwrite: bool = False) -> Path:
     """Before any work: `path` may be written as a file. Refused: a folder, a special file, a file
     inside an artefact folder, meta.json or a file it records, an existing file that is not ours
-    (unless `overwrite`; `append`: a log we append to is ours when its manifest says so)."""
+    (unless `overwrite`: a log fsa appends to is ours when its folder's manifest says so)."""
     p = Path(path)
     shown = f"{option} {escape(str(p))}"
     if p.is_dir():
@@ -323,15 +323,11 @@ class Outputs:
             raise FSAError(f"{option} {escape(str(p))}: the same file as {other}; give each output its own file")
         self._seen[key] = f"{option} {escape(str(p))}"
 
-    def file(self, path: PathLike | None, option: str, overwrite: bool = False, **kw: Any) -> Path | None:
+    def file(self, path: PathLike | None, option: str, overwrite: bool = False) -> Path | None:
         if not path:
             return None
         self._claim(Path(path), option)
-        return check_file(path, option, overwrite, **kw)
-
-    def same(self, path: PathLike, option: str) -> None:
-        """Claim a file without the other checks (the caller made them): duplicates only."""
-        self._claim(Path(path), option)
+        return check_file(path, option, overwrite)
 
 
 def check_output_file(path: PathLike | None, option: str, overwrite: bool = False) -> None:
@@ -429,12 +425,6 @@ def produce(path: PathLike, fn: Callable[..., object], *args: Any, **kw: Any) ->
     """`fn(*args, PATH, **kw)` for a tool that writes `path` itself, and files beside it (an ONNX graph
     with external data): inside a folder of ours being built (staging, a temporary folder)."""
     fn(*args, str(guard(path)), **kw)
-
-
-def save_image(img: Any, path: PathLike, keep: bool = True, **kw: Any) -> None:
-    """A PIL image to `path` (the temporary name keeps the suffix: the format follows it)."""
-    with atomic(path, keep) as tmp:
-        img.save(tmp, **kw)
 
 
 def save_npz(path: PathLike, keep: bool = True, **arrays: Any) -> None:

@@ -57,9 +57,18 @@ def _memory_buffers(tree: ast.AST) -> set[str]:
     return names
 
 
+def _gate_names(tree: ast.AST) -> set[str]:
+    """The names the gate module is bound to (`from fsa_deploy.runtime import gate as out`)."""
+    names = {"gate"}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and (n.module or "").endswith("runtime"):
+            names |= {a.asname or a.name for a in n.names if a.name == "gate"}
+    return names
+
+
 def raw_writes(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), str(path))
-    buffers = _memory_buffers(tree)
+    buffers, gates = _memory_buffers(tree), _gate_names(tree)
     found = []
     for n in ast.walk(tree):
         why = None
@@ -71,7 +80,7 @@ def raw_writes(path: Path) -> list[str]:
         elif isinstance(n, ast.Call):
             f, name = n.func, _dotted(n.func)
             head = name.split(".")[0]
-            if head == "gate":
+            if head in gates:
                 continue
             if isinstance(f, ast.Name) and f.id == "open" and _write_mode(n, 1):
                 why = "open() for writing"

@@ -23,6 +23,8 @@ import pytest
 from conftest import REPO, photos
 from fsa_deploy.runtime.artifact import Artifact
 
+from fsa_deploy.contract import OUTPUTS_MANIFEST
+
 EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 READY_S = 60  # fsa installs its handlers before importing the verb: well under a second
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads SigCgt from /proc (Linux)")
@@ -91,7 +93,8 @@ def run_and_signal(argv: list[str], sig: int, after: str | None, delay: float, t
 
 
 def hidden(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob(".*"))
+    """Hidden names left (our temporary files); the outputs' manifest is not one."""
+    return sorted(p for p in folder.rglob(".*") if p.name != OUTPUTS_MANIFEST)
 
 
 def assert_interrupted(code: int, out: str, sig: int, sent: bool, verb: str) -> None:
@@ -152,7 +155,7 @@ def test_segment_interrupted_leaves_whole_results(tiny_artifact, many_images, tm
     assert_interrupted(code, log, sig, sent, "segment")
     assert hidden(tmp_path) == [], f"temporary files left: {hidden(tmp_path)}"
     if out.exists():
-        names = {p.name for p in out.iterdir()}
+        names = {p.name for p in out.iterdir()} - {OUTPUTS_MANIFEST}
         stems = {n.removesuffix("_overlay.png").removesuffix(".png").removesuffix(".json") for n in names}
         for stem in stems:  # every image: all three files or none
             assert {f"{stem}.png", f"{stem}_overlay.png", f"{stem}.json"} <= names, (stem, sorted(names))

@@ -123,8 +123,7 @@ class Server:
     def prepare(self) -> ServeEnv:
         """Every check that can fail on the user's input, before anything starts (exit 2)."""
         if self.log_file is not None:  # the user's cwd, not the temporary repository tritonserver runs in
-            self.log_file = gate.check_file(Path(os.path.abspath(self.log_file)), "--log-file", self.overwrite_log,
-                                            append=True)
+            self.log_file = gate.check_file(Path(os.path.abspath(self.log_file)), "--log-file", self.overwrite_log)
             self.log_checked = True
         art = Artifact.load(self.artifact)
         model_config_pb2("fsa serve")  # the repository's configs need the serve extra: say so before anything

@@ -240,6 +240,8 @@ def writable(folder: Path, shown: str) -> None:
     of ours created, then all of it removed again, so nothing is left before the work; the results
     make the folder when the first is written). Root ignores permission bits: only trying tells."""
     folder = Path(os.path.abspath(folder))  # `x/..` as the result's path will be resolved
+    if str(folder) in _WRITABLE:  # tried once per run: segment checks three results per image
+        return
     base = folder
     while not (base.is_symlink() or base.exists()) and base != base.parent:
         base = base.parent
@@ -259,6 +261,10 @@ def writable(folder: Path, shown: str) -> None:
         for p in reversed(made):
             with contextlib.suppress(OSError):
                 os.rmdir(p)
+    _WRITABLE.add(str(folder))
+
+
+_WRITABLE: set[str] = set()
 
 
 def check_file(path: PathLike, option: str, overwrite: bool = False) -> Path:

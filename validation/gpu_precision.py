@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,11 +72,12 @@ def emulation(ref, image: torch.Tensor, text: torch.Tensor, half_logits: torch.T
     """The fp16 emulation of the naive all-fp16 ONNX graph, against fp32 and against the real half run."""
     from fsa_deploy.export.fp16_audit import to_fp16
     from fsa_deploy.export.onnx_export import export_image
+    from fsa_deploy.runtime import gate
     from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
 
-    with tempfile.TemporaryDirectory(prefix="fsa-gpu-precision-") as tmp, torch.no_grad():
-        export_image(ref, Path(tmp), "fp32", 8)
-        naive = to_fp16(Path(tmp) / "image.onnx", [])
+    with gate.temp_dir("fsa-gpu-precision-") as tmp, torch.no_grad():
+        export_image(ref, tmp, "fp32", 8)
+        naive = to_fp16(tmp / "image.onnx", [])
     feed = {"image": image.numpy(), "text_embeddings": text.numpy()}
     out = {}
     for m in PRECISION_MODELS:
@@ -127,7 +126,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
+    from fsa_deploy.runtime import gate
 
     from fsa_deploy.cli import OneLineParser
 
@@ -148,9 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_case(size, real, args.device, args.photos, emulate=size == "tiny"))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "emulation"} | {
                 m: rows[-1][m]["pixels"] for m in MODES}), file=sys.stderr, flush=True)
-    write_json_atomic(args.json, {"command": " ".join(sys.argv), "rows": rows})
-    with atomic_file(args.md) as tmp:
-        tmp.write_text(markdown(rows))
+    gate.write_json(args.json, {"command": " ".join(sys.argv), "rows": rows})
+    gate.write_text(args.md, markdown(rows))
     print(markdown(rows))
     return 0
 

@@ -119,14 +119,13 @@ def cell(r: dict[str, Any]) -> str:
 
 
 def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
+    from fsa_deploy.runtime import gate
 
-    write_json_atomic(args.json, {"command": " ".join(sys.argv), "profiles": TARGETS, "rows": rows})
+    gate.write_json(args.json, {"command": " ".join(sys.argv), "profiles": TARGETS, "rows": rows})
     lines = ["| --real-stats-scale | " + " | ".join(TARGETS) + " |", "|---" * (len(TARGETS) + 1) + "|"]
     for r in rows:
         lines.append(f"| {r['scale']:g} | " + " | ".join(cell(r.get(k, {})) for k in TARGETS) + " |")
-    with atomic_file(args.md) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    gate.write_text(args.md, "\n".join(lines) + "\n")
     if args.plot:
         import matplotlib
 
@@ -157,8 +156,7 @@ def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         fig.colorbar(im, ax=ax, label="pixel agreement %")
         ax.set_title("tiny --real-stats: fsa validate (ORT CPU) and the fp16 emulation over the outlier scale")
         fig.tight_layout()
-        with atomic_file(args.plot) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
+        gate.write_with(args.plot, fig.savefig, format="png", dpi=110)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.runtime.images import sample_photos
 
     args = build_parser().parse_args(argv)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    from fsa_deploy.runtime import gate
+
+    work = gate.check_folder(args.work, "--work")  # never inside an artefact folder
     photos = list(sample_photos()[: args.photos])
     rows = []
     for s in (float(x) for x in args.scales.split(",")):

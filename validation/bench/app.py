@@ -223,7 +223,7 @@ def text_bench(args: argparse.Namespace) -> None:
     whole list (the added class makes a new list: all of it encoded again). After: prompts at the
     batch's longest and one cache entry per class (the added class alone is encoded). One process,
     one backend (ONNX Runtime CPU, text.onnx), the four measurements in turn."""
-    from fsa_deploy.runtime.artifact import Artifact, atomic_file
+    from fsa_deploy.runtime.artifact import Artifact
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.text import Vocabulary, cached_classifier, classifier, padded
 
@@ -254,7 +254,9 @@ def text_bench(args: argparse.Namespace) -> None:
 
     at77 = counted(lambda t: backend.encode_text(padded(t)))
     trim = counted(backend.encode_text)
-    with tempfile.TemporaryDirectory() as cache:
+    from fsa_deploy.runtime import gate
+
+    with gate.temp_dir() as cache:
         rows = [timed("before: cold 20 classes", lambda: classifier(at77, cold, templates, vocab_file=vocab_file)),
                 timed("before: add one class", lambda: classifier(at77, added, templates, vocab_file=vocab_file)),
                 timed("after: cold 20 classes",
@@ -269,9 +271,8 @@ def text_bench(args: argparse.Namespace) -> None:
               "add_one_vs_cold_after": rows[3]["ms"] / rows[2]["ms"],
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version()}
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    gate.mkdir(out.parent)
+    gate.write_text(out, json.dumps(report, indent=2) + "\n")
     print("| case | prompts encoded | ms | vs before, cold 20 |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['prompts']} | {r['ms']:.0f} | {r['vs_before_cold']:.3f} |")

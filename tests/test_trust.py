@@ -546,7 +546,7 @@ def _encode(tokens: np.ndarray) -> np.ndarray:
 BAD_ENTRIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "zeros": np.zeros_like,
     "NaN": lambda t: np.full_like(t, np.nan),
-    "wrong shape": lambda t: t[:1],
+    "wrong shape": lambda t: np.concatenate([t, t]),
     "wrong dtype": lambda t: t.astype(np.float64),
     "not unit rows": lambda t: t * 3,
     "3-d": lambda t: t[None],
@@ -560,11 +560,11 @@ def test_a_bad_cache_entry_is_removed_and_recomputed(tmp_path, bad):
     queries, templates = ["cat", "dog"], ["a photo of a {}."]
     good, hit = cached_classifier(tmp_path, "m", _encode, queries, templates)
     assert not hit
-    entry = tmp_path / f"text-{cache_key('m', queries, templates)}.npy"
-    np.save(entry, BAD_ENTRIES[bad](good))
+    entry = tmp_path / f"text-{cache_key('m', queries[:1], templates)}.npy"  # one entry per class
+    np.save(entry, BAD_ENTRIES[bad](good[:1]))
     again, hit = cached_classifier(tmp_path, "m", _encode, queries, templates)
     assert not hit and np.array_equal(again, good)
-    assert np.array_equal(np.load(entry), good), "the bad entry was replaced by a good one"
+    assert np.array_equal(np.load(entry), good[:1]), "the bad entry was replaced by a good one"
     assert cached_classifier(tmp_path, "m", _encode, queries, templates)[1] is True
 
 
@@ -574,13 +574,14 @@ def test_a_cache_entry_that_is_a_symlink_is_not_followed(tmp_path):
     queries, templates = ["cat", "dog"], ["a photo of a {}."]
     good, _ = cached_classifier(None, "m", _encode, queries, templates)
     victim = tmp_path / "victim.npy"
-    np.save(victim, good)  # even a valid-looking entry elsewhere is not trusted through a link
+    np.save(victim, good[:1])  # even a valid-looking entry elsewhere is not trusted through a link
     before = victim.read_bytes()
     (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / f"text-{cache_key('m', queries, templates)}.npy").symlink_to(victim)
+    entry = tmp_path / "cache" / f"text-{cache_key('m', queries[:1], templates)}.npy"  # one entry per class
+    entry.symlink_to(victim)
     t, hit = cached_classifier(tmp_path / "cache", "m", _encode, queries, templates)
     assert not hit and np.array_equal(t, good) and victim.read_bytes() == before
-    assert not (tmp_path / "cache" / f"text-{cache_key('m', queries, templates)}.npy").is_symlink()
+    assert not entry.is_symlink()
 
 
 def test_a_nan_result_is_never_kept(tmp_path):

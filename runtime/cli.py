@@ -185,10 +185,9 @@ def run_segment(args: argparse.Namespace) -> int:
 def video_names(videos: list, image_stems: Sequence[str], out: Path, overwrite: bool = False) -> list:
     """Video sources with output names that clash with no image's and no other source's (a counter
     added), checked through the output gate like the images' outputs."""
-    from fsa_deploy.runtime import gate
-
     from dataclasses import replace
 
+    from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.schema import refuse_artifact_file
     from fsa_deploy.runtime.video.outputs import output_paths
 

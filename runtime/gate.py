@@ -556,6 +556,21 @@ def mkdtemp(prefix: str = "fsa-", where: PathLike | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=where))
 
 
+def mkstemp_beside(path: Path, suffix: str = "") -> str:
+    """A new empty temporary file of ours beside `path` (our marker and PID in its name), closed."""
+    guard(path)
+    fd, tmp = tempfile.mkstemp(prefix=paths.temp_prefix(path.stem), suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def open_write(path: PathLike) -> IO[bytes]:
+    """A temporary file of ours (mkstemp_beside) opened to be filled; never through a link."""
+    p = guard(path)
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
+    return os.fdopen(fd, "wb")
+
+
 def mkdtemp_beside(path: Path, kind: str = paths.MARKER) -> Path:
     guard(path.parent / "x")
     return Path(tempfile.mkdtemp(prefix=paths.temp_prefix(path.name, kind), dir=path.parent))

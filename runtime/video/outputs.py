@@ -19,7 +19,6 @@ the next run in that folder.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 import zipfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fsa_deploy.runtime import gate
 from PIL import Image
 
 from fsa_deploy.contract import VIDEO_FRAME_PNG, VIDEO_LABELS, VIDEO_LABELS_KEY, VIDEO_OVERLAY, VIDEO_SUMMARY
@@ -125,7 +125,7 @@ class LabelSpool:
     def __init__(self, path: Path, classes: int) -> None:
         self.path, self.count, self.shape = path, 0, None
         self.dtype = np.dtype(np.uint8 if classes < 256 else np.uint16)
-        self.file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.file = gate.open_write(path)  # closed by close()
 
     def add(self, labels: np.ndarray) -> None:
         self.shape = self.shape or labels.shape
@@ -172,7 +172,7 @@ class SummaryWriter:
         """A run that failed: its checkpoint goes too (we wrote it)."""
         if self.written:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                gate.unlink(self.path)
 
 
 class FramePNGs:
@@ -183,13 +183,12 @@ class FramePNGs:
         self.folder, self.count = folder, 0
 
     def add(self, labels: np.ndarray) -> None:
-        from fsa_deploy.runtime.artifact import atomic_file
+        from fsa_deploy.runtime.images import encode
         from fsa_deploy.runtime.segmenter import label_image
 
         if self.count == 0:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.folder / VIDEO_FRAME_PNG.format(self.count)) as tmp:
-            label_image(labels).save(tmp, format="PNG")
+            gate.mkdir(self.folder)
+        gate.write_bytes(self.folder / VIDEO_FRAME_PNG.format(self.count), encode(label_image(labels)))
         self.count += 1
 
     def finish(self) -> None:
@@ -198,4 +197,4 @@ class FramePNGs:
         for p in self.folder.iterdir():
             if _FRAME_NAME.match(p.name) and int(p.stem) >= self.count:
                 with contextlib.suppress(OSError):
-                    p.unlink()
+                    gate.unlink(p)

@@ -67,10 +67,10 @@ class Sink:
                 "prob_thd": seg.prob_thd, "backend": seg.backend.name, "artifact_sha256": seg.artifact_sha256}
 
     def __enter__(self) -> Sink:
-        from fsa_deploy.runtime import paths
+        from fsa_deploy.runtime import gate
         from fsa_deploy.runtime.artifact import atomic_file
 
-        self.paths["overlay"].parent.mkdir(parents=True, exist_ok=True)
+        gate.mkdir(self.paths["overlay"].parent)
         if "frames" in self.paths:
             check_frames_folder(self.paths["frames"])
             self.pngs = FramePNGs(self.paths["frames"])
@@ -78,8 +78,8 @@ class Sink:
             self.overlay_tmp = self.stack.enter_context(atomic_file(self.paths["overlay"]))
             if "labels" in self.paths:
                 self.npz_tmp = self.stack.enter_context(atomic_file(self.paths["labels"]))
-                spool = Path(paths.mkstemp_beside(self.paths["labels"], ".spool"))
-                self.stack.callback(lambda: spool.unlink(missing_ok=True))
+                spool = Path(gate.mkstemp_beside(self.paths["labels"], ".spool"))
+                self.stack.callback(lambda: gate.unlink(spool))
                 self.labels = LabelSpool(spool, len(self.seg.vocabulary.names))
                 self.stack.callback(self.labels.close)
         except BaseException:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from fsa_deploy.runtime import gate
+
 CLASSES = "cat, floor, blanket, wall, sky, grass, person"
 FPS = 12
 
@@ -36,23 +38,20 @@ def tiny_artifact(work: Path) -> Path:
 
 
 def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple[Path, list[Path]]:
-    from fsa_deploy.runtime.artifact import atomic_file
-    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.runtime.images import encode, sample_photos
     from fsa_deploy.validation.bench.clips import decoded_frames, pan_zoom_frames, write_clip
     from PIL import Image
 
     chelsea = next(p for p in sample_photos() if Path(p).name == "chelsea.png")
-    folder = work / f"{tag}-{frames}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = gate.mkdir(work / f"{tag}-{frames}")
     clip = folder / f"{tag}.mp4"
-    with atomic_file(clip) as tmp:
+    with gate.atomic(clip) as tmp:
         write_clip(tmp, pan_zoom_frames(chelsea, frames, size), FPS, fmt="mp4")
-    (folder / "png").mkdir(exist_ok=True)
+    gate.mkdir(folder / "png")
     pngs = []
     for i, rgb in enumerate(decoded_frames(clip)):  # the very frames the video run decodes
         pngs.append(folder / "png" / f"{i:04d}.png")
-        with atomic_file(pngs[-1]) as tmp:
-            Image.fromarray(rgb).save(tmp, format="PNG")
+        gate.write_bytes(pngs[-1], encode(Image.fromarray(rgb)))
     return clip, pngs
 
 
@@ -66,7 +65,7 @@ def compare(art: Path, clip: Path, pngs: list[Path], out: Path, threads: int | N
     seg.segment(pngs[0])  # warm-up: ORT's first run
     t0 = time.perf_counter()
     for p in pngs:
-        seg.segment(p).save(out / "images", p.stem)
+        seg.segment(p).write(out / "images", p.stem)
     images_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     summary = VideoRun(seg, classify(str(clip)), out / "video", VideoOptions(progress=False)).run()
@@ -94,14 +93,13 @@ def gif(overlay: Path, target: Path, frames: int = 48, step: int = 2, width: int
     """Every `step`-th of the first frames of an overlay video, `width` wide, as a looping GIF under
     1 MB (docs/)."""
     import av
-    from fsa_deploy.runtime.artifact import atomic_file
+    from fsa_deploy.runtime.images import encode
 
     with av.open(str(overlay)) as c:
         images = [f.to_image() for i, f in zip(range(frames), c.decode(video=0)) if i % step == 0]
     images = [im.resize((width, round(im.height * width / im.width))).quantize(64) for im in images]
-    with atomic_file(target) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 * step / FPS),
-                       loop=0, optimize=True)
+    gate.write_bytes(target, encode(images[0], "GIF", save_all=True, append_images=images[1:],
+                                    duration=int(1000 * step / FPS), loop=0, optimize=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gif", metavar="FILE", help="write a GIF of the tiny run's overlay here")
     add_ranged(p, "--threads", "ONNX Runtime threads (default: all cores)", default=None)
     args = p.parse_args(argv)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = gate.check_folder(args.work, "--work")  # never inside an artefact folder
     rows = []
     cases = [("tiny", tiny_artifact(work), 96, (320, 240))]
     if args.full:

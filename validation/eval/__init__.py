@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fsa_deploy.runtime import gate as outputs_gate
 
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.ranges import add_ranged
@@ -105,7 +105,7 @@ def _say(line: str) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime.artifact import Artifact, check_output_file
+    from fsa_deploy.runtime.artifact import Artifact
 
     from fsa_deploy.contract import IMAGE_ONNX, PAPER, RESIZE_FLOAT, RESIZE_MMCV
 
@@ -114,8 +114,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
     outputs = (("--json", args.json), ("--md", args.md), ("--plot", args.plot), ("--csv", args.csv),
                ("--latex", args.latex))
+    plan = outputs_gate.Outputs()  # before any work; two options on one file are refused
     for option, path in outputs:
-        check_output_file(path, option, args.overwrite)
+        plan.file(path, option, args.overwrite)
+    if args.work:
+        outputs_gate.check_folder(args.work, "--work")
     if args.reference_precision != "fp32" and not args.reference:
         raise FSAError("--reference-precision: needs --reference")
     if args.max_miou_drop is not None and not args.reference:
@@ -155,14 +158,13 @@ def _check_show_dir(folder: str) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
-    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
+    from fsa_deploy.runtime.artifact import write_json_atomic
 
     write_json_atomic(args.json, report)
     rep = _report()
     for path, text in ((args.md, rep.markdown), (args.csv, rep.csv_text), (args.latex, rep.latex_text)):
         if path:
-            with atomic_file(path) as tmp:
-                tmp.write_text(text(report))
+            outputs_gate.write_text(path, text(report))
     if args.plot:
         _report().plot(report, args.plot)
 
@@ -233,7 +235,7 @@ def _decoder(resize: str):
 def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     """Every benchmark found under DATA (mmseg's data/ layout), one row per model in the paper's
     column order; each benchmark's report kept in --work (a rerun skips the finished ones)."""
-    from fsa_deploy.runtime.artifact import atomic_file, write_json_atomic
+    from fsa_deploy.runtime.artifact import write_json_atomic
     from fsa_deploy.validation.eval import datasets as D
 
     from fsa_deploy.contract import PAPER_BENCHMARKS
@@ -266,7 +268,7 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
             reports[b] = _read_report(done, sha) if done.is_file() else None  # type: ignore[assignment]
             if reports[b] is None:
                 folder = work / b
-                folder.mkdir(exist_ok=True)
+                outputs_gate.mkdir(folder)
                 show = Path(args.show_dir) / b if args.show_dir else None
                 reports[b] = evaluate(args, b, base / D.PAPER_ROOTS[b], art, sha, folder, show)
                 write_json_atomic(done, reports[b])
@@ -279,8 +281,7 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     rep = _report()
     for path, text in ((args.md, rep.paper_markdown), (args.csv, rep.paper_csv), (args.latex, rep.paper_latex)):
         if path:
-            with atomic_file(path) as tmp:
-                tmp.write_text(text(paper))
+            outputs_gate.write_text(path, text(paper))
     print(_report().paper_markdown(paper), end="", flush=True)
     for one in reports.values():
         gate(one, args.max_miou_drop)
@@ -341,20 +342,14 @@ class _work_dir:
 
     def __enter__(self) -> Path:
         if self.path is None:
-            self.tmp = tempfile.TemporaryDirectory(prefix="fsa-eval-")
-            return Path(self.tmp.name)
-        p = Path(self.path)
-        if p.exists() and not p.is_dir():
-            raise FSAError(f"--work {p}: exists and is not a folder")
-        try:
-            p.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise FSAError(f"--work {p}: cannot create the folder ({e.strerror or e})") from e
+            self.tmp = outputs_gate.mkdtemp("fsa-eval-")
+            return self.tmp
+        p = outputs_gate.check_folder(self.path, "--work")  # never inside an artefact folder
         return p
 
     def __exit__(self, *exc: object) -> None:
         if self.tmp is not None:
-            self.tmp.cleanup()
+            outputs_gate.rmtree(self.tmp)
 
 
 def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: Any, found: list) -> list:

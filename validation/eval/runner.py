@@ -148,13 +148,13 @@ class ShowDir:
         return self.folder / rel.parent / f"{item.image.stem}.png"
 
     def write(self, item: Item, labels: np.ndarray) -> None:
-        from fsa_deploy.runtime.artifact import atomic_file
+        from fsa_deploy.runtime import gate
+        from fsa_deploy.runtime.images import encode
         from fsa_deploy.runtime.segmenter import label_image
 
         path = self.target(item)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as tmp:
-            label_image(labels).save(tmp, format="PNG")
+        gate.mkdir(path.parent)
+        gate.write_bytes(path, encode(label_image(labels)))
 
 
 def run_rows(rows: list[Row], found: list[Item], k: int, ignore_index: int, reduce_zero_label: bool,

@@ -28,6 +28,8 @@ av = require("av")
 
 from fsa_deploy.validation.bench.clips import decoded_frames, pan_zoom_frames, write_clip  # noqa: E402
 
+from fsa_deploy.contract import OUTPUTS_MANIFEST  # noqa: E402
+
 CLASSES = "sky, person, grass, cat, road"
 FPS = 12
 
@@ -124,7 +126,8 @@ def test_selection_options_and_frames_folder(clip_run, clips, run_here, tiny_art
     summary = json.loads((tmp_path / "clip.json").read_text())
     numbers = [f["source_frame"] for f in summary["frames"]]
     assert numbers == [6, 8, 10, 12] and not (tmp_path / "clip.labels.npz").exists()
-    assert sorted(p.name for p in (tmp_path / "clip").iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "clip").iterdir() if p.name != OUTPUTS_MANIFEST) == [
+        f"{i:06d}.png" for i in range(4)]
     for i, n in enumerate(numbers):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "clip" / f"{i:06d}.png")), labels[n])
     proc = segment(run_here, clips["clip"], "--artifact", tiny_artifact.root, "--out", tmp_path / "b",
@@ -190,7 +193,8 @@ def test_truncated_file_keeps_its_good_frames_with_one_warning(clips, run_here, 
     assert len(warnings) == 1 and "ends early" in warnings[0], proc.stderr
     n = json.loads((tmp_path / "cut.json").read_text())["frame_count"]
     assert 0 < n < 8 and np.load(tmp_path / "cut.labels.npz")["labels"].shape[0] == n
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.json", "cut.labels.npz", "cut_overlay.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != OUTPUTS_MANIFEST) == [
+        "cut.json", "cut.labels.npz", "cut_overlay.mp4"]
 
 
 # ---------------------------------------------------------------- a loopback HTTP stream of our own
@@ -319,7 +323,8 @@ def test_sigterm_publishes_the_frames_done(clips, tiny_artifact, tmp_path):
     assert np.load(out / "long.labels.npz")["labels"].shape == (n, 120, 160)
     with av.open(str(out / "long_overlay.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == n
-    assert sorted(p.name for p in out.iterdir()) == ["long.json", "long.labels.npz", "long_overlay.mp4"]
+    assert sorted(p.name for p in out.iterdir() if p.name != OUTPUTS_MANIFEST) == [
+        "long.json", "long.labels.npz", "long_overlay.mp4"]
 
 
 def test_source_kinds_are_told_apart():

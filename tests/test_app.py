@@ -858,7 +858,7 @@ def test_under_the_threshold_segment_gives_unlabelled_and_eval_keeps_class_0(tin
     assert np.array_equal(overlay[low], np.asarray(Image.open(photo).convert("RGB"))[low])  # left as it is
     # fsa eval's segmenter on the same backend: class 0 there, the same labels elsewhere
     proto = argparse.Namespace(crop=seg.crop, logit_scale=seg.logit_scale, prob_thd=thd, stride=None,
-                               short_side=None, long_side=None)
+                               short_side=None, long_side=None, resize="float")  # fsa segment's resize
     official = _segment_fn(seg.backend, seg_artifact(tiny_artifact), seg.artifact_sha256, proto,
                            Vocabulary.parse(CLASSES), argparse.Namespace(batch=16), None)(None, load_image(photo))
     assert (official[low] == 0).all() and np.array_equal(official[~low], labels[~low])

@@ -174,7 +174,7 @@ class Source:
         if spec.kind == "sequence":
             self.files = sequence_files(spec.text)
             if not self.files:
-                raise FSAError(f"{escape(spec.text)}: no files match this image sequence")
+                raise FSAError(f"{escape(spec.text)}: no such file, and no files match it as an image sequence")
             from fsa_deploy.runtime.images import load_image
 
             first = load_image(self.files[0])

@@ -227,20 +227,23 @@ def stdout_text(report: dict[str, Any]) -> str:
                       "Summary:", ascii_table(sh, sb), *setup_lines(report)]) + "\n"
 
 
-def csv_text(report: dict[str, Any]) -> str:
+def csv_of(*tables: tuple[list[str], list[list[Any]]]) -> str:
+    """Tables (head, body) as CSV, an empty row between two: `--csv` of a benchmark and of the paper row."""
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head, body = per_class_table(report)
-    w.writerow(head)
-    w.writerows(body)
-    w.writerow([])
-    sh, sb = summary_table(report)
-    w.writerow(sh)
-    w.writerows(sb)
+    for i, (head, body) in enumerate(tables):
+        if i:
+            w.writerow([])
+        w.writerow(head)
+        w.writerows(body)
     return buf.getvalue()
+
+
+def csv_text(report: dict[str, Any]) -> str:
+    return csv_of(per_class_table(report), summary_table(report))
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -291,15 +294,7 @@ def paper_markdown(paper: dict[str, Any]) -> str:
 
 
 def paper_csv(paper: dict[str, Any]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    head, body = paper_table(paper)
-    w.writerow(head)
-    w.writerows(body)
-    return buf.getvalue()
+    return csv_of(paper_table(paper))
 
 
 def paper_latex(paper: dict[str, Any]) -> str:

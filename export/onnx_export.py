@@ -306,12 +306,12 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
     `fp16`: export.fp16_audit.Fp16Plan (calibration images, islands on/off) for --precision fp16."""
     if precision not in EXPORT_PRECISIONS:
         raise FSAError(f"--precision {precision!r}: choose from {', '.join(EXPORT_PRECISIONS)}")
-    A.check_target(out, overwrite)  # before minutes of work
+    gate.check_target(out, overwrite)  # before minutes of work
     steps = Progress(6 if lint else 5, progress)
     steps.step(f"building {spec.model}" + (f" + {spec.proxy}" if spec.attention == "proxy" else "")
                + f" ({spec.attention}, {'FSA' if spec.fsa else 'no FSA'}, crop {spec.crop})")
     ref = build(spec, "deploy")
-    with A.staging_folder(out, overwrite) as work, torch.no_grad():
+    with gate.staging_folder(out, overwrite) as work, torch.no_grad():
         steps.step(f"exporting {IMAGE_ONNX} ({precision}; dynamic batch and classes)")
         if precision == "fp16" and fp16 is None:
             from fsa_deploy.export.fp16_audit import Fp16Plan

@@ -1,7 +1,7 @@
 """SIGINT and SIGTERM as exceptions, so that every try/finally and staging folder cleans up.
 
 `fsa` installs the handler (`handling()`) before it imports a verb: a signal raises `Interrupted` (a
-KeyboardInterrupt) in the main thread, the `finally` blocks of atomic_file and staging_folder
+KeyboardInterrupt) in the main thread, the `finally` blocks of gate.atomic and gate.staging_folder
 remove their temporary files, and the CLI exits 130 (SIGINT) or 143 (SIGTERM).
 
 A library may swallow the exception (a bare `except:` around an import, a C++ layer that turns

@@ -139,7 +139,7 @@ class Artifact:
     def _save(self) -> None:
         path = self.root / META
         if not path.exists():  # a folder being written (export's staging folder): nobody else knows it
-            write_json_atomic(path, self.meta)
+            gate.write_json(path, self.meta)
             self._changed.clear()
             return
         with meta_lock(self.root):
@@ -158,7 +158,7 @@ class Artifact:
                     else:
                         files.pop(name, None)
                 self.meta["files"] = files
-            write_json_atomic(path, self.meta)
+            gate.write_json(path, self.meta)
             self._changed.clear()
 
 
@@ -205,14 +205,6 @@ def with_stage_outputs(model, stages: dict[str, str], names: list[str] | None = 
             raise FSAError(f"stage {stage!r}: tensor {tensor} not found in the graph")
         m.graph.output.append(inferred[tensor])
     return m
-
-
-# the writers live in the gate (runtime/gate.py); these names stay for the callers
-write_json_atomic = gate.write_json
-atomic_file = gate.atomic
-check_output_file = gate.check_output_file
-check_target = gate.check_target
-staging_folder = gate.staging_folder
 
 
 def is_artifact(folder: str | os.PathLike[str]) -> bool:

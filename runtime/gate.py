@@ -386,8 +386,6 @@ def _inside_building(p: Path) -> bool:
     return any(real == b or real.startswith(b + os.sep) for b in _BUILDING)
 
 
-atomic_file = atomic
-
 
 def write_text(path: PathLike, text: str, keep: bool = True, encoding: str = "utf-8") -> None:
     with atomic(path, keep) as tmp:
@@ -417,8 +415,6 @@ def write_json(path: PathLike, obj: Any, keep: bool = True) -> None:
         raise FSAError(f"{path}: refusing to write a non-finite number (NaN or Infinity) into JSON ({e})") from e
     write_text(path, text, keep)
 
-
-write_json_atomic = write_json
 
 
 def write_with(path: PathLike, fn: Callable[..., object], *args: Any, keep: bool = True, **kw: Any) -> None:

@@ -4,7 +4,7 @@ Each field has a kind and a valid range. Load checks every field present (a wron
 range is one line naming the field) and requires FORMAT's core fields; the other fields are
 required by the reader that uses them: `meta["crop"]` on a meta.json without `crop` raises a
 one-line FSAError naming the field (Meta.__missing__), never a KeyError. The file itself is
-strict JSON: NaN and Infinity are refused when read (and never written: write_json_atomic).
+strict JSON: NaN and Infinity are refused when read (and never written: runtime.gate.write_json).
 
 The same module guards what meta.json records: no verb writes over meta.json or a file it
 lists (`refuse_artifact_file`).

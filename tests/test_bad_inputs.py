@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import photos
-from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
 from PIL import Image
 
 from fsa_deploy.cli import main
@@ -684,9 +684,9 @@ def test_nan_in_a_comparison_is_a_failure():
 
 
 def test_json_writer_is_strict(tmp_path):
-    A.write_json_atomic(tmp_path / "ok.json", {"x": 1.5})
+    gate.write_json(tmp_path / "ok.json", {"x": 1.5})
     with pytest.raises(FSAError, match="non-finite"):
-        A.write_json_atomic(tmp_path / "bad.json", {"x": math.nan})
+        gate.write_json(tmp_path / "bad.json", {"x": math.nan})
     assert sorted(p.name for p in tmp_path.iterdir()) == [OUTPUTS_MANIFEST, "ok.json"]
 
 

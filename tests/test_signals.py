@@ -174,7 +174,7 @@ def test_validate_interrupted_writes_no_report(tiny_artifact, many_images, tmp_p
 
 def test_a_swallowed_signal_still_stops_the_commit(tmp_path):
     """A library's bare `except:` eats the Interrupted; the signal is recorded and no file is published."""
-    from fsa_deploy.runtime.artifact import atomic_file, staging_folder
+    from fsa_deploy.runtime.gate import atomic, staging_folder
 
     from fsa_deploy import interrupts
 
@@ -185,7 +185,7 @@ def test_a_swallowed_signal_still_stops_the_commit(tmp_path):
         except KeyboardInterrupt:
             pass  # swallowed, as onnxslim's `except:` around `import onnxruntime` would
         assert interrupts.exit_code() == 143
-        with pytest.raises(interrupts.Interrupted), atomic_file(tmp_path / "r.json") as tmp:
+        with pytest.raises(interrupts.Interrupted), atomic(tmp_path / "r.json") as tmp:
             tmp.write_text("{}")
         with pytest.raises(interrupts.Interrupted), staging_folder(tmp_path / "art") as work:
             (work / "meta.json").write_text("{}")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import REPO, RTX_ENV, photos, require
 from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime import paths
+from fsa_deploy.runtime import gate, paths
 from PIL import Image
 
 from fsa_deploy.cli import main
@@ -335,7 +335,7 @@ def test_overwrite_replaces_an_artefact_and_nothing_else(tiny_artifact, tmp_path
     live = tmp_path / f".art.{paths.MARKER}-{os.getpid()}-live"  # a live run's: kept
     live.mkdir()
     def export_again() -> None:  # what `fsa export --overwrite` does once its graphs are made: the swap
-        with A.staging_folder(art, overwrite=True) as work:
+        with gate.staging_folder(art, overwrite=True) as work:
             for f in Path(tiny_artifact.root).iterdir():
                 shutil.copy2(f, work / f.name)
 
@@ -424,7 +424,7 @@ def test_segment_outputs_never_overwrite_inputs(tiny_artifact, tmp_path, capsys)
         assert names == [OUTPUTS_MANIFEST, "x.json", "x.png", "x_overlay.png", "x_overlay_png.json",
                          "x_overlay_png.png", "x_overlay_png_overlay.png"], names
     umask = os.umask(0o022)
-    os.umask(umask)  # renamed from atomic_file's temporary (mkstemp: 0600): as readable as any other file
+    os.umask(umask)  # renamed from gate.atomic's temporary (mkstemp: 0600): as readable as any other file
     assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "out").iterdir()} == {oct(0o666 & ~umask)}
     assert tree(src) == before
 
@@ -515,7 +515,7 @@ def test_sweep_removes_only_our_stale_names(tmp_path):
     kept = [f".x.{paths.MARKER}-{os.getpid()}-live.json", ".out.old", ".x.tmp", "x.fsa-tmp-1-a", ".x.fsa-tmp-abc"]
     for n in stale + kept:
         (tmp_path / n).mkdir() if "old" in n and paths.OLD_MARKER in n else (tmp_path / n).write_text("x")
-    with A.atomic_file(tmp_path / "x.json") as tmp:
+    with gate.atomic(tmp_path / "x.json") as tmp:
         assert paths.MARKER in tmp.name and str(os.getpid()) in tmp.name
         tmp.write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["x.json", OUTPUTS_MANIFEST])

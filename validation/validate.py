@@ -468,11 +468,6 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
-def check_output_file(path: str | None, option: str, overwrite: bool = False) -> None:
-    """Before any work: --json / --md must name a file we may write (runtime.artifact.check_output_file)."""
-    A.check_output_file(path, option, overwrite)
-
-
 def expand_images(items: list[str] | None) -> list[str] | None:
     """--images: runtime.images.expand_images; the first error line is the error."""
     if not items:

@@ -53,7 +53,7 @@ def run_lint(args: argparse.Namespace) -> int:
             raise FSAError("--parser: neither TensorRT-RTX nor TensorRT is installed (pip install 'fsa-deploy[rtx]')")
     if args.json and not Path(args.json).parent.is_dir():
         raise FSAError(f"--json {args.json}: no such folder")
-    from fsa_deploy.runtime.artifact import check_output_file
+    from fsa_deploy.runtime.gate import check_output_file
 
     check_output_file(args.json, "--json", args.overwrite)  # never over an artefact's file or a user's
     for path in paths:
@@ -101,10 +101,10 @@ def run_lint(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    from fsa_deploy.runtime.artifact import write_json_atomic
+    from fsa_deploy.runtime.gate import write_json
 
     try:
-        write_json_atomic(path, obj)
+        write_json(path, obj)
     except OSError as e:
         raise FSAError(f"--json {path}: cannot write ({e.strerror or e})") from e
 

@@ -9,7 +9,7 @@
 - NAME.json: the run's summary and `frames` (one entry per frame), rewritten atomically as the
   run goes (`complete` false until the end).
 
-The mp4 and the npz are written under temporary names (runtime.artifact.atomic_file) and renamed
+The mp4 and the npz are written under temporary names (runtime.gate.atomic) and renamed
 when the run ends: at the source's end, or at SIGINT/SIGTERM (fsa_deploy.interrupts.deferred),
 then with the frames done so far. A run that fails before its first frame leaves nothing; a
 SIGKILL leaves the last NAME.json (and --frames' PNGs), all valid; its temporaries are swept by
@@ -161,10 +161,10 @@ class SummaryWriter:
             self.write(complete=False)
 
     def write(self, complete: bool, **tail: Any) -> None:
-        from fsa_deploy.runtime.artifact import write_json_atomic
+        from fsa_deploy.runtime.gate import write_json
 
         t0 = time.monotonic()
-        write_json_atomic(self.path, {**self.head, **tail, "complete": complete, "frame_count": len(self.frames),
+        write_json(self.path, {**self.head, **tail, "complete": complete, "frame_count": len(self.frames),
                                       "frames": self.frames})
         self.written, self.last, self.cost = True, time.monotonic(), time.monotonic() - t0
 

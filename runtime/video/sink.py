@@ -1,6 +1,6 @@
 """The writer stage's end: one source's outputs (outputs.py) opened together, published together.
 
-Entering opens the temporaries (runtime.artifact.atomic_file); `add` takes each finished frame;
+Entering opens the temporaries (runtime.gate.atomic); `add` takes each finished frame;
 `finish` closes the encoder and writes the npz; leaving without an error renames them into
 place, leaving with one removes them (and the NAME.json checkpoint this run wrote).
 """
@@ -68,16 +68,16 @@ class Sink:
 
     def __enter__(self) -> Sink:
         from fsa_deploy.runtime import gate
-        from fsa_deploy.runtime.artifact import atomic_file
+        from fsa_deploy.runtime.gate import atomic
 
         gate.mkdir(self.paths["overlay"].parent)
         if "frames" in self.paths:
             check_frames_folder(self.paths["frames"])
             self.pngs = FramePNGs(self.paths["frames"])
         try:
-            self.overlay_tmp = self.stack.enter_context(atomic_file(self.paths["overlay"]))
+            self.overlay_tmp = self.stack.enter_context(atomic(self.paths["overlay"]))
             if "labels" in self.paths:
-                self.npz_tmp = self.stack.enter_context(atomic_file(self.paths["labels"]))
+                self.npz_tmp = self.stack.enter_context(atomic(self.paths["labels"]))
                 spool = Path(gate.mkstemp_beside(self.paths["labels"], ".spool"))
                 self.stack.callback(lambda: gate.unlink(spool))
                 self.labels = LabelSpool(spool, len(self.seg.vocabulary.names))

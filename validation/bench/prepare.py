@@ -61,7 +61,7 @@ def writable_copy(folder: str, work: Path) -> Path:
     # folders called alike never share a calibrated copy
     dest = work / "derived" / f"{src.name}-{A.sha256_file(src / contract.META)[:16]}"
     if not dest.is_dir():  # kept between runs: built under a temporary name, so never reused half-made
-        with A.staging_folder(dest) as tmp:
+        with gate.staging_folder(dest) as tmp:
             for name in A.Artifact.load(src).files():
                 gate.link_or_copy(src / name, tmp / name)  # a hard link, or a copy on another file system
             gate.copy(src / contract.META, tmp / contract.META, keep=False)

@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
               "command": "make bench-video", "rows": rows, "peak_rss_mib_by_frames": memory,
               "rss_ratio_4x_frames": memory[192] / memory[48]}
-    from fsa_deploy.runtime.artifact import write_json_atomic
+    from fsa_deploy.runtime.gate import write_json
 
-    write_json_atomic(args.json, report)
+    write_json(args.json, report)
     print(json.dumps({"peak_rss_mib_by_frames": memory}), flush=True)
     if args.gif:
         gif(work / "out-tiny" / "video" / "tiny_overlay.mp4", Path(args.gif))

@@ -158,9 +158,9 @@ def _check_show_dir(folder: str) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
-    from fsa_deploy.runtime.artifact import write_json_atomic
+    from fsa_deploy.runtime.gate import write_json
 
-    write_json_atomic(args.json, report)
+    write_json(args.json, report)
     rep = _report()
     for path, text in ((args.md, rep.markdown), (args.csv, rep.csv_text), (args.latex, rep.latex_text)):
         if path:
@@ -235,7 +235,7 @@ def _decoder(resize: str):
 def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     """Every benchmark found under DATA (mmseg's data/ layout), one row per model in the paper's
     column order; each benchmark's report kept in --work (a rerun skips the finished ones)."""
-    from fsa_deploy.runtime.artifact import write_json_atomic
+    from fsa_deploy.runtime.gate import write_json
     from fsa_deploy.validation.eval import datasets as D
 
     from fsa_deploy.contract import PAPER_BENCHMARKS
@@ -271,13 +271,13 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
                 outputs_gate.mkdir(folder)
                 show = Path(args.show_dir) / b if args.show_dir else None
                 reports[b] = evaluate(args, b, base / D.PAPER_ROOTS[b], art, sha, folder, show)
-                write_json_atomic(done, reports[b])
+                write_json(done, reports[b])
             elif not args.quiet:
                 _say(f"{b}: finished in an earlier run ({done}); reused")
             if not args.quiet:
                 print(_report().stdout_text(reports[b]), end="", flush=True)
     paper = paper_rows(reports, missing, sha)
-    write_json_atomic(args.json, paper)
+    write_json(args.json, paper)
     rep = _report()
     for path, text in ((args.md, rep.paper_markdown), (args.csv, rep.paper_csv), (args.latex, rep.paper_latex)):
         if path:

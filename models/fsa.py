@@ -259,8 +259,9 @@ def ambiguous_entries(sim: torch.Tensor, p: float, tol: float = 1e-5, value_tol:
 
     Ambiguous: tied with another entry of its row at the cut; or its inclusive softmax mass,
     recomputed in float64, within `tol` of p; or (our addition) within `value_tol` of an entry
-    on the other side of the cut: two fp32 computations of Sim (batched vs single, torch vs
-    an engine) differ by ~1e-6, enough to swap two near-equal entries across the cut.
+    on the other side of the cut, or close enough to its neighbours that moving its Sim by
+    `value_tol` moves its inclusive mass across p: two fp32 computations of Sim (batched vs
+    single, torch vs an engine) differ by ~1e-6, enough to swap two near-equal entries at the cut.
     Returns a bool mask [.., N, N]. Costs a sort per row: for checks, not for graphs.
     """
     s = sim.double()
@@ -278,5 +279,14 @@ def ambiguous_entries(sim: torch.Tensor, p: float, tol: float = 1e-5, value_tol:
     kept = (cum <= p).sum(-1, keepdim=True).clamp(1, s.shape[-1] - 1)
     v_last, v_next = sorted_s.gather(-1, kept - 1), sorted_s.gather(-1, kept)
     close_cut = ((v_last - v_next) <= value_tol) & (sorted_s >= v_next - value_tol) & (sorted_s <= v_last + value_tol)
-    amb_sorted = near | tied_at_cut | close_cut
+    # the decision of an entry whose Sim moves by value_tol: its inclusive mass then lies between the
+    # mass above s + value_tol (plus its own) and the mass down to s - value_tol; when p is inside, a
+    # neighbour at the cut can swap places with it (seen on an AMD EPYC: two entries 1.2e-7 apart
+    # next to a cut 4e-9 above p, the gap to the last kept 4.2e-6)
+    weight = torch.softmax(sorted_s, dim=-1)
+    above = torch.searchsorted(desc, desc - value_tol, right=False)  # entries with Sim > s + value_tol
+    mass_lo = torch.where(above > 0, cum.gather(-1, (above - 1).clamp_min(0)), torch.zeros_like(cum)) + weight
+    mass_hi = cum.gather(-1, torch.searchsorted(desc, desc + value_tol, right=True) - 1)
+    swing = (mass_lo <= p + tol) & (mass_hi > p - tol)
+    amb_sorted = near | tied_at_cut | close_cut | swing
     return torch.zeros_like(amb_sorted).scatter(-1, order, amb_sorted)

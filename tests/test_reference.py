@@ -251,3 +251,20 @@ def test_dump_corrupt_checkpoint_and_unreadable_image(tmp_path, run_here):
                    "--proxy", "tiny-dino")
     assert_one_line_error(proc, str(img))
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_twin_at_the_cut_is_ambiguous():
+    """Two entries 1.2e-7 apart next to a cut 4e-9 above p, 5e-6 from the last kept (seen on an AMD EPYC
+    between ONNX Runtime and torch): Sim moving by <= 1e-6 swaps them and keeps the twin. The flip is
+    rounding's, so the twin is ambiguous; entries 5e-6 from the cut are not."""
+    n, k = 64, 20
+    s = 0.99 - 5e-6 * torch.arange(n, dtype=torch.float64)
+    s[k + 1:] -= 5e-6
+    s[k + 1] = s[k] - 1.2e-7
+    p = float(torch.cumsum(torch.softmax(s, -1), -1)[k]) - 4e-9
+    moved = s.clone()
+    moved[:k] -= 1e-6
+    moved[k + 1] += 2.4e-7
+    flips = (top_p_keep_sort(s[None], p) != top_p_keep_sort(moved[None], p))[0]
+    assert flips.nonzero().flatten().tolist() == [k + 1]
+    assert ambiguous_entries(s[None], p)[0].nonzero().flatten().tolist() == [k, k + 1]

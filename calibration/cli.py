@@ -44,7 +44,6 @@ def add_calibrate(sub, help_text: str) -> None:
     p.add_argument("--no-calibration-cache", action="store_true",
                    help="neither read nor write the calibration tensors cached in DIR (calibration-*.npz)")
     p.add_argument("--no-lint", action="store_true", help="skip the TensorRT lint of the Q/DQ graph")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_vocabulary_args(p)
     add_old_spellings(p, "calibrate")
     p.set_defaults(func=run_calibrate)

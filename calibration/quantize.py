@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -39,11 +38,13 @@ from fsa_deploy.contract import (
     TEXT_EMBEDDINGS,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger
 from fsa_deploy.ranges import range_of
 
 if TYPE_CHECKING:
     from fsa_deploy.runtime.text import Vocabulary
 
+LOG = logger("calibration")
 REGIONS = ("proxy", "backbones")  # --quantize: the proxy's backbone only, or CLIP's trunk too
 
 
@@ -112,10 +113,6 @@ def source_graph(art: A.Artifact) -> Path:
     return art.path(IMAGE_ONNX)
 
 
-def say(msg: str) -> None:
-    print(f"fsa calibrate: {msg}", file=sys.stderr, flush=True)
-
-
 def calibrate(root: str | os.PathLike[str], opts: Options, progress: bool = True) -> Result:
     """Write image.<precision>.onnx into the artefact folder and record it in meta.json.
 
@@ -137,10 +134,11 @@ def calibrate(root: str | os.PathLike[str], opts: Options, progress: bool = True
     t0 = time.perf_counter()
     data = calibration_data(art, files, opts)
     if progress:
-        say(f"{len(data.crops)} crops from {len(data.images)} image(s), K = {len(data.text)}"
-            + (f" ({'cached' if data.cache_hit else 'saved'}: {data.cache})" if data.cache else ""))
+        LOG.info(f"fsa calibrate: {len(data.crops)} crops from {len(data.images)} image(s), K = {len(data.text)}"
+                 + (f" ({'cached' if data.cache_hit else 'saved'}: {data.cache})" if data.cache else ""))
         if len(data.crops) < opts.count:
-            say(f"--calibration-count {opts.count}: the images give only {len(data.crops)} crops; using them all")
+            LOG.info(f"fsa calibrate: --calibration-count {opts.count}: the images give only {len(data.crops)} crops; "
+                     "using them all")
     name = output_name(opts.precision)
     summary, fp32_nodes, written = quantize_into(art, name, quantize, data, opts, progress)
     seconds = time.perf_counter() - t0
@@ -159,8 +157,8 @@ def smooth_outliers(src: Path, work: Path, data: CalibrationData, progress: bool
     src = smoothed if n else src
     outliers = outlier_matmuls(src, feeds)
     if progress and (n or outliers):
-        say(f"{n} LayerNorm(s) smoothed into their MatMuls; {len(outliers)} node(s) with outlier input channels "
-            "kept in fp32")
+        LOG.info(f"fsa calibrate: {n} LayerNorm(s) smoothed into their MatMuls; {len(outliers)} node(s) with outlier "
+                 "input channels kept in fp32")
     return src, outliers
 
 
@@ -204,8 +202,8 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
         exclude = sorted(set().union(*rules.values()))
         fp32_nodes = {k: len(v) for k, v in rules.items()}
         if progress:
-            say(f"ModelOpt {opts.precision} ({opts.method}, CPU) on the {opts.region}; fp32 kept: "
-                f"{scope or '(no scope)'}* + {len(exclude)} nodes ({fp32_nodes}) + {', '.join(EXCLUDED_OP_TYPES)}")
+            LOG.info(f"fsa calibrate: ModelOpt {opts.precision} ({opts.method}, CPU) on the {opts.region}; fp32 kept: "
+                     f"{scope or '(no scope)'}* + {len(exclude)} nodes ({fp32_nodes}) + {', '.join(EXCLUDED_OP_TYPES)}")
         run_modelopt(quantize, src, work / name, data, opts, exclude, external, scope, progress)
         summary = summarize(onnx.load(str(work / name), load_external_data=False).graph, scope)
         if summary.in_scope:

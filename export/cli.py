@@ -28,7 +28,6 @@ def add_export(sub, help_text: str) -> None:
     add_ranged(p, "--max-batch", "largest crop batch the graph admits (default 64)", default=64)
     p.add_argument("--overwrite", action="store_true", help="replace an existing artefact folder")
     p.add_argument("--no-lint", action="store_true", help="skip the TensorRT lint (not recommended)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_model_args(p)
     add_old_spellings(p, "export")
     p.set_defaults(func=run_export)

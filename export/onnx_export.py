@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -47,7 +46,9 @@ from fsa_deploy.contract import (
     TOKENS,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger
 
+LOG = logger("export")
 OPSET = 18
 EXTERNAL_DATA_BYTES = 1_900_000_000  # protobuf's 2 GB limit, with a margin
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -65,8 +66,7 @@ class Progress:
     def step(self, what: str) -> None:
         self.i += 1
         if self.enabled:
-            print(f"[{self.i}/{self.total}] {what} (+{time.perf_counter() - self.t0:.1f}s)", file=sys.stderr,
-                  flush=True)
+            LOG.info(f"[{self.i}/{self.total}] {what} (+{time.perf_counter() - self.t0:.1f}s)")
 
 
 class StagesOutput(nn.Module):

@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Any
 
+from fsa_deploy import log
+
 # verb -> (module that defines it as module.add_<verb>(subparsers), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "export": ("fsa_deploy.export.cli", "PyTorch model -> artefact folder (ONNX graphs + meta.json)"),
@@ -42,17 +44,21 @@ class OneLineParser(argparse.ArgumentParser):
 
         parsed, extras = super().parse_known_args(args, namespace)
         for note in take_notes(parsed):
-            print(f"{self.prog}: {note}", file=sys.stderr)
+            print(f"{self.prog}: {note}", file=sys.stderr)  # argparse's own channel, as its usage errors
         return parsed, extras
 
 
 def build_parser(verb: str | None) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="fsa", description="FSA open-vocabulary segmentation: export, run, validate.")
+    parser = OneLineParser(prog="fsa", description="FSA open-vocabulary segmentation: export, run, validate.",
+                           epilog="Every verb takes -q/--quiet (no progress lines on stderr; warnings and errors "
+                                  "still show) and -v/--verbose (more detail). A verb's results (JSON, tables) "
+                                  "are on stdout either way.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     # Only the module of the verb in use is imported; `fsa --help` lists every verb.
     for name, (module, text) in VERBS.items():
         if name == verb:
             getattr(importlib.import_module(module), f"add_{name}")(sub, text)
+            log.add_verbosity_args(sub.choices[name])
         else:
             sub.add_parser(name, help=text)
     return parser
@@ -87,6 +93,7 @@ def _main(argv: list[str], verb: str | None) -> int:
 
         parser = build_parser(verb if verb in VERBS else None)
         args = parser.parse_args(argv)
+        log.configure(log.level_of(getattr(args, "quiet", False), getattr(args, "verbose", 0)))
         environ.check_all()  # every FSA_* variable, before any work
         if not getattr(args, "func", None):
             parser.print_help()

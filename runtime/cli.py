@@ -18,10 +18,12 @@ from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
 
 PROG = "fsa segment"
+LOG = logger("runtime")
 
 
 def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
@@ -107,18 +109,20 @@ def _tqdm():
     return tqdm
 
 
-def _write(line: str, file=None) -> None:
+def _result_line(line: str) -> None:
+    """A written result's line on stdout (the verb's product), below an open progress bar."""
     bar = _tqdm()
     if bar is None:
-        print(line, file=file or sys.stdout, flush=True)
+        print(line, flush=True)
     else:
-        bar.write(line, file=file)
+        bar.write(line, file=sys.stdout)
 
 
 def _report(message: str) -> None:
+    """One input's error line; the run goes on with the others."""
     from fsa_deploy.errors import escape
 
-    _write(f"{PROG}: error: {escape(message)}", file=sys.stderr)
+    LOG.error(f"{PROG}: error: {escape(message)}")
 
 
 def split_sources(items: Sequence[str]) -> tuple[list[str], list, list[str]]:
@@ -238,11 +242,11 @@ def _segment_video(seg, spec, out: Path, args: argparse.Namespace, alone: bool =
         return False
     dropped = f", {summary['frames_dropped']} dropped (live source, model slower than it)" \
         if summary["frames_dropped"] else ""
-    _write(f"{out / summary['outputs']['overlay']}: {summary['frame_count']} frames, "
+    _result_line(f"{out / summary['outputs']['overlay']}: {summary['frame_count']} frames, "
            f"{summary['frames_per_s']:.2f} frames/s{dropped}")
     if summary["stopped_by"] and summary["stopped_by"] != "signal":
-        _write(f"{PROG}: warning: {escape(spec.text)}: {summary['stopped_by']}; the {summary['frame_count']} frames "
-               "before it are written", file=sys.stderr)
+        LOG.warning(f"{PROG}: warning: {escape(spec.text)}: {summary['stopped_by']}; the {summary['frame_count']} "
+                    "frames before it are written")
     return True
 
 
@@ -284,5 +288,5 @@ def _segment_one(seg, path: Path, out: Path, stem: str) -> bool:
     except OSError as e:
         _report(f"{path}: could not write its results to {out} ({e.strerror or e})")
         return False
-    _write(str(written["overlay"]))
+    _result_line(str(written["overlay"]))
     return True

@@ -29,6 +29,9 @@ from fsa_deploy.runtime.cancel import checkpoint
 
 from fsa_deploy.contract import CONTEXT_LENGTH, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError, escape
+from fsa_deploy.log import logger
+
+LOG = logger("runtime")
 
 DEFAULT_CLASSES = Path(__file__).parent / "data" / "voc21.txt"  # PASCAL VOC's 21, background first
 N_MERGES = 49152 - 256 - 2  # CLIP's vocabulary: 256 bytes, their end-of-word forms, merges, 2 specials
@@ -268,10 +271,8 @@ class Vocabulary:
         if not classes:
             raise FSAError(f"{what}: no class names given")
         if shared:
-            import sys
-
-            print(f"fsa: warning: {what}: {', '.join(repr(x) for x in dict.fromkeys(shared))} named in more than one "
-                  "class; such pixels go to whichever class scores higher", file=sys.stderr)
+            LOG.warning(f"fsa: warning: {what}: {', '.join(repr(x) for x in dict.fromkeys(shared))} named in more "
+                        "than one class; such pixels go to whichever class scores higher")
         return cls(tuple(classes))
 
 

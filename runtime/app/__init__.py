@@ -12,11 +12,13 @@ import argparse
 import ipaddress
 import os
 import socket
-import sys
 
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
+
+LOG = logger("runtime")
 
 PROG = "fsa app"
 BYTES_PER_PIXEL = 24  # what one request holds per image pixel: the decoded photo, labels, PNGs, copies
@@ -144,8 +146,8 @@ def run_app(args: argparse.Namespace) -> int:
             live = LiveSource(service, args.source, service.info["classes"], args.stream_timeout).start()
             service.info["source"] = args.source
         if not is_loopback(args.host):
-            print(f"{PROG}: --host {args.host}: the page has no authentication; anyone who can reach this address "
-                  "can use it", file=sys.stderr, flush=True)
+            LOG.warning(f"{PROG}: --host {args.host}: the page has no authentication; anyone who can reach this "
+                        "address can use it")
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"{PROG}: serving http://{shown}:{port}/ ({service.info['backend']}, {service.info['precision']}, "

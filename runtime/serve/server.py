@@ -30,6 +30,9 @@ from fsa_deploy.runtime.text import usable_cache_dir
 from fsa_deploy.contract import SEGMENT_MODEL
 from fsa_deploy.errors import FSAError
 from fsa_deploy.interrupts import Interrupted, shielded
+from fsa_deploy.log import logger
+
+LOG = logger("runtime")
 
 SHM = Path("/dev/shm")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -239,12 +242,12 @@ def serve(server: Server) -> int:
         except FSAError:
             if not stop["asked"]:
                 raise
-            print("fsa serve: stopped before it was ready", file=sys.stderr)
+            LOG.info("fsa serve: stopped before it was ready")
             return 0
         assert server.proc is not None
-        print(f"fsa serve: ready in {time.monotonic() - t0:.1f} s: http {server.host}:{server.http_port}, "
-              f"grpc {server.host}:{server.grpc_port}, metrics {server.host}:{server.metrics_port}; "
-              f"tritonserver pid {server.proc.pid}; Ctrl-C stops", file=sys.stderr, flush=True)
+        LOG.info(f"fsa serve: ready in {time.monotonic() - t0:.1f} s: http {server.host}:{server.http_port}, "
+                 f"grpc {server.host}:{server.grpc_port}, metrics {server.host}:{server.metrics_port}; "
+                 f"tritonserver pid {server.proc.pid}; Ctrl-C stops")
         while server.proc.poll() is None:
             try:
                 server.proc.wait()
@@ -262,7 +265,7 @@ def serve(server: Server) -> int:
             if server.log_checked and server.log_file is not None and server.log_file.is_file():
                 gate.record(server.log_file)  # ours now: a later run may append to it
     if stop["asked"]:
-        print("fsa serve: stopped", file=sys.stderr)
+        LOG.info("fsa serve: stopped")
         return 0  # rc 1 from Triton then only means its exit timeout expired: the group is swept anyway
-    print(f"fsa serve: tritonserver exited with {rc}: {why}", file=sys.stderr)
+    LOG.error(f"fsa serve: tritonserver exited with {rc}: {why}")
     return 1

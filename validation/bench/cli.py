@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,11 @@ from fsa_deploy.validation.bench.report import format_terminal, gate, write_outp
 from fsa_deploy.validation.bench.run import run_bench
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
+
+LOG = logger("validation")
 
 
 def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
@@ -137,7 +139,7 @@ def block_classes(args: argparse.Namespace) -> int | None:
     except ValueError:
         raise FSAError(f"--classes {args.classes!r}: --block takes no vocabulary; the class count is "
                        "--num-classes K") from None
-    print("fsa bench: --block --classes K is deprecated, use --num-classes K", file=sys.stderr)
+    LOG.warning("fsa bench: --block --classes K is deprecated, use --num-classes K")
     return classes
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from fsa_deploy.contract import GRAPH_PRECISIONS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger
 
 LITERAL, DEPLOY, ORT, TRT = "PyTorch literal", "PyTorch deploy", "ONNX Runtime", "TensorRT"
 TORCH_FORMATS = (LITERAL, DEPLOY)
@@ -24,10 +24,12 @@ BENCH_PRECISIONS = tuple(p for p in GRAPH_PRECISIONS if p != "fp8")
 
 
 _START = time.perf_counter()
+LOG = logger("validation")
 
 
 def say(msg: str) -> None:
-    print(f"fsa bench: {msg} (+{time.perf_counter() - _START:.0f} s)", file=sys.stderr, flush=True)
+    """A progress line with the time since the verb started (a full bench takes many minutes)."""
+    LOG.info(f"fsa bench: {msg} (+{time.perf_counter() - _START:.0f} s)")
 
 
 def one_line(e: BaseException) -> str:

@@ -447,17 +447,18 @@ def test_bad_input_is_one_line_and_no_report(tiny_artifact, tmp_path, case):
 def test_max_miou_drop_gate(tiny_artifact, folder_ds, folder_report, tmp_path):
     """Exit 1 when an artefact row falls further below the reference than allowed; needs --reference."""
     from fsa_deploy.validation.eval import gate
+    from fsa_deploy.validation.eval.report import EvalReport
 
     from fsa_deploy.errors import CheckFailed
 
     rep, _ = folder_report
     delta = rep["rows"][1]["miou_delta"]
-    gate(rep, abs(delta) + 1e-6)  # within the allowance: passes
+    gate(EvalReport.from_json(rep), abs(delta) + 1e-6)  # within the allowance: passes
     worse = json.loads(json.dumps(rep))
     worse["rows"][1]["miou_delta"] = -0.05
     with pytest.raises(CheckFailed, match="image.onnx"):
-        gate(worse, 0.01)
-    gate(worse, 0.06)
+        gate(EvalReport.from_json(worse), 0.01)
+    gate(EvalReport.from_json(worse), 0.06)
     root, classes = folder_ds
     proc = eval_cli(tiny_artifact.root, "folder", root, tmp_path / "r.json", "--classes-file", classes,
                     "--max-miou-drop", "0.1")

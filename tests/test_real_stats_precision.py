@@ -234,7 +234,7 @@ def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, cap
     # the fp16 profile (pixels >= 99.9% vs the fp32 reference, ONNX Runtime CPU) on the worst photo: 99.76% before
     # the input normalisation stayed in fp32
     report = run_validation(str(good), images=[worst_photo()], profile="fp16")
-    assert report["passed"] and report["summary"]["pixel_agreement_min"] >= 0.999, report["summary"]
+    assert report.passed and report.summary["pixel_agreement_min"] >= 0.999, report.summary
     assert Artifact.load(naive).files()["image.onnx"]["fp16_audit"]["fp32_islands"] == []
     assert main(["lint", str(naive / "image.onnx")]) == 1
     out = capsys.readouterr().out

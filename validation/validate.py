@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,11 @@ from fsa_deploy.runtime import artifact as A
 
 from fsa_deploy.contract import ARTIFACT_BACKENDS, BACKENDS, IMAGE_ONNX, META, PROFILES, TEXT_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import CheckFailed, FSAError
+from fsa_deploy.log import logger
 from fsa_deploy.ranges import Range, add_ranged
 from fsa_deploy.spellings import add_old_spellings
+
+LOG = logger("validation")
 
 # an in-memory model's external weights are read from this folder (onnxruntime >= 1.17)
 ARGMAX_TIE = 1e-5  # reference top-2 class probabilities closer than this: either label is right
@@ -321,10 +323,31 @@ def text_check(art: A.Artifact, ref, prompts: list[str]) -> float | None:
     return rel_l2(got, want)
 
 
+@dataclass
+class ValidationReport:
+    """What `fsa validate` found: the fields, in this order, are the keys of its --json report."""
+
+    passed: bool
+    tolerance_profile: str
+    tolerances: dict[str, float | None]
+    artifact: str
+    backend: str
+    reference: str
+    classes: list[str]
+    summary: dict[str, Any]  # the worst value of each metric over the images (and the text check)
+    failures: list[str]
+    images: list[dict[str, Any]]  # one record per checked image
+    errors: list[dict[str, str]]  # images that could not be checked
+
+    def to_json(self) -> dict[str, Any]:
+        """The --json object: today's keys, in today's order (nested records shared, not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def run_validation(folder: str, artifact: str | None = None, backend: str = "auto", images: list[str] | None = None,
                    vocab=None, profile: str | None = None, overrides: dict[str, float] | None = None,
                    stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False) -> ValidationReport:
     from fsa_deploy.runtime.images import sample_photos
     from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
 
@@ -351,29 +374,28 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
     reports, errors = [], []
     for i, path in enumerate(images):
         if progress:
-            print(f"[{i + 1}/{len(images)}] {path}", file=sys.stderr, flush=True)
+            LOG.info(f"[{i + 1}/{len(images)}] {path}")
         try:
             reports.append(validate_image(path, ref, side, text, vocab.query_class, art.meta, max_batch, stages,
                                           stride, tol.stage_rel_l2_max))
         except FSAError as e:  # like `fsa segment`: report the bad image, check the others
             msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
             errors.append({"image": str(path), "error": msg})
-            print(f"fsa validate: error: {msg}", file=sys.stderr, flush=True)
+            LOG.error(f"fsa validate: error: {msg}")
     prompts = [t.format(q) for q in vocab.queries for t in templates]
     summary = summarize(reports, text_check(art, ref, prompts))
     failures = failures_of(summary, tol) + [f"image not checked: {e['error']}" for e in errors]
-    report: dict[str, Any] = {
-        "passed": not failures, "tolerance_profile": profile, "tolerances": asdict(tol),
-        "artifact": str(Path(folder) / name), "backend": side.kind,
-        "reference": "pytorch-cpu-" + ("fp64-head" if fp64 else "fp32"), "classes": vocab.names,
-        "summary": summary, "failures": failures, "images": reports, "errors": errors,
-    }
+    report = ValidationReport(
+        passed=not failures, tolerance_profile=profile, tolerances=asdict(tol),
+        artifact=str(Path(folder) / name), backend=side.kind,
+        reference="pytorch-cpu-" + ("fp64-head" if fp64 else "fp32"), classes=vocab.names,
+        summary=summary, failures=failures, images=reports, errors=errors)
     if stages:
         from fsa_deploy.contract import STAGES
 
         order = {n: i for i, n in enumerate(STAGES)}
         first = [r["first_failing_stage"] for r in reports if r.get("first_failing_stage")]
-        report["summary"]["first_failing_stage"] = min(first, key=order.__getitem__) if first else None
+        report.summary["first_failing_stage"] = min(first, key=order.__getitem__) if first else None
     return report
 
 
@@ -390,50 +412,50 @@ def _fmt(v: Any) -> str:
     return Path(v).name if isinstance(v, str) else str(v)
 
 
-def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [[_fmt(img[key]) for _, key in COLUMNS] for img in report["images"]]
+def table_rows(report: ValidationReport) -> list[list[str]]:
+    return [[_fmt(img[key]) for _, key in COLUMNS] for img in report.images]
 
 
-def format_terminal(report: dict[str, Any]) -> str:
+def format_terminal(report: ValidationReport) -> str:
     head = [c for c, _ in COLUMNS]
     rows = table_rows(report)
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    out = [f"artifact {report['artifact']} on {report['backend']} vs {report['reference']}, "
-           f"profile {report['tolerance_profile']}", line(head), line(["-" * w for w in widths])]
+    out = [f"artifact {report.artifact} on {report.backend} vs {report.reference}, "
+           f"profile {report.tolerance_profile}", line(head), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
-    s = report["summary"]
+    s = report.summary
     out.append("summary: " + ", ".join(f"{k} {_fmt(v)}" for k, v in s.items() if v is not None))
-    for r in report["images"]:
+    for r in report.images:
         if "stages" in r:
             out.append(f"stages of {Path(r['image']).name} (first failing: {r['first_failing_stage']}):")
             out += [f"  {n:16s} rel L2 {v['rel_l2']:.3e}  max abs {v['max_abs']:.3e}" for n, v in r["stages"].items()]
-    out += [f"not checked: {e['error']}" for e in report.get("errors", [])]
-    verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
+    out += [f"not checked: {e['error']}" for e in report.errors]
+    verdict = "PASSED" if report.passed else "FAILED: " + "; ".join(report.failures)
     out.append(verdict)
     return "\n".join(out)
 
 
-def format_markdown(report: dict[str, Any]) -> str:
+def format_markdown(report: ValidationReport) -> str:
     head = [c for c, _ in COLUMNS]
-    out = [f"# fsa validate: {'PASSED' if report['passed'] else 'FAILED'}", "",
-           f"- artifact: `{report['artifact']}` on {report['backend']}",
-           f"- reference: {report['reference']}", f"- tolerance profile: {report['tolerance_profile']}",
-           "- tolerances: " + ", ".join(f"{k} {v}" for k, v in report["tolerances"].items() if v is not None), "",
+    out = [f"# fsa validate: {'PASSED' if report.passed else 'FAILED'}", "",
+           f"- artifact: `{report.artifact}` on {report.backend}",
+           f"- reference: {report.reference}", f"- tolerance profile: {report.tolerance_profile}",
+           "- tolerances: " + ", ".join(f"{k} {v}" for k, v in report.tolerances.items() if v is not None), "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
     out += ["", "## Summary", "", "| metric | value |", "|---|---|"]
-    out += [f"| {k} | {_fmt(v)} |" for k, v in report["summary"].items()]
-    for r in report["images"]:
+    out += [f"| {k} | {_fmt(v)} |" for k, v in report.summary.items()]
+    for r in report.images:
         if "stages" in r:
             out += ["", f"## Stages of {Path(r['image']).name} (first failing: {r['first_failing_stage']})", "",
                     "| stage | rel L2 | max abs | mean abs |", "|---|---|---|---|"]
             out += [f"| {n} | {v['rel_l2']:.3e} | {v['max_abs']:.3e} | {v['mean_abs']:.3e} |"
                     for n, v in r["stages"].items()]
-    if report["failures"]:
-        out += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
-    if report.get("errors"):
-        out += ["", "## Images not checked", ""] + [f"- {e['error']}" for e in report["errors"]]
+    if report.failures:
+        out += ["", "## Failures", ""] + [f"- {f}" for f in report.failures]
+    if report.errors:
+        out += ["", "## Images not checked", ""] + [f"- {e['error']}" for e in report.errors]
     return "\n".join(out) + "\n"
 
 
@@ -529,7 +551,7 @@ def run_validate(args: argparse.Namespace) -> int:
                             args.fp64, args.batch, args.stride, progress=True)
     import json
 
-    for path, text in ((args.json, lambda: json.dumps(strict_json(report), indent=2, allow_nan=False)),
+    for path, text in ((args.json, lambda: json.dumps(strict_json(report.to_json()), indent=2, allow_nan=False)),
                        (args.md, lambda: format_markdown(report))):
         if path:
             try:
@@ -537,10 +559,10 @@ def run_validate(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise FSAError(f"{path}: cannot write the report ({e.strerror or e})") from e
     print(format_terminal(report))
-    if report["errors"]:
-        raise FSAError(f"{len(report['errors'])} of {len(report['errors']) + len(report['images'])} images "
+    if report.errors:
+        raise FSAError(f"{len(report.errors)} of {len(report.errors) + len(report.images)} images "
                        "could not be checked (the report lists them)")
-    if not report["passed"]:
-        raise CheckFailed("; ".join(report["failures"]) + (
-            f" (first failing stage: {report['summary'].get('first_failing_stage')})" if args.stages else ""))
+    if not report.passed:
+        raise CheckFailed("; ".join(report.failures) + (
+            f" (first failing stage: {report.summary.get('first_failing_stage')})" if args.stages else ""))
     return 0

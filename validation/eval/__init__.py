@@ -10,18 +10,22 @@ decoding in a thread (runner.py); `--server` sends the images to Triton instead 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fsa_deploy.runtime import gate as outputs_gate
 
 from fsa_deploy.errors import CheckFailed, FSAError
+from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
 
 PROG = "fsa eval"
+LOG = logger("validation")
+
+if TYPE_CHECKING:  # report.py imports numpy-heavy runner code; the parser is built without it
+    from fsa_deploy.validation.eval.report import EvalReport, PaperReport
 
 
 def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
@@ -87,7 +91,6 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir", metavar="DIR", help="class-embedding cache (default $FSA_CACHE_DIR or "
                                                           "~/.cache/fsa-deploy)")
     cache.add_argument("--no-cache", action="store_true", help="always recompute the class embeddings")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_old_spellings(p, "eval")
     p.set_defaults(func=run_eval)
     return p
@@ -98,10 +101,6 @@ def _report() -> Any:
     from fsa_deploy.validation.eval import report
 
     return report
-
-
-def _say(line: str) -> None:
-    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -157,10 +156,10 @@ def _check_show_dir(folder: str) -> None:
         raise FSAError(f"--show-dir {p}: inside an artefact folder; write it elsewhere")
 
 
-def _write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
+def _write_outputs(args: argparse.Namespace, report: EvalReport) -> None:
     from fsa_deploy.runtime.gate import write_json
 
-    write_json(args.json, report)
+    write_json(args.json, report.to_json())
     rep = _report()
     for path, text in ((args.md, rep.markdown), (args.csv, rep.csv_text), (args.latex, rep.latex_text)):
         if path:
@@ -170,7 +169,7 @@ def _write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
 
 
 def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any, sha: str, work: Path,
-             show_dir: Path | None) -> dict[str, Any]:
+             show_dir: Path | None) -> EvalReport:
     """One benchmark: the rows run (or read back from `work`) and the report (the JSON's object)."""
     from fsa_deploy.validation.eval import datasets as D
     from fsa_deploy.validation.eval.protocol import Overrides, class_names, declared, resolve
@@ -193,7 +192,7 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
     protocol = proto.as_json()
     classes = ["; ".join(c) for c in vocab.classes]
     if not args.quiet:
-        _say(f"{dataset}: {len(found)} images, {k} classes, method {method}; rows: "
+        LOG.info(f"{PROG}: {dataset}: {len(found)} images, {k} classes, method {method}; rows: "
              + ", ".join(f"{r.name} ({r.backend})" for r in rows))
     decode = _decoder(proto.resize)
     key_of = lambda item: work_key(sha, rows, protocol, classes, item)  # noqa: E731
@@ -210,12 +209,11 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
                         what=f"{dataset}: scoring")
     if failures:
         for line in failures:
-            print(f"{PROG}: error: {line}", file=sys.stderr)
+            LOG.error(f"{PROG}: error: {line}")
         raise FSAError(f"{len(failures)} of {len(found)} images failed (named above); no report written")
-    extra: dict[str, Any] = {"artifact": str(art.root), "artifact_sha256": sha, "setup": setup}
-    if show is not None:
-        extra["show_dir"] = {"folder": str(show.folder), "row": rows[show.row].name}
-    return _report().build(dataset, method, protocol, classes, class_names(dataset, vocab), len(found), rows, extra)
+    shown = None if show is None else {"folder": str(show.folder), "row": rows[show.row].name}
+    return _report().build(dataset, method, protocol, classes, class_names(dataset, vocab), len(found), rows,
+                           str(art.root), sha, setup, shown)
 
 
 def _decoder(resize: str):
@@ -253,8 +251,8 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
         raise FSAError(f"--root {args.root}: none of the benchmarks found (expected "
                        + ", ".join(sorted(set(D.PAPER_ROOTS.values()))) + ")")
     if missing and not args.quiet:
-        _say("not found under --root, not run: " + ", ".join(f"{b} ({D.PAPER_ROOTS[b]})" for b in missing))
-    reports: dict[str, dict[str, Any]] = {}
+        LOG.info(f"{PROG}: not found under --root, not run: " + ", ".join(f"{b} ({D.PAPER_ROOTS[b]})" for b in missing))
+    reports: dict[str, EvalReport | None] = {}
     # a finished benchmark is reused only by a run asking the same of it (rows, protocol options)
     import hashlib
     import json
@@ -265,30 +263,32 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     with _work_dir(args.work) as work:
         for b in found:
             done = work / f"{b}.{tag}.json"
-            reports[b] = _read_report(done, sha) if done.is_file() else None  # type: ignore[assignment]
-            if reports[b] is None:
+            one = _read_report(done, sha) if done.is_file() else None
+            if one is None:
                 folder = work / b
                 outputs_gate.mkdir(folder)
                 show = Path(args.show_dir) / b if args.show_dir else None
-                reports[b] = evaluate(args, b, base / D.PAPER_ROOTS[b], art, sha, folder, show)
-                write_json(done, reports[b])
+                one = evaluate(args, b, base / D.PAPER_ROOTS[b], art, sha, folder, show)
+                write_json(done, one.to_json())
             elif not args.quiet:
-                _say(f"{b}: finished in an earlier run ({done}); reused")
+                LOG.info(f"{PROG}: {b}: finished in an earlier run ({done}); reused")
+            reports[b] = one
             if not args.quiet:
-                print(_report().stdout_text(reports[b]), end="", flush=True)
+                print(_report().stdout_text(one), end="", flush=True)
     paper = paper_rows(reports, missing, sha)
-    write_json(args.json, paper)
+    write_json(args.json, paper.to_json())
     rep = _report()
     for path, text in ((args.md, rep.paper_markdown), (args.csv, rep.paper_csv), (args.latex, rep.paper_latex)):
         if path:
             outputs_gate.write_text(path, text(paper))
     print(_report().paper_markdown(paper), end="", flush=True)
-    for one in reports.values():
-        gate(one, args.max_miou_drop)
+    for done_report in reports.values():
+        if done_report is not None:
+            gate(done_report, args.max_miou_drop)
     return 0
 
 
-def _read_report(path: Path, sha: str) -> dict[str, Any] | None:
+def _read_report(path: Path, sha: str) -> EvalReport | None:
     """A finished benchmark's report from --work, or None (one warning line) when damaged or of
     another artefact."""
     import json
@@ -300,20 +300,21 @@ def _read_report(path: Path, sha: str) -> dict[str, Any] | None:
         for r in rep["rows"]:
             if not all(k in r for k in ("name", "backend", "miou")):
                 raise ValueError("rows without mIoU")
-        return rep
+        return _report().EvalReport.from_json(rep)
     except (OSError, ValueError, AttributeError, TypeError) as e:
-        _say(f"warning: --work {path}: {str(e)[:80]}; running that benchmark again")
+        LOG.warning(f"{PROG}: warning: --work {path}: {str(e)[:80]}; running that benchmark again")
         return None
 
 
-def paper_rows(reports: dict[str, dict[str, Any]], missing: list[str], sha: str) -> dict[str, Any]:
+def paper_rows(reports: dict[str, EvalReport | None], missing: list[str], sha: str) -> PaperReport:
     """{rows: [{name, backend, cells {benchmark: mIoU}, avg}], missing}: one row per model, the
     cells in the paper's column order, avg the mean of the cells found."""
     from fsa_deploy.contract import PAPER_BENCHMARKS
 
     out: list[dict[str, Any]] = []
     for b in PAPER_BENCHMARKS:
-        for r in (reports.get(b) or {}).get("rows", []):
+        one = reports.get(b)
+        for r in one.rows if one is not None else []:
             row = next((o for o in out if o["name"] == r["name"] and o["backend"] == r["backend"]), None)
             if row is None:
                 row = {"name": r["name"], "backend": r["backend"], "cells": {}, "avg": None}
@@ -322,14 +323,14 @@ def paper_rows(reports: dict[str, dict[str, Any]], missing: list[str], sha: str)
     for row in out:
         vals = [v for v in row["cells"].values() if v is not None]
         row["avg"] = sum(vals) / len(vals) if vals else None
-    return {"rows": out, "missing": missing, "artifact_sha256": sha}
+    return _report().PaperReport(out, missing, sha)
 
 
-def gate(report: dict[str, Any], max_drop: float | None) -> None:
+def gate(report: EvalReport, max_drop: float | None) -> None:
     if max_drop is None:
         return
     bad = [f"{r['name']} ({r['backend']}) mIoU {_report().delta_text(r['miou_delta'])} points"
-           for r in report["rows"] if r.get("miou_delta") is not None and r["miou_delta"] < -max_drop]
+           for r in report.rows if r.get("miou_delta") is not None and r["miou_delta"] < -max_drop]
     if bad:
         raise CheckFailed(f"below the reference by more than {max_drop * 100:.2f} points: " + "; ".join(bad))
 

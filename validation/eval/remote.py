@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -35,6 +34,9 @@ from fsa_deploy.contract import (
     SEGMENT_MODEL,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger
+
+LOG = logger("validation")
 
 HEALTH_TIMEOUT_S = 10.0  # the health probe: a live server answers at once
 
@@ -100,7 +102,7 @@ class Servers:
         with self.lock:
             if url in self.alive:
                 self.alive.remove(url)
-                print(f"fsa eval: server {url} dropped ({why})", file=sys.stderr, flush=True)
+                LOG.warning(f"fsa eval: server {url} dropped ({why})")
 
     def pick(self) -> str:
         with self.lock:

@@ -8,6 +8,7 @@ Points are rounded to 2 decimals for reading; a difference that rounds to nothin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -35,11 +36,59 @@ def row_json(r: Row, ref: Row | None) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class EvalReport:
+    """One benchmark's evaluation: the fields, in this order, are the keys of `fsa eval --json`
+    (show_dir only when --show-dir was given). Rows stay the JSON's records: {name, backend,
+    graph, miou, aacc, macc, iou, acc, confusion, images_per_s[, miou_delta, pixel_agreement]}."""
+
+    dataset: str
+    method: str
+    protocol: dict[str, Any]
+    classes: list[str]  # the prompts of each class, "; "-joined
+    class_names: list[str]
+    images: int
+    rows: list[dict[str, Any]]
+    artifact: str
+    artifact_sha256: str
+    setup: dict[str, Any] = field(default_factory=dict)
+    show_dir: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.show_dir is None:
+            del out["show_dir"]
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> EvalReport:
+        """A report read back (--work); ValueError when a key is missing (other keys are ignored)."""
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names - {"setup", "show_dir"} if n not in obj)
+        if missing:
+            raise ValueError(f"not an eval report (no {', '.join(missing)})")
+        return cls(**{k: v for k, v in obj.items() if k in names})
+
+
+@dataclass
+class PaperReport:
+    """`fsa eval paper`: one row per model, {name, backend, cells {benchmark: mIoU}, avg}; the keys
+    of its --json."""
+
+    rows: list[dict[str, Any]]
+    missing: list[str]
+    artifact_sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def build(dataset: str, method: str, protocol: dict[str, Any], classes: list[str], class_names: list[str],
-          images: int, rows: list[Row], extra: dict[str, Any]) -> dict[str, Any]:
+          images: int, rows: list[Row], artifact: str, artifact_sha256: str, setup: dict[str, Any],
+          show_dir: dict[str, str] | None = None) -> EvalReport:
     ref = next((r for r in rows if r.is_reference), None)
-    return {"dataset": dataset, "method": method, "protocol": protocol, "classes": classes,
-            "class_names": class_names, "images": images, "rows": [row_json(r, ref) for r in rows], **extra}
+    return EvalReport(dataset, method, protocol, classes, class_names, images, [row_json(r, ref) for r in rows],
+                      artifact, artifact_sha256, setup, show_dir)
 
 
 def _pts(v: float | None, sign: bool = False) -> str:
@@ -73,9 +122,9 @@ def share_text(v: float | None) -> str:
     return f"{100 * v:.2f}%"
 
 
-def markdown(report: dict[str, Any]) -> str:
-    p = report["protocol"]
-    lines = [f"# fsa eval: {report['dataset']}, {report['method']} ({report['images']} images)", "",
+def markdown(report: EvalReport) -> str:
+    p = report.protocol
+    lines = [f"# fsa eval: {report.dataset}, {report.method} ({report.images} images)", "",
              f"Protocol: short side {p['short_side']}, long side {p['long_side']}, crop {p['crop']}, "
              f"stride {p['stride']}, prob_thd {p['prob_thd']}, reduce_zero_label {p['reduce_zero_label']}, "
              f"ignore index {p['ignore_index']}.", ""]
@@ -83,25 +132,25 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["Differs from the official protocol:", ""] + [f"- {d}" for d in p["differs_from_official"]] + [""]
     lines += ["| row | backend | graph | mIoU | aAcc | mAcc | mIoU delta | pixel agreement | images/s |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
+    for r in report.rows:
         ips = f"{r['images_per_s']:.2f}" if r["images_per_s"] else "-"
         lines.append(f"| {r['name']} | {r['backend']} | {r['graph'] or '-'} | {_pts(r['miou'])} | {_pts(r['aacc'])} "
                      f"| {_pts(r['macc'])} | {_pts(r.get('miou_delta'), True)} "
                      f"| {share_text(r.get('pixel_agreement'))} "
                      f"| {ips} |")
     lines += ["", "Per-class IoU (points):", "",
-              "| class | " + " | ".join(r["name"] for r in report["rows"]) + " |",
-              "|---|" + "---|" * len(report["rows"])]
-    for i, name in enumerate(report["class_names"]):
-        lines.append(f"| {name} | " + " | ".join(_pts(r["iou"][i]) for r in report["rows"]) + " |")
+              "| class | " + " | ".join(r["name"] for r in report.rows) + " |",
+              "|---|" + "---|" * len(report.rows)]
+    for i, name in enumerate(report.class_names):
+        lines.append(f"| {name} | " + " | ".join(_pts(r["iou"][i]) for r in report.rows) + " |")
     lines += [""] + [f"- {line}" for line in setup_lines(report)]
     return "\n".join(lines) + "\n"
 
 
-def class_order(report: dict[str, Any]) -> list[int]:
+def class_order(report: EvalReport) -> list[int]:
     """Classes by the worst delta of any artefact row against the reference (else by the first
     row's IoU), lowest first; classes absent everywhere last."""
-    rows = report["rows"]
+    rows = report.rows
     ref = next((r for r in rows if r["backend"] == "pytorch" and r["graph"] is None and "miou_delta" not in r), None)
 
     def key(i: int) -> float:
@@ -112,10 +161,10 @@ def class_order(report: dict[str, Any]) -> list[int]:
         v = rows[0]["iou"][i]
         return v if v is not None else math.inf
 
-    return sorted(range(len(report["classes"])), key=key)
+    return sorted(range(len(report.classes)), key=key)
 
 
-def plot(report: dict[str, Any], path: str) -> None:
+def plot(report: EvalReport, path: str) -> None:
     from fsa_deploy.errors import FSAError
 
     try:
@@ -128,8 +177,8 @@ def plot(report: dict[str, Any], path: str) -> None:
     from fsa_deploy.runtime import gate
 
     order = class_order(report)
-    rows = report["rows"]
-    names = [report["class_names"][i] for i in order]
+    rows = report.rows
+    names = [report.class_names[i] for i in order]
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(order) + 2), 4.5))
     x = np.arange(len(order))
@@ -138,7 +187,7 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax.bar(x + j * width, vals, width, label=f"{r['name']} ({r['backend']}): mIoU {_pts(r['miou'])}")
     ax.set_xticks(x + width * (len(rows) - 1) / 2, names, rotation=90, fontsize=7)
     ax.set_ylabel("IoU (points)")
-    ax.set_title(f"{report['dataset']}, {report['method']}: per-class IoU, worst deltas first")
+    ax.set_title(f"{report.dataset}, {report.method}: per-class IoU, worst deltas first")
     ax.legend(fontsize=7)
     fig.tight_layout()
     gate.write_with(path, fig.savefig, format="png", dpi=110)
@@ -148,19 +197,19 @@ def plot(report: dict[str, Any], path: str) -> None:
 # ---------------------------------------------------------------- tables to paste
 
 
-def _ref(report: dict[str, Any]) -> dict[str, Any] | None:
-    return next((r for r in report["rows"] if "miou_delta" not in r and r["backend"] == "pytorch"
-                 and r["graph"] is None and any("miou_delta" in o for o in report["rows"])), None)
+def _ref(report: EvalReport) -> dict[str, Any] | None:
+    return next((r for r in report.rows if "miou_delta" not in r and r["backend"] == "pytorch"
+                 and r["graph"] is None and any("miou_delta" in o for o in report.rows)), None)
 
 
 def row_label(r: dict[str, Any]) -> str:
     return r["name"] if r["name"] == "reference" else f"{r['name']} ({r['backend']})"
 
 
-def per_class_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def per_class_table(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     """mmseg's per-class table (Class, IoU, Acc) with a column pair per row, and the IoU delta of
     each artefact row against the reference; the prompt line beside each dataset class name."""
-    rows, ref = report["rows"], _ref(report)
+    rows, ref = report.rows, _ref(report)
     head = ["Class"]
     for r in rows:
         tag = "" if len(rows) == 1 else f" {r['name']}"
@@ -169,23 +218,23 @@ def per_class_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
             head.append(f"dIoU{tag}")
     head.append("Prompts")
     body = []
-    for i, name in enumerate(report["class_names"]):
+    for i, name in enumerate(report.class_names):
         line = [name]
         for r in rows:
             line += [_pts(r["iou"][i]), _pts(r["acc"][i])]
             if ref is not None and r is not ref:
                 a, b = r["iou"][i], ref["iou"][i]
                 line.append(delta_text(a - b) if a is not None and b is not None else "-")
-        line.append(report["classes"][i])
+        line.append(report.classes[i])
         body.append(line)
     return head, body
 
 
-def summary_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def summary_table(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     """mmseg's summary (aAcc, mIoU, mAcc) per row, with the mIoU delta and the pixel agreement."""
     head = ["Row", "Backend", "aAcc", "mIoU", "mAcc", "mIoU delta", "Pixel agreement", "Images/s"]
     body = []
-    for r in report["rows"]:
+    for r in report.rows:
         ips = f"{r['images_per_s']:.2f}" if r.get("images_per_s") else "-"
         body.append([r["name"], r["backend"], _pts(r["aacc"]), _pts(r["miou"]), _pts(r["macc"]),
                      delta_text(r.get("miou_delta")) if "miou_delta" in r else "-",
@@ -202,9 +251,9 @@ def ascii_table(head: list[str], body: list[list[str]], width: int = 40) -> str:
     return "\n".join([rule, fmt(cut[0]), rule, *[fmt(line) for line in cut[1:]], rule])
 
 
-def setup_lines(report: dict[str, Any]) -> list[str]:
+def setup_lines(report: EvalReport) -> list[str]:
     """What the numbers were made with, and every difference from the official protocol."""
-    s, p = report.get("setup", {}), report["protocol"]
+    s, p = report.setup, report.protocol
     lines = []
     if s:
         lines.append(f"model {s.get('model')}, proxy {s.get('proxy') or '-'}, weights {s.get('weights')}, "
@@ -220,10 +269,10 @@ def setup_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def stdout_text(report: dict[str, Any]) -> str:
+def stdout_text(report: EvalReport) -> str:
     head, body = per_class_table(report)
     sh, sb = summary_table(report)
-    return "\n".join([f"per class results ({report['dataset']}, {report['images']} images):", ascii_table(head, body),
+    return "\n".join([f"per class results ({report.dataset}, {report.images} images):", ascii_table(head, body),
                       "Summary:", ascii_table(sh, sb), *setup_lines(report)]) + "\n"
 
 
@@ -242,7 +291,7 @@ def csv_of(*tables: tuple[list[str], list[list[Any]]]) -> str:
     return buf.getvalue()
 
 
-def csv_text(report: dict[str, Any]) -> str:
+def csv_text(report: EvalReport) -> str:
     return csv_of(per_class_table(report), summary_table(report))
 
 
@@ -263,7 +312,7 @@ def latex_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def latex_text(report: dict[str, Any]) -> str:
+def latex_text(report: EvalReport) -> str:
     head, body = per_class_table(report)
     head, body = head[:-1], [line[:-1] for line in body]  # prompts: too wide for a paper's table
     return latex_table(head, body) + "\n" + latex_table(*summary_table(report))
@@ -272,12 +321,12 @@ def latex_text(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- fsa eval paper
 
 
-def paper_table(paper: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def paper_table(paper: PaperReport) -> tuple[list[str], list[list[str]]]:
     from fsa_deploy.contract import PAPER_BENCHMARKS
 
     head = ["Row", "Backend", *[PAPER_COLUMNS[b] for b in PAPER_BENCHMARKS], "Avg."]
     body = [[r["name"], r["backend"], *[_pts(r["cells"].get(b)) for b in PAPER_BENCHMARKS], _pts(r["avg"])]
-            for r in paper["rows"]]
+            for r in paper.rows]
     return head, body
 
 
@@ -285,17 +334,17 @@ PAPER_COLUMNS = {"voc21": "VOC21", "context60": "Context60", "coco-object": "Obj
                  "context59": "Context59", "coco-stuff": "Stuff", "cityscapes": "City", "ade20k": "ADE"}
 
 
-def paper_markdown(paper: dict[str, Any]) -> str:
+def paper_markdown(paper: PaperReport) -> str:
     head, body = paper_table(paper)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *["| " + " | ".join(b) + " |" for b in body]]
-    if paper["missing"]:
-        lines += ["", "Not found under --root (not run): " + ", ".join(paper["missing"])]
+    if paper.missing:
+        lines += ["", "Not found under --root (not run): " + ", ".join(paper.missing)]
     return "\n".join(lines) + "\n"
 
 
-def paper_csv(paper: dict[str, Any]) -> str:
+def paper_csv(paper: PaperReport) -> str:
     return csv_of(paper_table(paper))
 
 
-def paper_latex(paper: dict[str, Any]) -> str:
+def paper_latex(paper: PaperReport) -> str:
     return latex_table(*paper_table(paper))

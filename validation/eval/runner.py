@@ -27,6 +27,9 @@ from fsa_deploy.validation.eval.datasets import Item, read_mask
 from fsa_deploy.validation.eval.metrics import agreement, confusion
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger
+
+LOG = logger("validation")
 
 Segment = Callable[[Item, np.ndarray], np.ndarray]  # (item, image [3, H, W] uint8) -> labels [H, W]
 Decode = Callable[[Path], np.ndarray]  # image file -> RGB uint8 [3, H, W] (the protocol's decoder)
@@ -125,8 +128,7 @@ class Progress:
         if now - self.last >= 5 or self.done == self.total:
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate else 0
-            print(f"fsa eval: {self.what} {self.done}/{self.total} {self.unit}s, {rate:.2f}/s, ETA {eta:.0f} s",
-                  file=sys.stderr, flush=True)
+            LOG.info(f"fsa eval: {self.what} {self.done}/{self.total} {self.unit}s, {rate:.2f}/s, ETA {eta:.0f} s")
             self.last = now
 
     def close(self) -> None:
@@ -260,7 +262,7 @@ def load_work(path: Path, n_rows: int, k: int) -> tuple[np.ndarray, np.ndarray] 
                 or ag.dtype.kind not in "iu" or (cm < 0).any() or (ag < 0).any() or (ag[:, 0] > ag[:, 1]).any():
             raise ValueError("not this run's matrices")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        print(f"fsa eval: warning: --work {path}: damaged ({str(e).splitlines()[0][:80] or type(e).__name__}); "
-              "recomputing that image", file=sys.stderr, flush=True)
+        LOG.warning(f"fsa eval: warning: --work {path}: damaged ({str(e).splitlines()[0][:80] or type(e).__name__}); "
+                    "recomputing that image")
         return None
     return cm.astype(np.int64), ag.astype(np.int64)

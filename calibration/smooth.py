@@ -25,32 +25,25 @@ SPREAD_MIN = 8.0  # largest channel absmax / median channel absmax that calls fo
 def channel_absmax(model, names: list[str], feeds: list[dict[str, np.ndarray]],
                    min_channels: int = 1) -> dict[str, np.ndarray]:
     """Each float tensor of `names` of rank >= 2 with >= `min_channels` channels: its absmax per last-axis
-    channel over every feed, from `model` (not modified) run as exported with those tensors as outputs; a
-    graph input is read from the feed."""
+    channel over every feed, from a copy of `model` run as exported with the per-channel maxima reduced
+    in the graph (export/graph_probe.py: the tensors themselves are never outputs)."""
     import onnx
-    import onnxruntime as ort
-    from fsa_deploy.export.fp16_audit import ort_session
+    from fsa_deploy.export.graph_probe import ort_session, probe_options, with_channel_absmax_outputs
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
-    for t in names:
-        if t not in have:
-            probe.graph.output.append(onnx.ValueInfoProto(name=t))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort_session(probe, opts)  # past 2 GB (ViT-H) too
-    outs = [o.name for o in sess.get_outputs()]
+    probes = with_channel_absmax_outputs(probe, names)
+    sess = ort_session(probe, probe_options())  # past 2 GB (ViT-H) too
+    outs = [o for t in probes.absmax for o in (probes.absmax[t], probes.rank[t], probes.kind[t])]
     absmax: dict[str, np.ndarray] = {}
     for feed in feeds:
         values = dict(zip(outs, sess.run(outs, feed)))
-        values.update(feed)
-        for t in names:
-            v = values.get(t)
-            if v is None or v.ndim < 2 or v.shape[-1] < min_channels or not np.issubdtype(v.dtype, np.floating):
+        for t, o in probes.absmax.items():
+            dtype, rank = values[probes.kind[t]].dtype, int(values[probes.rank[t]][0])
+            a = values[o]
+            if rank < 2 or a.shape[-1] < min_channels or not np.issubdtype(dtype, np.floating):
                 continue
-            a = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0)
+            a = a.astype(dtype)  # the tensor's own type, as read whole before
             absmax[t] = a if t not in absmax else np.maximum(absmax[t], a)
     return absmax
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fsa_deploy.export.graph_probe import ort_session, probe_options, with_absmax_outputs
 
 from fsa_deploy.errors import FSAError
 
@@ -113,95 +114,8 @@ def float_tensors(model) -> list[str]:
     return [t for n in model.graph.node for t in n.output if t and types.get(t) == FLOAT]
 
 
-@dataclass(frozen=True)
-class Probes:
-    """The scalar outputs `_with_absmax_outputs` adds, per tensor."""
-
-    absmax: dict[str, str]  # largest finite |value|
-    bad: dict[str, str]  # 1 where the tensor holds a non-finite value (NaN or +-inf) it may not hold, else 0
-
-
-def _with_absmax_outputs(model, names: list[str]) -> Probes:
-    """Add to `model`, right after each tensor of `names` is written, scalar outputs: its largest finite |value|
-    (0 when it has none) and whether it holds a value it may not: NaN or +-inf, or NaN alone in a mask the
-    graph builds on purpose (`MASK_PREFIX`: masked_fill with -inf before a softmax, the same in fp16).
-    Reduced inside the graph so that ONNX Runtime frees each tensor once read: every tensor as an output held
-    24 GB for one full-size ViT-B-16 + DINO B/8 crop (the proxy's 12 x 1765^2 attention maps)."""
-    from onnx import TensorProto, helper
-
-    from fsa_deploy.contract import MASK_PREFIX
-
-    model.graph.initializer.extend([helper.make_tensor("fsa_absmax.zero", FLOAT, [1], [0.0]),
-                                    helper.make_tensor("fsa_absmax.inf", FLOAT, [1], [math.inf]),
-                                    helper.make_tensor("fsa_absmax.flat", TensorProto.INT64, [1], [-1])])
-    wanted, absmax, bad, nodes = set(names), {}, {}, []
-
-    def add(op: str, ins: list[str], out: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
-        return out
-
-    def largest(p: str, x: str) -> str:  # max over a flattened tensor; 0 for an empty one
-        flat = add("Reshape", [x, "fsa_absmax.flat"], p + ".Reshape")
-        both = add("Concat", [flat, "fsa_absmax.zero"], p + ".Concat", axis=0)
-        return add("ReduceMax", [both], p, keepdims=0)
-
-    def chain(t: str) -> None:
-        p = f"fsa_absmax.{len(absmax)}"
-        a = add("Abs", [t], p + ".Abs")
-        finite = add("Less", [a, "fsa_absmax.inf"], p + ".Less")  # NaN and inf fail the test
-        absmax[t] = largest(p, add("Where", [finite, a, "fsa_absmax.zero"], p + ".Where"))
-        forbidden = add("IsNaN", [t], p + ".IsNaN") if t.startswith(MASK_PREFIX) else add("Not", [finite], p + ".Not")
-        bad[t] = largest(p + ".bad", add("Cast", [forbidden], p + ".Cast", to=FLOAT))
-        for o in (absmax[t], bad[t]):
-            model.graph.output.append(helper.make_tensor_value_info(o, FLOAT, []))
-
-    for t in [i.name for i in model.graph.input if i.name in wanted]:
-        chain(t)
-    for n in list(model.graph.node):
-        nodes.append(n)
-        for t in n.output:
-            if t in wanted and t not in absmax:
-                chain(t)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return Probes(absmax, bad)
-
-
 class NonFinite(FSAError):
     """The fp32 graph itself is not finite on calibration data: no precision decision can rest on it."""
-
-
-INLINE_BYTES = 1_900_000_000  # protobuf's 2 GB limit, with a margin (export.onnx_export.EXTERNAL_DATA_BYTES)
-
-
-def ort_session(model, opts, inline_bytes: int = INLINE_BYTES):
-    """An ONNX Runtime CPU session on an in-memory `model` of any size: past `inline_bytes` (protobuf cannot
-    serialise 2 GB: ViT-H) the large initializers go to ONNX Runtime as OrtValues
-    (SessionOptions.add_external_initializers) and the graph is serialised without them."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    if model.ByteSize() <= inline_bytes:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    slim = onnx.ModelProto()
-    slim.CopyFrom(model)
-    names, values = [], []
-    for t in slim.graph.initializer:
-        if t.ByteSize() > 1024:  # stays declared, its bytes replaced by a reference that ORT resolves to the value
-            names.append(t.name)
-            values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t))))
-            nbytes = values[-1].numpy().nbytes
-            for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
-                t.ClearField(f)
-            t.data_location = onnx.TensorProto.EXTERNAL
-            del t.external_data[:]
-            for k, v in (("location", "fsa-in-memory"), ("offset", "0"), ("length", str(nbytes))):
-                t.external_data.add(key=k, value=v)
-    opts.add_external_initializers(names, values)
-    sess = ort.InferenceSession(slim.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    sess._fsa_values = values  # ORT reads the OrtValues' buffers for the session's life
-    return sess
 
 
 def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]], labels: list[str] | None = None) -> Ranges:
@@ -214,23 +128,18 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]], labels: li
     in-graph absmax in ONNX Runtime's default order (which runs the whole forward before the absmax chains), 4 GB
     in its priority-based order (node order: each chain right after its tensor)."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(path))
     names = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == FLOAT] + float_tensors(model)
     producer = {t: n for n in model.graph.node for t in n.output}
     consts = _constants(model)
     reducing = [n for n in model.graph.node if n.op_type in SQUARE_SUMS + PLAIN_SUMS]
-    probes = _with_absmax_outputs(model, names)
+    probes = with_absmax_outputs(model, names)
     existing = {o.name for o in model.graph.output}
     for t in dict.fromkeys(n.input[0] for n in reducing):  # LayerNorm / reduction inputs: [B, N, d] at most
         if t not in existing:
             model.graph.output.append(onnx.ValueInfoProto(name=t))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as exported
-    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # see the docstring
-    opts.log_severity_level = 3
-    sess = ort_session(model, opts)
+    sess = ort_session(model, probe_options())  # priority-based order: see the docstring
     wanted = list(dict.fromkeys([*probes.absmax.values(), *probes.bad.values(), *(n.input[0] for n in reducing)]))
     r = Ranges()
     for i, feed in enumerate(feeds):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from fsa_deploy.export.graph_walk import Walk
 from fsa_deploy.runtime import gate
 
 SPREAD_MIN = 8.0  # largest channel absmax / median channel absmax that calls for smoothing
@@ -77,16 +78,13 @@ def smooth(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> int:
     model = onnx.load(str(Path(src).resolve()))  # calibrate links the artefact's graph: its data lie beside the target
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
-    uses = {name: len(consumers.get(name, [])) for name in inits}
+    walk = Walk(g)
+    uses = {name: len(walk.consumers_of(name)) for name in inits}
     cands = []
     for n in g.node:
         if n.op_type != "LayerNormalization" or len(n.input) < 3:
             continue
-        readers = consumers.get(n.output[0], [])
+        readers = walk.consumers_of(n.output[0])
         if readers and all(r.op_type == "MatMul" and r.input[0] == n.output[0] and r.input[1] in inits
                            and uses[r.input[1]] == 1 for r in readers) \
                 and n.input[1] in inits and n.input[2] in inits and uses[n.input[1]] == 1 and uses[n.input[2]] == 1:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from fsa_deploy.export.graph_probe import ort_session, probe_options, with_absmax_outputs
+from fsa_deploy.export.graph_walk import Walk
 
 from fsa_deploy.errors import FSAError
 
@@ -131,7 +132,7 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]], labels: li
 
     model = onnx.load(str(path))
     names = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == FLOAT] + float_tensors(model)
-    producer = {t: n for n in model.graph.node for t in n.output}
+    walk = Walk(model.graph)
     consts = _constants(model)
     reducing = [n for n in model.graph.node if n.op_type in SQUARE_SUMS + PLAIN_SUMS]
     probes = with_absmax_outputs(model, names)
@@ -147,7 +148,7 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]], labels: li
         first = next((t for t in names if values[probes.bad[t]] != 0), None)
         if first is not None:
             crop = labels[i] if labels and i < len(labels) else f"feed {i}"
-            node = producer.get(first)
+            node = walk.producer_of(first)
             raise NonFinite(f"{Path(path).name}: tensor {first} "
                             + (f"({node.op_type} {node.name}) " if node is not None else "(graph input) ")
                             + f"is NaN or inf in fp32 on calibration crop {crop}: the model overflows before any "
@@ -281,13 +282,13 @@ def _with_movers(model, keep: set[str]) -> set[str]:
     """An island also takes the Transposes / Reshapes that feed it, so AutoCast's Cast sits before them:
     ONNX Runtime 1.2x crashes at session creation (ORT_ENABLE_ALL, MatmulTransposeFusion) on a
     Transpose -> Cast -> MatMul chain (found on the tiny export: eight fp32 MatMuls of the head)."""
-    producer = {t: n for n in model.graph.node for t in n.output}
+    walk = Walk(model.graph)
     out, todo = set(keep), list(keep)
     by_name = {n.name: n for n in model.graph.node}
     while todo:
         node = by_name.get(todo.pop())
         for t in node.input if node is not None else ():
-            p = producer.get(t)
+            p = walk.producer_of(t)
             if p is not None and p.op_type in MOVERS and p.name not in out:
                 out.add(p.name)
                 todo.append(p.name)
@@ -315,8 +316,6 @@ def policy_nodes(model, stages: dict[str, str], scope: str) -> list[str]:
     (downstream of the proxy features, the values and the text embeddings: thresholds and the feedback's
     exp(lamda * Sim) flip on rounding), CLIP's last block up to the values, and the feedback block: the split the
     fp16 export always had (trunk and proxy fp16) plus the normalisation."""
-    from fsa_deploy.export.graph_walk import Walk
-
     from fsa_deploy.contract import IMAGE, TEXT_EMBEDDINGS
 
     walk = Walk(model.graph)
@@ -366,7 +365,7 @@ def precision_policy(model) -> dict[str, list[str]]:
     including the MatMul (QK^T; scale, mask): a logit rounded in fp16 moves every probability of its row by exp.
     A photo unlike the calibration crops cannot push these past fp16: they never run in it."""
     consts = {**_constants(model), **_float_constants(model)}
-    producer = {t: n for n in model.graph.node for t in n.output}
+    walk = Walk(model.graph)
     out: dict[str, list[str]] = {k: [] for k in POLICY_RULES}
     for n in model.graph.node:
         if n.op_type == "LayerNormalization":
@@ -374,14 +373,14 @@ def precision_policy(model) -> dict[str, list[str]]:
         elif n.op_type in ("ReduceSumSquare", "ReduceL2"):
             out["square_sums"].append(n.name)
         elif n.op_type in ("ReduceMean", "ReduceSum"):
-            p = producer.get(n.input[0])
+            p = walk.producer_of(n.input[0])
             if p is not None and p.op_type in SQUARING and _is_square(p, consts):
                 out["square_sums"] += [p.name, n.name]
         elif n.op_type == "Softmax":
             out["softmax"].append(n.name)
             todo = [n.input[0]]
             while todo:
-                p = producer.get(todo.pop())
+                p = walk.producer_of(todo.pop())
                 if p is None or p.op_type not in LOGIT_STEPS or p.name in out["softmax"]:
                     continue
                 out["softmax"].append(p.name)

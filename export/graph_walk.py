@@ -30,6 +30,15 @@ class Walk:
                 if t:
                     self.consumers.setdefault(t, []).append(i)
 
+    def producer_of(self, tensor: str) -> onnx.NodeProto | None:
+        """The node that writes `tensor`; None for a graph input, an initializer or an unknown name."""
+        i = self.producer.get(tensor)
+        return None if i is None else self.nodes[i]
+
+    def consumers_of(self, tensor: str) -> list[onnx.NodeProto]:
+        """The nodes that read `tensor`, once per input slot it fills."""
+        return [self.nodes[i] for i in self.consumers.get(tensor, [])]
+
     def readers(self, tensors: Iterable[str]) -> list[int]:
         return [i for t in tensors for i in self.consumers.get(t, [])]
 

@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.export.tiny import tiny_artifact
 from fsa_deploy.runtime.serve.server import free_ports
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -41,13 +42,7 @@ SHOT_CLASSES = "cat; kitten, blanket, floor, wall, sofa"
 BENCH_CLASSES = "sky, person; astronaut, grass, cat; kitten, road, building, coffee cup, rocket, motorcycle"
 
 
-def tiny_artifact() -> Path:
-    out = Path("out") / "app" / "tiny"  # relative: the page shows the path as given
-    if not (out / "meta.json").is_file():
-        subprocess.run([sys.executable, "-m", "fsa_deploy", "export", "--model", "tiny", "--random-init", "--proxy",
-                        "tiny-dino", "--crop", "112", "--out", str(out), "--quiet", "--overwrite"], check=True,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    return out
+TINY = Path("out") / "app" / "tiny"  # relative: the page shows the path as given
 
 
 class Server:
@@ -143,7 +138,7 @@ def photo(name: str) -> str:
 def screenshot(args: argparse.Namespace) -> None:
     from fsa_deploy.runtime import gate
 
-    art = Path(args.artifact) if args.artifact else tiny_artifact()
+    art = Path(args.artifact) if args.artifact else tiny_artifact(TINY)
     server = Server(art)
     driver = browser()
     try:
@@ -163,7 +158,7 @@ def bench(args: argparse.Namespace) -> None:
     from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.segmenter import Segmenter
 
-    art = Path(args.artifact) if args.artifact else tiny_artifact()
+    art = Path(args.artifact) if args.artifact else tiny_artifact(TINY)
     photos = [photo(n) for n in args.photos.split(",")]
     rows = []
     seg = Segmenter.from_artifact(art, "onnx", cache_dir=None).set_classes(args.classes)

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.validation.bench.serve import tiny_artifact
+    from fsa_deploy.export.tiny import tiny_artifact
 
     args = build_parser().parse_args(argv)
     art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))

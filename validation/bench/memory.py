@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from fsa_deploy.export.tiny import tiny_artifact
+
 SIZES = {"3000x2250": (3000, 2250), "12MP 4000x3000": (4000, 3000)}  # width x height
 CASES = [("3000x2250", 3), ("3000x2250", 171), ("12MP 4000x3000", 3), ("12MP 4000x3000", 171)]
 
@@ -52,11 +54,7 @@ def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     from PIL import Image
 
     gate.check_folder(work, "--work")
-    art = work / "tiny-dino"
-    if not (art / "meta.json").is_file():
-        subprocess.run([sys.executable, "-m", "fsa_deploy", "export", "--out", str(art), "--model", "tiny",
-                        "--random-init", "--proxy", "tiny-dino", "--crop", "112", "--quiet", "--overwrite"],
-                       check=True)
+    art = tiny_artifact(work / "tiny-dino")
     chelsea = next(p for p in sample_photos() if Path(p).name == "chelsea.png")
     photos = {}
     for name, size in SIZES.items():

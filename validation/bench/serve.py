@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from fsa_deploy.export.tiny import tiny_artifact
 
 from fsa_deploy.contract import IN_CLASSES, IN_IMAGE, OUT_LABELS, SEGMENT_MODEL
 
@@ -87,18 +88,6 @@ def merged(parts: list[dict]) -> dict:
     return {"concurrency": parts[0]["concurrency"], "requests": sum(r["requests"] for r in parts),
             "failed": sum(r["failed"] for r in parts), "images_per_s": len(lat) / wall if wall else 0.0,
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
-
-
-def tiny_artifact(folder: Path) -> Path:
-    from fsa_deploy.export.onnx_export import export_artifact
-    from fsa_deploy.models.factory import ModelSpec, default_hp
-    from fsa_deploy.models.weights import Weights
-
-    if not (folder / "meta.json").is_file():
-        spec = ModelSpec(model="tiny", weights=Weights(seed=0), attention="proxy", proxy="tiny-dino", crop=112,
-                         fsa=True, hp=default_hp("tiny", "tiny-dino"))
-        export_artifact(spec, folder, progress=False)
-    return folder
 
 
 def build_parser() -> argparse.ArgumentParser:

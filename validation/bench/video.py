@@ -22,19 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+from fsa_deploy.export.tiny import tiny_artifact
 from fsa_deploy.runtime import gate
 
 CLASSES = "cat, floor, blanket, wall, sky, grass, person"
 FPS = 12
-
-
-def tiny_artifact(work: Path) -> Path:
-    art = work / "tiny-dino"
-    if not (art / "meta.json").is_file():
-        subprocess.run([sys.executable, "-m", "fsa_deploy", "export", "--out", str(art), "--model", "tiny",
-                        "--random-init", "--proxy", "tiny-dino", "--crop", "112", "--quiet", "--overwrite"],
-                       check=True)
-    return art
 
 
 def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple[Path, list[Path]]:
@@ -115,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = gate.check_folder(args.work, "--work")  # never inside an artefact folder
     rows = []
-    cases = [("tiny", tiny_artifact(work), 96, (320, 240))]
+    cases = [("tiny", tiny_artifact(work / "tiny-dino"), 96, (320, 240))]
     if args.full:
         cases.append(("full", Path(args.full), 6, (320, 240)))
     for tag, art, n, size in cases:

@@ -14,7 +14,7 @@ from fsa_deploy.spellings import add_old_spellings
 
 def add_calibrate(sub, help_text: str) -> None:
     from fsa_deploy.calibration.modelopt_call import METHODS
-    from fsa_deploy.calibration.quantize import REGIONS, Options
+    from fsa_deploy.calibration.quantize import REGIONS, CalibrationOptions
 
     from fsa_deploy.contract import CALIBRATE_PRECISIONS
 
@@ -24,23 +24,24 @@ def add_calibrate(sub, help_text: str) -> None:
         "feedback, ensemble, tail), every Softmax and every MatMul that reads one stay in fp32; by default only "
         "the proxy's backbone is quantized (--quantize). The result is recorded in meta.json."))
     p.add_argument("dir", metavar="DIR", help="artefact folder written by `fsa export` (fp32)")
-    p.add_argument("--precision", choices=CALIBRATE_PRECISIONS, default=Options.precision,
-                   help=f"Q/DQ precision (default {Options.precision})")
+    p.add_argument("--precision", choices=CALIBRATE_PRECISIONS, default=CalibrationOptions.precision,
+                   help=f"Q/DQ precision (default {CalibrationOptions.precision})")
     p.add_argument("--images", nargs="+", metavar="PATH",
                    help="calibration images: files and/or folders (default: scikit-image's sample photos)")
-    add_ranged(p, "--calibration-count", f"crops used: the first N crops of the images (default {Options.count})",
-               default=Options.count)
-    add_ranged(p, "--batch", default=Options.batch,
-               help_text=f"crops per calibration step (default {Options.batch}); ModelOpt holds every calibrated "
-                         "activation of a step in memory (ViT-B-16 + DINO B/8 at 336: 8.4 GiB peak at 1)")
+    add_ranged(p, "--calibration-count",
+               f"crops used: the first N crops of the images (default {CalibrationOptions.count})",
+               default=CalibrationOptions.count)
+    add_ranged(p, "--batch", default=CalibrationOptions.batch,
+               help_text=f"crops per calibration step (default {CalibrationOptions.batch}); ModelOpt holds every "
+                         "calibrated activation of a step in memory (ViT-B-16 + DINO B/8 at 336: 8.4 GiB peak at 1)")
     p.add_argument("--quantize", choices=REGIONS, dest="region",
                    help="what runs in low precision: the proxy's backbone (default where the model has a proxy: "
                         "~80%% of a crop's FLOPs) or both backbones (CLIP's trunk too; the default without a proxy)")
     p.add_argument("--op-types", metavar="OPS",
                    help="comma-separated op types to quantize, e.g. MatMul,Gemm,Conv (default: ModelOpt's "
                         "placement, which also quantizes Add and LayerNormalization inputs)")
-    p.add_argument("--method", choices=tuple(METHODS), default=Options.method,
-                   help=f"activation ranges: entropy (KL divergence) or max (default {Options.method})")
+    p.add_argument("--method", choices=tuple(METHODS), default=CalibrationOptions.method,
+                   help=f"activation ranges: entropy (KL divergence) or max (default {CalibrationOptions.method})")
     p.add_argument("--no-calibration-cache", action="store_true",
                    help="neither read nor write the calibration tensors cached in DIR (calibration-*.npz)")
     p.add_argument("--no-lint", action="store_true", help="skip the TensorRT lint of the Q/DQ graph")
@@ -50,16 +51,17 @@ def add_calibrate(sub, help_text: str) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from fsa_deploy.calibration.quantize import Options, calibrate
+    from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate
 
     classes = None
     if args.classes is not None or args.classes_file is not None:
         from fsa_deploy.runtime.text import vocabulary_from_args
 
         classes = vocabulary_from_args(args)
-    opts = Options(precision=args.precision, images=tuple(args.images or ()), count=args.calibration_count,
-                   batch=args.batch, method=args.method, region=args.region, op_types=op_types(args.op_types),
-                   cache=not args.no_calibration_cache, classes=classes, lint=not args.no_lint)
+    opts = CalibrationOptions(precision=args.precision, images=tuple(args.images or ()),
+                              count=args.calibration_count, batch=args.batch, method=args.method, region=args.region,
+                              op_types=op_types(args.op_types), cache=not args.no_calibration_cache, classes=classes,
+                              lint=not args.no_lint)
     r = calibrate(args.dir, opts, progress=not args.quiet)
     print(json.dumps({"artifact": str(r.path.parent), "file": r.path.name, "precision": r.precision,
                       "qdq_pairs": r.summary.pairs, "quantized_ops": dict(r.summary.quantized_ops),

@@ -18,7 +18,7 @@ from fsa_deploy.contract import TEXT_ONNX
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
-    from fsa_deploy.calibration.quantize import Options
+    from fsa_deploy.calibration.quantize import CalibrationOptions
     from fsa_deploy.runtime.text import Vocabulary
 
 
@@ -133,7 +133,7 @@ def save_cache(art: A.Artifact, name: str, data: CalibrationData) -> None:
     art.save()
 
 
-def calibration_data(art: A.Artifact, files: Sequence[Path], opts: Options) -> CalibrationData:
+def calibration_data(art: A.Artifact, files: Sequence[Path], opts: CalibrationOptions) -> CalibrationData:
     vocab = opts.classes or default_vocabulary()
     name = f"{CACHE_PREFIX}{data_key(art, files, opts.count, vocab)}.npz"
     if opts.cache and (hit := load_cached(art, name)):

@@ -13,10 +13,10 @@ from fsa_deploy.runtime import artifact as A
 from fsa_deploy import contract
 
 if TYPE_CHECKING:
-    from fsa_deploy.calibration.quantize import Options
+    from fsa_deploy.calibration.quantize import CalibrationOptions
 
 
-def record(art: A.Artifact, name: str, opts: Options, data: CalibrationData, summary: QdqSummary,
+def record(art: A.Artifact, name: str, opts: CalibrationOptions, data: CalibrationData, summary: QdqSummary,
            fp32_nodes: dict[str, int], seconds: float, has_data: bool) -> None:
     if has_data:
         art.record(name + "_data", role="external-data")

@@ -20,7 +20,7 @@ from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     from fsa_deploy.calibration.data import CalibrationData
-    from fsa_deploy.calibration.quantize import Options
+    from fsa_deploy.calibration.quantize import CalibrationOptions
 
 
 METHODS = {"entropy": "entropy", "max": "max"}  # --method -> ModelOpt's calibration_method
@@ -65,7 +65,7 @@ def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
     return work / contract.IMAGE_ONNX, len(names) > 1
 
 
-def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: CalibrationData, opts: Options,
+def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: CalibrationData, opts: CalibrationOptions,
                  exclude: list[str], external: bool, scope: str, progress: bool = True) -> None:
     from fsa_deploy.calibration.reader import DataReader
 

@@ -53,7 +53,7 @@ def output_name(precision: str) -> str:
 
 
 @dataclass(frozen=True)
-class Options:
+class CalibrationOptions:
     """What `fsa calibrate` was asked for."""
 
     precision: str = "int8"
@@ -80,7 +80,7 @@ class Options:
 
 
 @dataclass(frozen=True)
-class Result:
+class CalibrationResult:
     path: Path
     precision: str
     summary: QdqSummary
@@ -113,7 +113,7 @@ def source_graph(art: A.Artifact) -> Path:
     return art.path(IMAGE_ONNX)
 
 
-def calibrate(root: str | os.PathLike[str], opts: Options, progress: bool = True) -> Result:
+def calibrate(root: str | os.PathLike[str], opts: CalibrationOptions, progress: bool = True) -> CalibrationResult:
     """Write image.<precision>.onnx into the artefact folder and record it in meta.json.
 
     Every check that needs neither ModelOpt nor the graph comes first, so bad usage fails
@@ -143,7 +143,7 @@ def calibrate(root: str | os.PathLike[str], opts: Options, progress: bool = True
     summary, fp32_nodes, written = quantize_into(art, name, quantize, data, opts, progress)
     seconds = time.perf_counter() - t0
     record(art, name, opts, data, summary, fp32_nodes, seconds, has_data=len(written) > 1)
-    return Result(art.root / name, opts.precision, summary, fp32_nodes, seconds, data)
+    return CalibrationResult(art.root / name, opts.precision, summary, fp32_nodes, seconds, data)
 
 
 def smooth_outliers(src: Path, work: Path, data: CalibrationData, progress: bool) -> tuple[Path, list[str]]:
@@ -181,8 +181,8 @@ def owned_tempdir(folder: Path) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], data: CalibrationData, opts: Options,
-                  progress: bool) -> tuple[QdqSummary, dict[str, int], list[str]]:
+def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], data: CalibrationData,
+                  opts: CalibrationOptions, progress: bool) -> tuple[QdqSummary, dict[str, int], list[str]]:
     """ModelOpt in a temporary folder inside the artefact; checks (fp32 block untouched, lint)
     before the result is renamed into place, so a failed run leaves nothing behind."""
     import onnx

@@ -9,7 +9,8 @@ channel at ~1000, README "Real-weight statistics") overflows exactly there: 2 * 
 So: run the fp32 graph on calibration crops, record every float tensor's absmax and every
 reducing node's internal sum (`measure`), then flag each low-precision node whose inputs, outputs
 or internal sum pass SAFE_FP16 (`audit`). `fsa export --precision fp16` keeps the flagged nodes and
-the policy's (`policy_nodes`: the input normalisation, the FSA head, the feedback) in fp32 (`islands`),
+the policy's (`structural_islands`: the input normalisation, the FSA head, the feedback; `precision_policy`:
+LayerNorms, square sums, softmax inputs) in fp32: the fp32 islands (`fp32_islands`),
 converts the rest with ModelOpt's AutoCast from the fp32 graph, so the audit's tensor names are the
 graph's own (`to_fp16`), and records islands and ranges in meta.json; `fsa lint` re-runs the audit
 on an artefact's fp16 graph from those ranges.
@@ -271,11 +272,12 @@ def audit(model, ranges: Ranges, low: Iterable[str] | None = None, bound: float 
 MOVERS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Slice", "Gather", "Concat", "Split", "Resize")
 
 
-def islands(model, ranges: Ranges, always: Iterable[str] = ()) -> list[str]:
-    """The nodes to keep in fp32: `always` (the policy) plus every node the audit flags were all in fp16,
-    plus the data-movement nodes that feed them (`_with_movers`)."""
+def fp32_islands(model, ranges: Ranges, policy_islands: Iterable[str] = ()) -> list[str]:
+    """The fp32 islands (the nodes kept in fp32; meta.json's `fp32_islands`): `policy_islands` (fp32 whatever
+    the ranges) plus every node the audit flags were all in fp16, plus the data-movement nodes that feed them
+    (`_with_movers`)."""
     flagged = {f.node for f in audit(model, ranges, [n.name for n in model.graph.node])}
-    return sorted(_with_movers(model, flagged | set(always)))
+    return sorted(_with_movers(model, flagged | set(policy_islands)))
 
 
 def _with_movers(model, keep: set[str]) -> set[str]:
@@ -311,7 +313,7 @@ def input_normalisation(walk, image: str) -> set[int]:
     return walk.downstream([image], avoid=others)
 
 
-def policy_nodes(model, stages: dict[str, str], scope: str) -> list[str]:
+def structural_islands(model, stages: dict[str, str], scope: str) -> list[str]:
     """What stays in fp32 whatever the ranges: the input normalisation (`input_normalisation`), the FSA head
     (downstream of the proxy features, the values and the text embeddings: thresholds and the feedback's
     exp(lamda * Sim) flip on rounding), CLIP's last block up to the values, and the feedback block: the split the
@@ -414,8 +416,8 @@ def _quiet_modelopt() -> Iterator[None]:
             lg.setLevel(lv)
 
 
-def to_fp16(fp32_path: str | Path, keep_fp32: Iterable[str]):
-    """ModelOpt AutoCast: every node in fp16 but `keep_fp32` (exact names), inputs and outputs fp32.
+def to_fp16(fp32_path: str | Path, fp32_islands: Iterable[str]):
+    """ModelOpt AutoCast: every node in fp16 but the `fp32_islands` (exact names), inputs and outputs fp32.
 
     AutoCast's own range rule (data_max) is off: the audit decided, on the crops it was given."""
     from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
@@ -429,7 +431,7 @@ def to_fp16(fp32_path: str | Path, keep_fp32: Iterable[str]):
         raise FSAError("--precision fp16 converts with NVIDIA ModelOpt's AutoCast, which is not installed: "
                        "pip install 'fsa-deploy[quant]'") from e
 
-    patterns = ["^" + re.escape(n) + "$" for n in keep_fp32]
+    patterns = ["^" + re.escape(n) + "$" for n in fp32_islands]
     import onnx
 
     with _quiet_modelopt():
@@ -440,11 +442,12 @@ def to_fp16(fp32_path: str | Path, keep_fp32: Iterable[str]):
     return onnx.shape_inference.infer_shapes(model)
 
 
-def record(ranges: Ranges, kept: list[str], findings_all_fp16: list[Finding],
+def record(ranges: Ranges, fp32_islands: list[str], findings_all_fp16: list[Finding],
            policy: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """meta.json's `fp16_audit` on the fp16 image graph's file record: `policy` (precision_policy's nodes by
-    rule, kept whatever the ranges), the measured audit (`flagged_if_all_fp16`, `ranges`) and every fp32 node."""
-    return {"bound": SAFE_FP16, "fp32_islands": kept, "policy": policy or {},
+    rule, fp32 whatever the ranges), the measured audit (`flagged_if_all_fp16`, `ranges`) and every fp32 node
+    (`fp32_islands`)."""
+    return {"bound": SAFE_FP16, "fp32_islands": fp32_islands, "policy": policy or {},
             "flagged_if_all_fp16": [asdict(f) for f in findings_all_fp16], "ranges": ranges.describe()}
 
 
@@ -506,11 +509,11 @@ def export_fp16(ref, path: Path, stages: dict[str, str], scope: str, plan: Fp16P
     fp32 = onnx.load(str(path))
     flagged = audit(fp32, ranges, [n.name for n in fp32.graph.node])
     policy = precision_policy(fp32) if plan.islands else {}
-    always = policy_nodes(fp32, stages, scope) + [n for names in policy.values() for n in names]
-    keep = islands(fp32, ranges, always) if plan.islands else []
-    model = to_fp16(path, keep)
+    policy_islands = structural_islands(fp32, stages, scope) + [n for names in policy.values() for n in names]
+    islands = fp32_islands(fp32, ranges, policy_islands) if plan.islands else []
+    model = to_fp16(path, islands)
     save_onnx(model, path, external_data_bytes)
-    plan.record = record(ranges, keep, flagged, policy)
+    plan.record = record(ranges, islands, flagged, policy)
     return len(model.graph.node)
 
 

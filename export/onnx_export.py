@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 from fsa_deploy.export.graph_walk import Walk
-from fsa_deploy.models.factory import ModelSpec, Reference, build
+from fsa_deploy.models.factory import ModelSpec, Reference, build_reference
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
@@ -310,7 +310,7 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
     steps = Progress(6 if lint else 5, progress)
     steps.step(f"building {spec.model}" + (f" + {spec.proxy}" if spec.attention == "proxy" else "")
                + f" ({spec.attention}, {'FSA' if spec.fsa else 'no FSA'}, crop {spec.crop})")
-    ref = build(spec, "deploy")
+    ref = build_reference(spec, "deploy")
     with gate.staging_folder(out, overwrite) as work, torch.no_grad():
         steps.step(f"exporting {IMAGE_ONNX} ({precision}; dynamic batch and classes)")
         if precision == "fp16" and fp16 is None:

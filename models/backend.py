@@ -44,7 +44,7 @@ class TorchBackend:
 
     def __init__(self, source: Artifact | ModelSpec | str | os.PathLike[str], device: str | torch.device = "cpu",
                  dtype: torch.dtype | str = torch.float32, formulation: str = "deploy") -> None:
-        from fsa_deploy.models.factory import build
+        from fsa_deploy.models.factory import build_reference
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,7 +58,7 @@ class TorchBackend:
             raise FSAError("torch backend: fp16 needs device cuda")
         self.spec, self.artifact = spec_of(source)
         self.formulation = formulation
-        self.ref = build(self.spec, formulation)
+        self.ref = build_reference(self.spec, formulation)
         self.ref.model.to(self.device)
         self.ref.clip.to(self.device)
         if self.dtype == torch.float16:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fsa_deploy.models.factory import ModelSpec, Reference, build
+from fsa_deploy.models.factory import ModelSpec, Reference, build_reference
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime.images import load_image
 from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
@@ -46,7 +46,7 @@ def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formul
     if not str(out).endswith(".npz"):
         raise FSAError(f"--out {out}: must end in .npz")
     crop = first_crop(image, spec.crop, stride, short_side, long_side)
-    ref = build(spec, formulation)
+    ref = build_reference(spec, formulation)
     with torch.no_grad():
         text = torch.from_numpy(classifier(numpy_encoder(ref), vocab.queries, openai_templates()))
         stages = ref.model.stages(crop.unsqueeze(0).float(), text)

@@ -104,7 +104,7 @@ class Reference:
         return self.clip.encode_text(full)
 
 
-def build(spec: ModelSpec, formulation: str = "deploy") -> Reference:
+def build_reference(spec: ModelSpec, formulation: str = "deploy") -> Reference:
     """The PyTorch reference for a selection: an FSAModel in eval mode, fp32, CPU."""
     from fsa_deploy.models.clip import load_clip
     from fsa_deploy.models.proxies import create_proxy

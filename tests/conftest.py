@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from fsa_deploy.models.factory import ModelSpec, build, default_hp
+from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
 from fsa_deploy.models.weights import Weights
 from fsa_deploy.runtime.images import load_image, sample_photos
 from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
@@ -75,7 +75,7 @@ def tiny_spec(attention: str = "proxy", proxy: str | None = "tiny-dino", fsa: bo
 
 @lru_cache(maxsize=32)
 def tiny_reference(attention: str = "proxy", proxy: str | None = "tiny-dino", fsa: bool = True):
-    return build(tiny_spec(attention, proxy, fsa))
+    return build_reference(tiny_spec(attention, proxy, fsa))
 
 
 @lru_cache(maxsize=1)
@@ -168,7 +168,6 @@ def tiny_export(tmp_path_factory):
     """`tiny_export(attention, proxy, precision)` -> an artefact folder holding image.onnx and meta.json
     (no text.onnx), exported once per session; callers that write into it take a copy."""
     from fsa_deploy.export.onnx_export import build_meta, export_image
-    from fsa_deploy.models.factory import build as build_reference
     from fsa_deploy.runtime.artifact import Artifact
 
     from fsa_deploy.contract import IMAGE_ONNX

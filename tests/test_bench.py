@@ -201,24 +201,24 @@ def test_rows_of_a_bare_machine_say_what_is_missing():
                         trt_missing="TensorRT is not installed", modelopt_missing="NVIDIA ModelOpt is not installed")
     graphs = {"fp32": B.Source("/a", "image.onnx"), "fp16": B.Source(status=B.SKIPPED, why="no fp16 export"),
               "int8": B.Source(status=B.MISSING, why=machine.modelopt_missing)}
-    opts = B.Options(spec=None, artifacts=(), work=None, images=(), vocab=None)
+    opts = B.BenchOptions(spec=None, artifacts=(), work=None, images=(), vocab=None)
     rows = {r.name: r for r in plan_rows(opts, machine, graphs, {})}
     assert [n for n, r in rows.items() if r.runs] == ["PyTorch literal fp32 cpu", "PyTorch deploy fp32 cpu",
                                                       "ONNX Runtime fp32 cpu"]
     assert rows["ONNX Runtime int8 cpu"].why == "NVIDIA ModelOpt is not installed"
     assert rows["TensorRT fp32/fp16/int8 cuda"].status == B.MISSING
-    only = plan_rows(B.Options(None, (), None, (), None, only=("onnx",)), machine, graphs, {})
+    only = plan_rows(B.BenchOptions(None, (), None, (), None, only=("onnx",)), machine, graphs, {})
     assert all("ONNX" in r.name for r in only)
 
 
 def test_gate_counts_measured_rows_only():
-    def result(name: str, agreement: float | None) -> B.Result:
+    def result(name: str, agreement: float | None) -> B.BenchResult:
         fid = None if agreement is None else B.Fidelity("fp32", True, agreement, 1.0, 0.0, [], "x")
         lat = B.Latency.of([1.0, 2.0])
         m = B.Measured("x", 1.0, lat, lat, 1, 1.0, 1.0, 0.5, None, None, fid)
-        return B.Result(B.Row(name, "fp32", "cpu"), B.OK, measured=m)
+        return B.BenchResult(B.BenchRow(name, "fp32", "cpu"), B.OK, measured=m)
 
-    rows = [result("a", 1.0), result("b", 0.98), B.Result(B.Row("c", "fp32", "cpu"), B.MISSING, "why")]
+    rows = [result("a", 1.0), result("b", 0.98), B.BenchResult(B.BenchRow("c", "fp32", "cpu"), B.MISSING, "why")]
     gate(rows, 0.98)
     with pytest.raises(CheckFailed, match="b fp32 cpu"):
         gate(rows, 0.99)

@@ -147,7 +147,7 @@ def test_policy_keeps_square_sums_and_softmax_inputs_fp32_whatever_the_ranges(tm
                       "softmax": ["qk", "scale_logits", "softmax"]}
     r = F.measure(path, [feed(0.5)])
     assert F.audit(fp32, r, [n.name for n in fp32.graph.node]) == []  # nothing measured near fp16's limit ...
-    keep = F.islands(fp32, r, [n for v in policy.values() for n in v])
+    keep = F.fp32_islands(fp32, r, [n for v in policy.values() for n in v])
     model = F.to_fp16(path, keep)
     low = set(F.low_precision_nodes(model))
     assert low and not low & set(keep) and F.policy_violations(model) == []  # ... the policy keeps them anyway

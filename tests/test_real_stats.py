@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import TINY_PROXIES, photo_crops, photos, run_cli, tiny_spec
 from fsa_deploy.models.activation_stats import STAT_KEYS, model_stats
-from fsa_deploy.models.factory import build, spec_from_meta
+from fsa_deploy.models.factory import build_reference, spec_from_meta
 from fsa_deploy.models.weights import Weights, state_digest
 
 from fsa_deploy.errors import FSAError
@@ -32,7 +32,7 @@ def real_spec(proxy: str = "tiny-dino", seed: int = 0, recipe: str | None = None
 
 @lru_cache(maxsize=8)
 def real_ref(proxy: str = "tiny-dino", recipe: str | None = None, scale: float = 1.0):
-    return build(real_spec(proxy, recipe=recipe, scale=scale))
+    return build_reference(real_spec(proxy, recipe=recipe, scale=scale))
 
 
 @lru_cache(maxsize=1)
@@ -152,9 +152,9 @@ def test_outputs_finite_and_segmentation_not_degenerate(proxy):
 
 
 def test_deterministic_per_seed_and_recorded():
-    a, b = build(real_spec(seed=3)), build(real_spec(seed=3))
+    a, b = build_reference(real_spec(seed=3)), build_reference(real_spec(seed=3))
     assert state_digest(a.model) == state_digest(b.model)
-    assert state_digest(build(real_spec(seed=4)).model) != state_digest(a.model)
+    assert state_digest(build_reference(real_spec(seed=4)).model) != state_digest(a.model)
     # the real-stats weights are not the plain ones, and meta.json rebuilds them exactly
     from conftest import tiny_reference
 
@@ -163,16 +163,16 @@ def test_deterministic_per_seed_and_recorded():
     assert desc["weights"] == {"source": "random-init-real-stats", "seed": 3, "recipe": "real-stats-2"}
     assert desc["proxy_weights"] == desc["weights"]
     again = spec_from_meta(desc)
-    assert again.weights.real_stats and state_digest(build(again).model) == state_digest(a.model)
+    assert again.weights.real_stats and state_digest(build_reference(again).model) == state_digest(a.model)
     # the recipe version and the scale travel in meta.json; real-stats-1 is rebuilt as it was
     scaled = real_spec(seed=3, scale=2.5).describe()["weights"]
     assert scaled == {"source": "random-init-real-stats", "seed": 3, "recipe": "real-stats-2", "scale": 2.5}
     assert spec_from_meta(real_spec(seed=3, scale=2.5).describe()).weights.real_stats_scale == 2.5
     old = real_spec(seed=3, recipe="real-stats-1").describe()
     assert old["weights"]["recipe"] == "real-stats-1"
-    assert state_digest(build(spec_from_meta(old)).model) == state_digest(build(real_spec(seed=3,
+    assert state_digest(build_reference(spec_from_meta(old)).model) == state_digest(build_reference(real_spec(seed=3,
                                                                                           recipe="real-stats-1")).model)
-    assert state_digest(build(spec_from_meta(old)).model) != state_digest(a.model)
+    assert state_digest(build_reference(spec_from_meta(old)).model) != state_digest(a.model)
 
 
 def test_unknown_recipe_and_old_readers_refuse():
@@ -230,7 +230,7 @@ def test_dump_activation_stats(tmp_path):
     # the same numbers as the module on the same crop (the dump's first window)
     from fsa_deploy.models.dump import first_crop
 
-    direct = model_stats(build(real_spec("tiny-mae")).model, first_crop(photos()[0], 112))
+    direct = model_stats(build_reference(real_spec("tiny-mae")).model, first_crop(photos()[0], 112))
     for key in ("clip", "proxy"):
         for mine, theirs in zip(real[key], direct[key]):
             for k in STAT_KEYS:

@@ -132,7 +132,7 @@ def test_islands_pass_the_audit_and_the_emulation(graphs):
     path, ranges, mapping = g[True]
     fp32 = onnx.load(str(path))
     policy = [n for names in F.precision_policy(fp32).values() for n in names]
-    keep = F.islands(fp32, ranges, F.policy_nodes(fp32, mapping, "feedback/") + policy)
+    keep = F.fp32_islands(fp32, ranges, F.structural_islands(fp32, mapping, "feedback/") + policy)
     flagged = {f.node for f in F.audit(fp32, ranges, [n.name for n in fp32.graph.node])}
     assert flagged and flagged <= set(keep) and set(policy) <= set(keep)
     model = F.to_fp16(path, keep)
@@ -154,14 +154,14 @@ def test_islands_pass_the_audit_and_the_emulation(graphs):
 def image_artifact(real: bool, folder: Path, text: bool = False, scale: float = SCALE) -> Path:
     """An artefact folder with image.onnx and meta.json only (as conftest's tiny_export: no text tower)."""
     from fsa_deploy.export.onnx_export import build_meta, export_image, export_text
-    from fsa_deploy.models.factory import build
+    from fsa_deploy.models.factory import build_reference
     from fsa_deploy.runtime.artifact import Artifact
 
     from fsa_deploy.contract import IMAGE_ONNX, TEXT_ONNX
 
     folder.mkdir(parents=True)
     s = spec(real, scale)
-    ref = build(s)
+    ref = build_reference(s)
     with torch.no_grad():
         mapping, nodes = export_image(ref, folder, "fp32", 8)
         n_text = export_text(ref, folder) if text else 0
@@ -176,7 +176,7 @@ def image_artifact(real: bool, folder: Path, text: bool = False, scale: float = 
 def fp16_artifact(fp32: Path, folder: Path, plan) -> Path:
     """`fsa export --precision fp16`'s last step on a copy of an fp32 export (the same function)."""
     from fsa_deploy.export.onnx_export import EXTERNAL_DATA_BYTES, build_meta
-    from fsa_deploy.models.factory import build
+    from fsa_deploy.models.factory import build_reference
     from fsa_deploy.runtime.artifact import Artifact
 
     from fsa_deploy.contract import IMAGE_ONNX
@@ -184,7 +184,7 @@ def fp16_artifact(fp32: Path, folder: Path, plan) -> Path:
     folder.mkdir(parents=True)
     shutil.copy(fp32 / IMAGE_ONNX, folder / IMAGE_ONNX)
     s = spec(True)
-    ref = build(s)
+    ref = build_reference(s)
     mapping = Artifact.load(fp32).meta["stages"]
     nodes = F.export_fp16(ref, folder / IMAGE_ONNX, mapping, "feedback/", plan, EXTERNAL_DATA_BYTES)
     art = Artifact(folder, build_meta(s, ref, "fp16", mapping))
@@ -246,14 +246,15 @@ def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, cap
 
 def test_naive_int8_fails_validation_naming_the_stage(real_folder, tmp_path, capsys):
     """Per-tensor int8 of both backbones (ModelOpt's placement, no fp32 rules) on the real-stats model."""
-    from fsa_deploy.calibration.quantize import Options, calibrate
+    from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate
     from fsa_deploy.export.onnx_export import export_artifact
 
     from fsa_deploy.cli import main
 
     folder = tmp_path / "art"
     export_artifact(spec(True), folder, progress=False, lint=False)
-    calibrate(folder, Options(count=4, fp32_rules=False, region="backbones", lint=False, cache=False), progress=False)
+    calibrate(folder, CalibrationOptions(count=4, fp32_rules=False, region="backbones", lint=False, cache=False),
+              progress=False)
     capsys.readouterr()
     rc = main(["validate", str(folder), "--graph", "image.int8.onnx", "--stages", "--images", *photos()[:2]])
     captured = capsys.readouterr()
@@ -271,13 +272,13 @@ def test_int8_policy_survives_the_outliers(tmp_path, capsys):
     fp32. (At 30x, motorcycle_left's mIoU falls to 0.965 with 99.995% of the pixels: docs/BENCHMARKS.md, envelope.)"""
     import json
 
-    from fsa_deploy.calibration.quantize import Options, calibrate
+    from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate
     from fsa_deploy.runtime.artifact import Artifact
 
     from fsa_deploy.cli import main
 
     folder = image_artifact(True, tmp_path / "art", text=True, scale=1.0)
-    calibrate(folder, Options(count=8, lint=False, cache=False), progress=False)
+    calibrate(folder, CalibrationOptions(count=8, lint=False, cache=False), progress=False)
     kept = Artifact.load(folder).files()["image.int8.onnx"]["fp32_nodes"]
     assert kept["outlier_inputs"] > 0, kept
     capsys.readouterr()

@@ -198,9 +198,9 @@ def test_dump_stages_recomputed_in_float64(tmp_path, run_here):
 
 
 def _digest(seed: int) -> str:
-    code = ("from fsa_deploy.models.factory import build; from conftest import tiny_spec; "
+    code = ("from fsa_deploy.models.factory import build_reference; from conftest import tiny_spec; "
             "from fsa_deploy.models.weights import state_digest;"
-            f"r = build(tiny_spec(seed={seed})); print(state_digest(r.clip) + state_digest(r.model.proxy))")
+            f"r = build_reference(tiny_spec(seed={seed})); print(state_digest(r.clip) + state_digest(r.model.proxy))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
@@ -210,11 +210,11 @@ def _digest(seed: int) -> str:
 def _digest_here(seed: int) -> str:
     """`_digest` in this process, after moving torch's global RNG: only the seed may decide."""
     from conftest import tiny_spec
-    from fsa_deploy.models.factory import build
+    from fsa_deploy.models.factory import build_reference
     from fsa_deploy.models.weights import state_digest
 
     torch.manual_seed(1000 + seed)
-    r = build(tiny_spec(seed=seed))
+    r = build_reference(tiny_spec(seed=seed))
     return state_digest(r.clip) + state_digest(r.model.proxy)
 
 

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import CROP, photos  # noqa: E402
 from fsa_deploy.models.clip import _open_clip  # noqa: E402
-from fsa_deploy.models.factory import ModelSpec, build, default_hp, spec_from_meta  # noqa: E402
+from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp, spec_from_meta  # noqa: E402
 from fsa_deploy.models.weights import POS_INTERP, Weights, resample_pos_embed_official  # noqa: E402
 from fsa_deploy.runtime.artifact import sha256_file  # noqa: E402
 
@@ -243,7 +243,7 @@ def _spec(files, clip_row=None, proxy_row=None, attention="proxy") -> ModelSpec:
 @pytest.mark.parametrize("row", PROXY_ROWS, ids=[f"{r[0]}->{r[1]}" for r in PROXY_ROWS])
 def test_proxy_file_loads_as_published(files, row):
     name, proxy, layout, checks = row
-    ref = build(_spec(files, proxy_row=row))
+    ref = build_reference(_spec(files, proxy_row=row))
     rec = ref.weights_record()["proxy_weights"]
     assert (rec["file"], rec["sha256"], rec["layout"]) == (name, sha256_file(files[name]), layout)
     assert rec["loaded_tensors"] == len(ref.model.proxy.net.state_dict())
@@ -256,7 +256,7 @@ def test_proxy_file_loads_as_published(files, row):
 
 def test_sam_release_matches_segment_anything(files):
     """timm's samvit with the SAM release file computes what segment_anything's image encoder does."""
-    ref = build(_spec(files, proxy_row=PROXY_ROWS[6]))
+    ref = build_reference(_spec(files, proxy_row=PROXY_ROWS[6]))
     sam = tiny_sam().eval()
     sam.load_state_dict(torch.load(files["sam_vit_b_01ec64.pth"], weights_only=True))
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
@@ -269,7 +269,7 @@ def test_sam_release_matches_segment_anything(files):
 @pytest.mark.parametrize("row", CLIP_ROWS, ids=[f"{r[0]}:{r[1]}" for r in CLIP_ROWS])
 def test_clip_file_loads_as_published(files, row):
     name, _, layout, quick_gelu = row
-    ref = build(_spec(files, clip_row=row, attention="qk"))
+    ref = build_reference(_spec(files, clip_row=row, attention="qk"))
     rec = ref.weights_record()["weights"]
     assert (rec["file"], rec["sha256"], rec["layout"], rec["quick_gelu"]) == (
         name, sha256_file(files[name]), layout, quick_gelu)
@@ -278,7 +278,7 @@ def test_clip_file_loads_as_published(files, row):
     src, got = _load(files[name]), ref.clip.state_dict()
     for key in CLIP_KEYS:
         assert got[key].dtype == torch.float32 and torch.equal(got[key], src[key].float()), key
-    again = build(spec_from_meta(ref.spec.describe()))  # what `fsa validate` rebuilds from meta.json
+    again = build_reference(spec_from_meta(ref.spec.describe()))  # what `fsa validate` rebuilds from meta.json
     assert torch.equal(again.clip.state_dict()["text_projection"], got["text_projection"])
 
 

@@ -91,9 +91,9 @@ def emulation(ref, image: torch.Tensor, text: torch.Tensor, half_logits: torch.T
 
 
 def run_case(size: str, real: bool, device: str, photos: int, emulate: bool) -> dict[str, Any]:
-    from fsa_deploy.models.factory import build
+    from fsa_deploy.models.factory import build_reference
 
-    ref = build(spec_of(size, real))
+    ref = build_reference(spec_of(size, real))
     model = ref.model.to(device)
     image, text = inputs(ref.spec.crop, photos, model.embed_dim)
     image, text = image.to(device), text.to(device)

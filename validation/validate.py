@@ -173,9 +173,9 @@ class ArtifactSide:
 
 
 def reference_side(meta: dict[str, Any], fp64: bool):
-    from fsa_deploy.models.factory import build, spec_from_meta
+    from fsa_deploy.models.factory import build_reference, spec_from_meta
 
-    ref = build(spec_from_meta(meta), "deploy")
+    ref = build_reference(spec_from_meta(meta), "deploy")
     if fp64:
         ref.model.set_precision(torch.float32, torch.float64)
     return ref

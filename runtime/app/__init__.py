@@ -127,7 +127,7 @@ def run_app(args: argparse.Namespace) -> int:
     try:
         import python_multipart  # noqa: F401 - Starlette's form parser, else every upload fails
         import uvicorn  # noqa: F401
-        from fsa_deploy.runtime.app.web import build
+        from fsa_deploy.runtime.app.web import starlette_app
     except ImportError as e:
         raise FSAError(f"needs the web stack: pip install 'fsa-deploy[app]' ({e})") from e
     from fsa_deploy.runtime.app.service import Local, Remote
@@ -152,7 +152,7 @@ def run_app(args: argparse.Namespace) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(f"{PROG}: serving http://{shown}:{port}/ ({service.info['backend']}, {service.info['precision']}, "
               f"{service.info['artifact']}); Ctrl-C stops it", flush=True)
-        serve_until_signal(build(service, guard, live), sock, guard)
+        serve_until_signal(starlette_app(service, guard, live), sock, guard)
     finally:
         if live is not None:
             live.stop()

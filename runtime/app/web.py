@@ -194,7 +194,7 @@ async def until_done_or_gone(request: Request, work: asyncio.Future, stop: threa
             stop.set()
 
 
-def build(service: Any, guard: Guard | None = None, live: Any = None) -> Starlette:
+def starlette_app(service: Any, guard: Guard | None = None, live: Any = None) -> Starlette:
     """The Starlette application around a service (runtime.app.service Local or Remote); `live`: the
     --source stream (runtime.app.live), whose routes answer 404 without it."""
     from fsa_deploy.runtime.app.live import routes as live_routes

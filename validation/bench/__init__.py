@@ -30,8 +30,8 @@ measures they share. This file imports nothing heavy (no numpy, torch or onnxrun
 """
 
 from fsa_deploy.validation.bench.cli import add_bench, run_bench_cli
-from fsa_deploy.validation.bench.data import Options
+from fsa_deploy.validation.bench.data import BenchOptions
 from fsa_deploy.validation.bench.report import Report
 from fsa_deploy.validation.bench.run import run_bench
 
-__all__ = ["Options", "Report", "add_bench", "run_bench", "run_bench_cli"]
+__all__ = ["BenchOptions", "Report", "add_bench", "run_bench", "run_bench_cli"]

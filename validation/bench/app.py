@@ -45,7 +45,7 @@ BENCH_CLASSES = "sky, person; astronaut, grass, cat; kitten, road, building, cof
 TINY = Path("out") / "app" / "tiny"  # relative: the page shows the path as given
 
 
-class Server:
+class AppServer:
     def __init__(self, artifact: Path) -> None:
         (self.port,) = free_ports(1)
         self.proc = subprocess.Popen([sys.executable, "-m", "fsa_deploy", "app", str(artifact), "--port",
@@ -96,7 +96,7 @@ def browser(width: int = 1280, height: int = 900):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def open_page(driver, server: Server, classes: str) -> None:
+def open_page(driver, server: AppServer, classes: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -139,7 +139,7 @@ def screenshot(args: argparse.Namespace) -> None:
     from fsa_deploy.runtime import gate
 
     art = Path(args.artifact) if args.artifact else tiny_artifact(TINY)
-    server = Server(art)
+    server = AppServer(art)
     driver = browser()
     try:
         server.segment(photo(args.photo), args.classes)  # warm: the class embeddings, so the timings are a photo's
@@ -162,7 +162,7 @@ def bench(args: argparse.Namespace) -> None:
     photos = [photo(n) for n in args.photos.split(",")]
     rows = []
     seg = Segmenter.from_artifact(art, "onnx", cache_dir=None).set_classes(args.classes)
-    server = Server(art)
+    server = AppServer(art)
     driver = browser()
     try:
         open_page(driver, server, args.classes)

@@ -23,12 +23,12 @@ BLOCK_MODEL = "ViT-B-16"  # width 768, 12 heads, output 512: the paper's default
 
 def block_inputs(tokens: int, classes: int, device: str, seed: int = 0):
     """A ViT-B-16 reference (random init) and random inputs of the block: A, V', T."""
-    from fsa_deploy.models.factory import ModelSpec, build, default_hp
+    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
     from fsa_deploy.models.weights import Weights
 
     spec = ModelSpec(model=BLOCK_MODEL, weights=Weights(seed=seed), attention="qk", proxy=None, crop=224,
                      hp=default_hp(BLOCK_MODEL, "dino"))
-    model = build(spec).model.to(device)
+    model = build_reference(spec).model.to(device)
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(1, 64, tokens, 1, generator=g)
     from fsa_deploy.models.fsa import proxy_attention

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.validation.bench.data import DEFAULT_IMAGE, Options
+from fsa_deploy.validation.bench.data import DEFAULT_IMAGE, BenchOptions
 from fsa_deploy.validation.bench.report import format_terminal, gate, write_outputs
 from fsa_deploy.validation.bench.run import run_bench
 
@@ -88,7 +88,7 @@ def _default_images() -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
     """Every check that needs no model, so bad usage fails in a second."""
     import importlib.util
 
@@ -123,7 +123,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
             args.random_init = True  # bench measures speed and fidelity: random weights serve
         spec = spec_from_args(args)
     devices = (args.device,) if args.device else ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
-    return Options(spec, tuple(args.artifact), args.work, tuple(expand_images(args.images) or _default_images()),
+    return BenchOptions(spec, tuple(args.artifact), args.work, tuple(expand_images(args.images) or _default_images()),
                    vocabulary_from_args(args), args.repeats, args.warmup, args.batch, args.threads, devices,
                    tuple(args.only), args.min_agreement, args.calibration_count, args.json, args.md, args.plot)
 

@@ -52,7 +52,7 @@ class Source:
 
 
 @dataclass(frozen=True)
-class Row:
+class BenchRow:
     """One line of the table; `status`/`why` are set for rows that do not run here."""
 
     format: str
@@ -64,7 +64,7 @@ class Row:
     why: str | None = None
 
     @classmethod
-    def of(cls, fmt: str, precision: str, device: str, src: Source | None = None) -> Row:
+    def of(cls, fmt: str, precision: str, device: str, src: Source | None = None) -> BenchRow:
         src = src or Source()
         return cls(fmt, precision, device, src.folder, src.file, src.status, src.why)
 
@@ -141,8 +141,8 @@ class Measured:
 
 
 @dataclass
-class Result:
-    row: Row
+class BenchResult:
+    row: BenchRow
     status: str
     reason: str | None = None
     measured: Measured | None = None
@@ -175,7 +175,7 @@ class Result:
 
 
 @dataclass(frozen=True)
-class Plan:
+class BenchPlan:
     """Everything a child needs besides its row (picklable: it crosses the process boundary)."""
 
     spec: Any  # models.factory.ModelSpec
@@ -189,7 +189,7 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class Options:
+class BenchOptions:
     """`fsa bench`'s table options, checked before anything slow runs."""
 
     spec: Any  # ModelSpec from the model options; None with --artifact (meta.json decides)

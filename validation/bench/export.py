@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
     from fsa_deploy.export.onnx_export import export_artifact
-    from fsa_deploy.models.factory import ModelSpec, build, default_hp
+    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
     from fsa_deploy.models.weights import Weights
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.images import load_image, sample_photos
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]  # host numpy
     text = torch.nn.functional.normalize(torch.randn(args.num_classes, art.meta["embed_dim"]), dim=-1)
     ort = OnnxRuntimeBackend(art)
-    literal = build(spec, "literal").model
+    literal = build_reference(spec, "literal").model
     crop_t = torch.from_numpy(crop.copy())
     ort_ms, ort_all = median_ms(lambda: ort.run(crop, text.numpy()), args.repeats)
     lit_ms, lit_all = median_ms(lambda: literal(crop_t, text), args.repeats)

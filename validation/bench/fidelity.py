@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.validation.bench.data import TRT, Fidelity, Plan, Row
+from fsa_deploy.validation.bench.data import TRT, BenchPlan, BenchRow, Fidelity
 
 from fsa_deploy import contract
 
 
-def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fidelity:
+def row_fidelity(row: BenchRow, plan: BenchPlan, text: Any, backend: Any | None) -> Fidelity:
     """validate_image on every bench image against validate's reference (PyTorch deploy, fp32, CPU)."""
-    from fsa_deploy.models.factory import Reference, build
+    from fsa_deploy.models.factory import Reference, build_reference
     from fsa_deploy.runtime.artifact import Artifact
     from fsa_deploy.validation import validate as V
 
@@ -20,11 +20,11 @@ def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fideli
         side: Any = V.ArtifactSide.on(backend)
         cpu32 = row.device == "cpu" and row.precision == "fp32"  # the row's weights are the reference's
         ref = (Reference(plan.spec, backend.ref.model.with_formulation("deploy"), backend.ref.clip) if cpu32
-               else build(plan.spec, "deploy"))
+               else build_reference(plan.spec, "deploy"))
     else:
         side = V.ArtifactSide(Artifact.load(str(row.folder)), str(row.file), "trt" if row.format == TRT else "onnx",
                               False)
-        ref = build(plan.spec, "deploy")
+        ref = build_reference(plan.spec, "deploy")
     profile = row.precision if row.precision in contract.PROFILES else "fp32"
     meta = {"crop": plan.spec.crop}
     reports = [V.validate_image(p, ref, side, text, plan.vocab.query_class, meta, plan.max_batch, False, None, None)
@@ -35,7 +35,7 @@ def row_fidelity(row: Row, plan: Plan, text: Any, backend: Any | None) -> Fideli
                     failures, side.kind)
 
 
-def ort_fp16_note(row: Row) -> str | None:
+def ort_fp16_note(row: BenchRow) -> str | None:
     """Whether ONNX Runtime's CPU provider runs the fp16 graph natively: it inserts Casts to
     fp32 around nodes it has no fp16 kernel for; count them in its optimized graph."""
     import onnx

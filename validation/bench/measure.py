@@ -12,10 +12,10 @@ from fsa_deploy.validation.bench.data import (
     REFERENCE_NOTE,
     TORCH_FORMATS,
     TRT,
+    BenchPlan,
+    BenchRow,
     Latency,
     Measured,
-    Plan,
-    Row,
     one_line,
 )
 from fsa_deploy.validation.bench.fidelity import ort_fp16_note, row_fidelity
@@ -34,18 +34,18 @@ def _apply_threads(threads: int | None) -> None:
 # -- the work job: class embeddings, work per crop, device rates
 
 
-def measure_work(plan: Plan, devices: tuple[str, ...]) -> dict[str, Any]:
+def measure_work(plan: BenchPlan, devices: tuple[str, ...]) -> dict[str, Any]:
     """Child: the class embeddings every row uses (text tower of the reference, disk-cached as
     `fsa segment` caches them), the crop forward's work, and each device's rates."""
     import torch
     from fsa_deploy.models.backend import spec_key
     from fsa_deploy.models.dump import numpy_encoder
-    from fsa_deploy.models.factory import build
+    from fsa_deploy.models.factory import build_reference
     from fsa_deploy.runtime.text import cached_classifier, default_cache_dir
     from fsa_deploy.validation.bench.flops import count_work, measure_rates
 
     _apply_threads(plan.threads)
-    ref = build(plan.spec, "deploy")
+    ref = build_reference(plan.spec, "deploy")
     key = spec_key(plan.spec)
     with torch.no_grad():
         text, _ = cached_classifier(default_cache_dir(), f"spec:{key}|pytorch:{key}", numpy_encoder(ref),
@@ -76,7 +76,7 @@ class DeviceMemory:
     TensorRT allocate outside it, so for them the growth of used device memory (cudaMemGetInfo)
     since before the backend was loaded (their arenas do not shrink, so it holds the peak)."""
 
-    def __init__(self, row: Row):
+    def __init__(self, row: BenchRow):
         import torch
 
         self.on, self.allocator = row.device == "cuda", row.format in TORCH_FORMATS
@@ -103,7 +103,7 @@ class DeviceMemory:
         return None if not self.on else "torch max_memory_allocated" if self.allocator else "cudaMemGetInfo growth"
 
 
-def open_row_backend(row: Row, plan: Plan) -> Any:
+def open_row_backend(row: BenchRow, plan: BenchPlan) -> Any:
     """The runtime backend of a row, as `fsa segment` would open it."""
     if row.format in TORCH_FORMATS:
         from fsa_deploy.models.backend import TorchBackend
@@ -123,7 +123,7 @@ def open_row_backend(row: Row, plan: Plan) -> Any:
     return backend
 
 
-def size_mib(row: Row, backend: Any) -> float:
+def size_mib(row: BenchRow, backend: Any) -> float:
     """The image graph or engine with its external weights; for PyTorch, the crop forward's weights."""
     if row.format in TORCH_FORMATS:
         model = backend.ref.model
@@ -137,7 +137,7 @@ def size_mib(row: Row, backend: Any) -> float:
                if n == file or (i.get("role") == "external-data" and n.startswith(file))) / MIB
 
 
-def timed(plan: Plan, row: Row, text: Any) -> tuple[Measured, Any]:
+def timed(plan: BenchPlan, row: BenchRow, text: Any) -> tuple[Measured, Any]:
     """Load the row's backend, time one crop and whole images (the Segmenter `fsa segment`
     runs), read the memory peaks; returns them and the backend."""
     from fsa_deploy.runtime.images import load_image
@@ -165,7 +165,7 @@ def timed(plan: Plan, row: Row, text: Any) -> tuple[Measured, Any]:
                     device_memory.peak_mib(), device_memory.source), backend
 
 
-def measure_row(plan: Plan, row: Row, text_np: Any) -> Measured:
+def measure_row(plan: BenchPlan, row: BenchRow, text_np: Any) -> Measured:
     """Child: timings and memory, then fidelity (after the peaks, so the reference is not
     counted; an artefact row's timing session is released first)."""
     _apply_threads(plan.threads)

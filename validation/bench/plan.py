@@ -5,7 +5,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, DEPLOY, LITERAL, MISSING, ORT, TRT, Options, Row, Source
+from fsa_deploy.validation.bench.data import (
+    BENCH_PRECISIONS,
+    DEPLOY,
+    LITERAL,
+    MISSING,
+    ORT,
+    TRT,
+    BenchOptions,
+    BenchRow,
+    Source,
+)
 
 from fsa_deploy.errors import FSAError
 
@@ -50,33 +60,34 @@ class Machine:
 # ---------------------------------------------------------------- the rows of this machine
 
 
-def plan_rows(opts: Options, machine: Machine, graphs: dict[str, Source], engines: dict[str, Source]) -> list[Row]:
+def plan_rows(opts: BenchOptions, machine: Machine, graphs: dict[str, Source],
+              engines: dict[str, Source]) -> list[BenchRow]:
     """Every format and precision, in table order; families that cannot run here get one row saying why."""
-    rows: list[Row] = []
+    rows: list[BenchRow] = []
     for device in opts.devices:
-        rows += [Row.of(LITERAL, "fp32", device), Row.of(DEPLOY, "fp32", device)]
+        rows += [BenchRow.of(LITERAL, "fp32", device), BenchRow.of(DEPLOY, "fp32", device)]
         if device == "cuda":
-            rows += [Row.of(LITERAL, "fp16", device), Row.of(DEPLOY, "fp16", device)]
+            rows += [BenchRow.of(LITERAL, "fp16", device), BenchRow.of(DEPLOY, "fp16", device)]
         why = machine.ort_unusable(device)
         if why:
-            rows.append(Row.of(ORT, "/".join(BENCH_PRECISIONS), device, Source(status=MISSING, why=why)))
+            rows.append(BenchRow.of(ORT, "/".join(BENCH_PRECISIONS), device, Source(status=MISSING, why=why)))
         else:
-            rows += [Row.of(ORT, p, device, src) for p, src in graphs.items()]
+            rows += [BenchRow.of(ORT, p, device, src) for p, src in graphs.items()]
     if "cuda" in opts.devices or not machine.cuda:
         if machine.trt_missing:
-            rows.append(Row.of(TRT, "/".join(BENCH_PRECISIONS), "cuda", Source(status=MISSING,
+            rows.append(BenchRow.of(TRT, "/".join(BENCH_PRECISIONS), "cuda", Source(status=MISSING,
                                                                                why=machine.trt_missing)))
         else:
-            rows += [Row.of(TRT, p, "cuda", src) for p, src in engines.items()]
+            rows += [BenchRow.of(TRT, p, "cuda", src) for p, src in engines.items()]
     if not machine.cuda:
-        rows.append(Row.of("PyTorch, ONNX Runtime", "fp32/fp16", "cuda",
+        rows.append(BenchRow.of("PyTorch, ONNX Runtime", "fp32/fp16", "cuda",
                            Source(status=MISSING, why="no CUDA device (torch.cuda.is_available() is False)")))
     if opts.only:
         rows = [r for r in rows if any(o.lower() in r.name.lower() for o in opts.only)]
     return rows
 
 
-def needed_precisions(opts: Options, machine: Machine) -> tuple[set[str], set[str]]:
+def needed_precisions(opts: BenchOptions, machine: Machine) -> tuple[set[str], set[str]]:
     """Precisions of the ONNX Runtime and TensorRT rows that --only keeps, so that nothing else
     is exported, calibrated or built; no row at all is a usage error."""
     probe = {p: Source() for p in BENCH_PRECISIONS}

@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ranges = F.measure(path, [feed])
     fp32 = onnx.load(str(path))
     policy = F.precision_policy(fp32)
-    base = F.policy_nodes(fp32, art.meta["stages"], str(art.meta.get("feedback_scope") or ""))
+    base = F.structural_islands(fp32, art.meta["stages"], str(art.meta.get("feedback_scope") or ""))
     print({k: len(v) for k, v in policy.items()})
     for name, always in (("measured islands only", base),
                          ("policy + measured islands", base + [n for v in policy.values() for n in v])):
-        keep = F.islands(fp32, ranges, always)
+        keep = F.fp32_islands(fp32, ranges, always)
         model = F.to_fp16(path, keep)
         blob = model.SerializeToString()
         opts = ort.SessionOptions()

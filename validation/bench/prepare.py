@@ -9,7 +9,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, FAILED, MISSING, SKIPPED, Options, Source, one_line, say
+from fsa_deploy.validation.bench.data import (
+    BENCH_PRECISIONS,
+    FAILED,
+    MISSING,
+    SKIPPED,
+    BenchOptions,
+    Source,
+    one_line,
+    say,
+)
 from fsa_deploy.validation.bench.plan import Machine
 
 from fsa_deploy import contract
@@ -71,8 +80,7 @@ def writable_copy(folder: str, work: Path) -> Path:
 def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
     """`fsa calibrate` with its defaults (int8, entropy, the sample photos) on `count` crops;
     ModelOpt's chatter goes to calibrate.log in the work folder."""
-    from fsa_deploy.calibration.quantize import Options as CalibrationOptions
-    from fsa_deploy.calibration.quantize import calibrate, output_name
+    from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate, output_name
 
     folder = writable_copy(str(fp32.folder), work)
     log = work / "calibrate.log"
@@ -159,7 +167,7 @@ def engine_sources(graphs: dict[str, Source], work: Path, max_batch: int, classe
     return out
 
 
-def prepare(opts: Options, work: Path, machine: Machine, spec: Any, need: set[str], need_engines: set[str]
+def prepare(opts: BenchOptions, work: Path, machine: Machine, spec: Any, need: set[str], need_engines: set[str]
             ) -> tuple[dict[str, Source], dict[str, Source]]:
     if opts.artifacts:
         graphs = graphs_from_artifacts(opts.artifacts, work, machine, need, opts.calibration_count)
@@ -180,7 +188,7 @@ def work_folder(path: str | None) -> Iterator[Path]:
             yield tmp
 
 
-def model_of(opts: Options) -> tuple[Any, tuple[str, ...]]:
+def model_of(opts: BenchOptions) -> tuple[Any, tuple[str, ...]]:
     """The model selection and prompt templates: the options', or the artefacts' meta.json."""
     from fsa_deploy.models.factory import spec_from_meta
     from fsa_deploy.models.text import openai_templates

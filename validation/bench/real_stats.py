@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from fsa_deploy.models.activation_stats import model_stats
     from fsa_deploy.models.dump import first_crop
-    from fsa_deploy.models.factory import ModelSpec, build, default_hp
+    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
     from fsa_deploy.models.weights import Weights
     from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.images import sample_photos
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             spec = ModelSpec(model=args.model, weights=Weights(seed=0, real_stats=real), proxy=proxy, crop=args.crop,
                              hp=default_hp(args.model, proxy))
-            ref = build(spec)
+            ref = build_reference(spec)
             with torch.no_grad():
                 stats = [model_stats(ref.model, first_crop(ph, args.crop)) for ph in photos]
             run = {"proxy": proxy, "real_stats": real, "seconds": round(time.perf_counter() - t0, 1), "stats": stats}

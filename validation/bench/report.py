@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, FAILED, INVALID, OK, Options, Result
+from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, FAILED, INVALID, OK, BenchOptions, BenchResult
 
 from fsa_deploy.errors import CheckFailed, FSAError
 
@@ -53,7 +53,7 @@ class Report:
     settings: dict[str, Any]
     work: dict[str, Any]  # part -> fsa_deploy.validation.bench.flops.PartWork
     rates: dict[str, Any]  # device -> fsa_deploy.validation.bench.flops.Rates
-    results: list[Result] = field(default_factory=list)
+    results: list[BenchResult] = field(default_factory=list)
 
     def floors(self) -> dict[str, dict[str, float]]:
         from fsa_deploy.validation.bench.flops import floor_ms
@@ -213,7 +213,7 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
     plt.close(fig)
 
 
-def write_outputs(rep: Report, opts: Options) -> None:
+def write_outputs(rep: Report, opts: BenchOptions) -> None:
     from fsa_deploy.runtime import gate
 
     if opts.json:
@@ -226,7 +226,7 @@ def write_outputs(rep: Report, opts: Options) -> None:
         write_plot(rep, opts.plot, opts.min_agreement)
 
 
-def gate(results: list[Result], min_agreement: float | None) -> None:
+def gate(results: list[BenchResult], min_agreement: float | None) -> None:
     """--min-agreement: every row that was measured must agree at least that much."""
     if min_agreement is None:
         return

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsa_deploy.validation.bench.data import FAILED, INVALID, OK, Measured, Options, Plan, Result, Row, say
+from fsa_deploy.validation.bench.data import (
+    FAILED,
+    INVALID,
+    OK,
+    BenchOptions,
+    BenchPlan,
+    BenchResult,
+    BenchRow,
+    Measured,
+    say,
+)
 from fsa_deploy.validation.bench.isolate import Children
 from fsa_deploy.validation.bench.measure import measure_row, measure_work
 from fsa_deploy.validation.bench.plan import Machine, needed_precisions, plan_rows
@@ -16,30 +26,30 @@ from fsa_deploy.errors import FSAError
 # ---------------------------------------------------------------- the run
 
 
-def run_rows(children: Children, plan: Plan, rows: list[Row], text: Any) -> list[Result]:
+def run_rows(children: Children, plan: BenchPlan, rows: list[BenchRow], text: Any) -> list[BenchResult]:
     out = []
     for i, row in enumerate(rows, 1):
         if not row.runs:
-            out.append(Result(row, str(row.status), row.why))
+            out.append(BenchResult(row, str(row.status), row.why))
             continue
         say(f"[{i}/{len(rows)}] {row.name}")
         try:
             m: Measured = children.run(measure_row, plan, row, text)
         except RuntimeError as e:
-            out.append(Result(row, FAILED, str(e)))
+            out.append(BenchResult(row, FAILED, str(e)))
             continue
         if row.reference:
-            out.append(Result(row, OK, None, m))
+            out.append(BenchResult(row, OK, None, m))
         elif m.fidelity is None:
-            out.append(Result(row, FAILED, f"ran, but fidelity could not be measured: {m.fidelity_error}", m))
+            out.append(BenchResult(row, FAILED, f"ran, but fidelity could not be measured: {m.fidelity_error}", m))
         elif m.fidelity.passed:
-            out.append(Result(row, OK, None, m))
+            out.append(BenchResult(row, OK, None, m))
         else:
-            out.append(Result(row, INVALID, f"{m.fidelity.profile} profile: " + "; ".join(m.fidelity.failures), m))
+            out.append(BenchResult(row, INVALID, f"{m.fidelity.profile} profile: " + "; ".join(m.fidelity.failures), m))
     return out
 
 
-def add_ratios(results: list[Result], work: dict[str, Any], rates: dict[str, Any]) -> None:
+def add_ratios(results: list[BenchResult], work: dict[str, Any], rates: dict[str, Any]) -> None:
     """Speedup against the literal fp32 row of the same device; distance from the roofline floor."""
     from fsa_deploy.validation.bench.flops import floor_ms
 
@@ -55,11 +65,11 @@ def add_ratios(results: list[Result], work: dict[str, Any], rates: dict[str, Any
             r.x_floor = m.crop.median / r.floor_ms
 
 
-def run_bench(opts: Options) -> Report:
+def run_bench(opts: BenchOptions) -> Report:
     """Export (or take) the artefacts, run every row, and return the report."""
     machine = Machine.probe()
     spec, templates = model_of(opts)
-    plan = Plan(spec, opts.images, opts.vocab, templates, opts.repeats, opts.warmup, opts.max_batch, opts.threads)
+    plan = BenchPlan(spec, opts.images, opts.vocab, templates, opts.repeats, opts.warmup, opts.max_batch, opts.threads)
     need = needed_precisions(opts, machine)
     children = Children()
     with work_folder(opts.work) as work:

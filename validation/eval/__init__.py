@@ -212,7 +212,7 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
             LOG.error(f"{PROG}: error: {line}")
         raise FSAError(f"{len(failures)} of {len(found)} images failed (named above); no report written")
     shown = None if show is None else {"folder": str(show.folder), "row": rows[show.row].name}
-    return _report().build(dataset, method, protocol, classes, class_names(dataset, vocab), len(found), rows,
+    return _report().make_report(dataset, method, protocol, classes, class_names(dataset, vocab), len(found), rows,
                            str(art.root), sha, setup, shown)
 
 

@@ -83,7 +83,7 @@ class PaperReport:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def build(dataset: str, method: str, protocol: dict[str, Any], classes: list[str], class_names: list[str],
+def make_report(dataset: str, method: str, protocol: dict[str, Any], classes: list[str], class_names: list[str],
           images: int, rows: list[Row], artifact: str, artifact_sha256: str, setup: dict[str, Any],
           show_dir: dict[str, str] | None = None) -> EvalReport:
     ref = next((r for r in rows if r.is_reference), None)

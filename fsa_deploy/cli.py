@@ -94,6 +94,8 @@ def _main(argv: list[str], verb: str | None) -> int:
         parser = build_parser(verb if verb in VERBS else None)
         args = parser.parse_args(argv)
         log.configure(log.level_of(getattr(args, "quiet", False), getattr(args, "verbose", 0)))
+        log.logger("cli").debug(f"fsa {verb}: " + ", ".join(f"{k}={v!r}" for k, v in sorted(vars(args).items())
+                                                           if not callable(v)))  # -v: what the verb was given
         environ.check_all()  # every FSA_* variable, before any work
         if not getattr(args, "func", None):
             parser.print_help()

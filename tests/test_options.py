@@ -206,3 +206,34 @@ def test_contract_cli_part_uses_no_deprecated_spelling_as_its_name() -> None:
         plain = re.sub(r"old spelling\s+`[^`]*`", "", para)
         old = {o for (v, o) in RENAMED if v == verb.group(1)}
         assert set(OPTION.findall(plain)) & old == set(), f"fsa {verb.group(1)}: {para[:80]}"
+
+
+def test_every_verb_takes_quiet_and_verbose_and_they_set_the_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    """-q/--quiet and -v/--verbose on every verb (parsed only); the level they give hides progress lines
+    (INFO) under -q while a warning still shows, and -v adds DEBUG lines."""
+    import logging
+
+    from fsa_deploy import log
+
+    for verb in fsa_cli.VERBS:
+        flags = {s for a in parser_of(verb)._actions for s in a.option_strings}
+        assert {"-q", "--quiet", "-v", "--verbose"} <= flags, verb
+        if verb not in REQUIRED:
+            continue
+        args = REQUIRED[verb]
+        assert parse(verb, [*args, "-q"])["quiet"] is True, verb
+        assert parse(verb, [*args, "--verbose", "-v"])["verbose"] == 2, verb
+        assert parse(verb, args)["quiet"] is False and parse(verb, args)["verbose"] == 0, verb
+    try:
+        capsys.readouterr()
+        for quiet, verbose, shown in ((True, 0, ["warn"]), (False, 0, ["info", "warn"]),
+                                      (False, 1, ["debug", "info", "warn"]), (True, 1, ["warn"])):
+            log.configure(log.level_of(quiet, verbose))
+            room = log.logger("test")
+            room.debug("debug")
+            room.info("info")
+            room.warning("warn")
+            captured = capsys.readouterr()
+            assert captured.err.split() == shown and captured.out == "", (quiet, verbose, captured)
+    finally:
+        log.configure(logging.INFO)

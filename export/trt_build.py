@@ -56,6 +56,9 @@ from fsa_deploy.runtime.backends.trt_lib import (
 
 from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.log import logger as room_logger
+
+LOG = room_logger("export")
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -121,7 +124,7 @@ def load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCach
     except (RuntimeError, TypeError):  # a damaged file: TensorRT refuses the blob
         cache = None
     if cache is None or not config.set_timing_cache(cache, False):
-        print(f"note: {path.name} is unreadable or from another GPU / TensorRT; starting a new one")
+        LOG.warning(f"fsa build: note: {path.name} is unreadable or from another GPU / TensorRT; starting a new one")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
     return cache

@@ -49,7 +49,8 @@ class _Chains:
     (graph inputs first): the order ONNX Runtime's priority-based execution follows."""
 
     def __init__(self, model: Any, prefix: str):
-        self.model, self.prefix, self.nodes, self.count = model, prefix, [], 0
+        self.model, self.prefix = model, prefix
+        self.nodes: list[Any] = []  # onnx.NodeProto, in the new order
 
     def add(self, op: str, ins: list[str], out: str, **attrs: Any) -> str:
         from onnx import helper
@@ -72,7 +73,7 @@ class _Chains:
 
     def place(self, names: list[str], chain: Callable[[str, str], None]) -> None:
         """Run `chain(tensor, prefix)` for each wanted tensor where it is written; rewrite the node list."""
-        wanted, done = set(names), set()
+        wanted, done = set(names), set[str]()
         for t in [i.name for i in self.model.graph.input if i.name in wanted]:
             chain(t, f"{self.prefix}.{len(done)}")
             done.add(t)

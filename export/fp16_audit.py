@@ -217,13 +217,10 @@ def _range_of(model, ranges: Ranges) -> Callable[[str], float | None]:
     its input's range, and a tensor read only by Casts (AutoCast renames a graph output's producer's output and
     casts it back to the output's name) has the range of what they write."""
     origin = _origin(model)
-    readers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        for t in n.input:
-            readers.setdefault(t, []).append(n.op_type)
+    walk = Walk(model.graph)
     casts: dict[str, list[str]] = {}
     for n in model.graph.node:
-        if n.op_type == "Cast" and readers.get(n.input[0]) and all(op == "Cast" for op in readers[n.input[0]]):
+        if n.op_type == "Cast" and all(r.op_type == "Cast" for r in walk.consumers_of(n.input[0])):
             casts.setdefault(n.input[0], []).append(n.output[0])
 
     def of(t: str, depth: int = 0) -> float | None:

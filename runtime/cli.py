@@ -174,7 +174,8 @@ def run_segment(args: argparse.Namespace) -> int:
         seg.set_classes(vocabulary_from_args(args))
         todo = list(zip(files, unique_stems(files)))
         tqdm = _tqdm()
-        bar = todo if tqdm is None else tqdm(todo, disable=len(files) <= 1, unit="image", file=sys.stderr)
+        quiet = len(files) <= 1 or getattr(args, "quiet", False)  # -q: no bar either
+        bar = todo if tqdm is None else tqdm(todo, disable=quiet, unit="image", file=sys.stderr)
         for path, stem in bar:
             if not _segment_one(seg, path, out, stem):
                 failed += 1

@@ -53,7 +53,7 @@ bench-block: setup
 	$(BIN)/fsa bench --block --tokens 1764 --num-classes 171 --device cpu --repeats 5 --json out/bench/block.json
 
 export-b16: setup
-	$(BIN)/python -m fsa_deploy.validation.bench.export --out out/b16 --json out/bench/export_b16.json
+	$(BIN)/python -m benchmarks.export_time --out out/b16 --json out/bench/export_b16.json
 
 bench: setup
 	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png --overwrite
@@ -66,11 +66,11 @@ bench: setup
 bench-video: setup
 	test -f out/b16/meta.json || flock /tmp/fsa-heavy.lock $(BIN)/fsa export --model ViT-B-16 --proxy dino --crop 336 \
 	  --random-init --seed 0 --out out/b16
-	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.video --work out/bench/video \
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m benchmarks.video_throughput --work out/bench/video \
 	  --json out/bench/video.json --full out/b16
 
 bench-memory: setup
-	$(BIN)/python -m fsa_deploy.validation.bench.memory --work out/bench/memory --json out/bench/memory.json
+	$(BIN)/python -m benchmarks.segment_memory --work out/bench/memory --json out/bench/memory.json
 
 # On a machine with an NVIDIA GPU (and TensorRT, where it can be installed):
 test-gpu: setup
@@ -79,7 +79,7 @@ test-gpu: setup
 # Full-size TensorRT-RTX builds on this machine, no GPU (issue 12): time, engine size, peak RSS.
 # Add CAL=N to also calibrate and build int8 (a full-size ModelOpt calibration on the CPU is slow).
 bench-build: setup
-	$(BIN)/python -m fsa_deploy.validation.bench.build --work out/bench-build --json out/bench-build/report.json \
+	$(BIN)/python -m benchmarks.engine_build --work out/bench-build --json out/bench-build/report.json \
 	  --md out/bench-build/report.md $(if $(CAL),--calibration-count $(CAL))
 
 # On a machine with an NVIDIA GPU: CUDA tests, validate and bench with the TensorRT flavour it supports (< 8 min).
@@ -100,14 +100,14 @@ $(SERVE_STAMP): pyproject.toml $(STAMP)
 
 # Triton (fsa serve, tiny artefact, ORT CPU) against the in-process Segmenter: images/s, p50/p99, RSS.
 bench-serve: setup
-	$(BIN)/python -m fsa_deploy.validation.bench.serve --json out/bench/serve.json --md out/bench/serve.md
+	$(BIN)/python -m benchmarks.serving_overhead --json out/bench/serve.json --md out/bench/serve.md
 
 # The same on the demo's full-size ViT-B-16 + DINO ViT-B/8 at 336 (exported when missing; ~20 min
 # on 2 cores): the serving overhead on images that take seconds. 20 soak requests, not 1,000.
 bench-serve-full: setup
 	test -f out/demo/artifact/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
 	  --proxy dino --crop 336 --out out/demo/artifact
-	$(BIN)/python -m fsa_deploy.validation.bench.serve --artifact out/demo/artifact --per-level 4 --warmup 8 \
+	$(BIN)/python -m benchmarks.serving_overhead --artifact out/demo/artifact --per-level 4 --warmup 8 \
 	  --requests 20 --json out/bench/serve-full.json --md out/bench/serve-full.md
 
 clean:
@@ -116,7 +116,7 @@ clean:
 # Issue 23: full-size activation statistics per block, --real-stats against plain random init (ViT-B-16 and
 # DINO B/8, DINOv2, SAM, MAE at 336, two photos); heavy: under the shared lock. docs/BENCHMARKS.md.
 bench-real-stats: setup
-	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.real_stats \
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m benchmarks.activation_stats \
 	  --json out/bench/real_stats.json --md out/bench/real_stats.md
 
 # Issue 23: fsa bench's ONNX Runtime CPU rows (fp32, fp16 with the audit's fp32 islands, int8 from fsa calibrate)
@@ -138,13 +138,13 @@ bench-real-stats-rows: setup
 # rows of `fsa eval` on 10 generated images, their mIoU delta and pixel agreement.
 .PHONY: bench-eval bench-eval-full
 bench-eval: setup
-	$(BIN)/python -m fsa_deploy.validation.bench.eval --num-images 50 --rounds 3 --json out/bench/eval.json \
+	$(BIN)/python -m benchmarks.eval_throughput --num-images 50 --rounds 3 --json out/bench/eval.json \
 	  --md out/bench/eval.md
 
 bench-eval-full: setup
 	test -f out/demo/artifact/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
 	  --proxy dino --crop 336 --out out/demo/artifact
-	$(BIN)/python -m fsa_deploy.validation.bench.eval --artifact out/demo/artifact --images 10 --rounds 1 \
+	$(BIN)/python -m benchmarks.eval_throughput --artifact out/demo/artifact --images 10 --rounds 1 \
 	  --reference --work out/bench/eval-full --json out/bench/eval-full.json --md out/bench/eval-full.md
 
 # fsa app (issue 24): the browser its tests drive (a no-op when present or where apt cannot install it).
@@ -157,28 +157,28 @@ browser:
 
 # docs/app.png: the page with an overlay, in Chromium. ART=DIR for another artefact (default: a tiny export).
 app-screenshot: setup
-	$(BIN)/python -m fsa_deploy.validation.bench.app screenshot --out docs/app.png $(if $(ART),--artifact $(ART))
+	$(BIN)/python -m benchmarks.app_latency screenshot --out docs/app.png $(if $(ART),--artifact $(ART))
 
 # The page's latency against fsa segment's on the same photos (docs/BENCHMARKS.md); ART=DIR as above.
 bench-app: setup
-	$(BIN)/python -m fsa_deploy.validation.bench.app bench --json out/bench/app$(if $(ART),-$(notdir $(ART))).json $(if $(ART),--artifact $(ART))
+	$(BIN)/python -m benchmarks.app_latency bench --json out/bench/app$(if $(ART),-$(notdir $(ART))).json $(if $(ART),--artifact $(ART))
 
 # fidelity over the outlier scale: --real-stats-scale 0.1-30 on tiny, fp16 (policy) / naive fp16 / int8 / fp8, each
 # through fsa validate and the fp16 emulation (docs/BENCHMARKS.md "Envelope"; ~5 min a point on 2 cores)
 bench-envelope: setup
-	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.envelope --work out/bench/envelope \
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m benchmarks.precision_envelope --work out/bench/envelope \
 	  --json docs/envelope.json --md out/bench/envelope.md --plot docs/envelope.png
 
 # the fp16 precision policy's cost (nodes, MiB, ORT CPU time) on one fp32 export; POLICY_ARGS picks the model
 POLICY_ARGS ?= --model tiny --proxy tiny-dino --crop 112 --random-init --real-stats --real-stats-scale 30
 bench-policy-cost: setup
 	flock /tmp/fsa-heavy.lock sh -c '$(BIN)/fsa export --out out/bench/policy-fp32 --overwrite --quiet $(POLICY_ARGS) \
-	  && $(BIN)/python -m fsa_deploy.validation.bench.policy_cost out/bench/policy-fp32'
+	  && $(BIN)/python -m benchmarks.fp16_policy_cost out/bench/policy-fp32'
 
 # A new class list's text encoding, before/after (docs/BENCHMARKS.md): on the full-size export that
 # bench-eval-full makes (ART=DIR for another); heavy on CPU, so under the shared lock.
 bench-text: setup
 	test -f $(or $(ART),out/demo/artifact)/meta.json || $(BIN)/fsa export --model ViT-B-16 --random-init --seed 0 \
 	  --proxy dino --crop 336 --out out/demo/artifact
-	flock /tmp/fsa-heavy.lock $(BIN)/python -m fsa_deploy.validation.bench.app text --artifact $(or $(ART),out/demo/artifact) \
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m benchmarks.app_latency text --artifact $(or $(ART),out/demo/artifact) \
 	  --json out/bench/text.json

@@ -1,9 +1,9 @@
 """`fsa app` in Chromium, outside the tests (issue 24): the README's screenshot, and the page's
 latency against `fsa segment` on the same photos.
 
-    python -m fsa_deploy.validation.bench.app screenshot --out docs/app.png [--artifact DIR]  (make app-screenshot)
-    python -m fsa_deploy.validation.bench.app bench --json out/bench/app.json [--artifact DIR]   (make bench-app)
-    python -m fsa_deploy.validation.bench.app text --artifact DIR --json out/bench/text.json     (make bench-text)
+    python -m benchmarks.app_latency screenshot --out docs/app.png [--artifact DIR]  (make app-screenshot)
+    python -m benchmarks.app_latency bench --json out/bench/app.json [--artifact DIR]   (make bench-app)
+    python -m benchmarks.app_latency text --artifact DIR --json out/bench/text.json     (make bench-text)
 
 Without --artifact a tiny artefact (tiny CLIP + tiny DINO, random init, crop 112) is exported to
 out/app/tiny (under the current folder) first. The server is `fsa app DIR --backend onnx` on
@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from fsa_deploy.export.tiny import tiny_artifact
-from fsa_deploy.runtime.serve.server import free_ports
+
+from benchmarks.ports import free_ports
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -1,6 +1,6 @@
 """`make bench-build`: full-size TensorRT-RTX builds on this machine (no GPU needed): time, size, peak RSS.
 
-python -m fsa_deploy.validation.bench.build --work out/bench-build [--calibration-count N] [--json F] [--md F]
+python -m benchmarks.engine_build --work out/bench-build [--calibration-count N] [--json F] [--md F]
 
 Exports ViT-B-16 + DINO ViT-B/8 at 336 (random init; weights do not change build cost) in fp32 and
 fp16 once into --work, then runs each `fsa build --engine rtx` in its own process so that its peak

@@ -7,7 +7,7 @@ rounds. Eval decodes the next image in a thread while the backend runs; segment 
 per image that eval does not, so eval should not be slower. With `--reference`, the eval row of the
 PyTorch reference beside ONNX Runtime's (mIoU delta, pixel agreement) on the same dataset.
 
-python -m fsa_deploy.validation.bench.eval [--artifact DIR] [--num-images 50] [--rounds 2] [--reference]
+python -m benchmarks.eval_throughput [--artifact DIR] [--num-images 50] [--rounds 2] [--reference]
     [--json F] [--md F]
 Without --artifact, the tests' tiny random-init model (crop 112) is exported to out/bench/serve-art once.
 """
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fsa_deploy.ranges import add_ranged
     from fsa_deploy.spellings import add_old_spellings
 
-    p = OneLineParser(prog="python -m fsa_deploy.validation.bench.eval", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m benchmarks.eval_throughput", description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path)
     add_ranged(p, "--num-images", "images of the generated dataset (default 50)", default=50)
     add_ranged(p, "--rounds", "timed rounds, the best counts (default 2)", default=2)

@@ -1,7 +1,7 @@
 """`make export-b16`: time a full-size export and compare one crop on ONNX Runtime CPU against
 the PyTorch literal (official) formulation, in the same run on the same machine.
 
-python -m fsa_deploy.validation.bench.export --out out/b16 [--model ViT-B-16 --proxy dino --crop 336] [--json F]
+python -m benchmarks.export_time --out out/b16 [--model ViT-B-16 --proxy dino --crop 336] [--json F]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The fp16 precision policy's cost: the same fp32 artefact converted with the measured islands only and with the
 policy + measured islands; nodes, fp16 nodes, MiB and ONNX Runtime CPU time of one crop (docs/BENCHMARKS.md).
 
-python -m fsa_deploy.validation.bench.policy_cost DIR [--repeats N]   (DIR: an fp32 `fsa export` folder)
+python -m benchmarks.fp16_policy_cost DIR [--repeats N]   (DIR: an fp32 `fsa export` folder)
 """
 
 from __future__ import annotations

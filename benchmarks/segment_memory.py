@@ -5,7 +5,7 @@ three files) on a tiny export with ONNX Runtime on the CPU, and reports its own 
 set (ru_maxrss), so no case inherits another's high-water mark. The photo is scikit-image's
 chelsea.png, upscaled (bicubic) to each size.
 
-    python -m fsa_deploy.validation.bench.memory --json out/bench/memory.json     (make bench-memory)
+    python -m benchmarks.segment_memory --json out/bench/memory.json     (make bench-memory)
 """
 
 from __future__ import annotations

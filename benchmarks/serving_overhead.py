@@ -3,7 +3,7 @@ artefact, images, classes and run. Images/s and p50/p99 latency at 1, 4 and 16 c
 (gRPC, one client each), failures, the serving overhead at concurrency 1, and the RSS of tritonserver
 and its descendants (server + python stubs, read with psutil) before and after 1,000 requests.
 
-python -m fsa_deploy.validation.bench.serve [--artifact DIR] [--requests 1000] [--json F] [--md F]
+python -m benchmarks.serving_overhead [--artifact DIR] [--requests 1000] [--json F] [--md F]
 Without --artifact, the tests' tiny random-init model (crop 112) is exported to out/bench/serve-art once.
 """
 
@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.runtime.images import sample_photos
     from fsa_deploy.runtime.segmenter import Segmenter
     from fsa_deploy.runtime.serve.repository import RepoOptions
-    from fsa_deploy.runtime.serve.server import Server, free_ports
+    from fsa_deploy.runtime.serve.server import Server
     from fsa_deploy.runtime.text import DEFAULT_CLASSES
+
+    from benchmarks.ports import free_ports
 
     art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))
     classes = ",".join(line for line in DEFAULT_CLASSES.read_text().splitlines() if line.strip())

@@ -8,7 +8,7 @@ one process with one Segmenter (ONNX Runtime CPU, the same classes):
 Both include writing their outputs. Then peak RSS of the video run on N and 4N frames, each in a
 fresh process: memory flat in the video's length.
 
-    python -m fsa_deploy.validation.bench.video --work out/bench/video --json out/bench/video.json \\
+    python -m benchmarks.video_throughput --work out/bench/video --json out/bench/video.json \\
         [--full out/b16] [--gif docs/video.gif]
 """
 
@@ -31,8 +31,9 @@ FPS = 12
 
 def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple[Path, list[Path]]:
     from fsa_deploy.runtime.images import encode, sample_photos
-    from fsa_deploy.validation.bench.clips import decoded_frames, pan_zoom_frames, write_clip
     from PIL import Image
+
+    from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip
 
     chelsea = next(p for p in sample_photos() if Path(p).name == "chelsea.png")
     folder = gate.mkdir(work / f"{tag}-{frames}")

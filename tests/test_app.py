@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, assert_one_line_error, missing, photos, require, run_cli
-from fsa_deploy.runtime.serve.server import free_ports
 from PIL import Image
+
+from benchmarks.ports import free_ports
 
 CLASSES = "sky, person, grass, cat, road, tree, building"
 OTHER = "background, cat; kitten, sofa"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from fsa_deploy.validation.bench import envelope
+from benchmarks import precision_envelope as envelope
 
 
 def test_envelope_two_points(tmp_path):

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, assert_one_line_error, missing, photo_crops, photos, require, run_cli, unit_text
-from fsa_deploy.runtime.serve.server import free_ports
 from fsa_deploy.validation.eval import datasets as D
 from fsa_deploy.validation.eval.metrics import confusion, scores
 from PIL import Image, ImageDraw
+
+from benchmarks.ports import free_ports
 
 SIZE = (120, 90)  # (width, height) of the test photos: small, not square
 

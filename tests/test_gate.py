@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ROOTS = ("fsa_deploy", "runtime", "export", "calibration", "validation", "models")
+ROOTS = ("fsa_deploy", "runtime", "export", "calibration", "validation", "models", "benchmarks")
 GATE = REPO / "runtime" / "gate.py"
 PATH_METHODS = {"write_text", "write_bytes", "touch", "mkdir", "unlink", "rmdir", "symlink_to", "hardlink_to"}
 ONE_ARG_METHODS = {"rename", "replace"}  # Path.rename(target); str.replace has two, dataclasses.replace keywords
@@ -396,7 +396,7 @@ def test_a_server_child_dies_with_a_killed_fsa():
 
 
 def _serve(artifact: Path, tmp: Path) -> tuple[subprocess.Popen, list[int]]:
-    from fsa_deploy.runtime.serve.server import free_ports
+    from benchmarks.ports import free_ports
 
     ports = free_ports(3)
     proc = subprocess.Popen([sys.executable, "-m", "fsa_deploy", "serve", str(artifact), "--backend", "onnx",

@@ -22,13 +22,13 @@ README = (REPO / "README.md").read_text()
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # benchmark scripts (their make target) -> where their parser is built
 SCRIPTS: dict[str, str] = {
-    "bench-build": "fsa_deploy.validation.bench.build",
-    "export-b16": "fsa_deploy.validation.bench.export",
-    "bench-eval": "fsa_deploy.validation.bench.eval",
-    "bench-serve": "fsa_deploy.validation.bench.serve",
-    "bench-memory": "fsa_deploy.validation.bench.memory",
-    "bench-real-stats": "fsa_deploy.validation.bench.real_stats",
-    "bench-app": "fsa_deploy.validation.bench.app",
+    "bench-build": "benchmarks.engine_build",
+    "export-b16": "benchmarks.export_time",
+    "bench-eval": "benchmarks.eval_throughput",
+    "bench-serve": "benchmarks.serving_overhead",
+    "bench-memory": "benchmarks.segment_memory",
+    "bench-real-stats": "benchmarks.activation_stats",
+    "bench-app": "benchmarks.app_latency",
 }
 # the least each parser needs before the option under test
 REQUIRED: dict[str, list[str]] = {

@@ -21,6 +21,7 @@ FOLDERS = {"fsa_deploy": "fsa_deploy", "models": "fsa_deploy/models", "export": 
            "validation": "fsa_deploy/validation"}
 NEW_CLASSES = "tabby cat; kitten, wooden floor, knitted blanket, sunlight"
 ABSENT = ("torch", "open_clip", "timm", "onnx", "tqdm")
+NOT_SHIPPED = ("benchmarks",)  # the make targets' benchmarks: in the checkout (copied, so a slip shows), not the wheel
 
 
 def run(*cmd, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
@@ -35,7 +36,7 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for folder in FOLDERS:
+    for folder in (*FOLDERS, *NOT_SHIPPED):
         shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("wheel")
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, src)
@@ -48,6 +49,11 @@ def test_wheel_holds_one_package_and_every_source_file(wheel):
     top = {n.split("/")[0] for n in names}
     dist = [t for t in top if t.endswith(".dist-info")]
     assert top == {"fsa_deploy", *dist} and len(dist) == 1, sorted(top)
+    # the make targets' benchmarks and the test helpers stay in the checkout; `fsa bench`'s library ships
+    scripts = {p.name for p in (REPO / "benchmarks").glob("*.py")} - {"__init__.py"}
+    assert scripts and not [n for n in names if n.startswith("fsa_deploy/validation/bench/")
+                            and Path(n).name in scripts], names
+    assert "fsa_deploy/validation/bench/cli.py" in names and "fsa_deploy/validation/bench/block.py" in names
     want = {f"{FOLDERS[folder]}/{p.relative_to(REPO / folder).as_posix()}"
             for folder in FOLDERS for p in (REPO / folder).rglob("*.py") if "__pycache__" not in p.parts}
     missing = sorted(want - set(names))

@@ -26,8 +26,8 @@ from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.check import check_repository, parse_configs
 from fsa_deploy.runtime.serve.env import find_serve_env
 from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
-from fsa_deploy.runtime.serve.server import free_ports
 
+from benchmarks.ports import free_ports
 from fsa_deploy.contract import IMAGE_MODEL, SEGMENT_MODEL, TEXT_MODEL
 from fsa_deploy.errors import FSAError
 
@@ -375,7 +375,8 @@ def test_a_video_stream_fed_at_a_fixed_rate_comes_back_in_order(server, tiny_art
     require("av")
     from fsa_deploy.runtime.segmenter import Segmenter
     from fsa_deploy.runtime.video.triton import StreamStats, stream_to_triton
-    from fsa_deploy.validation.bench.clips import decoded_frames, pan_zoom_frames, write_clip
+
+    from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip
 
     clip = write_clip(tmp_path / "feed.mp4", pan_zoom_frames(photos()[1], 10, (96, 64)), 12)
     frames = decoded_frames(clip)

@@ -4,8 +4,10 @@
   (imports it without using it, lists it in `__all__`, or carries a `# noqa: F401` layer), imports
   one from a module other than the contract, reads one as `M.NAME` through another module, or
   binds a contract name to something of its own (a second meaning, or an alias).
-- Benchmarks have one home, validation/bench/, and each is reachable as a make target: every module
-  there with a `main` is named by a Makefile recipe, and every module or script a recipe names exists.
+- Benchmarks have one home, the top-level benchmarks/ (not installed: the wheel holds the product), and each is
+  reachable as a make target: every module there with a `main` is named by a Makefile recipe, and every module or
+  script a recipe names exists. `fsa bench`'s library stays in the package (validation/bench/): the verb is part
+  of the CLI.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # pyproject.toml's package-dir mapping: installed package -> folder
 PACKAGE_DIRS = {"fsa_deploy.models": "models", "fsa_deploy.export": "export", "fsa_deploy.calibration": "calibration",
-                "fsa_deploy.runtime": "runtime", "fsa_deploy.validation": "validation", "fsa_deploy": "fsa_deploy"}
-BENCH = REPO / "validation" / "bench"
+                "fsa_deploy.runtime": "runtime", "fsa_deploy.validation": "validation", "fsa_deploy": "fsa_deploy",
+                "benchmarks": "benchmarks"}  # the last: run from the checkout, not installed
+BENCH = REPO / "benchmarks"
 CONTRACT = "fsa_deploy.contract"
-SOURCE_ROOTS = ("fsa_deploy", "models", "export", "calibration", "runtime", "validation", "tools", "tests")
-MAKE_MODULE = re.compile(r"python -m (fsa_deploy[\w.]*)")
-MAKE_SCRIPT = re.compile(r"(?<![\w/.-])((?:tools|tests|validation|runtime|export|models|calibration)/[\w./-]+"
+SOURCE_ROOTS = ("fsa_deploy", "models", "export", "calibration", "runtime", "validation", "benchmarks", "tools",
+                "tests")
+MAKE_MODULE = re.compile(r"python -m ((?:fsa_deploy|benchmarks)[\w.]*)")
+MAKE_SCRIPT = re.compile(r"(?<![\w/.-])((?:tools|tests|benchmarks|validation|runtime|export|models|calibration)/"
+                         r"[\w./-]+"
                          r"\.(?:py|sh))")
 
 
@@ -54,15 +59,17 @@ def recipes(makefile: str) -> str:
 
 def test_every_benchmark_is_a_make_target():
     named = set(MAKE_MODULE.findall(recipes((REPO / "Makefile").read_text())))
-    benchmarks = {f"fsa_deploy.validation.bench.{p.stem}" for p in sorted(BENCH.glob("*.py")) if has_main(p)}
+    benchmarks = {f"benchmarks.{p.stem}" for p in sorted(BENCH.glob("*.py")) if has_main(p)}
     assert len(benchmarks) >= 7, benchmarks  # export, build, memory, serve, real_stats, eval, app
     assert sorted(benchmarks - named) == [], "benchmarks no make target runs"
+    shipped = [p.name for p in (REPO / "validation" / "bench").glob("*.py") if has_main(p)]
+    assert shipped == [], "scripts only make runs, inside the shipped package (their home: benchmarks/)"
 
 
 def test_every_module_and_script_a_recipe_names_exists():
     text = recipes((REPO / "Makefile").read_text())
     modules = set(MAKE_MODULE.findall(text))
-    assert "fsa_deploy.validation.bench.serve" in modules  # the pattern reads the recipes
+    assert "benchmarks.serving_overhead" in modules  # the pattern reads the recipes
     assert sorted(m for m in modules if module_file(m) is None) == [], "modules the Makefile runs that do not exist"
     scripts = set(MAKE_SCRIPT.findall(text))
     assert "tools/demo.sh" in scripts
@@ -70,7 +77,7 @@ def test_every_module_and_script_a_recipe_names_exists():
 
 
 def test_the_bench_package_imports_nothing_heavy():
-    """`python -m fsa_deploy.validation.bench.NAME` runs the package's __init__ first (~0.3 s, one process)."""
+    """`fsa` imports the package for its bench verb (~0.3 s, one process): nothing heavy at import."""
     heavy = ("numpy", "torch", "onnxruntime", "onnx", "open_clip", "PIL")
     code = f"import sys, fsa_deploy.validation.bench; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -78,7 +85,7 @@ def test_the_bench_package_imports_nothing_heavy():
 
 
 def test_module_file_follows_the_package_dir_mapping():
-    assert module_file("fsa_deploy.validation.bench.serve") == BENCH / "serve.py"
+    assert module_file("benchmarks.serving_overhead") == BENCH / "serving_overhead.py"
     assert module_file("fsa_deploy") == REPO / "fsa_deploy" / "__main__.py"
     assert module_file("fsa_deploy.validation.bench_serve") is None  # the old home
 

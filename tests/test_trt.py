@@ -209,7 +209,7 @@ def test_every_tiny_export_builds(tiny_export, tmp_path: Path, attention: str, p
 @needs_rtx
 def test_text_engine_and_both_names(tiny_artifact, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The full export: image and text engines, named per flavour so a TensorRT build can sit beside them."""
-    from fsa_deploy.validation.bench.build import BUILT
+    from benchmarks.engine_build import BUILT
 
     folder = copy_of(tiny_artifact.root, tmp_path)
     since = len(logger(RTX).lines)

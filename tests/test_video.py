@@ -26,8 +26,7 @@ from PIL import Image
 
 av = require("av")
 
-from fsa_deploy.validation.bench.clips import decoded_frames, pan_zoom_frames, write_clip  # noqa: E402
-
+from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip  # noqa: E402
 from fsa_deploy.contract import OUTPUTS_MANIFEST  # noqa: E402
 
 CLASSES = "sky, person, grass, cat, road"
@@ -410,7 +409,8 @@ def test_app_source_streams_the_annotated_video_to_chromium(clips, tiny_artifact
 
 def test_app_with_a_bad_source_is_one_line_before_serving(tiny_artifact, tmp_path):
     from conftest import run_cli
-    from fsa_deploy.runtime.serve.server import free_ports
+
+    from benchmarks.ports import free_ports
 
     proc = run_cli("app", tiny_artifact.root, "--port", str(free_ports(1)[0]), "--source", "/dev/video63",
                    timeout=60)

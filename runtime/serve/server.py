@@ -61,18 +61,6 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n ports nobody listens on now (bound at once, so they differ): for the servers a benchmark or a
-    test starts (`fsa serve` itself takes its ports from the user)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind((host, 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def sweep_group(pgid: int, grace_s: float = 5.0) -> None:
     """Wait until no process of the group is left; SIGKILL the group after `grace_s`."""
     deadline = time.monotonic() + grace_s

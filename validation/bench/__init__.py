@@ -22,11 +22,10 @@ prepare (export, calibrate, build), isolate (child processes), measure (timings,
 fidelity (validate's check), run (the whole run), report (table, Markdown, plot, gate),
 cli (options). `fsa` imports this package for the verb and calls add_bench.
 
-Every other benchmark lives here too, one module each, each a make target (README "Other targets",
-figures in docs/BENCHMARKS.md): block (`fsa bench --block`), export, build, memory, serve,
-real_stats, eval, app, run as `python -m fsa_deploy.validation.bench.NAME`; timing and flops are the
-measures they share. This file imports nothing heavy (no numpy, torch or onnxruntime), so that
-`-m` of one benchmark loads only what that benchmark needs (tests/test_structure.py).
+`fsa bench --block` (block) lives here too, with timing and flops, the measures the benchmarks share. The
+benchmarks that only make targets run are not part of the product: they live in the checkout's benchmarks/ folder
+(not installed) and import this package as any user code would. This file imports nothing heavy (no numpy, torch or
+onnxruntime), so `fsa` loads only what the verb it runs needs (tests/test_structure.py).
 """
 
 from fsa_deploy.validation.bench.cli import add_bench, run_bench_cli

@@ -169,11 +169,21 @@ bench-envelope: setup
 	flock /tmp/fsa-heavy.lock $(BIN)/python -m benchmarks.precision_envelope --work out/bench/envelope \
 	  --json docs/envelope.json --md out/bench/envelope.md --plot docs/envelope.png
 
-# the fp16 precision policy's cost (nodes, MiB, ORT CPU time) on one fp32 export; POLICY_ARGS picks the model
+# the fp16 precision policy's cost (nodes, MiB, ORT CPU time against the islands-only graph in the same run) on one
+# fp32 export; POLICY_ARGS picks the model. -full: ViT-B-16 + DINO B/8 at 336, random init, the export bench-video
+# makes once in out/b16 (~5 min of export, then ~5 min: the audit's ranges, two fp16 conversions, 5 timed runs each)
 POLICY_ARGS ?= --model tiny --proxy tiny-dino --crop 112 --random-init --real-stats --real-stats-scale 30
+.PHONY: bench-policy-cost-full
 bench-policy-cost: setup
 	flock /tmp/fsa-heavy.lock sh -c '$(BIN)/fsa export --out out/bench/policy-fp32 --overwrite --quiet $(POLICY_ARGS) \
-	  && $(BIN)/python -m benchmarks.fp16_policy_cost out/bench/policy-fp32'
+	  && $(BIN)/python -m benchmarks.fp16_policy_cost out/bench/policy-fp32 --json out/bench/policy-cost.json \
+	  --md out/bench/policy-cost.md'
+
+bench-policy-cost-full: setup
+	test -f out/b16/meta.json || flock /tmp/fsa-heavy.lock $(BIN)/fsa export --model ViT-B-16 --proxy dino --crop 336 \
+	  --random-init --seed 0 --out out/b16
+	flock /tmp/fsa-heavy.lock $(BIN)/python -m benchmarks.fp16_policy_cost out/b16 --repeats 5 \
+	  --json out/bench/policy-cost-full.json --md out/bench/policy-cost-full.md
 
 # A new class list's text encoding, before/after (docs/BENCHMARKS.md): on the full-size export that
 # bench-eval-full makes (ART=DIR for another); heavy on CPU, so under the shared lock.

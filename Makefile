@@ -113,8 +113,9 @@ bench-serve-full: setup
 clean:
 	rm -rf out .pytest_cache
 
-# Issue 23: full-size activation statistics per block, --real-stats against plain random init (ViT-B-16 and
-# DINO B/8, DINOv2, SAM, MAE at 336, two photos); heavy: under the shared lock. docs/BENCHMARKS.md.
+# Full-size activation statistics per block, --real-stats against plain random init (ViT-B-16 and DINO B/8, DINOv2
+# with and without registers, SAM, MAE at 336, two photos), checked against the current recipe's own targets (exit 1
+# where a trunk misses one); heavy: under the shared lock. docs/BENCHMARKS.md.
 bench-real-stats: setup
 	flock /tmp/fsa-heavy.lock $(BIN)/python -m benchmarks.activation_stats \
 	  --json out/bench/real_stats.json --md out/bench/real_stats.md

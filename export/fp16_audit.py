@@ -33,7 +33,6 @@ from fsa_deploy.export.graph_walk import Walk
 
 from fsa_deploy.errors import FSAError
 
-FP16_MAX = 65504.0
 SAFE_FP16 = 16384.0  # a quarter of fp16's largest value: headroom for inputs the calibration did not see
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto elem types
 SQUARE_SUMS = ("LayerNormalization", "ReduceL2", "ReduceSumSquare")  # sum of squares inside the node

@@ -34,8 +34,6 @@ MASK_PREFIX = "mask."
 # docs/CONTRACT.md's stage keys, in forward order
 STAGES = ("image", "proxy_features", "values", "text_embeddings", "attn_proxy", "attn_out1", "patch_logits",
           "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new", "features", "logits")
-PROXY_ONLY = ("proxy_features", "attn_proxy")
-FSA_ONLY = ("patch_logits", "uniform_logits", "feedback_probs", "kl", "sim", "keep", "attn_new")
 
 # ---- precisions: what each verb accepts
 EXPORT_PRECISIONS = ("fp32", "fp16")  # `fsa export --precision`: the precision is in the ONNX

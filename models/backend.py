@@ -104,13 +104,3 @@ def spec_key(spec: ModelSpec) -> str:
     """A short stable hash of a model selection (cache key of a reference without an artefact)."""
     blob: dict[str, Any] = spec.describe()
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def reference_segmenter(spec: ModelSpec, device: str = "cpu", **options: Any):
-    """A runtime Segmenter on the PyTorch reference itself, without an export (open_clip and timm)."""
-    from fsa_deploy.models.text import openai_templates
-    from fsa_deploy.runtime.segmenter import Segmenter
-
-    return Segmenter(TorchBackend(spec, device=device), crop=spec.crop, logit_scale=spec.hp.logit_scale,
-                     templates=openai_templates(), model_key=f"spec:{spec_key(spec)}", backend_reason="reference",
-                     **options)

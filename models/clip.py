@@ -33,13 +33,9 @@ def _open_clip():
     return open_clip
 
 
-def create_clip(model: str, weights: Weights) -> torch.nn.Module:
-    """An open_clip CLIP model in eval mode on the CPU, fp32, at its native image size."""
-    return load_clip(model, weights)[0]
-
-
 def load_clip(model: str, weights: Weights) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """`create_clip` plus what meta.json records about the weights (file, sha256, layout).
+    """An open_clip CLIP model in eval mode on the CPU, fp32, at its native image size, and what meta.json records
+    about the weights (file, sha256, layout).
 
     The positional embedding is resized for the crop later (models.reference), the way
     the official FSA code does it, not by open_clip's force_image_size. OpenAI's CLIPs were

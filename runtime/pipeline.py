@@ -222,11 +222,6 @@ def resized_canvas_logits(resized: np.ndarray, forward: CropForward, geo: Geomet
     return canvas.mean()
 
 
-def segment_logits(image: np.ndarray, forward: CropForward, geo: Geometry, max_batch: int = 16) -> np.ndarray:
-    """image [3, H0, W0] RGB 0-255 -> image logits [K, H0, W0] (before the logit scale; K full planes)."""
-    return resize(canvas_logits(image, forward, geo, max_batch), (image.shape[-2], image.shape[-1]))
-
-
 # ---------------------------------------------------------------- post-processing
 
 

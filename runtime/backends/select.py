@@ -65,12 +65,6 @@ def tensorrt_unusable(art: Artifact | None = None) -> str | None:
     return None
 
 
-def open_backend(art: Artifact, backend: str = "auto", *, threads: int | None = None,
-                 precision: str | None = None, device: str | None = None) -> Any:
-    """The backend named by `backend` (see BACKENDS) on `art`; `select_backend` also says why."""
-    return select_backend(art, backend, threads=threads, precision=precision, device=device).backend
-
-
 def select_backend(art: Artifact, backend: str = "auto", *, threads: int | None = None,
                    precision: str | None = None, device: str | None = None) -> Opened:
     """The backend named by `backend` (see BACKENDS) on `art`, and the reason it was picked.

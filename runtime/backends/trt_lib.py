@@ -256,11 +256,6 @@ def logger(flavour: Flavour) -> Any:
     return Capture()
 
 
-def trt_logger() -> Any:
-    """TensorRT 10/11's logger (kept for callers that predate flavours)."""
-    return logger(TRT)
-
-
 # ---------------------------------------------------------------- the plan header
 
 
@@ -274,9 +269,6 @@ class PlanHeader:
     size: int | None = None
     version: str | None = None
     targets: tuple[str, ...] = ()
-
-
-HEADER_BYTES = 64
 
 
 def read_header(blob: bytes) -> PlanHeader:

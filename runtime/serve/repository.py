@@ -150,9 +150,6 @@ def _python_model(folder: Path, model_file: str) -> None:
     vendor_runtime(version)
 
 
-MODELS = (SEGMENT_MODEL, IMAGE_MODEL, TEXT_MODEL)
-
-
 def check_repository_target(out: Path, overwrite: bool = False) -> None:
     """`out` may be absent or an empty folder, never inside an artefact folder (at any depth); a
     repository of ours is replaced with `overwrite`, and only when every file in it is one its

@@ -127,10 +127,6 @@ class VideoInfo:
     live: bool = False
 
 
-class SourceError(FSAError):
-    """The source stopped (truncated, corrupt, stalled): the frames before it are good."""
-
-
 def require_av():
     try:
         import av

@@ -202,10 +202,6 @@ def _ref(report: EvalReport) -> dict[str, Any] | None:
                  and r["graph"] is None and any("miou_delta" in o for o in report.rows)), None)
 
 
-def row_label(r: dict[str, Any]) -> str:
-    return r["name"] if r["name"] == "reference" else f"{r['name']} ({r['backend']})"
-
-
 def per_class_table(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     """mmseg's per-class table (Class, IoU, Acc) with a column pair per row, and the IoU delta of
     each artefact row against the reference; the prompt line beside each dataset class name."""

@@ -149,7 +149,6 @@ class Artifact:
                     current = schema.parse(path.read_text(encoding="utf-8"), str(path))
                 except (OSError, ValueError, FSAError):
                     current = None  # unreadable now: ours is the only good copy
-            _pause_for_tests()
             if isinstance(current, dict) and isinstance(current.get("files"), dict):
                 files = dict(current["files"])
                 for name in self._changed:
@@ -160,15 +159,6 @@ class Artifact:
                 self.meta["files"] = files
             gate.write_json(path, self.meta)
             self._changed.clear()
-
-
-def _pause_for_tests() -> None:
-    """FSA_TEST_META_PAUSE=SECONDS: sleep between meta.json's read and write (the race test's hook)."""
-    pause = environ.value("FSA_TEST_META_PAUSE")
-    if pause:
-        import time
-
-        time.sleep(pause)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,6 @@ VARS: dict[str, Var] = {
     "FSA_MAX_PIXELS": Var(_pixels, "a positive pixel count, e.g. 400000000", lambda: 20_000 * 20_000),
     "FSA_CACHE_DIR": Var(_folder, "a folder", lambda: Path.home() / ".cache" / "fsa-deploy"),
     "FSA_SERVE_VENV": Var(_folder, "a folder (the serving environment)", lambda: None),
-    "FSA_TEST_META_PAUSE": Var(_seconds, "a finite number of seconds >= 0", lambda: 0.0),
 }
 
 

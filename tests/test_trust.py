@@ -431,7 +431,30 @@ def test_segment_outputs_never_overwrite_inputs(tiny_artifact, tmp_path, capsys)
 
 # ---------------------------------------------------------------- one writer of meta.json at a time
 
-WRITER = """
+# The race's window, opened from the test: in the process this runs in, each save of meta.json waits 1.5 s between
+# its re-read under the lock and its write (the product has no such hook)
+PAUSE = """
+import contextlib, time
+from fsa_deploy.runtime import artifact as _A
+_lock, _write, _held = _A.meta_lock, _A.gate.write_json, []
+
+@contextlib.contextmanager
+def _holding(root):
+    with _lock(root):
+        _held.append(root)
+        try:
+            yield
+        finally:
+            _held.pop()
+
+def _paused_write(path, *args, **kw):
+    if _held:
+        time.sleep(1.5)
+    return _write(path, *args, **kw)
+
+_A.meta_lock, _A.gate.write_json = _holding, _paused_write
+"""
+WRITER = PAUSE + """
 import sys, time
 from fsa_deploy.runtime.artifact import Artifact
 art = Artifact.load(sys.argv[1])
@@ -443,12 +466,11 @@ art.save()
 
 
 def test_two_writers_keep_both_records(tiny_artifact, tmp_path):
-    """Two processes load, record and save at once; FSA_TEST_META_PAUSE holds each between
-    meta.json's read and write, so without the lock (or without the re-read) one record is lost."""
+    """Two processes load, record and save at once; PAUSE holds each between meta.json's read and write, so
+    without the lock (or without the re-read) one record is lost."""
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact.root, art)
-    env = {**os.environ, "FSA_TEST_META_PAUSE": "1.5"}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(art), name], cwd=REPO, env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(art), name], cwd=REPO,
                               stderr=subprocess.PIPE, text=True) for name in ("a.note", "b.note")]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
@@ -464,10 +486,10 @@ def test_build_and_another_writer_at_once_keep_both_records(tiny_artifact, tmp_p
     require("tensorrt_rtx", RTX_ENV)
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact.root, art)
-    env = {**os.environ, "FSA_TEST_META_PAUSE": "1.5"}
-    build = subprocess.Popen([sys.executable, "-m", "fsa_deploy", "build", str(art), "--engine", "rtx", "--no-text",
-                              "--max-batch", "2"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    other = subprocess.Popen([sys.executable, "-c", WRITER, str(art), "c.note"], cwd=REPO, env=env,
+    fsa = PAUSE + "import sys\nfrom fsa_deploy.cli import main\nsys.exit(main())"
+    build = subprocess.Popen([sys.executable, "-c", fsa, "build", str(art), "--engine", "rtx", "--no-text",
+                              "--max-batch", "2"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    other = subprocess.Popen([sys.executable, "-c", WRITER, str(art), "c.note"], cwd=REPO,
                              stderr=subprocess.PIPE, text=True)
     assert other.wait(timeout=300) == 0, other.stderr.read()
     assert build.wait(timeout=300) == 0, build.stderr.read()

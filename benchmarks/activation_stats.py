@@ -73,6 +73,17 @@ def _range(vals: list[dict], key: str, times_tokens: bool = False) -> str:
     return f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}-{hi:.3g}"
 
 
+def write(args: argparse.Namespace, report: dict[str, Any], rows: list[tuple]) -> None:
+    from fsa_deploy.runtime import gate
+
+    gate.mkdir(Path(args.json).parent)
+    gate.write_text(args.json, json.dumps(report, indent=1) + "\n")
+    head = ("| model | init | planted | block | resid_absmax_ratio | high_norm_token_fraction | token_norm_ratio "
+            "| post_ln_channel_spread | attn_max_mean x N | recipe's targets met |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    gate.write_text(args.md, head + "".join("| " + " | ".join(map(str, r)) + " |\n" for r in rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
     from fsa_deploy.models.activation_stats import model_stats
@@ -81,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.models.real_stats import RECIPE, RECIPES
     from fsa_deploy.models.registry import proxy_spec
     from fsa_deploy.models.weights import Weights
-    from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.images import sample_photos
 
     args = build_parser().parse_args(argv)
@@ -121,12 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             clip_done.add(real)
             print(f"{proxy} real_stats={real}: {run['seconds']} s", file=sys.stderr, flush=True)
             del ref
-    gate.mkdir(Path(args.json).parent)
-    gate.write_text(args.json, json.dumps(report, indent=1) + "\n")
-    head = ("| model | init | planted | block | resid_absmax_ratio | high_norm_token_fraction | token_norm_ratio "
-            "| post_ln_channel_spread | attn_max_mean x N | recipe's targets met |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
-    gate.write_text(args.md, head + "".join("| " + " | ".join(map(str, r)) + " |\n" for r in rows))
+        write(args, report, rows)  # after each proxy: a run cut short keeps what it measured
     print(Path(args.md).read_text())
     missed = [m for run in report["runs"] for m in run.get("missed", {}).values() if m]
     return 1 if missed else 0

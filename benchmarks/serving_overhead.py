@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     http, grpc, metrics = free_ports(3)
     server = Server(Path(art), http_port=http, grpc_port=grpc, metrics_port=metrics,
-                    options=RepoOptions(flavour="local", backend="onnx"))
+                    options=RepoOptions(target="local", backend="onnx"))
 
     def remote(state, image=None):
         if state == "open":

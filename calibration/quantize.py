@@ -28,7 +28,7 @@ from fsa_deploy.calibration.meta import record
 from fsa_deploy.calibration.modelopt_call import METHODS, link_source, require_modelopt, run_modelopt
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES, Where, fp32_rules
 from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime import gate, paths
+from fsa_deploy.runtime import gate, tempnames
 
 from fsa_deploy.contract import (
     CALIBRATE_PRECISIONS,  # also ModelOpt's quantize_mode names
@@ -39,7 +39,7 @@ from fsa_deploy.contract import (
 )
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
-from fsa_deploy.ranges import range_of
+from fsa_deploy.ranges import CALIBRATION_COUNT, CROPS_PER_CALL
 
 if TYPE_CHECKING:
     from fsa_deploy.runtime.text import Vocabulary
@@ -73,10 +73,10 @@ class CalibrationOptions:
             raise FSAError(f"--precision {self.precision!r}: choose from {', '.join(CALIBRATE_PRECISIONS)}")
         if self.method not in METHODS:
             raise FSAError(f"--method {self.method!r}: choose from {', '.join(METHODS)}")
-        range_of("--calibration-count", "calibrate").check(self.count, "--calibration-count")
+        CALIBRATION_COUNT.check(self.count)
         if self.region is not None and self.region not in REGIONS:
             raise FSAError(f"--quantize {self.region!r}: choose from {', '.join(REGIONS)}")
-        range_of("--batch", "calibrate").check(self.batch, "--batch")  # crops per calibration step
+        CROPS_PER_CALL.check(self.batch)  # crops per calibration step
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
 
     scope = str(art.meta.get("feedback_scope") or "")
     gate.sweep_stale(art.root)  # what a killed calibration left (our marker, its PID gone)
-    with gate.writing_into(art.root), gate.temp_dir(paths.temp_prefix("calibrate"), where=art.root) as tmp, \
+    with gate.writing_into(art.root), gate.temp_dir(tempnames.temp_prefix("calibrate"), where=art.root) as tmp, \
             owned_tempdir(Path(tmp) / "tmp"):  # ModelOpt's and ORT's own temp files: in ours, gone with it
         work = Path(tmp)
         src, external = link_source(art, work)

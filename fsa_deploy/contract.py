@@ -6,6 +6,8 @@ is their user-facing description. Nothing here imports anything heavy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # ---- the artefact folder
 FORMAT = "fsa-deploy-artifact"
 FORMAT_VERSION = 1
@@ -43,10 +45,32 @@ IMAGE_GRAPHS = {"fp32": IMAGE_ONNX, "fp16": IMAGE_ONNX, "int8": "image.int8.onnx
 # `fsa validate --profile`: one tolerance profile per image-graph precision (the thresholds: validate.TOLERANCES)
 PROFILES = GRAPH_PRECISIONS
 
-# ---- backends: what `--backend` names
-ARTIFACT_BACKENDS = ("auto", "trt", "onnx")  # the artefact's own graphs and engines: fsa validate, fsa serve
-BACKENDS = (*ARTIFACT_BACKENDS, "torch")  # fsa segment, app, eval: torch is the PyTorch reference (an entry point)
-TRITON_BACKENDS = ("onnxruntime", "tensorrt")  # `fsa triton --image-backend`: Triton's own names for fsa_image
+# ---- backends: one spelling each, and the names other tools give them
+
+
+@dataclass(frozen=True)
+class BackendNames:
+    """One backend's names: `--backend` (cli); the name reports print (report; a suffix may say the
+    device, `onnxruntime-cpu`, `pytorch-cuda`, or the flavour, `tensorrt-rtx`); Triton's backend
+    (`fsa triton --image-backend`, config.pbtxt `backend`) and platform for fsa_image, "" where
+    Triton has none."""
+
+    cli: str
+    report: str
+    triton: str = ""
+    triton_platform: str = ""
+
+
+ONNXRUNTIME = BackendNames("onnx", "onnxruntime", triton="onnxruntime")
+TENSORRT = BackendNames("trt", "tensorrt", triton="tensorrt", triton_platform="tensorrt_plan")
+PYTORCH = BackendNames("torch", "pytorch")
+BACKEND_NAMES = {b.cli: b for b in (ONNXRUNTIME, TENSORRT, PYTORCH)}
+ARTIFACT_BACKENDS = ("auto", TENSORRT.cli, ONNXRUNTIME.cli)  # the artefact's own graphs and engines: validate, serve
+BACKENDS = (*ARTIFACT_BACKENDS, PYTORCH.cli)  # fsa segment, app, eval: torch is the PyTorch reference (an entry point)
+TRITON_BACKENDS = tuple(b.triton for b in BACKEND_NAMES.values() if b.triton)  # `fsa triton --image-backend`
+# what runs a model repository's models: Triton's container (fsa triton: fsa_image on Triton's own backend)
+# or this machine's python models (fsa serve, PyTriton)
+REPOSITORY_TARGETS = ("container", "local")
 
 # ---- TensorRT: the two flavours (`fsa build --engine`, an engine record's "flavour") and TensorRT-RTX's
 # compute-capability targets (`fsa build --targets`, an engine record's "targets"), oldest first

@@ -2,9 +2,11 @@
 
 Every numeric option of every verb and benchmark script takes its `type=` from RANGES (add_ranged), so
 a value out of range, NaN or Infinity is a one-line error (FSAError, exit 2) naming the option, the value
-and the range, and `--help` prints the range. The same Range objects check values given through the Python
-API (range_of). A key is `--option` where the option means the same everywhere, `VERB --option` where one
-verb's code admits another range (fsa triton's --batch is the image model's max_batch_size, 1-1024).
+and the range, and `--help` prints the range. The bounds of library parameters are named for what they
+are (CROPS_PER_CALL, CROPS_PER_REQUEST, ...): the library checks its arguments against them, and the CLI's
+table below is generated from them plus the options only the CLI has. A key is `--option` where the option
+means the same everywhere, `VERB --option` where one verb's code admits another range (fsa triton's --batch
+is CROPS_PER_REQUEST, the image model's max_batch_size, 1-1024).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Range:
     integer: bool = False
     lo_open: bool = False
     why: str = ""  # what the bounds protect, for --help
+    option: str = ""  # the CLI option that sets the parameter: what an error from the library names
 
     def __str__(self) -> str:
         lo = f"{self.lo:g}" if not self.integer else str(int(self.lo))
@@ -51,18 +54,37 @@ class Range:
         except ValueError:
             raise FSAError(f"{option} {text}: not {'an integer' if self.integer else 'a number'} "
                            f"(valid: {self})") from None
-        return self.check(value, option, text)
+        self.check(value, option, text)
+        return value
 
-    def check(self, value: Any, name: str, text: str | None = None) -> Any:
-        """`value` if valid, else FSAError naming the option and the value (also the Python API's check)."""
+    def check(self, value: Any, name: str | None = None, text: str | None = None) -> Any:
+        """`value` if valid, else FSAError naming the option (default `option`) and the value (also the
+        Python API's check: a library parameter names the CLI option a user set it with)."""
         bad = self.problem(value)
         if bad:
-            raise FSAError(f"{name} {value if text is None else text}: {bad}")
+            raise FSAError(f"{name or self.option} {value if text is None else text}: {bad}")
         return value
+
+
+# ---- bounds of library parameters, named for what they are (each names the CLI option that sets it)
+# Segmenter.batch, validate, eval, bench (per forward), calibrate (per step): crops per backend call
+CROPS_PER_CALL = Range(1, 4096, integer=True, why="crops per call", option="--batch")
+# fsa_segment's requests to fsa_image: the image model's max_batch_size (RepoOptions.batch)
+CROPS_PER_REQUEST = Range(1, 1024, integer=True, why="crops per image-model request", option="--batch")
+# export: the graph's batch dimension; build: the engine profile's maximum (the graph's limit)
+GRAPH_MAX_BATCH = Range(1, 4096, integer=True, why="the largest crop batch the graph or engine admits",
+                        option="--max-batch")
+CALIBRATION_COUNT = Range(1, 100_000, integer=True, why="crops calibrating the Q/DQ graph",
+                          option="--calibration-count")
+PROB_THD = Range(0.0, 1.0, why="a probability", option="--prob-thd")
+LIBRARY_BOUNDS = (CROPS_PER_CALL, GRAPH_MAX_BATCH, CALIBRATION_COUNT, PROB_THD)
 
 
 # "--option" or "VERB --option" -> valid range; --help of each option prints it
 RANGES: dict[str, Range] = {
+    **{b.option: b for b in LIBRARY_BOUNDS},
+    "triton --batch": CROPS_PER_REQUEST,
+    "serve --batch": CROPS_PER_REQUEST,
     # docs/METHOD.md: E = Sim * exp(lamda * Sim) stays finite in fp32 for lamda <= 80
     "--lamda": Range(0.0, 80.0, lo_open=True, why="exp(lamda) must stay finite in fp32"),
     "--beta": Range(0.0, 10.0, why="S0 - beta * mean(S0): above ~1/mean(S0) every entry is masked"),
@@ -73,19 +95,10 @@ RANGES: dict[str, Range] = {
     # any finite X > 0: a scale whose fp32 graph overflows is what the fp16 export refuses, not the option
     "--real-stats-scale": Range(0.0, sys.float_info.max, lo_open=True,
                                 why="multiplies every planted magnitude; 1 = published"),
-    # export: the graph's batch dimension; build: the engine profile's maximum
-    "--max-batch": Range(1, 4096, integer=True, why="the largest crop batch the graph or engine admits"),
     "--stride": Range(1, 1024, integer=True, why="at most the crop size"),
-    "--prob-thd": Range(0.0, 1.0, why="a probability"),
     "--threads": Range(0, 1024, integer=True, why="0: onnxruntime's default"),
-    # crops per call: segment, validate, eval, bench (per forward), calibrate (per step), serve / triton (below)
-    "--batch": Range(1, 4096, integer=True, why="crops per call"),
-    # fsa_segment's requests to fsa_image: the image model's max_batch_size (runtime/serve/repository.py)
-    "triton --batch": Range(1, 1024, integer=True, why="crops per image-model request"),
-    "serve --batch": Range(1, 1024, integer=True, why="crops per image-model request"),
     "--repeats": Range(1, 100_000, integer=True),
     "--warmup": Range(0, 100_000, integer=True),
-    "--calibration-count": Range(1, 100_000, integer=True, why="crops calibrating the Q/DQ graph"),
     "--min-agreement": Range(0.0, 2.0, why="a fraction of pixels; above 1 fails on purpose"),
     "--tokens": Range(1, 100_000, integer=True),
     "--num-classes": Range(1, 100_000, integer=True),

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend
 
+from fsa_deploy.contract import PYTORCH
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
@@ -35,8 +37,8 @@ def spec_of(source: Artifact | ModelSpec | str | os.PathLike[str]) -> tuple[Mode
     return spec_from_meta(art.meta, str(art.root / "meta.json")), art
 
 
-class TorchBackend:
-    """Backend (runtime/backends/base.py) on the PyTorch reference of an artefact or a ModelSpec.
+class TorchBackend(Backend):
+    """Backend on the PyTorch reference of an artefact or a ModelSpec.
 
     `dtype` fp16 puts the trunk and proxy in fp16 and keeps the last block, the feedback
     and the tail in fp32, as fp16 exports do; CUDA only (CPU half kernels are slow or absent).
@@ -64,9 +66,13 @@ class TorchBackend:
         if self.dtype == torch.float16:
             self.ref.model.set_precision(torch.float16, torch.float32)
         precision = "" if self.dtype == torch.float32 else "-fp16"
-        self.name = f"pytorch-{self.device.type}{precision}"
-        self.text_key = f"pytorch:{spec_key(self.spec)}"  # the text tower stays fp32 in every precision
+        self.name = f"{PYTORCH.report}-{self.device.type}{precision}"
+        self._text_key = f"pytorch:{spec_key(self.spec)}"  # the text tower stays fp32 in every precision
         self.stage_names = ["keep", "attn_proxy"]  # what run_stages returns besides the logits
+
+    @property
+    def text_key(self) -> str:
+        return self._text_key
 
     def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
         """image float32 [B, 3, S, S] RGB 0-255, text [K, D] -> logits float32 [B, K, H', W'] (host arrays)."""

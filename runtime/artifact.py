@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime import environ, gate, paths, schema
+from fsa_deploy.runtime import environ, gate, onnx_locations, schema, trust
 
 from fsa_deploy.contract import FORMAT, FORMAT_VERSION, META
 from fsa_deploy.errors import FSAError
@@ -22,7 +22,7 @@ from fsa_deploy.errors import FSAError
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # sha256_file(once=True): (real path, size, mtime_ns) -> digest
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, scan: paths.LocationScanner | None = None,
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, scan: onnx_locations.LocationScanner | None = None,
                 *, once: bool = False, data: bytes | None = None) -> str:
     """sha256 of a file: the one implementation. `scan` sees every block (an .onnx's external-data
     names). `once`: hashed once per (path, size, mtime) in this process, for multi-GB files recorded
@@ -70,7 +70,7 @@ class Artifact:
         root = Path(root)
         if not root.is_dir():
             raise FSAError(f"{root}: not a folder (expected an artefact folder written by `fsa export`)")
-        path = paths.contained(root, META, "the artefact's own meta.json")
+        path = trust.contained(root, META, "the artefact's own meta.json")
         if not path.is_file():
             raise FSAError(f"{root}: no {META} (not an artefact folder written by `fsa export`)")
         try:
@@ -87,7 +87,7 @@ class Artifact:
             )
         art = cls(root, schema.validate(meta, str(path)))  # every field: one line naming a bad one
         for name in art.files():  # before any file is touched: no name leads out of the folder
-            paths.contained(root, name, f"{META} files entry")
+            trust.contained(root, name, f"{META} files entry")
         return art
 
     def files(self) -> dict[str, dict[str, Any]]:
@@ -98,14 +98,14 @@ class Artifact:
         info = self.files().get(name)
         if info is None:
             raise FSAError(f"{self.root}: {name} is not recorded in {META} (files: {', '.join(self.files())})")
-        p = paths.contained(self.root, name, f"{META} files entry")
+        p = trust.contained(self.root, name, f"{META} files entry")
         if not p.is_file():
             raise FSAError(f"{p}: missing (recorded in {META})")
         if verify and name not in self._verified:
-            scan = paths.LocationScanner() if name.endswith(".onnx") else None
+            scan = onnx_locations.LocationScanner() if name.endswith(".onnx") else None
             digest = sha256_file(p, scan=scan)
             if scan is not None:  # external data an .onnx names: plain names, recorded here
-                paths.check_locations(self.root, name, scan.names, set(self.files()))
+                onnx_locations.check_locations(self.root, name, scan.names, set(self.files()))
             if digest != info.get("sha256"):
                 again = "rebuild it (fsa build)" if p.suffix == ".engine" else "re-export"
                 raise FSAError(f"{p}: sha256 does not match {META} (file changed after it was written); {again}")
@@ -118,7 +118,7 @@ class Artifact:
 
     def record(self, name: str, **info: Any) -> None:
         """Record (or refresh) a file of the folder in meta.json, with its hash and size."""
-        p = paths.contained(self.root, name, "a file to record")
+        p = trust.contained(self.root, name, "a file to record")
         self.files()[name] = {**self.files().get(name, {}), **info, "sha256": sha256_file(p), "bytes": p.stat().st_size}
         self._verified.add(name)
         self._changed.add(name)

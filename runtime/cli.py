@@ -168,7 +168,7 @@ def run_segment(args: argparse.Namespace) -> int:
             backend = open_graph(artifact, args.graph, args.backend, threads=args.threads,
                                  precision=args.precision)[0]
         seg = Segmenter.from_artifact(artifact, backend, threads=args.threads, precision=args.precision,
-                                      max_batch=args.batch, cache_dir=cache, prob_thd=args.prob_thd,
+                                      batch=args.batch, cache_dir=cache, prob_thd=args.prob_thd,
                                       stride=args.stride, short_side=args.short_side, long_side=args.long_side)
         print(f"backend: {seg.backend.name} ({seg.backend_reason})", flush=True)
         seg.set_classes(vocabulary_from_args(args))

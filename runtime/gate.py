@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from fsa_deploy.runtime import paths
+from fsa_deploy.runtime import tempnames
 
 from fsa_deploy import interrupts
 from fsa_deploy.contract import FORMAT, META, OUTPUTS_FORMAT, OUTPUTS_MANIFEST
@@ -252,7 +252,7 @@ def writable(folder: Path, shown: str) -> None:
         for p in reversed([folder, *folder.parents][: len(folder.parts) - len(base.parts)]):
             os.mkdir(p, 0o777)
             made.append(p)
-        fd, probe = tempfile.mkstemp(prefix=paths.temp_prefix("probe"), dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=tempnames.temp_prefix("probe"), dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -350,7 +350,7 @@ def _atomic(path: Path) -> Iterator[Path]:
     tmp: str | None = None
     try:
         sweep_stale(path.parent, once=True)
-        fd, tmp = tempfile.mkstemp(prefix=paths.temp_prefix(path.stem), suffix=path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=tempnames.temp_prefix(path.stem), suffix=path.suffix, dir=path.parent)
         os.close(fd)
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600 files; the result should look like any other file
         yield Path(tmp)
@@ -374,7 +374,7 @@ def atomic(path: PathLike, keep: bool = True) -> Iterator[Path]:
         with _atomic(p) as tmp:
             yield tmp
     except OSError as e:  # the user's name in the line, never our temporary one
-        if e.filename is None or paths.MARKER not in str(e.filename):
+        if e.filename is None or tempnames.MARKER not in str(e.filename):
             raise
         raise FSAError(f"{escape(str(p))}: cannot write ({e.strerror or e})") from None
     if keep and not _inside_building(p):
@@ -555,7 +555,7 @@ def mkdtemp(prefix: str = "fsa-", where: PathLike | None = None) -> Path:
 def mkstemp_beside(path: Path, suffix: str = "") -> str:
     """A new empty temporary file of ours beside `path` (our marker and PID in its name), closed."""
     guard(path)
-    fd, tmp = tempfile.mkstemp(prefix=paths.temp_prefix(path.stem), suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tempnames.temp_prefix(path.stem), suffix=suffix, dir=path.parent)
     os.close(fd)
     return tmp
 
@@ -567,9 +567,9 @@ def open_write(path: PathLike) -> IO[bytes]:
     return os.fdopen(fd, "wb")
 
 
-def mkdtemp_beside(path: Path, kind: str = paths.MARKER) -> Path:
+def mkdtemp_beside(path: Path, kind: str = tempnames.MARKER) -> Path:
     guard(path.parent / "x")
-    return Path(tempfile.mkdtemp(prefix=paths.temp_prefix(path.name, kind), dir=path.parent))
+    return Path(tempfile.mkdtemp(prefix=tempnames.temp_prefix(path.name, kind), dir=path.parent))
 
 
 _SWEPT: set[str] = set()
@@ -592,8 +592,8 @@ def sweep_stale(folder: PathLike, once: bool = False) -> list[str]:
     except OSError:
         return removed
     for entry in entries:
-        pid = paths.is_ours(entry.name)
-        if pid is None or paths.pid_alive(pid):
+        pid = tempnames.is_ours(entry.name)
+        if pid is None or tempnames.pid_alive(pid):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):
@@ -750,7 +750,7 @@ def staging_folder(final: PathLike, overwrite: bool = False,
         if final.exists():
             check(final, overwrite)  # still replaceable (nobody swapped it while we worked)
             with interrupts.shielded():  # the swap must not stop half-way
-                old = mkdtemp_beside(final, paths.OLD_MARKER)
+                old = mkdtemp_beside(final, tempnames.OLD_MARKER)
                 os.rmdir(old)  # a unique free name: the old folder goes there
                 os.replace(final, old)
                 try:

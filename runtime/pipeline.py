@@ -157,9 +157,9 @@ def crops_of(image: np.ndarray, geo: Geometry) -> tuple[np.ndarray, list[Window]
     return np.stack([cut_crop(image, w, geo.crop) for w in wins]).astype(np.float32, copy=False), wins
 
 
-def batches(n: int, max_batch: int) -> Iterator[slice]:
-    for i in range(0, n, max_batch):
-        yield slice(i, min(i + max_batch, n))
+def batches(n: int, batch: int) -> Iterator[slice]:
+    for i in range(0, n, batch):
+        yield slice(i, min(i + batch, n))
 
 
 class Canvas:
@@ -205,17 +205,17 @@ def stitch(logits: np.ndarray, wins: Sequence[Window], size: tuple[int, int], ou
     return resize(stitch_canvas(logits, wins, size, crop), out_size)
 
 
-def canvas_logits(image: np.ndarray, forward: CropForward, geo: Geometry, max_batch: int = 16) -> np.ndarray:
+def canvas_logits(image: np.ndarray, forward: CropForward, geo: Geometry, batch: int = 16) -> np.ndarray:
     """image [3, H0, W0] RGB 0-255 -> image logits at the resized size [K, h, w] (before the scale)."""
-    return resized_canvas_logits(resize_image(image, geo), forward, geo, max_batch)
+    return resized_canvas_logits(resize_image(image, geo), forward, geo, batch)
 
 
-def resized_canvas_logits(resized: np.ndarray, forward: CropForward, geo: Geometry, max_batch: int = 16) -> np.ndarray:
+def resized_canvas_logits(resized: np.ndarray, forward: CropForward, geo: Geometry, batch: int = 16) -> np.ndarray:
     """The image already resized (float32 [3, h, w], by `resize_image` or by `fsa eval`'s mmcv
     resize) -> image logits at that size [K, h, w] (before the scale)."""
     wins = windows(resized.shape[-2], resized.shape[-1], geo)
     canvas = Canvas((resized.shape[-2], resized.shape[-1]), geo.crop)
-    for sl in batches(len(wins), max_batch):
+    for sl in batches(len(wins), batch):
         checkpoint("crops", sl.start, len(wins))  # a cancelled request (fsa app) stops here, between crop batches
         crops = np.stack([cut_crop(resized, w, geo.crop) for w in wins[sl]])
         canvas.add(np.asarray(forward(crops), dtype=np.float32), wins[sl])

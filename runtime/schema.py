@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime.paths import escape, name_problem
+from fsa_deploy.runtime.trust import name_problem
 
 from fsa_deploy.contract import META
-from fsa_deploy.errors import FSAError
+from fsa_deploy.errors import FSAError, escape
 
 Check = Callable[[Any], str | None]  # a value -> None if valid, else what is wrong with it
 

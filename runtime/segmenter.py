@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend, as_backend
 from fsa_deploy.runtime.images import encode, load_image, to_rgb
 from fsa_deploy.runtime.pipeline import Geometry, canvas_logits, postprocess, windows
 from fsa_deploy.runtime.schema import refuse_artifact_file
@@ -34,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from fsa_deploy.contract import IMAGE_ONNX, TOKENIZER_VOCAB, UNLABELLED, UNLABELLED_NAME, UNLABELLED_WIDE
 from fsa_deploy.errors import FSAError
-from fsa_deploy.ranges import range_of
+from fsa_deploy.ranges import CROPS_PER_CALL
 
 ImageLike = Any  # a path, a PIL image, numpy uint8 HWC or CHW, or torch [3, H, W] (0-255)
 Classes = Vocabulary | str | Sequence[str]
@@ -292,12 +293,12 @@ class Segmenter:
     in the result (C or K planes of the image's size); by default only the labels are made.
     """
 
-    backend: Any  # runtime.backends.base.Backend
+    backend: Backend  # an object with name/run/encode_text not derived from Backend is wrapped (as_backend)
     crop: int
     logit_scale: float
     templates: list[str] = field(repr=False)
     model_key: str
-    max_batch: int = 16
+    batch: int = 16  # crops per backend call (CROPS_PER_CALL; the CLI's --batch)
     cache_dir: str | os.PathLike[str] | None | _DefaultCache = DEFAULT_CACHE
     prob_thd: float = 0.0
     below_thd: int | None = None  # the label under prob_thd: None is unlabelled (255); `fsa eval` gives 0
@@ -314,9 +315,10 @@ class Segmenter:
     last_cache_hit: bool | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.backend = as_backend(self.backend)
         if isinstance(self.cache_dir, _DefaultCache):
             self.cache_dir = default_cache_dir()
-        range_of("--batch", "segment").check(self.max_batch, "--batch")  # crops per backend call
+        CROPS_PER_CALL.check(self.batch)
         if not 0.0 <= self.prob_thd <= 1.0:
             raise FSAError(f"--prob-thd {self.prob_thd}: must be between 0 and 1")
         if self.stride is not None and not 1 <= self.stride <= self.crop:
@@ -328,11 +330,11 @@ class Segmenter:
                                  long_side=self.long_side)
 
     @classmethod
-    def from_artifact(cls, folder: str | os.PathLike[str] | Artifact, backend: Any = "auto", *,
+    def from_artifact(cls, folder: str | os.PathLike[str] | Artifact, backend: Backend | str = "auto", *,
                       threads: int | None = None, precision: str | None = None, **options: Any) -> Segmenter:
         """A Segmenter on an artefact folder. `backend`: auto, trt, onnx, torch, or a Backend
         object; `threads`/`precision` go to runtime.backends.select.select_backend; `options`
-        are the dataclass fields (max_batch, cache_dir, prob_thd, stride, short_side, long_side, keep_probs,
+        are the dataclass fields (batch, cache_dir, prob_thd, stride, short_side, long_side, keep_probs,
         keep_logits)."""
         from fsa_deploy.runtime.backends.select import select_backend
 
@@ -367,7 +369,7 @@ class Segmenter:
             self.text = np.ascontiguousarray(t, dtype=np.float32)
             self.vocabulary, self.last_cache_hit = vocab, None
             return self
-        text_key = getattr(self.backend, "text_key", self.backend.name)
+        text_key = self.backend.text_key
         cache = None if isinstance(self.cache_dir, _DefaultCache) else self.cache_dir
         t, hit = cached_classifier(cache, f"{self.model_key}|{text_key}", self.backend.encode_text, vocab.queries,
                                    self.templates, self.vocab_file)
@@ -387,7 +389,7 @@ class Segmenter:
         img, source = as_image(image)
         h, w = img.shape[-2:]
         t1 = time.perf_counter()
-        canvas = canvas_logits(img, self._forward, self.geometry, self.max_batch)
+        canvas = canvas_logits(img, self._forward, self.geometry, self.batch)
         if not np.isfinite(canvas).all():  # argmax would make every such pixel class 0, silently
             bad = int((~np.isfinite(canvas)).sum())
             raise FSAError(f"{source or 'image'}: the {self.backend.name} backend gave {bad} NaN or infinite logits "

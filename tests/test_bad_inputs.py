@@ -758,7 +758,7 @@ API_CALLS: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = [
     ("ModelSpec lamda NaN", lambda inputs, seg: _spec(lamda=math.nan), ("--lamda nan", "not a finite")),
     ("ModelSpec top_p 1.5", lambda inputs, seg: _spec(top_p=1.5), ("--top-p 1.5", "outside (0, 1]")),
     ("Segmenter prob_thd NaN", lambda inputs, seg: _segmenter(inputs, prob_thd=math.nan), ("--prob-thd",)),
-    ("Segmenter max_batch 0", lambda inputs, seg: _segmenter(inputs, max_batch=0), ("--batch 0",)),
+    ("Segmenter max_batch 0", lambda inputs, seg: _segmenter(inputs, batch=0), ("--batch 0",)),
     ("Segmenter stride 0", lambda inputs, seg: _segmenter(inputs, stride=0), ("--stride 0",)),
     ("result.save over meta.json", _save_into_artefact, ("would overwrite meta.json",)),
 ]

@@ -161,7 +161,7 @@ def test_one_option_has_the_range_its_code_enforces() -> None:
 
     assert str(range_of("--batch", "triton")) == "[1, 1024] integer" != str(range_of("--batch", "segment"))
     with pytest.raises(FSAError, match=r"--batch 1025: outside \[1, 1024\]"):
-        _write_models(None, REPO, RepoOptions(flavour="container", max_batch=1025))  # type: ignore[arg-type]
+        _write_models(None, REPO, RepoOptions(target="container", batch=1025))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- README and docs/CONTRACT.md against the parser

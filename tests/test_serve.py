@@ -80,9 +80,9 @@ def test_offline_check_catches_typos_and_wiring(tiny_artifact, tmp_path):
 REFERENCE = Path(__file__).parent / "data" / "triton_reference"
 REFERENCE_OPTIONS = {
     "container": RepoOptions(),
-    "container-options": RepoOptions(max_batch=8, segment_instances=3, image_instances=2, cache_dir="/srv/cache"),
-    "tensorrt": RepoOptions(image_backend="tensorrt", max_batch=16),
-    "local": RepoOptions(flavour="local", max_batch=8, threads=2, backend="onnx", queue_delay_us=500),
+    "container-options": RepoOptions(batch=8, segment_instances=3, image_instances=2, cache_dir="/srv/cache"),
+    "tensorrt": RepoOptions(image_backend="tensorrt", batch=16),
+    "local": RepoOptions(target="local", batch=8, threads=2, backend="onnx", queue_delay_us=500),
 }
 
 
@@ -141,7 +141,7 @@ def test_tensorrt_repository_takes_the_engine_limits(tiny_artifact, tmp_path):
     """The plan file and the batch / class limits come from the engine's record in meta.json
     (a stand-in engine file: the repository writer never opens it)."""
     art_dir = with_stand_in_engine(tiny_artifact, tmp_path / "art")
-    out = write_repository(art_dir, tmp_path / "repo", RepoOptions(image_backend="tensorrt", max_batch=16))
+    out = write_repository(art_dir, tmp_path / "repo", RepoOptions(image_backend="tensorrt", batch=16))
     assert (out / IMAGE_MODEL / "1" / "model.plan").read_bytes() == b"plan bytes"
     assert 'platform: "tensorrt_plan"' in (out / IMAGE_MODEL / "config.pbtxt").read_text()
     seg = parse_configs(out)[SEGMENT_MODEL].parameters
@@ -150,7 +150,7 @@ def test_tensorrt_repository_takes_the_engine_limits(tiny_artifact, tmp_path):
 
 
 def test_local_repository_batches_the_image_model(tiny_artifact, tmp_path):
-    out = write_repository(tiny_artifact, tmp_path / "repo", RepoOptions(flavour="local", max_batch=8))
+    out = write_repository(tiny_artifact, tmp_path / "repo", RepoOptions(target="local", batch=8))
     image_cfg = (out / IMAGE_MODEL / "config.pbtxt").read_text()
     assert "max_batch_size: 8" in image_cfg and "dynamic_batching" in image_cfg and 'backend: "python"' in image_cfg
     assert check_repository(out, portable=False) == []

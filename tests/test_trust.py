@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import REPO, RTX_ENV, photos, require
 from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime import gate, paths
+from fsa_deploy.runtime import gate, onnx_locations, tempnames, trust
 from PIL import Image
 
 from fsa_deploy.cli import main
@@ -200,7 +200,7 @@ def _serve_prepare(art: str, tmp: Path) -> None:
     """`fsa serve`'s prepare step: the local repository written for the artefact."""
     from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
 
-    write_repository(art, tmp / "served", RepoOptions(flavour="local"))
+    write_repository(art, tmp / "served", RepoOptions(target="local"))
 
 
 VERBS: dict[str, Callable[[str, Path, str], list[str] | Callable[[], None]]] = {
@@ -264,7 +264,7 @@ def test_hostile_artefact(case, verb, hostile, tmp_path, capsys):
                                   "x" * 300, 5, None])
 def test_contained_refuses_anything_but_a_plain_name(tmp_path, name):
     with pytest.raises(FSAError) as err:
-        paths.contained(tmp_path, name, "test")
+        trust.contained(tmp_path, name, "test")
     assert "\n" not in str(err.value)
 
 
@@ -275,20 +275,20 @@ def test_contained_follows_links_only_inside(tmp_path):
     (tmp_path / "f" / "inside").symlink_to(tmp_path / "f" / "real")
     (tmp_path / "f" / "out").symlink_to(tmp_path / "secret")
     (tmp_path / "f" / "loop").symlink_to(tmp_path / "f" / "loop")
-    assert paths.contained(tmp_path / "f", "inside") == tmp_path / "f" / "inside"
-    assert paths.contained(tmp_path / "f", "absent") == tmp_path / "f" / "absent"
+    assert trust.contained(tmp_path / "f", "inside") == tmp_path / "f" / "inside"
+    assert trust.contained(tmp_path / "f", "absent") == tmp_path / "f" / "absent"
     with pytest.raises(FSAError, match="symlink leading out"):
-        paths.contained(tmp_path / "f", "out")
+        trust.contained(tmp_path / "f", "out")
     with pytest.raises(FSAError, match="symlink loop|dangling"):
-        paths.contained(tmp_path / "f", "loop")
+        trust.contained(tmp_path / "f", "loop")
 
 
 def test_external_data_locations_are_found_across_blocks():
     rec = b"\x0a\x08location\x12\x0dimage.onnx.xy"
     data = os.urandom(5000) + rec + os.urandom(3000)
-    assert paths.locations_in(data) == ["image.onnx.xy"]
+    assert onnx_locations.locations_in(data) == ["image.onnx.xy"]
     for cut in (4990, 5005, 5012):  # the record cut in two by a block boundary
-        scan = paths.LocationScanner()
+        scan = onnx_locations.LocationScanner()
         scan.feed(data[:cut])
         scan.feed(data[cut:])
         assert scan.names == {"image.onnx.xy"}, cut
@@ -329,10 +329,10 @@ def test_overwrite_replaces_an_artefact_and_nothing_else(tiny_artifact, tmp_path
     shutil.copytree(tiny_artifact.root, art)
     (tmp_path / ".art.old").mkdir()  # a name a user could choose: never swept
     (tmp_path / ".art.old" / "keep.txt").write_text("mine\n")
-    stale = tmp_path / f".art.{paths.MARKER}-{_dead_pid()}-x1y2"  # a killed export's staging folder
+    stale = tmp_path / f".art.{tempnames.MARKER}-{_dead_pid()}-x1y2"  # a killed export's staging folder
     stale.mkdir()
     (stale / "image.onnx").write_bytes(b"half")
-    live = tmp_path / f".art.{paths.MARKER}-{os.getpid()}-live"  # a live run's: kept
+    live = tmp_path / f".art.{tempnames.MARKER}-{os.getpid()}-live"  # a live run's: kept
     live.mkdir()
     def export_again() -> None:  # what `fsa export --overwrite` does once its graphs are made: the swap
         with gate.staging_folder(art, overwrite=True) as work:
@@ -351,7 +351,7 @@ def test_overwrite_replaces_an_artefact_and_nothing_else(tiny_artifact, tmp_path
     aside = [i for i, (e, p) in enumerate(renames) if e == "os.rename" and p == str(art)]
     assert aside, renames
     old = renames[aside[0] + 1][1]
-    assert paths.OLD_MARKER in Path(old).name
+    assert tempnames.OLD_MARKER in Path(old).name
     removed = [i for i, (e, p) in enumerate(renames) if e == "shutil.rmtree" and p == old]
     put = [i for i, (e, p) in enumerate(renames) if e == "os.rename" and i > aside[0] + 1]
     assert removed and put and put[0] < removed[0], renames
@@ -533,12 +533,12 @@ def test_forget_is_merged_too(tiny_artifact, tmp_path):
 
 def test_sweep_removes_only_our_stale_names(tmp_path):
     dead = _dead_pid()
-    stale = [f".x.{paths.MARKER}-{dead}-ab12.json", f".art.{paths.OLD_MARKER}-{dead}-cd34"]
-    kept = [f".x.{paths.MARKER}-{os.getpid()}-live.json", ".out.old", ".x.tmp", "x.fsa-tmp-1-a", ".x.fsa-tmp-abc"]
+    stale = [f".x.{tempnames.MARKER}-{dead}-ab12.json", f".art.{tempnames.OLD_MARKER}-{dead}-cd34"]
+    kept = [f".x.{tempnames.MARKER}-{os.getpid()}-live.json", ".out.old", ".x.tmp", "x.fsa-tmp-1-a", ".x.fsa-tmp-abc"]
     for n in stale + kept:
-        (tmp_path / n).mkdir() if "old" in n and paths.OLD_MARKER in n else (tmp_path / n).write_text("x")
+        (tmp_path / n).mkdir() if "old" in n and tempnames.OLD_MARKER in n else (tmp_path / n).write_text("x")
     with gate.atomic(tmp_path / "x.json") as tmp:
-        assert paths.MARKER in tmp.name and str(os.getpid()) in tmp.name
+        assert tempnames.MARKER in tmp.name and str(os.getpid()) in tmp.name
         tmp.write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["x.json", OUTPUTS_MANIFEST])
 

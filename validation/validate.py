@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.contract import ARTIFACT_BACKENDS, BACKENDS, IMAGE_ONNX, META, PROFILES, TEXT_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import CheckFailed, FSAError
@@ -141,14 +142,15 @@ class ArtifactSide:
     stage with --stages) through OnnxRuntimeBackend.run_stages: one way to run a graph."""
 
     def __init__(self, art: A.Artifact, name: str, backend: str, stages: bool):
-        self.name, self.stage_names = name, []
+        self.name = name
+        self.stage_names: list[str] = []
         info = art.files()[name]
         if backend == "trt" or name.endswith(".engine"):
             from fsa_deploy.runtime.backends.trt import TensorRTBackend
 
             if stages:
                 raise FSAError("--stages: engines expose no stage tensors; validate the ONNX graph with --stages")
-            self.backend: Any = TensorRTBackend(art, info.get("precision"))
+            self.backend: Backend = TensorRTBackend(art, info.get("precision"))
             self.kind = "tensorrt"
             return
         from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
@@ -159,11 +161,11 @@ class ArtifactSide:
         self.kind = self.backend.name
 
     @classmethod
-    def on(cls, backend: Any) -> ArtifactSide:
+    def on(cls, backend: Backend) -> ArtifactSide:
         """A side on a Backend with `run_stages` already open (the PyTorch backend of a bench row)."""
         side = cls.__new__(cls)
         side.name, side.backend, side.kind = backend.name, backend, backend.name
-        side.stage_names = list(getattr(backend, "stage_names", []))
+        side.stage_names = list(backend.stage_names)
         return side
 
     def run(self, crops: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:

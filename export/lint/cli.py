@@ -112,7 +112,7 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 def check_artifact_graph(path: Path) -> None:
     """A graph inside an artefact folder is read as the artefact says: its meta.json must load (no
     name leading out of the folder) and, if it records the graph, the graph's external-data names
-    must be recorded plain names (runtime.paths). A graph outside any artefact is linted as given."""
+    must be recorded plain names (runtime.trust). A graph outside any artefact is linted as given."""
     from fsa_deploy.runtime.artifact import Artifact
 
     from fsa_deploy.contract import META

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.runtime.backends.base import Backend
+
 from fsa_deploy.contract import (
     IMAGE_GRAPHS,
     IMAGE_ONNX,
@@ -121,9 +123,9 @@ def parse_classes(text: str):
     return vocab
 
 
-def precision_of(backend: Any, meta: Any) -> str:
+def precision_of(backend: Backend, meta: Any) -> str:
     """The image graph's precision: the engine's or ONNX file's name says it (meta.json for image.onnx)."""
-    name = getattr(backend, "engine_name", None) or getattr(backend, "image_file", None) or IMAGE_ONNX
+    name = backend.graph_file or IMAGE_ONNX
     by_file = {file: p for p, file in IMAGE_GRAPHS.items() if file != IMAGE_ONNX}
     if name in by_file:
         return by_file[name]
@@ -145,7 +147,7 @@ class Local:
         art = Artifact.load(folder)
         self.base = Segmenter.from_artifact(art, backend, cache_dir=usable_cache_dir(cache_dir))
         if "cpu" in self.base.backend.name:
-            self.base.max_batch = CPU_BATCH
+            self.base.batch = CPU_BATCH
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.base.artifact_sha256,
                      "backend": self.base.backend.name, "backend_reason": self.base.backend_reason,
                      "precision": precision_of(self.base.backend, art.meta), "model": art.meta.get("model"),

@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fsa_deploy.errors import FSAError
-from fsa_deploy.ranges import RANGES
+from fsa_deploy.ranges import PROB_THD
 
 STATIC = Path(__file__).parent / "static"
 EXAMPLES = Path(__file__).parent / "examples"  # small photos shipped with the package (LICENSES.txt there)
@@ -123,7 +123,7 @@ def replayed(request: Request, body: bytes) -> Request:
 def parse_prob_thd(text: str | None) -> float | None:
     if text is None or text.strip() == "":
         return None
-    rng = RANGES["--prob-thd"]
+    rng = PROB_THD
     try:
         value = float(text)
     except ValueError:

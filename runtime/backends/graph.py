@@ -7,22 +7,21 @@ that precision, an ONNX graph on ONNX Runtime.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.runtime.backends.select import select_backend
 
-from fsa_deploy.contract import META
+from fsa_deploy.contract import IMAGE_ONNX, META
 from fsa_deploy.errors import FSAError
 
 
 def open_graph(art: Artifact, graph: str | None, backend: str = "auto", *, threads: int | None = None,
-               precision: str | None = None) -> tuple[Any, str, str]:
+               precision: str | None = None) -> tuple[Backend, str, str]:
     """(backend, the file it runs, why): `graph` None is `select_backend`'s choice."""
     if graph is None:
         opened = select_backend(art, backend, threads=threads, precision=precision)
         b = opened.backend
-        return b, str(getattr(b, "image_file", None) or getattr(b, "engine_name", None) or "image.onnx"), opened.reason
+        return b, b.graph_file or IMAGE_ONNX, opened.reason
     if "/" in graph or "\\" in graph:
         raise FSAError(f"--graph {graph}: give a file name of the artefact folder, not a path")
     info = art.files().get(graph)

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend
 
-from fsa_deploy.contract import EMBEDDINGS, IMAGE, IMAGE_ONNX, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, IMAGE_ONNX, LOGITS, ONNXRUNTIME, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
 from fsa_deploy.errors import FSAError
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -73,8 +74,8 @@ def check_image_input(session: Any, art: Artifact, name: str) -> None:
     raise FSAError(f"{art.root / name}: no input named {IMAGE!r}; not an image graph of `fsa export`")
 
 
-class OnnxRuntimeBackend:
-    """Backend (runtime/backends/base.py) on ONNX Runtime.
+class OnnxRuntimeBackend(Backend):
+    """Backend on ONNX Runtime.
 
     `image_file` picks the graph (image.onnx, or a Q/DQ graph calibration recorded; None: the
     text graph only, for encoding a vocabulary);
@@ -103,10 +104,19 @@ class OnnxRuntimeBackend:
             self._image = self._session(image_file, self.stage_names, optimized_to)
             check_image_input(self._image, self.artifact, image_file)
         first = (self._image or self._text).get_providers()[0]
-        self.name = f"onnxruntime-{EP_NAMES.get(first, first.removesuffix('ExecutionProvider').lower())}"
+        self.name = f"{ONNXRUNTIME.report}-{EP_NAMES.get(first, first.removesuffix('ExecutionProvider').lower())}"
         self.grid = tuple(int(g) for g in self.artifact.meta["grid"])
         self.embed_dim = int(self.artifact.meta["embed_dim"])
-        self.text_key = f"{TEXT_ONNX}:{self.artifact.files().get(TEXT_ONNX, {}).get('sha256')}"
+        self._text_key = f"{TEXT_ONNX}:{self.artifact.files().get(TEXT_ONNX, {}).get('sha256')}"
+
+    @property
+    def text_key(self) -> str:
+        """text.onnx and its sha256 when opened: the text graph it encodes with."""
+        return self._text_key
+
+    @property
+    def graph_file(self) -> str | None:
+        return self.image_file
 
     def _session(self, name: str, stages: Sequence[str] = (), optimized_to: Any = None) -> Any:
         """A session on a file of the folder, its sha256 (and that of its external data) checked;

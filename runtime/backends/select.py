@@ -6,10 +6,11 @@ when installed, CPU otherwise); the reason for the choice is kept for the report
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
@@ -21,11 +22,11 @@ PLUGIN_GROUP = "fsa_deploy.backends"
 class Opened:
     """A backend and why it was picked (printed by `fsa segment`)."""
 
-    backend: Any  # runtime.backends.base.Backend
+    backend: Backend
     reason: str
 
 
-def plugin(name: str) -> Any:
+def plugin(name: str) -> Callable[..., Backend]:
     """A backend class registered under the entry-point group `fsa_deploy.backends`.
 
     The PyTorch reference registers itself as `torch` (pyproject.toml): the runtime reaches it
@@ -37,9 +38,12 @@ def plugin(name: str) -> Any:
     if not found:
         raise FSAError(f"--backend {name}: no such backend installed (entry point group {PLUGIN_GROUP})")
     try:
-        return found[0].load()
+        cls = found[0].load()
     except ImportError as e:
         raise FSAError(f"--backend {name}: needs the PyTorch reference: pip install 'fsa-deploy[export]' ({e})") from e
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise FSAError(f"--backend {name}: entry point {found[0].value} is not a Backend subclass")
+    return cls
 
 
 def engines_recorded(art: Artifact) -> list[str]:
@@ -104,13 +108,13 @@ def _auto(art: Artifact, threads: int | None, precision: str | None) -> Opened:
     return Opened(_onnxruntime(art, threads), f"auto: {why}")
 
 
-def _tensorrt(art: Artifact, precision: str | None) -> Any:
+def _tensorrt(art: Artifact, precision: str | None) -> Backend:
     from fsa_deploy.runtime.backends.trt import TensorRTBackend
 
     return TensorRTBackend(art, precision)
 
 
-def _onnxruntime(art: Artifact, threads: int | None) -> Any:
+def _onnxruntime(art: Artifact, threads: int | None) -> Backend:
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(art, threads=threads)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.runtime.backends.trt_lib import (
     FLAVOUR_OF,
     RTX,
@@ -40,7 +41,7 @@ from fsa_deploy.runtime.backends.trt_lib import (
     version_tuple,
 )
 
-from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, RTX_TARGETS, TEXT_EMBEDDINGS, TOKENS
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, RTX_TARGETS, TENSORRT, TEXT_EMBEDDINGS, TOKENS
 from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
@@ -432,8 +433,8 @@ def image_engines(art: Artifact, flavour: Flavour | None = None) -> dict[str, st
     return out
 
 
-class TensorRTBackend:
-    """Backend (runtime/backends/base.py) on the engines `fsa build` wrote into an artefact folder.
+class TensorRTBackend(Backend):
+    """Backend on the engines `fsa build` wrote into an artefact folder.
 
     `precision` picks the image engine (default: the only one built); `engine` picks the flavour
     when both were built ("trt" | "rtx"; default: the one this machine has, TensorRT first);
@@ -441,7 +442,7 @@ class TensorRTBackend:
     loaded on the first `encode_text`. Inputs and outputs are host numpy arrays.
     """
 
-    name = "tensorrt"
+    name = TENSORRT.report
 
     def __init__(
         self,
@@ -464,13 +465,21 @@ class TensorRTBackend:
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device)
         if self.flavour is RTX:
-            self.name = "tensorrt-rtx"
+            self.name = f"{TENSORRT.report}-{RTX.name}"
         self._image = self._load(self.engine_name, cuda_graph, image)
         self._image.check_io({IMAGE, TEXT_EMBEDDINGS}, {LOGITS})
         self._text: EngineRunner | None = None
         self.text_engine = self.flavour.text_engine
-        # the text engine's own hash keys the class-embedding cache (its precision may differ from ORT's)
-        self.text_key = f"{self.text_engine}:{self.artifact.files().get(self.text_engine, {}).get('sha256')}"
+        self._text_key = f"{self.text_engine}:{self.artifact.files().get(self.text_engine, {}).get('sha256')}"
+
+    @property
+    def text_key(self) -> str:
+        """The text engine and its own sha256 (its precision may differ from text.onnx's)."""
+        return self._text_key
+
+    @property
+    def graph_file(self) -> str | None:
+        return self.engine_name
 
     def _image_engine(self, precision: str | None, engine: str | None) -> tuple[str, Flavour]:
         root = self.artifact.root
@@ -511,7 +520,7 @@ class TensorRTBackend:
 
         if np.ndim(image) != 4 or np.ndim(text_embeddings) != 2:
             raise FSAError(
-                f"tensorrt: expected image [B, 3, S, S] and text_embeddings [K, D], "
+                f"{TENSORRT.report}: expected image [B, 3, S, S] and text_embeddings [K, D], "
                 f"got {list(np.shape(image))} and {list(np.shape(text_embeddings))}"
             )
         with torch.cuda.device(self.device):

@@ -2,7 +2,7 @@
 
 - `repository`: `fsa triton` writes a model repository (text model, image model, and the
   python-backend model `fsa_segment` that runs this runtime's Segmenter, calling the other two
-  through BLS); `fsa serve` writes its local flavour (every model a python model) to a temp dir.
+  through BLS); `fsa serve` writes its local target (every model a python model) to a temp dir.
 - `env`: the serving environment (PyTriton's wheel for the tritonserver binary, numpy < 2).
 - `server`: `fsa serve`, tritonserver as a child process group, stopped cleanly.
 - `check`: the offline config.pbtxt check (protobuf parse + BLS wiring).

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
+from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.contract import (
     CONTEXT_LENGTH,
@@ -33,7 +34,7 @@ class SegmentParams:
     image_model: str = IMAGE_MODEL
     text_model: str = TEXT_MODEL
     text_per_crop: bool = True  # image model batches over crops: each crop carries its [K, D] copy
-    max_batch: int = 16  # crops per image-model request (the Segmenter's max_batch)
+    max_batch: int = 16  # crops per image-model request (the Segmenter's batch; the parameter's name on the wire)
     max_classes: int = 1024  # queries per request; more is an error reply
     cache_size: int = 32  # class lists whose embeddings are kept in memory (LRU)
     cache_dir: str = ""  # class-embedding cache shared by the instances ("": the server's temp dir)
@@ -72,14 +73,17 @@ def calls(p: SegmentParams, crop: int, embed_dim: int, queries: int = 3, prompts
             Call(p.text_model, {TOKENS: ("TYPE_INT32", (prompts, CONTEXT_LENGTH))}, {EMBEDDINGS: "TYPE_FP32"})]
 
 
-class TritonBackend:
-    """The runtime's Backend protocol (numpy in, numpy out) over BLS; `pb` is the stub's
+class TritonBackend(Backend):
+    """The runtime's Backend (numpy in, numpy out) over BLS; `pb` is the stub's
     triton_python_backend_utils module (only importable inside Triton)."""
 
     def __init__(self, pb: Any, params: SegmentParams) -> None:
         self.pb, self.params = pb, params
         self.name = params.backend_name
-        self.text_key = f"triton:{params.text_model}"
+
+    @property
+    def text_key(self) -> str:
+        return f"triton:{self.params.text_model}"
 
     def _call(self, model: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         pb = self.pb
@@ -106,7 +110,7 @@ class TritonBackend:
         return self._call(self.params.text_model, {TOKENS: tokens}, EMBEDDINGS)
 
 
-def local_backend(model_config: str) -> Any:
+def local_backend(model_config: str) -> Backend:
     """The runtime backend a local python model (fsa_image, fsa_text) runs, from its config's
     `parameters` (artifact folder, backend name, ORT threads): the same choice `fsa segment` makes."""
     import json

@@ -14,7 +14,7 @@ from fsa_deploy.runtime.serve.bls import SegmentParams, calls
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
 from fsa_deploy.runtime.serve.repository import ARTIFACT_COPY
 
-from fsa_deploy.contract import IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, META, SEGMENT_MODEL
+from fsa_deploy.contract import IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, META, ONNXRUNTIME, SEGMENT_MODEL, TENSORRT
 from fsa_deploy.errors import FSAError
 
 
@@ -71,8 +71,8 @@ def check_repository(repo: str | Path, portable: bool = True) -> list[str]:
             problems.append(f"{name}: config name {cfg.name!r} differs from its folder")
         if cfg.backend == "python" and not (folder / "1" / "model.py").is_file():
             problems.append(f"{name}: python backend but no 1/model.py")
-        files = {"onnxruntime": "model.onnx"} if cfg.backend == "onnxruntime" else {}
-        if cfg.platform == "tensorrt_plan":
+        files = {"onnxruntime": "model.onnx"} if cfg.backend == ONNXRUNTIME.triton else {}
+        if cfg.platform == TENSORRT.triton_platform:
             files = {"tensorrt_plan": "model.plan"}
         problems += [f"{name}: no 1/{f}" for f in files.values() if not (folder / "1" / f).is_file()]
         if cfg.HasField("dynamic_batching") and cfg.max_batch_size <= 0:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fsa_deploy.runtime.serve.repository import RepoOptions
 
-from fsa_deploy.contract import ARTIFACT_BACKENDS, TRITON_BACKENDS
+from fsa_deploy.contract import ARTIFACT_BACKENDS, ONNXRUNTIME, TRITON_BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
@@ -17,7 +17,7 @@ def add_triton(sub: argparse._SubParsersAction, text: str) -> None:
     p = sub.add_parser("triton", help=text, description=text)
     p.add_argument("artifact", metavar="DIR", help="artefact folder (fsa export)")
     p.add_argument("--out", required=True, metavar="REPO", help="model repository to write")
-    p.add_argument("--image-backend", choices=TRITON_BACKENDS, default="onnxruntime",
+    p.add_argument("--image-backend", choices=TRITON_BACKENDS, default=ONNXRUNTIME.triton,
                    help="Triton backend of the image model: image.onnx, or the TensorRT engine in meta.json")
     p.add_argument("--precision", help="which TensorRT engine, when several were built")
     add_ranged(p, "--batch", "crops per image-model request, fsa_image's max_batch_size (capped by the engine; "
@@ -35,7 +35,7 @@ def run_triton(args: argparse.Namespace) -> int:
     from fsa_deploy.runtime.serve.check import check_repository
     from fsa_deploy.runtime.serve.repository import write_repository
 
-    opts = RepoOptions(flavour="container", image_backend=args.image_backend, max_batch=args.batch,
+    opts = RepoOptions(target="container", image_backend=args.image_backend, batch=args.batch,
                        segment_instances=args.instances, precision=args.precision, cache_dir=args.cache_dir)
     out = write_repository(args.artifact, args.out, opts, overwrite=args.overwrite)  # needs the serve extra
     problems = check_repository(out)  # the files as written, parsed back from disk
@@ -71,7 +71,7 @@ def run_serve(args: argparse.Namespace) -> int:
     ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
     if len(set(ports.values())) < len(ports):
         raise FSAError(f"{', '.join(f'{k} {v}' for k, v in ports.items())}: the three ports must differ")
-    opts = RepoOptions(flavour="local", backend=args.backend, max_batch=args.batch,
+    opts = RepoOptions(target="local", backend=args.backend, batch=args.batch,
                        segment_instances=args.instances, threads=args.threads, cache_dir=args.cache_dir or "")
     return serve(Server(Path(args.artifact), args.host, args.http_port, args.grpc_port, args.metrics_port,
                         opts, args.serve_venv, args.log_file, args.overwrite))

@@ -1,6 +1,6 @@
 """Write a Triton model repository for an artefact folder (`fsa triton`, and `fsa serve`'s local one).
 
-Three models, the same names and tensors in both flavours:
+Three models, the same names and tensors in both targets:
 
 - `fsa_text`: tokens int32 [T, 77] -> embeddings [T, D] (text.onnx);
 - `fsa_image`: crops + class embeddings -> crop logits (image.onnx or a TensorRT engine);
@@ -50,10 +50,13 @@ from fsa_deploy.contract import (
     IN_STRIDE,
     LOGITS,
     META,
+    ONNXRUNTIME,
     OUT_LABELS,
     OUT_SUMMARY,
     OUTPUTS_MANIFEST,
+    REPOSITORY_TARGETS,
     SEGMENT_MODEL,
+    TENSORRT,
     TEXT_EMBEDDINGS,
     TEXT_MODEL,
     TEXT_ONNX,
@@ -61,9 +64,8 @@ from fsa_deploy.contract import (
     TRITON_BACKENDS,
 )
 from fsa_deploy.errors import FSAError
-from fsa_deploy.ranges import range_of
+from fsa_deploy.ranges import CROPS_PER_REQUEST
 
-REPOSITORY_FLAVOURS = ("container", "local")  # fsa triton (the image model on Triton's own backend), fsa serve
 MODEL_FILES = Path(__file__).parent / "models"
 ARTIFACT_COPY = "artifact"  # fsa_segment/1/artifact: meta.json + tokenizer vocabulary
 
@@ -97,10 +99,10 @@ class RepoOptions:
     """What `fsa triton` / `fsa serve` choose. `backend` is the runtime backend the local python
     models open (auto, onnx, trt); `image_backend` the container's native backend."""
 
-    flavour: str = "container"
-    image_backend: str = "onnxruntime"
+    target: str = "container"  # REPOSITORY_TARGETS: who runs the models (Triton's container, or fsa serve)
+    image_backend: str = ONNXRUNTIME.triton
     backend: str = "auto"
-    max_batch: int = 16
+    batch: int = 16  # crops per image-model request (CROPS_PER_REQUEST), capped by the engine's profile
     max_classes: int = 1024
     segment_instances: int = 4
     image_instances: int = 1
@@ -188,21 +190,21 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
 
 
 def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
-    if opts.flavour not in REPOSITORY_FLAVOURS:
-        raise FSAError(f"flavour {opts.flavour!r}: choose from {', '.join(REPOSITORY_FLAVOURS)}")
+    if opts.target not in REPOSITORY_TARGETS:
+        raise FSAError(f"target {opts.target!r}: choose from {', '.join(REPOSITORY_TARGETS)}")
     if opts.image_backend not in TRITON_BACKENDS:
         raise FSAError(f"--image-backend {opts.image_backend!r}: choose from {', '.join(TRITON_BACKENDS)}")
-    range_of("--batch", "serve" if opts.flavour == "local" else "triton").check(opts.max_batch, "--batch")
+    CROPS_PER_REQUEST.check(opts.batch)
     meta = art.meta
     crop, dim = int(meta["crop"]), int(meta["embed_dim"])
     grid = [int(g) for g in meta["grid"]]
-    max_batch, max_classes = opts.max_batch, opts.max_classes
-    local = opts.flavour == "local"
-    trt = not local and opts.image_backend == "tensorrt"
+    batch, max_classes = opts.batch, opts.max_classes
+    local = opts.target == "local"
+    trt = not local and opts.image_backend == TENSORRT.triton
     if trt:
         engine, info = engine_of(art, opts.precision)
         profiles = info.get("engine", {}).get("profiles", {})
-        max_batch = min(max_batch, int(profiles.get(IMAGE, {}).get("max", [max_batch])[0]))
+        batch = min(batch, int(profiles.get(IMAGE, {}).get("max", [batch])[0]))
         max_classes = min(max_classes, int(profiles.get(TEXT_EMBEDDINGS, {}).get("max", [max_classes])[0]))
 
     # ---- fsa_text
@@ -212,7 +214,7 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     # ---- fsa_image: batch dim added by Triton when max_batch_size > 0
     if local:
         image_cfg: dict[str, Any] = {
-            "name": IMAGE_MODEL, "backend": "python", "max_batch_size": max_batch,
+            "name": IMAGE_MODEL, "backend": "python", "max_batch_size": batch,
             "input": [tensor(IMAGE, "TYPE_FP32", [3, crop, crop]), tensor(TEXT_EMBEDDINGS, "TYPE_FP32", [-1, dim])],
             "output": [tensor(LOGITS, "TYPE_FP32", [-1, *grid])],
             "dynamic_batching": {"max_queue_delay_microseconds": opts.queue_delay_us},
@@ -233,18 +235,18 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
             "input": [tensor(IMAGE, "TYPE_FP32", [-1, 3, crop, crop]), tensor(TEXT_EMBEDDINGS, "TYPE_FP32", [-1, dim])],
             "output": [tensor(LOGITS, "TYPE_FP32", [-1, -1, *grid])],
             "instance_group": [{"count": opts.image_instances, "kind": "KIND_GPU"}]}
-        text_cfg["backend"] = "onnxruntime"
+        text_cfg["backend"] = ONNXRUNTIME.triton
         _copy_graph(art, TEXT_ONNX, out / TEXT_MODEL / "1", "model.onnx")
         if trt:
-            image_cfg["platform"] = "tensorrt_plan"
+            image_cfg["platform"] = TENSORRT.triton_platform
             gate.mkdir(out / IMAGE_MODEL / "1")
             gate.copy(art.path(engine), out / IMAGE_MODEL / "1" / "model.plan", keep=False)
         else:
-            image_cfg["backend"] = "onnxruntime"
+            image_cfg["backend"] = ONNXRUNTIME.triton
             _copy_graph(art, IMAGE_ONNX, out / IMAGE_MODEL / "1", "model.onnx")
         backend_name = f"triton-{opts.image_backend}"
     # ---- fsa_segment
-    params = SegmentParams(text_per_crop=local, max_batch=max_batch, max_classes=max_classes,
+    params = SegmentParams(text_per_crop=local, max_batch=batch, max_classes=max_classes,
                            backend_name=backend_name, cache_dir=opts.cache_dir)
     segment_cfg = {
         "name": SEGMENT_MODEL, "backend": "python", "max_batch_size": 0,

@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fsa_deploy.runtime import gate, paths
+from fsa_deploy.runtime import gate, tempnames
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.env import ServeEnv, find_serve_env
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
@@ -99,7 +99,7 @@ class Server:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    options: RepoOptions = field(default_factory=lambda: RepoOptions(flavour="local"))
+    options: RepoOptions = field(default_factory=lambda: RepoOptions(target="local"))
     venv: Path | None = None
     log_file: Path | None = None
     overwrite_log: bool = False  # append to a --log-file that fsa did not write
@@ -132,7 +132,7 @@ class Server:
         self.options = replace(self.options, cache_dir=str(cache))
         # our marker and PID in its name: what a SIGKILLed serve left is swept by the next one
         gate.sweep_stale(tempfile.gettempdir())
-        self.repo = gate.mkdtemp(paths.temp_prefix("fsa-serve"))
+        self.repo = gate.mkdtemp(tempnames.temp_prefix("fsa-serve"))
         write_repository(art, self.repo, self.options)
         # the serve env must import the runtime copy (numpy < 2, no torch): say so now, not after the load
         probe = ("import fsa_deploy.runtime.segmenter, fsa_deploy.runtime.backends.select, "

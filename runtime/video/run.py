@@ -107,9 +107,9 @@ def put_latest(q: queue.Queue, item: Any, counters: Counters) -> None:
                     counters.dropped += 1
 
 
-def single_call(n: int, max_batch: int) -> bool:
+def single_call(n: int, batch: int) -> bool:
     """Whether `fsa segment` would run one of this frame's backend calls with a single crop."""
-    return n % max_batch == 1 or max_batch == 1
+    return n % batch == 1 or batch == 1
 
 
 class VideoRun:
@@ -158,7 +158,7 @@ class VideoRun:
 
     def _forward(self, q_in: queue.Queue, q_out: queue.Queue, signals: list[int]) -> None:
         """This thread: backend calls, frames of few crops packed into one."""
-        max_batch = self.seg.max_batch
+        batch = self.seg.batch
         carry: Any = None
         while True:
             job = carry if carry is not None else self._get(q_in, signals)
@@ -167,19 +167,19 @@ class VideoRun:
                 break
             group = [job]
             n = len(job.wins)
-            if n <= max_batch and not single_call(n, max_batch):
-                while n < max_batch:
+            if n <= batch and not single_call(n, batch):
+                while n < batch:
                     try:
                         nxt = q_in.get_nowait()
                     except queue.Empty:
                         break
                     m = len(nxt.wins) if nxt is not _END else 0
-                    if nxt is _END or single_call(m, max_batch) or n + m > max_batch:
+                    if nxt is _END or single_call(m, batch) or n + m > batch:
                         carry = nxt
                         break
                     group.append(nxt)
                     n += m
-            self._run_group(group, max_batch)
+            self._run_group(group, batch)
             for j in group:
                 self._put(q_out, j)
             if signals:
@@ -209,13 +209,13 @@ class VideoRun:
             except queue.Empty:
                 continue
 
-    def _run_group(self, group: list[Job], max_batch: int) -> None:
+    def _run_group(self, group: list[Job], batch: int) -> None:
         from fsa_deploy.runtime.pipeline import batches
 
         t0 = time.perf_counter()
         if len(group) == 1:
             job = group[0]
-            parts = [self.seg._forward(job.crops[sl]) for sl in batches(len(job.wins), max_batch)]
+            parts = [self.seg._forward(job.crops[sl]) for sl in batches(len(job.wins), batch)]
             job.logits = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
         else:
             logits = np.asarray(self.seg._forward(np.concatenate([j.crops for j in group])), dtype=np.float32)

@@ -147,7 +147,7 @@ def timed(plan: BenchPlan, row: BenchRow, text: Any) -> tuple[Measured, Any]:
     device_memory = DeviceMemory(row)
     backend = open_row_backend(row, plan)
     seg = Segmenter(backend, crop=plan.spec.crop, logit_scale=plan.spec.hp.logit_scale,
-                    templates=list(plan.templates), model_key="bench", max_batch=plan.max_batch, cache_dir=None)
+                    templates=list(plan.templates), model_key="bench", batch=plan.max_batch, cache_dir=None)
     seg.set_classes(plan.vocab, text_embeddings=text)
     geo = Geometry(crop=plan.spec.crop)
     images = [load_image(p) for p in plan.images]

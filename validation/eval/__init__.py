@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fsa_deploy.runtime import gate as outputs_gate
+from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.log import logger
@@ -393,7 +394,7 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
     return rows
 
 
-def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: argparse.Namespace, cache: Any):
+def _segment_fn(backend: Backend, art: Any, sha: str, proto: Any, vocab: Any, args: argparse.Namespace, cache: Any):
     """(item, image) -> the label map under the protocol: mmcv's resize of the uint8 image (or
     `fsa segment`'s float one), then the runtime's windows, stitching and post-processing; pixels
     under prob_thd are class 0, the official rule (whatever `fsa segment` draws for them)."""
@@ -404,7 +405,7 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
 
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=list(art.meta["templates"]),
-                    model_key=sha, max_batch=args.batch, cache_dir=cache, prob_thd=proto.prob_thd, below_thd=0,
+                    model_key=sha, batch=args.batch, cache_dir=cache, prob_thd=proto.prob_thd, below_thd=0,
                     stride=proto.stride, short_side=proto.short_side, long_side=proto.long_side,
                     vocab_file=vocab_file, artifact_sha256=sha)
     seg.set_classes(vocab)
@@ -421,7 +422,7 @@ def _segment_fn(backend: Any, art: Any, sha: str, proto: Any, vocab: Any, args: 
             from fsa_deploy.runtime.pipeline import resize_image
 
             resized = resize_image(img, seg.geometry)
-        canvas = resized_canvas_logits(resized, seg._forward, seg.geometry, seg.max_batch)
+        canvas = resized_canvas_logits(resized, seg._forward, seg.geometry, seg.batch)
         if not np.isfinite(canvas).all():
             raise FSAError(f"{item.image}: the {backend.name} backend gave NaN or infinite logits")
         labels = postprocess(canvas, img.shape[-2:], query_class, proto.logit_scale, proto.prob_thd).labels

@@ -1,4 +1,4 @@
-"""Triton python model `fsa_image` (local flavour): crop logits on this runtime's backend.
+"""Triton python model `fsa_image` (local target): crop logits on this runtime's backend.
 
 Dynamic batching hands several requests (each one image's crops, every crop carrying its class
 embeddings) to one execute(); requests with the same class embeddings run as one batch.

@@ -50,7 +50,7 @@ class TritonPythonModel:
         # the instances share one on-disk cache (one encodes a class list, the others read it);
         # SegmenterCache keeps each class list's Segmenter in memory (LRU)
         cache = self.params.cache_dir or str(Path(tempfile.gettempdir()) / "fsa-deploy-text")
-        base = Segmenter.from_artifact(here / "artifact", backend, cache_dir=cache, max_batch=self.params.max_batch)
+        base = Segmenter.from_artifact(here / "artifact", backend, cache_dir=cache, batch=self.params.max_batch)
         from fsa_deploy.runtime.serve.client import SERVED, identity
 
         self.served = (SERVED, identity(base_meta(here / "artifact")))

@@ -1,4 +1,4 @@
-"""Triton python model `fsa_text` (local flavour): prompt embeddings on this runtime's backend."""
+"""Triton python model `fsa_text` (local target): prompt embeddings on this runtime's backend."""
 
 import sys
 from pathlib import Path

@@ -536,3 +536,34 @@ def test_tokenizer_vocabulary_is_in_the_artefact_and_checked(artifact, tmp_path)
         f.write("#version\na b\n")
     with pytest.raises(FSAError, match="sha256 does not match"):
         Segmenter.from_artifact(copy, "onnx", threads=THREADS)
+
+
+def test_every_backend_derives_from_the_base_class_and_a_plain_object_is_wrapped():
+    """The four backends are Backend subclasses; an object that only has name/run/encode_text (the
+    old protocol) is wrapped with the base class's defaults, its own text_key kept."""
+    from fsa_deploy.runtime.backends.base import Adapted, Backend, as_backend
+    from fsa_deploy.runtime.backends.select import plugin
+    from fsa_deploy.runtime.backends.trt import TensorRTBackend
+    from fsa_deploy.runtime.serve.bls import TritonBackend
+
+    assert all(issubclass(c, Backend) for c in (OnnxRuntimeBackend, TensorRTBackend, TritonBackend, plugin("torch")))
+
+    class Plain:
+        name, text_key = "plain", "plain-text"
+
+        def run(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
+            return np.zeros((len(image), len(text), 2, 2), np.float32)
+
+        def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+            return np.ones((len(tokens), 4), np.float32)
+
+    b = as_backend(Plain())
+    assert isinstance(b, Adapted) and (b.name, b.text_key, b.graph_file, tuple(b.stage_names)) == \
+        ("plain", "plain-text", None, ())
+    assert b.run(np.zeros((3, 3, 8, 8)), np.zeros((5, 4))).shape == (3, 5, 2, 2)
+    assert as_backend(b) is b
+    with pytest.raises(FSAError, match="returns no stage tensors"):
+        b.run_stages(np.zeros((1, 3, 8, 8)), np.zeros((1, 4)))
+    del Plain.encode_text
+    with pytest.raises(FSAError, match="has no `encode_text`"):
+        as_backend(Plain())

@@ -90,6 +90,11 @@ class Artifact:
             trust.contained(root, name, f"{META} files entry")
         return art
 
+    @property
+    def info(self) -> schema.MetaRecord:
+        """meta.json's model fields, typed (a missing one a reader needs: one line naming the file)."""
+        return schema.MetaRecord.of(self.meta, str(self.root / META))
+
     def files(self) -> dict[str, dict[str, Any]]:
         return self.meta.setdefault("files", {})
 

@@ -139,6 +139,68 @@ class Meta(dict):
         raise FSAError(f"{self.source}: field {key!r} ({what}) is missing; re-export with `fsa export`")
 
 
+@dataclass(frozen=True)
+class MetaRecord:
+    """meta.json's model fields as typed values, over the validated data (`Artifact.info`).
+
+    The data stays the dict that is written back (meta.json's bytes and keys do not change); a
+    field a reader needs and the file lacks is the one-line error of `Meta.__missing__`, naming
+    the file. `files` stay `Artifact.files()` (records change as build and calibrate add files).
+    """
+
+    data: Meta
+
+    @classmethod
+    def of(cls, meta: dict[str, Any], source: str = META) -> MetaRecord:
+        """The record of already validated data (Artifact.meta) or of raw data (validated here)."""
+        return cls(meta if isinstance(meta, Meta) else validate(meta, source))
+
+    @property
+    def source(self) -> str:
+        return self.data.source
+
+    @property
+    def crop(self) -> int:
+        return int(self.data["crop"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = (int(g) for g in self.data["grid"])
+        return h, w
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.data["embed_dim"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.data["logit_scale"])
+
+    @property
+    def templates(self) -> list[str]:
+        return [str(t) for t in self.data["templates"]]
+
+    @property
+    def stages(self) -> dict[str, str]:
+        """stage name -> tensor name; {} when the export recorded none."""
+        return {str(k): str(v) for k, v in (self.data.get("stages") or {}).items()}
+
+    @property
+    def precision(self) -> str:
+        """The image graph's precision (fp32 when an older export did not record it)."""
+        return str(self.data.get("precision", "fp32"))
+
+    @property
+    def model(self) -> str | None:
+        v = self.data.get("model")
+        return None if v is None else str(v)
+
+    @property
+    def weights(self) -> dict[str, Any] | None:
+        v = self.data.get("weights")
+        return dict(v) if isinstance(v, dict) else None
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (NaN and Infinity are refused)")
 

@@ -348,9 +348,9 @@ class Segmenter:
         sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
         if not sha:
             raise FSAError(f"{art.root}: meta.json records no {IMAGE_ONNX} hash; re-export")
-        meta = art.meta
-        return cls(backend, crop=int(meta["crop"]), logit_scale=float(meta["logit_scale"]),
-                   templates=list(meta["templates"]), model_key=sha, artifact_sha256=sha, backend_reason=reason,
+        info = art.info
+        return cls(backend, crop=info.crop, logit_scale=info.logit_scale, templates=info.templates, model_key=sha,
+                   artifact_sha256=sha, backend_reason=reason,
                    vocab_file=vocab, **options)
 
     def set_classes(self, classes: Classes, text_embeddings: Any = None) -> Segmenter:

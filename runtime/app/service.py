@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.schema import MetaRecord
 
 from fsa_deploy.contract import (
     IMAGE_GRAPHS,
@@ -123,7 +124,7 @@ def parse_classes(text: str):
     return vocab
 
 
-def precision_of(backend: Backend, meta: Any) -> str:
+def precision_of(backend: Backend, info: MetaRecord) -> str:
     """The image graph's precision: the engine's or ONNX file's name says it (meta.json for image.onnx)."""
     name = backend.graph_file or IMAGE_ONNX
     by_file = {file: p for p, file in IMAGE_GRAPHS.items() if file != IMAGE_ONNX}
@@ -131,7 +132,7 @@ def precision_of(backend: Backend, meta: Any) -> str:
         return by_file[name]
     if name.endswith(".engine"):  # image.<precision>[.<flavour>].engine
         return name.split(".")[1]
-    return str(meta.get("precision", "fp32"))
+    return info.precision
 
 
 class Local:
@@ -150,8 +151,8 @@ class Local:
             self.base.batch = CPU_BATCH
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.base.artifact_sha256,
                      "backend": self.base.backend.name, "backend_reason": self.base.backend_reason,
-                     "precision": precision_of(self.base.backend, art.meta), "model": art.meta.get("model"),
-                     "weights": art.meta.get("weights"), "classes": default_text, "server": None,
+                     "precision": precision_of(self.base.backend, art.info), "model": art.info.model,
+                     "weights": art.info.weights, "classes": default_text, "server": None,
                      "palette": class_colors()}
         self.lock = threading.Lock()
         self.segmenters = SegmenterCache(self.base, CACHED_CLASS_LISTS)
@@ -191,8 +192,8 @@ class Remote:
         self.url = server_address(url)
         self.sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
         self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.sha, "backend": f"triton {self.url}",
-                     "backend_reason": "--server", "precision": str(art.meta.get("precision", "fp32")),
-                     "model": art.meta.get("model"), "weights": art.meta.get("weights"), "classes": default_text,
+                     "backend_reason": "--server", "precision": art.info.precision,
+                     "model": art.info.model, "weights": art.info.weights, "classes": default_text,
                      "server": url, "palette": class_colors()}
         client = self._client()
         try:

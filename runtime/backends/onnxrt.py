@@ -58,7 +58,7 @@ def session_options(threads: int | None) -> Any:
 
 def check_image_input(session: Any, art: Artifact, name: str) -> None:
     """The graph's image input must be [B, 3, crop, crop] with meta.json's crop: checked before any run."""
-    crop = int(art.meta["crop"])
+    crop = art.info.crop
     names = [inp.name for inp in session.get_inputs()]
     if IMAGE in names and TEXT_EMBEDDINGS not in names:
         raise FSAError(f"{art.root / name}: no input named {TEXT_EMBEDDINGS!r} (has {', '.join(names)}); "
@@ -105,8 +105,8 @@ class OnnxRuntimeBackend(Backend):
             check_image_input(self._image, self.artifact, image_file)
         first = (self._image or self._text).get_providers()[0]
         self.name = f"{ONNXRUNTIME.report}-{EP_NAMES.get(first, first.removesuffix('ExecutionProvider').lower())}"
-        self.grid = tuple(int(g) for g in self.artifact.meta["grid"])
-        self.embed_dim = int(self.artifact.meta["embed_dim"])
+        self.grid = self.artifact.info.grid
+        self.embed_dim = self.artifact.info.embed_dim
         self._text_key = f"{TEXT_ONNX}:{self.artifact.files().get(TEXT_ONNX, {}).get('sha256')}"
 
     @property
@@ -153,7 +153,8 @@ class OnnxRuntimeBackend(Backend):
 
     def run_stages(self, image: np.ndarray, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
         """`logits` and the stage tensors asked for at construction, by stage name."""
-        outs = self._image.run([LOGITS, *(self.artifact.meta["stages"][n] for n in self.stage_names)],
+        stages = self.artifact.info.stages
+        outs = self._image.run([LOGITS, *(stages[n] for n in self.stage_names)],
                                {IMAGE: _f32(image), TEXT_EMBEDDINGS: _f32(text_embeddings)})
         return dict(zip(["logits", *self.stage_names], outs))
 
@@ -179,7 +180,7 @@ def graph_with_outputs(art: Artifact, name: str, stage_names: Sequence[str]) -> 
     from fsa_deploy.runtime.artifact import with_stage_outputs
 
     graph = onnx.load(str(art.path(name)), load_external_data=False)
-    return with_stage_outputs(graph, art.meta.get("stages", {}), list(stage_names)).SerializeToString()
+    return with_stage_outputs(graph, art.info.stages, list(stage_names)).SerializeToString()
 
 
 def _f32(a: np.ndarray) -> np.ndarray:

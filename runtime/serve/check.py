@@ -6,10 +6,10 @@ own message objects are never consulted). Needs the `serve` extra (tritonclient'
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.runtime.schema import MetaRecord, parse
 from fsa_deploy.runtime.serve.bls import SegmentParams, calls
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
 from fsa_deploy.runtime.serve.repository import ARTIFACT_COPY
@@ -87,9 +87,9 @@ def check_repository(repo: str | Path, portable: bool = True) -> list[str]:
     meta_path = repo / SEGMENT_MODEL / "1" / ARTIFACT_COPY / META
     if not meta_path.is_file():
         return [*problems, f"{SEGMENT_MODEL}: no 1/{ARTIFACT_COPY}/{META}"]
-    meta = json.loads(meta_path.read_text())
+    info = MetaRecord.of(parse(meta_path.read_text(encoding="utf-8"), str(meta_path)), str(meta_path))
     params = SegmentParams.from_config({k: {"string_value": v.string_value} for k, v in seg.parameters.items()})
-    for call in calls(params, int(meta["crop"]), int(meta["embed_dim"])):
+    for call in calls(params, info.crop, info.embed_dim):
         callee = configs.get(call.model)
         if callee is None:
             problems.append(f"{SEGMENT_MODEL} calls {call.model!r}: no such model")

@@ -195,9 +195,8 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     if opts.image_backend not in TRITON_BACKENDS:
         raise FSAError(f"--image-backend {opts.image_backend!r}: choose from {', '.join(TRITON_BACKENDS)}")
     CROPS_PER_REQUEST.check(opts.batch)
-    meta = art.meta
-    crop, dim = int(meta["crop"]), int(meta["embed_dim"])
-    grid = [int(g) for g in meta["grid"]]
+    info = art.info
+    crop, dim, grid = info.crop, info.embed_dim, list(info.grid)
     batch, max_classes = opts.batch, opts.max_classes
     local = opts.target == "local"
     trt = not local and opts.image_backend == TENSORRT.triton
@@ -262,6 +261,6 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     for name in kept:
         gate.copy(art.path(name), copy / name, keep=False)
     # meta.json as recorded: the image graph's hash keys the summary; absent files are never opened
-    gate.write_json(copy / META, meta, keep=False)
+    gate.write_json(copy / META, art.meta, keep=False)
     for name, cfg in ((TEXT_MODEL, text_cfg), (IMAGE_MODEL, image_cfg), (SEGMENT_MODEL, segment_cfg)):
         gate.write_text(out / name / "config.pbtxt", config_text(cfg), keep=False)  # inside the staging folder

@@ -94,9 +94,9 @@ class CalibrationResult:
 
 def quantized_region(art: A.Artifact, region: str | None) -> str:
     """--quantize: as asked, or the proxy where the model has one (CLIP's trunk otherwise)."""
-    has_proxy = bool(art.meta.get("proxy"))
+    has_proxy = bool(art.info.proxy)
     if region == "proxy" and not has_proxy:
-        raise FSAError(f"--quantize proxy: {art.root} has no proxy (attention {art.meta.get('attention')}); "
+        raise FSAError(f"--quantize proxy: {art.root} has no proxy (attention {art.info.attention}); "
                        "use --quantize backbones")
     return region or ("proxy" if has_proxy else "backbones")
 
@@ -187,14 +187,14 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
     before the result is renamed into place, so a failed run leaves nothing behind."""
     import onnx
 
-    scope = str(art.meta.get("feedback_scope") or "")
+    scope = art.info.feedback_scope
     gate.sweep_stale(art.root)  # what a killed calibration left (our marker, its PID gone)
     with gate.writing_into(art.root), gate.temp_dir(tempnames.temp_prefix("calibrate"), where=art.root) as tmp, \
             owned_tempdir(Path(tmp) / "tmp"):  # ModelOpt's and ORT's own temp files: in ours, gone with it
         work = Path(tmp)
         src, external = link_source(art, work)
         graph = onnx.load(str(src), load_external_data=False).graph
-        rules = fp32_rules(graph, Where(scope, art.meta.get("stages", {}), opts.region))
+        rules = fp32_rules(graph, Where(scope, art.info.stages, opts.region))
         if not opts.fp32_rules:  # only what keeps Q/DQ off the feedback block's boundary
             rules = {k: v if k == "tail_and_boundary" else [] for k, v in rules.items()}
         else:  # post-LN channel spread and outlier channels (calibration/smooth.py), external data or not

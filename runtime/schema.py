@@ -191,6 +191,22 @@ class MetaRecord:
         return str(self.data.get("precision", "fp32"))
 
     @property
+    def attention(self) -> str | None:
+        v = self.data.get("attention")
+        return None if v is None else str(v)
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy model's name; None (or absent) when the attention has no proxy."""
+        v = self.data.get("proxy")
+        return None if v is None else str(v)
+
+    @property
+    def feedback_scope(self) -> str:
+        """The name prefix of the feedback nodes; "" when the export recorded none."""
+        return str(self.data.get("feedback_scope") or "")
+
+    @property
     def model(self) -> str | None:
         v = self.data.get("model")
         return None if v is None else str(v)

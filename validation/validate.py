@@ -155,7 +155,7 @@ class ArtifactSide:
             return
         from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-        stage_map: dict[str, str] = art.meta.get("stages", {})
+        stage_map = art.info.stages
         self.stage_names = list(stage_map) if stages else [n for n in ("keep", "attn_proxy") if n in stage_map]
         self.backend = OnnxRuntimeBackend(art, name, stages=self.stage_names)
         self.kind = self.backend.name
@@ -362,7 +362,7 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
     if role not in (None, "image", "image-qdq", "engine"):
         raise FSAError(f"--graph {name}: its role is {role!r}, not an image graph or engine (validate compares "
                        f"image graphs: e.g. {IMAGE_ONNX})")
-    profile = profile or str(art.files()[name].get("precision") or art.meta.get("precision", "fp32"))
+    profile = profile or str(art.files()[name].get("precision") or art.info.precision)
     tol = tolerances_for(profile, overrides or {})
     images = images or sample_photos()
     vocab = vocab or Vocabulary.from_file(DEFAULT_CLASSES)

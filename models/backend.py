@@ -70,10 +70,6 @@ class TorchBackend(Backend):
         self._text_key = f"pytorch:{spec_key(self.spec)}"  # the text tower stays fp32 in every precision
         self.stage_names = ["keep", "attn_proxy"]  # what run_stages returns besides the logits
 
-    @property
-    def text_key(self) -> str:
-        return self._text_key
-
     def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
         """image float32 [B, 3, S, S] RGB 0-255, text [K, D] -> logits float32 [B, K, H', W'] (host arrays)."""
         with torch.inference_mode():

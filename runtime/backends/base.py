@@ -34,6 +34,8 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     stage_names: Sequence[str] = ()
+    _text_key: str | None = None  # a subclass sets these two in __init__ (see the properties)
+    _graph_file: str | None = None
 
     @abc.abstractmethod
     def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
@@ -46,12 +48,12 @@ class Backend(abc.ABC):
     @property
     def text_key(self) -> str:
         """What the text encoder is (the class-embedding cache keys on it); without one, `name`."""
-        return self.name
+        return self._text_key or self.name
 
     @property
     def graph_file(self) -> str | None:
         """The artefact file the image forward runs (an ONNX graph or an engine), None when none."""
-        return None
+        return self._graph_file
 
     def run_stages(self, image: np.ndarray, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
         """`logits` and the tensors of `stage_names`, by name; a backend without stages refuses."""
@@ -70,10 +72,6 @@ class Adapted(Backend):
         self.inner = inner
         self.name = str(inner.name)
         self._text_key = str(getattr(inner, "text_key", self.name))  # the one optional read, at the boundary
-
-    @property
-    def text_key(self) -> str:
-        return self._text_key
 
     def run(self, image: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
         return self.inner.run(image, text_embeddings)  # type: ignore[no-any-return]

@@ -107,16 +107,9 @@ class OnnxRuntimeBackend(Backend):
         self.name = f"{ONNXRUNTIME.report}-{EP_NAMES.get(first, first.removesuffix('ExecutionProvider').lower())}"
         self.grid = self.artifact.info.grid
         self.embed_dim = self.artifact.info.embed_dim
+        # text.onnx and its sha256 when opened: the text graph it encodes with
         self._text_key = f"{TEXT_ONNX}:{self.artifact.files().get(TEXT_ONNX, {}).get('sha256')}"
-
-    @property
-    def text_key(self) -> str:
-        """text.onnx and its sha256 when opened: the text graph it encodes with."""
-        return self._text_key
-
-    @property
-    def graph_file(self) -> str | None:
-        return self.image_file
+        self._graph_file = image_file
 
     def _session(self, name: str, stages: Sequence[str] = (), optimized_to: Any = None) -> Any:
         """A session on a file of the folder, its sha256 (and that of its external data) checked;

@@ -470,16 +470,9 @@ class TensorRTBackend(Backend):
         self._image.check_io({IMAGE, TEXT_EMBEDDINGS}, {LOGITS})
         self._text: EngineRunner | None = None
         self.text_engine = self.flavour.text_engine
+        # the text engine and its own sha256 (its precision may differ from text.onnx's)
         self._text_key = f"{self.text_engine}:{self.artifact.files().get(self.text_engine, {}).get('sha256')}"
-
-    @property
-    def text_key(self) -> str:
-        """The text engine and its own sha256 (its precision may differ from text.onnx's)."""
-        return self._text_key
-
-    @property
-    def graph_file(self) -> str | None:
-        return self.engine_name
+        self._graph_file = self.engine_name
 
     def _image_engine(self, precision: str | None, engine: str | None) -> tuple[str, Flavour]:
         root = self.artifact.root

@@ -80,10 +80,7 @@ class TritonBackend(Backend):
     def __init__(self, pb: Any, params: SegmentParams) -> None:
         self.pb, self.params = pb, params
         self.name = params.backend_name
-
-    @property
-    def text_key(self) -> str:
-        return f"triton:{self.params.text_model}"
+        self._text_key = f"triton:{params.text_model}"
 
     def _call(self, model: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         pb = self.pb

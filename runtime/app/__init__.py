@@ -105,14 +105,17 @@ def guard_of(args: argparse.Namespace, listen: str) -> object:
                  origins=tuple(o.rstrip("/") for o in args.allow_origin))
 
 
-def serve_until_signal(app: object, sock: socket.socket, guard: object) -> None:
+def serve_until_signal(app: object, sock: socket.socket, guard: object, live: object = None) -> None:
     """uvicorn on `sock`; SIGINT/SIGTERM set guard.stopping, so work in flight stops at its next batch
-    and the process exits within seconds, not when the last request would have finished."""
+    and the process exits within seconds, not when the last request would have finished; they stop the
+    --source stream too, so its open MJPEG responses end instead of holding the graceful shutdown."""
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:
             guard.stopping.set()  # type: ignore[attr-defined]
+            if live is not None:
+                live.stop()  # type: ignore[attr-defined]
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
@@ -152,9 +155,12 @@ def run_app(args: argparse.Namespace) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(f"{PROG}: serving http://{shown}:{port}/ ({service.info['backend']}, {service.info['precision']}, "
               f"{service.info['artifact']}); Ctrl-C stops it", flush=True)
-        serve_until_signal(starlette_app(service, guard, live), sock, guard)
+        serve_until_signal(starlette_app(service, guard, live), sock, guard, live)
     finally:
         if live is not None:
-            live.stop()
+            from fsa_deploy.interrupts import shielded
+
+            with shielded():  # a second Ctrl-C does not cut the wait short
+                live.close()  # its decoder and model threads end before the interpreter does
         sock.close()
     return 0

@@ -7,6 +7,10 @@ the in-process Segmenter or --server) on it with the current classes and keeps t
 annotated JPEG. Every client of /api/stream gets the newest JPEG when a new one is ready, so a
 slow browser skips frames too. A file plays at its own rate and loops; a camera or a stream is
 reopened when it stalls.
+
+`close()` stops both threads and joins them before the process exits: a daemon thread still inside
+FFmpeg's decoder or ONNX Runtime's `run` while the interpreter finalises aborts the process (C++
+std::terminate, SIGABRT) instead of the 130 / 143 exit of a signal.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from fsa_deploy.errors import FSAError
 
 JPEG_QUALITY = 80
 REOPEN_S = 2.0  # a stalled camera or stream is opened again after this pause
+JOIN_MARGIN_S = 10.0  # beyond --stream-timeout, how long close() waits for a thread in a decode or a model run
 BOUNDARY = "fsaframe"
 
 
@@ -58,9 +63,25 @@ class LiveSource:
         return self
 
     def stop(self) -> None:
+        """Ask both threads to stop (at the next frame, or the next crop batch of a model run); returns
+        at once, so a signal handler may call it."""
         self.stopped.set()
         with self.cond:
             self.cond.notify_all()
+
+    def close(self) -> None:
+        """stop(), then wait for both threads: the reader closes its decoder itself (a codec context is
+        not freed under a thread decoding with it), the worker leaves the model run it is in. Bounded by
+        the source's own read timeout; a thread that still runs after it is reported, not waited for."""
+        self.stop()
+        deadline = time.monotonic() + self.stream_timeout + JOIN_MARGIN_S
+        for t in self.threads:
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        if late := [t.name for t in self.threads if t.is_alive()]:
+            import sys
+
+            print(f"fsa app: --source: {', '.join(late)} did not stop in time", file=sys.stderr, flush=True)
 
     def set_classes(self, classes: str, prob_thd: float | None) -> None:
         from fsa_deploy.runtime.app.service import parse_classes
@@ -78,14 +99,19 @@ class LiveSource:
         source = self.source
         while not self.stopped.is_set():
             t0, first = time.monotonic(), None
-            for t, rgb in source.frames():
-                if self.stopped.is_set():
-                    break
-                if not source.live:  # play a file at its rate
-                    first = t if first is None else first
-                    time.sleep(max(0.0, (t - first) - (time.monotonic() - t0)))
-                yield rgb
-            source.close()
+            frames = source.frames()
+            try:
+                for t, rgb in frames:
+                    if self.stopped.is_set():
+                        break
+                    if not source.live:  # play a file at its rate
+                        first = t if first is None else first
+                        if self.stopped.wait(max(0.0, (t - first) - (time.monotonic() - t0))):
+                            break
+                    yield rgb
+            finally:  # the decoder is closed in this thread, the one that decodes with it
+                frames.close()
+                source.close()
             if source.error:
                 self.error = source.error
             if self.stopped.is_set():

@@ -32,6 +32,7 @@ from fsa_deploy import interrupts
 from fsa_deploy.errors import FSAError, escape
 
 QUEUE = 4  # frames per queue between two stages
+READER_JOIN_MARGIN_S = 10.0  # beyond --stream-timeout: how long a stopped run waits for its reader
 _END = object()
 
 
@@ -290,6 +291,9 @@ class VideoRun:
                             break
             finally:
                 self.stop.set()
+                # the reader leaves its decoder at the next frame and closes it itself: joined, so no
+                # FFmpeg thread outlives the run (one still decoding at interpreter exit aborts the process)
+                self.stages[0].join(o.stream_timeout + READER_JOIN_MARGIN_S)
                 if bar is not None:
                     bar.close()
             for s in self.stages:

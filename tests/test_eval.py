@@ -6,6 +6,7 @@ Datasets are made here: real photos from scikit-image, shrunk, with masks drawn 
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import subprocess
@@ -320,24 +321,31 @@ def test_segment_reproduces_the_label_maps_eval_scored(tiny_artifact, folder_ds,
     assert [None if np.isnan(v) else v for v in want["iou"]] == pytest.approx(art["iou"], rel=1e-12)
 
 
-def test_stopped_run_resumes_to_the_same_result(tiny_artifact, folder_ds, folder_report, tmp_path):
+def test_stopped_run_resumes_to_the_same_result(tiny_artifact, folder_ds, folder_report, tmp_path, run_here):
     rep, _ = folder_report
     root, classes = folder_ds
     work, out = tmp_path / "work", tmp_path / "r.json"
-    cmd = [sys.executable, "-m", "fsa_deploy", "eval", "folder", "--root", str(root), "--artifact",
-           str(tiny_artifact.root), "--json", str(out), "--quiet", "--classes-file", str(classes), "--reference",
-           "--short-side", "120", "--prob-thd", "0.3", "--work", str(work), "--cache-dir", str(tmp_path / "cache"),
-           "--resize", "float"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(work.glob("*.npz")) and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    done = list(work.glob("*.npz"))
+    args = ["eval", "folder", "--root", str(root), "--artifact", str(tiny_artifact.root), "--json", str(out),
+            "--quiet", "--classes-file", str(classes), "--reference", "--short-side", "120", "--prob-thd", "0.3",
+            "--work", str(work), "--cache-dir", str(tmp_path / "cache"), "--resize", "float"]
+    for _ in range(3):  # the signal is the point: a subprocess, stopped once its first image is scored
+        proc = subprocess.Popen([sys.executable, "-m", "fsa_deploy", *args], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300  # a loaded machine: the child's imports alone can take a minute
+        while time.time() < deadline and not list(work.glob("*.npz")) and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+        done = list(work.glob("*.npz"))
+        if not (proc.returncode == 0 and len(done) == 4):
+            break
+        # the child scored the last images before this (descheduled) test sent the signal: the race was
+        # the harness's, not the product's; start again from nothing
+        for f in (*done, out):
+            f.unlink()
     assert proc.returncode == 143 and 1 <= len(done) < 4, (proc.returncode, len(done))
     assert not out.exists() and not [f for f in work.iterdir() if f.name.startswith(".")]
-    proc2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc2 = run_here(*args)  # the resume: in this process, no second interpreter start
     assert proc2.returncode == 0, proc2.stderr
     again = json.loads(out.read_text())
     assert len(list(work.glob("*.npz"))) == 4
@@ -625,6 +633,11 @@ def two_servers(tiny_artifact, tmp_path_factory):
             s.wait_ready()
         yield servers
     finally:
+        # a client still connected holds Triton's shutdown for its whole exit timeout (12 s): the tests' clients
+        # that only a cycle keeps (an exception's traceback) are closed first
+        gc.collect()
+        for s in servers:  # both shut down at once: Triton's unload takes seconds per server
+            s.terminate()
         for s in servers:
             s.stop()
 
@@ -722,18 +735,18 @@ def test_served_protocol_inputs_are_checked(two_servers):
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
-    client = th.InferenceServerClient(f"127.0.0.1:{two_servers[0].http}")
     data = Path(photos()[1]).read_bytes()
-    for name, dtype, value in (("PROB_THD", "FP32", np.float32("nan")), ("STRIDE", "INT32", np.int32(999))):
-        ins = []
-        for n, d, v in (("IMAGE", "BYTES", np.array([data], dtype=np.object_)),
-                        ("CLASSES", "BYTES", np.array([b"cat, dog"], dtype=np.object_)),
-                        (name, dtype, np.array([value]))):
-            t = th.InferInput(n, [1], d)
-            t.set_data_from_numpy(v)
-            ins.append(t)
-        with pytest.raises(InferenceServerException, match=name if name == "PROB_THD" else "stride"):
-            client.infer("fsa_segment", ins)
+    with th.InferenceServerClient(f"127.0.0.1:{two_servers[0].http}") as client:  # closed: see two_servers
+        for name, dtype, value in (("PROB_THD", "FP32", np.float32("nan")), ("STRIDE", "INT32", np.int32(999))):
+            ins = []
+            for n, d, v in (("IMAGE", "BYTES", np.array([data], dtype=np.object_)),
+                            ("CLASSES", "BYTES", np.array([b"cat, dog"], dtype=np.object_)),
+                            (name, dtype, np.array([value]))):
+                t = th.InferInput(n, [1], d)
+                t.set_data_from_numpy(v)
+                ins.append(t)
+            with pytest.raises(InferenceServerException, match=name if name == "PROB_THD" else "stride"):
+                client.infer("fsa_segment", ins)
 
 
 def test_offline_check_wants_the_protocol_inputs(tiny_artifact, tmp_path):

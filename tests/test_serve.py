@@ -205,9 +205,13 @@ class Served:
             raise RuntimeError(f"fsa serve exited {self.proc.returncode}: {line.strip()}")
         self.triton_pid = int(line.split("tritonserver pid ")[1].split(";")[0])
 
-    def stop(self) -> int:
+    def terminate(self) -> None:
+        """SIGTERM without waiting: several servers then shut down side by side."""
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
+
+    def stop(self) -> int:
+        self.terminate()
         return self.proc.wait(timeout=60)
 
 

@@ -96,8 +96,15 @@ class LiveSource:
         """(time, RGB) forever: a file at its own rate, looping; a live source reopened after a stall."""
         from fsa_deploy.runtime.video.sources import Source
 
-        source = self.source
+        source: Source | None = self.source
         while not self.stopped.is_set():
+            if source is None:  # opened again after the end of a file, a stall or a failed reopen
+                try:
+                    source = Source(self.spec, self.stream_timeout)
+                except FSAError as e:
+                    self.error = str(e)
+                    self.stopped.wait(REOPEN_S)
+                    continue
             t0, first = time.monotonic(), None
             frames = source.frames()
             try:
@@ -114,15 +121,9 @@ class LiveSource:
                 source.close()
             if source.error:
                 self.error = source.error
-            if self.stopped.is_set():
-                return
             if source.live:
                 self.stopped.wait(REOPEN_S)
-            try:
-                source = Source(self.spec, self.stream_timeout)
-            except FSAError as e:
-                self.error = str(e)
-                self.stopped.wait(REOPEN_S)
+            source = None
 
     def _reader(self) -> None:
         for rgb in self._frames():

@@ -204,9 +204,10 @@ def folder_ds(tmp_path_factory) -> tuple[Path, Path]:
     return root, classes
 
 
-def eval_cli(art, ds: str, root, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli("eval", ds, "--root", root, "--artifact", art, "--json", out, "--quiet",
-                   "--cache-dir", out.parent / "cache", *extra)
+def eval_cli(art, ds: str, root, out: Path, *extra: str, run=run_cli) -> subprocess.CompletedProcess:
+    """`fsa eval` in a subprocess, or with `run=run_here` in this process (where the process is not the point)."""
+    return run("eval", ds, "--root", root, "--artifact", art, "--json", out, "--quiet",
+               "--cache-dir", out.parent / "cache", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -292,17 +293,17 @@ def test_stdout_csv_latex_tables(folder_report):
     assert share_text(1 - 4 / 443556) == ">99.99%" and share_text(1.0) == "100.00%"
 
 
-def test_segment_reproduces_the_label_maps_eval_scored(tiny_artifact, folder_ds, folder_report, tmp_path):
+def test_segment_reproduces_the_label_maps_eval_scored(tiny_artifact, folder_ds, folder_report, tmp_path, run_here):
     """`fsa segment` with the JSON's protocol gives the label maps whose confusion eval summed; the
     per-class IoU of those maps by the independent metric equals the JSON's."""
     rep, _ = folder_report
     root, classes = folder_ds
     p = rep["protocol"]
     seg = tmp_path / "seg"
-    proc = run_cli("segment", root / "images", "--artifact", tiny_artifact.root, "--out", seg,
-                   "--backend", "onnx", "--graph", "image.onnx", "--classes-file", classes,
-                   "--short-side", p["short_side"], "--long-side", p["long_side"], "--stride", p["stride"],
-                   "--prob-thd", p["prob_thd"], "--cache-dir", tmp_path / "cache")
+    proc = run_here("segment", root / "images", "--artifact", tiny_artifact.root, "--out", seg,
+                    "--backend", "onnx", "--graph", "image.onnx", "--classes-file", classes,
+                    "--short-side", p["short_side"], "--long-side", p["long_side"], "--stride", p["stride"],
+                    "--prob-thd", p["prob_thd"], "--cache-dir", tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr
     found = D.items("folder", root)
     # pixels under prob_thd: class 0 by the official rule eval scores, whatever segment draws for them (255)
@@ -445,15 +446,15 @@ def _bad_dataset(tmp_path: Path, case: str) -> tuple[str, Path, list[str], str]:
 @pytest.mark.parametrize("case", ["no-mask", "mask-size", "label-value", "empty-split", "unknown-dataset",
                                   "missing-root", "stem-clash", "mask-256-reduced", "class-pipe",
                                   "class-blank-line", "class-fifo"])
-def test_bad_input_is_one_line_and_no_report(tiny_artifact, tmp_path, case):
+def test_bad_input_is_one_line_and_no_report(tiny_artifact, tmp_path, case, run_here):
     ds, root, extra, needle = _bad_dataset(tmp_path, case)
     out = tmp_path / "r.json"
-    proc = eval_cli(tiny_artifact.root, ds, root, out, *extra)
+    proc = eval_cli(tiny_artifact.root, ds, root, out, *extra, run=run_here)
     assert_one_line_error(proc, needle)
     assert not out.exists()
 
 
-def test_max_miou_drop_gate(tiny_artifact, folder_ds, folder_report, tmp_path):
+def test_max_miou_drop_gate(tiny_artifact, folder_ds, folder_report, tmp_path, run_here):
     """Exit 1 when an artefact row falls further below the reference than allowed; needs --reference."""
     from fsa_deploy.validation.eval import gate
     from fsa_deploy.validation.eval.report import EvalReport
@@ -470,7 +471,7 @@ def test_max_miou_drop_gate(tiny_artifact, folder_ds, folder_report, tmp_path):
     gate(EvalReport.from_json(worse), 0.06)
     root, classes = folder_ds
     proc = eval_cli(tiny_artifact.root, "folder", root, tmp_path / "r.json", "--classes-file", classes,
-                    "--max-miou-drop", "0.1")
+                    "--max-miou-drop", "0.1", run=run_here)
     assert_one_line_error(proc, "--reference")
 
 

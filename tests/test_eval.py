@@ -594,15 +594,15 @@ def test_paper_row_over_the_benchmarks_found(tiny_artifact, tmp_path, capsys):
     assert rc == 2 and "none of the benchmarks" in capsys.readouterr().err
 
 
-def test_dump_takes_the_protocol_resize(tmp_path):
+def test_dump_takes_the_protocol_resize(tmp_path, run_here):
     """`fsa dump --short-side/--long-side` prepares the crop with the eval's resize."""
     from fsa_deploy.runtime.images import load_image
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 
     out = tmp_path / "d.npz"
-    proc = run_cli("dump", "--image", photos()[0], "--out", out, "--model", "tiny", "--proxy", "tiny-dino",
-                   "--random-init", "--crop", "112", "--short-side", "150", "--long-side", "170",
-                   "--classes", "cat, dog")
+    proc = run_here("dump", "--image", photos()[0], "--out", out, "--model", "tiny", "--proxy", "tiny-dino",
+                    "--random-init", "--crop", "112", "--short-side", "150", "--long-side", "170",
+                    "--classes", "cat, dog")
     assert proc.returncode == 0, proc.stderr
     geo = Geometry(crop=112, short_side=150, long_side=170)
     resized = resize_image(load_image(photos()[0]), geo)

@@ -54,6 +54,26 @@ def test_method_and_contract_docs_exist_and_readme_points_there():
         assert doc in readme, f"README does not point to {doc}"
 
 
+def test_readme_is_short_and_points_to_every_page():
+    """README is the page a newcomer reads in ten minutes; every topic page of docs/ is reachable from it."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200, "README over 200 lines: move the detail to its docs/ page"
+    pages = sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))
+    assert [p for p in pages if p not in readme] == [], "docs/ pages the README does not point to"
+
+
+def test_readme_says_what_make_setup_and_ci_run():
+    """The extras README lists for `make setup` are the Makefile's; CI's command is README's test command."""
+    readme = (REPO / "README.md").read_text()
+    extras = re.search(r'-e "\.\[([\w,]+)\]"', (REPO / "Makefile").read_text())
+    assert extras, "the Makefile's editable install line"
+    listed = readme[readme.index("## Install"):readme.index("## The `fsa` command")]
+    assert [e for e in extras.group(1).split(",") if f"`{e}`" not in listed] == [], "extras README does not list"
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith(("#", "set", "cd"))]
+    assert ci == ["make test"] and "make test " in readme, ci
+
+
 def test_every_verb_help_cites_only_the_repository(capsys):
     # eval and app are registered before their modules land (other issues); every verb that exists is read
     verbs = [v for v, (module, _) in fsa_cli.VERBS.items() if importlib.util.find_spec(module) is not None]

@@ -1,7 +1,8 @@
 """One name, one meaning (issue 21, items 2 and 3): every renamed option's old spelling parses exactly as
 its new one, with one deprecation line, and the two together are exit 2; every numeric option of every verb
-and benchmark script takes its range from fsa_deploy/ranges.py; README's verb and migration tables are the
-parser's. All in-process on the parsers (argparse only: ~3 s, most of it importing the verbs' modules)."""
+and benchmark script takes its range from fsa_deploy/ranges.py; README's verb table and docs/CONTRACT.md's
+migration table are the parser's. All in-process on the parsers (argparse only: ~3 s, most of it importing
+the verbs' modules)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fsa_deploy.ranges import RANGES, Ranged, range_of
 from fsa_deploy.spellings import RENAMED
 
 README = (REPO / "README.md").read_text()
+CONTRACT = (REPO / "docs" / "CONTRACT.md").read_text()
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # benchmark scripts (their make target) -> where their parser is built
 SCRIPTS: dict[str, str] = {
@@ -85,10 +87,10 @@ def table_rows(text: str, heading: str) -> list[list[str]]:
 
 
 def migration_table() -> list[tuple[str, str, str]]:
-    """(verb or make target, old, new) per place of each row of README's migration table: what users were
+    """(verb or make target, old, new) per place of each row of docs/CONTRACT.md's migration table: what users were
     promised, so dropping an old spelling from the code fails its test here instead of removing it."""
     listed = []
-    for old, new, where, _ in table_rows(README, "| old spelling |"):
+    for old, new, where, _ in table_rows(CONTRACT, "| old spelling |"):
         for place in re.findall(r"`(?:fsa |make )?([\w-]+)`", where):
             listed.append((place, old.strip("`").split()[0], new.strip("`").split()[0]))
     return sorted(set(listed))
@@ -185,20 +187,19 @@ def test_readme_verb_row_names_only_the_verbs_options_in_their_new_spelling(verb
     assert named & old == set(), f"README's fsa {verb} row names deprecated spellings"
 
 
-def test_readme_migration_table_is_the_renames() -> None:
+def test_contract_migration_table_is_the_renames() -> None:
     assert set(MIGRATION) == {(v, o, n) for (v, o), n in RENAMED.items()}
 
 
 def test_contract_verb_table_is_the_parsers_verbs() -> None:
-    rows = table_rows((REPO / "docs" / "CONTRACT.md").read_text(), "| verb | does | needs |")
+    rows = table_rows(CONTRACT, "| verb | does | needs |")
     assert [cells[0].strip("`") for cells in rows] == list(fsa_cli.VERBS)
 
 
 def test_contract_cli_part_uses_no_deprecated_spelling_as_its_name() -> None:
     """docs/CONTRACT.md's verbs' options: each verb's paragraph names its new spellings; an old one only
     as "old spelling `--x`"."""
-    text = (REPO / "docs" / "CONTRACT.md").read_text()
-    part = text[text.index("### The verbs' own options"):text.index("## The artefact folder")]
+    part = CONTRACT[CONTRACT.index("### The verbs' own options"):CONTRACT.index("## The artefact folder")]
     for para in re.split(r"\n- ", part)[1:]:
         verb = re.match(r"\*\*`fsa (\w+)", para)
         if not verb:

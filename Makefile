@@ -1,17 +1,17 @@
 # fsa-deploy: `make demo` and `make test` each set up from scratch on a fresh machine.
-# Tests never reach a model hub: HF_HUB_OFFLINE=1 (issue 14; every file a test loads is made here).
+# Tests never reach a model hub: HF_HUB_OFFLINE=1 (every file a test loads is made here, weights included).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
-# The serving env (issue 13): tritonserver's python backend needs numpy < 2 (pytriton#93), the
+# The serving env: tritonserver's python backend needs numpy < 2 (pytriton#93), the
 # project env needs numpy 2; `fsa serve` finds it at $FSA_SERVE_VENV or <repo>/.venv-serve.
 SERVE_VENV ?= .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
-# TensorRT-RTX wheels exist for x86-64: there the tests that build engines must not skip (issue 12)
+# TensorRT-RTX wheels exist for x86-64: there the tests that build engines must not skip (engines build without a GPU)
 REQUIRE_RTX := $(if $(filter x86_64 AMD64,$(shell uname -m)),1,)
-# Debian's chromium + chromedriver drive tests/test_app.py (issue 24): `make setup` installs them where it
+# Debian's chromium + chromedriver drive tests/test_app.py (the page in a real browser): `make setup` installs them where it
 # can (root with Debian's apt; Ubuntu's chromium is a snap that does not run in containers), and there (or
 # wherever chromium is installed) `make test` requires them; elsewhere those tests skip with one line.
 BROWSER_APT := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && grep -qx 'ID=debian' /etc/os-release && echo 1)
@@ -59,7 +59,7 @@ bench: setup
 	$(BIN)/fsa bench --work out/bench/work --json out/bench/bench.json --md out/bench/bench.md --plot out/bench/bench.png --overwrite
 
 # Peak RSS of a segmentation against the class count (3 vs 171) and the photo size (6.75 and 12 MP),
-# tiny export on ONNX Runtime CPU, each case in a fresh process (issue 15 item 7; docs/BENCHMARKS.md).
+# tiny export on ONNX Runtime CPU, each case in a fresh process (docs/BENCHMARKS.md).
 # A video through `fsa segment` against the same frames as PNG images (frames/s vs images/s), tiny and full
 # size (ViT-B-16 + DINO B/8 at 336, random init, exported once into out/b16), ONNX Runtime CPU; peak RSS on
 # N and 4N frames (docs/BENCHMARKS.md, docs/VIDEO.md).
@@ -76,7 +76,7 @@ bench-memory: setup
 test-gpu: setup
 	$(BIN)/python -m pytest -q -ra -m "gpu or tensorrt"
 
-# Full-size TensorRT-RTX builds on this machine, no GPU (issue 12): time, engine size, peak RSS.
+# Full-size TensorRT-RTX builds on this machine, no GPU needed: time, engine size, peak RSS.
 # Add CAL=N to also calibrate and build int8 (a full-size ModelOpt calibration on the CPU is slow).
 bench-build: setup
 	$(BIN)/python -m benchmarks.engine_build --work out/bench-build --json out/bench-build/report.json \
@@ -120,7 +120,7 @@ bench-real-stats: setup
 	flock /tmp/fsa-heavy.lock $(BIN)/python -m benchmarks.activation_stats \
 	  --json out/bench/real_stats.json --md out/bench/real_stats.md
 
-# Issue 23: fsa bench's ONNX Runtime CPU rows (fp32, fp16 with the audit's fp32 islands, int8 from fsa calibrate)
+# fsa bench's ONNX Runtime CPU rows (fp32, fp16 with the audit's fp32 islands, int8 from fsa calibrate)
 # of full-size ViT-B-16 + DINO B/8 at 336, --random-init --real-stats then plain --random-init; fidelity against
 # the PyTorch fp32 reference on astronaut.png + chelsea.png, int8 calibrated on RS_CALIBRATION crops (fsa
 # calibrate's default is 64). Each init ~25-40 min on 2 cores; exports are kept in out/bench/real-stats-rows.
@@ -148,7 +148,7 @@ bench-eval-full: setup
 	$(BIN)/python -m benchmarks.eval_throughput --artifact out/demo/artifact --images 10 --rounds 1 \
 	  --reference --work out/bench/eval-full --json out/bench/eval-full.json --md out/bench/eval-full.md
 
-# fsa app (issue 24): the browser its tests drive (a no-op when present or where apt cannot install it).
+# fsa app: the browser its tests drive (a no-op when present or where apt cannot install it).
 .PHONY: browser app-screenshot bench-app bench-text
 browser:
 	@if [ -n "$(BROWSER_APT)" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then \

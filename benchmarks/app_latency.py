@@ -1,4 +1,4 @@
-"""`fsa app` in Chromium, outside the tests (issue 24): the README's screenshot, and the page's
+"""`fsa app` in Chromium, outside the tests: docs/APP.md's screenshot, and the page's
 latency against `fsa segment` on the same photos.
 
     python -m benchmarks.app_latency screenshot --out docs/app.png [--artifact DIR]  (make app-screenshot)

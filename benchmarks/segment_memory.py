@@ -1,4 +1,4 @@
-"""Peak memory of `fsa segment`'s pipeline against the class count and the photo size (issue 15, item 7).
+"""Peak memory of `fsa segment`'s pipeline against the class count and the photo size.
 
 Each case runs in a fresh Python process (the Python API the CLI uses: load, segment, save the
 three files) on a tiny export with ONNX Runtime on the CPU, and reports its own peak resident

@@ -29,7 +29,7 @@ METHODS = {"entropy": "entropy", "max": "max"}  # --method -> ModelOpt's calibra
 CALIBRATION_EPS = ["cpu"]  # ORT execution providers for calibration (no GPU needed)
 
 
-MODELOPT_HINT = "NVIDIA ModelOpt is not installed: pip install 'fsa-deploy[quant]' (see README)"
+MODELOPT_HINT = "NVIDIA ModelOpt is not installed: pip install 'fsa-deploy[quant]' (see docs/PRECISION.md)"
 
 
 # ---------------------------------------------------------------- ModelOpt

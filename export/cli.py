@@ -20,7 +20,7 @@ def add_export(sub, help_text: str) -> None:
     p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
                    help="fp16: made from the fp32 graph by ModelOpt AutoCast; the input normalisation, the FSA head, "
                    "the feedback and every node the fp16 range audit flags on calibration crops stay in fp32 "
-                   "(README: Real-weight statistics)")
+                   "(docs/PRECISION.md)")
     p.add_argument("--images", nargs="+", metavar="PATH", help="--precision fp16: calibration images of the range "
                    "audit, files and/or folders (default: fsa calibrate's, scikit-image's sample photos)")
     p.add_argument("--no-fp16-islands", action="store_true", help="--precision fp16, debug: every node in fp16 "

@@ -4,7 +4,7 @@ Why an audit and not a run: ONNX Runtime's CPU kernels evaluate an fp16 graph in
 between Casts, so an fp16 graph that passes validation there proves only the rounding at tensor
 boundaries. TensorRT (and any GPU fp16 kernel) computes inside the node in fp16: LayerNorm's sum
 of squares, a reduction's sum, attention logits. A model with massive activations (a residual
-channel at ~1000, README "Real-weight statistics") overflows exactly there: 2 * 1000^2 > 65504.
+channel at ~1000, docs/PRECISION.md) overflows exactly there: 2 * 1000^2 > 65504.
 
 So: run the fp32 graph on calibration crops, record every float tensor's absmax and every
 reducing node's internal sum (`measure`), then flag each low-precision node whose inputs, outputs

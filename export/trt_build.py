@@ -12,7 +12,7 @@ strongly typed.
 
 Sources: docs.nvidia.com/deeplearning/tensorrt "Migrating from TensorRT 10.x to 11.x", "Engine
 Compatibility"; TensorRT-RTX "CPU-Only AOT and TensorRT-RTX Engines"; what the library did on our
-CPU machines is in docs/BENCHMARKS.md and tests/test_trt.py (issue 12).
+CPU machines is in docs/BENCHMARKS.md and tests/test_trt.py.
 
 TensorRT is imported inside functions: `fsa build --help` and the rest of the project work
 without it, and a missing install is one line naming the fix.

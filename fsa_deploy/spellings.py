@@ -4,7 +4,7 @@ An option that meant two things in two verbs (`--cache-dir`: the model hub's cac
 cache; `--max-batch`: a graph's limit or crops per call) was renamed where it meant the other thing. The old
 spelling is registered as a second name of the new option's own argparse action, so its type, range,
 choices, mutually exclusive groups and abbreviations are the new one's by construction; the action only
-adds the deprecation line and refuses the two spellings together (exit 2). README's migration table lists
+adds the deprecation line and refuses the two spellings together (exit 2). docs/CONTRACT.md's migration table lists
 RENAMED row for row (tests/test_options.py compares them).
 """
 

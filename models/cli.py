@@ -19,21 +19,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag (openai, laion2b_...) or "
                    "hf-hub:ORG/NAME, read from the hub cache (offline with HF_HUB_OFFLINE=1)")
     w.add_argument("--checkpoint", metavar="PATH", help="local CLIP file: open_clip's .bin / .safetensors / "
-                   "training checkpoint, or OpenAI's TorchScript ViT-*.pt (README: Weights)")
+                   "training checkpoint, or OpenAI's TorchScript ViT-*.pt (docs/ENGINES.md: Weights)")
     w.add_argument("--random-init", action="store_true", help="deterministic random weights (see --seed)")
     g.add_argument("--hub-cache", metavar="DIR", help="the model hub's cache folder for --pretrained (default: the "
                    "hub's own)")
     add_ranged(g, "--seed", "seed of --random-init (default 0)", default=0)
     g.add_argument("--real-stats", action="store_true", help="with --random-init: shape the random weights to "
                    "show trained ViTs' outliers (massive activations, high-norm tokens, post-LayerNorm channel "
-                   "spread; README: Real-weight statistics)")
+                   "spread; docs/PRECISION.md)")
     add_ranged(g, "--real-stats-scale", "with --real-stats: multiply every planted magnitude (gain outliers, massive "
                "activations, the attention boost) by X (default 1: the published figures)", default=1.0)
     g.add_argument("--attention", default="proxy", help="proxy, qk, sclip, clearclip or naclip (default proxy)")
     g.add_argument("--proxy", default="dino",
                    help="dino, dinov2, dinov2-noreg, sam, mae or tiny-* (default dino; proxy only)")
     g.add_argument("--proxy-checkpoint", metavar="PATH", help="the proxy's release file as its authors ship it "
-                   "(dino_*, dinov2_*, mae_*, sam_vit_b_*.pth) or timm's model.safetensors (README: Weights)")
+                   "(dino_*, dinov2_*, mae_*, sam_vit_b_*.pth) or timm's model.safetensors (docs/ENGINES.md: Weights)")
     add_ranged(g, "--crop", "square crop size, a multiple of the model's patch size (default 336)", default=336)
     g.add_argument("--no-fsa", action="store_true", help="the base method alone")
     for name in ("--lamda", "--beta", "--gamma", "--top-p"):
@@ -78,8 +78,8 @@ def add_dump(sub, help_text: str) -> None:
     p.add_argument("--formulation", choices=("deploy", "literal"), default="deploy")
     add_ranged(p, "--stride", "window stride (default crop // 3)", default=None)
     p.add_argument("--activation-stats", metavar="F.json", help="also write per-block activation statistics of "
-                   "the CLIP trunk and the proxy on the same crop ({clip: [...], proxy: [...]}; README: "
-                   "Real-weight statistics)")
+                   "the CLIP trunk and the proxy on the same crop ({clip: [...], proxy: [...]}; "
+                   "docs/PRECISION.md)")
     add_ranged(p, "--short-side", "resize so the short side is at most this (default the crop size)", default=None)
     add_ranged(p, "--long-side", "resize so the long side is at most this (default crop * 2048 / 336)", default=None)
     add_model_args(p)

@@ -3,8 +3,8 @@
 Random init lacks exactly what breaks low precision in real vision transformers, so a fidelity
 figure measured on it says little about fp16 / int8 on trained weights. This recipe, applied after
 the seeded random init, gives every ViT trunk (the CLIP tower and each proxy) the three published
-pathologies, with mechanisms like the ones the papers found; docs/BENCHMARKS.md and the README
-section "Real-weight statistics" give the measured figures. Steps, in order:
+pathologies, with mechanisms like the ones the papers found; docs/PRECISION.md describes them,
+docs/BENCHMARKS.md gives the measured figures. Steps, in order:
 
 1. Post-LayerNorm inter-channel variation (RepQ-ViT, Li et al., ICCV 2023: post-LN activations of
    trained ViTs differ per channel by tens of times, which is why per-tensor int8 fails on them).

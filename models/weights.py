@@ -3,7 +3,7 @@
 Random init is deterministic: the same seed gives bit-identical weights in every
 process and on every machine (the model is built under a forked, seeded CPU RNG).
 
-Checkpoint files are read as their authors ship them (README, "Weights"): one path for every
+Checkpoint files are read as their authors ship them (docs/ENGINES.md, "Weights"): one path for every
 proxy family (read -> unwrap -> recognise the layout -> resize pos_embed the official way ->
 timm's own checkpoint filter -> a strict key/shape check -> load), with everything specific to
 a family kept as data (LAYOUTS, POS_INTERP, FAMILY_LAYOUTS). CLIP files go through open_clip's

@@ -160,7 +160,7 @@ def tiny_artifact(tmp_path_factory):
     return export_artifact(tiny_spec(), tmp_path_factory.mktemp("art") / "tiny-dino", progress=False)
 
 
-# ---- tiny exports shared across test files (issue 12: real engines from every tiny export)
+# ---- tiny exports shared across test files (real TensorRT-RTX engines are built from every tiny export)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
-"""The bad-input matrix (issue 15): every row is data, run through `fsa_deploy.cli.main` in-process.
+"""The bad-input matrix: every row is data, run through `fsa_deploy.cli.main` in-process.
 
 A row names its inputs (images made from a real photo, copies of the session's tiny artefact
 broken in one way), the command, the exit code, words the error must contain, and the files
-that must (not) exist afterwards or must be unchanged. It holds the defects issue 15 found and
+that must (not) exist afterwards or must be unchanged. It holds the defects found by a review of bad input and
 the cases that already worked, so that both keep working. A row's `{...}` fields are:
 {art} the tiny artefact (read-only), {broken:NAME} a copy of it broken by BROKEN[NAME],
 {img:NAME} an image of IMAGES, {bad:NAME} a bad file of BAD_FILES, {tmp} the row's own folder,
@@ -117,7 +117,7 @@ ROWS: list[Row] = [
     Row("good and bad images: the good one is written", seg(("{img:rgb.png}", "{bad:text.png}")), 2,
         ("text.png", "1 of 2 images failed"), present=("{tmp}/out/rgb.png",), absent=("{tmp}/out/text.png",),
         one_line=False),
-    # ---------------------------------------------------------------- the pixel limit (issue 15, item 6)
+    # ---------------------------------------------------------------- the pixel limit
     Row("above FSA_MAX_PIXELS", seg("{img:rgb.png}"), 2, ("96x64 = 6,144 pixels", "limit of 6,000", "FSA_MAX_PIXELS"),
         env=(("FSA_MAX_PIXELS", "6000"),), absent=("{tmp}/out/rgb.png",), one_line=False),
     Row("twice above FSA_MAX_PIXELS (Pillow's own check)", seg("{img:rgb.png}"), 2,
@@ -161,7 +161,7 @@ ROWS: list[Row] = [
         ("text.onnx", "missing")),
     Row("crop of meta.json disagrees with image.onnx", seg("{img:rgb.png}", art="{broken:crop_mismatch}"), 2,
         ("image.onnx", "crop 128", "[B, 3, 112, 112]")),
-    # ---------------------------------------------------------------- segment options (issue 15, item 2)
+    # ---------------------------------------------------------------- segment options
     *(Row(f"segment {opt} {val}", seg("{img:rgb.png}", opt, val), 2, (f"{opt} {val}: ", *w), absent=NO_OUT)
       for opt, val, w in (
           ("--prob-thd", "nan", ("not a finite number",)), ("--prob-thd", "inf", ("not a finite number",)),
@@ -178,7 +178,7 @@ ROWS: list[Row] = [
         ("no class names",)),
     Row("segment without --artifact", ("segment", "{img:rgb.png}", "--out", "{tmp}/out"), 2,
         ("--artifact",)),
-    # ---------------------------------------------------------------- outputs (issue 15, items 1 and 8)
+    # ---------------------------------------------------------------- outputs
     Row("--out is the artefact and the stem is meta", seg("{img:meta.png}", art="{broken:plain}",
                                                          out="{broken:plain}"), 2,
         ("would overwrite meta.json",), unchanged=("{broken:plain}/meta.json",),
@@ -191,7 +191,7 @@ ROWS: list[Row] = [
     Row("--out cannot be created", seg("{img:rgb.png}", out="/sys/fsa-deploy-test/out"), 2,
         ("/sys/fsa-deploy-test/out", "cannot"), absent=("/sys/fsa-deploy-test",)),
     Row("--out under a file", seg("{img:rgb.png}", out="{img:rgb.png}/out"), 2, ("--out", "cannot")),
-    # ---------------------------------------------------------------- export options (issue 15, item 2)
+    # ---------------------------------------------------------------- export options
     *(Row(f"export {opt} {val}", export(opt, val), 2, (f"{opt} {val}: ", *w), absent=("{tmp}/art",))
       for opt, val, w in (
           ("--lamda", "nan", ("not a finite number",)), ("--lamda", "inf", ("not a finite number",)),
@@ -216,7 +216,7 @@ ROWS: list[Row] = [
         present=("{tmp}/art/meta.json",), unchanged=("{tmp}/art/meta.json",)),
     Row("export over a folder that is not an artefact", ("export", "--out", "{bad:no_images}", "--model", "tiny",
                                                          "--random-init"), 2, ("not an artefact folder",)),
-    # ---------------------------------------------------------------- validate (issue 15, items 3, 5, 8)
+    # ---------------------------------------------------------------- validate
     *(Row(f"validate --tol {tol}", validate("--tol", tol), 2, w) for tol, w in (
         ("pixel_agreement_min=nan", ("--tol pixel_agreement_min", "not a finite number")),
         ("logits_rel_l2_max=inf", ("--tol logits_rel_l2_max", "not a finite number")),
@@ -247,7 +247,7 @@ ROWS: list[Row] = [
         ("--stride 0: outside",), absent=("{tmp}/d.npz",)),
     Row("build --max-batch 0", ("build", "{art}", "--max-batch", "0"), 2, ("--max-batch",)),
     Row("unknown verb", ("frobnicate",), 2, ("invalid choice",)),
-    # ---------------------------------------------------------------- serving (issue 13): refused before any work
+    # ---------------------------------------------------------------- serving: refused before any work
     Row("serve --http-port 70000", ("serve", "{art}", "--http-port", "70000"), 2,
         ("--http-port 70000: outside [1, 65535]",)),
     Row("serve with two ports equal", ("serve", "{art}", "--http-port", "8100", "--grpc-port", "8100"), 2,
@@ -262,7 +262,7 @@ ROWS: list[Row] = [
     Row("bench --repeats 0", ("bench", "--artifact", "{art}", "--repeats", "0"), 2, ("--repeats 0: outside",)),
     Row("bench --min-agreement nan", ("bench", "--artifact", "{art}", "--min-agreement", "nan"), 2,
         ("--min-agreement nan: not a finite number",)),
-    # ================================================================ issue 20: trust
+    # ================================================================ trust: hostile artefacts, user files
     # ---------------------------------------------------------------- names read from an artefact stay inside it
     *(Row(f"artefact with a {what} files entry", seg("{img:rgb.png}", art=f"{{broken:{name}}}"), 2,
           (*words,), absent=NO_OUT, unchanged=("{victim}",))
@@ -419,7 +419,7 @@ def make_bad_files(folder: Path, images: Path) -> None:
     (folder / "garbage.webp").write_bytes(os.urandom(2000))
     (folder / "no_images").mkdir()
     (folder / "no_images" / "notes.txt").write_text("no images here\n")
-    # issue 20
+    # trust
     grey = np.asarray(Image.open(images / "L.png"), dtype=np.float32) / 255
     for name, value, where in (("nan.tif", np.nan, slice(None)), ("inf.tif", np.inf, slice(0, 5)),
                                ("neginf.tif", -np.inf, (3, 4))):
@@ -493,7 +493,7 @@ BROKEN: dict[str, Callable[[Path], None]] = {
     "swapped": _swap,
     "no_image": lambda root: (root / IMAGE_ONNX).unlink(),
     "no_text": lambda root: (root / TEXT_ONNX).unlink(),
-    # issue 20: names that would lead out of the folder, and other hostile files
+    # trust: names that would lead out of the folder, and other hostile files
     "plain6": lambda root: None,
     "climb_name": lambda root: _add_record(root, "../victim.txt", role="tokenizer"),
     "absolute_name": lambda root: _add_record(root, str(root.parent / "victim.txt"), role="tokenizer"),

@@ -1,4 +1,4 @@
-"""`fsa eval` (issue 22): datasets in each layout, IoUMetric's numbers, the reference and artefact
+"""`fsa eval`: datasets in each layout, IoUMetric's numbers, the reference and artefact
 rows side by side, reproduction by `fsa segment`, resumption, bad inputs, serving.
 
 Datasets are made here: real photos from scikit-image, shrunk, with masks drawn by the test.

@@ -1,4 +1,4 @@
-"""One name, one meaning (issue 21, items 2 and 3): every renamed option's old spelling parses exactly as
+"""One name, one meaning: every renamed option's old spelling parses exactly as
 its new one, with one deprecation line, and the two together are exit 2; every numeric option of every verb
 and benchmark script takes its range from fsa_deploy/ranges.py; README's verb table and docs/CONTRACT.md's
 migration table are the parser's. All in-process on the parsers (argparse only: ~3 s, most of it importing

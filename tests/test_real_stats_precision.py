@@ -1,4 +1,4 @@
-"""Issue 23: the checks catch what they exist for, on the tiny `--real-stats` model.
+"""Real-weight statistics: the checks catch what they exist for, on the tiny `--real-stats` model.
 
 - fp16: ONNX Runtime's CPU cannot show fp16 overflow (it computes between Casts in fp32); the range
   audit must. The naive all-fp16 graph (exporter switch --no-fp16-islands) fails the audit naming

@@ -1,4 +1,4 @@
-"""Serving (issue 13): `fsa triton` repositories checked offline, and `fsa serve` (the bundled
+"""Serving: `fsa triton` repositories checked offline, and `fsa serve` (the bundled
 tritonserver on 127.0.0.1, free ports) answering HTTP and gRPC with `Segmenter`'s label maps.
 
 One server for the module; it is stopped by the last test, which checks that no process of its

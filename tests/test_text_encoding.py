@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import tiny_reference
 
-REL_L2 = 1e-6  # the tolerance for "the same embeddings"
+REL_L2 = 1e-6  # the tolerance for "the same embeddings"
 PROMPTS = ["a photo of a cat.", "a bad photo of the big dog lying on a red sofa.", "x", "a photo of a tv monitor."]
 
 

@@ -1,4 +1,4 @@
-"""Trust (issue 20): what every verb touched, shown by the files themselves.
+"""Trust: what every verb touched, shown by the files themselves.
 
 A hostile artefact (climbing names, absolute names, symlinks out, an external-data location out,
 a deeply nested meta.json) goes through every verb that reads an artefact; sentinel files

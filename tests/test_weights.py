@@ -1,4 +1,4 @@
-"""Real checkpoint files load offline as their authors ship them (issue 14), or exit 2 in one line.
+"""Real checkpoint files load offline as their authors ship them, or exit 2 in one line.
 
 Each published layout is made here at tiny size: SAM with the `segment-anything` package's own
 modules, OpenAI's TorchScript archives with open_clip's CLIP class and torch.jit, open_clip's own

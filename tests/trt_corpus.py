@@ -3,7 +3,7 @@
 The lint/parser agreement corpus (tests/test_lint.py). CASES is a list of Case(name, make, parses,
 builds, lint_before, note): `make()` returns an onnx.ModelProto; `parses`/`builds` are the
 verdicts measured with tensorrt_rtx 1.7.1.116 (parser 200) on a CPU machine, default targets;
-`lint_before` is what fsa lint said before issue 12 (TensorRT 10 rules): "pass" or its rule id.
+`lint_before` is what fsa lint said with its first, TensorRT 10 rules: "pass" or its rule id.
 `build_only` cases fail in the builder for reasons a static check cannot see (kernel coverage).
 
 Run: python tests/trt_corpus.py [--only NAME] -> a table; exit 1 when a verdict differs from the
@@ -233,7 +233,7 @@ class Case:
     make: Callable[[], onnx.ModelProto]
     parses: bool  # TensorRT-RTX's ONNX parser accepts it
     builds: bool  # ... and build_serialized_network returns a plan (default targets)
-    lint_before: str  # fsa lint's verdict before issue 12: "pass" or the rule id
+    lint_before: str  # fsa lint's verdict with its first, TensorRT 10 rules: "pass" or the rule id
     note: str = ""
     build_only: bool = False  # the builder refuses it for a reason lint cannot see
 
@@ -260,24 +260,24 @@ CASES: list[Case] = [
     Case("mod_int64_fmod0", lambda: mod(T.INT64, np.int64, 0), True, True, "pass"),
     Case("mod_float_fmod1", lambda: mod(T.FLOAT, np.float32, 1), True, True, "pass"),
     Case("topk_k5", lambda: topk(5, 16), True, True, "pass"),
-    # the issue's disagreements: lint passes, TensorRT refuses
+    # where lint and TensorRT disagreed: lint passed, TensorRT refuses
     Case("matmul_int32", lambda: matmul(T.INT32, np.int32), False, False, "pass",
-         "issue 12: parser: unsupported input type INT32"),
-    Case("mod_float_fmod0", lambda: mod(T.FLOAT, np.float32, 0), False, False, "pass", "issue 12"),
-    Case("scatter_elements_max", lambda: scatter_elements("max"), False, False, "pass", "issue 12"),
+         "lint passed it; parser: unsupported input type INT32"),
+    Case("mod_float_fmod0", lambda: mod(T.FLOAT, np.float32, 0), False, False, "pass", "lint passed it"),
+    Case("scatter_elements_max", lambda: scatter_elements("max"), False, False, "pass", "lint passed it"),
     Case("scatter_elements_add", lambda: scatter_elements("add"), False, False, "pass",
          "any reduction but none is refused (add/mul/min/max)"),
-    Case("deform_conv", deform_conv, False, False, "pass", "issue 12"),
-    # the issue's disagreements: lint refuses, TensorRT accepts
-    Case("topk_k3840", lambda: topk(3840, 4096), True, True, "topk-k", "issue 12: limit is K <= 3840"),
+    Case("deform_conv", deform_conv, False, False, "pass", "lint passed it"),
+    # where lint and TensorRT disagreed: lint refused, TensorRT accepts
+    Case("topk_k3840", lambda: topk(3840, 4096), True, True, "topk-k", "lint refused it; the limit is K <= 3840"),
     Case("topk_k3841", lambda: topk(3841, 4096), True, False, "topk-k", "parser accepts; the BUILDER refuses K > 3840"),
-    Case("topk_sorted0", lambda: topk(5, 16, sorted_=0), True, True, "op-attribute", "issue 12"),
+    Case("topk_sorted0", lambda: topk(5, 16, sorted_=0), True, True, "op-attribute", "lint refused it"),
     Case("group_norm_21", lambda: group_norm(21), True, True, "pass",
-         "issue 12 says lint refuses; not reproduced with this graph"),
+         "reported refused by lint; not reproduced with this graph"),
     Case("group_norm_18", lambda: group_norm(18), True, True, "pass"),
-    Case("topk_k_from_static_shape", topk_k_from_shape, True, True, "topk-k", "issue 12"),
-    Case("topk_k_from_dynamic_shape", topk_k_from_dynamic_shape, True, True, "topk-k", "issue 12"),
-    Case("cumsum_axis_from_shape", cumsum_axis_from_shape, True, True, "cumsum-axis", "issue 12"),
+    Case("topk_k_from_static_shape", topk_k_from_shape, True, True, "topk-k", "lint refused it"),
+    Case("topk_k_from_dynamic_shape", topk_k_from_dynamic_shape, True, True, "topk-k", "lint refused it"),
+    Case("cumsum_axis_from_shape", cumsum_axis_from_shape, True, True, "cumsum-axis", "lint refused it"),
     # refused by both (or project policy)
     Case("unique", unique, False, False, "data-dependent-op"),
     Case("custom_domain", custom_domain, False, False, "custom-domain"),

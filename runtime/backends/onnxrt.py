@@ -84,7 +84,7 @@ class OnnxRuntimeBackend(Backend):
     (the validator's view; needs the `onnx` package); `optimized_to` saves ORT's optimised image
     graph there (bench reads which Casts ORT inserted).
     The name says where it really runs: ORT silently drops a CUDA provider it cannot load.
-    GPU path: host arrays in and out, so each crop batch crosses PCIe twice (see README).
+    GPU path: host arrays in and out, so each crop batch crosses PCIe twice.
     """
 
     def __init__(self, art: Artifact | str | os.PathLike[str], image_file: str | None = IMAGE_ONNX,

@@ -67,7 +67,7 @@ class Flavour:
     targets: tuple[str, ...]  # selectable --targets (empty: the build GPU is the target)
     fp8_min_target: str | None  # fp8 kernels exist from this target on
     fp32_min_target: str | None  # fp32 GEMMs: TensorRT-RTX refuses them for Turing
-    serves: str  # README / doctor: which GPUs run its engines
+    serves: str  # docs/ENGINES.md / doctor: which GPUs run its engines
 
     def engine_name(self, precision: str) -> str:
         return f"image.{precision}{self.suffix}.engine"

@@ -1,4 +1,4 @@
-"""Serving on NVIDIA Triton Inference Server (issue 13).
+"""Serving on NVIDIA Triton Inference Server.
 
 - `repository`: `fsa triton` writes a model repository (text model, image model, and the
   python-backend model `fsa_segment` that runs this runtime's Segmenter, calling the other two

@@ -32,7 +32,7 @@ class Layout:
     split: str | None  # the configs' ann_file; None: scan img_dir (recursively, sorted)
     reduce_zero_label: bool  # mask 0 -> ignore, k -> k - 1 (mmseg LoadAnnotations)
     num_classes: int | None  # None: the class file decides (folder)
-    root_hint: str  # what `--root` should name, for error messages and the README
+    root_hint: str  # what `--root` should name, for error messages and docs/EVALUATION.md
     source: str
 
 

@@ -1,6 +1,7 @@
 """What a user reads cites only what the repository holds: README.md, docs/*.md, every verb's --help
 and the package's docstrings and comments name no file outside it (the project's working notes under
-`shared/`, a machine's absolute paths), and every `docs/*.md` they point to exists."""
+`shared/`, a machine's absolute paths) and no number of the project's tracker (a reader has no tracker:
+the reason goes in the text), and every `docs/*.md` they point to exists."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from fsa_deploy import cli as fsa_cli
 # `shared/spec/FSA.md`, `shared/STYLE.md`, ... but not "shared-memory" or "a shared volume"
 OUTSIDE = re.compile(r"(?<![\w.-])shared/[\w./-]*|/work/[\w./-]*")
 DOCS_LINK = re.compile(r"(?<![\w/.-])docs/[\w.-]+\.md")
-SOURCE_ROOTS = ("fsa_deploy", "models", "export", "calibration", "runtime", "validation", "tools", "tests")
+SOURCE_ROOTS = ("fsa_deploy", "models", "export", "calibration", "runtime", "validation", "benchmarks", "tools",
+                "tests")
+# "issue 12", "Issue 23", "#23"; not another project's "pytriton#93" or a CSS colour (no .css is read)
+TRACKER = re.compile(r"\b[Ii]ssues? \d+|(?<![\w/#&])#\d+\b")
 
 
 def outside_citations(text: str) -> list[str]:
@@ -33,11 +37,18 @@ def verb_help(verb: str, capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
+def tracker_numbers(text: str) -> list[str]:
+    return sorted(set(TRACKER.findall(text)))
+
+
 def test_the_pattern_catches_a_citation_and_spares_plain_words():
     assert outside_citations("steps 7-15 of shared/spec/FSA.md (see /work/main/x.py)") == [
         "/work/main/x.py", "shared/spec/FSA.md"]
     assert outside_citations("its shared-memory prefix, a shared volume, docs/METHOD.md") == []
     assert missing_docs("see docs/METHOD.md and docs/NOPE.md") == ["docs/NOPE.md"]
+    assert tracker_numbers("as issue 12 found (Issue 23, issues 20, #24)") == [
+        "#24", "Issue 23", "issue 12", "issues 20"]
+    assert tracker_numbers("numpy 2.x (triton-inference-server/pytriton#93), an issue of 3 lines") == []
 
 
 @pytest.mark.parametrize("name", ["README.md", *sorted(p.name for p in (REPO / "docs").glob("*.md"))])
@@ -99,3 +110,13 @@ def test_sources_cite_only_the_repository():
         if found:
             bad[str(path.relative_to(REPO))] = found
     assert bad == {}, f"citations of files outside the repository: {bad}"
+
+
+def test_no_tracker_numbers_in_code_tests_makefile_tools_or_docs():
+    """Users have the repository, not the tracker: a comment, docstring, test or page says why, not "issue N"."""
+    files = [REPO / "Makefile", REPO / "pyproject.toml", REPO / "README.md", REPO / ".ci" / "run"]
+    files += sorted((REPO / "docs").glob("*.md"))
+    files += [p for root in SOURCE_ROOTS for p in sorted((REPO / root).rglob("*"))
+              if p.suffix in (".py", ".sh", ".md", ".toml", ".txt") and p.name != "test_docs.py"]
+    bad = {str(p.relative_to(REPO)): found for p in files if p.is_file() and (found := tracker_numbers(p.read_text()))}
+    assert bad == {}, f"tracker numbers (say the reason instead): {bad}"

@@ -73,6 +73,24 @@ def test_readme_is_short_and_points_to_every_page():
     assert [p for p in pages if p not in readme] == [], "docs/ pages the README does not point to"
 
 
+# a file or folder of this repository named in a page ("runtime/gate.py", "validation/eval/data/"), and `make X`
+REPO_PATH = re.compile(r"(?<![\w/.-])(?:" + "|".join(SOURCE_ROOTS) + r")/[\w./-]*[\w/]")
+MAKE_TARGET = re.compile(r"`make ([a-z][\w-]*)")
+
+
+def test_docs_name_only_paths_and_make_targets_that_exist():
+    """A page that names a module, a test or a make target the code no longer has is out of date."""
+    targets = set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), re.M))
+    bad = {}
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = page.read_text()
+        found = [p for p in REPO_PATH.findall(text) if not (REPO / p).exists()]
+        found += [f"make {t}" for t in MAKE_TARGET.findall(text) if t not in targets]
+        if found:
+            bad[page.name] = sorted(set(found))
+    assert bad == {}, f"pages naming what the repository does not have: {bad}"
+
+
 def test_readme_says_what_make_setup_and_ci_run():
     """The extras README lists for `make setup` are the Makefile's; CI's command is README's test command."""
     readme = (REPO / "README.md").read_text()

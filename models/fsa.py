@@ -4,7 +4,7 @@
 sort-based top-p, N^3 ensemble products). It exists as the oracle for tests and
 benchmarks. `deploy`: what is exported: head-independent attention once, the KL as a
 matmul, top-p from a TopK of the floor(p N) + 1 largest entries (legal in TensorRT up to
-N = 8530; an unrolled bisection beyond), the ensemble reassociated. Steps 8-13 always run
+N = 8533 at p = 0.45; an unrolled bisection beyond), the ensemble reassociated. Steps 8-13 always run
 in fp32 (or fp64 for checks).
 
 Every function takes a batch of crops; every statistic is per crop.

@@ -67,9 +67,13 @@ def test_the_pattern_catches_a_citation_and_spares_plain_words():
 
 @pytest.mark.parametrize("name", ["README.md", *sorted(p.name for p in (REPO / "docs").glob("*.md"))])
 def test_readme_and_docs_cite_only_the_repository(name):
-    text = (REPO / name if name == "README.md" else REPO / "docs" / name).read_text()
+    page = REPO / name if name == "README.md" else REPO / "docs" / name
+    text = page.read_text()
     assert outside_citations(text) == [], name
     assert missing_docs(text) == [], name
+    # a Markdown link or image to a file of the repository, relative to the page
+    links = [t for t in re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", text) if not (page.parent / t).exists()]
+    assert links == [], f"{name} links to files that do not exist"
 
 
 def test_method_and_contract_docs_exist_and_readme_points_there():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 from functools import cache
 
 import pytest
@@ -107,6 +108,36 @@ def test_docs_name_only_paths_and_make_targets_that_exist():
         if found:
             bad[page.name] = sorted(set(found))
     assert bad == {}, f"pages naming what the repository does not have: {bad}"
+
+
+def doc_commands() -> list[tuple[str, str]]:
+    """(page, command line) of every `fsa ...` line of the pages' sh blocks (continuations joined, comments cut;
+    usage lines with [optional] parts or "..." are not commands)."""
+    found = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #")[0].strip()
+                if line.startswith("fsa ") and "[" not in line and "..." not in line:
+                    found.append((page.name, line))
+    return found
+
+
+def test_every_example_command_parses(capsys):
+    """The examples are meant to be copied: each parses with today's `fsa` (no deprecated spelling either)."""
+    commands = doc_commands()
+    assert len(commands) >= 20, commands  # the README's examples and the pages' own
+    bad = []
+    for page, line in commands:
+        argv = shlex.split(line)[1:]
+        try:
+            fsa_cli.build_parser(argv[0]).parse_args(argv)
+        except SystemExit:
+            bad.append((page, line))
+        err = capsys.readouterr().err
+        if "deprecated" in err:
+            bad.append((page, line + " (deprecated spelling)"))
+    assert bad == [], f"examples that do not parse: {bad}"
 
 
 def test_readme_says_what_make_setup_and_ci_run():

@@ -65,7 +65,7 @@ class Walk:
         """The nodes that read the given tensors, directly or through other nodes; the walk neither
         enters nor passes through the nodes in `avoid`."""
         skip = set(avoid)
-        outside = lambda ts: (i for i in self.readers(ts) if i not in skip)  # noqa: E731
+        outside = lambda ts: (i for i in self.readers(ts) if i not in skip)
         return self.reach(outside(tensors), lambda i: outside(self.nodes[i].output))
 
     def names(self, indices: Iterable[int]) -> set[str]:

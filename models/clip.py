@@ -84,7 +84,7 @@ def _resolve_tag(name: str, tag: str, cache_dir: str | None) -> tuple[str, bool,
     where = f"the hub cache {cache_dir}" if cache_dir else "the default hub cache"
     try:
         path = open_clip.download_pretrained(cfg, cache_dir=cache_dir)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - open_clip's download raises hub, network and file errors alike: one line for all
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
         raise FSAError(f"--pretrained {tag}: weights not found in {where}{offline} "
                        f"({type(e).__name__}); download them once elsewhere, or pass --checkpoint PATH") from None
@@ -102,7 +102,7 @@ def _hub_model_cfg(repo: str, cache_dir: str | None) -> dict[str, Any]:
     try:
         with open(hf_hub_download(repo, "open_clip_config.json", cache_dir=cache_dir)) as f:
             return dict(json.load(f).get("model_cfg") or {})
-    except Exception:
+    except Exception:  # noqa: BLE001 - a missing or unreadable hub config means no override
         return {}
 
 

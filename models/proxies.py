@@ -66,7 +66,7 @@ def create_proxy(name: str, crop: int, weights: Weights, checkpoint: str | None 
         else:
             try:
                 net = timm.create_model(spec.timm_name, pretrained=True, cache_dir=weights.cache_dir, **kwargs)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - timm's hub download raises many types: one line for all
                 raise FSAError(f"--proxy {name}: pretrained weights unavailable ({type(e).__name__}); "
                                "pass --proxy-checkpoint PATH") from None
     for m in net.modules():  # explicit attention: exports to plain MatMul/Softmax at any rank

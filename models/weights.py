@@ -292,7 +292,7 @@ def read_state_file(path: str, what: str) -> StateFile:
                 obj, fmt = torch.jit.load(path, map_location="cpu").state_dict(), "torchscript"
         else:
             obj, fmt = torch.load(path, map_location="cpu", weights_only=True), "torch"
-    except Exception as e:  # truncated / corrupt files raise many types
+    except Exception as e:  # noqa: BLE001 - truncated / corrupt files raise many types
         raise FSAError(f"{what} {path}: not a readable checkpoint, truncated or corrupt ({_first_line(e)})") from None
     container = next((k for k in CONTAINER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
     if container:
@@ -479,7 +479,7 @@ def load_clip_file(net: torch.nn.Module, model: str, path: str, what: str = "--c
     try:
         with _torchscript_quiet():
             open_clip.load_checkpoint(net, path, strict=True, weights_only=not ts)
-    except Exception as e:  # not expected after the checks above
+    except Exception as e:  # noqa: BLE001 - not expected after the checks above
         raise FSAError(f"{what} {path}: open_clip could not load it ({_first_line(e, 160)})") from None
     layout = "openai-torchscript" if ts else "open_clip"
     return _record(path, layout, f, **extra)

@@ -80,7 +80,7 @@ def safely(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """A probe's result, or why it could not run (doctor always finishes)."""
     try:
         return probe()
-    except Exception as e:  # reporting, not handling: whatever failed is the answer
+    except Exception as e:  # noqa: BLE001 - reporting, not handling: whatever failed is the answer
         return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
 

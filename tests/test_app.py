@@ -432,7 +432,7 @@ def test_live_camera_draws_video_with_masks_pauses_when_hidden_and_esc_stops(app
 
     open_page(browser, app, CLASSES)
     overlay = browser.find_element(By.ID, "overlay")
-    video_frames = lambda d: int(overlay.get_attribute("data-video-frames") or 0)  # noqa: E731
+    video_frames = lambda d: int(overlay.get_attribute("data-video-frames") or 0)
     before = frames(browser)
     browser.find_element(By.ID, "camera").click()
     fps = browser.find_element(By.ID, "fps")

@@ -210,7 +210,7 @@ class Served:
             def log_message(self, *a) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server's name
                 name = self.path.lstrip("/")
                 if name == "silent":
                     stop.wait(30)

@@ -198,7 +198,7 @@ class Remote:
         client = self._client()
         try:
             ready = client.is_model_ready(SEGMENT_MODEL)
-        except Exception as e:  # noqa: BLE001 - any connection failure is the same one line
+        except Exception as e:  # any connection failure is the same one line
             raise FSAError(f"--server {url}: not reachable ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from e
         if not ready:
             raise FSAError(f"--server {url}: model {SEGMENT_MODEL} is not ready")
@@ -219,7 +219,7 @@ class Remote:
             reply = self._client().infer(SEGMENT_MODEL, segment_inputs(job.data, job.classes, prob_thd=job.prob_thd))
         except InferenceServerException as e:
             raise UpstreamError(f"--server: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-        except Exception as e:  # noqa: BLE001 - a dropped connection: this request's error, the page keeps going
+        except Exception as e:  # a dropped connection: this request's error, the page keeps going
             raise UpstreamError(f"--server {self.url}: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from e
         labels = reply.as_numpy(OUT_LABELS)
         summary = json.loads(reply.as_numpy(OUT_SUMMARY).reshape(-1)[0])

@@ -82,7 +82,7 @@ def stream_to_triton(source: str, url: str, classes: str, rate: float, in_flight
         index, t, sent_at, future = pending.popleft()
         try:
             reply = future.result(timeout=timeout_s)
-        except Exception as e:  # noqa: BLE001 - the server's or the connection's error, as one line
+        except Exception as e:  # the server's or the connection's error, as one line
             raise FSAError(f"{source}: frame {index}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from e
         stats.answered += 1
         stats.order.append(index)

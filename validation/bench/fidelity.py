@@ -46,7 +46,7 @@ def ort_fp16_note(row: BenchRow) -> str | None:
         optimized = Path(tmp) / "optimized.onnx"
         backend = OnnxRuntimeBackend(str(row.folder), str(row.file), providers=[CPU_EP], optimized_to=optimized)
         path = backend.artifact.path(str(row.file))
-        casts = lambda m: sum(n.op_type == "Cast" for n in m.graph.node)  # noqa: E731
+        casts = lambda m: sum(n.op_type == "Cast" for n in m.graph.node)
         added = casts(onnx.load(str(optimized), load_external_data=False)) - casts(
             onnx.load(str(path), load_external_data=False))
     if added <= 0:

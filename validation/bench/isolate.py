@@ -44,7 +44,7 @@ class Children:
 def _child_main(fn: Callable[..., Any], args: tuple, conn: Any) -> None:
     try:
         conn.send(("ok", fn(*args)))
-    except BaseException as e:  # the parent reports it; the child must not die silently
+    except BaseException as e:  # noqa: BLE001 - the parent reports it; the child must not die silently
         conn.send(("error", one_line(e)))
     finally:
         conn.close()

@@ -179,7 +179,7 @@ def measure_row(plan: BenchPlan, row: BenchRow, text_np: Any) -> Measured:
         return m
     try:
         m.fidelity = row_fidelity(row, plan, text, torch_model)
-    except Exception as e:  # timings stand; the row says why fidelity is missing
+    except Exception as e:  # noqa: BLE001 - timings stand; the row says why fidelity is missing
         m.fidelity_error = one_line(e)
     if row.format == ORT and row.device == "cpu" and row.precision == "fp16":
         m.note = ort_fp16_note(row)

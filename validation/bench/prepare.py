@@ -33,7 +33,7 @@ def _attempt(what: str, fn: Callable[[], Source]) -> Source:
     t0 = time.perf_counter()
     try:
         src = fn()
-    except Exception as e:  # any failure (FSAError, ModelOpt, TensorRT) is that row's reason
+    except Exception as e:  # noqa: BLE001 - any failure (FSAError, ModelOpt, TensorRT) is that row's reason
         say(f"{what}: failed ({one_line(e)})")
         return Source(status=FAILED, why=f"{what} failed: {one_line(e)}")
     say(f"{what}: done in {time.perf_counter() - t0:.0f} s")

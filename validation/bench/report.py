@@ -148,7 +148,7 @@ def format_terminal(rep: Report) -> str:
     head = [c for c, _ in COLUMNS]
     cells = [[f(r.as_dict()) for _, f in COLUMNS] for r in rep.results]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-    line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()  # noqa: E731
+    line = lambda cs: "  ".join(c.ljust(w) for c, w in zip(cs, widths)).rstrip()
     out = header_lines(rep) + ["", line(head), line(["-" * w for w in widths])] + [line(c) for c in cells]
     return "\n".join(out + [""] + notes(rep) + [METHOD])
 

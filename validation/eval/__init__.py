@@ -196,7 +196,7 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
         LOG.info(f"{PROG}: {dataset}: {len(found)} images, {k} classes, method {method}; rows: "
              + ", ".join(f"{r.name} ({r.backend})" for r in rows))
     decode = _decoder(proto.resize)
-    key_of = lambda item: work_key(sha, rows, protocol, classes, item)  # noqa: E731
+    key_of = lambda item: work_key(sha, rows, protocol, classes, item)
     parallel = None
     if args.server:
         from fsa_deploy.validation.eval.remote import fan_out

@@ -243,7 +243,7 @@ def ascii_table(head: list[str], body: list[list[str]], width: int = 40) -> str:
     cut = [[c if len(c) <= width else c[: width - 3] + "..." for c in line] for line in [head, *body]]
     widths = [max(len(line[j]) for line in cut) for j in range(len(head))]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"  # noqa: E731
+    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
     return "\n".join([rule, fmt(cut[0]), rule, *[fmt(line) for line in cut[1:]], rule])
 
 

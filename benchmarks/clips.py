@@ -26,7 +26,7 @@ def pan_zoom_frames(photo: str | Path, frames: int, size: tuple[int, int]) -> li
         ch = cw / aspect
         x0 = (w - cw) * a
         y0 = (h - ch) * 0.5
-        out.append(np.asarray(img.resize(size, Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))))
+        out.append(np.asarray(img.resize(size, Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))))
     return out
 
 
@@ -41,6 +41,7 @@ def write_clip(path: str | Path, frames: list[np.ndarray], fps: float = 12, code
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w", format=fmt) as c:
         s = c.add_stream(codec, rate=rate)
+        assert isinstance(s, av.VideoStream), codec
         s.height, s.width = frames[0].shape[:2]
         s.pix_fmt = pix_fmt
         if times is not None:
@@ -68,6 +69,6 @@ def decoded_frames(path: str | Path) -> list[np.ndarray]:
     assert spec is not None, path
     src = Source(spec)
     try:
-        return [rgb for _, rgb in src.frames()]
+        return [rgb for _, rgb in src.frames() if rgb is not None]  # None: before a start, which is 0 here
     finally:
         src.close()

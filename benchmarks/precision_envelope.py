@@ -25,7 +25,7 @@ SCALES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 MODEL = ["--model", "tiny", "--proxy", "tiny-dino", "--crop", "112", "--random-init", "--real-stats", "--seed", "0"]
 
 
-def fsa(*args: str) -> tuple[int, str]:
+def fsa(*args: str | Path) -> tuple[int, str]:
     """The CLI in this process; (exit code, last stderr line)."""
     from fsa_deploy.cli import main
 

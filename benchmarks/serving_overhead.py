@@ -17,8 +17,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fsa_deploy.export.tiny import tiny_artifact
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         # change in the machine's load (2 shared cores) falls on both rather than on one.
         for c in CONCURRENCY:
             rounds = 4 if c == 1 else 1
-            sides = {"in-process": (local, paths), "fsa serve": (remote, blobs)}
+            sides: dict[str, tuple[Callable[..., Any], list[Any]]] = {"in-process": (local, paths),
+                                                                    "fsa serve": (remote, blobs)}
             parts: dict[str, list[dict]] = {where: [] for where in sides}
             for _ in range(rounds):
                 for where, (call, images) in sides.items():

@@ -61,7 +61,9 @@ def compare(art: Path, clip: Path, pngs: list[Path], out: Path, threads: int | N
         seg.segment(p).write(out / "images", p.stem)
     images_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    summary = VideoRun(seg, classify(str(clip)), out / "video", VideoOptions(progress=False)).run()
+    spec = classify(str(clip))
+    assert spec is not None, clip
+    summary = VideoRun(seg, spec, out / "video", VideoOptions(progress=False)).run()
     video_s = time.perf_counter() - t0
     n = len(pngs)
     return {"frames": n, "images_per_s": n / images_s, "frames_per_s": summary["frame_count"] / video_s,

@@ -38,7 +38,9 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
 
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+    # argparse's three typed overloads, taken and returned as they are
+    def parse_known_args(  # type: ignore[override]
+            self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         """argparse's, then one line per deprecated spelling used (fsa_deploy/spellings.py)."""
         from fsa_deploy.spellings import take_notes
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
+from fsa_deploy.runtime.video.sources import SourceSpec
 
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
@@ -125,18 +126,23 @@ def _report(message: str) -> None:
     LOG.error(f"{PROG}: error: {escape(message)}")
 
 
-def split_sources(items: Sequence[str]) -> tuple[list[str], list, list[str]]:
+def split_sources(items: Sequence[str]) -> tuple[list[str], list[SourceSpec], list[str]]:
     """(image arguments, video SourceSpecs with unique names, error lines) of the command line."""
     from fsa_deploy.runtime.video.sources import classify
 
-    images, videos, errors = [], [], []
+    images: list[str] = []
+    videos: list[SourceSpec] = []
+    errors: list[str] = []
     for item in items:
         try:
             spec = classify(str(item))
         except FSAError as e:
             errors.append(str(e))
             continue
-        (images if spec is None else videos).append(item if spec is None else spec)
+        if spec is None:
+            images.append(item)
+        else:
+            videos.append(spec)
     return images, videos, errors
 
 

@@ -674,7 +674,7 @@ def foreign_files(folder: Path, listed: set[str] | None = None) -> list[str]:
 def record_tree(folder: Path) -> None:
     """Every file under `folder` (a folder we just filled: a model repository) into one manifest at its
     top, by relative path: --overwrite later removes only these."""
-    files = {}
+    files: dict[str, str | None] = {}
     for root, _dirs, names in os.walk(folder):
         for name in names:
             p = Path(root, name)

@@ -95,8 +95,7 @@ def decode_image(source: str | os.PathLike[str] | BinaryIO, name: object) -> np.
                 if img.width * img.height > limit:
                     raise _too_large(name, f"{img.width}x{img.height} = {img.width * img.height:,} pixels", limit)
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = to_rgb(img)
+                rgb = to_rgb(ImageOps.exif_transpose(img))
     except FSAError:
         raise
     except NonFinitePixels as e:

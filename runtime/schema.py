@@ -42,16 +42,17 @@ def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fa
     return check
 
 
-def _of(kind: type, what: str, item: Check | None = None, length: int | None = None) -> Check:
+def _of(kind: type[Any], what: str, item: Check | None = None, length: int | None = None) -> Check:
     def check(v: Any) -> str | None:
         if not isinstance(v, kind):
             return f"{type(v).__name__} where {what} is expected"
         if length is not None and len(v) != length:
             return f"{len(v)} entries where {length} are expected"
-        for x in (v.values() if isinstance(v, dict) else v) if item else ():
-            bad = item(x)
-            if bad:
-                return bad
+        if item is not None:
+            for x in v.values() if isinstance(v, dict) else v:
+                bad = item(x)
+                if bad:
+                    return bad
         return None
     return check
 

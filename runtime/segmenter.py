@@ -164,6 +164,10 @@ def _text_width(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[str, i
     return text, math.ceil(box[2] - box[0]), math.ceil(box[3] - box[1])
 
 
+def _rgb(c: Sequence[int]) -> tuple[int, int, int]:
+    return int(c[0]), int(c[1]), int(c[2])
+
+
 def with_legend(img: Image.Image, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> Image.Image:
     """`img` above a legend: a swatch and a label per entry, laid out in rows that wrap."""
     font = ImageFont.load_default()
@@ -244,7 +248,7 @@ class SegmentationResult:
     def overlay(self, alpha: float = 0.5) -> Image.Image:
         """The image blended with the class colours (unlabelled pixels left as they are), above a
         legend of the labels present."""
-        out = np.empty(self.image.shape, dtype=np.uint8)
+        out = np.empty_like(self.image, dtype=np.uint8, order="C")
         step = max(1, (4 << 20) // max(1, 12 * self.image.shape[1]))  # bands of ~4 MiB float32: flat memory
         for r in range(0, out.shape[0], step):
             lab = self.labels[r : r + step]
@@ -253,8 +257,8 @@ class SegmentationResult:
             blend = self.image[r : r + step].astype(np.float32) * (1 - a) + colors * a
             out[r : r + step] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(out)
-        entries = [(f"{legend_name(self.name_of(i))} {100 * f:.1f}%",
-                    tuple(class_color(i) or (255, 255, 255))) for i, f in self.fractions().items()]
+        entries = [(f"{legend_name(self.name_of(i))} {100 * f:.1f}%", _rgb(class_color(i) or (255, 255, 255)))
+                   for i, f in self.fractions().items()]
         return with_legend(img, entries)
 
     def write(self, out_dir: str | os.PathLike[str], stem: str) -> dict[str, Path]:

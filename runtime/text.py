@@ -150,7 +150,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without the start and end tokens."""
-        out = []
+        out: list[int] = []
         for piece in self.pattern.findall(clean(text)):
             word = piece if piece in (SOT, EOT) else "".join(self.bytes[b] for b in piece.encode("utf-8"))
             out.extend(self.ids[s] for s in self._bpe(word))

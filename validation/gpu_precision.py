@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-CASES = {"tiny": dict(model="tiny", proxy="tiny-dino", crop=112),
+CASES: dict[str, dict[str, Any]] = {"tiny": dict(model="tiny", proxy="tiny-dino", crop=112),
          "full": dict(model="ViT-B-16", proxy="dino", crop=336)}
 MODES = ("half", "split", "autocast")
 

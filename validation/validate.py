@@ -76,7 +76,8 @@ def tolerances_for(profile: str, overrides: dict[str, float]) -> Tolerances:
         raise FSAError(f"--tol {bad[0]}: unknown metric (choose from {', '.join(sorted(names))})")
     for name, value in overrides.items():
         TOLERANCE_RANGES[name].check(value, f"--tol {name}")
-    return replace(TOLERANCES[profile], **overrides)
+    checked: dict[str, Any] = dict(overrides)  # each within its TOLERANCE_RANGES entry (integral where an int)
+    return replace(TOLERANCES[profile], **checked)
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -84,12 +85,12 @@ def tolerances_for(profile: str, overrides: dict[str, float]) -> Tolerances:
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-30))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-30))
 
 
 def miou(a: np.ndarray, b: np.ndarray) -> float:
@@ -368,7 +369,7 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
     vocab = vocab or Vocabulary.from_file(DEFAULT_CLASSES)
     side = ArtifactSide(art, name, backend, stages)
     ref = reference_side(art.meta, fp64)
-    templates = art.meta.get("templates")
+    templates: list[str] = art.meta["templates"]  # runtime.schema checked it: a list of prompt templates
     from fsa_deploy.models.dump import numpy_encoder
 
     with torch.no_grad():
@@ -465,7 +466,7 @@ def format_markdown(report: ValidationReport) -> str:
 
 
 def parse_tolerances(items: list[str]) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for item in items:
         key, sep, value = item.partition("=")
         try:
@@ -474,10 +475,10 @@ def parse_tolerances(items: list[str]) -> dict[str, float]:
             raise FSAError(f"--tol {item!r}: expected NAME=NUMBER") from None
         if not sep:
             raise FSAError(f"--tol {item!r}: expected NAME=NUMBER")
-    for name, value in out.items():  # before any work: an unknown name or a value out of range is exit 2
+    for name, number in out.items():  # before any work: an unknown name or a value out of range is exit 2
         if name not in TOLERANCE_RANGES:
             raise FSAError(f"--tol {name}: unknown metric (choose from {', '.join(sorted(TOLERANCE_RANGES))})")
-        TOLERANCE_RANGES[name].check(value, f"--tol {name}")
+        TOLERANCE_RANGES[name].check(number, f"--tol {name}")
     return out
 
 

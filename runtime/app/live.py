@@ -44,7 +44,8 @@ class LiveSource:
         self.service, self.spec, self.stream_timeout = service, spec, stream_timeout
         self.source = Source(spec, stream_timeout)  # a bad source is the app's one-line error, before serving
         parse_classes(classes)
-        self.classes, self.prob_thd = classes, None
+        self.classes = classes
+        self.prob_thd: float | None = None
         self.cond = threading.Condition()
         self.frame: tuple[float, np.ndarray] | None = None  # (capture time, RGB) waiting for the worker
         self.jpeg: bytes | None = None
@@ -142,7 +143,7 @@ class LiveSource:
             with self.cond:
                 while self.frame is None and not self.stopped.is_set():
                     self.cond.wait(0.5)
-                if self.stopped.is_set():
+                if self.stopped.is_set() or self.frame is None:
                     return
                 (captured, rgb), self.frame = self.frame, None
                 classes, prob = self.classes, self.prob_thd

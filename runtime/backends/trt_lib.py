@@ -238,7 +238,7 @@ def logger(flavour: Flavour) -> Any:
     trt.Logger(WARNING), and keeps every line so that errors can be quoted and tests can read them."""
     trt = load(flavour)
 
-    class Capture(trt.ILogger):  # type: ignore[misc,name-defined]
+    class Capture(trt.ILogger):  # type: ignore[name-defined]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.lines: list[tuple[str, str]] = []

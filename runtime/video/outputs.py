@@ -58,9 +58,9 @@ def check_frames_folder(folder: Path) -> None:
 
 def legend_strip(classes: list[str], width: int) -> Image.Image:
     """The legend of every class (swatch and name), as wide as the frame: runtime.segmenter's."""
-    from fsa_deploy.runtime.segmenter import legend_name, palette, with_legend
+    from fsa_deploy.runtime.segmenter import _rgb, legend_name, palette, with_legend
 
-    entries = [(legend_name(n), tuple(int(v) for v in palette()[i % 256])) for i, n in enumerate(classes)]
+    entries = [(legend_name(n), _rgb(palette()[i % 256])) for i, n in enumerate(classes)]
     strip = with_legend(Image.new("RGB", (width, 1), (255, 255, 255)), entries)
     return strip.crop((0, 1, min(width, strip.width), strip.height))
 
@@ -123,7 +123,8 @@ class LabelSpool:
     array [frames, H, W] (the npy header is written once the count is known)."""
 
     def __init__(self, path: Path, classes: int) -> None:
-        self.path, self.count, self.shape = path, 0, None
+        self.path, self.count = path, 0
+        self.shape: tuple[int, ...] | None = None
         self.dtype = np.dtype(np.uint8 if classes < 256 else np.uint16)
         self.file = gate.open_write(path)  # closed by close()
 
@@ -151,7 +152,8 @@ class SummaryWriter:
     """NAME.json, rewritten atomically now and then as frames come, and once at the end."""
 
     def __init__(self, path: Path, head: dict[str, Any]) -> None:
-        self.path, self.head, self.frames = path, head, []
+        self.path, self.head = path, head
+        self.frames: list[dict[str, Any]] = []
         self.written, self.last, self.cost = False, 0.0, 0.0
 
     def add(self, entry: dict[str, Any]) -> None:

@@ -76,7 +76,8 @@ class Stage(threading.Thread):
 
     def __init__(self, name: str, work: Callable[[], None]) -> None:
         super().__init__(name=f"fsa-video-{name}", daemon=True)
-        self.work, self.error = work, None
+        self.work = work
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
@@ -227,7 +228,7 @@ class VideoRun:
         for j in group:
             j.timings["forward"] = ms / len(group)
             j.timings["batched_frames"] = len(group)
-            j.crops = None  # type: ignore[assignment] - freed as soon as they ran
+            j.crops = np.empty(0, np.float32)  # freed as soon as they ran
 
     def _post(self, q_in: queue.Queue, q_out: queue.Queue) -> None:
         from fsa_deploy.runtime.pipeline import Canvas, postprocess

@@ -164,7 +164,8 @@ class Source:
 
     def __init__(self, spec: SourceSpec, stream_timeout: float = 10.0, sequence_fps: float = SEQUENCE_FPS,
                  start: float = 0.0) -> None:
-        self.spec, self.error, self.live = spec, None, spec.kind == "camera"
+        self.spec, self.live = spec, spec.kind == "camera"
+        self.error: str | None = None
         self.stream_timeout, self.start = stream_timeout, start
         self.container: Any = None
         if spec.kind == "sequence":
@@ -231,13 +232,13 @@ class Source:
             self.container.close()
             self.container = None
 
-    def frames(self) -> Iterator[tuple[float, np.ndarray]]:
+    def frames(self) -> Iterator[tuple[float, np.ndarray | None]]:
         if self.spec.kind == "sequence":
             yield from self._sequence()
         else:
             yield from self._decode()
 
-    def _sequence(self) -> Iterator[tuple[float, np.ndarray]]:
+    def _sequence(self) -> Iterator[tuple[float, np.ndarray | None]]:
         from fsa_deploy.runtime.images import load_image
 
         for i, f in enumerate(self.files):

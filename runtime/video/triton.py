@@ -105,6 +105,7 @@ def stream_to_triton(source: str, url: str, classes: str, rate: float, in_flight
                 if len(pending) >= in_flight:
                     stats.dropped += 1  # the window is full: a fixed-rate feed drops, never queues
                     continue
+                assert rgb is not None  # frames before a start come as None; this source starts at 0
                 pending.append((n, t, time.monotonic(), pool.submit(infer, png_of(rgb))))
                 stats.sent += 1
             while pending:

@@ -245,7 +245,8 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     base = Path(args.root)
     if not base.is_dir():
         raise FSAError(f"--root {args.root}: no such folder (expected mmsegmentation's data/ folder)")
-    found, missing = [], []
+    found: list[str] = []
+    missing: list[str] = []
     for b in PAPER_BENCHMARKS:
         (found if D.present(b, base / D.PAPER_ROOTS[b]) else missing).append(b)
     if not found:
@@ -340,7 +341,8 @@ class _work_dir:
     """--work DIR (kept), or a temporary folder removed at the end."""
 
     def __init__(self, path: str | None):
-        self.path, self.tmp = path, None
+        self.path = path
+        self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
         if self.path is None:

@@ -197,7 +197,7 @@ def fan_out(rows: list[Row], reduce_zero_label: bool, concurrency: int, decode: 
     thread takes each result as it completes (not in order: a stalled request holds back nothing
     else), decodes that image, runs any local row (the reference) and scores it."""
     row = next(r for r in rows if hasattr(r, "servers"))
-    servers: Servers = row.servers  # type: ignore[attr-defined]
+    servers: Servers = row.servers
 
     def parallel(todo: list[Item], score, failures: list[str], bar) -> None:
         got: dict[str, np.ndarray] = {}
@@ -208,12 +208,15 @@ def fan_out(rows: list[Row], reduce_zero_label: bool, concurrency: int, decode: 
             running: dict[Future, Item] = {}
             pending = iter(todo)
 
+            def labels(it: Item) -> Any:
+                return servers.labels(it.image.read_bytes(), str(it.image))
+
             def refill() -> None:
                 while len(running) < workers:
                     item = next(pending, None)
                     if item is None:
                         return
-                    fut = pool.submit(lambda it=item: servers.labels(it.image.read_bytes(), str(it.image)))
+                    fut = pool.submit(labels, item)
                     running[fut] = item
 
             refill()

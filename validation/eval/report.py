@@ -30,6 +30,7 @@ def row_json(r: Row, ref: Row | None) -> dict[str, Any]:
         "images_per_s": (r.images_run / r.seconds) if r.images_run and r.seconds > 0 else None,
     }
     if ref is not None and not r.is_reference:
+        assert ref.cm is not None
         rs = scores(ref.cm)
         out["miou_delta"] = _num(s.miou - rs.miou)
         out["pixel_agreement"] = (r.agree[0] / r.agree[1]) if r.agree[1] else None

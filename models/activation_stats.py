@@ -22,11 +22,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fsa_deploy.models.registry import Tower
+
+if TYPE_CHECKING:  # models.reference builds on this module's views
+    from fsa_deploy.models.reference import FSAModel
 
 STAT_KEYS = ("resid_absmax_ratio", "high_norm_token_fraction", "post_ln_channel_spread", "attn_max_mean")
 HIGH_NORM_FACTOR = 5.0  # a high-norm token: >= 5x the median patch-token norm
@@ -67,7 +72,7 @@ class TrunkView:
     prefix: int
 
 
-def clip_trunk(visual: nn.Module) -> TrunkView:
+def clip_trunk(visual: Tower) -> TrunkView:
     """open_clip's VisionTransformer (batch-first resblocks of nn.MultiheadAttention)."""
     blocks = [BlockView(b, b.ln_1, b.ln_2, b.attn, b.mlp.c_fc, b.mlp.c_proj, b.ls_2, None)
               for b in visual.transformer.resblocks]
@@ -75,11 +80,11 @@ def clip_trunk(visual: nn.Module) -> TrunkView:
     return TrunkView(blocks, attn.embed_dim, attn.num_heads, 1)
 
 
-def timm_trunk(net: nn.Module) -> TrunkView:
+def timm_trunk(net: Tower) -> TrunkView:
     """timm's VisionTransformer (DINO, DINOv2, MAE) and VisionTransformerSAM."""
     blocks = [BlockView(b, b.norm1, b.norm2, b.attn.qkv, b.mlp.fc1, b.mlp.fc2, b.ls2, b.attn.attn_drop)
               for b in net.blocks]
-    width = blocks[0].qkv.in_features
+    width = int(net.blocks[0].attn.qkv.in_features)
     return TrunkView(blocks, width, int(net.blocks[0].attn.num_heads), int(getattr(net, "num_prefix_tokens", 0)))
 
 
@@ -169,7 +174,7 @@ def trunk_stats(trunk: TrunkView, run: Callable[[], Any]) -> list[dict[str, Any]
     return [{"block": i, **block_stats(c, trunk.prefix)} for i, c in enumerate(caps)]
 
 
-def model_stats(model: nn.Module, crop: torch.Tensor) -> dict[str, list[dict[str, Any]]]:
+def model_stats(model: FSAModel, crop: torch.Tensor) -> dict[str, list[dict[str, Any]]]:
     """{clip: [...], proxy: [...]} for an FSAModel on one crop [3, S, S] (RGB 0-255).
 
     The CLIP trunk is every resblock, the last one included (its output is not used by FSA, but
@@ -178,16 +183,17 @@ def model_stats(model: nn.Module, crop: torch.Tensor) -> dict[str, list[dict[str
     image = crop.unsqueeze(0).float()
     clip_view = clip_trunk_of(model)
     out = {"clip": trunk_stats(clip_view, lambda: model.last(model.trunk(image)))}
-    if model.proxy is not None:
-        out["proxy"] = trunk_stats(timm_trunk(model.proxy.net), lambda: model.proxy(image))
+    proxy = model.proxy
+    if proxy is not None:
+        out["proxy"] = trunk_stats(timm_trunk(proxy.net), lambda: proxy(image))
     else:
         out["proxy"] = []
     return out
 
 
-def clip_trunk_of(model: nn.Module) -> TrunkView:
+def clip_trunk_of(model: FSAModel) -> TrunkView:
     """The CLIP trunk of an FSAModel: its blocks then its last block."""
-    blocks = [*model.blocks, model.last]
+    blocks: list[Tower] = [*model.blocks, model.last]
     view = [BlockView(b, b.ln_1, b.ln_2, b.attn, b.mlp.c_fc, b.mlp.c_proj, b.ls_2, None) for b in blocks]
     return TrunkView(view, model.width, model.heads, 1)
 

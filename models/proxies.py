@@ -6,6 +6,8 @@ resize to the proxy's input size (SAM: 1024) and the token-to-grid reshape happe
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from fsa_deploy.models.registry import IMAGENET_MEAN, IMAGENET_STD, ProxySpec, proxy_spec
@@ -18,7 +20,11 @@ from fsa_deploy.errors import FSAError
 class ProxyFeatures(nn.Module):
     """crop [B, 3, S, S] (0-255) -> F [B, C', H', W'] (before L2 normalisation)."""
 
-    def __init__(self, spec: ProxySpec, net: nn.Module, crop: int, weights_record: dict | None = None):
+    mean: torch.Tensor  # buffers, typed here (nn.Module's __getattr__ says Tensor | Module)
+    std: torch.Tensor
+
+    def __init__(self, spec: ProxySpec, net: Any, crop: int, weights_record: dict | None = None):
+        """`net`: timm's ViT of the family (patch_embed and forward_features are its own, not nn.Module's)."""
         super().__init__()
         self.spec = spec
         self.weights_record = weights_record or {}  # meta.json: file, sha256, layout, pos_embed resize
@@ -28,7 +34,7 @@ class ProxyFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.prefix = int(getattr(net, "num_prefix_tokens", 0))
         patch = net.patch_embed.patch_size
-        self.grid = (self.input_size // patch[0], self.input_size // patch[1])
+        self.grid: tuple[int, int] = (self.input_size // patch[0], self.input_size // patch[1])
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = (image - self.mean) / self.std
@@ -56,6 +62,7 @@ def create_proxy(name: str, crop: int, weights: Weights, checkpoint: str | None 
         raise FSAError(f"--crop {crop}: the {name} proxy's input {size} is not a multiple of its patch")
     hub_offline_from_env()
     record: dict = {}
+    net: Any  # timm.create_model's ViT (explicit attention set below through its `fused_attn`)
     with quiet("timm"):
         if checkpoint is not None:
             net = timm.create_model(spec.timm_name, pretrained=False, **kwargs)

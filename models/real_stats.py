@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from fsa_deploy.models.activation_stats import TrunkView, capture, clip_trunk, timm_trunk
+from fsa_deploy.models.registry import Tower
 from torch import nn
 
 from fsa_deploy.errors import FSAError
@@ -128,7 +129,7 @@ def _probe(recipe: Recipe, seed: int, size: int) -> torch.Tensor:
     return _standardise((content_probe if recipe.placement == "content" else probe_image)(seed, size))
 
 
-def clip_target(visual: nn.Module, seed: int, recipe: Recipe) -> Target:
+def clip_target(visual: Tower, seed: int, recipe: Recipe) -> Target:
     """open_clip's tower at its native size; triggers as 2x2 plateaus of the pretrained grid, so that
     the official bicubic resize of the positional embedding to any crop keeps them (models.reference)."""
     g0 = int(math.isqrt(visual.positional_embedding.shape[0] - 1))
@@ -145,7 +146,7 @@ def clip_target(visual: nn.Module, seed: int, recipe: Recipe) -> Target:
                   lambda: visual(image), visual.conv1.weight.data)
 
 
-def timm_target(net: nn.Module, seed: int, recipe: Recipe) -> Target:
+def timm_target(net: Tower, seed: int, recipe: Recipe) -> Target:
     """A timm ViT (DINO, DINOv2, MAE, SAM) at the size it was built for; scattered trigger positions."""
     pos = net.pos_embed.data
     patches = pos.reshape(-1, pos.shape[-1]) if pos.dim() == 4 else pos[0]
@@ -161,7 +162,7 @@ def timm_target(net: nn.Module, seed: int, recipe: Recipe) -> Target:
                   net.patch_embed.proj.weight.data)
 
 
-def _gamma(ls: nn.Module) -> torch.Tensor | None:
+def _gamma(ls: Tower) -> torch.Tensor | None:
     return ls.gamma.data if hasattr(ls, "gamma") else None
 
 
@@ -311,13 +312,13 @@ def recipe_of(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def apply_clip(visual: nn.Module, seed: int, recipe: str = RECIPE, scale: float = SCALE_DEFAULT) -> dict[str, object]:
+def apply_clip(visual: Tower, seed: int, recipe: str = RECIPE, scale: float = SCALE_DEFAULT) -> dict[str, object]:
     """Shape open_clip's image tower (built under `seed`)."""
     r = recipe_of(recipe)
     return shape_trunk(clip_target(visual, seed, r), seed, r, scale, "clip" in r.families)
 
 
-def apply_proxy(net: nn.Module, seed: int, family: str, recipe: str = RECIPE,
+def apply_proxy(net: Tower, seed: int, family: str, recipe: str = RECIPE,
                 scale: float = SCALE_DEFAULT) -> dict[str, object]:
     """Shape a timm proxy (built under `seed`); `family`: the proxy's (models.registry.ProxySpec.family)."""
     r = recipe_of(recipe)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from fsa_deploy.models import fsa
 from fsa_deploy.models.proxies import ProxyFeatures
-from fsa_deploy.models.registry import ATTENTIONS, HyperParams
+from fsa_deploy.models.registry import ATTENTIONS, HyperParams, Tower
 from torch import nn
 
 from fsa_deploy.contract import CLIP_MEAN, CLIP_STD
@@ -59,13 +59,20 @@ class FSAModel(nn.Module):
     the trunk and proxy run in fp16; fp64 for checks).
     """
 
+    # buffers (register_buffer): typed here, as nn.Module's __getattr__ types them Tensor | Module
+    pos_pretrained: torch.Tensor
+    pos_embed: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    omega: torch.Tensor | None
+
     def __init__(self, clip: nn.Module, proxy: ProxyFeatures | None, cfg: FSAConfig, formulation: str = "deploy"):
         super().__init__()
         if formulation not in FORMULATIONS:
             raise ValueError(f"formulation {formulation!r} not in {FORMULATIONS}")
         if (proxy is None) != (cfg.attention != "proxy"):
             raise FSAError(f"--attention {cfg.attention}: a proxy is {'required' if proxy is None else 'not used'}")
-        visual = clip.visual
+        visual: Tower = clip.visual  # open_clip's VisionTransformer
         self.cfg, self.formulation, self.literal = cfg, formulation, formulation == "literal"
         self.patch = visual.conv1.kernel_size[0]
         if cfg.crop % self.patch:
@@ -86,7 +93,7 @@ class FSAModel(nn.Module):
         self.proxy = proxy
         omega = fsa.naclip_omega((self.grid, self.grid), cfg.hp.naclip_sigma) if cfg.attention == "naclip" else None
         self.register_buffer("omega", omega, persistent=False)
-        self.out_grid = proxy.grid if proxy is not None else (self.grid, self.grid)
+        self.out_grid: tuple[int, int] = proxy.grid if proxy is not None else (self.grid, self.grid)
         self.head_dtype = torch.float32
 
     # -- precision --------------------------------------------------------------------------------
@@ -127,7 +134,8 @@ class FSAModel(nn.Module):
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         y = self.last.ln_1(x)
-        return F.linear(y, self.last.attn.in_proj_weight, self.last.attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = F.linear(y, self.last.attn.in_proj_weight, self.last.attn.in_proj_bias).chunk(3, dim=-1)
+        return q, k, v
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape
@@ -167,7 +175,7 @@ class FSAModel(nn.Module):
         assert self.proxy is not None
         feats = self.proxy(image.to(self.proxy.mean.dtype)).to(self.head_dtype)
         _, _, v = self.qkv(x)
-        b, h2, w2 = v.shape[0], *self.out_grid
+        b, (h2, w2) = v.shape[0], self.out_grid
         v = v[:, 1:].transpose(1, 2).reshape(b, self.width, self.grid, self.grid)
         v = F.interpolate(v, size=(h2, w2), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
         attn = fsa.proxy_attention(feats, self.cfg.hp.beta, self.cfg.hp.gamma, proxy_keep, self.literal)

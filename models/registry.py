@@ -10,6 +10,11 @@ from typing import Any
 
 from fsa_deploy.errors import FSAError
 
+# An open_clip or timm tower (CLIP's `visual`, a timm ViT): its parts (transformer.resblocks, patch_embed,
+# forward_features, ...) are its family's, reached through nn.Module.__getattr__, which types every one of
+# them Tensor | Module. Code that walks a family's layout takes a Tower.
+Tower = Any
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

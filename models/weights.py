@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from fsa_deploy.models.registry import Tower
 from fsa_deploy.runtime.artifact import sha256_file
 
 from fsa_deploy.errors import FSAError
@@ -71,14 +72,14 @@ class Weights:
     def describe(self) -> dict[str, Any]:
         """The weights source as recorded in meta.json."""
         if self.seed is not None and self.real_stats:  # a source older readers refuse (never build it plain)
-            out = {"source": REAL_STATS_SOURCE, "seed": self.seed, "recipe": self.recipe_name}
+            out: dict[str, Any] = {"source": REAL_STATS_SOURCE, "seed": self.seed, "recipe": self.recipe_name}
             return out if self.real_stats_scale == 1.0 else {**out, "scale": self.real_stats_scale}
         if self.seed is not None:
             return {"source": "random-init", "seed": self.seed}
         if self.checkpoint is not None:
             return {"source": "checkpoint", "path": os.path.abspath(self.checkpoint),
                     "sha256": sha256_file(self.checkpoint, once=True)}
-        out: dict[str, Any] = {"source": "pretrained", "tag": self.pretrained}
+        out = {"source": "pretrained", "tag": self.pretrained}
         if self.cache_dir is not None:
             out["cache_dir"] = os.path.abspath(self.cache_dir)
         return out
@@ -396,7 +397,7 @@ def _resolve(dotted: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def load_proxy_checkpoint(net: torch.nn.Module, proxy: str, family: str, path: str,
+def load_proxy_checkpoint(net: Tower, proxy: str, family: str, path: str,
                           what: str = "--proxy-checkpoint") -> dict[str, Any]:
     """Load `path` into the timm model `net` (built at the crop's size), strictly; the meta.json record."""
     f = read_state_file(path, what)
@@ -405,7 +406,7 @@ def load_proxy_checkpoint(net: torch.nn.Module, proxy: str, family: str, path: s
     return _record(path, info.pop("layout"), f, **info)
 
 
-def map_proxy_state(net: torch.nn.Module, proxy: str, family: str, f: StateFile,
+def map_proxy_state(net: Tower, proxy: str, family: str, f: StateFile,
                     where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A file's tensors in `net`'s names and shapes (FSAError in one line if they do not fit), and
     what was done: layout, family, keys ignored, the pos_embed resize."""

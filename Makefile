@@ -37,9 +37,11 @@ test: setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow"
 
+# ruff over the repository, mypy over the whole package (tools/typecheck.sh; its cache: build/typecheck).
+# `make test` runs both too (tests/test_typecheck.py), so CI does.
 lint: setup
 	$(BIN)/ruff check .
-	$(MAKE) typecheck
+	PYTHON=$(BIN)/python tools/typecheck.sh
 
 typecheck: setup
 	PYTHON=$(BIN)/python tools/typecheck.sh
@@ -111,7 +113,7 @@ bench-serve-full: setup
 	  --requests 20 --json out/bench/serve-full.json --md out/bench/serve-full.md
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out .pytest_cache build/typecheck
 
 # Full-size activation statistics per block, --real-stats against plain random init (ViT-B-16 and DINO B/8, DINOv2
 # with and without registers, SAM, MAE at 336, two photos), checked against the current recipe's own targets (exit 1

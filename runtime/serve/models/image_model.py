@@ -24,7 +24,8 @@ class TritonPythonModel:
 
     def execute(self, requests):
         image_name, text_name, logits_name = self.names
-        replies, groups = [None] * len(requests), {}
+        replies = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # by class embeddings
         for i, r in enumerate(requests):
             crops = pb_utils.get_input_tensor_by_name(r, image_name).as_numpy()
             text = pb_utils.get_input_tensor_by_name(r, text_name).as_numpy()

@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -97,7 +98,7 @@ class TritonPythonModel:
             return seg
         if short is not None and not 1 <= short <= 16384:
             raise self.FSAError(f"input {self.protocol_names[0]}: {short} outside [1, 16384]")
-        changes = {}
+        changes: dict[str, Any] = {}
         if short is not None:
             changes.update(short_side=int(short), long_side=LONG_SIDE)
         if stride is not None:

@@ -16,15 +16,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from conftest import CROP, photos  # noqa: E402
-from fsa_deploy.models.clip import _open_clip  # noqa: E402
-from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp, spec_from_meta  # noqa: E402
-from fsa_deploy.models.weights import POS_INTERP, Weights, resample_pos_embed_official  # noqa: E402
-from fsa_deploy.runtime.artifact import sha256_file  # noqa: E402
+import pytest
+import torch
+from conftest import CROP, photos
+from fsa_deploy.models.clip import _open_clip
+from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp, spec_from_meta
+from fsa_deploy.models.weights import POS_INTERP, Weights, resample_pos_embed_official
+from fsa_deploy.runtime.artifact import sha256_file
 
-from fsa_deploy.cli import main  # noqa: E402
+from fsa_deploy.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:FutureWarning")  # the test makers
 TINY = dict(embed_dim=64, depth=2, num_heads=2)  # registry.py's tiny-* proxies
@@ -57,11 +57,11 @@ def official_vit(family: str, dim: int = 64, depth: int = 2, patch: int = 8, gri
     tops, blocks, container = OFFICIAL[family]
     g = torch.Generator().manual_seed(seed)
     v = dict(D=dim, H=4 * dim, P=patch, G=grid, R=4)
-    shape = lambda t: tuple(int(eval(p, {}, v)) for p in t.split(","))  # noqa: S307 (constant templates)
+    shape = lambda t: tuple(int(eval(p, {}, v)) for p in t.split(","))  # eval of constant templates
     # N(0, 0.02^2), as ViT initialisations draw. Unit-variance norm biases make every patch's proxy
     # feature nearly the same: ProxyCLIP's S0 - beta * mean(S0) is then < 0 on whole rows, the row is
     # all -inf (docs/METHOD.md, as the official code) and its softmax NaN; validate fails on that.
-    randn = lambda s: torch.randn(shape(s), generator=g) * 0.02  # noqa: E731
+    randn = lambda s: torch.randn(shape(s), generator=g) * 0.02
     out = {k: randn(s) for t in tops for k, s in t.items()}
     for i in range(depth):
         out.update({k.format(i=i): randn(s) for t in blocks for k, s in t.items()})

@@ -423,7 +423,7 @@ def format_terminal(report: ValidationReport) -> str:
     head = [c for c, _ in COLUMNS]
     rows = table_rows(report)
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
     out = [f"artifact {report.artifact} on {report.backend} vs {report.reference}, "
            f"profile {report.tolerance_profile}", line(head), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from fsa_deploy.export.graph_probe import ort_session, probe_options, with_absmax_outputs
@@ -231,7 +231,7 @@ def _range_of(model, ranges: Ranges) -> Callable[[str], float | None]:
     return of
 
 
-def _past(v: float | None, bound: float) -> bool:
+def _past(v: float | None, bound: float) -> TypeGuard[float]:
     return v is not None and not v <= bound  # NaN is past every bound
 
 

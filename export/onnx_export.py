@@ -21,6 +21,8 @@ import onnx
 import torch
 from fsa_deploy.export.graph_walk import Walk
 from fsa_deploy.models.factory import ModelSpec, Reference, build_reference
+from fsa_deploy.models.reference import FSAModel
+from fsa_deploy.models.registry import Tower
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
@@ -72,7 +74,7 @@ class Progress:
 class StagesOutput(nn.Module):
     """The crop forward returning logits and every stage tensor (in STAGES order)."""
 
-    def __init__(self, model: nn.Module, names: list[str]):
+    def __init__(self, model: FSAModel, names: list[str]):
         super().__init__()
         self.model, self.names = model, names
 
@@ -88,7 +90,7 @@ class TextTower(nn.Module):
     token (the highest id), so a prompt's embedding does not depend on the padding after it: the
     runtime sends the batch's longest prompt, not 77 (tests/test_export.py checks the equality)."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: Tower):
         super().__init__()
         self.clip = clip
 

@@ -184,7 +184,7 @@ def meta_lock(root: Path) -> Iterator[None]:
         raise FSAError(f"{root}: cannot lock {META} ({e.strerror or e}); is the folder read-only?") from None
 
 
-def with_stage_outputs(model, stages: dict[str, str], names: list[str] | None = None):
+def with_stage_outputs(model: Any, stages: dict[str, str], names: list[str] | None = None) -> Any:
     """A copy of an image graph (onnx.ModelProto) whose stage tensors are also graph outputs.
 
     `stages` is meta.json's stage -> tensor map; shapes and types come from shape inference.

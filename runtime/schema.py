@@ -130,7 +130,7 @@ FIELDS: dict[str, Field] = {
 }
 
 
-class Meta(dict):
+class Meta(dict[str, Any]):
     """meta.json as a dict whose missing field is a one-line FSAError naming it."""
 
     source: str = META

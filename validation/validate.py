@@ -12,7 +12,8 @@ import argparse
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +25,11 @@ from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import Range, add_ranged
 from fsa_deploy.spellings import add_old_spellings
+
+if TYPE_CHECKING:  # the reference's types, for the signatures (the modules import where used)
+    from fsa_deploy.models.factory import Reference
+    from fsa_deploy.models.reference import FSAModel
+    from fsa_deploy.runtime.text import Vocabulary
 
 LOG = logger("validation")
 
@@ -175,7 +181,7 @@ class ArtifactSide:
         return self.backend.run_stages(crops, text)
 
 
-def reference_side(meta: dict[str, Any], fp64: bool):
+def reference_side(meta: dict[str, Any], fp64: bool) -> Reference:
     from fsa_deploy.models.factory import build_reference, spec_from_meta
 
     ref = build_reference(spec_from_meta(meta), "deploy")
@@ -187,7 +193,7 @@ def reference_side(meta: dict[str, Any], fp64: bool):
 # --- one image ------------------------------------------------------------------------------------
 
 
-def compare_crops(ref_model, side: ArtifactSide, crops: np.ndarray, text: np.ndarray, max_batch: int,
+def compare_crops(ref_model: FSAModel, side: ArtifactSide, crops: np.ndarray, text: np.ndarray, max_batch: int,
                   want_stages: bool) -> dict[str, Any]:
     """Both sides on the same crops (host arrays from the runtime pipeline; tensors for the
     reference); masks that rounding decides are resolved the artefact's way."""
@@ -212,7 +218,8 @@ def compare_crops(ref_model, side: ArtifactSide, crops: np.ndarray, text: np.nda
             "stages": stage_pairs}
 
 
-def stage_report(pairs: list[tuple[dict, dict]], order: list[str], tol: float | None) -> tuple[dict, str | None]:
+def stage_report(pairs: list[tuple[dict[str, Any], dict[str, Any]]], order: list[str],
+                 tol: float | None) -> tuple[dict[str, Any], str | None]:
     ref = {n: np.concatenate([p[0][n] for p in pairs]) for n in pairs[0][0]}
     art = {n: np.concatenate([p[1][n] for p in pairs]) for n in pairs[0][1]}
     stats = error_stats(ref, art)
@@ -220,7 +227,8 @@ def stage_report(pairs: list[tuple[dict, dict]], order: list[str], tol: float | 
     return {n: stats[n] for n in order if n in stats}, (broken[0] if broken else None)
 
 
-def validate_image(path: str, ref, side: ArtifactSide, text: np.ndarray, query_class: list[int], meta: dict,
+def validate_image(path: str, ref: Reference, side: ArtifactSide, text: np.ndarray, query_class: list[int],
+                   meta: dict[str, Any],
                    max_batch: int, stages: bool, stride: int | None, stage_tol: float | None) -> dict[str, Any]:
     from fsa_deploy.runtime.images import load_image
     from fsa_deploy.runtime.pipeline import Geometry, class_probs, crops_of, labels_of, resize_image, stitch
@@ -272,12 +280,12 @@ CHECKS = (  # (tolerance field, summary metric, "max" or "min" bound)
 )
 
 
-def _worst(values: list[float], pick) -> float:
+def _worst(values: list[float], pick: Callable[[list[float]], float]) -> float:
     """max/min where one NaN makes the result NaN (Python's max and min skip it by position)."""
     return math.nan if any(math.isnan(v) for v in values) else pick(values)
 
 
-def summarize(images: list[dict], text_err: float | None) -> dict[str, Any]:
+def summarize(images: list[dict[str, Any]], text_err: float | None) -> dict[str, Any]:
     if not images:  # every image failed to load: nothing was compared
         return {"text_rel_l2": text_err}
     return {
@@ -311,7 +319,7 @@ def failures_of(summary: dict[str, Any], tol: Tolerances) -> list[str]:
     return out
 
 
-def text_check(art: A.Artifact, ref, prompts: list[str]) -> float | None:
+def text_check(art: A.Artifact, ref: Reference, prompts: list[str]) -> float | None:
     """text.onnx against the reference text tower on (some of) the prompts in use."""
     if TEXT_ONNX not in art.files():
         return None
@@ -348,7 +356,8 @@ class ValidationReport:
 
 
 def run_validation(folder: str, artifact: str | None = None, backend: str = "auto", images: list[str] | None = None,
-                   vocab=None, profile: str | None = None, overrides: dict[str, float] | None = None,
+                   vocab: Vocabulary | None = None, profile: str | None = None,
+                   overrides: dict[str, float] | None = None,
                    stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
                    progress: bool = False) -> ValidationReport:
     from fsa_deploy.runtime.images import sample_photos
@@ -505,7 +514,7 @@ def expand_images(items: list[str] | None) -> list[str] | None:
     return [str(f) for f in files]
 
 
-def add_validate(sub, help_text: str) -> None:
+def add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
     from fsa_deploy.runtime.text import add_vocabulary_args
 
     p = sub.add_parser("validate", help=help_text, description=(

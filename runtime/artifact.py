@@ -96,7 +96,8 @@ class Artifact:
         return schema.MetaRecord.of(self.meta, str(self.root / META))
 
     def files(self) -> dict[str, dict[str, Any]]:
-        return self.meta.setdefault("files", {})
+        files: dict[str, dict[str, Any]] = self.meta.setdefault("files", {})
+        return files
 
     def path(self, name: str, verify: bool = True) -> Path:
         """Path of a file of the folder; with `verify`, its sha256 must match meta.json."""

@@ -114,7 +114,8 @@ def argmax_ties(probs: np.ndarray) -> np.ndarray:
     if probs.shape[0] < 2:
         return np.zeros(probs.shape[1:], dtype=bool)
     top2 = np.partition(probs, -2, axis=0)[-2:]
-    return (top2[1] - top2[0]) <= ARGMAX_TIE
+    ties: np.ndarray = (top2[1] - top2[0]) <= ARGMAX_TIE
+    return ties
 
 
 def error_stats(ref: dict[str, np.ndarray], art: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

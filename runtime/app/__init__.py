@@ -12,11 +12,19 @@ import argparse
 import ipaddress
 import os
 import socket
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
+
+if TYPE_CHECKING:  # the web stack is the `app` extra, imported when the verb runs
+    from starlette.applications import Starlette
+
+    from fsa_deploy.runtime.app.live import LiveSource
+    from fsa_deploy.runtime.app.web import Guard
 
 LOG = logger("runtime")
 
@@ -95,7 +103,7 @@ def app_pixel_limit() -> int:
     return max(1_000_000, min(MAX_PIXELS, memory // (BYTES_PER_PIXEL * MEMORY_SHARE)))
 
 
-def guard_of(args: argparse.Namespace, listen: str) -> object:
+def guard_of(args: argparse.Namespace, listen: str) -> Guard:
     from fsa_deploy.runtime.app.web import Guard
 
     for origin in args.allow_origin:
@@ -105,17 +113,17 @@ def guard_of(args: argparse.Namespace, listen: str) -> object:
                  origins=tuple(o.rstrip("/") for o in args.allow_origin))
 
 
-def serve_until_signal(app: object, sock: socket.socket, guard: object, live: object = None) -> None:
+def serve_until_signal(app: Starlette, sock: socket.socket, guard: Guard, live: LiveSource | None = None) -> None:
     """uvicorn on `sock`; SIGINT/SIGTERM set guard.stopping, so work in flight stops at its next batch
     and the process exits within seconds, not when the last request would have finished; they stop the
     --source stream too, so its open MJPEG responses end instead of holding the graceful shutdown."""
     import uvicorn
 
     class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: object) -> None:
-            guard.stopping.set()  # type: ignore[attr-defined]
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            guard.stopping.set()
             if live is not None:
-                live.stop()  # type: ignore[attr-defined]
+                live.stop()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",

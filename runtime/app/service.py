@@ -149,7 +149,7 @@ class Local:
         self.base = Segmenter.from_artifact(art, backend, cache_dir=usable_cache_dir(cache_dir))
         if "cpu" in self.base.backend.name:
             self.base.batch = CPU_BATCH
-        self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.base.artifact_sha256,
+        self.info: dict[str, Any] = {"artifact": str(Path(folder)), "artifact_sha256": self.base.artifact_sha256,
                      "backend": self.base.backend.name, "backend_reason": self.base.backend_reason,
                      "precision": precision_of(self.base.backend, art.info), "model": art.info.model,
                      "weights": art.info.weights, "classes": default_text, "server": None,
@@ -191,10 +191,10 @@ class Remote:
         art = Artifact.load(folder)
         self.url = server_address(url)
         self.sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
-        self.info = {"artifact": str(Path(folder)), "artifact_sha256": self.sha, "backend": f"triton {self.url}",
-                     "backend_reason": "--server", "precision": art.info.precision,
-                     "model": art.info.model, "weights": art.info.weights, "classes": default_text,
-                     "server": url, "palette": class_colors()}
+        self.info: dict[str, Any] = {
+            "artifact": str(Path(folder)), "artifact_sha256": self.sha, "backend": f"triton {self.url}",
+            "backend_reason": "--server", "precision": art.info.precision, "model": art.info.model,
+            "weights": art.info.weights, "classes": default_text, "server": url, "palette": class_colors()}
         client = self._client()
         try:
             ready = client.is_model_ready(SEGMENT_MODEL)

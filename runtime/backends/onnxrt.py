@@ -141,12 +141,14 @@ class OnnxRuntimeBackend(Backend):
             raise FSAError(f"{self.name}: expected image [B, 3, S, S] and text_embeddings [K, D], "
                            f"got {list(image.shape)} and {list(text_embeddings.shape)}")
         feeds = {IMAGE: _f32(image), TEXT_EMBEDDINGS: _f32(text_embeddings)}
+        assert self._image is not None, "opened for text only"
         (out,) = self._image.run([LOGITS], feeds)
-        return out
+        return np.asarray(out)
 
     def run_stages(self, image: np.ndarray, text_embeddings: np.ndarray) -> dict[str, np.ndarray]:
         """`logits` and the stage tensors asked for at construction, by stage name."""
         stages = self.artifact.info.stages
+        assert self._image is not None, "opened for text only"
         outs = self._image.run([LOGITS, *(stages[n] for n in self.stage_names)],
                                {IMAGE: _f32(image), TEXT_EMBEDDINGS: _f32(text_embeddings)})
         return dict(zip(["logits", *self.stage_names], outs))
@@ -162,7 +164,7 @@ class OnnxRuntimeBackend(Backend):
         if isinstance(length, int):
             tokens = padded(tokens, length)
         (out,) = self._text.run([EMBEDDINGS], {TOKENS: np.ascontiguousarray(tokens, dtype=np.int32)})
-        return out
+        return np.asarray(out)
 
 
 def graph_with_outputs(art: Artifact, name: str, stage_names: Sequence[str]) -> bytes:
@@ -173,7 +175,8 @@ def graph_with_outputs(art: Artifact, name: str, stage_names: Sequence[str]) -> 
     from fsa_deploy.runtime.artifact import with_stage_outputs
 
     graph = onnx.load(str(art.path(name)), load_external_data=False)
-    return with_stage_outputs(graph, art.info.stages, list(stage_names)).SerializeToString()
+    data: bytes = with_stage_outputs(graph, art.info.stages, list(stage_names)).SerializeToString()
+    return data
 
 
 def _f32(a: np.ndarray) -> np.ndarray:

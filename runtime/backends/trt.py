@@ -64,7 +64,8 @@ def torch_dtype(trt_name: str) -> torch.dtype:
 
     if trt_name not in TRT_TO_TORCH:
         raise FSAError(f"engine I/O type {trt_name} has no torch buffer type ({', '.join(TRT_TO_TORCH)})")
-    return getattr(torch, TRT_TO_TORCH[trt_name])
+    dtype: torch.dtype = getattr(torch, TRT_TO_TORCH[trt_name])
+    return dtype
 
 
 # ---------------------------------------------------------------- checks before deserializing

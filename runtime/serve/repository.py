@@ -201,8 +201,8 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     local = opts.target == "local"
     trt = not local and opts.image_backend == TENSORRT.triton
     if trt:
-        engine, info = engine_of(art, opts.precision)
-        profiles = info.get("engine", {}).get("profiles", {})
+        engine, record = engine_of(art, opts.precision)
+        profiles = record.get("engine", {}).get("profiles", {})
         batch = min(batch, int(profiles.get(IMAGE, {}).get("max", [batch])[0]))
         max_classes = min(max_classes, int(profiles.get(TEXT_EMBEDDINGS, {}).get("max", [max_classes])[0]))
 

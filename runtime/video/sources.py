@@ -14,7 +14,7 @@ import glob
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ class Source:
             self.container.close()
             self.container = None
 
-    def frames(self) -> Iterator[tuple[float, np.ndarray | None]]:
+    def frames(self) -> Generator[tuple[float, np.ndarray | None], None, None]:
         if self.spec.kind == "sequence":
             yield from self._sequence()
         else:

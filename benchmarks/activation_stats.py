@@ -86,6 +86,7 @@ def write(args: argparse.Namespace, report: dict[str, Any], rows: list[tuple]) -
 
 def main(argv: list[str] | None = None) -> int:
     import torch
+
     from fsa_deploy.models.activation_stats import model_stats
     from fsa_deploy.models.dump import first_crop
     from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp

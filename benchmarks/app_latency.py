@@ -32,9 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.export.tiny import tiny_artifact
-
 from benchmarks.ports import free_ports
+from fsa_deploy.export.tiny import tiny_artifact
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -219,11 +218,10 @@ def text_bench(args: argparse.Namespace) -> None:
     whole list (the added class makes a new list: all of it encoded again). After: prompts at the
     batch's longest and one cache entry per class (the added class alone is encoded). One process,
     one backend (ONNX Runtime CPU, text.onnx), the four measurements in turn."""
+    from fsa_deploy.contract import TOKENIZER_VOCAB
     from fsa_deploy.runtime.artifact import Artifact
     from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
     from fsa_deploy.runtime.text import Vocabulary, cached_classifier, classifier, padded
-
-    from fsa_deploy.contract import TOKENIZER_VOCAB
 
     art = Artifact.load(args.artifact)
     backend = OnnxRuntimeBackend(art, providers=["CPUExecutionProvider"])

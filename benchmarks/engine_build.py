@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime import gate
-
 from fsa_deploy.contract import EXPORT_PRECISIONS
+from fsa_deploy.runtime import gate
 
 FSA = [sys.executable, "-m", "fsa_deploy"]
 BUILT = re.compile(r"^(\S+\.engine): ([\d.]+) MiB from (\S+) in ([\d.]+) s", re.M)

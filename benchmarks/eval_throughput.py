@@ -30,9 +30,10 @@ CLASSES = "background; sky\ncat; kitty\nperson\nrocket\ncoffee cup\n"
 
 def make_dataset(root: Path, n: int) -> Path:
     """n images and drawn masks in the folder layout (kept between runs)."""
+    from PIL import Image, ImageDraw, ImageOps
+
     from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.images import encode, sample_photos
-    from PIL import Image, ImageDraw, ImageOps
 
     if (root / "masks").is_dir() and len(list((root / "masks").glob("*.png"))) == n:
         return root

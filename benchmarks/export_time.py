@@ -12,9 +12,9 @@ import statistics
 import time
 
 import torch
-from fsa_deploy.validation.bench.timing import time_calls
 
 from fsa_deploy import contract
+from fsa_deploy.validation.bench.timing import time_calls
 
 
 def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     import onnx
+
     from fsa_deploy.export.onnx_export import export_artifact
     from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
     from fsa_deploy.models.weights import Weights

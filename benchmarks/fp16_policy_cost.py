@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import onnx
     import onnxruntime as ort
+
     from fsa_deploy.export import fp16_audit as F
     from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.artifact import Artifact

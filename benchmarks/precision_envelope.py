@@ -50,6 +50,7 @@ def emulated(folder: Path, photos: list[str]) -> dict[str, float]:
     import numpy as np
     import onnx
     import onnxruntime as ort
+
     from fsa_deploy.runtime.images import load_image
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
     from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph

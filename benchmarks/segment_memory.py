@@ -49,9 +49,10 @@ def one(art: str, image: str, k: int, threads: int) -> dict:
 
 def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     """The tiny artefact (exported once) and the upscaled photos."""
+    from PIL import Image
+
     from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.images import encode, sample_photos
-    from PIL import Image
 
     gate.check_folder(work, "--work")
     art = tiny_artifact(work / "tiny-dino")

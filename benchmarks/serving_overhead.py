@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fsa_deploy.export.tiny import tiny_artifact
 
 from fsa_deploy.contract import IN_CLASSES, IN_IMAGE, OUT_LABELS, SEGMENT_MODEL
+from fsa_deploy.export.tiny import tiny_artifact
 
 CONCURRENCY = (1, 4, 16)
 
@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     import tritonclient.grpc as tg
+
+    from benchmarks.ports import free_ports
     from fsa_deploy.runtime.images import sample_photos
     from fsa_deploy.runtime.segmenter import Segmenter
     from fsa_deploy.runtime.serve.repository import RepoOptions
     from fsa_deploy.runtime.serve.server import Server
     from fsa_deploy.runtime.text import DEFAULT_CLASSES
-
-    from benchmarks.ports import free_ports
 
     art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))
     classes = ",".join(line for line in DEFAULT_CLASSES.read_text().splitlines() if line.strip())

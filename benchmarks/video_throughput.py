@@ -30,10 +30,10 @@ FPS = 12
 
 
 def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple[Path, list[Path]]:
-    from fsa_deploy.runtime.images import encode, sample_photos
     from PIL import Image
 
     from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip
+    from fsa_deploy.runtime.images import encode, sample_photos
 
     chelsea = next(p for p in sample_photos() if Path(p).name == "chelsea.png")
     folder = gate.mkdir(work / f"{tag}-{frames}")
@@ -88,6 +88,7 @@ def gif(overlay: Path, target: Path, frames: int = 48, step: int = 2, width: int
     """Every `step`-th of the first frames of an overlay video, `width` wide, as a looping GIF under
     1 MB (docs/)."""
     import av
+
     from fsa_deploy.runtime.images import encode
 
     with av.open(str(overlay)) as c:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from fsa_deploy.runtime.text import add_vocabulary_args
-
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime.text import add_vocabulary_args
 from fsa_deploy.spellings import add_old_spellings
 
 
 def add_calibrate(sub, help_text: str) -> None:
     from fsa_deploy.calibration.modelopt_call import METHODS
     from fsa_deploy.calibration.quantize import REGIONS, CalibrationOptions
-
     from fsa_deploy.contract import CALIBRATE_PRECISIONS
 
     p = sub.add_parser("calibrate", help=help_text, description=(

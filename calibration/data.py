@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime import gate
 
 from fsa_deploy.contract import TEXT_ONNX
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
 
 if TYPE_CHECKING:
     from fsa_deploy.calibration.quantize import CalibrationOptions
@@ -77,11 +77,10 @@ def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
     Real class embeddings rather than random vectors: the logits and the feedback inputs
     then have the ranges they have in use, which is what the calibrator measures.
     """
+    from fsa_deploy.contract import TOKENIZER_VOCAB
     from fsa_deploy.models.text import openai_templates
     from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
     from fsa_deploy.runtime.text import classifier
-
-    from fsa_deploy.contract import TOKENIZER_VOCAB
 
     backend = OnnxRuntimeBackend(art, image_file=None, providers=[CPU_EP])  # the text graph only
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fsa_deploy import contract
 from fsa_deploy.calibration.data import CalibrationData
 from fsa_deploy.calibration.graph import QdqSummary
 from fsa_deploy.calibration.modelopt_call import modelopt_version
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
 from fsa_deploy.runtime import artifact as A
-
-from fsa_deploy import contract
 
 if TYPE_CHECKING:
     from fsa_deploy.calibration.quantize import CalibrationOptions

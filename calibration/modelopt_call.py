@@ -10,13 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fsa_deploy import contract
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
+from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
-
-from fsa_deploy import contract
-from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     from fsa_deploy.calibration.data import CalibrationData

@@ -27,9 +27,6 @@ from fsa_deploy.calibration.graph import QdqSummary, summarize
 from fsa_deploy.calibration.meta import record
 from fsa_deploy.calibration.modelopt_call import METHODS, link_source, require_modelopt, run_modelopt
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES, Where, fp32_rules
-from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime import gate, tempnames
-
 from fsa_deploy.contract import (
     CALIBRATE_PRECISIONS,  # also ModelOpt's quantize_mode names
     IMAGE,
@@ -40,6 +37,8 @@ from fsa_deploy.contract import (
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import CALIBRATION_COUNT, CROPS_PER_CALL
+from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate, tempnames
 
 if TYPE_CHECKING:
     from fsa_deploy.runtime.text import Vocabulary

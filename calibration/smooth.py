@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from fsa_deploy.export.graph_walk import Walk
 from fsa_deploy.runtime import gate
 
@@ -29,6 +30,7 @@ def channel_absmax(model, names: list[str], feeds: list[dict[str, np.ndarray]],
     channel over every feed, from a copy of `model` run as exported with the per-channel maxima reduced
     in the graph (export/graph_probe.py: the tensors themselves are never outputs)."""
     import onnx
+
     from fsa_deploy.export.graph_probe import ort_session, probe_options, with_channel_absmax_outputs
 
     probe = onnx.ModelProto()

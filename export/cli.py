@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fsa_deploy.models.cli import add_model_args, spec_from_args
-
 from fsa_deploy.contract import EXPORT_PRECISIONS
+from fsa_deploy.models.cli import add_model_args, spec_from_args
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
 
@@ -34,9 +33,8 @@ def add_export(sub, help_text: str) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from fsa_deploy.export.onnx_export import describe, export_artifact
-
     from fsa_deploy.errors import FSAError
+    from fsa_deploy.export.onnx_export import describe, export_artifact
 
     fp16 = None
     if args.precision == "fp16":

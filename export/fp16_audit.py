@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 import numpy as np
-from fsa_deploy.export.graph_probe import ort_session, probe_options, with_absmax_outputs
-from fsa_deploy.export.graph_walk import Walk
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.export.graph_probe import ort_session, probe_options, with_absmax_outputs
+from fsa_deploy.export.graph_walk import Walk
 
 SAFE_FP16 = 16384.0  # a quarter of fp16's largest value: headroom for inputs the calibration did not see
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto elem types
@@ -416,9 +416,8 @@ def to_fp16(fp32_path: str | Path, fp32_islands: Iterable[str]):
     """ModelOpt AutoCast: every node in fp16 but the `fp32_islands` (exact names), inputs and outputs fp32.
 
     AutoCast's own range rule (data_max) is off: the audit decided, on the crops it was given."""
-    from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
-
     from fsa_deploy.errors import FSAError
+    from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
 
     hide_stub_tensorrt()
     try:
@@ -468,13 +467,13 @@ def calibration_feeds(ref, images: tuple[str, ...], count: int) -> tuple[list[di
     reference's text tower on the default vocabulary (first prompt template); and each crop's label
     (`FILE crop i`) for the non-finite refusal."""
     import torch
+
+    from fsa_deploy.errors import FSAError
     from fsa_deploy.models.dump import numpy_encoder
     from fsa_deploy.models.text import openai_templates
     from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
     from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
-
-    from fsa_deploy.errors import FSAError
 
     files, errors = expand_images(list(images) or sample_photos(), "--images")
     if errors or not files:
@@ -499,6 +498,7 @@ def export_fp16(ref, path: Path, stages: dict[str, str], scope: str, plan: Fp16P
                 external_data_bytes: int) -> int:
     """The fp32 image graph at `path` -> its fp16 graph, in place; returns the node count."""
     import onnx
+
     from fsa_deploy.export.onnx_export import save_onnx
 
     ranges = measure(path, *calibration_feeds(ref, plan.images, plan.count))
@@ -519,9 +519,9 @@ def lint_lines(path: Path) -> tuple[list[str], str | None]:
 
     Returns (violations, summary lines); ([], None) for a graph without a recorded audit."""
     import onnx
-    from fsa_deploy.runtime.artifact import Artifact
 
     from fsa_deploy.contract import META
+    from fsa_deploy.runtime.artifact import Artifact
 
     if not (path.parent / META).is_file():
         return [], None

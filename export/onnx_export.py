@@ -19,14 +19,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from fsa_deploy.export.graph_walk import Walk
-from fsa_deploy.models.factory import ModelSpec, Reference, build_reference
-from fsa_deploy.models.reference import FSAModel
-from fsa_deploy.models.registry import Tower
-from fsa_deploy.models.text import openai_templates
-from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime import gate
-from fsa_deploy.runtime.text import default_vocab_file
 from torch import nn
 
 from fsa_deploy.contract import (
@@ -48,7 +40,15 @@ from fsa_deploy.contract import (
     TOKENS,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.export.graph_walk import Walk
 from fsa_deploy.log import logger
+from fsa_deploy.models.factory import ModelSpec, Reference, build_reference
+from fsa_deploy.models.reference import FSAModel
+from fsa_deploy.models.registry import Tower
+from fsa_deploy.models.text import openai_templates
+from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.text import default_vocab_file
 
 LOG = logger("export")
 OPSET = 18

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
+from fsa_deploy.errors import FSAError
 from fsa_deploy.export.trt_options import (
     TIMING_CACHE,
     BuildOptions,
@@ -39,6 +41,7 @@ from fsa_deploy.export.trt_options import (
     options_from_args,
     profile_shapes,
 )
+from fsa_deploy.log import logger as room_logger
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.trt_lib import (
@@ -53,10 +56,6 @@ from fsa_deploy.runtime.backends.trt_lib import (
     read_header,
     version_tuple,
 )
-
-from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
-from fsa_deploy.errors import FSAError
-from fsa_deploy.log import logger as room_logger
 
 LOG = room_logger("export")
 

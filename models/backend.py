@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from fsa_deploy.runtime.artifact import Artifact
-from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.contract import PYTORCH
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend
 
 if TYPE_CHECKING:
     from fsa_deploy.models.factory import ModelSpec

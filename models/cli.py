@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
-
 from fsa_deploy.ranges import RANGES, add_ranged
+from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 from fsa_deploy.spellings import add_old_spellings
 
 
@@ -42,10 +41,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace):
     """The ModelSpec the options describe (FSAError on a bad combination)."""
+    from fsa_deploy.errors import FSAError
     from fsa_deploy.models.factory import ModelSpec, default_hp
     from fsa_deploy.models.weights import Weights
-
-    from fsa_deploy.errors import FSAError
 
     if args.pretrained:
         weights = Weights(pretrained=args.pretrained, cache_dir=args.hub_cache)
@@ -89,10 +87,9 @@ def add_dump(sub, help_text: str) -> None:
 
 
 def run_dump(args: argparse.Namespace) -> int:
+    from fsa_deploy.errors import FSAError
     from fsa_deploy.models.dump import dump_stages
     from fsa_deploy.runtime import gate
-
-    from fsa_deploy.errors import FSAError
 
     outputs = gate.Outputs()
     outputs.file(args.out, "--out", args.overwrite)  # before the work: a folder, a file under a file, ...

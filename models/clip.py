@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fsa_deploy.errors import FSAError
 from fsa_deploy.models.registry import clip_spec
 from fsa_deploy.models.weights import (
     Weights,
@@ -19,8 +21,6 @@ from fsa_deploy.models.weights import (
     quiet,
     seeded,
 )
-
-from fsa_deploy.errors import FSAError
 
 _CONFIGS = Path(__file__).parent / "configs"
 

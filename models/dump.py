@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from fsa_deploy.contract import STAGES
+from fsa_deploy.errors import FSAError
 from fsa_deploy.models.factory import ModelSpec, Reference, build_reference
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime.images import load_image
 from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 from fsa_deploy.runtime.text import Vocabulary, classifier
-
-from fsa_deploy.contract import STAGES
-from fsa_deploy.errors import FSAError
 
 
 def first_crop(path: str, crop: int, stride: int | None = None, short_side: int | None = None,

@@ -6,11 +6,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fsa_deploy.errors import FSAError
 from fsa_deploy.models.registry import ATTENTIONS, HyperParams, clip_spec, default_lamda, proxy_spec
 from fsa_deploy.models.weights import Weights, checked_path
 from fsa_deploy.runtime.artifact import sha256_file
-
-from fsa_deploy.errors import FSAError
 
 
 @dataclass(frozen=True)

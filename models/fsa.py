@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from fsa_deploy.models.registry import HyperParams
 
 from fsa_deploy.contract import TOPK_MAX_K
+from fsa_deploy.models.registry import HyperParams
 
 Tail = Callable[[torch.Tensor], torch.Tensor]  # tokens [.., d] -> features [.., D] (ln_post, proj)
 NEG_INF = float("-inf")

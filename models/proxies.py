@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from fsa_deploy.models.registry import IMAGENET_MEAN, IMAGENET_STD, ProxySpec, proxy_spec
-from fsa_deploy.models.weights import Weights, hub_offline_from_env, load_proxy_checkpoint, quiet, seeded
 from torch import nn
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.registry import IMAGENET_MEAN, IMAGENET_STD, ProxySpec, proxy_spec
+from fsa_deploy.models.weights import Weights, hub_offline_from_env, load_proxy_checkpoint, quiet, seeded
 
 
 class ProxyFeatures(nn.Module):

@@ -40,11 +40,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from fsa_deploy.models.activation_stats import TrunkView, capture, clip_trunk, timm_trunk
-from fsa_deploy.models.registry import Tower
 from torch import nn
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.activation_stats import TrunkView, capture, clip_trunk, timm_trunk
+from fsa_deploy.models.registry import Tower
 
 
 @dataclass(frozen=True)

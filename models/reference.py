@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from fsa_deploy.models import fsa
-from fsa_deploy.models.proxies import ProxyFeatures
-from fsa_deploy.models.registry import ATTENTIONS, HyperParams, Tower
 from torch import nn
 
 from fsa_deploy.contract import CLIP_MEAN, CLIP_STD
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models import fsa
+from fsa_deploy.models.proxies import ProxyFeatures
+from fsa_deploy.models.registry import ATTENTIONS, HyperParams, Tower
 
 FORMULATIONS = ("deploy", "literal")
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from fsa_deploy.models.registry import Tower
-from fsa_deploy.runtime.artifact import sha256_file
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.registry import Tower
+from fsa_deploy.runtime.artifact import sha256_file
 
 REAL_STATS_SOURCE = "random-init-real-stats"
 

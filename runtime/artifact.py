@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime import environ, gate, onnx_locations, schema, trust
-
 from fsa_deploy.contract import FORMAT, FORMAT_VERSION, META
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import environ, gate, onnx_locations, schema, trust
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # sha256_file(once=True): (real path, size, mtime_ns) -> digest
 

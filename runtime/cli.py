@@ -14,13 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
-from fsa_deploy.runtime.video.sources import SourceSpec
-
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
+from fsa_deploy.runtime.video.sources import SourceSpec
 from fsa_deploy.spellings import add_old_spellings
 
 PROG = "fsa segment"
@@ -223,10 +222,9 @@ def video_names(videos: list, image_stems: Sequence[str], out: Path, overwrite: 
 def _segment_video(seg, spec, out: Path, args: argparse.Namespace, alone: bool = False) -> bool:
     """One video source; False (after a one-line report) if nothing could be written. `alone`: the
     run's only input, whose error is the run's one line (FSAError, exit 2)."""
+    from fsa_deploy.errors import escape
     from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
     from fsa_deploy.runtime.video.sources import Selection
-
-    from fsa_deploy.errors import escape
 
     selection = Selection(every=args.every, max_fps=args.max_fps, start=args.start, duration=args.duration,
                           limit=args.limit)
@@ -262,10 +260,9 @@ def check_outputs(out: Path, files: Sequence[Path], overwrite: bool = False) -> 
     folder, created, writable); no result may be an input of the run (--out the input folder,
     x_overlay.png given as an input), meta.json or a file it records, a special file, or (without
     --overwrite) an existing file fsa did not write."""
+    from fsa_deploy.errors import escape
     from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.schema import refuse_artifact_file
-
-    from fsa_deploy.errors import escape
 
     inputs = {os.path.normcase(os.path.realpath(f)): f for f in files}
     targets = [(f, out / pattern.format(stem)) for f, stem in zip(files, unique_stems(files)) for pattern in OUTPUTS]

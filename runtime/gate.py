@@ -32,11 +32,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from fsa_deploy.runtime import tempnames
-
 from fsa_deploy import interrupts
 from fsa_deploy.contract import FORMAT, META, OUTPUTS_FORMAT, OUTPUTS_MANIFEST
 from fsa_deploy.errors import FSAError, escape
+from fsa_deploy.runtime import tempnames
 
 PathLike = str | os.PathLike[str]
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fsa_deploy.runtime.trust import contained
-
 from fsa_deploy.errors import FSAError, escape
+from fsa_deploy.runtime.trust import contained
 
 # TensorProto.external_data is a list of StringStringEntryProto {1: key, 2: value}; the entry
 # {key: "location", value: NAME} is these bytes, then NAME's length (a varint) and NAME

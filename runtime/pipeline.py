@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from fsa_deploy.runtime.cancel import checkpoint
 
 from fsa_deploy.contract import CLIP_MEAN, UNLABELLED, UNLABELLED_WIDE
+from fsa_deploy.runtime.cancel import checkpoint
 
 CropForward = Callable[[np.ndarray], np.ndarray]  # crops [B, 3, S, S] -> logits [B, K, H', W']
 BAND_BYTES = 16 << 20  # one band of full-resolution class planes: bounds post-processing memory

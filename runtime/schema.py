@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime.trust import name_problem
-
 from fsa_deploy.contract import META
 from fsa_deploy.errors import FSAError, escape
+from fsa_deploy.runtime.trust import name_problem
 
 Check = Callable[[Any], str | None]  # a value -> None if valid, else what is wrong with it
 

@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from fsa_deploy.contract import IMAGE_ONNX, TOKENIZER_VOCAB, UNLABELLED, UNLABELLED_NAME, UNLABELLED_WIDE
+from fsa_deploy.errors import FSAError
+from fsa_deploy.ranges import CROPS_PER_CALL
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend, as_backend
@@ -31,11 +36,6 @@ from fsa_deploy.runtime.images import encode, load_image, to_rgb
 from fsa_deploy.runtime.pipeline import Geometry, canvas_logits, postprocess, windows
 from fsa_deploy.runtime.schema import refuse_artifact_file
 from fsa_deploy.runtime.text import Vocabulary, cached_classifier, default_cache_dir, split_classes
-from PIL import Image, ImageDraw, ImageFont, ImageOps
-
-from fsa_deploy.contract import IMAGE_ONNX, TOKENIZER_VOCAB, UNLABELLED, UNLABELLED_NAME, UNLABELLED_WIDE
-from fsa_deploy.errors import FSAError
-from fsa_deploy.ranges import CROPS_PER_CALL
 
 ImageLike = Any  # a path, a PIL image, numpy uint8 HWC or CHW, or torch [3, H, W] (0-255)
 Classes = Vocabulary | str | Sequence[str]

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fsa_deploy.runtime import environ, gate
-from fsa_deploy.runtime.cancel import checkpoint
 
 from fsa_deploy.contract import CONTEXT_LENGTH, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError, escape
 from fsa_deploy.log import logger
+from fsa_deploy.runtime import environ, gate
+from fsa_deploy.runtime.cancel import checkpoint
 
 LOG = logger("runtime")
 

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
+
 from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
 from fsa_deploy.models.weights import Weights
 from fsa_deploy.runtime.images import load_image, sample_photos
@@ -167,10 +168,9 @@ def tiny_artifact(tmp_path_factory):
 def tiny_export(tmp_path_factory):
     """`tiny_export(attention, proxy, precision)` -> an artefact folder holding image.onnx and meta.json
     (no text.onnx), exported once per session; callers that write into it take a copy."""
+    from fsa_deploy.contract import IMAGE_ONNX
     from fsa_deploy.export.onnx_export import build_meta, export_image
     from fsa_deploy.runtime.artifact import Artifact
-
-    from fsa_deploy.contract import IMAGE_ONNX
 
     root = tmp_path_factory.mktemp("tiny-exports")
     done: dict[tuple[str, str | None, str], Path] = {}

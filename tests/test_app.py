@@ -698,9 +698,8 @@ def test_torch_backend_through_the_entry_point_gives_fsa_segments_labels(tiny_ar
 
 
 def test_server_mode_forwards_to_fsa_serve_with_fsa_segments_labels(tiny_artifact, reference, app, tmp_path):
-    from fsa_deploy.runtime.serve.env import find_serve_env
-
     from fsa_deploy.errors import FSAError
+    from fsa_deploy.runtime.serve.env import find_serve_env
 
     require("tritonclient.http")
     try:
@@ -788,10 +787,9 @@ def test_default_classes_a_server_cannot_carry_are_refused_at_start(tiny_artifac
     """A class name holding ',' would come back from the page (or reach fsa_segment's CLASSES) as two
     classes: refused in one line (fsa app's exit 2), in-process and with --server, before the model
     loads or the server is asked (runtime.text.classes_text, the one `fsa eval --server` uses). ~0.1 s."""
+    from fsa_deploy.errors import FSAError
     from fsa_deploy.runtime import text
     from fsa_deploy.runtime.app.service import Local, Remote
-
-    from fsa_deploy.errors import FSAError
 
     classes = tmp_path / "classes.txt"
     classes.write_text("background\ntv, monitor; screen\ncat\n")

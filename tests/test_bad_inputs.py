@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import photos
-from fsa_deploy.runtime import gate
 from PIL import Image
 
 from fsa_deploy.cli import main
 from fsa_deploy.contract import IMAGE, IMAGE_ONNX, LOGITS, META, OUTPUTS_MANIFEST, TEXT_ONNX
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import gate
 
 SEG = ("segment", "--artifact")
 OPTS = ("--classes", "cat, dog", "--cache-dir", "{cache}", "--threads", "1")

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, assert_one_line_error, required, tiny_reference
+
+from fsa_deploy.errors import CheckFailed
 from fsa_deploy.validation.bench import data as B
 from fsa_deploy.validation.bench.cli import run_block
 from fsa_deploy.validation.bench.flops import PARTS, Rates, count_work, floor_ms
 from fsa_deploy.validation.bench.plan import Machine, plan_rows
 from fsa_deploy.validation.bench.report import gate
-
-from fsa_deploy.errors import CheckFailed
 
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
 CPU_ROWS = ("PyTorch literal fp32 cpu", "PyTorch deploy fp32 cpu", "ONNX Runtime fp32 cpu", "ONNX Runtime fp16 cpu",

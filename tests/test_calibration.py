@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 import pytest
 from conftest import missing, needs
-from fsa_deploy.runtime import artifact as A
 from onnx import TensorProto
 from onnx import helper as h
 
 from fsa_deploy.contract import FORMAT, FORMAT_VERSION, IMAGE, IMAGE_ONNX, TEXT_EMBEDDINGS
+from fsa_deploy.runtime import artifact as A
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, assert_one_line_error, missing, photo_crops, photos, require, run_cli, unit_text
-from fsa_deploy.validation.eval import datasets as D
-from fsa_deploy.validation.eval.metrics import confusion, scores
 from PIL import Image, ImageDraw
 
 from benchmarks.ports import free_ports
+from fsa_deploy.validation.eval import datasets as D
+from fsa_deploy.validation.eval.metrics import confusion, scores
 
 SIZE = (120, 90)  # (width, height) of the test photos: small, not square
 
@@ -362,9 +362,8 @@ BENCHMARKS = [d for d in D.DATASETS if d != "folder"]
 def test_benchmark_layout_end_to_end(tiny_artifact, tmp_path_factory, dataset, capsys):
     """Each benchmark's layout and official FSA protocol, in process (one image, short side 112):
     the confusion counts every non-ignored pixel of the mask as mmseg reads it."""
-    from fsa_deploy.validation.eval.protocol import official
-
     from fsa_deploy.cli import main
+    from fsa_deploy.validation.eval.protocol import official
 
     lay = D.LAYOUTS[dataset]
     tmp = tmp_path_factory.mktemp(dataset)
@@ -456,10 +455,9 @@ def test_bad_input_is_one_line_and_no_report(tiny_artifact, tmp_path, case, run_
 
 def test_max_miou_drop_gate(tiny_artifact, folder_ds, folder_report, tmp_path, run_here):
     """Exit 1 when an artefact row falls further below the reference than allowed; needs --reference."""
+    from fsa_deploy.errors import CheckFailed
     from fsa_deploy.validation.eval import gate
     from fsa_deploy.validation.eval.report import EvalReport
-
-    from fsa_deploy.errors import CheckFailed
 
     rep, _ = folder_report
     delta = rep["rows"][1]["miou_delta"]
@@ -620,8 +618,9 @@ def test_dump_takes_the_protocol_resize(tmp_path, run_here):
 
 @pytest.fixture(scope="module")
 def two_servers(tiny_artifact, tmp_path_factory):
-    from fsa_deploy.runtime.serve.env import find_serve_env
     from test_serve import Served
+
+    from fsa_deploy.runtime.serve.env import find_serve_env
 
     try:
         find_serve_env()
@@ -717,10 +716,9 @@ def test_a_stopped_server_stalls_nothing(two_servers, capsys):
 def test_https_is_tls_or_refused(tiny_artifact, two_servers, capsys):
     """https:// is spoken with TLS: a plain-HTTP server fails the TLS handshake and is dropped,
     never spoken to as HTTP; another scheme is refused."""
+    from fsa_deploy.errors import FSAError
     from fsa_deploy.runtime.artifact import Artifact
     from fsa_deploy.validation.eval.remote import Servers
-
-    from fsa_deploy.errors import FSAError
 
     url = f"https://127.0.0.1:{two_servers[0].http}"
     servers = Servers([url], "cat, dog", {"short_side": 120, "stride": 112, "prob_thd": 0.3}, timeout=5.0)

@@ -19,14 +19,14 @@ from conftest import (
     tiny_reference,
     unit_text,
 )
+
+from fsa_deploy.contract import IMAGE, IMAGE_ONNX, LOGITS, META, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
+from fsa_deploy.errors import FSAError
 from fsa_deploy.export.lint import lint
 from fsa_deploy.export.onnx_export import export_image
 from fsa_deploy.models.fsa import ambiguous_entries, top_p_keep, top_p_keep_sort
 from fsa_deploy.models.reference import aligned_stages
 from fsa_deploy.runtime import artifact as A
-
-from fsa_deploy.contract import IMAGE, IMAGE_ONNX, LOGITS, META, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
-from fsa_deploy.errors import FSAError
 
 
 def ort_session(model_or_path):

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from fsa_deploy.export import fp16_audit as F
 from onnx import TensorProto as T
 from onnx import helper
 
 from fsa_deploy.contract import MASK_PREFIX
+from fsa_deploy.export import fp16_audit as F
 
 
 def save(tmp: Path, nodes, inits=(), name: str = "g.onnx", shape=(1, 4), outputs=("y",), external: bool = False,
@@ -169,6 +169,7 @@ def spread_graph(tmp: Path, external: bool) -> Path:
 
 def test_smoothing_and_outlier_islands_work_on_external_data(tmp_path):
     import onnxruntime as ort
+
     from fsa_deploy.calibration.smooth import has_external_data, outlier_matmuls, smooth
 
     feeds = [{"x": np.random.default_rng(i).standard_normal((1, 5, 16)).astype(np.float32)} for i in range(2)]

@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from fsa_deploy.export import fp16_audit as F
-from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
+
+from fsa_deploy.export import fp16_audit as F
+from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
 
 C = 768
 

@@ -320,9 +320,8 @@ def test_gate_matrix(name, tiny_artifact, tmp_path, run_here, monkeypatch):
 
 def test_a_linked_lock_file_is_refused_and_its_target_kept(tiny_artifact, tmp_path):
     """filelock < 3.20.3 truncates what .meta.json.lock links to; the gate opens it without following links."""
-    from fsa_deploy.runtime.artifact import Artifact
-
     from fsa_deploy.errors import FSAError
+    from fsa_deploy.runtime.artifact import Artifact
 
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact.root, art)
@@ -429,10 +428,9 @@ def test_serve_killed_or_stopped_in_any_phase_leaves_nothing(tiny_artifact, tmp_
     """SIGKILL of a ready `fsa serve`: tritonserver goes (parent-death signal) and frees its port within 10 s;
     SIGTERM during preparation: exit within 10 s, no server, no temporary repository; a relative --log-file
     lands in the user's folder (the cwd), marked as ours."""
+    from fsa_deploy.errors import FSAError
     from fsa_deploy.runtime.serve.env import find_serve_env
     from fsa_deploy.runtime.serve.server import port_free
-
-    from fsa_deploy.errors import FSAError
 
     try:
         find_serve_env()

@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 import pytest
 from conftest import RTX_ENV, require
-from fsa_deploy.export.lint import assert_lint_clean, lint, lint_versions, tensorrt_rules
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper
@@ -23,6 +22,7 @@ from trt_corpus import CASES
 
 from fsa_deploy.contract import TOPK_MAX_K
 from fsa_deploy.errors import CheckFailed, FSAError
+from fsa_deploy.export.lint import assert_lint_clean, lint, lint_versions, tensorrt_rules
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -157,9 +157,8 @@ def test_every_range_entry_is_an_option_somewhere() -> None:
 
 def test_one_option_has_the_range_its_code_enforces() -> None:
     """fsa triton's --batch is fsa_image's max_batch_size: the repository writer checks the same range."""
-    from fsa_deploy.runtime.serve.repository import RepoOptions, _write_models
-
     from fsa_deploy.errors import FSAError
+    from fsa_deploy.runtime.serve.repository import RepoOptions, _write_models
 
     assert str(range_of("--batch", "triton")) == "[1, 1024] integer" != str(range_of("--batch", "segment"))
     with pytest.raises(FSAError, match=r"--batch 1025: outside \[1, 1024\]"):

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_PROXIES, photo_crops, photos, run_cli, tiny_spec
+
+from fsa_deploy.errors import FSAError
 from fsa_deploy.models.activation_stats import STAT_KEYS, model_stats
 from fsa_deploy.models.factory import build_reference, spec_from_meta
 from fsa_deploy.models.weights import Weights, state_digest
-
-from fsa_deploy.errors import FSAError
 
 
 def real_spec(proxy: str = "tiny-dino", seed: int = 0, recipe: str | None = None, scale: float = 1.0, **kw):

@@ -23,6 +23,7 @@ import onnx
 import pytest
 import torch
 from conftest import CROP, photo_crops, photos, tiny_spec, unit_text
+
 from fsa_deploy.export import fp16_audit as F
 from fsa_deploy.models.weights import Weights
 from fsa_deploy.validation.fp16_emulate import run_graph
@@ -153,11 +154,10 @@ def test_islands_pass_the_audit_and_the_emulation(graphs):
 
 def image_artifact(real: bool, folder: Path, text: bool = False, scale: float = SCALE) -> Path:
     """An artefact folder with image.onnx and meta.json only (as conftest's tiny_export: no text tower)."""
+    from fsa_deploy.contract import IMAGE_ONNX, TEXT_ONNX
     from fsa_deploy.export.onnx_export import build_meta, export_image, export_text
     from fsa_deploy.models.factory import build_reference
     from fsa_deploy.runtime.artifact import Artifact
-
-    from fsa_deploy.contract import IMAGE_ONNX, TEXT_ONNX
 
     folder.mkdir(parents=True)
     s = spec(real, scale)
@@ -175,11 +175,10 @@ def image_artifact(real: bool, folder: Path, text: bool = False, scale: float = 
 
 def fp16_artifact(fp32: Path, folder: Path, plan) -> Path:
     """`fsa export --precision fp16`'s last step on a copy of an fp32 export (the same function)."""
+    from fsa_deploy.contract import IMAGE_ONNX
     from fsa_deploy.export.onnx_export import EXTERNAL_DATA_BYTES, build_meta
     from fsa_deploy.models.factory import build_reference
     from fsa_deploy.runtime.artifact import Artifact
-
-    from fsa_deploy.contract import IMAGE_ONNX
 
     folder.mkdir(parents=True)
     shutil.copy(fp32 / IMAGE_ONNX, folder / IMAGE_ONNX)
@@ -199,10 +198,9 @@ SMALL = ["--engine", "rtx", "--no-text", "--max-batch", "4", "--opt-batch", "2",
 
 def rtx_builds(folder: Path, precision: str) -> None:
     """TensorRT-RTX builds the graph (no GPU needed; strongly typed, so the fp32 islands hold)."""
+    from fsa_deploy.cli import main
     from fsa_deploy.runtime.artifact import Artifact
     from fsa_deploy.runtime.backends.trt_lib import RTX, installed
-
-    from fsa_deploy.cli import main
 
     if installed(RTX) is None:
         assert not os.environ.get("FSA_REQUIRE_RTX"), "FSA_REQUIRE_RTX=1 and TensorRT-RTX is missing"
@@ -212,10 +210,9 @@ def rtx_builds(folder: Path, precision: str) -> None:
 
 
 def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, capsys):
+    from fsa_deploy.cli import main
     from fsa_deploy.runtime.artifact import Artifact
     from fsa_deploy.validation.validate import run_validation
-
-    from fsa_deploy.cli import main
 
     good = fp16_artifact(real_folder, tmp_path / "islands", F.Fp16Plan(count=3))
     naive = fp16_artifact(real_folder, tmp_path / "naive", F.Fp16Plan(count=3, islands=False))
@@ -247,7 +244,6 @@ def test_export_records_the_audit_and_lint_reports_it(real_folder, tmp_path, cap
 def test_naive_int8_fails_validation_naming_the_stage(real_folder, tmp_path, capsys):
     """Per-tensor int8 of both backbones (ModelOpt's placement, no fp32 rules) on the real-stats model."""
     from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate
-
     from fsa_deploy.cli import main
 
     folder = tmp_path / "art"
@@ -272,9 +268,8 @@ def test_int8_policy_survives_the_outliers(tmp_path, capsys):
     import json
 
     from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate
-    from fsa_deploy.runtime.artifact import Artifact
-
     from fsa_deploy.cli import main
+    from fsa_deploy.runtime.artifact import Artifact
 
     folder = image_artifact(True, tmp_path / "art", text=True, scale=1.0)
     calibrate(folder, CalibrationOptions(count=8, lint=False, cache=False), progress=False)

@@ -19,6 +19,8 @@ from conftest import (
     tiny_reference,
     unit_text,
 )
+
+from fsa_deploy.contract import TOPK_MAX_K
 from fsa_deploy.models.fsa import (
     ambiguous_entries,
     top_p_keep_bisect,
@@ -27,8 +29,6 @@ from fsa_deploy.models.fsa import (
     top_p_topk_k,
 )
 from fsa_deploy.models.reference import aligned_stages
-
-from fsa_deploy.contract import TOPK_MAX_K
 
 
 @pytest.mark.parametrize("fsa", [True, False], ids=["fsa", "base"])
@@ -210,6 +210,7 @@ def _digest(seed: int) -> str:
 def _digest_here(seed: int) -> str:
     """`_digest` in this process, after moving torch's global RNG: only the seed may decide."""
     from conftest import tiny_spec
+
     from fsa_deploy.models.factory import build_reference
     from fsa_deploy.models.weights import state_digest
 

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import rel_l2
+from PIL import Image
+
+from fsa_deploy.contract import IMAGE_ONNX, OUTPUTS_MANIFEST
+from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 from fsa_deploy.runtime.images import load_image, sample_photos
 from fsa_deploy.runtime.segmenter import Segmenter, as_vocabulary, label_image, palette
 from fsa_deploy.validation.bench.timing import rss_mb
-from PIL import Image
-
-from fsa_deploy.contract import IMAGE_ONNX, OUTPUTS_MANIFEST
-from fsa_deploy.errors import FSAError
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = "person; astronaut, cat, cup; mug, rocket, motorcycle, grass, sky"
@@ -92,6 +92,7 @@ class ReferenceUnderOnnxKeep:
     def __init__(self, ref, art: Artifact):
         import onnx
         import onnxruntime as ort
+
         from fsa_deploy.runtime.artifact import with_stage_outputs
         from fsa_deploy.runtime.backends.onnxrt import session_options
 
@@ -509,9 +510,9 @@ def test_tokenizer_equals_open_clip(artifact):
     """Our BPE on the artefact's merges file gives open_clip's tokens, long prompts cut to 77
     with the end token kept last, empty strings as start + end."""
     import open_clip
-    from fsa_deploy.runtime.text import Tokenizer
 
     from fsa_deploy.contract import TOKENIZER_VOCAB
+    from fsa_deploy.runtime.text import Tokenizer
 
     prompts = tokenizer_prompts()
     got = Tokenizer(artifact.path(TOKENIZER_VOCAB))(prompts)

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, assert_one_line_error, missing, photos, require, run_cli
-from fsa_deploy.runtime.artifact import Artifact
-from fsa_deploy.runtime.serve.check import check_repository, parse_configs
-from fsa_deploy.runtime.serve.env import find_serve_env
-from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
 
 from benchmarks.ports import free_ports
 from fsa_deploy.contract import IMAGE_MODEL, SEGMENT_MODEL, TEXT_MODEL
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.serve.check import check_repository, parse_configs
+from fsa_deploy.runtime.serve.env import find_serve_env
+from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
 
 th = require("tritonclient.http")  # the serve extra: make setup installs it
 tg = require("tritonclient.grpc")
@@ -119,9 +119,8 @@ def test_configs_equal_the_hand_written_writers(tiny_artifact, tmp_path):
 def test_the_writer_needs_the_serve_extra_and_loads_without_grpc(tiny_artifact, tmp_path, monkeypatch, capsys):
     """tritonclient[http] alone has no grpc: `import tritonclient.grpc` fails there, the writer does
     not (model_config_pb2 loaded by file); without tritonclient, fsa triton exits 2 in one line."""
-    from fsa_deploy.runtime.serve import model_config
-
     from fsa_deploy.cli import main
+    from fsa_deploy.runtime.serve import model_config
 
     for name in [m for m in sys.modules if m.startswith("tritonclient.grpc")]:
         monkeypatch.delitem(sys.modules, name)
@@ -377,10 +376,9 @@ def test_a_video_stream_fed_at_a_fixed_rate_comes_back_in_order(server, tiny_art
     """runtime.video.triton: a clip's frames sent at 12 frames/s, at most 3 in flight; every frame
     answered in order, each label map equal to the Segmenter's on that frame (~2 s)."""
     require("av")
+    from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip
     from fsa_deploy.runtime.segmenter import Segmenter
     from fsa_deploy.runtime.video.triton import StreamStats, stream_to_triton
-
-    from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip
 
     clip = write_clip(tmp_path / "feed.mp4", pan_zoom_frames(photos()[1], 10, (96, 64)), 12)
     frames = decoded_frames(clip)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, photos
-from fsa_deploy.runtime.artifact import Artifact
 
 from fsa_deploy.contract import OUTPUTS_MANIFEST
+from fsa_deploy.runtime.artifact import Artifact
 
 EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 READY_S = 60  # fsa installs its handlers before importing the verb: well under a second
@@ -174,9 +174,8 @@ def test_validate_interrupted_writes_no_report(tiny_artifact, many_images, tmp_p
 
 def test_a_swallowed_signal_still_stops_the_commit(tmp_path):
     """A library's bare `except:` eats the Interrupted; the signal is recorded and no file is published."""
-    from fsa_deploy.runtime.gate import atomic, staging_folder
-
     from fsa_deploy import interrupts
+    from fsa_deploy.runtime.gate import atomic, staging_folder
 
     with interrupts.handling():
         try:

@@ -30,9 +30,9 @@ def text_backend(tiny_artifact):
 
 def test_text_graph_takes_any_length_and_the_longest_prompt_gives_the_77_token_embeddings(text_backend, tiny_artifact):
     import torch
-    from fsa_deploy.runtime.text import tokenize, trimmed
 
     from fsa_deploy.contract import CONTEXT_LENGTH
+    from fsa_deploy.runtime.text import tokenize, trimmed
 
     session = text_backend._session("text.onnx")
     assert session.get_inputs()[0].shape[1] != CONTEXT_LENGTH, "the token length of text.onnx is not dynamic"

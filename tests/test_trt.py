@@ -21,6 +21,21 @@ import numpy as np
 import onnx
 import pytest
 from conftest import CONFIGS, CROP
+from onnx import TensorProto, helper, numpy_helper
+
+from fsa_deploy import cli as fsa_cli
+from fsa_deploy.contract import (
+    EMBEDDINGS,
+    IMAGE,
+    IMAGE_ONNX,
+    LOGITS,
+    META,
+    RTX_TARGETS,
+    TEXT_EMBEDDINGS,
+    TEXT_ONNX,
+    TOKENS,
+)
+from fsa_deploy.errors import FSAError
 from fsa_deploy.export.trt_options import TIMING_CACHE, DimRange, image_source, profile_shapes
 from fsa_deploy.runtime import artifact as artifact_module
 from fsa_deploy.runtime.artifact import Artifact
@@ -43,21 +58,6 @@ from fsa_deploy.runtime.backends.trt_lib import (
     read_header,
     version_tuple,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from fsa_deploy import cli as fsa_cli
-from fsa_deploy.contract import (
-    EMBEDDINGS,
-    IMAGE,
-    IMAGE_ONNX,
-    LOGITS,
-    META,
-    RTX_TARGETS,
-    TEXT_EMBEDDINGS,
-    TEXT_ONNX,
-    TOKENS,
-)
-from fsa_deploy.errors import FSAError
 
 REPO = Path(__file__).resolve().parents[1]
 RTX_VERSION = installed(RTX)

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, RTX_ENV, photos, require
-from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime import gate, onnx_locations, tempnames, trust
 from PIL import Image
 
 from fsa_deploy.cli import main
 from fsa_deploy.contract import IMAGE_ONNX, META, OUTPUTS_MANIFEST, TEXT_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate, onnx_locations, tempnames, trust
 
 # ---------------------------------------------------------------- what a run touched
 

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from conftest import assert_one_line_error, photos
-from fsa_deploy.runtime import artifact as A
 
 from fsa_deploy.contract import IMAGE_ONNX, TEXT_ONNX
+from fsa_deploy.runtime import artifact as A
 
 
 @pytest.fixture
@@ -147,6 +147,7 @@ def test_external_data_export_validates(tmp_path, run_here):
     2 GB) validates, with every stage tensor added as an output: the graph is rewritten and handed
     to ONNX Runtime without its weights, which stay in their file."""
     from conftest import tiny_spec
+
     from fsa_deploy.export.onnx_export import export_artifact
 
     art = export_artifact(tiny_spec(), tmp_path / "ext", progress=False, lint=False, external_data_bytes=0)

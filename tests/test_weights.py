@@ -19,12 +19,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingf
 import pytest
 import torch
 from conftest import CROP, photos
+
+from fsa_deploy.cli import main
 from fsa_deploy.models.clip import _open_clip
 from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp, spec_from_meta
 from fsa_deploy.models.weights import POS_INTERP, Weights, resample_pos_embed_official
 from fsa_deploy.runtime.artifact import sha256_file
-
-from fsa_deploy.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:FutureWarning")  # the test makers
 TINY = dict(embed_dim=64, depth=2, num_heads=2)  # registry.py's tiny-* proxies
@@ -420,6 +420,7 @@ def test_full_size_release_names_map_onto_the_registry_proxies(row):
     """The release layouts at full size (on the meta device: no memory, no weights) fit the registry's
     full-size proxies at crop 336 through the same mapping as the tiny files."""
     import timm
+
     from fsa_deploy.models.registry import proxy_spec
     from fsa_deploy.models.weights import StateFile, map_proxy_state
 

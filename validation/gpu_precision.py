@@ -126,9 +126,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.runtime import gate
-
     from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.runtime import gate
 
     p = OneLineParser(description=__doc__)
     p.add_argument("--device", default="cuda")

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from fsa_deploy.runtime import artifact as A
-from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.contract import ARTIFACT_BACKENDS, BACKENDS, IMAGE_ONNX, META, PROFILES, TEXT_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import Range, add_ranged
+from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.spellings import add_old_spellings
 
 if TYPE_CHECKING:  # the reference's types, for the signatures (the modules import where used)
@@ -231,10 +231,9 @@ def stage_report(pairs: list[tuple[dict[str, Any], dict[str, Any]]], order: list
 def validate_image(path: str, ref: Reference, side: ArtifactSide, text: np.ndarray, query_class: list[int],
                    meta: dict[str, Any],
                    max_batch: int, stages: bool, stride: int | None, stage_tol: float | None) -> dict[str, Any]:
+    from fsa_deploy.contract import STAGES
     from fsa_deploy.runtime.images import load_image
     from fsa_deploy.runtime.pipeline import Geometry, class_probs, crops_of, labels_of, resize_image, stitch
-
-    from fsa_deploy.contract import STAGES
 
     geo = Geometry(crop=int(meta["crop"]), stride=stride)
     image = load_image(path)

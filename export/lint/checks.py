@@ -6,6 +6,8 @@ import re
 
 import numpy as np
 import onnx
+from onnx import TensorProto
+
 from fsa_deploy.export.lint.graph import Graph, LintReport, Violation, value_tainted
 from fsa_deploy.export.lint.rules import (
     CONTROL_FLOW,
@@ -24,7 +26,6 @@ from fsa_deploy.export.lint.rules import (
     ConstInput,
     Target,
 )
-from onnx import TensorProto
 
 
 def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:

@@ -8,9 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.export.lint.rules import TARGETS, parse_target
-
 from fsa_deploy.errors import CheckFailed, FSAError
+from fsa_deploy.export.lint.rules import TARGETS, parse_target
 
 
 def add_lint(sub: Any, help_text: str) -> argparse.ArgumentParser:
@@ -113,9 +112,8 @@ def check_artifact_graph(path: Path) -> None:
     """A graph inside an artefact folder is read as the artefact says: its meta.json must load (no
     name leading out of the folder) and, if it records the graph, the graph's external-data names
     must be recorded plain names (runtime.trust). A graph outside any artefact is linted as given."""
-    from fsa_deploy.runtime.artifact import Artifact
-
     from fsa_deploy.contract import META
+    from fsa_deploy.runtime.artifact import Artifact
 
     if not os.path.lexists(path.parent / META):
         return

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from fsa_deploy.export.lint.rules import DEFAULT_DOMAINS, SHAPE_ONLY_OPS, Target
 from onnx import TensorProto
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.export.lint.rules import DEFAULT_DOMAINS, SHAPE_ONLY_OPS, Target
 
 # ---------------------------------------------------------------- report
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from fsa_deploy.runtime.backends.trt_lib import RTX, TRT, Flavour, gpu_present, installed, load, logger
 
 # dynamic dims get this min / opt / max in the verdict's build (small: a verdict, not an engine to keep)

@@ -138,6 +138,7 @@ def run_app(args: argparse.Namespace) -> int:
     try:
         import python_multipart  # noqa: F401 - Starlette's form parser, else every upload fails
         import uvicorn  # noqa: F401
+
         from fsa_deploy.runtime.app.web import starlette_app
     except ImportError as e:
         raise FSAError(f"needs the web stack: pip install 'fsa-deploy[app]' ({e})") from e

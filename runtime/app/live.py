@@ -136,8 +136,9 @@ class LiveSource:
                 self.cond.notify_all()
 
     def _worker(self) -> None:
-        from fsa_deploy.runtime.app.service import Job
         from PIL import Image
+
+        from fsa_deploy.runtime.app.service import Job
 
         while not self.stopped.is_set():
             with self.cond:
@@ -192,11 +193,12 @@ class LiveSource:
 
 def routes(live: LiveSource | None) -> list:
     """GET /api/stream (MJPEG), GET /api/stream/info, POST /api/stream/classes (JSON {classes, prob_thd})."""
-    from fsa_deploy.runtime.app.web import BadRequest, error, parse_prob_thd
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+
+    from fsa_deploy.runtime.app.web import BadRequest, error, parse_prob_thd
 
     def absent() -> Response:
         return error("no --source: start `fsa app DIR --source SRC` to stream a camera, file or stream", 404)

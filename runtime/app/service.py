@@ -20,9 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime.backends.base import Backend
-from fsa_deploy.runtime.schema import MetaRecord
-
 from fsa_deploy.contract import (
     IMAGE_GRAPHS,
     IMAGE_ONNX,
@@ -32,6 +29,8 @@ from fsa_deploy.contract import (
     UNLABELLED,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.schema import MetaRecord
 
 MAX_QUERIES = 1024  # class names (synonyms included) per request, as fsa_segment's default
 MAX_CLASSES_CHARS = 20_000  # the classes text
@@ -209,9 +208,10 @@ class Remote:
         return th.InferenceServerClient(self.url, network_timeout=600.0, connection_timeout=10.0)
 
     def segment(self, job: Job) -> Answer:
+        from tritonclient.utils import InferenceServerException
+
         from fsa_deploy.runtime.segmenter import SegmentationResult
         from fsa_deploy.runtime.serve.client import segment_inputs
-        from tritonclient.utils import InferenceServerException
 
         vocab = parse_classes(job.classes)
         image, decode_ms = decoded(job)  # refused here before the round trip

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fsa_deploy.runtime.app.service import Job
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -31,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import PROB_THD
+from fsa_deploy.runtime.app.service import Job
 
 STATIC = Path(__file__).parent / "static"
 EXAMPLES = Path(__file__).parent / "examples"  # small photos shipped with the package (LICENSES.txt there)

@@ -7,12 +7,11 @@ that precision, an ONNX graph on ONNX Runtime.
 
 from __future__ import annotations
 
+from fsa_deploy.contract import IMAGE_ONNX, META
+from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.runtime.backends.select import select_backend
-
-from fsa_deploy.contract import IMAGE_ONNX, META
-from fsa_deploy.errors import FSAError
 
 
 def open_graph(art: Artifact, graph: str | None, backend: str = "auto", *, threads: int | None = None,

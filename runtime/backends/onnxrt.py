@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime.artifact import Artifact
-from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.contract import EMBEDDINGS, IMAGE, IMAGE_ONNX, LOGITS, ONNXRUNTIME, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -172,6 +172,7 @@ def graph_with_outputs(art: Artifact, name: str, stage_names: Sequence[str]) -> 
     they are external (they stay in their .data file and ONNX Runtime reads them from the folder):
     one protobuf message cannot exceed 2 GB, and ViT-H's weights do."""
     import onnx
+
     from fsa_deploy.runtime.artifact import with_stage_outputs
 
     graph = onnx.load(str(art.path(name)), load_external_data=False)

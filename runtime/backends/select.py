@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fsa_deploy.runtime.artifact import Artifact
-from fsa_deploy.runtime.backends.base import Backend
-
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.base import Backend
 
 PLUGIN_GROUP = "fsa_deploy.backends"
 

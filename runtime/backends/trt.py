@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, RTX_TARGETS, TENSORRT, TEXT_EMBEDDINGS, TOKENS
+from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.runtime.backends.trt_lib import (
@@ -40,9 +43,6 @@ from fsa_deploy.runtime.backends.trt_lib import (
     target_of,
     version_tuple,
 )
-
-from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, RTX_TARGETS, TENSORRT, TEXT_EMBEDDINGS, TOKENS
-from fsa_deploy.errors import FSAError
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -253,9 +253,8 @@ class RuntimeCache:
         runtime_config.set_runtime_cache(self.cache)
 
     def save(self) -> None:
-        from fsa_deploy.runtime import gate
-
         from fsa_deploy.errors import FSAError as Refused
+        from fsa_deploy.runtime import gate
 
         if self.cache is None:
             return

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.contract import (
     CONTEXT_LENGTH,
@@ -25,6 +24,7 @@ from fsa_deploy.contract import (
     TOKENS,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.backends.base import Backend
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.contract import IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, META, ONNXRUNTIME, SEGMENT_MODEL, TENSORRT
+from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.schema import MetaRecord, parse
 from fsa_deploy.runtime.serve.bls import SegmentParams, calls
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
 from fsa_deploy.runtime.serve.repository import ARTIFACT_COPY
-
-from fsa_deploy.contract import IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, META, ONNXRUNTIME, SEGMENT_MODEL, TENSORRT
-from fsa_deploy.errors import FSAError
 
 
 def parse_configs(repo: Path) -> dict[str, Any]:

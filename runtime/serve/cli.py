@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fsa_deploy.runtime.serve.repository import RepoOptions
-
 from fsa_deploy.contract import ARTIFACT_BACKENDS, ONNXRUNTIME, TRITON_BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime.serve.repository import RepoOptions
 from fsa_deploy.spellings import add_old_spellings
 
 

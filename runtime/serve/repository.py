@@ -30,13 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsa_deploy.runtime
-from fsa_deploy.runtime import gate
-from fsa_deploy.runtime.artifact import Artifact
-from fsa_deploy.runtime.serve.bls import SegmentParams
-from fsa_deploy.runtime.serve.model_config import model_config_pb2
-
 import fsa_deploy.errors
+import fsa_deploy.runtime
 from fsa_deploy.contract import (
     CONTEXT_LENGTH,
     EMBEDDINGS,
@@ -65,6 +60,10 @@ from fsa_deploy.contract import (
 )
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import CROPS_PER_REQUEST
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.serve.bls import SegmentParams
+from fsa_deploy.runtime.serve.model_config import model_config_pb2
 
 MODEL_FILES = Path(__file__).parent / "models"
 ARTIFACT_COPY = "artifact"  # fsa_segment/1/artifact: meta.json + tokenizer vocabulary

@@ -20,17 +20,16 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fsa_deploy.contract import SEGMENT_MODEL
+from fsa_deploy.errors import FSAError
+from fsa_deploy.interrupts import Interrupted, shielded
+from fsa_deploy.log import logger
 from fsa_deploy.runtime import gate, tempnames
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.env import ServeEnv, find_serve_env
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
 from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
 from fsa_deploy.runtime.text import usable_cache_dir
-
-from fsa_deploy.contract import SEGMENT_MODEL
-from fsa_deploy.errors import FSAError
-from fsa_deploy.interrupts import Interrupted, shielded
-from fsa_deploy.log import logger
 
 LOG = logger("runtime")
 

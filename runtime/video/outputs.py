@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime import gate
 from PIL import Image
 
 from fsa_deploy.contract import VIDEO_FRAME_PNG, VIDEO_LABELS, VIDEO_LABELS_KEY, VIDEO_OVERLAY, VIDEO_SUMMARY
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import gate
 
 H264_ENCODERS = ("libx264", "h264", "libopenh264")  # the first PyAV's FFmpeg has
 _FRAME_NAME = re.compile(r"^\d{6,}\.png$")

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime.video.sources import SEQUENCE_FPS, Selection, Source, SourceSpec
 
 from fsa_deploy import interrupts
 from fsa_deploy.errors import FSAError, escape
+from fsa_deploy.runtime.video.sources import SEQUENCE_FPS, Selection, Source, SourceSpec
 
 QUEUE = 4  # frames per queue between two stages
 READER_JOIN_MARGIN_S = 10.0  # beyond --stream-timeout: how long a stopped run waits for its reader

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from fsa_deploy.runtime.video.outputs import (
     FramePNGs,
     LabelSpool,
@@ -21,7 +23,6 @@ from fsa_deploy.runtime.video.outputs import (
     legend_strip,
     output_paths,
 )
-from PIL import Image
 
 LEGEND_OPACITY = 0.8
 

@@ -64,6 +64,7 @@ def stream_to_triton(source: str, url: str, classes: str, rate: float, in_flight
     from concurrent.futures import Future, ThreadPoolExecutor
 
     import tritonclient.http as th
+
     from fsa_deploy.runtime.serve.client import segment_inputs, server_address
     from fsa_deploy.runtime.video.sources import Source, classify
 

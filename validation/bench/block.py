@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from fsa_deploy.runtime import gate
 from fsa_deploy.validation.bench.timing import device_sync, peak_rss_mb, rss_mb, time_calls
 

@@ -6,14 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.validation.bench.data import DEFAULT_IMAGE, BenchOptions
-from fsa_deploy.validation.bench.report import format_terminal, gate, write_outputs
-from fsa_deploy.validation.bench.run import run_bench
-
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
+from fsa_deploy.validation.bench.data import DEFAULT_IMAGE, BenchOptions
+from fsa_deploy.validation.bench.report import format_terminal, gate, write_outputs
+from fsa_deploy.validation.bench.run import run_bench
 
 LOG = logger("validation")
 
@@ -93,6 +92,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     import importlib.util
 
     import torch
+
     from fsa_deploy.models.cli import spec_from_args
     from fsa_deploy.runtime.text import vocabulary_from_args
     from fsa_deploy.validation.validate import expand_images

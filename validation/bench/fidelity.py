@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.validation.bench.data import TRT, BenchPlan, BenchRow, Fidelity
-
 from fsa_deploy import contract
+from fsa_deploy.validation.bench.data import TRT, BenchPlan, BenchRow, Fidelity
 
 
 def row_fidelity(row: BenchRow, plan: BenchPlan, text: Any, backend: Any | None) -> Fidelity:
@@ -39,6 +38,7 @@ def ort_fp16_note(row: BenchRow) -> str | None:
     """Whether ONNX Runtime's CPU provider runs the fp16 graph natively: it inserts Casts to
     fp32 around nodes it has no fp16 kernel for; count them in its optimized graph."""
     import onnx
+
     from fsa_deploy.runtime import gate
     from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 

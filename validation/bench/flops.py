@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from fsa_deploy.validation.bench.timing import device_sync, time_calls
 
 PARTS = ("backbone", "proxy", "head")

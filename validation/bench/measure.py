@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+from fsa_deploy.errors import FSAError
 from fsa_deploy.validation.bench.data import (
     LITERAL,
     MIB,
@@ -21,8 +22,6 @@ from fsa_deploy.validation.bench.data import (
 from fsa_deploy.validation.bench.fidelity import ort_fp16_note, row_fidelity
 from fsa_deploy.validation.bench.timing import device_sync, peak_rss_mb, rss_mb, time_calls
 
-from fsa_deploy.errors import FSAError
-
 
 def _apply_threads(threads: int | None) -> None:
     import torch
@@ -38,6 +37,7 @@ def measure_work(plan: BenchPlan, devices: tuple[str, ...]) -> dict[str, Any]:
     """Child: the class embeddings every row uses (text tower of the reference, disk-cached as
     `fsa segment` caches them), the crop forward's work, and each device's rates."""
     import torch
+
     from fsa_deploy.models.backend import spec_key
     from fsa_deploy.models.dump import numpy_encoder
     from fsa_deploy.models.factory import build_reference

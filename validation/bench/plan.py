@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from fsa_deploy.errors import FSAError
 from fsa_deploy.validation.bench.data import (
     BENCH_PRECISIONS,
     DEPLOY,
@@ -16,8 +17,6 @@ from fsa_deploy.validation.bench.data import (
     BenchRow,
     Source,
 )
-
-from fsa_deploy.errors import FSAError
 
 # ---------------------------------------------------------------- this machine
 
@@ -37,6 +36,7 @@ class Machine:
         import importlib.util
 
         import torch
+
         from fsa_deploy.calibration.modelopt_call import MODELOPT_HINT
         from fsa_deploy.runtime.backends.select import tensorrt_unusable
 

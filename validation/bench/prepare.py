@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy import contract
+from fsa_deploy.contract import EXPORT_PRECISIONS
+from fsa_deploy.errors import FSAError
 from fsa_deploy.validation.bench.data import (
     BENCH_PRECISIONS,
     FAILED,
@@ -20,10 +23,6 @@ from fsa_deploy.validation.bench.data import (
     say,
 )
 from fsa_deploy.validation.bench.plan import Machine
-
-from fsa_deploy import contract
-from fsa_deploy.contract import EXPORT_PRECISIONS
-from fsa_deploy.errors import FSAError
 
 # ---------------------------------------------------------------- artefacts: export, calibrate, build
 

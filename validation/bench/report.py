@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, FAILED, INVALID, OK, BenchOptions, BenchResult
-
 from fsa_deploy.errors import CheckFailed, FSAError
+from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, FAILED, INVALID, OK, BenchOptions, BenchResult
 
 
 def cpu_model() -> str:

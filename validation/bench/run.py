@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fsa_deploy.errors import FSAError
 from fsa_deploy.validation.bench.data import (
     FAILED,
     INVALID,
@@ -20,8 +21,6 @@ from fsa_deploy.validation.bench.measure import measure_row, measure_work
 from fsa_deploy.validation.bench.plan import Machine, needed_precisions, plan_rows
 from fsa_deploy.validation.bench.prepare import model_of, prepare, work_folder
 from fsa_deploy.validation.bench.report import Report, machine_info
-
-from fsa_deploy.errors import FSAError
 
 # ---------------------------------------------------------------- the run
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fsa_deploy.runtime import gate as outputs_gate
-from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime import gate as outputs_gate
+from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.spellings import add_old_spellings
 
 PROG = "fsa eval"
@@ -30,9 +30,8 @@ if TYPE_CHECKING:  # report.py imports numpy-heavy runner code; the parser is bu
 
 
 def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
-    from fsa_deploy.validation.eval.datasets import DATASETS
-
     from fsa_deploy.contract import BACKENDS, EVAL_RESIZES, EXPORT_PRECISIONS, PAPER
+    from fsa_deploy.validation.eval.datasets import DATASETS
 
     p = sub.add_parser("eval", help=help_text, description=(
         "Score an artefact on a segmentation benchmark as the paper does (mmsegmentation's mIoU, the "
@@ -105,9 +104,8 @@ def _report() -> Any:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime.artifact import Artifact
-
     from fsa_deploy.contract import IMAGE_ONNX, PAPER, RESIZE_FLOAT, RESIZE_MMCV
+    from fsa_deploy.runtime.artifact import Artifact
 
     args.resize_given = args.resize is not None
     args.resize = args.resize or RESIZE_MMCV  # the official pipeline
@@ -234,10 +232,9 @@ def _decoder(resize: str):
 def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     """Every benchmark found under DATA (mmseg's data/ layout), one row per model in the paper's
     column order; each benchmark's report kept in --work (a rerun skips the finished ones)."""
+    from fsa_deploy.contract import PAPER_BENCHMARKS
     from fsa_deploy.runtime.gate import write_json
     from fsa_deploy.validation.eval import datasets as D
-
-    from fsa_deploy.contract import PAPER_BENCHMARKS
 
     if args.classes_file or args.split:
         raise FSAError("fsa eval paper: --classes-file and --split apply to one dataset; the paper uses each "
@@ -400,10 +397,9 @@ def _segment_fn(backend: Backend, art: Any, sha: str, proto: Any, vocab: Any, ar
     """(item, image) -> the label map under the protocol: mmcv's resize of the uint8 image (or
     `fsa segment`'s float one), then the runtime's windows, stitching and post-processing; pixels
     under prob_thd are class 0, the official rule (whatever `fsa segment` draws for them)."""
+    from fsa_deploy.contract import RESIZE_MMCV, TOKENIZER_VOCAB
     from fsa_deploy.runtime.pipeline import postprocess, resized_canvas_logits
     from fsa_deploy.runtime.segmenter import Segmenter
-
-    from fsa_deploy.contract import RESIZE_MMCV, TOKENIZER_VOCAB
 
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=list(art.meta["templates"]),

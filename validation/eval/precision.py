@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fsa_deploy.models.backend import TorchBackend
-from fsa_deploy.runtime.backends.base import Backend
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.backend import TorchBackend
+from fsa_deploy.runtime.backends.base import Backend
 
 
 class Autocast(Backend):

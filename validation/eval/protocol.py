@@ -18,11 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.runtime.text import Vocabulary
-from fsa_deploy.validation.eval.datasets import IGNORE_INDEX, LAYOUTS
-
 from fsa_deploy.contract import RESIZE_MMCV
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.text import Vocabulary
+from fsa_deploy.validation.eval.datasets import IGNORE_INDEX, LAYOUTS
 
 RESIZE_LONG = 2048  # every config: Resize(scale=(2048, short), keep_ratio=True)
 

@@ -22,11 +22,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
-from fsa_deploy.runtime.serve.client import SERVED, identity, secure_address, segment_inputs
-from fsa_deploy.runtime.text import classes_text
-from fsa_deploy.validation.eval.datasets import Item, image_size, read_mask
-from fsa_deploy.validation.eval.protocol import RESIZE_LONG
-from fsa_deploy.validation.eval.runner import Row
 
 from fsa_deploy.contract import (
     OUT_LABELS,
@@ -35,6 +30,11 @@ from fsa_deploy.contract import (
 )
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
+from fsa_deploy.runtime.serve.client import SERVED, identity, secure_address, segment_inputs
+from fsa_deploy.runtime.text import classes_text
+from fsa_deploy.validation.eval.datasets import Item, image_size, read_mask
+from fsa_deploy.validation.eval.protocol import RESIZE_LONG
+from fsa_deploy.validation.eval.runner import Row
 
 LOG = logger("validation")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
 from fsa_deploy.validation.eval.metrics import scores
 from fsa_deploy.validation.eval.runner import Row
 

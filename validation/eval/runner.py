@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fsa_deploy.validation.eval.datasets import Item, read_mask
-from fsa_deploy.validation.eval.metrics import agreement, confusion
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
+from fsa_deploy.validation.eval.datasets import Item, read_mask
+from fsa_deploy.validation.eval.metrics import agreement, confusion
 
 LOG = logger("validation")
 

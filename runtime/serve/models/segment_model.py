@@ -28,10 +28,6 @@ class TritonPythonModel:
     def initialize(self, args):
         here = Path(args["model_repository"]) / args["model_version"]
         sys.path.insert(0, str(here))  # the runtime copied next to this file, ahead of anything installed
-        from fsa_deploy.runtime.images import decode_image
-        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache, as_vocabulary
-        from fsa_deploy.runtime.serve.bls import SegmentParams, TritonBackend
-
         from fsa_deploy.contract import (
             IN_CLASSES,
             IN_IMAGE,
@@ -42,6 +38,9 @@ class TritonPythonModel:
             OUT_SUMMARY,
         )
         from fsa_deploy.errors import FSAError
+        from fsa_deploy.runtime.images import decode_image
+        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache, as_vocabulary
+        from fsa_deploy.runtime.serve.bls import SegmentParams, TritonBackend
 
         self.FSAError, self.decode_image, self.as_vocabulary = FSAError, decode_image, as_vocabulary
         self.names = (IN_IMAGE, IN_CLASSES, OUT_LABELS, OUT_SUMMARY)

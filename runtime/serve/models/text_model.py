@@ -10,9 +10,8 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         sys.path.insert(0, str(Path(args["model_repository"]) / args["model_version"]))
-        from fsa_deploy.runtime.serve.bls import local_backend
-
         from fsa_deploy.contract import EMBEDDINGS, TOKENS
+        from fsa_deploy.runtime.serve.bls import local_backend
 
         self.backend = local_backend(args["model_config"])
         self.names = (TOKENS, EMBEDDINGS)

@@ -18,6 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.cli import OneLineParser
+from fsa_deploy.models.registry import proxy_spec
+from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime import gate
+
 # How near the recipe a full-size trunk must come (the tiny tests' bounds: tests/test_real_stats.py, as ratios)
 SHARE = (1.0, 7.5)  # high-norm token share over the recipe's trigger_fraction (content placement adds flat patches)
 NORM_RATIO = (2 / 3, 4 / 3)  # token_norm_ratio over the recipe's
@@ -53,9 +58,6 @@ def targets(recipe: Any, planted: bool, entries: list[dict]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.ranges import add_ranged
-
     p = OneLineParser(description=__doc__)
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--proxies", default="dino,dinov2-noreg,dinov2,sam,mae")
@@ -74,8 +76,6 @@ def _range(vals: list[dict], key: str, times_tokens: bool = False) -> str:
 
 
 def write(args: argparse.Namespace, report: dict[str, Any], rows: list[tuple]) -> None:
-    from fsa_deploy.runtime import gate
-
     gate.mkdir(Path(args.json).parent)
     gate.write_text(args.json, json.dumps(report, indent=1) + "\n")
     head = ("| model | init | planted | block | resid_absmax_ratio | high_norm_token_fraction | token_norm_ratio "
@@ -87,13 +87,12 @@ def write(args: argparse.Namespace, report: dict[str, Any], rows: list[tuple]) -
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from fsa_deploy.models.activation_stats import model_stats
-    from fsa_deploy.models.dump import first_crop
-    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
-    from fsa_deploy.models.real_stats import RECIPE, RECIPES
-    from fsa_deploy.models.registry import proxy_spec
-    from fsa_deploy.models.weights import Weights
-    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.models.activation_stats import model_stats  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.dump import first_crop  # noqa: PLC0415 - pulls in numpy, torch
+    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.real_stats import RECIPE, RECIPES  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.weights import Weights  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
 
     args = build_parser().parse_args(argv)
     recipe = RECIPES[RECIPE]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import platform
@@ -33,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.ports import free_ports
+from fsa_deploy.cli import OneLineParser
+from fsa_deploy.contract import TOKENIZER_VOCAB
 from fsa_deploy.export.tiny import tiny_artifact
+from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -66,8 +72,6 @@ class AppServer:
 
     def segment(self, path: str, classes: str) -> tuple[float, dict]:
         """One POST /api/segment: (round trip ms, the answer)."""
-        import http.client
-
         boundary = uuid.uuid4().hex
         body = (f'--{boundary}\r\nContent-Disposition: form-data; name="classes"\r\n\r\n{classes}\r\n'
                 f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{Path(path).name}"\r\n'
@@ -127,7 +131,7 @@ def page_segment(driver, path: str) -> tuple[float, float]:
 
 
 def photo(name: str) -> str:
-    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
 
     found = [p for p in sample_photos() if Path(p).name == name]
     if not found:
@@ -136,8 +140,6 @@ def photo(name: str) -> str:
 
 
 def screenshot(args: argparse.Namespace) -> None:
-    from fsa_deploy.runtime import gate
-
     art = Path(args.artifact) if args.artifact else tiny_artifact(TINY)
     server = AppServer(art)
     driver = browser()
@@ -155,8 +157,7 @@ def screenshot(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow, numpy
 
     art = Path(args.artifact) if args.artifact else tiny_artifact(TINY)
     photos = [photo(n) for n in args.photos.split(",")]
@@ -218,10 +219,8 @@ def text_bench(args: argparse.Namespace) -> None:
     whole list (the added class makes a new list: all of it encoded again). After: prompts at the
     batch's longest and one cache entry per class (the added class alone is encoded). One process,
     one backend (ONNX Runtime CPU, text.onnx), the four measurements in turn."""
-    from fsa_deploy.contract import TOKENIZER_VOCAB
-    from fsa_deploy.runtime.artifact import Artifact
-    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
-    from fsa_deploy.runtime.text import Vocabulary, cached_classifier, classifier, padded
+    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.text import Vocabulary, cached_classifier, classifier, padded  # noqa: PLC0415 - pulls in numpy
 
     art = Artifact.load(args.artifact)
     backend = OnnxRuntimeBackend(art, providers=["CPUExecutionProvider"])
@@ -248,7 +247,6 @@ def text_bench(args: argparse.Namespace) -> None:
 
     at77 = counted(lambda t: backend.encode_text(padded(t)))
     trim = counted(backend.encode_text)
-    from fsa_deploy.runtime import gate
 
     with gate.temp_dir() as cache:
         rows = [timed("before: cold 20 classes", lambda: classifier(at77, cold, templates, vocab_file=vocab_file)),
@@ -286,9 +284,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.ranges import add_ranged
-
     p = OneLineParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True, parser_class=OneLineParser)
     s = sub.add_parser("screenshot")

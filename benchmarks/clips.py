@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fsa_deploy.runtime.images import load_image
+from fsa_deploy.runtime.video.sources import Source, classify
+
 
 def pan_zoom_frames(photo: str | Path, frames: int, size: tuple[int, int]) -> list[np.ndarray]:
     """`frames` RGB frames [H, W, 3] of `size` (width, height): a window over the photo that pans
     left to right while it zooms in from the whole photo to half of it."""
-    from fsa_deploy.runtime.images import load_image
-
     img = Image.fromarray(load_image(photo).transpose(1, 2, 0))
     w, h = img.size
     aspect = size[0] / size[1]
@@ -63,8 +64,6 @@ def write_clip(path: str | Path, frames: list[np.ndarray], fps: float = 12, code
 
 def decoded_frames(path: str | Path) -> list[np.ndarray]:
     """Every frame of a video as `fsa segment` decodes it (runtime.video.sources)."""
-    from fsa_deploy.runtime.video.sources import Source, classify
-
     spec = classify(str(path))
     assert spec is not None, path
     src = Source(spec)

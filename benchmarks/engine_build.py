@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.cli import OneLineParser
 from fsa_deploy.contract import EXPORT_PRECISIONS
+from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate
+from fsa_deploy.spellings import add_old_spellings
 
 FSA = [sys.executable, "-m", "fsa_deploy"]
 BUILT = re.compile(r"^(\S+\.engine): ([\d.]+) MiB from (\S+) in ([\d.]+) s", re.M)
@@ -74,10 +77,6 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.ranges import add_ranged
-    from fsa_deploy.spellings import add_old_spellings
-
     p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=Path("out/bench-build"))
     add_ranged(p, "--calibration-count", "also calibrate int8 from N crops and build it")

@@ -25,15 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
+from fsa_deploy.cli import OneLineParser
+from fsa_deploy.export.tiny import tiny_artifact
+from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.images import encode, sample_photos
+from fsa_deploy.spellings import add_old_spellings
+
 CLASSES = "background; sky\ncat; kitty\nperson\nrocket\ncoffee cup\n"
 
 
 def make_dataset(root: Path, n: int) -> Path:
     """n images and drawn masks in the folder layout (kept between runs)."""
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import Image, ImageDraw, ImageOps  # noqa: PLC0415 - keeps this module's import free of Pillow
 
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.runtime.images import encode, sample_photos
 
     if (root / "masks").is_dir() and len(list((root / "masks").glob("*.png"))) == n:
         return root
@@ -70,10 +75,6 @@ def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.ranges import add_ranged
-    from fsa_deploy.spellings import add_old_spellings
-
     p = OneLineParser(prog="python -m benchmarks.eval_throughput", description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path)
     add_ranged(p, "--num-images", "images of the generated dataset (default 50)", default=50)
@@ -87,8 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.export.tiny import tiny_artifact
-
     args = build_parser().parse_args(argv)
     art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))
     root = make_dataset(args.work / f"ds{args.num_images}" / "data", args.num_images)
@@ -131,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"- {r['name']} ({r['backend']}): mIoU {100 * r['miou']:.2f}"
                   + (f", delta {100 * r['miou_delta']:+.3f} points, agreement {100 * r['pixel_agreement']:.3f}%"
                      if r.get("miou_delta") is not None else "") + f", {r['images_per_s']:.3f} images/s")
-    from fsa_deploy.runtime import gate
 
     for path, body in ((args.json, text + "\n"), (args.md, "\n".join(md) + "\n")):
         if path:

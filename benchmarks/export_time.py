@@ -10,10 +10,18 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from fsa_deploy import contract
+from fsa_deploy.cli import OneLineParser
+from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
+from fsa_deploy.models.weights import Weights
+from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime import gate
+from fsa_deploy.spellings import add_old_spellings
+from fsa_deploy.validation.bench.report import cpu_model
 from fsa_deploy.validation.bench.timing import time_calls
 
 
@@ -23,10 +31,6 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.ranges import add_ranged
-    from fsa_deploy.spellings import add_old_spellings
-
     p = OneLineParser(description=__doc__)
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="ViT-B-16")
@@ -42,15 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    import onnx
+    import onnx  # noqa: PLC0415 - onnx: heavy, imported where it is used
 
-    from fsa_deploy.export.onnx_export import export_artifact
-    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
-    from fsa_deploy.models.weights import Weights
-    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
-    from fsa_deploy.runtime.images import load_image, sample_photos
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-    from fsa_deploy.validation.bench.report import cpu_model
+    from fsa_deploy.export.onnx_export import export_artifact  # noqa: PLC0415 - pulls in numpy, onnx
+    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.images import load_image, sample_photos  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image  # noqa: PLC0415 - pulls in numpy
 
     torch.set_grad_enabled(False)
     spec = ModelSpec(model=args.model, weights=Weights(seed=0),
@@ -76,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": cpu_model(), "cores": torch.get_num_threads(), "torch": torch.__version__},
     }
     if args.json:
-        from pathlib import Path
-
-        from fsa_deploy.runtime import gate
 
         gate.mkdir(Path(args.json).parent)
         gate.write_json(args.json, result)

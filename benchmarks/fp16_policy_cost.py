@@ -16,12 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
+from fsa_deploy.cli import OneLineParser
+from fsa_deploy.export import fp16_audit as F
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.images import load_image, sample_photos
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+from fsa_deploy.validation.bench.report import cpu_model
+
 ROWS = ("measured islands only", "policy + measured islands")  # the baseline first
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-
     p = OneLineParser(prog="python -m benchmarks.fp16_policy_cost", description=__doc__.splitlines()[0])
     p.add_argument("folder", help="an fp32 `fsa export` folder")
     p.add_argument("--repeats", type=int, default=20, help="timed runs of each graph (default 20)")
@@ -36,12 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
     import onnxruntime as ort
 
-    from fsa_deploy.export import fp16_audit as F
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.runtime.artifact import Artifact
-    from fsa_deploy.runtime.images import load_image, sample_photos
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-    from fsa_deploy.validation.bench.report import cpu_model
 
     args = build_parser().parse_args(argv)
     art = Artifact.load(args.folder)

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.cli import OneLineParser
+from fsa_deploy.runtime import gate
+
 TARGETS = {"fp16": (0.999, None), "fp16-naive": (0.999, None), "int8": (0.99, 0.97), "fp8": (0.99, 0.97)}
 SCALES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 MODEL = ["--model", "tiny", "--proxy", "tiny-dino", "--crop", "112", "--random-init", "--real-stats", "--seed", "0"]
@@ -27,7 +30,7 @@ MODEL = ["--model", "tiny", "--proxy", "tiny-dino", "--crop", "112", "--random-i
 
 def fsa(*args: str | Path) -> tuple[int, str]:
     """The CLI in this process; (exit code, last stderr line)."""
-    from fsa_deploy.cli import main
+    from fsa_deploy.cli import main  # noqa: PLC0415 - main is another thing in this module
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -47,13 +50,13 @@ def validated(folder: Path, graph: str, work: Path, photos: list[str]) -> dict[s
 
 def emulated(folder: Path, photos: list[str]) -> dict[str, float]:
     """Pixel agreement of the fp16 graph under each emulation precision model against the fp32 graph (ORT)."""
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
     import onnx
     import onnxruntime as ort
 
-    from fsa_deploy.runtime.images import load_image
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-    from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
+    from fsa_deploy.runtime.images import load_image  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph  # noqa: PLC0415 - pulls in numpy, torch
 
     geo = Geometry(crop=112)
     crops = np.concatenate([crops_of(resize_image(load_image(p), geo), geo)[0] for p in photos]).astype(np.float32)
@@ -120,8 +123,6 @@ def cell(r: dict[str, Any]) -> str:
 
 
 def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    from fsa_deploy.runtime import gate
-
     gate.write_json(args.json, {"command": " ".join(sys.argv), "profiles": TARGETS, "rows": rows})
     lines = ["| --real-stats-scale | " + " | ".join(TARGETS) + " |", "|---" * (len(TARGETS) + 1) + "|"]
     for r in rows:
@@ -132,7 +133,7 @@ def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import numpy as np
+        import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
 
         lines_ = [(k, k, None) for k in TARGETS] + [
             (f"{k} emul. {m.split('-')[1]}", k, m) for k in ("fp16", "fp16-naive")
@@ -161,8 +162,6 @@ def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-
     p = OneLineParser(description=__doc__)
     p.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES))
     p.add_argument("--photos", type=int, default=2, help="sample photos to validate on")
@@ -177,10 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
 
     args = build_parser().parse_args(argv)
-    from fsa_deploy.runtime import gate
 
     work = gate.check_folder(args.work, "--work")  # never inside an artefact folder
     photos = list(sample_photos()[: args.photos])

@@ -20,7 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from fsa_deploy.cli import OneLineParser
 from fsa_deploy.export.tiny import tiny_artifact
+from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime import gate
 
 SIZES = {"3000x2250": (3000, 2250), "12MP 4000x3000": (4000, 3000)}  # width x height
 CASES = [("3000x2250", 3), ("3000x2250", 171), ("12MP 4000x3000", 3), ("12MP 4000x3000", 171)]
@@ -34,12 +37,11 @@ def class_names(k: int) -> str:
 
 def one(art: str, image: str, k: int, threads: int) -> dict:
     """Runs in the child: one segmentation and its outputs; returns its own figures."""
-    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow, numpy
 
     t0 = time.perf_counter()
     seg = Segmenter.from_artifact(art, "onnx", threads=threads, cache_dir=None).set_classes(class_names(k))
     res = seg.segment(image)
-    from fsa_deploy.runtime import gate
 
     with gate.temp_dir() as out:
         res.write(out, "photo")
@@ -49,10 +51,9 @@ def one(art: str, image: str, k: int, threads: int) -> dict:
 
 def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     """The tiny artefact (exported once) and the upscaled photos."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
 
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.runtime.images import encode, sample_photos
+    from fsa_deploy.runtime.images import encode, sample_photos  # noqa: PLC0415 - pulls in numpy
 
     gate.check_folder(work, "--work")
     art = tiny_artifact(work / "tiny-dino")
@@ -68,9 +69,6 @@ def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.ranges import add_ranged
-
     p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="out/bench/memory", help="artefact and photos (default out/bench/memory)")
     p.add_argument("--json", default="out/bench/memory.json")
@@ -107,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         few, many = peak[3], peak[171]
         report[f"ratio 171/3 {size}"] = round(many / few, 3)
         print(f"{size}: 171 / 3 classes = {many / few:.2f}x")
-    from fsa_deploy.runtime import gate
 
     gate.mkdir(Path(args.json).parent)
     gate.write_text(args.json, json.dumps(report, indent=2) + "\n")

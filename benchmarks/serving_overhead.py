@@ -24,8 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.ports import free_ports
+from fsa_deploy.cli import OneLineParser
 from fsa_deploy.contract import IN_CLASSES, IN_IMAGE, OUT_LABELS, SEGMENT_MODEL
 from fsa_deploy.export.tiny import tiny_artifact
+from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.images import sample_photos
+from fsa_deploy.runtime.serve.repository import RepoOptions
+from fsa_deploy.runtime.serve.server import Server
 
 CONCURRENCY = (1, 4, 16)
 
@@ -93,9 +100,6 @@ def merged(parts: list[dict]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.ranges import add_ranged
-
     p = OneLineParser(description=__doc__)
     p.add_argument("--artifact", type=Path)
     add_ranged(p, "--requests", "requests between the two RSS readings (default 1000)", default=1000)
@@ -114,12 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tritonclient.grpc as tg
 
-    from benchmarks.ports import free_ports
-    from fsa_deploy.runtime.images import sample_photos
-    from fsa_deploy.runtime.segmenter import Segmenter
-    from fsa_deploy.runtime.serve.repository import RepoOptions
-    from fsa_deploy.runtime.serve.server import Server
-    from fsa_deploy.runtime.text import DEFAULT_CLASSES
+    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
     art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))
     classes = ",".join(line for line in DEFAULT_CLASSES.read_text().splitlines() if line.strip())
@@ -206,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
            f"{', '.join(f'{x:.0f}' for x in rss_curve)} MB). Ready in {ready_s:.1f} s."]
     text = "\n".join(md)
     print(text)
-    from fsa_deploy.runtime import gate
 
     for path, body in ((args.json, json.dumps(result, indent=2)), (args.md, text)):
         if path:

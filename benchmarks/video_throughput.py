@@ -22,18 +22,21 @@ import sys
 import time
 from pathlib import Path
 
+from fsa_deploy.cli import OneLineParser
 from fsa_deploy.export.tiny import tiny_artifact
+from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.gate import write_json
 
 CLASSES = "cat, floor, blanket, wall, sky, grass, person"
 FPS = 12
 
 
 def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple[Path, list[Path]]:
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
 
-    from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip
-    from fsa_deploy.runtime.images import encode, sample_photos
+    from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip  # noqa: PLC0415 - pulls in Pillow, numpy
+    from fsa_deploy.runtime.images import encode, sample_photos  # noqa: PLC0415 - pulls in numpy
 
     chelsea = next(p for p in sample_photos() if Path(p).name == "chelsea.png")
     folder = gate.mkdir(work / f"{tag}-{frames}")
@@ -50,9 +53,9 @@ def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple
 
 def compare(art: Path, clip: Path, pngs: list[Path], out: Path, threads: int | None) -> dict:
     """images/s of the per-image loop and frames/s of the video pipeline, one Segmenter, same frames."""
-    from fsa_deploy.runtime.segmenter import Segmenter
-    from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
-    from fsa_deploy.runtime.video.sources import classify
+    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow, numpy
+    from fsa_deploy.runtime.video.run import VideoOptions, VideoRun  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.video.sources import classify  # noqa: PLC0415 - pulls in numpy
 
     seg = Segmenter.from_artifact(art, "onnx", threads=threads, cache_dir=None).set_classes(CLASSES)
     seg.segment(pngs[0])  # warm-up: ORT's first run
@@ -89,7 +92,7 @@ def gif(overlay: Path, target: Path, frames: int = 48, step: int = 2, width: int
     1 MB (docs/)."""
     import av
 
-    from fsa_deploy.runtime.images import encode
+    from fsa_deploy.runtime.images import encode  # noqa: PLC0415 - pulls in numpy
 
     with av.open(str(overlay)) as c:
         images = [f.to_image() for i, f in zip(range(frames), c.decode(video=0)) if i % step == 0]
@@ -99,9 +102,6 @@ def gif(overlay: Path, target: Path, frames: int = 48, step: int = 2, width: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.ranges import add_ranged
-
     p = OneLineParser(description=__doc__)
     p.add_argument("--work", default="out/bench/video")
     p.add_argument("--json", default="out/bench/video.json")
@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
               "command": "make bench-video", "rows": rows, "peak_rss_mib_by_frames": memory,
               "rss_ratio_4x_frames": memory[192] / memory[48]}
-    from fsa_deploy.runtime.gate import write_json
 
     write_json(args.json, report)
     print(json.dumps({"peak_rss_mib_by_frames": memory}), flush=True)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from fsa_deploy.calibration.modelopt_call import METHODS
+from fsa_deploy.calibration.quantize import REGIONS, CalibrationOptions, calibrate
+from fsa_deploy.contract import CALIBRATE_PRECISIONS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
-from fsa_deploy.runtime.text import add_vocabulary_args
+from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
 from fsa_deploy.spellings import add_old_spellings
 
 
 def add_calibrate(sub, help_text: str) -> None:
-    from fsa_deploy.calibration.modelopt_call import METHODS
-    from fsa_deploy.calibration.quantize import REGIONS, CalibrationOptions
-    from fsa_deploy.contract import CALIBRATE_PRECISIONS
-
     p = sub.add_parser("calibrate", help=help_text, description=(
         "Explicit quantization with NVIDIA ModelOpt: image.onnx -> image.int8.onnx or image.fp8.onnx (Q/DQ "
         "nodes), calibrated on the CPU with crops cut as `fsa segment` cuts them. The FSA head (proxy attention, "
@@ -49,12 +48,8 @@ def add_calibrate(sub, help_text: str) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate
-
     classes = None
     if args.classes is not None or args.classes_file is not None:
-        from fsa_deploy.runtime.text import vocabulary_from_args
-
         classes = vocabulary_from_args(args)
     opts = CalibrationOptions(precision=args.precision, images=tuple(args.images or ()),
                               count=args.calibration_count, batch=args.batch, method=args.method, region=args.region,

@@ -12,10 +12,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fsa_deploy.contract import TEXT_ONNX
+from fsa_deploy.contract import TEXT_ONNX, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
+from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+from fsa_deploy.runtime.text import classifier
 
 if TYPE_CHECKING:
     from fsa_deploy.calibration.quantize import CalibrationOptions
@@ -42,8 +47,6 @@ class CalibrationData:
 
 def image_files(sources: Sequence[str]) -> list[Path]:
     """--images (default: scikit-image's photos) as runtime.images.expand_images expands them."""
-    from fsa_deploy.runtime.images import expand_images, sample_photos
-
     files, errors = expand_images(sources or sample_photos(), "--images")
     if errors:
         raise FSAError(errors[0])
@@ -54,9 +57,6 @@ def image_files(sources: Sequence[str]) -> list[Path]:
 
 def pipeline_crops(files: Iterable[Path], crop: int, count: int) -> tuple[np.ndarray, list[str]]:
     """The first `count` crops of the images, cut as `fsa segment` cuts them (default geometry)."""
-    from fsa_deploy.runtime.images import load_image
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-
     geo, crops, used, have = Geometry(crop=crop), [], [], 0
     for f in files:
         batch, _ = crops_of(resize_image(load_image(f), geo), geo)
@@ -77,11 +77,6 @@ def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
     Real class embeddings rather than random vectors: the logits and the feedback inputs
     then have the ranges they have in use, which is what the calibrator measures.
     """
-    from fsa_deploy.contract import TOKENIZER_VOCAB
-    from fsa_deploy.models.text import openai_templates
-    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
-    from fsa_deploy.runtime.text import classifier
-
     backend = OnnxRuntimeBackend(art, image_file=None, providers=[CPU_EP])  # the text graph only
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     templates = art.meta.get("templates") or openai_templates()
@@ -89,7 +84,7 @@ def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
 
 
 def default_vocabulary() -> Vocabulary:
-    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
     return Vocabulary.from_file(DEFAULT_CLASSES)
 

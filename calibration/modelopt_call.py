@@ -7,6 +7,7 @@ import io
 import re
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,6 @@ def require_modelopt() -> Callable[..., None]:
 
 
 def modelopt_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("nvidia-modelopt")
     except PackageNotFoundError:
@@ -66,7 +65,7 @@ def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
 
 def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: CalibrationData, opts: CalibrationOptions,
                  exclude: list[str], external: bool, scope: str, progress: bool = True) -> None:
-    from fsa_deploy.calibration.reader import DataReader
+    from fsa_deploy.calibration.reader import DataReader  # noqa: PLC0415 - pulls in numpy, onnxruntime
 
     patterns = ([f"^{re.escape(scope)}"] if scope else []) + [re.escape(n) + "$" for n in exclude]
     try:

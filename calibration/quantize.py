@@ -27,6 +27,7 @@ from fsa_deploy.calibration.graph import QdqSummary, summarize
 from fsa_deploy.calibration.meta import record
 from fsa_deploy.calibration.modelopt_call import METHODS, link_source, require_modelopt, run_modelopt
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES, Where, fp32_rules
+from fsa_deploy.calibration.smooth import outlier_matmuls, smooth
 from fsa_deploy.contract import (
     CALIBRATE_PRECISIONS,  # also ModelOpt's quantize_mode names
     IMAGE,
@@ -148,8 +149,6 @@ def calibrate(root: str | os.PathLike[str], opts: CalibrationOptions, progress: 
 def smooth_outliers(src: Path, work: Path, data: CalibrationData, progress: bool) -> tuple[Path, list[str]]:
     """The graph ModelOpt calibrates: LayerNorm spread smoothed into the next MatMuls, and the MatMuls
     whose input still has outlier channels (kept in fp32). A graph without them comes back as it was."""
-    from fsa_deploy.calibration.smooth import outlier_matmuls, smooth
-
     feeds = [{IMAGE: data.crops[i:i + 1], TEXT_EMBEDDINGS: data.text} for i in range(min(8, len(data.crops)))]
     smoothed = work / "smoothed.onnx"
     n = smooth(src, smoothed, feeds)
@@ -209,7 +208,7 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
             raise FSAError(f"{name}: ModelOpt put Q/DQ next to the fp32 block ({', '.join(summary.in_scope[:3])}); "
                            "not written")
         if opts.lint:
-            from fsa_deploy.export.lint import assert_lint_clean
+            from fsa_deploy.export.lint import assert_lint_clean  # noqa: PLC0415 - pulls in onnx
 
             assert_lint_clean(str(work / name))
         written = [n for n in (name, name + "_data") if (work / n).is_file()]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fsa_deploy.export.graph_probe import ort_session, probe_options, with_channel_absmax_outputs
 from fsa_deploy.export.graph_walk import Walk
 from fsa_deploy.runtime import gate
 
@@ -31,7 +32,6 @@ def channel_absmax(model, names: list[str], feeds: list[dict[str, np.ndarray]],
     in the graph (export/graph_probe.py: the tensors themselves are never outputs)."""
     import onnx
 
-    from fsa_deploy.export.graph_probe import ort_session, probe_options, with_channel_absmax_outputs
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

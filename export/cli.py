@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from fsa_deploy.contract import EXPORT_PRECISIONS
+from fsa_deploy.errors import FSAError
+from fsa_deploy.export.fp16_audit import Fp16Plan
 from fsa_deploy.models.cli import add_model_args, spec_from_args
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.spellings import add_old_spellings
@@ -33,13 +35,10 @@ def add_export(sub, help_text: str) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from fsa_deploy.errors import FSAError
-    from fsa_deploy.export.onnx_export import describe, export_artifact
+    from fsa_deploy.export.onnx_export import describe, export_artifact  # noqa: PLC0415 - pulls in onnx, torch
 
     fp16 = None
     if args.precision == "fp16":
-        from fsa_deploy.export.fp16_audit import Fp16Plan
-
         fp16 = Fp16Plan(images=tuple(args.images or ()), islands=not args.no_fp16_islands)
     elif args.images or args.no_fp16_islands:
         raise FSAError("--images and --no-fp16-islands go with --precision fp16")

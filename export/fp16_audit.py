@@ -29,9 +29,15 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from fsa_deploy.contract import IMAGE, META, TEXT_EMBEDDINGS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.export.graph_probe import ort_session, probe_options, with_absmax_outputs
 from fsa_deploy.export.graph_walk import Walk
+from fsa_deploy.models.text import openai_templates
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
+from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 
 SAFE_FP16 = 16384.0  # a quarter of fp16's largest value: headroom for inputs the calibration did not see
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto elem types
@@ -314,8 +320,6 @@ def structural_islands(model, stages: dict[str, str], scope: str) -> list[str]:
     (downstream of the proxy features, the values and the text embeddings: thresholds and the feedback's
     exp(lamda * Sim) flip on rounding), CLIP's last block up to the values, and the feedback block: the split the
     fp16 export always had (trunk and proxy fp16) plus the normalisation."""
-    from fsa_deploy.contract import IMAGE, TEXT_EMBEDDINGS
-
     walk = Walk(model.graph)
     heads = [stages[k] for k in ("proxy_features", "values") if k in stages] + [TEXT_EMBEDDINGS]
     head = walk.downstream(heads) | input_normalisation(walk, IMAGE)
@@ -416,9 +420,6 @@ def to_fp16(fp32_path: str | Path, fp32_islands: Iterable[str]):
     """ModelOpt AutoCast: every node in fp16 but the `fp32_islands` (exact names), inputs and outputs fp32.
 
     AutoCast's own range rule (data_max) is off: the audit decided, on the crops it was given."""
-    from fsa_deploy.errors import FSAError
-    from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
-
     hide_stub_tensorrt()
     try:
         from modelopt.onnx.autocast import convert_to_mixed_precision
@@ -468,12 +469,8 @@ def calibration_feeds(ref, images: tuple[str, ...], count: int) -> tuple[list[di
     (`FILE crop i`) for the non-finite refusal."""
     import torch
 
-    from fsa_deploy.errors import FSAError
-    from fsa_deploy.models.dump import numpy_encoder
-    from fsa_deploy.models.text import openai_templates
-    from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
+    from fsa_deploy.models.dump import numpy_encoder  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
     files, errors = expand_images(list(images) or sample_photos(), "--images")
     if errors or not files:
@@ -499,7 +496,7 @@ def export_fp16(ref, path: Path, stages: dict[str, str], scope: str, plan: Fp16P
     """The fp32 image graph at `path` -> its fp16 graph, in place; returns the node count."""
     import onnx
 
-    from fsa_deploy.export.onnx_export import save_onnx
+    from fsa_deploy.export.onnx_export import save_onnx  # noqa: PLC0415 - pulls in onnx, torch
 
     ranges = measure(path, *calibration_feeds(ref, plan.images, plan.count))
     fp32 = onnx.load(str(path))
@@ -520,8 +517,6 @@ def lint_lines(path: Path) -> tuple[list[str], str | None]:
     Returns (violations, summary lines); ([], None) for a graph without a recorded audit."""
     import onnx
 
-    from fsa_deploy.contract import META
-    from fsa_deploy.runtime.artifact import Artifact
 
     if not (path.parent / META).is_file():
         return [], None

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from fsa_deploy.contract import MASK_PREFIX
+
 FLOAT = 1  # onnx.TensorProto.FLOAT
 INLINE_BYTES = 1_900_000_000  # protobuf's 2 GB limit, with a margin (export.onnx_export.EXTERNAL_DATA_BYTES)
 
@@ -93,7 +95,6 @@ def with_absmax_outputs(model: Any, names: list[str]) -> Probes:
     graph builds on purpose (`MASK_PREFIX`: masked_fill with -inf before a softmax, the same in fp16)."""
     from onnx import TensorProto
 
-    from fsa_deploy.contract import MASK_PREFIX
 
     c = _Chains(model, "fsa_absmax")
     zero = c.constant("fsa_absmax.zero", FLOAT, [0.0])

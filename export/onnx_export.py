@@ -13,12 +13,14 @@ import json
 import platform
 import time
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from fsa_deploy.contract import (
@@ -40,7 +42,9 @@ from fsa_deploy.contract import (
     TOKENS,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.export.fp16_audit import Fp16Plan, export_fp16
 from fsa_deploy.export.graph_walk import Walk
+from fsa_deploy.export.lint import assert_lint_clean
 from fsa_deploy.log import logger
 from fsa_deploy.models.factory import ModelSpec, Reference, build_reference
 from fsa_deploy.models.reference import FSAModel
@@ -95,7 +99,7 @@ class TextTower(nn.Module):
         self.clip = clip
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        from open_clip.transformer import text_global_pool
+        from open_clip.transformer import text_global_pool  # noqa: PLC0415 - open_clip: heavy, imported where it is used
 
         clip, ids = self.clip, tokens.long()
         n = ids.shape[1]
@@ -128,7 +132,7 @@ def _torch_export(module: nn.Module, args: tuple, path: Path, input_names: list[
 
 def _slim(model: onnx.ModelProto) -> onnx.ModelProto:
     """Constant folding and dead-code removal with onnxslim (keeps names of graph outputs)."""
-    import onnxslim
+    import onnxslim  # noqa: PLC0415 - onnxslim: heavy, imported where it is used
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -161,8 +165,6 @@ def name_nodes(graph: onnx.GraphProto, stages: list[str]) -> None:
 
 
 def _infinite_constants(graph: onnx.GraphProto) -> set[str]:
-    from onnx import numpy_helper
-
     arrays = [(t.name, t) for t in graph.initializer] + [
         (n.output[0], a.t) for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
     out = set()
@@ -240,8 +242,6 @@ def export_image(ref: Reference, work: Path, precision: str, max_batch: int,
     graph.producer_name, graph.doc_string = "fsa-deploy", "FSA crop forward (docs/METHOD.md steps 1-15)"
     save_onnx(graph, work / IMAGE_ONNX, external_data_bytes)
     if precision == "fp16":
-        from fsa_deploy.export.fp16_audit import Fp16Plan, export_fp16
-
         plan = fp16 if fp16 is not None else Fp16Plan()
         return mapping, export_fp16(ref, work / IMAGE_ONNX, mapping, FEEDBACK_SCOPE, plan, external_data_bytes)
     return mapping, len(graph.graph.node)
@@ -263,8 +263,6 @@ def export_text(ref: Reference, work: Path, external_data_bytes: int = EXTERNAL_
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for dist in ("torch", "open_clip_torch", "timm", "onnx", "onnxscript", "onnxslim", "onnxruntime", "fsa-deploy"):
         try:
@@ -316,8 +314,6 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
     with gate.staging_folder(out, overwrite) as work, torch.no_grad():
         steps.step(f"exporting {IMAGE_ONNX} ({precision}; dynamic batch and classes)")
         if precision == "fp16" and fp16 is None:
-            from fsa_deploy.export.fp16_audit import Fp16Plan
-
             fp16 = Fp16Plan()
         mapping, n_image = export_image(ref, work, precision, max_batch, external_data_bytes, fp16)
         steps.step(f"exporting {TEXT_ONNX}")
@@ -335,7 +331,6 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
         art.save()
         if lint:
             steps.step("linting against the ONNX parser rules of TensorRT 10, 11 and TensorRT-RTX")
-            from fsa_deploy.export.lint import assert_lint_clean
 
             for name in (IMAGE_ONNX, TEXT_ONNX):
                 assert_lint_clean(str(work / name))

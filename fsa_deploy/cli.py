@@ -12,7 +12,11 @@ import importlib
 import sys
 from typing import Any
 
-from fsa_deploy import log
+from fsa_deploy import interrupts, log
+from fsa_deploy.errors import CheckFailed, FSAError, escape
+from fsa_deploy.interrupts import Interrupted
+from fsa_deploy.runtime import environ
+from fsa_deploy.spellings import take_notes
 
 # verb -> (module that defines it as module.add_<verb>(subparsers), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -42,8 +46,6 @@ class OneLineParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
             self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
         """argparse's, then one line per deprecated spelling used (fsa_deploy/spellings.py)."""
-        from fsa_deploy.spellings import take_notes
-
         parsed, extras = super().parse_known_args(args, namespace)
         for note in take_notes(parsed):
             print(f"{self.prog}: {note}", file=sys.stderr)  # argparse's own channel, as its usage errors
@@ -67,8 +69,6 @@ def build_parser(verb: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy import interrupts
-
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
     # before the verb's imports: a signal at any moment becomes Interrupted (exit 130 / 143)
@@ -87,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str], verb: str | None) -> int:
-    from fsa_deploy.errors import CheckFailed, FSAError, escape
-    from fsa_deploy.interrupts import Interrupted
-
     try:
-        from fsa_deploy.runtime import environ
-
         parser = build_parser(verb if verb in VERBS else None)
         args = parser.parse_args(argv)
         log.configure(log.level_of(getattr(args, "quiet", False), getattr(args, "verbose", 0)))

@@ -71,7 +71,7 @@ def _with_spellings(cls: type[argparse.Action]) -> type[argparse.Action]:
 
 def add_old_spellings(parser: argparse.ArgumentParser, verb: str) -> None:
     """Register RENAMED's old spellings of `verb` as second names of their new options (after those exist)."""
-    from fsa_deploy.cli import OneLineParser
+    from fsa_deploy.cli import OneLineParser  # noqa: PLC0415 - import cycle (cli imports this module)
 
     assert isinstance(parser, OneLineParser), "the spellings' parse state is removed by OneLineParser"
     for (where, old), new in RENAMED.items():

@@ -20,15 +20,19 @@ both this module and models.real_stats use.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsa_deploy.errors import FSAError
 from fsa_deploy.models.registry import Tower
+from fsa_deploy.runtime import gate
 
 if TYPE_CHECKING:  # models.reference builds on this module's views
     from fsa_deploy.models.reference import FSAModel
@@ -200,9 +204,6 @@ def clip_trunk_of(model: FSAModel) -> TrunkView:
 
 def check_stats_path(path: str, out: str) -> None:
     """--activation-stats F.json: a .json file name, not the dump's own --out, in an existing folder."""
-    import os
-
-    from fsa_deploy.errors import FSAError
 
     if not str(path).endswith(".json"):
         raise FSAError(f"--activation-stats {path}: must end in .json")
@@ -214,9 +215,6 @@ def check_stats_path(path: str, out: str) -> None:
 
 def write_stats(path: str, stats: dict[str, list[dict[str, float]]], spec: Any) -> None:
     """The statistics as JSON (atomic; strict: a non-finite statistic is refused, never written)."""
-    from pathlib import Path
-
-    from fsa_deploy.runtime import gate
 
     gate.mkdir(Path(path).parent)
     gate.write_json(path, {"model": spec.model, "proxy_name": spec.proxy, "weights": spec.weights.describe(),

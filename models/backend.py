@@ -18,8 +18,10 @@ import torch
 
 from fsa_deploy.contract import PYTORCH
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.factory import build_reference
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.text import padded
 
 if TYPE_CHECKING:
     from fsa_deploy.models.factory import ModelSpec
@@ -29,7 +31,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 def spec_of(source: Artifact | ModelSpec | str | os.PathLike[str]) -> tuple[ModelSpec, Artifact | None]:
     """The model selection of an artefact (its meta.json) or a ModelSpec given directly."""
-    from fsa_deploy.models.factory import ModelSpec, spec_from_meta
+    from fsa_deploy.models.factory import ModelSpec, spec_from_meta  # noqa: PLC0415 - ModelSpec is another thing in this module
 
     if isinstance(source, ModelSpec):
         return source, None
@@ -46,8 +48,6 @@ class TorchBackend(Backend):
 
     def __init__(self, source: Artifact | ModelSpec | str | os.PathLike[str], device: str | torch.device = "cpu",
                  dtype: torch.dtype | str = torch.float32, formulation: str = "deploy") -> None:
-        from fsa_deploy.models.factory import build_reference
-
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -90,8 +90,6 @@ class TorchBackend(Backend):
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """tokens int [T, L] -> embeddings float32 [T, D] (host arrays; open_clip's tower takes [T, 77]:
         padded, which changes no embedding)."""
-        from fsa_deploy.runtime.text import padded
-
         with torch.inference_mode():
             return self.ref.encode_text(to_torch(padded(tokens), self.device).long()).float().cpu().numpy()
 

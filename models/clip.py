@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ _CONFIGS = Path(__file__).parent / "configs"
 
 
 def _open_clip():
-    import open_clip
+    import open_clip  # noqa: PLC0415 - open_clip: heavy, imported where it is used
 
     if "tiny" not in open_clip.list_models():
         open_clip.add_model_config(str(_CONFIGS / "tiny.json"))
@@ -95,9 +96,7 @@ def _resolve_tag(name: str, tag: str, cache_dir: str | None) -> tuple[str, bool,
 
 def _hub_model_cfg(repo: str, cache_dir: str | None) -> dict[str, Any]:
     """The model_cfg of a hub repo's open_clip_config.json, if the cache has one."""
-    import json
-
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # noqa: PLC0415 - huggingface_hub: heavy, imported where it is used
 
     try:
         with open(hf_hub_download(repo, "open_clip_config.json", cache_dir=cache_dir)) as f:

@@ -9,8 +9,10 @@ import torch
 
 from fsa_deploy.contract import STAGES
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.activation_stats import model_stats, write_stats
 from fsa_deploy.models.factory import ModelSpec, Reference, build_reference
 from fsa_deploy.models.text import openai_templates
+from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.images import load_image
 from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 from fsa_deploy.runtime.text import Vocabulary, classifier
@@ -55,15 +57,12 @@ def dump_stages(spec: ModelSpec, vocab: Vocabulary, image: str, out: str, formul
     arrays.update(tail_weights(ref))
     for k in ("beta", "gamma", "lamda", "top_p"):
         arrays[f"hp.{k}"] = np.array(getattr(spec.hp, k), dtype=np.float64)
-    from fsa_deploy.runtime import gate
 
     try:
         gate.mkdir(Path(out).parent)
         with gate.atomic(out) as tmp:  # our marker: removed on error or signal
             gate.fill_npz(tmp, **arrays)
             if activation_stats:  # written before the dump is published: both or neither
-                from fsa_deploy.models.activation_stats import model_stats, write_stats
-
                 write_stats(activation_stats, model_stats(ref.model, crop), spec)
     except OSError as e:
         raise FSAError(f"--out {out}: cannot write ({e.strerror or e})") from e

@@ -7,8 +7,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models import real_stats
+from fsa_deploy.models.clip import load_clip
+from fsa_deploy.models.proxies import create_proxy
+from fsa_deploy.models.reference import FSAConfig, FSAModel
 from fsa_deploy.models.registry import ATTENTIONS, HyperParams, clip_spec, default_lamda, proxy_spec
 from fsa_deploy.models.weights import Weights, checked_path
+from fsa_deploy.ranges import RANGES
 from fsa_deploy.runtime.artifact import sha256_file
 
 
@@ -26,8 +31,6 @@ class ModelSpec:
     hp: HyperParams = field(default_factory=HyperParams)
 
     def __post_init__(self) -> None:
-        from fsa_deploy.ranges import RANGES
-
         for name in ("lamda", "beta", "gamma", "top_p"):  # the CLI's ranges, for the Python API too
             RANGES["--" + name.replace("_", "-")].check(getattr(self.hp, name), "--" + name.replace("_", "-"))
         RANGES["--crop"].check(self.crop, "--crop")
@@ -105,10 +108,6 @@ class Reference:
 
 def build_reference(spec: ModelSpec, formulation: str = "deploy") -> Reference:
     """The PyTorch reference for a selection: an FSAModel in eval mode, fp32, CPU."""
-    from fsa_deploy.models.clip import load_clip
-    from fsa_deploy.models.proxies import create_proxy
-    from fsa_deploy.models.reference import FSAConfig, FSAModel
-
     clip, loaded = load_clip(spec.model, spec.weights)
     records = {"weights": loaded}
     proxy = None
@@ -116,8 +115,6 @@ def build_reference(spec: ModelSpec, formulation: str = "deploy") -> Reference:
         proxy = create_proxy(str(spec.proxy), spec.crop, spec.weights, spec.proxy_checkpoint)
         records["proxy_weights"] = proxy.weights_record
     if spec.weights.real_stats:  # before FSAModel resizes the positional embedding for the crop
-        from fsa_deploy.models import real_stats
-
         seed, w = int(spec.weights.seed or 0), spec.weights
         real_stats.apply_clip(clip.visual, seed, w.recipe_name, w.real_stats_scale)
         if proxy is not None and spec.proxy_checkpoint is None:  # the proxy's own seed (models.proxies)

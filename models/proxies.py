@@ -53,7 +53,7 @@ def create_proxy(name: str, crop: int, weights: Weights, checkpoint: str | None 
 
     With `weights.seed`, the proxy is built under seed + 1 (the CLIP takes the seed itself).
     """
-    import timm
+    import timm  # noqa: PLC0415 - timm: heavy, imported where it is used
 
     spec = proxy_spec(name)
     size = spec.input_size or crop

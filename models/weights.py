@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.real_stats import RECIPE, RECIPES
 from fsa_deploy.models.registry import Tower
 from fsa_deploy.runtime.artifact import sha256_file
 
@@ -65,8 +67,6 @@ class Weights:
 
     @property
     def recipe_name(self) -> str:
-        from fsa_deploy.models.real_stats import RECIPE
-
         return self.recipe or RECIPE
 
     def describe(self) -> dict[str, Any]:
@@ -91,8 +91,6 @@ class Weights:
         if source == "random-init":
             return cls(seed=int(d["seed"]))
         if source == REAL_STATS_SOURCE:
-            from fsa_deploy.models.real_stats import RECIPES
-
             if d.get("recipe") not in RECIPES:
                 raise FSAError(f"{what}: --real-stats recipe {d.get('recipe')!r} is unknown to this fsa-deploy "
                                f"(it rebuilds {', '.join(RECIPES)}); re-export")
@@ -126,7 +124,7 @@ def hub_offline_from_env() -> None:
     """
     if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
         with contextlib.suppress(ImportError):
-            import huggingface_hub.constants
+            import huggingface_hub.constants  # noqa: PLC0415 - huggingface_hub: heavy, imported where it is used
 
             huggingface_hub.constants.HF_HUB_OFFLINE = True
 
@@ -284,7 +282,7 @@ def read_state_file(path: str, what: str) -> StateFile:
         raise FSAError(f"{what} {path}: no such file")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # noqa: PLC0415 - safetensors: heavy, imported where it is used
 
             obj: Any = load_file(path, device="cpu")
             fmt = "safetensors"
@@ -368,8 +366,6 @@ def _record(path: str, layout: str, f: StateFile | None, **extra: Any) -> dict[s
 
 def resample_pos_embed_official(pos: torch.Tensor, grid: tuple[int, int], spec: dict[str, Any]) -> torch.Tensor:
     """pos [1, prefix + M*M, D] -> [1, prefix + gh*gw, D] as the family's official code does it."""
-    import torch.nn.functional as F
-
     n = pos.shape[1]
     m = math.isqrt(n)
     prefix = n - m * m
@@ -461,7 +457,7 @@ def load_clip_file(net: torch.nn.Module, model: str, path: str, what: str = "--c
     torch.jit.load (no unpickling), so this is passed only once the file is known to be one.
     open_clip would resample a positional embedding of another grid silently: refused here.
     """
-    import open_clip
+    import open_clip  # noqa: PLC0415 - open_clip: heavy, imported where it is used
 
     f = read_state_file(path, what)
     ts = f.fmt == "torchscript"

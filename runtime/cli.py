@@ -12,14 +12,21 @@ import itertools
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from fsa_deploy.contract import BACKENDS
-from fsa_deploy.errors import FSAError
+from fsa_deploy.errors import FSAError, escape
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
-from fsa_deploy.runtime.text import add_vocabulary_args, vocabulary_from_args
-from fsa_deploy.runtime.video.sources import SourceSpec
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.graph import open_graph
+from fsa_deploy.runtime.images import expand_images
+from fsa_deploy.runtime.schema import refuse_artifact_file
+from fsa_deploy.runtime.text import add_vocabulary_args, usable_cache_dir, vocabulary_from_args
+from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
+from fsa_deploy.runtime.video.sources import Selection, SourceSpec, classify
 from fsa_deploy.spellings import add_old_spellings
 
 PROG = "fsa segment"
@@ -120,15 +127,11 @@ def _result_line(line: str) -> None:
 
 def _report(message: str) -> None:
     """One input's error line; the run goes on with the others."""
-    from fsa_deploy.errors import escape
-
     LOG.error(f"{PROG}: error: {escape(message)}")
 
 
 def split_sources(items: Sequence[str]) -> tuple[list[str], list[SourceSpec], list[str]]:
     """(image arguments, video SourceSpecs with unique names, error lines) of the command line."""
-    from fsa_deploy.runtime.video.sources import classify
-
     images: list[str] = []
     videos: list[SourceSpec] = []
     errors: list[str] = []
@@ -146,9 +149,7 @@ def split_sources(items: Sequence[str]) -> tuple[list[str], list[SourceSpec], li
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime.images import expand_images
-    from fsa_deploy.runtime.segmenter import Segmenter
-    from fsa_deploy.runtime.text import usable_cache_dir
+    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow
 
     items, videos, errors = split_sources(args.images)
     if errors and len(args.images) == 1:  # the only source: its line is the run's one line
@@ -166,9 +167,6 @@ def run_segment(args: argparse.Namespace) -> int:
     if files or videos:
         artifact, backend = args.artifact, args.backend
         if args.graph:
-            from fsa_deploy.runtime.artifact import Artifact
-            from fsa_deploy.runtime.backends.graph import open_graph
-
             artifact = Artifact.load(args.artifact)
             backend = open_graph(artifact, args.graph, args.backend, threads=args.threads,
                                  precision=args.precision)[0]
@@ -195,11 +193,8 @@ def run_segment(args: argparse.Namespace) -> int:
 def video_names(videos: list, image_stems: Sequence[str], out: Path, overwrite: bool = False) -> list:
     """Video sources with output names that clash with no image's and no other source's (a counter
     added), checked through the output gate like the images' outputs."""
-    from dataclasses import replace
 
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.runtime.schema import refuse_artifact_file
-    from fsa_deploy.runtime.video.outputs import output_paths
+    from fsa_deploy.runtime.video.outputs import output_paths  # noqa: PLC0415 - pulls in Pillow
 
     taken = {s.casefold() for s in image_stems}
     named = []
@@ -222,10 +217,6 @@ def video_names(videos: list, image_stems: Sequence[str], out: Path, overwrite: 
 def _segment_video(seg, spec, out: Path, args: argparse.Namespace, alone: bool = False) -> bool:
     """One video source; False (after a one-line report) if nothing could be written. `alone`: the
     run's only input, whose error is the run's one line (FSAError, exit 2)."""
-    from fsa_deploy.errors import escape
-    from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
-    from fsa_deploy.runtime.video.sources import Selection
-
     selection = Selection(every=args.every, max_fps=args.max_fps, start=args.start, duration=args.duration,
                           limit=args.limit)
     options = VideoOptions(selection, stream_timeout=args.stream_timeout, sequence_fps=args.sequence_fps,
@@ -260,10 +251,6 @@ def check_outputs(out: Path, files: Sequence[Path], overwrite: bool = False) -> 
     folder, created, writable); no result may be an input of the run (--out the input folder,
     x_overlay.png given as an input), meta.json or a file it records, a special file, or (without
     --overwrite) an existing file fsa did not write."""
-    from fsa_deploy.errors import escape
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.runtime.schema import refuse_artifact_file
-
     inputs = {os.path.normcase(os.path.realpath(f)): f for f in files}
     targets = [(f, out / pattern.format(stem)) for f, stem in zip(files, unique_stems(files)) for pattern in OUTPUTS]
     for f, target in targets:  # before the folder is made: an input is never touched

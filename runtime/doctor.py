@@ -17,8 +17,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from fsa_deploy.contract import RTX_TARGETS
 from fsa_deploy.errors import FSAError
-from fsa_deploy.runtime.backends.trt_lib import FLAVOUR_OF, RTX, TRT, Flavour, require_tensorrt
+from fsa_deploy.runtime.backends.trt_lib import FLAVOUR_OF, RTX, TRT, Flavour, require_tensorrt, target_of
 
 
 def _dist_version(*names: str) -> str | None:
@@ -62,9 +63,6 @@ def probe_tensorrt(flavour: Flavour = TRT) -> dict[str, Any]:
 
 def rtx_runs_here(gpus: list[dict[str, Any]]) -> bool:
     """TensorRT-RTX engines run on the first GPU when its compute capability is one of its targets."""
-    from fsa_deploy.contract import RTX_TARGETS
-    from fsa_deploy.runtime.backends.trt_lib import target_of
-
     return bool(gpus) and target_of(gpus[0]["compute_capability"]) in RTX_TARGETS
 
 

@@ -36,6 +36,7 @@ from fsa_deploy import interrupts
 from fsa_deploy.contract import FORMAT, META, OUTPUTS_FORMAT, OUTPUTS_MANIFEST
 from fsa_deploy.errors import FSAError, escape
 from fsa_deploy.runtime import tempnames
+from fsa_deploy.runtime.schema import refuse_artifact_file
 
 PathLike = str | os.PathLike[str]
 
@@ -210,7 +211,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     if os.name == "nt":
         yield
         return
-    import fcntl
+    import fcntl  # noqa: PLC0415 - fcntl: POSIX only
 
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -277,7 +278,6 @@ def check_file(path: PathLike, option: str, overwrite: bool = False) -> Path:
     bad = kind_problem(p)
     if bad:
         raise FSAError(f"{shown}: {bad}; refused (also with --overwrite)")
-    from fsa_deploy.runtime.schema import refuse_artifact_file
 
     refuse_artifact_file(p, option)
     art = artifact_holding(p)
@@ -429,7 +429,7 @@ def produce(path: PathLike, fn: Callable[..., object], *args: Any, **kw: Any) ->
 
 
 def save_npz(path: PathLike, keep: bool = True, **arrays: Any) -> None:
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
 
     with atomic(path, keep) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -437,14 +437,14 @@ def save_npz(path: PathLike, keep: bool = True, **arrays: Any) -> None:
 
 def fill_npz(tmp: PathLike, **arrays: Any) -> None:
     """Arrays into a temporary file `atomic` handed out (the caller renames it with other work)."""
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
 
     with open(guard(tmp), "wb") as f:
         np.savez(f, **arrays)
 
 
 def save_npy(path: PathLike, array: Any, keep: bool = True) -> None:
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
 
     with atomic(path, keep) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
@@ -612,7 +612,7 @@ def lock(path: PathLike, timeout: float = -1.0, what: str | None = None) -> Iter
     (released by the kernel if the holder dies). `timeout` < 0 waits forever; FSAError after it."""
     p = Path(path)
     if os.name == "nt":  # no flock: filelock's msvcrt lock (its floor refuses links too)
-        from filelock import FileLock, Timeout
+        from filelock import FileLock, Timeout  # noqa: PLC0415 - keeps this module's import free of filelock
 
         fl = FileLock(str(p), timeout=timeout)
         try:
@@ -624,7 +624,7 @@ def lock(path: PathLike, timeout: float = -1.0, what: str | None = None) -> Iter
         finally:
             fl.release()
         return
-    import fcntl
+    import fcntl  # noqa: PLC0415 - fcntl: POSIX only
 
     guard_parent(p) if not _inside_building(p) else None
     try:

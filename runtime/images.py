@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -11,6 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import environ
 
 MAX_PIXELS = 20_000 * 20_000  # above this, refuse rather than exhaust memory (FSA_MAX_PIXELS overrides)
 MAX_PIXELS_ENV = "FSA_MAX_PIXELS"
@@ -19,15 +22,11 @@ MAX_PIXELS_ENV = "FSA_MAX_PIXELS"
 def max_pixels() -> int:
     """The one pixel limit: $FSA_MAX_PIXELS, else MAX_PIXELS. Pillow's own decompression-bomb
     limit (89.5 MP by default) is set from it, so that the two never disagree."""
-    from fsa_deploy.runtime import environ
-
     return environ.value(MAX_PIXELS_ENV) if environ.is_set(MAX_PIXELS_ENV) else MAX_PIXELS
 
 
 def encode(img: Any, format: str = "PNG", **kw: Any) -> bytes:
     """A PIL image encoded in memory (files are written by runtime/gate.py)."""
-    import io
-
     buf = io.BytesIO()
     img.save(buf, format=format, **kw)
     return buf.getvalue()
@@ -50,7 +49,7 @@ def to_rgb(img) -> np.ndarray:
 
     Alpha is composited on black; 16-bit and float images are scaled from their range.
     """
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
@@ -84,7 +83,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 def decode_image(source: str | os.PathLike[str] | BinaryIO, name: object) -> np.ndarray:
     """An image file (a path or a binary file object, e.g. a request's bytes) -> uint8 [3, H, W]
     RGB, EXIF applied, under the one pixel limit; errors are one line that starts with `name`."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - keeps this module's import free of Pillow
 
     limit = max_pixels()
     Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses at twice this in open(); we refuse above it, below
@@ -117,7 +116,7 @@ SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "mo
 def image_suffixes() -> frozenset[str]:
     """File suffixes Pillow opens (its stub formats, which need a handler installed, left out):
     what a folder given as images expands to, in every verb."""
-    from PIL import Image, ImageFile
+    from PIL import Image, ImageFile  # noqa: PLC0415 - keeps this module's import free of Pillow
 
     def opens(fmt: str) -> bool:
         factory = Image.OPEN.get(fmt, (None,))[0]
@@ -150,8 +149,6 @@ def expand_images(items: Sequence[str | os.PathLike[str]], option: str = "") -> 
 
 def sample_photos() -> list[str]:
     """Real photos that scikit-image's wheel ships (found by path; skimage is not imported)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise FSAError("no images given and scikit-image's sample photos are not installed: "

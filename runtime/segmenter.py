@@ -32,6 +32,7 @@ from fsa_deploy.ranges import CROPS_PER_CALL
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend, as_backend
+from fsa_deploy.runtime.backends.select import select_backend
 from fsa_deploy.runtime.images import encode, load_image, to_rgb
 from fsa_deploy.runtime.pipeline import Geometry, canvas_logits, postprocess, windows
 from fsa_deploy.runtime.schema import refuse_artifact_file
@@ -340,8 +341,6 @@ class Segmenter:
         object; `threads`/`precision` go to runtime.backends.select.select_backend; `options`
         are the dataclass fields (batch, cache_dir, prob_thd, stride, short_side, long_side, keep_probs,
         keep_logits)."""
-        from fsa_deploy.runtime.backends.select import select_backend
-
         art = folder if isinstance(folder, Artifact) else Artifact.load(folder)
         if isinstance(backend, str):
             opened = select_backend(art, backend, threads=threads, precision=precision)

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,8 +73,6 @@ def read_user_text(path: str | os.PathLike[str], option: str) -> str:
     """A small text file the user names (a class list): the one reader. A regular file, or the pipe of a
     process substitution (`<(...)`, /dev/fd/N); a named FIFO (it would block forever), a device, a
     socket or a folder is refused; UTF-8, a BOM dropped. One line naming `option` and the path."""
-    import stat
-
     shown = f"{option} {escape(str(path))}"
     try:
         mode = os.stat(path).st_mode
@@ -107,7 +106,7 @@ class Tokenizer:
     """CLIP's BPE tokenizer on a merges file (gzip text: a header line, then `a b` per merge)."""
 
     def __init__(self, merges_file: str | os.PathLike[str]):
-        import regex
+        import regex  # noqa: PLC0415 - keeps this module's import free of regex
 
         try:
             with gzip.open(merges_file, "rt", encoding="utf-8") as f:

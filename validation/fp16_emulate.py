@@ -32,7 +32,7 @@ DTYPES = {1: torch.float32, 10: torch.float16, 11: torch.float64, 6: torch.int32
 
 
 def _attr(node, name: str, default: Any = None) -> Any:
-    import onnx
+    import onnx  # noqa: PLC0415 - onnx: heavy, imported where it is used
 
     for a in node.attribute:
         if a.name == name:
@@ -252,7 +252,7 @@ def run_graph(model, feeds: dict[str, np.ndarray], keep: tuple[str, ...] = (),
 
 
 def _run(model, feeds: dict[str, np.ndarray], keep: tuple[str, ...]) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # noqa: PLC0415 - onnx: heavy, imported where it is used
 
     env: dict[str, torch.Tensor] = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
                                     for t in model.graph.initializer}

@@ -20,24 +20,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from fsa_deploy.cli import OneLineParser
+from fsa_deploy.export.fp16_audit import to_fp16
+from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
+from fsa_deploy.models.weights import Weights
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.images import load_image, sample_photos
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
+
 CASES: dict[str, dict[str, Any]] = {"tiny": dict(model="tiny", proxy="tiny-dino", crop=112),
          "full": dict(model="ViT-B-16", proxy="dino", crop=336)}
 MODES = ("half", "split", "autocast")
 
 
 def spec_of(size: str, real: bool):
-    from fsa_deploy.models.factory import ModelSpec, default_hp
-    from fsa_deploy.models.weights import Weights
-
     c = CASES[size]
     return ModelSpec(model=c["model"], weights=Weights(seed=0, real_stats=real), proxy=c["proxy"], crop=c["crop"],
                      hp=default_hp(c["model"], c["proxy"]))
 
 
 def inputs(crop: int, n: int, embed_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from fsa_deploy.runtime.images import load_image, sample_photos
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-
     geo = Geometry(crop=crop)
     crops = [crops_of(resize_image(load_image(p), geo), geo)[0][0] for p in sample_photos()[:n]]
     text = torch.nn.functional.normalize(torch.randn(5, embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -70,10 +73,7 @@ def compare(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> dict[
 def emulation(ref, image: torch.Tensor, text: torch.Tensor, half_logits: torch.Tensor,
               fp32_logits: torch.Tensor) -> dict[str, Any]:
     """The fp16 emulation of the naive all-fp16 ONNX graph, against fp32 and against the real half run."""
-    from fsa_deploy.export.fp16_audit import to_fp16
-    from fsa_deploy.export.onnx_export import export_image
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
+    from fsa_deploy.export.onnx_export import export_image  # noqa: PLC0415 - pulls in onnx
 
     with gate.temp_dir("fsa-gpu-precision-") as tmp, torch.no_grad():
         export_image(ref, tmp, "fp32", 8)
@@ -91,8 +91,6 @@ def emulation(ref, image: torch.Tensor, text: torch.Tensor, half_logits: torch.T
 
 
 def run_case(size: str, real: bool, device: str, photos: int, emulate: bool) -> dict[str, Any]:
-    from fsa_deploy.models.factory import build_reference
-
     ref = build_reference(spec_of(size, real))
     model = ref.model.to(device)
     image, text = inputs(ref.spec.crop, photos, model.embed_dim)
@@ -126,9 +124,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.cli import OneLineParser
-    from fsa_deploy.runtime import gate
-
     p = OneLineParser(description=__doc__)
     p.add_argument("--device", default="cuda")
     p.add_argument("--sizes", default="tiny,full")

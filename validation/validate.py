@@ -9,6 +9,7 @@ data. Exit 0 pass, 1 fail (CheckFailed), 2 bad input (FSAError).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -18,12 +19,31 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fsa_deploy.contract import ARTIFACT_BACKENDS, BACKENDS, IMAGE_ONNX, META, PROFILES, TEXT_ONNX, TOKENIZER_VOCAB
+from fsa_deploy.contract import (
+    ARTIFACT_BACKENDS,
+    BACKENDS,
+    IMAGE_ONNX,
+    META,
+    PROFILES,
+    STAGES,
+    TEXT_ONNX,
+    TOKENIZER_VOCAB,
+)
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.log import logger
+from fsa_deploy.models.dump import numpy_encoder
+from fsa_deploy.models.factory import build_reference, spec_from_meta
+from fsa_deploy.models.reference import Alignment, aligned_stages
 from fsa_deploy.ranges import Range, add_ranged
 from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+from fsa_deploy.runtime.backends.trt import TensorRTBackend
+from fsa_deploy.runtime.images import expand_images as expand
+from fsa_deploy.runtime.images import load_image, sample_photos
+from fsa_deploy.runtime.pipeline import Geometry, batches, class_probs, crops_of, labels_of, resize_image, stitch
+from fsa_deploy.runtime.text import add_vocabulary_args, tokenize, vocabulary_from_args
 from fsa_deploy.spellings import add_old_spellings
 
 if TYPE_CHECKING:  # the reference's types, for the signatures (the modules import where used)
@@ -120,8 +140,8 @@ def argmax_ties(probs: np.ndarray) -> np.ndarray:
 
 def error_stats(ref: dict[str, np.ndarray], art: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Per tensor: Polygraphy's error statistics (max / mean / median abs diff) plus rel L2."""
-    from polygraphy.comparator import CompareFunc, IterationResult
-    from polygraphy.logger import G_LOGGER
+    from polygraphy.comparator import CompareFunc, IterationResult  # noqa: PLC0415 - polygraphy: heavy, imported where it is used
+    from polygraphy.logger import G_LOGGER  # noqa: PLC0415 - polygraphy: heavy, imported where it is used
 
     names = [n for n in ref if n in art]
     severity = G_LOGGER.module_severity
@@ -154,14 +174,11 @@ class ArtifactSide:
         self.stage_names: list[str] = []
         info = art.files()[name]
         if backend == "trt" or name.endswith(".engine"):
-            from fsa_deploy.runtime.backends.trt import TensorRTBackend
-
             if stages:
                 raise FSAError("--stages: engines expose no stage tensors; validate the ONNX graph with --stages")
             self.backend: Backend = TensorRTBackend(art, info.get("precision"))
             self.kind = "tensorrt"
             return
-        from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 
         stage_map = art.info.stages
         self.stage_names = list(stage_map) if stages else [n for n in ("keep", "attn_proxy") if n in stage_map]
@@ -183,8 +200,6 @@ class ArtifactSide:
 
 
 def reference_side(meta: dict[str, Any], fp64: bool) -> Reference:
-    from fsa_deploy.models.factory import build_reference, spec_from_meta
-
     ref = build_reference(spec_from_meta(meta), "deploy")
     if fp64:
         ref.model.set_precision(torch.float32, torch.float64)
@@ -198,9 +213,6 @@ def compare_crops(ref_model: FSAModel, side: ArtifactSide, crops: np.ndarray, te
                   want_stages: bool) -> dict[str, Any]:
     """Both sides on the same crops (host arrays from the runtime pipeline; tensors for the
     reference); masks that rounding decides are resolved the artefact's way."""
-    from fsa_deploy.models.reference import Alignment, aligned_stages
-    from fsa_deploy.runtime.pipeline import batches
-
     ref_logits, art_logits, stage_pairs, total = [], [], [], Alignment()
     text_t = torch.from_numpy(np.ascontiguousarray(text))
     for sl in batches(len(crops), max_batch):
@@ -231,10 +243,6 @@ def stage_report(pairs: list[tuple[dict[str, Any], dict[str, Any]]], order: list
 def validate_image(path: str, ref: Reference, side: ArtifactSide, text: np.ndarray, query_class: list[int],
                    meta: dict[str, Any],
                    max_batch: int, stages: bool, stride: int | None, stage_tol: float | None) -> dict[str, Any]:
-    from fsa_deploy.contract import STAGES
-    from fsa_deploy.runtime.images import load_image
-    from fsa_deploy.runtime.pipeline import Geometry, class_probs, crops_of, labels_of, resize_image, stitch
-
     geo = Geometry(crop=int(meta["crop"]), stride=stride)
     image = load_image(path)
     resized = resize_image(image, geo)
@@ -323,8 +331,6 @@ def text_check(art: A.Artifact, ref: Reference, prompts: list[str]) -> float | N
     """text.onnx against the reference text tower on (some of) the prompts in use."""
     if TEXT_ONNX not in art.files():
         return None
-    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
-    from fsa_deploy.runtime.text import tokenize
 
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     tokens = tokenize(prompts[:16], vocab_file)
@@ -360,8 +366,7 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
                    overrides: dict[str, float] | None = None,
                    stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
                    progress: bool = False) -> ValidationReport:
-    from fsa_deploy.runtime.images import sample_photos
-    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
+    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
     art = A.Artifact.load(folder)
     art.verify_all()  # refuse a folder whose files do not match meta.json
@@ -379,7 +384,6 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
     side = ArtifactSide(art, name, backend, stages)
     ref = reference_side(art.meta, fp64)
     templates: list[str] = art.meta["templates"]  # runtime.schema checked it: a list of prompt templates
-    from fsa_deploy.models.dump import numpy_encoder
 
     with torch.no_grad():
         text = classifier(numpy_encoder(ref), vocab.queries, templates)
@@ -403,8 +407,6 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
         reference="pytorch-cpu-" + ("fp64-head" if fp64 else "fp32"), classes=vocab.names,
         summary=summary, failures=failures, images=reports, errors=errors)
     if stages:
-        from fsa_deploy.contract import STAGES
-
         order = {n: i for i, n in enumerate(STAGES)}
         first = [r["first_failing_stage"] for r in reports if r.get("first_failing_stage")]
         report.summary["first_failing_stage"] = min(first, key=order.__getitem__) if first else None
@@ -506,7 +508,6 @@ def expand_images(items: list[str] | None) -> list[str] | None:
     """--images: runtime.images.expand_images; the first error line is the error."""
     if not items:
         return None
-    from fsa_deploy.runtime.images import expand_images as expand
 
     files, errors = expand(items, "--images")
     if errors:
@@ -515,8 +516,6 @@ def expand_images(items: list[str] | None) -> list[str] | None:
 
 
 def add_validate(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
-    from fsa_deploy.runtime.text import add_vocabulary_args
-
     p = sub.add_parser("validate", help=help_text, description=(
         "Run the PyTorch reference and the artefact on the same crops of the same images and compare crop "
         "logits, label maps and (with --stages) every stage. Exit 0 pass, 1 fail, 2 bad input."))
@@ -552,16 +551,12 @@ def backend_of(name: str) -> str:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.runtime.text import vocabulary_from_args
-
     outputs = gate.Outputs()  # before any work; --json and --md the same file is refused
     for path, option in ((args.json, "--json"), (args.md, "--md")):
         outputs.file(path, option, args.overwrite)
     report = run_validation(args.folder, args.graph, backend_of(args.backend), expand_images(args.images),
                             vocabulary_from_args(args), args.profile, parse_tolerances(args.tol), args.stages,
                             args.fp64, args.batch, args.stride, progress=True)
-    import json
 
     for path, text in ((args.json, lambda: json.dumps(strict_json(report.to_json()), indent=2, allow_nan=False)),
                        (args.md, lambda: format_markdown(report))):

@@ -8,8 +8,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fsa_deploy.contract import META
 from fsa_deploy.errors import CheckFailed, FSAError
+from fsa_deploy.export.fp16_audit import lint_lines
 from fsa_deploy.export.lint.rules import TARGETS, parse_target
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.gate import check_output_file, write_json
 
 
 def add_lint(sub: Any, help_text: str) -> argparse.ArgumentParser:
@@ -35,7 +39,7 @@ def add_lint(sub: Any, help_text: str) -> argparse.ArgumentParser:
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    from fsa_deploy.export.lint import lint_versions, merged_lines
+    from fsa_deploy.export.lint import lint_versions, merged_lines  # noqa: PLC0415 - import cycle (export.lint imports this module)
 
     majors = (args.trt,) if args.trt else TARGETS
     versions = ", ".join(map(str, majors))
@@ -45,14 +49,13 @@ def run_lint(args: argparse.Namespace) -> int:
             raise FSAError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     flavour = None
     if args.parser:
-        from fsa_deploy.export.lint.parser import available
+        from fsa_deploy.export.lint.parser import available  # noqa: PLC0415 - import cycle (export.lint imports this module)
 
         flavour = available()
         if flavour is None:
             raise FSAError("--parser: neither TensorRT-RTX nor TensorRT is installed (pip install 'fsa-deploy[rtx]')")
     if args.json and not Path(args.json).parent.is_dir():
         raise FSAError(f"--json {args.json}: no such folder")
-    from fsa_deploy.runtime.gate import check_output_file
 
     check_output_file(args.json, "--json", args.overwrite)  # never over an artefact's file or a user's
     for path in paths:
@@ -63,13 +66,12 @@ def run_lint(args: argparse.Namespace) -> int:
         lines = merged_lines(reports)
         real = None
         if flavour is not None:
-            from fsa_deploy.export.lint.parser import parser_verdict
+            from fsa_deploy.export.lint.parser import parser_verdict  # noqa: PLC0415 - import cycle (export.lint imports this module)
 
             real = parser_verdict(path, flavour)
             if not real.accepted:
                 what = "parser" if not real.parses else "builder"
                 lines.append(f"<graph> ({real.library} {real.version}): {what}: " + "; ".join(real.errors[:3]))
-        from fsa_deploy.export.fp16_audit import lint_lines
 
         audit_lines, audit_summary = lint_lines(path)  # an artefact's fp16 graph: its recorded ranges
         lines += audit_lines
@@ -100,8 +102,6 @@ def run_lint(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    from fsa_deploy.runtime.gate import write_json
-
     try:
         write_json(path, obj)
     except OSError as e:
@@ -112,9 +112,6 @@ def check_artifact_graph(path: Path) -> None:
     """A graph inside an artefact folder is read as the artefact says: its meta.json must load (no
     name leading out of the folder) and, if it records the graph, the graph's external-data names
     must be recorded plain names (runtime.trust). A graph outside any artefact is linted as given."""
-    from fsa_deploy.contract import META
-    from fsa_deploy.runtime.artifact import Artifact
-
     if not os.path.lexists(path.parent / META):
         return
     art = Artifact.load(path.parent)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+import onnx.inliner
+from onnx import TensorProto, external_data_helper, numpy_helper
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.export.lint.rules import DEFAULT_DOMAINS, SHAPE_ONLY_OPS, Target
@@ -69,8 +70,6 @@ class Graph:
 
     def const_value(self, name: str) -> tuple[bool, np.ndarray | None]:
         """(is a build-time constant, its value or None if unreadable). Reads only this tensor."""
-        from onnx import external_data_helper, numpy_helper
-
         if name in self.consts:
             attr = self.consts[name].attribute
             if not attr:
@@ -93,7 +92,7 @@ class Graph:
 
 def load_structure(path: str | Path) -> onnx.ModelProto:
     """The graph without external weights: cheap for graphs over 2 GB."""
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # noqa: PLC0415 - google.protobuf: heavy, imported where it is used
 
     path = Path(path)
     if not path.exists():
@@ -112,8 +111,6 @@ def load_structure(path: str | Path) -> onnx.ModelProto:
 
 def _infer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Violation]]:
     """Inline local functions (the parser expands them too), then infer shapes with data propagation."""
-    import onnx.inliner
-
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     errors = []

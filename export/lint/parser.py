@@ -15,6 +15,7 @@ from typing import Any
 
 import onnx
 
+from fsa_deploy.export.trt_build import network_flags
 from fsa_deploy.runtime.backends.trt_lib import RTX, TRT, Flavour, gpu_present, installed, load, logger
 
 # dynamic dims get this min / opt / max in the verdict's build (small: a verdict, not an engine to keep)
@@ -51,8 +52,6 @@ def _parser_error(e: Any) -> str:
 def parser_verdict(model_or_path: onnx.ModelProto | str | Path, flavour: Flavour | None = None,
                    build: bool = True) -> ParserVerdict:
     """Parse (and build, where the flavour can build here) one graph; errors as one line each."""
-    from fsa_deploy.export.trt_build import network_flags
-
     flavour = flavour or available() or RTX
     lib = load(flavour)
     log = logger(flavour)

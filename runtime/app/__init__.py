@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.interrupts import shielded
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
 
@@ -94,7 +95,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def app_pixel_limit() -> int:
     """The upload pixel limit when FSA_MAX_PIXELS is not set: a share of physical memory, at most the CLI's."""
-    from fsa_deploy.runtime.images import MAX_PIXELS
+    from fsa_deploy.runtime.images import MAX_PIXELS  # noqa: PLC0415 - pulls in numpy
 
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -104,7 +105,7 @@ def app_pixel_limit() -> int:
 
 
 def guard_of(args: argparse.Namespace, listen: str) -> Guard:
-    from fsa_deploy.runtime.app.web import Guard
+    from fsa_deploy.runtime.app.web import Guard  # noqa: PLC0415 - pulls in numpy, starlette
 
     for origin in args.allow_origin:
         if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
@@ -139,11 +140,11 @@ def run_app(args: argparse.Namespace) -> int:
         import python_multipart  # noqa: F401 - Starlette's form parser, else every upload fails
         import uvicorn  # noqa: F401
 
-        from fsa_deploy.runtime.app.web import starlette_app
+        from fsa_deploy.runtime.app.web import starlette_app  # noqa: PLC0415 - pulls in numpy, starlette
     except ImportError as e:
         raise FSAError(f"needs the web stack: pip install 'fsa-deploy[app]' ({e})") from e
-    from fsa_deploy.runtime.app.service import Local, Remote
-    from fsa_deploy.runtime.images import MAX_PIXELS_ENV, max_pixels
+    from fsa_deploy.runtime.app.service import Local, Remote  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.images import MAX_PIXELS_ENV, max_pixels  # noqa: PLC0415 - pulls in numpy
 
     max_pixels()  # a bad FSA_MAX_PIXELS is refused before anything starts
     os.environ.setdefault(MAX_PIXELS_ENV, str(app_pixel_limit()))  # this process's decoder reads it per request
@@ -153,7 +154,7 @@ def run_app(args: argparse.Namespace) -> int:
     try:
         service = Remote(args.artifact, args.server) if args.server else Local(args.artifact, args.backend)
         if args.source:
-            from fsa_deploy.runtime.app.live import LiveSource
+            from fsa_deploy.runtime.app.live import LiveSource  # noqa: PLC0415 - pulls in numpy
 
             live = LiveSource(service, args.source, service.info["classes"], args.stream_timeout).start()
             service.info["source"] = args.source
@@ -167,8 +168,6 @@ def run_app(args: argparse.Namespace) -> int:
         serve_until_signal(starlette_app(service, guard, live), sock, guard, live)
     finally:
         if live is not None:
-            from fsa_deploy.interrupts import shielded
-
             with shielded():  # a second Ctrl-C does not cut the wait short
                 live.close()  # its decoder and model threads end before the interpreter does
         sock.close()

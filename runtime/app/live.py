@@ -16,6 +16,7 @@ std::terminate, SIGABRT) instead of the 130 / 143 exit of a signal.
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 from collections import deque
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.app.service import Job, parse_classes
+from fsa_deploy.runtime.video.sources import Source, classify
 
 JPEG_QUALITY = 80
 REOPEN_S = 2.0  # a stalled camera or stream is opened again after this pause
@@ -35,9 +38,6 @@ class LiveSource:
     """The server-side source of `fsa app --source`, its newest annotated frame and its figures."""
 
     def __init__(self, service: Any, text: str, classes: str, stream_timeout: float = 10.0) -> None:
-        from fsa_deploy.runtime.app.service import parse_classes
-        from fsa_deploy.runtime.video.sources import Source, classify
-
         spec = classify(text)
         if spec is None:
             raise FSAError(f"--source {text}: not a video file, image sequence, camera or stream")
@@ -80,13 +80,9 @@ class LiveSource:
             if t.is_alive() and t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
         if late := [t.name for t in self.threads if t.is_alive()]:
-            import sys
-
             print(f"fsa app: --source: {', '.join(late)} did not stop in time", file=sys.stderr, flush=True)
 
     def set_classes(self, classes: str, prob_thd: float | None) -> None:
-        from fsa_deploy.runtime.app.service import parse_classes
-
         parse_classes(classes)  # FSAError (HTTP 400) before it replaces the running classes
         with self.cond:
             self.classes, self.prob_thd = classes, prob_thd
@@ -95,8 +91,6 @@ class LiveSource:
 
     def _frames(self):
         """(time, RGB) forever: a file at its own rate, looping; a live source reopened after a stall."""
-        from fsa_deploy.runtime.video.sources import Source
-
         source: Source | None = self.source
         while not self.stopped.is_set():
             if source is None:  # opened again after the end of a file, a stall or a failed reopen
@@ -136,9 +130,8 @@ class LiveSource:
                 self.cond.notify_all()
 
     def _worker(self) -> None:
-        from PIL import Image
+        from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
 
-        from fsa_deploy.runtime.app.service import Job
 
         while not self.stopped.is_set():
             with self.cond:
@@ -198,7 +191,7 @@ def routes(live: LiveSource | None) -> list:
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    from fsa_deploy.runtime.app.web import BadRequest, error, parse_prob_thd
+    from fsa_deploy.runtime.app.web import BadRequest, error, parse_prob_thd  # noqa: PLC0415 - pulls in starlette
 
     def absent() -> Response:
         return error("no --source: start `fsa app DIR --source SRC` to stream a camera, file or stream", 404)

@@ -29,8 +29,13 @@ from fsa_deploy.contract import (
     UNLABELLED,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.cancel import stoppable
+from fsa_deploy.runtime.images import decode_image
 from fsa_deploy.runtime.schema import MetaRecord
+from fsa_deploy.runtime.serve.client import SERVED, segment_inputs, server_address
+from fsa_deploy.runtime.text import Vocabulary
 
 MAX_QUERIES = 1024  # class names (synonyms included) per request, as fsa_segment's default
 MAX_CLASSES_CHARS = 20_000  # the classes text
@@ -83,7 +88,7 @@ def answer_of(result: Any, job: Job, timings: dict[str, float], summary: dict[st
     """A SegmentationResult -> the bytes `fsa segment` writes for it (runtime.segmenter's own
     drawing), the summary's `image` being the uploaded file's name and its timings_ms gaining
     `timings` (decode, text) and `encode` (these PNGs)."""
-    from fsa_deploy.runtime.segmenter import label_image
+    from fsa_deploy.runtime.segmenter import label_image  # noqa: PLC0415 - pulls in Pillow
 
     t0 = time.perf_counter()
     labels = png_bytes(label_image(result.labels))
@@ -97,15 +102,13 @@ def answer_of(result: Any, job: Job, timings: dict[str, float], summary: dict[st
 
 def class_colors() -> list[list[int]]:
     """Class i's colour at row i (fsa segment's palette): the page's legend shows absent classes too."""
-    from fsa_deploy.runtime.segmenter import palette
+    from fsa_deploy.runtime.segmenter import palette  # noqa: PLC0415 - pulls in Pillow
 
     return palette()[:UNLABELLED].tolist()
 
 
 def decoded(job: Job) -> tuple[Any, float]:
     """The upload as HWC RGB (fsa segment's decoder and the app's pixel limit) and the ms it took."""
-    from fsa_deploy.runtime.images import decode_image
-
     t0 = time.perf_counter()
     image = decode_image(io.BytesIO(job.data), job.name).transpose(1, 2, 0)
     return image, round(1e3 * (time.perf_counter() - t0), 3)
@@ -113,8 +116,6 @@ def decoded(job: Job) -> tuple[Any, float]:
 
 def parse_classes(text: str):
     """The classes field in the CLI's syntax -> a Vocabulary, with the request's size limits."""
-    from fsa_deploy.runtime.text import Vocabulary
-
     if len(text) > MAX_CLASSES_CHARS:
         raise FSAError(f"classes: {len(text):,} characters, at most {MAX_CLASSES_CHARS:,}")
     vocab = Vocabulary.parse(text, "classes")
@@ -138,9 +139,8 @@ class Local:
     """The Segmenter of `fsa segment`, in this process."""
 
     def __init__(self, folder: str, backend: str, cache_dir: Any = None) -> None:
-        from fsa_deploy.runtime.artifact import Artifact
-        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache
-        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text, usable_cache_dir
+        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache  # noqa: PLC0415 - pulls in Pillow
+        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text, usable_cache_dir  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
         self.default = Vocabulary.from_file(DEFAULT_CLASSES)
         default_text = classes_text(self.default, str(DEFAULT_CLASSES))  # the page sends it back: refused now
@@ -157,8 +157,6 @@ class Local:
         self.segmenters = SegmenterCache(self.base, CACHED_CLASS_LISTS)
 
     def segment(self, job: Job) -> Answer:
-        from fsa_deploy.runtime.cancel import stoppable
-
         vocab = parse_classes(job.classes)
         image, decode_ms = decoded(job)
         with stoppable(*job.events(), report=job.report), self.lock:
@@ -177,9 +175,7 @@ class Remote:
     the artefact hash every answer must carry."""
 
     def __init__(self, folder: str, url: str) -> None:
-        from fsa_deploy.runtime.artifact import Artifact
-        from fsa_deploy.runtime.serve.client import server_address
-        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text
+        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
         try:
             import tritonclient.http  # noqa: F401
@@ -210,8 +206,7 @@ class Remote:
     def segment(self, job: Job) -> Answer:
         from tritonclient.utils import InferenceServerException
 
-        from fsa_deploy.runtime.segmenter import SegmentationResult
-        from fsa_deploy.runtime.serve.client import segment_inputs
+        from fsa_deploy.runtime.segmenter import SegmentationResult  # noqa: PLC0415 - pulls in Pillow
 
         vocab = parse_classes(job.classes)
         image, decode_ms = decoded(job)  # refused here before the round trip
@@ -231,7 +226,6 @@ class Remote:
                                     artifact_sha256=summary["artifact_sha256"], prob_thd=summary["prob_thd"])
         if result.classes != vocab.names:
             raise UpstreamError(f"--server: answered classes {result.classes}, asked for {vocab.names}")
-        from fsa_deploy.runtime.serve.client import SERVED
 
         # the server's own JSON (its timings; its text encoding is inside its round trip, not measured
         # here), as NAME.json: without the identity the server adds

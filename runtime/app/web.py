@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -30,7 +30,9 @@ from starlette.staticfiles import StaticFiles
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import PROB_THD
-from fsa_deploy.runtime.app.service import Job
+from fsa_deploy.runtime.app.live import routes as live_routes
+from fsa_deploy.runtime.app.service import Job, UpstreamError
+from fsa_deploy.runtime.cancel import Cancelled
 
 STATIC = Path(__file__).parent / "static"
 EXAMPLES = Path(__file__).parent / "examples"  # small photos shipped with the package (LICENSES.txt there)
@@ -197,10 +199,6 @@ async def until_done_or_gone(request: Request, work: asyncio.Future, stop: threa
 def starlette_app(service: Any, guard: Guard | None = None, live: Any = None) -> Starlette:
     """The Starlette application around a service (runtime.app.service Local or Remote); `live`: the
     --source stream (runtime.app.live), whose routes answer 404 without it."""
-    from fsa_deploy.runtime.app.live import routes as live_routes
-    from fsa_deploy.runtime.app.service import UpstreamError
-    from fsa_deploy.runtime.cancel import Cancelled
-
     guard = guard or Guard()
     shipped = examples()
     progress: dict[str, dict[str, Any]] = {}  # request_id -> the step its work is at (requests in flight only)
@@ -269,8 +267,6 @@ def starlette_app(service: Any, guard: Guard | None = None, live: Any = None) ->
 
 def guarded(app: Any, guard: Guard) -> Any:
     """`app` behind the Host and Origin check (a pure ASGI wrapper: nothing of the request is read)."""
-    from starlette.datastructures import Headers
-
     async def wrapper(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and (why := guard.problem(Headers(scope=scope))):
             await error(why, 403)(scope, receive, send)

@@ -11,7 +11,9 @@ from fsa_deploy.contract import IMAGE_ONNX, META
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 from fsa_deploy.runtime.backends.select import select_backend
+from fsa_deploy.runtime.backends.trt import TensorRTBackend
 
 
 def open_graph(art: Artifact, graph: str | None, backend: str = "auto", *, threads: int | None = None,
@@ -29,11 +31,8 @@ def open_graph(art: Artifact, graph: str | None, backend: str = "auto", *, threa
     if backend == "torch":
         raise FSAError(f"--graph {graph} with --backend torch: the PyTorch reference runs no graph file")
     if graph.endswith(".engine") or backend == "trt":
-        from fsa_deploy.runtime.backends.trt import TensorRTBackend
-
         return TensorRTBackend(art, info.get("precision")), graph, "--graph"
     if info.get("role") not in (None, "image", "image-qdq"):
         raise FSAError(f"--graph {graph}: a {info.get('role')} file, not an image graph")
-    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(art, graph, threads=threads), graph, "--graph"

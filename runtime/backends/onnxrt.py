@@ -15,8 +15,9 @@ import numpy as np
 
 from fsa_deploy.contract import EMBEDDINGS, IMAGE, IMAGE_ONNX, LOGITS, ONNXRUNTIME, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
 from fsa_deploy.errors import FSAError
-from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.artifact import Artifact, with_stage_outputs
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.text import padded
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -156,8 +157,6 @@ class OnnxRuntimeBackend(Backend):
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """tokens [T, L] -> embeddings float32 [T, D]; text.onnx is loaded on the first call. A text.onnx
         exported with a static length (77: before the length became dynamic) gets the tokens padded."""
-        from fsa_deploy.runtime.text import padded
-
         if self._text is None:
             self._text = self._session(TEXT_ONNX)
         length = self._text.get_inputs()[0].shape[1]
@@ -173,7 +172,6 @@ def graph_with_outputs(art: Artifact, name: str, stage_names: Sequence[str]) -> 
     one protobuf message cannot exceed 2 GB, and ViT-H's weights do."""
     import onnx
 
-    from fsa_deploy.runtime.artifact import with_stage_outputs
 
     graph = onnx.load(str(art.path(name)), load_external_data=False)
     data: bytes = with_stage_outputs(graph, art.info.stages, list(stage_names)).SerializeToString()

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 from fsa_deploy.contract import BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+from fsa_deploy.runtime.backends.trt import TensorRTBackend
+from fsa_deploy.runtime.backends.trt_lib import TRT, flavour_of_record, gpu_present, installed, require_tensorrt
 
 PLUGIN_GROUP = "fsa_deploy.backends"
 
@@ -31,8 +35,6 @@ def plugin(name: str) -> Callable[..., Backend]:
     The PyTorch reference registers itself as `torch` (pyproject.toml): the runtime reaches it
     without importing fsa_deploy.models, and a runtime-only install says what is missing.
     """
-    from importlib.metadata import entry_points
-
     found = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name == name]
     if not found:
         raise FSAError(f"--backend {name}: no such backend installed (entry point group {PLUGIN_GROUP})")
@@ -53,8 +55,6 @@ def tensorrt_unusable(art: Artifact | None = None) -> str | None:
     """Why TensorRT cannot run here, or None when it can (library and CUDA only; engines are
     checked on load). With `art`, any flavour its engines were built with will do (TensorRT
     10/11 or TensorRT-RTX); without, TensorRT 10/11."""
-    from fsa_deploy.runtime.backends.trt_lib import TRT, flavour_of_record, gpu_present, installed, require_tensorrt
-
     flavours = {TRT}
     if art is not None:
         flavours = {flavour_of_record(art.files()[name].get("engine")) for name in engines_recorded(art)} or flavours
@@ -108,12 +108,8 @@ def _auto(art: Artifact, threads: int | None, precision: str | None) -> Opened:
 
 
 def _tensorrt(art: Artifact, precision: str | None) -> Backend:
-    from fsa_deploy.runtime.backends.trt import TensorRTBackend
-
     return TensorRTBackend(art, precision)
 
 
 def _onnxruntime(art: Artifact, threads: int | None) -> Backend:
-    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
-
     return OnnxRuntimeBackend(art, threads=threads)

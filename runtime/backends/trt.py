@@ -23,7 +23,9 @@ import numpy as np
 
 from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, RTX_TARGETS, TENSORRT, TEXT_EMBEDDINGS, TOKENS
 from fsa_deploy.errors import FSAError
-from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.errors import FSAError as Refused
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact, sha256_file
 from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.runtime.backends.trt_lib import (
     FLAVOUR_OF,
@@ -43,6 +45,7 @@ from fsa_deploy.runtime.backends.trt_lib import (
     target_of,
     version_tuple,
 )
+from fsa_deploy.runtime.text import default_cache_dir, padded
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -187,7 +190,6 @@ def read_engine(art: Artifact, name: str, version: str, compute_capability: str 
         )
     data = path.read_bytes()
     check_header(data, record, flavour, name)
-    from fsa_deploy.runtime.artifact import sha256_file
 
     if sha256_file(path, data=data, once=True) != record.get("sha256"):
         raise FSAError(f"{path}: sha256 does not match meta.json (file changed after it was written); "
@@ -239,8 +241,6 @@ class RuntimeCache:
     a cache made for one engine is never fed to another."""
 
     def __init__(self, engine_sha256: str, compute_capability: str) -> None:
-        from fsa_deploy.runtime.text import default_cache_dir
-
         leaf = f"{str(engine_sha256)[:32]}.{target_of(compute_capability)}.runtime-cache"
         self.paths = [default_cache_dir() / "rtx-runtime" / leaf]
         self.cache: Any = None
@@ -253,9 +253,6 @@ class RuntimeCache:
         runtime_config.set_runtime_cache(self.cache)
 
     def save(self) -> None:
-        from fsa_deploy.errors import FSAError as Refused
-        from fsa_deploy.runtime import gate
-
         if self.cache is None:
             return
         blob = bytes(self.cache.serialize())
@@ -534,7 +531,6 @@ class TensorRTBackend(Backend):
             self._text = self._load(self.text_engine)
             self._text.check_io({TOKENS}, {EMBEDDINGS})
         text = self._text
-        from fsa_deploy.runtime.text import padded
 
         tokens = padded(tokens, text.ranges[TOKENS][0][1])  # an engine with a static length (77) or a longer minimum
         with torch.cuda.device(self.device):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import struct
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -136,8 +137,6 @@ def hide_stub_tensorrt() -> None:
     make its import fail as it would without the stubs (a None entry raises ImportError). ModelOpt
     takes a successful import for TensorRT and calls trt.Logger; its `trt_utils`, if already
     imported, gets its flag corrected too."""
-    import sys
-
     try:
         import tensorrt
     except (ImportError, OSError):
@@ -163,7 +162,7 @@ def installed(flavour: Flavour) -> str | None:
 
 
 def same_version(a: str, b: str) -> bool:
-    from packaging.version import InvalidVersion, Version
+    from packaging.version import InvalidVersion, Version  # noqa: PLC0415 - packaging: an optional dependency
 
     try:
         return Version(a) == Version(b)
@@ -172,7 +171,7 @@ def same_version(a: str, b: str) -> bool:
 
 
 def at_least(version: str, minimum: str) -> bool:
-    from packaging.version import Version
+    from packaging.version import Version  # noqa: PLC0415 - packaging: an optional dependency
 
     return Version(version) >= Version(minimum)
 

@@ -8,6 +8,7 @@ so the offline check can hold it against the called models' config.pbtxt.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -24,7 +25,10 @@ from fsa_deploy.contract import (
     TOKENS,
 )
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.backends.select import select_backend
+from fsa_deploy.runtime.text import padded
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,6 @@ class TritonBackend(Backend):
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         """tokens [T, L] -> embeddings float32 [T, D] (padded to the text model's [T, 77])."""
-        from fsa_deploy.runtime.text import padded
-
         tokens = np.ascontiguousarray(padded(tokens, CONTEXT_LENGTH), dtype=np.int32)
         return self._call(self.params.text_model, {TOKENS: tokens}, EMBEDDINGS)
 
@@ -110,10 +112,6 @@ class TritonBackend(Backend):
 def local_backend(model_config: str) -> Backend:
     """The runtime backend a local python model (fsa_image, fsa_text) runs, from its config's
     `parameters` (artifact folder, backend name, ORT threads): the same choice `fsa segment` makes."""
-    import json
-
-    from fsa_deploy.runtime.artifact import Artifact
-    from fsa_deploy.runtime.backends.select import select_backend
 
     p = {k: v["string_value"] for k, v in json.loads(model_config).get("parameters", {}).items()}
     threads = int(p.get("threads", "0")) or None

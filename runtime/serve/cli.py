@@ -8,7 +8,9 @@ from pathlib import Path
 from fsa_deploy.contract import ARTIFACT_BACKENDS, ONNXRUNTIME, TRITON_BACKENDS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
-from fsa_deploy.runtime.serve.repository import RepoOptions
+from fsa_deploy.runtime.serve.check import check_repository
+from fsa_deploy.runtime.serve.repository import RepoOptions, write_repository
+from fsa_deploy.runtime.serve.server import Server, serve
 from fsa_deploy.spellings import add_old_spellings
 
 
@@ -31,9 +33,6 @@ def add_triton(sub: argparse._SubParsersAction, text: str) -> None:
 
 
 def run_triton(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime.serve.check import check_repository
-    from fsa_deploy.runtime.serve.repository import write_repository
-
     opts = RepoOptions(target="container", image_backend=args.image_backend, batch=args.batch,
                        segment_instances=args.instances, precision=args.precision, cache_dir=args.cache_dir)
     out = write_repository(args.artifact, args.out, opts, overwrite=args.overwrite)  # needs the serve extra
@@ -65,8 +64,6 @@ def add_serve(sub: argparse._SubParsersAction, text: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime.serve.server import Server, serve
-
     ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
     if len(set(ports.values())) < len(ports):
         raise FSAError(f"{', '.join(f'{k} {v}' for k, v in ports.items())}: the three ports must differ")

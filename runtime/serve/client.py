@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from fsa_deploy.contract import IMAGE_ONNX, IN_CLASSES, IN_IMAGE, IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, TEXT_ONNX
+from fsa_deploy.errors import FSAError
 
 IDENTITY_KEYS = ("attention", "fsa", "proxy", "crop", "logit_scale", "hyper_parameters")
 SERVED = "served"  # fsa_segment's SUMMARY key holding `identity` of the artefact it serves
@@ -27,8 +28,6 @@ def identity(meta: dict[str, Any]) -> dict[str, Any]:
 def secure_address(url: str) -> tuple[str, bool]:
     """(host:port, TLS?) of a server URL: https:// is spoken to with TLS, never as plain HTTP;
     any scheme other than http:// and https:// is refused."""
-    from fsa_deploy.errors import FSAError
-
     scheme = url.split("://", 1)[0].lower() if "://" in url else "http"
     if scheme not in ("http", "https"):
         raise FSAError(f"--server {url}: scheme {scheme}:// (give http:// or https://)")

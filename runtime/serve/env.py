@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import environ, gate
 
 ENV_VAR = "FSA_SERVE_VENV"
 DEFAULT_NAME = ".venv-serve"
@@ -70,8 +71,6 @@ class ServeEnv:
 
 def default_venv() -> Path:
     """$FSA_SERVE_VENV, else <source checkout>/.venv-serve (what `make setup` creates)."""
-    from fsa_deploy.runtime import environ
-
     if environ.is_set(ENV_VAR):
         return environ.value(ENV_VAR)
     return Path(__file__).resolve().parents[2] / DEFAULT_NAME
@@ -110,8 +109,6 @@ def place_stub(env: ServeEnv) -> Path:
     if not src.is_file():
         raise FSAError(f"nvidia-pytriton has no python backend stub for Python {env.python_version}")
     if not dst.is_file() or dst.read_bytes() != src.read_bytes():
-        from fsa_deploy.runtime import gate
-
         gate.write_bytes(dst, src.read_bytes(), keep=False, mode=0o755)  # tritonserver may be starting from it now
     return dst
 

@@ -62,6 +62,7 @@ from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import CROPS_PER_REQUEST
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.gate import staging_folder
 from fsa_deploy.runtime.serve.bls import SegmentParams
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
 
@@ -177,8 +178,6 @@ def write_repository(art: Artifact | str | os.PathLike[str], out: str | os.PathL
                      opts: RepoOptions = RepoOptions(), overwrite: bool = False) -> Path:
     """Write the three models under `out`, built beside it and moved into place (see
     check_repository_target for what `out` may be). Returns `out`."""
-    from fsa_deploy.runtime.gate import staging_folder
-
     model_config_pb2("fsa triton / fsa serve")  # the serve extra: refused before any work
     art = art if isinstance(art, Artifact) else Artifact.load(art)
     check_repository_target(Path(out), overwrite)  # before any work

@@ -9,6 +9,7 @@ and its cwd is the repository (the stub puts its cwd first on sys.path).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -42,7 +43,6 @@ def die_with_parent() -> None:
     so a killed `fsa serve` never leaves tritonserver serving on its ports."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 READY_TIMEOUT_S = 120.0

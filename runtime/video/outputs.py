@@ -32,6 +32,10 @@ from PIL import Image
 from fsa_deploy.contract import VIDEO_FRAME_PNG, VIDEO_LABELS, VIDEO_LABELS_KEY, VIDEO_OVERLAY, VIDEO_SUMMARY
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.gate import write_json
+from fsa_deploy.runtime.images import encode
+from fsa_deploy.runtime.segmenter import _rgb, label_image, legend_name, palette, with_legend
+from fsa_deploy.runtime.video.sources import require_av
 
 H264_ENCODERS = ("libx264", "h264", "libopenh264")  # the first PyAV's FFmpeg has
 _FRAME_NAME = re.compile(r"^\d{6,}\.png$")
@@ -58,8 +62,6 @@ def check_frames_folder(folder: Path) -> None:
 
 def legend_strip(classes: list[str], width: int) -> Image.Image:
     """The legend of every class (swatch and name), as wide as the frame: runtime.segmenter's."""
-    from fsa_deploy.runtime.segmenter import _rgb, legend_name, palette, with_legend
-
     entries = [(legend_name(n), _rgb(palette()[i % 256])) for i, n in enumerate(classes)]
     strip = with_legend(Image.new("RGB", (width, 1), (255, 255, 255)), entries)
     return strip.crop((0, 1, min(width, strip.width), strip.height))
@@ -70,8 +72,6 @@ class OverlayWriter:
     source's rate, so a variable-rate or dropping source keeps its timing."""
 
     def __init__(self, path: Path, fps: float, width: int, height: int) -> None:
-        from fsa_deploy.runtime.video.sources import require_av
-
         av = require_av()
         self.container = av.open(str(path), mode="w", format="mp4")
         codec = next((c for c in H264_ENCODERS if c in av.codecs_available), None)
@@ -163,8 +163,6 @@ class SummaryWriter:
             self.write(complete=False)
 
     def write(self, complete: bool, **tail: Any) -> None:
-        from fsa_deploy.runtime.gate import write_json
-
         t0 = time.monotonic()
         write_json(self.path, {**self.head, **tail, "complete": complete, "frame_count": len(self.frames),
                                       "frames": self.frames})
@@ -185,9 +183,6 @@ class FramePNGs:
         self.folder, self.count = folder, 0
 
     def add(self, labels: np.ndarray) -> None:
-        from fsa_deploy.runtime.images import encode
-        from fsa_deploy.runtime.segmenter import label_image
-
         if self.count == 0:
             gate.mkdir(self.folder)
         gate.write_bytes(self.folder / VIDEO_FRAME_PNG.format(self.count), encode(label_image(labels)))

@@ -29,7 +29,8 @@ import numpy as np
 
 from fsa_deploy import interrupts
 from fsa_deploy.errors import FSAError, escape
-from fsa_deploy.runtime.video.sources import SEQUENCE_FPS, Selection, Source, SourceSpec
+from fsa_deploy.runtime.pipeline import Canvas, batches, crops_of, postprocess, resize_image
+from fsa_deploy.runtime.video.sources import SEQUENCE_FPS, Selection, Source, SourceSpec, require_av
 
 QUEUE = 4  # frames per queue between two stages
 READER_JOIN_MARGIN_S = 10.0  # beyond --stream-timeout: how long a stopped run waits for its reader
@@ -127,8 +128,6 @@ class VideoRun:
     # ---------------------------------------------------------------- stages
 
     def _reader(self, source: Source, q: queue.Queue) -> None:
-        from fsa_deploy.runtime.pipeline import crops_of, resize_image
-
         geo, live = self.seg.geometry, source.live
         try:
             frames = self.options.selection.filter(source.frames())
@@ -212,8 +211,6 @@ class VideoRun:
                 continue
 
     def _run_group(self, group: list[Job], batch: int) -> None:
-        from fsa_deploy.runtime.pipeline import batches
-
         t0 = time.perf_counter()
         if len(group) == 1:
             job = group[0]
@@ -231,8 +228,6 @@ class VideoRun:
             j.crops = np.empty(0, np.float32)  # freed as soon as they ran
 
     def _post(self, q_in: queue.Queue, q_out: queue.Queue) -> None:
-        from fsa_deploy.runtime.pipeline import Canvas, postprocess
-
         seg = self.seg
         while (job := q_in.get()) is not _END:
             t0 = time.perf_counter()
@@ -264,8 +259,7 @@ class VideoRun:
     def run(self) -> dict[str, Any]:
         """Segment every selected frame; the summary written to NAME.json. FSAError (nothing
         written) when no frame could be read."""
-        from fsa_deploy.runtime.video.sink import Sink
-        from fsa_deploy.runtime.video.sources import require_av
+        from fsa_deploy.runtime.video.sink import Sink  # noqa: PLC0415 - pulls in Pillow
 
         require_av()  # the overlay's encoder, for an image sequence too: one line before any work
         o = self.options

@@ -8,12 +8,16 @@ place, leaving with one removes them (and the NAME.json checkpoint this run wrot
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.gate import atomic
+from fsa_deploy.runtime.segmenter import SegmentationResult
 from fsa_deploy.runtime.video.outputs import (
     FramePNGs,
     LabelSpool,
@@ -31,8 +35,6 @@ def annotate(seg: Any, rgb: np.ndarray, labels: np.ndarray, timings: dict[str, f
              source: str | None = None) -> tuple[Any, np.ndarray]:
     """(the frame's SegmentationResult, its overlay as uint8 [H, W, 3]): runtime.segmenter's own
     overlay (palette, alpha, unlabelled pixels) cut to the frame, the legend blended into its bottom rows."""
-    from fsa_deploy.runtime.segmenter import SegmentationResult
-
     result = SegmentationResult(labels=labels, probs=None, classes=seg.vocabulary.names, image=rgb, timings=timings,
                                 backend=seg.backend.name, artifact_sha256=seg.artifact_sha256, source=source,
                                 prob_thd=seg.prob_thd)
@@ -68,9 +70,6 @@ class Sink:
                 "prob_thd": seg.prob_thd, "backend": seg.backend.name, "artifact_sha256": seg.artifact_sha256}
 
     def __enter__(self) -> Sink:
-        from fsa_deploy.runtime import gate
-        from fsa_deploy.runtime.gate import atomic
-
         gate.mkdir(self.paths["overlay"].parent)
         if "frames" in self.paths:
             check_frames_folder(self.paths["frames"])
@@ -99,7 +98,6 @@ class Sink:
         elif (h, w) != self.size:
             self.skipped += 1
             return
-        import time
 
         t0 = time.perf_counter()
         result, frame = annotate(self.seg, job.rgb, job.labels, job.timings, self.legend)

@@ -14,6 +14,7 @@ import glob
 import math
 import os
 import re
+import sys
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from fsa_deploy.contract import CAMERA_PREFIX, STREAM_SCHEMES, VIDEO_SUFFIXES
 from fsa_deploy.errors import FSAError, escape
+from fsa_deploy.runtime.images import load_image
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PRINTF = re.compile(r"%0?(\d*)d")
@@ -142,8 +144,6 @@ def _first_line(e: BaseException) -> str:
 
 def _camera_target(text: str) -> tuple[str, str | None]:
     """(FFmpeg's device name, its input format) of a camera argument on this platform."""
-    import sys
-
     if sys.platform.startswith("linux"):
         device = text if not text.isdigit() else f"{CAMERA_PREFIX}{text}"
         if not os.path.exists(device):
@@ -172,7 +172,6 @@ class Source:
             self.files = sequence_files(spec.text)
             if not self.files:
                 raise FSAError(f"{escape(spec.text)}: no such file, and no files match it as an image sequence")
-            from fsa_deploy.runtime.images import load_image
 
             first = load_image(self.files[0])
             self.info = VideoInfo(sequence_fps, first.shape[2], first.shape[1], len(self.files))
@@ -239,8 +238,6 @@ class Source:
             yield from self._decode()
 
     def _sequence(self) -> Iterator[tuple[float, np.ndarray | None]]:
-        from fsa_deploy.runtime.images import load_image
-
         for i, f in enumerate(self.files):
             t = i / self.info.fps
             if t < self.start - 1e-9:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,8 @@ import numpy as np
 
 from fsa_deploy.contract import OUT_LABELS, OUT_SUMMARY, SEGMENT_MODEL
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.serve.client import segment_inputs, server_address
+from fsa_deploy.runtime.video.sources import Source, classify
 
 
 @dataclass
@@ -49,7 +53,7 @@ class StreamStats:
 
 
 def png_of(rgb: np.ndarray) -> bytes:
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
 
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
@@ -60,13 +64,8 @@ def stream_to_triton(source: str, url: str, classes: str, rate: float, in_flight
                      stats: StreamStats | None = None, timeout_s: float = 120.0) -> Iterator[StreamedFrame]:
     """Frames of `source` (any `fsa segment` video source) sent to `url` at `rate` frames/s, at most
     `in_flight` outstanding; the answers in frame order. A bad reply raises FSAError naming the frame."""
-    import threading
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     import tritonclient.http as th
 
-    from fsa_deploy.runtime.serve.client import segment_inputs, server_address
-    from fsa_deploy.runtime.video.sources import Source, classify
 
     spec = classify(source)
     if spec is None:

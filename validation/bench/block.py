@@ -7,6 +7,9 @@ reports is its own (CPU); on CUDA the allocator's peak is reset between the two.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import os
 import subprocess
@@ -16,6 +19,10 @@ from typing import Any
 
 import torch
 
+from fsa_deploy.errors import FSAError
+from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
+from fsa_deploy.models.fsa import proxy_attention
+from fsa_deploy.models.weights import Weights
 from fsa_deploy.runtime import gate
 from fsa_deploy.validation.bench.timing import device_sync, peak_rss_mb, rss_mb, time_calls
 
@@ -24,15 +31,11 @@ BLOCK_MODEL = "ViT-B-16"  # width 768, 12 heads, output 512: the paper's default
 
 def block_inputs(tokens: int, classes: int, device: str, seed: int = 0):
     """A ViT-B-16 reference (random init) and random inputs of the block: A, V', T."""
-    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
-    from fsa_deploy.models.weights import Weights
-
     spec = ModelSpec(model=BLOCK_MODEL, weights=Weights(seed=seed), attention="qk", proxy=None, crop=224,
                      hp=default_hp(BLOCK_MODEL, "dino"))
     model = build_reference(spec).model.to(device)
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(1, 64, tokens, 1, generator=g)
-    from fsa_deploy.models.fsa import proxy_attention
 
     attn = proxy_attention(feats, spec.hp.beta, spec.hp.gamma).to(device)
     v = torch.randn(1, tokens, model.width, generator=g).to(device)
@@ -44,10 +47,6 @@ def _release_free_heap() -> None:
     """Give freed heap pages back to the OS (glibc's malloc_trim) before the peak is reset:
     pages freed while the inputs were built still count in RSS, and the block would reuse
     them without raising the peak (measured: a deploy peak of 28 MiB instead of ~150)."""
-    import contextlib
-    import ctypes
-    import gc
-
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: the peak may read low, as before
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -80,8 +79,6 @@ def run_one(formulation: str, tokens: int, classes: int, device: str, repeats: i
 
 def bench_block(tokens: int, classes: int, device: str = "cpu", repeats: int = 3) -> dict[str, Any]:
     if device == "cuda" and not torch.cuda.is_available():
-        from fsa_deploy.errors import FSAError
-
         raise FSAError("--device cuda: no CUDA device visible to torch")
     res = {}
     with gate.temp_dir() as tmp:

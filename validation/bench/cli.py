@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.spellings import add_old_spellings
 from fsa_deploy.validation.bench.data import DEFAULT_IMAGE, BenchOptions
 from fsa_deploy.validation.bench.report import format_terminal, gate, write_outputs
@@ -18,7 +20,7 @@ LOG = logger("validation")
 
 
 def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
-    from fsa_deploy.models.cli import add_model_args
+    from fsa_deploy.models.cli import add_model_args  # noqa: PLC0415 - pulls in numpy
 
     p = sub.add_parser("bench", help=help_text, description=(
         "Export the model (or take --artifact folders) and run every format and precision this machine has: "
@@ -69,7 +71,7 @@ def _check_ranges(args: argparse.Namespace) -> None:
 
 def _model_options_given(args: argparse.Namespace) -> list[str]:
     """Model options that differ from their defaults (with --artifact, meta.json decides the model)."""
-    from fsa_deploy.models.cli import add_model_args
+    from fsa_deploy.models.cli import add_model_args  # noqa: PLC0415 - pulls in numpy
 
     probe = argparse.ArgumentParser()
     add_model_args(probe)
@@ -78,7 +80,7 @@ def _model_options_given(args: argparse.Namespace) -> list[str]:
 
 
 def _default_images() -> tuple[str, ...]:
-    from fsa_deploy.runtime.images import sample_photos
+    from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
 
     photos = sample_photos()
     chosen = [p for p in photos if Path(p).name == DEFAULT_IMAGE] or photos[:1]
@@ -89,16 +91,14 @@ def _default_images() -> tuple[str, ...]:
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     """Every check that needs no model, so bad usage fails in a second."""
-    import importlib.util
-
     import torch
 
-    from fsa_deploy.models.cli import spec_from_args
-    from fsa_deploy.runtime.text import vocabulary_from_args
-    from fsa_deploy.validation.validate import expand_images
+    from fsa_deploy.models.cli import spec_from_args  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.text import vocabulary_from_args  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.validation.validate import expand_images  # noqa: PLC0415 - pulls in numpy, torch
 
     _check_ranges(args)
-    from fsa_deploy.runtime import gate
+    from fsa_deploy.runtime import gate  # noqa: PLC0415 - gate is another thing in this module
 
     outputs = gate.Outputs()  # before minutes of measuring; two options on one file are refused
     for path, option in ((args.json, "--json"), (args.md, "--md"), (args.plot, "--plot")):
@@ -114,7 +114,6 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         given = _model_options_given(args)
         if given:
             raise FSAError(f"{given[0]}: with --artifact the model comes from the folder's meta.json; drop it")
-        from fsa_deploy.runtime.artifact import Artifact
 
         for folder in args.artifact:
             Artifact.load(folder)  # a bad folder is one line now, not after minutes
@@ -145,7 +144,7 @@ def block_classes(args: argparse.Namespace) -> int | None:
 
 def run_block(args: argparse.Namespace) -> int:
     """`--block`: validation/bench/block.py with K classes."""
-    from fsa_deploy.validation.bench.block import main_block
+    from fsa_deploy.validation.bench.block import main_block  # noqa: PLC0415 - pulls in torch
 
     classes = block_classes(args)
     if args.tokens is None or classes is None:

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from fsa_deploy import contract
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.validation.bench.data import TRT, BenchPlan, BenchRow, Fidelity
 
 
 def row_fidelity(row: BenchRow, plan: BenchPlan, text: Any, backend: Any | None) -> Fidelity:
     """validate_image on every bench image against validate's reference (PyTorch deploy, fp32, CPU)."""
-    from fsa_deploy.models.factory import Reference, build_reference
-    from fsa_deploy.runtime.artifact import Artifact
-    from fsa_deploy.validation import validate as V
+    from fsa_deploy.models.factory import Reference, build_reference  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.validation import validate as V  # noqa: PLC0415 - pulls in numpy, torch
 
     if backend is not None:  # a PyTorch row: its own model
         side: Any = V.ArtifactSide.on(backend)
@@ -39,8 +40,7 @@ def ort_fp16_note(row: BenchRow) -> str | None:
     fp32 around nodes it has no fp16 kernel for; count them in its optimized graph."""
     import onnx
 
-    from fsa_deploy.runtime import gate
-    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend  # noqa: PLC0415 - pulls in numpy
 
     with gate.temp_dir() as tmp:
         optimized = Path(tmp) / "optimized.onnx"

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from fsa_deploy.validation.bench.timing import device_sync, time_calls
 
@@ -69,8 +72,6 @@ class Rates:
 
 
 def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
     return sdpa_flop_count(query, key, value)
 
 
@@ -81,9 +82,6 @@ def _custom_flops() -> dict[Any, Callable[..., int]]:
 
 
 def _output_bytes_mode():
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
     class OutputBytes(TorchDispatchMode):
         """Sums the bytes of every op output that is new memory (not a view)."""
 
@@ -103,8 +101,6 @@ def _output_bytes_mode():
 def _measure(fn: Callable[[], Any]) -> tuple[int, int]:
     """(matmul/conv FLOPs, bytes of op outputs) of one call. nn.MultiheadAttention's fast path
     (one fused op the counter does not know) is turned off, so its matmuls are counted."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:

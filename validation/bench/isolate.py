@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable
+from multiprocessing import forkserver
 from typing import Any
 
 from fsa_deploy.validation.bench.data import PRELOAD, one_line
@@ -13,9 +15,6 @@ class Children:
     (a spawned child would spend seconds importing open_clip for every row)."""
 
     def __init__(self) -> None:
-        import multiprocessing
-        from multiprocessing import forkserver
-
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(list(PRELOAD))
         forkserver.ensure_running()  # its imports overlap with the exports that come first

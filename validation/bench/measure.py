@@ -6,6 +6,8 @@ import gc
 from typing import Any
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
 from fsa_deploy.validation.bench.data import (
     LITERAL,
     MIB,
@@ -38,11 +40,11 @@ def measure_work(plan: BenchPlan, devices: tuple[str, ...]) -> dict[str, Any]:
     `fsa segment` caches them), the crop forward's work, and each device's rates."""
     import torch
 
-    from fsa_deploy.models.backend import spec_key
-    from fsa_deploy.models.dump import numpy_encoder
-    from fsa_deploy.models.factory import build_reference
-    from fsa_deploy.runtime.text import cached_classifier, default_cache_dir
-    from fsa_deploy.validation.bench.flops import count_work, measure_rates
+    from fsa_deploy.models.backend import spec_key  # noqa: PLC0415 - pulls in numpy, torch
+    from fsa_deploy.models.dump import numpy_encoder  # noqa: PLC0415 - pulls in numpy, torch
+    from fsa_deploy.models.factory import build_reference  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.runtime.text import cached_classifier, default_cache_dir  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.validation.bench.flops import count_work, measure_rates  # noqa: PLC0415 - pulls in torch
 
     _apply_threads(plan.threads)
     ref = build_reference(plan.spec, "deploy")
@@ -63,8 +65,6 @@ def reset_peak_rss() -> float | None:
     """Reset VmHWM to the current RSS (as validation/bench/block.py does); the RSS then, or None
     where /proc/self/clear_refs is not writable (the peak then includes loading)."""
     try:
-        from fsa_deploy.runtime import gate
-
         gate.write_proc("/proc/self/clear_refs", "5")
     except OSError:
         return None
@@ -106,15 +106,15 @@ class DeviceMemory:
 def open_row_backend(row: BenchRow, plan: BenchPlan) -> Any:
     """The runtime backend of a row, as `fsa segment` would open it."""
     if row.format in TORCH_FORMATS:
-        from fsa_deploy.models.backend import TorchBackend
+        from fsa_deploy.models.backend import TorchBackend  # noqa: PLC0415 - pulls in numpy, torch
 
         return TorchBackend(plan.spec, device=row.device, dtype=row.precision,
                             formulation="literal" if row.format == LITERAL else "deploy")
     if row.format == TRT:
-        from fsa_deploy.runtime.backends.trt import TensorRTBackend
+        from fsa_deploy.runtime.backends.trt import TensorRTBackend  # noqa: PLC0415 - pulls in numpy
 
         return TensorRTBackend(str(row.folder), row.precision)
-    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, CUDA_EP, OnnxRuntimeBackend
+    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, CUDA_EP, OnnxRuntimeBackend  # noqa: PLC0415 - pulls in numpy
 
     providers = [CUDA_EP, CPU_EP] if row.device == "cuda" else [CPU_EP]
     backend = OnnxRuntimeBackend(str(row.folder), str(row.file), providers=providers, threads=plan.threads)
@@ -129,7 +129,6 @@ def size_mib(row: BenchRow, backend: Any) -> float:
         model = backend.ref.model
         tensors = [*model.parameters(), *model.buffers()]
         return sum(t.numel() * t.element_size() for t in tensors) / MIB
-    from fsa_deploy.runtime import artifact as A
 
     files = A.Artifact.load(str(row.folder)).files()
     file = str(row.file)
@@ -140,9 +139,9 @@ def size_mib(row: BenchRow, backend: Any) -> float:
 def timed(plan: BenchPlan, row: BenchRow, text: Any) -> tuple[Measured, Any]:
     """Load the row's backend, time one crop and whole images (the Segmenter `fsa segment`
     runs), read the memory peaks; returns them and the backend."""
-    from fsa_deploy.runtime.images import load_image
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image, windows
-    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.images import load_image  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image, windows  # noqa: PLC0415 - pulls in numpy
+    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow, numpy
 
     device_memory = DeviceMemory(row)
     backend = open_row_backend(row, plan)

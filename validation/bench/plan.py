@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 
+from fsa_deploy.calibration.modelopt_call import MODELOPT_HINT
 from fsa_deploy.errors import FSAError
 from fsa_deploy.validation.bench.data import (
     BENCH_PRECISIONS,
@@ -33,15 +35,12 @@ class Machine:
 
     @classmethod
     def probe(cls) -> Machine:
-        import importlib.util
-
         import torch
 
-        from fsa_deploy.calibration.modelopt_call import MODELOPT_HINT
-        from fsa_deploy.runtime.backends.select import tensorrt_unusable
+        from fsa_deploy.runtime.backends.select import tensorrt_unusable  # noqa: PLC0415 - pulls in numpy
 
         try:
-            from fsa_deploy.runtime.backends.onnxrt import require_onnxruntime
+            from fsa_deploy.runtime.backends.onnxrt import require_onnxruntime  # noqa: PLC0415 - pulls in numpy
 
             providers, ort_missing = tuple(require_onnxruntime().get_available_providers()), None
         except FSAError as e:

@@ -12,6 +12,13 @@ from typing import Any
 from fsa_deploy import contract
 from fsa_deploy.contract import EXPORT_PRECISIONS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.export.trt_build import build_engine, engine_jobs
+from fsa_deploy.export.trt_options import BuildOptions, DimRange
+from fsa_deploy.models.text import openai_templates
+from fsa_deploy.runtime import artifact as A
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.trt_lib import cuda_device, image_engine_name
 from fsa_deploy.validation.bench.data import (
     BENCH_PRECISIONS,
     FAILED,
@@ -41,9 +48,8 @@ def _attempt(what: str, fn: Callable[[], Source]) -> Source:
 
 def export_into(spec: Any, folder: Path, precision: str) -> Source:
     """`fsa export` into the work folder; a folder exported earlier from the same model is reused."""
-    from fsa_deploy.export.onnx_export import export_artifact
-    from fsa_deploy.models.factory import spec_from_meta
-    from fsa_deploy.runtime import artifact as A
+    from fsa_deploy.export.onnx_export import export_artifact  # noqa: PLC0415 - pulls in numpy, onnx, torch
+    from fsa_deploy.models.factory import spec_from_meta  # noqa: PLC0415 - pulls in torch
 
     if (folder / contract.META).is_file():
         with contextlib.suppress(FSAError):
@@ -59,9 +65,6 @@ def writable_copy(folder: str, work: Path) -> Path:
     """A folder to add files to: the folder itself when bench made it, else a copy in the work
     folder (files hard-linked where the file system allows, else copied; meta.json copied), so that a
     user's artefact is never modified. Not symlinks: an artefact's files must be inside its folder."""
-    from fsa_deploy.runtime import artifact as A
-    from fsa_deploy.runtime import gate
-
     src = Path(folder).resolve()
     if src.is_relative_to(work.resolve()):
         return src
@@ -79,11 +82,10 @@ def writable_copy(folder: str, work: Path) -> Path:
 def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
     """`fsa calibrate` with its defaults (int8, entropy, the sample photos) on `count` crops;
     ModelOpt's chatter goes to calibrate.log in the work folder."""
-    from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate, output_name
+    from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate, output_name  # noqa: PLC0415 - pulls in numpy
 
     folder = writable_copy(str(fp32.folder), work)
     log = work / "calibrate.log"
-    from fsa_deploy.runtime import gate
 
     with gate.open_append(log) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         calibrate(folder, CalibrationOptions(precision="int8", count=count, lint=False), progress=True)
@@ -92,11 +94,6 @@ def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
 
 def build_engine_into(graph: Source, precision: str, work: Path, max_batch: int, classes: int) -> Source:
     """`fsa build` of one image engine (no text engine: bench times crops only)."""
-    from fsa_deploy.export.trt_build import build_engine, engine_jobs
-    from fsa_deploy.export.trt_options import BuildOptions, DimRange
-    from fsa_deploy.runtime import artifact as A
-    from fsa_deploy.runtime.backends.trt_lib import cuda_device, image_engine_name
-
     folder = writable_copy(str(graph.folder), work)
     art = A.Artifact.load(folder)
     name = image_engine_name(precision)
@@ -123,7 +120,6 @@ def int8_source(fp32: Source, work: Path, machine: Machine, count: int) -> Sourc
         return Source(status=MISSING, why=machine.modelopt_missing)
     if fp32.folder is None:
         return Source(status=FAILED, why=f"needs the fp32 export ({fp32.why})")
-    from fsa_deploy.runtime import artifact as A
 
     if "image.int8.onnx" in A.Artifact.load(fp32.folder).files():
         return Source(fp32.folder, "image.int8.onnx")
@@ -134,8 +130,6 @@ def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine
                           ) -> dict[str, Source]:
     """--artifact mode: each folder's image graphs at their recorded precisions; int8 is
     calibrated into a copy when no folder has it; a missing fp32/fp16 export is skipped."""
-    from fsa_deploy.runtime import artifact as A
-
     graphs: dict[str, Source] = {}
     for folder in folders:
         files = A.Artifact.load(folder).files()
@@ -178,8 +172,6 @@ def prepare(opts: BenchOptions, work: Path, machine: Machine, spec: Any, need: s
 
 @contextlib.contextmanager
 def work_folder(path: str | None) -> Iterator[Path]:
-    from fsa_deploy.runtime import gate
-
     if path:
         yield gate.check_folder(path, "--work")  # never inside an artefact folder
     else:
@@ -189,9 +181,7 @@ def work_folder(path: str | None) -> Iterator[Path]:
 
 def model_of(opts: BenchOptions) -> tuple[Any, tuple[str, ...]]:
     """The model selection and prompt templates: the options', or the artefacts' meta.json."""
-    from fsa_deploy.models.factory import spec_from_meta
-    from fsa_deploy.models.text import openai_templates
-    from fsa_deploy.runtime.artifact import Artifact
+    from fsa_deploy.models.factory import spec_from_meta  # noqa: PLC0415 - pulls in torch
 
     if not opts.artifacts:
         return opts.spec, tuple(openai_templates())

@@ -8,6 +8,7 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,6 @@ def cpu_model() -> str:
 
 def machine_info(threads: int | None) -> dict[str, Any]:
     """What absolute times need beside them: platform, CPU, cores, threads, GPU, library versions."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import torch
 
     def ver(dist: str) -> str | None:
@@ -55,7 +54,7 @@ class Report:
     results: list[BenchResult] = field(default_factory=list)
 
     def floors(self) -> dict[str, dict[str, float]]:
-        from fsa_deploy.validation.bench.flops import floor_ms
+        from fsa_deploy.validation.bench.flops import floor_ms  # noqa: PLC0415 - pulls in torch
 
         return {d: {p: floor_ms(self.work, r, p) for p in BENCH_PRECISIONS} for d, r in self.rates.items()}
 
@@ -171,7 +170,7 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
         import matplotlib.ticker
     except ImportError as e:
         raise FSAError(f"--plot {path}: matplotlib is not installed: pip install matplotlib") from e
-    from fsa_deploy.runtime import gate
+    from fsa_deploy.runtime import gate  # noqa: PLC0415 - gate is another thing in this module
 
     # by latency, so that neighbours on the x axis get labels at different heights
     pts = sorted((r for r in rep.results if r.measured and r.agreement is not None),
@@ -213,7 +212,7 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
 
 
 def write_outputs(rep: Report, opts: BenchOptions) -> None:
-    from fsa_deploy.runtime import gate
+    from fsa_deploy.runtime import gate  # noqa: PLC0415 - gate is another thing in this module
 
     if opts.json:
         gate.mkdir(Path(opts.json).parent)

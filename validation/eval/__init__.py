@@ -10,16 +10,37 @@ decoding in a thread (runner.py); `--server` sends the images to Triton instead 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fsa_deploy.contract import (
+    BACKENDS,
+    EVAL_RESIZES,
+    EXPORT_PRECISIONS,
+    IMAGE_ONNX,
+    PAPER,
+    PAPER_BENCHMARKS,
+    RESIZE_FLOAT,
+    RESIZE_MMCV,
+    TOKENIZER_VOCAB,
+)
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate as outputs_gate
+from fsa_deploy.runtime.artifact import Artifact, is_artifact
 from fsa_deploy.runtime.backends.base import Backend
+from fsa_deploy.runtime.backends.graph import open_graph
+from fsa_deploy.runtime.backends.select import plugin
+from fsa_deploy.runtime.gate import write_json
+from fsa_deploy.runtime.images import load_image
+from fsa_deploy.runtime.pipeline import postprocess, resize_image, resized_canvas_logits
+from fsa_deploy.runtime.schema import refuse_artifact_file
+from fsa_deploy.runtime.text import usable_cache_dir
 from fsa_deploy.spellings import add_old_spellings
 
 PROG = "fsa eval"
@@ -30,8 +51,7 @@ if TYPE_CHECKING:  # report.py imports numpy-heavy runner code; the parser is bu
 
 
 def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
-    from fsa_deploy.contract import BACKENDS, EVAL_RESIZES, EXPORT_PRECISIONS, PAPER
-    from fsa_deploy.validation.eval.datasets import DATASETS
+    from fsa_deploy.validation.eval.datasets import DATASETS  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
     p = sub.add_parser("eval", help=help_text, description=(
         "Score an artefact on a segmentation benchmark as the paper does (mmsegmentation's mIoU, the "
@@ -98,15 +118,12 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
 
 def _report() -> Any:
     """validation/eval/report.py, imported when a command runs (not when the CLI's parser is built)."""
-    from fsa_deploy.validation.eval import report
+    from fsa_deploy.validation.eval import report  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
     return report
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fsa_deploy.contract import IMAGE_ONNX, PAPER, RESIZE_FLOAT, RESIZE_MMCV
-    from fsa_deploy.runtime.artifact import Artifact
-
     args.resize_given = args.resize is not None
     args.resize = args.resize or RESIZE_MMCV  # the official pipeline
 
@@ -144,9 +161,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _check_show_dir(folder: str) -> None:
-    from fsa_deploy.runtime.artifact import is_artifact
-    from fsa_deploy.runtime.schema import refuse_artifact_file
-
     p = Path(folder)
     if p.exists() and not p.is_dir():
         raise FSAError(f"--show-dir {p}: exists and is not a folder")
@@ -156,8 +170,6 @@ def _check_show_dir(folder: str) -> None:
 
 
 def _write_outputs(args: argparse.Namespace, report: EvalReport) -> None:
-    from fsa_deploy.runtime.gate import write_json
-
     write_json(args.json, report.to_json())
     rep = _report()
     for path, text in ((args.md, rep.markdown), (args.csv, rep.csv_text), (args.latex, rep.latex_text)):
@@ -170,9 +182,9 @@ def _write_outputs(args: argparse.Namespace, report: EvalReport) -> None:
 def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any, sha: str, work: Path,
              show_dir: Path | None) -> EvalReport:
     """One benchmark: the rows run (or read back from `work`) and the report (the JSON's object)."""
-    from fsa_deploy.validation.eval import datasets as D
-    from fsa_deploy.validation.eval.protocol import Overrides, class_names, declared, resolve
-    from fsa_deploy.validation.eval.runner import Progress, ShowDir, run_rows, work_key
+    from fsa_deploy.validation.eval import datasets as D  # noqa: PLC0415 - import cycle (validation.eval imports this module)
+    from fsa_deploy.validation.eval.protocol import Overrides, class_names, declared, resolve  # noqa: PLC0415 - import cycle (validation.eval imports this module)
+    from fsa_deploy.validation.eval.runner import Progress, ShowDir, run_rows, work_key  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
     lay = D.layout_of(dataset)
     over = Overrides(args.short_side, args.long_side, args.stride, args.prob_thd, args.classes_file, args.resize)
@@ -197,7 +209,7 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
     key_of = lambda item: work_key(sha, rows, protocol, classes, item)
     parallel = None
     if args.server:
-        from fsa_deploy.validation.eval.remote import fan_out
+        from fsa_deploy.validation.eval.remote import fan_out  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
         parallel = fan_out(rows, lay.reduce_zero_label, args.concurrency, decode)
     show = None
@@ -217,14 +229,11 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
 
 def _decoder(resize: str):
     """The protocol's decoder: OpenCV as mmcv (mmcv resize), Pillow as `fsa segment` (float)."""
-    from fsa_deploy.contract import RESIZE_MMCV
-
     if resize == RESIZE_MMCV:
-        from fsa_deploy.validation.eval.mmcv import cv2, decode
+        from fsa_deploy.validation.eval.mmcv import cv2, decode  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
         cv2()  # a missing OpenCV is one line now, not one per image
         return decode
-    from fsa_deploy.runtime.images import load_image
 
     return load_image
 
@@ -232,9 +241,7 @@ def _decoder(resize: str):
 def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     """Every benchmark found under DATA (mmseg's data/ layout), one row per model in the paper's
     column order; each benchmark's report kept in --work (a rerun skips the finished ones)."""
-    from fsa_deploy.contract import PAPER_BENCHMARKS
-    from fsa_deploy.runtime.gate import write_json
-    from fsa_deploy.validation.eval import datasets as D
+    from fsa_deploy.validation.eval import datasets as D  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
     if args.classes_file or args.split:
         raise FSAError("fsa eval paper: --classes-file and --split apply to one dataset; the paper uses each "
@@ -253,8 +260,6 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
         LOG.info(f"{PROG}: not found under --root, not run: " + ", ".join(f"{b} ({D.PAPER_ROOTS[b]})" for b in missing))
     reports: dict[str, EvalReport | None] = {}
     # a finished benchmark is reused only by a run asking the same of it (rows, protocol options)
-    import hashlib
-    import json
 
     asked = {k: getattr(args, k) for k in ("graph", "backend", "reference", "server", "short_side", "long_side",
                                            "stride", "prob_thd", "limit", "resize")}
@@ -290,8 +295,6 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
 def _read_report(path: Path, sha: str) -> EvalReport | None:
     """A finished benchmark's report from --work, or None (one warning line) when damaged or of
     another artefact."""
-    import json
-
     try:
         rep = json.loads(path.read_text(encoding="utf-8"))
         if rep.get("artifact_sha256") != sha or not isinstance(rep.get("rows"), list):
@@ -308,8 +311,6 @@ def _read_report(path: Path, sha: str) -> EvalReport | None:
 def paper_rows(reports: dict[str, EvalReport | None], missing: list[str], sha: str) -> PaperReport:
     """{rows: [{name, backend, cells {benchmark: mIoU}, avg}], missing}: one row per model, the
     cells in the paper's column order, avg the mean of the cells found."""
-    from fsa_deploy.contract import PAPER_BENCHMARKS
-
     out: list[dict[str, Any]] = []
     for b in PAPER_BENCHMARKS:
         one = reports.get(b)
@@ -355,10 +356,7 @@ class _work_dir:
 
 def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: Any, found: list) -> list:
     """The reference row (first) and one row per --graph (or the --backend choice) or per server."""
-    from fsa_deploy.runtime.backends.graph import open_graph
-    from fsa_deploy.runtime.backends.select import plugin
-    from fsa_deploy.runtime.text import usable_cache_dir
-    from fsa_deploy.validation.eval.runner import Row
+    from fsa_deploy.validation.eval.runner import Row  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
     cache = None if args.no_cache else usable_cache_dir(args.cache_dir)
     rows = []
@@ -366,7 +364,7 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
         backend = plugin("torch")(art, device="auto")
         ident = "pytorch"
         if args.reference_precision == "fp16":
-            from fsa_deploy.validation.eval.precision import Autocast
+            from fsa_deploy.validation.eval.precision import Autocast  # noqa: PLC0415 - pulls in torch
 
             backend = Autocast(backend)
             ident = backend.name
@@ -375,7 +373,7 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
     if args.server:
         if args.graph:
             raise FSAError("--server with --graph: the servers run their own graph; give one or the other")
-        from fsa_deploy.validation.eval.remote import server_row
+        from fsa_deploy.validation.eval.remote import server_row  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
         rows.append(server_row(args.server, art, sha, proto, vocab, args.server_timeout, found))
         return rows
@@ -397,9 +395,7 @@ def _segment_fn(backend: Backend, art: Any, sha: str, proto: Any, vocab: Any, ar
     """(item, image) -> the label map under the protocol: mmcv's resize of the uint8 image (or
     `fsa segment`'s float one), then the runtime's windows, stitching and post-processing; pixels
     under prob_thd are class 0, the official rule (whatever `fsa segment` draws for them)."""
-    from fsa_deploy.contract import RESIZE_MMCV, TOKENIZER_VOCAB
-    from fsa_deploy.runtime.pipeline import postprocess, resized_canvas_logits
-    from fsa_deploy.runtime.segmenter import Segmenter
+    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow
 
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=list(art.meta["templates"]),
@@ -413,12 +409,10 @@ def _segment_fn(backend: Backend, art: Any, sha: str, proto: Any, vocab: Any, ar
 
     def run(item: Any, img: np.ndarray) -> np.ndarray:
         if proto.resize == RESIZE_MMCV:
-            from fsa_deploy.validation.eval.mmcv import imrescale
+            from fsa_deploy.validation.eval.mmcv import imrescale  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
             resized = imrescale(img, proto.short_side, proto.long_side)
         else:
-            from fsa_deploy.runtime.pipeline import resize_image
-
             resized = resize_image(img, seg.geometry)
         canvas = resized_canvas_logits(resized, seg._forward, seg.geometry, seg.batch)
         if not np.isfinite(canvas).all():

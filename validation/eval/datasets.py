@@ -189,7 +189,7 @@ def _find_image(img_dir: Path, name: str, what: str) -> Path:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image as decoded (EXIF orientation applied), from its header only."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - keeps this module's import free of Pillow
 
     try:
         with Image.open(path) as img:
@@ -202,7 +202,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def read_raw_mask(path: Path) -> np.ndarray:
     """A mask's values as stored (pillow, unchanged: palette indices for VOC's P-mode PNGs), int64 [H, W]."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - keeps this module's import free of Pillow
 
     try:
         with Image.open(path) as img:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.images import max_pixels
 
 INSTALL = "pip install 'fsa-deploy[eval]'"
 
@@ -42,8 +43,6 @@ def rescale_size(h: int, w: int, short_side: int, long_side: int) -> tuple[int, 
 def decode(path: str | os.PathLike[str]) -> np.ndarray:
     """An image file as mmcv's LoadImageFromFile decodes it, as RGB uint8 [3, H, W] (EXIF orientation
     applied by IMREAD_COLOR, as mmcv's 'color' flag does)."""
-    from fsa_deploy.runtime.images import max_pixels
-
     cv = cv2()
     try:
         data = np.fromfile(path, dtype=np.uint8)

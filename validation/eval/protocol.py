@@ -14,12 +14,14 @@ import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict as _asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.contract import RESIZE_MMCV
+from fsa_deploy.contract import IMAGE_ONNX, RESIZE_MMCV, TEXT_ONNX
 from fsa_deploy.errors import FSAError
+from fsa_deploy.models.registry import HyperParams, default_lamda
 from fsa_deploy.runtime.text import Vocabulary
 from fsa_deploy.validation.eval.datasets import IGNORE_INDEX, LAYOUTS
 
@@ -248,9 +250,6 @@ OFFICIAL_PROXY = "dino"
 def published_hyper_parameters(meta: dict[str, Any]) -> dict[str, float]:
     """The method's published hyper-parameters for the artefact's backbone and proxy (FSA's
     defaults and hyper_param.txt's lambda, models/registry.py)."""
-    from dataclasses import asdict as _asdict
-
-    from fsa_deploy.models.registry import HyperParams, default_lamda
 
     hp = _asdict(HyperParams())
     with contextlib.suppress(FSAError):  # a backbone or proxy this version does not know: the defaults
@@ -269,8 +268,6 @@ def _source(w: Any) -> str | None:
 def declared(art: Any, rows: list[Any], reference: bool) -> tuple[dict[str, Any], list[str]]:
     """(the JSON's `setup`: backbone, proxy, weights, precision per row, hyper-parameters, crop,
     hashes; the differences from the official setup, each one line)."""
-    from fsa_deploy.contract import IMAGE_ONNX, TEXT_ONNX
-
     meta = art.meta
     files = art.files()
     hp = {k: float(v) for k, v in (meta.get("hyper_parameters") or {}).items()}

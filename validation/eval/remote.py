@@ -144,7 +144,7 @@ class Servers:
     def probe(self, meta: dict[str, Any]) -> None:
         """Every server: a health probe, then a tiny image whose SUMMARY names what it serves; dead
         ones are dropped, one serving another artefact or preset is refused."""
-        from PIL import Image
+        from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
 
         want = identity(meta)
         buf = io.BytesIO()

@@ -7,12 +7,17 @@ Points are rounded to 2 decimals for reading; a difference that rounds to nothin
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from fsa_deploy.contract import PAPER_BENCHMARKS
+from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime import gate
 from fsa_deploy.validation.eval.metrics import scores
 from fsa_deploy.validation.eval.runner import Row
 
@@ -167,8 +172,6 @@ def class_order(report: EvalReport) -> list[int]:
 
 
 def plot(report: EvalReport, path: str) -> None:
-    from fsa_deploy.errors import FSAError
-
     try:
         import matplotlib
 
@@ -176,7 +179,6 @@ def plot(report: EvalReport, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise FSAError(f"--plot {path}: needs matplotlib (pip install matplotlib)") from e
-    from fsa_deploy.runtime import gate
 
     order = class_order(report)
     rows = report.rows
@@ -276,9 +278,6 @@ def stdout_text(report: EvalReport) -> str:
 
 def csv_of(*tables: tuple[list[str], list[list[Any]]]) -> str:
     """Tables (head, body) as CSV, an empty row between two: `--csv` of a benchmark and of the paper row."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     for i, (head, body) in enumerate(tables):
@@ -320,8 +319,6 @@ def latex_text(report: EvalReport) -> str:
 
 
 def paper_table(paper: PaperReport) -> tuple[list[str], list[list[str]]]:
-    from fsa_deploy.contract import PAPER_BENCHMARKS
-
     head = ["Row", "Backend", *[PAPER_COLUMNS[b] for b in PAPER_BENCHMARKS], "Avg."]
     body = [[r["name"], r["backend"], *[_pts(r["cells"].get(b)) for b in PAPER_BENCHMARKS], _pts(r["avg"])]
             for r in paper.rows]

@@ -26,6 +26,9 @@ import numpy as np
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
+from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.artifact import sha256_file
+from fsa_deploy.runtime.images import encode
 from fsa_deploy.validation.eval.datasets import Item, read_mask
 from fsa_deploy.validation.eval.metrics import agreement, confusion
 
@@ -55,8 +58,6 @@ class Row:
 def file_sha256(path: Path) -> str:
     """A file's content hash: work files are keyed by what the image and mask hold, not their sizes
     (a mask redrawn with the same byte count must not reuse the old matrices)."""
-    from fsa_deploy.runtime.artifact import sha256_file
-
     try:
         return sha256_file(path)
     except OSError as e:
@@ -150,9 +151,7 @@ class ShowDir:
         return self.folder / rel.parent / f"{item.image.stem}.png"
 
     def write(self, item: Item, labels: np.ndarray) -> None:
-        from fsa_deploy.runtime import gate
-        from fsa_deploy.runtime.images import encode
-        from fsa_deploy.runtime.segmenter import label_image
+        from fsa_deploy.runtime.segmenter import label_image  # noqa: PLC0415 - pulls in Pillow
 
         path = self.target(item)
         gate.mkdir(path.parent)
@@ -245,8 +244,6 @@ def add(rows: list[Row], cm: np.ndarray, ag: np.ndarray) -> None:
 
 
 def save_work(path: Path, cm: np.ndarray, ag: np.ndarray) -> None:
-    from fsa_deploy.runtime import gate
-
     gate.save_npz(path, keep=False, confusion=cm, agreement=ag)
 
 

@@ -8,7 +8,7 @@
 #      export's split and in autocast against fp32, per stage, plain and --real-stats, tiny and full size; and the
 #      fp16 emulation's prediction against the real CUDA half run (tiny)
 # GPU_CHECK_DRY_RUN=1: no GPU needed; runs step 4's flow on the CPU (tiny; GPU_CHECK_WEIGHTS picks the weights) and
-# skips the rest with the reason: what tests/test_fail_closed.py runs.
+# skips the rest with the reason (no test runs the dry run yet).
 # Prints the card and the figures as a markdown block for docs/BENCHMARKS.md (also $OUT_DIR/report.md),
 # and says what it skipped and why. Each step has a time budget; exit 1 if a step that ran failed.
 set -uo pipefail

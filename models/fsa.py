@@ -267,7 +267,8 @@ def ambiguous_entries(sim: torch.Tensor, p: float, tol: float = 1e-5, value_tol:
     s = sim.double()
     sorted_s, order = torch.sort(s, dim=-1, descending=True)
     desc = -sorted_s.contiguous()  # ascending, for searchsorted
-    cum = torch.cumsum(torch.softmax(sorted_s, dim=-1), dim=-1)
+    weight = torch.softmax(sorted_s, dim=-1)
+    cum = torch.cumsum(weight, dim=-1)
     # mass of all entries >= a value: the cumsum at the last member of its tie group
     last = torch.searchsorted(desc, desc, right=True) - 1
     first = torch.searchsorted(desc, desc, right=False)
@@ -283,7 +284,6 @@ def ambiguous_entries(sim: torch.Tensor, p: float, tol: float = 1e-5, value_tol:
     # mass above s + value_tol (plus its own) and the mass down to s - value_tol; when p is inside, a
     # neighbour at the cut can swap places with it (seen on an AMD EPYC: two entries 1.2e-7 apart
     # next to a cut 4e-9 above p, the gap to the last kept 4.2e-6)
-    weight = torch.softmax(sorted_s, dim=-1)
     above = torch.searchsorted(desc, desc - value_tol, right=False)  # entries with Sim > s + value_tol
     mass_lo = torch.where(above > 0, cum.gather(-1, (above - 1).clamp_min(0)), torch.zeros_like(cum)) + weight
     mass_hi = cum.gather(-1, torch.searchsorted(desc, desc + value_tol, right=True) - 1)

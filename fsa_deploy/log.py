@@ -19,7 +19,7 @@ import sys
 
 ROOT = "fsa_deploy"
 
-# -q, nothing, -v, -vv: the level shown
+# the level shown for -q, for neither, and for -v (given once or more)
 QUIET, NORMAL, VERBOSE = logging.WARNING, logging.INFO, logging.DEBUG
 
 

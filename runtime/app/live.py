@@ -26,11 +26,10 @@ import numpy as np
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.app.service import Job, parse_classes
-from fsa_deploy.runtime.video.sources import Source, classify
+from fsa_deploy.runtime.video.sources import JOIN_MARGIN_S, Source, classify
 
 JPEG_QUALITY = 80
 REOPEN_S = 2.0  # a stalled camera or stream is opened again after this pause
-JOIN_MARGIN_S = 10.0  # beyond --stream-timeout, how long close() waits for a thread in a decode or a model run
 BOUNDARY = "fsaframe"
 
 
@@ -131,7 +130,6 @@ class LiveSource:
 
     def _worker(self) -> None:
         from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
-
 
         while not self.stopped.is_set():
             with self.cond:

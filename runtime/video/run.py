@@ -30,10 +30,9 @@ import numpy as np
 from fsa_deploy import interrupts
 from fsa_deploy.errors import FSAError, escape
 from fsa_deploy.runtime.pipeline import Canvas, batches, crops_of, postprocess, resize_image
-from fsa_deploy.runtime.video.sources import SEQUENCE_FPS, Selection, Source, SourceSpec, require_av
+from fsa_deploy.runtime.video.sources import JOIN_MARGIN_S, SEQUENCE_FPS, Selection, Source, SourceSpec, require_av
 
 QUEUE = 4  # frames per queue between two stages
-READER_JOIN_MARGIN_S = 10.0  # beyond --stream-timeout: how long a stopped run waits for its reader
 _END = object()
 
 
@@ -288,7 +287,7 @@ class VideoRun:
                 self.stop.set()
                 # the reader leaves its decoder at the next frame and closes it itself: joined, so no
                 # FFmpeg thread outlives the run (one still decoding at interpreter exit aborts the process)
-                self.stages[0].join(o.stream_timeout + READER_JOIN_MARGIN_S)
+                self.stages[0].join(o.stream_timeout + JOIN_MARGIN_S)
                 if bar is not None:
                     bar.close()
             for s in self.stages:

@@ -32,6 +32,7 @@ _GLOB = re.compile(r"[*?\[]")
 MAX_BAD_PACKETS = 50  # damaged packets in a row before a source counts as unreadable from there on
 SEQUENCE_FPS = 25.0  # an image sequence's frame rate unless --sequence-fps says otherwise (FFmpeg's image2 default)
 ANALYZE_S = 1.0  # seconds of a network stream probed for its format (FFmpeg's default is 5)
+JOIN_MARGIN_S = 10.0  # beyond --stream-timeout: how long a stopped consumer waits for a thread in a decode
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,15 @@
 
 For each case (tiny and full size; plain random init and `--real-stats`), on sample-photo crops, the PyTorch
 reference in fp32 against:
+- `fp32`: the same fp32 model run again, the comparison's floor (exactly 0 on the CPU; CUDA may pick other kernels);
 - `half`: the whole model in torch.float16 (true half: every kernel in fp16);
 - `split`: the trunk and the proxy in fp16, the last block, the feedback and the tail in fp32 (the export's split);
 - `autocast`: torch.autocast(fp16), the official code's own fp16 path (matmuls in fp16, reductions in fp32);
 each stage's relative L2 against fp32 and its non-finite count, and the logits' pixel agreement. And where the
 graph is small enough to emulate (tiny), the fp16 emulation's prediction (validation.fp16_emulate, both precision
-models, on the naive all-fp16 graph): its pixel agreement with fp32 and with the real `half` run on this device.
+models, on the naive all-fp16 graph): its pixel agreement with fp32 and with the real `half` run on this device,
+after the fp32 graph itself is checked against the reference (`graph_rel_l2`, so a prediction is of this model).
+Rows are written as they finish: a run cut short by gpu_check.sh's time budget keeps what it measured.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from fsa_deploy.cli import OneLineParser
+from fsa_deploy.contract import IMAGE_ONNX
+from fsa_deploy.errors import FSAError
 from fsa_deploy.export.fp16_audit import to_fp16
 from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
 from fsa_deploy.models.weights import Weights
@@ -32,6 +38,8 @@ from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
 CASES: dict[str, dict[str, Any]] = {"tiny": dict(model="tiny", proxy="tiny-dino", crop=112),
          "full": dict(model="ViT-B-16", proxy="dino", crop=336)}
 MODES = ("half", "split", "autocast")
+CONTROL = "fp32"
+GRAPH_MATCH = 1e-4  # the fp32 graph's logits against the reference's: above this it is not this model's graph
 
 
 def spec_of(size: str, real: bool):
@@ -71,15 +79,26 @@ def compare(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> dict[
 
 
 def emulation(ref, image: torch.Tensor, text: torch.Tensor, half_logits: torch.Tensor,
-              fp32_logits: torch.Tensor) -> dict[str, Any]:
-    """The fp16 emulation of the naive all-fp16 ONNX graph, against fp32 and against the real half run."""
+              fp32_logits: torch.Tensor, fp32_graph: Path | None = None) -> dict[str, Any]:
+    """The fp16 emulation of the naive all-fp16 ONNX graph, against fp32 and against the real half run.
+
+    fp32_graph: this model's fp32 image graph where one exists (no export); checked against the reference."""
+    import onnx  # noqa: PLC0415 - heavy, only here
+
     from fsa_deploy.export.onnx_export import export_image  # noqa: PLC0415 - pulls in onnx
 
     with gate.temp_dir("fsa-gpu-precision-") as tmp, torch.no_grad():
-        export_image(ref, tmp, "fp32", 8)
-        naive = to_fp16(tmp / "image.onnx", [])
-    feed = {"image": image.numpy(), "text_embeddings": text.numpy()}
-    out = {}
+        if fp32_graph is None:
+            export_image(ref, tmp, "fp32", 8)
+            fp32_graph = tmp / IMAGE_ONNX
+        feed = {"image": image.numpy(), "text_embeddings": text.numpy()}
+        y32 = torch.from_numpy(run_graph(onnx.load(str(fp32_graph)), feed)["logits"])  # no fp16 node: plain fp32
+        out: dict[str, Any] = {"graph_rel_l2": float(torch.linalg.vector_norm(y32 - fp32_logits)
+                                                     / torch.linalg.vector_norm(fp32_logits).clamp_min(1e-30))}
+        if not out["graph_rel_l2"] <= GRAPH_MATCH:
+            raise FSAError(f"{fp32_graph}: its fp32 logits differ from the reference's by rel L2 "
+                           f"{out['graph_rel_l2']:.3g} (> {GRAPH_MATCH:g}): not this model's graph")
+        naive = to_fp16(fp32_graph, [])
     for m in PRECISION_MODELS:
         with np.errstate(all="ignore"):
             y = torch.from_numpy(run_graph(naive, feed, precision=m)["logits"])
@@ -90,35 +109,39 @@ def emulation(ref, image: torch.Tensor, text: torch.Tensor, half_logits: torch.T
     return out
 
 
-def run_case(size: str, real: bool, device: str, photos: int, emulate: bool) -> dict[str, Any]:
+def run_case(size: str, real: bool, device: str, photos: int, emulate: bool,
+             fp32_graph: Path | None = None) -> dict[str, Any]:
     ref = build_reference(spec_of(size, real))
     model = ref.model.to(device)
     image, text = inputs(ref.spec.crop, photos, model.embed_dim)
     image, text = image.to(device), text.to(device)
     fp32 = forward(model, image, text)
     row: dict[str, Any] = {"size": size, "weights": "real-stats" if real else "plain", "device": device}
+    row[CONTROL] = compare(fp32, forward(model, image, text))
     half = forward(copy.deepcopy(model).set_precision(torch.float16, torch.float16), image, text)
     row["half"] = compare(fp32, half)
     row["split"] = compare(fp32, forward(copy.deepcopy(model).set_precision(torch.float16), image, text))
     row["autocast"] = compare(fp32, forward(model, image, text, autocast=True))
     if emulate:
         ref.model.to("cpu")
-        row["emulation"] = emulation(ref, image.cpu(), text.cpu(), half["logits"], fp32["logits"])
+        row["emulation"] = emulation(ref, image.cpu(), text.cpu(), half["logits"], fp32["logits"], fp32_graph)
     return row
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| case | device | " + " | ".join(f"{m} pixels / worst stage rel L2" for m in MODES)
-             + " | emulation (fp32-acc / fp16-acc) vs device half |", "|---" * (len(MODES) + 3) + "|"]
+    lines = ["| case | device | fp32 rerun: worst stage rel L2 | "
+             + " | ".join(f"{m} pixels / worst stage rel L2" for m in MODES)
+             + " | emulation (fp32-acc / fp16-acc) vs device half |", "|---" * (len(MODES) + 4) + "|"]
     for r in rows:
-        cells = []
+        cells = [f"{max(v['rel_l2'] for v in r[CONTROL]['stages'].values()):.2e}"]
         for m in MODES:
             c = r[m]
             worst = max(c["stages"].items(), key=lambda kv: kv[1]["rel_l2"])
             cells.append(f"{100 * c['pixels']:.2f}% / {worst[0]} {worst[1]['rel_l2']:.2e}"
                          + (f" ({c['nonfinite_logits']} non-finite)" if c["nonfinite_logits"] else ""))
         e = r.get("emulation")
-        em = " / ".join(f"{100 * v['vs_device_half']:.2f}%" for v in e.values()) if e else "not run (full size)"
+        em = (" / ".join(f"{100 * e[m]['vs_device_half']:.2f}%" for m in PRECISION_MODELS)
+              + f" (fp32 graph {e['graph_rel_l2']:.1e})" if e else "not run (full size)")
         lines.append(f"| {r['size']} {r['weights']} | {r['device']} | " + " | ".join(cells) + f" | {em} |")
     return "\n".join(lines) + "\n"
 
@@ -129,20 +152,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="tiny,full")
     p.add_argument("--weights", default="plain,real-stats")
     p.add_argument("--photos", type=int, default=2)
+    p.add_argument("--fp32-graph", type=Path, help="the one tiny case's fp32 image.onnx, where one exists "
+                   "(skips its export; refused when its logits are not this model's)")
     p.add_argument("--json", required=True)
     p.add_argument("--md", required=True)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_precision: --device cuda and torch sees no CUDA device", file=sys.stderr)
         return 2
-    rows = []
-    for size in args.sizes.split(","):
-        for real in [w == "real-stats" for w in args.weights.split(",")]:
-            rows.append(run_case(size, real, args.device, args.photos, emulate=size == "tiny"))
+    cases = [(size, w == "real-stats") for size in args.sizes.split(",") for w in args.weights.split(",")]
+    if args.fp32_graph is not None and (len(cases) != 1 or cases[0][0] != "tiny" or not args.fp32_graph.is_file()):
+        print(f"gpu_precision: --fp32-graph {args.fp32_graph}: needs an existing file and one tiny case "
+              f"(--sizes tiny and one --weights)", file=sys.stderr)
+        return 2
+    rows: list[dict[str, Any]] = []
+    try:
+        for size, real in cases:
+            rows.append(run_case(size, real, args.device, args.photos, emulate=size == "tiny",
+                                 fp32_graph=args.fp32_graph))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "emulation"} | {
                 m: rows[-1][m]["pixels"] for m in MODES}), file=sys.stderr, flush=True)
-    gate.write_json(args.json, {"command": " ".join(sys.argv), "rows": rows})
-    gate.write_text(args.md, markdown(rows))
+            gate.write_json(args.json, {"command": " ".join(sys.argv), "rows": rows})  # a cut-short run keeps these
+            gate.write_text(args.md, markdown(rows))
+    except FSAError as e:
+        print(f"gpu_precision: {e}", file=sys.stderr)
+        return 2
     print(markdown(rows))
     return 0
 

@@ -42,6 +42,7 @@ from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 SAFE_FP16 = 16384.0  # a quarter of fp16's largest value: headroom for inputs the calibration did not see
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto elem types
 SQUARE_SUMS = ("LayerNormalization", "ReduceL2", "ReduceSumSquare")  # sum of squares inside the node
+FP32_MAX = float(np.finfo(np.float32).max)  # a LayerNorm's hidden fp32 sum of squares past this: inf in the fp32 graph
 PLAIN_SUMS = ("ReduceMean", "ReduceSum")  # sum of |x| before any division
 SHAPE_ONLY = {"Shape", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "Concat",
               "Expand", "Split", "Identity", "Constant", "ConstantOfShape", "Not", "Where", "Equal",
@@ -129,7 +130,8 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]], labels: li
     """Run the fp32 graph once per feed; keep each float tensor's absmax (reduced in the graph) and each reducing
     node's internal sum (from its input, in float64). Fails closed: a NaN or inf anywhere but in a mask built on
     purpose (+-inf there, never NaN) raises NonFinite naming the first such tensor in graph order and the crop
-    (`labels[i]` for feed i).
+    (`labels[i]` for feed i). A LayerNorm whose own sum of squares (fp32, its stash_type) passes fp32's largest
+    value is refused too: its output is then finite (0) but wrong, and no tensor shows it.
 
     Memory, one full-size ViT-B-16 + DINO B/8 crop: 24 GB (killed) with every tensor as an output, 11.4 GB with the
     in-graph absmax in ONNX Runtime's default order (which runs the whole forward before the absmax chains), 4 GB
@@ -174,6 +176,11 @@ def measure(path: str | Path, feeds: Iterable[dict[str, np.ndarray]], labels: li
             else:
                 s = np.abs(x).sum(axis=axes)
             r.sums[n.name] = max(r.sums.get(n.name, 0.0), _at_least_inf(float(np.max(s))))
+            if n.op_type == "LayerNormalization" and not r.sums[n.name] <= FP32_MAX:
+                crop = labels[i] if labels and i < len(labels) else f"feed {i}"
+                raise NonFinite(f"{Path(path).name}: LayerNormalization {n.name}'s sum of squares reaches "
+                                f"{r.sums[n.name]:.3g}, inf in fp32, on calibration crop {crop}: the model overflows "
+                                "before any precision choice; refused")
         r.crops += len(next(iter(feed.values())))
     return r
 
@@ -219,13 +226,13 @@ def _origin(model) -> dict[str, str]:
 
 def _range_of(model, ranges: Ranges) -> Callable[[str], float | None]:
     """Tensor -> its measured absmax in the fp32 graph, through AutoCast's Casts both ways: a Cast's output has
-    its input's range, and a tensor read only by Casts (AutoCast renames a graph output's producer's output and
-    casts it back to the output's name) has the range of what they write."""
+    its input's range, and a tensor a Cast reads (AutoCast renames a graph output's producer's output and casts it
+    back to the output's name, also when other nodes read it: FSA's stage outputs) has the range of what it
+    writes."""
     origin = _origin(model)
-    walk = Walk(model.graph)
     casts: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        if n.op_type == "Cast" and all(r.op_type == "Cast" for r in walk.consumers_of(n.input[0])):
+    for n in model.graph.node:  # a Cast carries its input's values: its range is its input's, whoever else reads it
+        if n.op_type == "Cast":
             casts.setdefault(n.input[0], []).append(n.output[0])
 
     def of(t: str, depth: int = 0) -> float | None:

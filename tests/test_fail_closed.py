@@ -76,6 +76,11 @@ def test_nan_is_refused_all_nan_and_through_a_layernorm(tmp_path):
     with pytest.raises(F.NonFinite, match="tensor x .graph input"):
         F.measure(ln, [{"x": np.array([[1.0, np.nan, 1.0, 3.0]], np.float32)}])
     assert F.measure(ln, [{"x": np.array([[1.0, 2.0, 4.0, 3.0]], np.float32)}]).sums["ln"] > 0
+    # finite in, finite (0) out, but the LayerNorm's own fp32 sum of squares is inf (|d| = 1e20): refused, named
+    big = save(tmp_path, [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], name="ln", axis=-1)],
+               [const("g", np.ones(4)), const("b", np.zeros(4))], name="big.onnx")
+    with pytest.raises(F.NonFinite, match="LayerNormalization ln's sum of squares reaches 4e\\+40, inf in fp32"):
+        F.measure(big, [{"x": np.array([[1e20, -1e20, 1e20, -1e20]], np.float32)}])
 
 
 def mask_graph(tmp: Path, mask_name: str, fill: float) -> Path:
@@ -117,6 +122,12 @@ def test_graph_output_producers_are_audited(tmp_path):
     assert [(f.node, f.value) for f in found] == [("scale", pytest.approx(1e5))], [f.line() for f in found]
     assert np.isinf(run_graph(model, feed(1000.0))["y"]).all()  # what fp16 arithmetic makes of it
     assert F.audit(model, F.measure(path, [feed(100.0)])) == []  # 1e4: inside the bound
+    # an output other nodes read too (as FSA's stage outputs are): the producer is still found through the Cast
+    path = save(tmp_path, [helper.make_node("Mul", ["k", "x"], ["y"], name="scale"),
+                           helper.make_node("Relu", ["y"], ["z"], name="relu")], [const("k", 100.0)], name="read.onnx",
+                outputs=("y", "z"))
+    found = F.audit(F.to_fp16(path, []), F.measure(path, [feed(1000.0)]))
+    assert sorted((f.node, f.value) for f in found) == [("relu", pytest.approx(1e5)), ("scale", pytest.approx(1e5))]
 
 
 def test_nan_range_fails_the_audit(tmp_path):

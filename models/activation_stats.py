@@ -149,8 +149,14 @@ def capture(trunk: TrunkView) -> Iterator[list[Captured]]:
             h.remove()
 
 
+def median(x: torch.Tensor) -> torch.Tensor:
+    """The median as numpy (and the contract) take it: the mean of the two middle values of an even count
+    (torch's median() returns the lower one: 2 high-norm tokens, or DINO B/8's 1764 patches, read low)."""
+    return torch.quantile(x.double(), 0.5).to(x.dtype)
+
+
 def _ratio(absmax: torch.Tensor) -> float:
-    return float(absmax.max() / absmax.median().clamp_min(1e-30))
+    return float(absmax.max() / median(absmax).clamp_min(1e-30))
 
 
 def block_stats(c: Captured, prefix: int) -> dict[str, Any]:
@@ -158,13 +164,13 @@ def block_stats(c: Captured, prefix: int) -> dict[str, Any]:
     assert c.resid is not None and c.ln1 is not None and c.probs is not None
     absmax = c.resid.abs().amax(dim=0)
     norms = c.resid[prefix:].norm(dim=-1)
-    high = norms >= HIGH_NORM_FACTOR * norms.median()
+    high = norms >= HIGH_NORM_FACTOR * median(norms)
     return {
         "resid_absmax_ratio": _ratio(absmax),
-        "resid_outlier_channels": int((absmax >= OUTLIER_FACTOR * absmax.median()).sum()),
+        "resid_outlier_channels": int((absmax >= OUTLIER_FACTOR * median(absmax)).sum()),
         "high_norm_token_fraction": float(high.float().mean()),
         "high_norm_tokens": torch.nonzero(high).flatten().tolist(),
-        "token_norm_ratio": float(norms[high].median() / norms.median().clamp_min(1e-30)) if high.any() else None,
+        "token_norm_ratio": float(median(norms[high]) / median(norms).clamp_min(1e-30)) if high.any() else None,
         "post_ln_channel_spread": _ratio(c.ln1.abs().amax(dim=0)),
         "attn_max_mean": float(c.probs.amax(dim=-1).mean()),
         "tokens": int(c.probs.shape[-1]),

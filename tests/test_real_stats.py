@@ -251,3 +251,16 @@ def test_dump_activation_stats_bad_name(tmp_path):
                   "--classes", "sky")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--activation-stats" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_token_norm_ratio_and_threshold_take_the_median_as_numpy_does():
+    """Even counts: the median is the mean of the two middle values (torch's median() would take the lower)."""
+    from fsa_deploy.models.activation_stats import Captured, block_stats
+
+    norms = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 30.0, 50.0])  # median 2; high-norm (>= 10): 30 and 50
+    resid = torch.zeros(1 + len(norms), 4)  # one prefix token, then the patch tokens
+    resid[1:, 0] = torch.from_numpy(norms)
+    resid[0, 1] = 1.0
+    e = block_stats(Captured(resid=resid, ln1=resid, probs=torch.full((1, 9, 9), 1 / 9)), prefix=1)
+    assert e["high_norm_tokens"] == [6, 7] and e["high_norm_token_fraction"] == 0.25
+    assert e["token_norm_ratio"] == pytest.approx(np.median([30.0, 50.0]) / np.median(norms), rel=1e-6)  # 20

@@ -41,6 +41,7 @@ from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 
 SAFE_FP16 = 16384.0  # a quarter of fp16's largest value: headroom for inputs the calibration did not see
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto elem types
+EXTERNAL = 1  # onnx.TensorProto.EXTERNAL: an initializer whose data lies in another file
 SQUARE_SUMS = ("LayerNormalization", "ReduceL2", "ReduceSumSquare")  # sum of squares inside the node
 FP32_MAX = float(np.finfo(np.float32).max)  # a LayerNorm's hidden fp32 sum of squares past this: inf in the fp32 graph
 PLAIN_SUMS = ("ReduceMean", "ReduceSum")  # sum of |x| before any division
@@ -103,7 +104,8 @@ def _axes(node, consts: dict[str, np.ndarray], rank: int) -> tuple[int, ...] | N
 def _constants(model) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in (6, 7)}
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in (6, 7)
+           and t.data_location != EXTERNAL}  # stored outside (over 1 KB): a weight, never a shape or an exponent
     for n in model.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
@@ -357,7 +359,8 @@ def _is_square(node, consts: dict[str, np.ndarray]) -> bool:
 def _float_constants(model) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in (FLOAT, FLOAT16, 11)}
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in (FLOAT, FLOAT16, 11)
+           and t.data_location != EXTERNAL}  # `fsa lint` loads a graph over 2 GB without its weights
     for n in model.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto as T
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from fsa_deploy.contract import MASK_PREFIX
 from fsa_deploy.export import fp16_audit as F
@@ -218,3 +218,22 @@ def test_sessions_past_protobufs_limit_match_in_memory_ones(tiny_export):
     a = F.ort_session(model, ort.SessionOptions()).run(["logits"], x)[0]
     b = F.ort_session(model, ort.SessionOptions(), inline_bytes=0).run(["logits"], x)[0]
     np.testing.assert_array_equal(a, b)
+
+
+def test_policy_reads_a_graph_loaded_without_its_external_data(tmp_path, monkeypatch):
+    """`fsa lint` loads a graph over 2 GB without its weights, from any folder: the policy still finds its nodes."""
+    w = numpy_helper.from_array(np.ones((4, 64), np.float32), "w")  # 1 KB: stored outside, as a weight is
+    path = tmp_path / "sq.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Pow", ["h", "two"], ["sq"],
+                                                                                     name="square"),
+         helper.make_node("ReduceMean", ["sq", "axes"], ["y"], name="mean_sq")], "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", T.FLOAT, [1, 1])],
+        [w, const("two", 2.0), helper.make_tensor("axes", T.INT64, [1], [-1])])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path),
+                    save_as_external_data=True, location="sq.onnx.data", size_threshold=512)
+    monkeypatch.chdir(tmp_path.parent)  # not the graph's folder: its data cannot be found from here
+    model = onnx.load(str(path), load_external_data=False)
+    assert [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL] == ["w"]
+    assert F.precision_policy(model)["square_sums"] == ["mean_sq", "square"]
+    assert F.policy_violations(model) == []  # an fp32 graph: nothing computes in fp16

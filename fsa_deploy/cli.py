@@ -10,18 +10,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any
 
 from fsa_deploy import interrupts, log
 from fsa_deploy.errors import CheckFailed, FSAError, escape
 from fsa_deploy.interrupts import Interrupted
 from fsa_deploy.runtime import environ
-from fsa_deploy.spellings import take_notes
+from fsa_deploy.spellings import OneLineParser
 
 # verb -> (module that defines it as module.add_<verb>(subparsers), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "export": ("fsa_deploy.export.cli", "PyTorch model -> artefact folder (ONNX graphs + meta.json)"),
-    "lint": ("fsa_deploy.export.lint", "check an ONNX graph against TensorRT's ONNX parser rules"),
+    "lint": ("fsa_deploy.export.lint.cli", "check an ONNX graph against TensorRT's ONNX parser rules"),
     "build": ("fsa_deploy.export.trt_build", "artefact folder -> TensorRT engines"),
     "calibrate": ("fsa_deploy.calibration.cli", "explicit Q/DQ (int8, fp8) ONNX from calibration images"),
     "segment": ("fsa_deploy.runtime.cli", "label maps, overlays and a JSON summary per image"),
@@ -34,22 +33,6 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("fsa_deploy.validation.eval", "mIoU on a segmentation benchmark under the paper's protocol, per backend"),
     "app": ("fsa_deploy.runtime.app", "a web page to try an artefact: photos and a live camera"),
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-    # argparse's three typed overloads, taken and returned as they are
-    def parse_known_args(  # type: ignore[override]
-            self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
-        """argparse's, then one line per deprecated spelling used (fsa_deploy/spellings.py)."""
-        parsed, extras = super().parse_known_args(args, namespace)
-        for note in take_notes(parsed):
-            print(f"{self.prog}: {note}", file=sys.stderr)  # argparse's own channel, as its usage errors
-        return parsed, extras
 
 
 def build_parser(verb: str | None) -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ RENAMED row for row (tests/test_options.py compares them).
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 # (verb or make target, old spelling) -> new spelling
@@ -56,6 +57,23 @@ def take_notes(namespace: argparse.Namespace) -> list[str]:
     return [note for _, note in given.values() if note]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2; every fsa parser (and the make
+    targets' scripts) is one, so the deprecation lines are printed here, beside the spellings."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    # argparse's three typed overloads, taken and returned as they are
+    def parse_known_args(  # type: ignore[override]
+            self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, then one line per deprecated spelling used (take_notes)."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        for note in take_notes(parsed):
+            print(f"{self.prog}: {note}", file=sys.stderr)  # argparse's own channel, as its usage errors
+        return parsed, extras
+
+
 _CLASSES: dict[type, type] = {}
 
 
@@ -71,8 +89,6 @@ def _with_spellings(cls: type[argparse.Action]) -> type[argparse.Action]:
 
 def add_old_spellings(parser: argparse.ArgumentParser, verb: str) -> None:
     """Register RENAMED's old spellings of `verb` as second names of their new options (after those exist)."""
-    from fsa_deploy.cli import OneLineParser  # noqa: PLC0415 - import cycle (cli imports this module)
-
     assert isinstance(parser, OneLineParser), "the spellings' parse state is removed by OneLineParser"
     for (where, old), new in RENAMED.items():
         if where != verb:

@@ -18,12 +18,11 @@ import onnx
 
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.export.lint.checks import lint_graph
-from fsa_deploy.export.lint.cli import add_lint, run_lint
 from fsa_deploy.export.lint.graph import LintReport, Violation, analyse, load_structure
 from fsa_deploy.export.lint.rules import LABELS, RULES, TABLES, TARGETS, Target, tensorrt_rules
 
-__all__ = ["RULES", "TABLES", "TARGETS", "LintReport", "Violation", "add_lint", "assert_lint_clean", "lint",
-           "lint_versions", "load_structure", "merged_lines", "run_lint", "tensorrt_rules"]
+__all__ = ["RULES", "TABLES", "TARGETS", "LintReport", "Violation", "assert_lint_clean", "lint",
+           "lint_versions", "load_structure", "merged_lines", "tensorrt_rules"]
 
 
 def lint_versions(

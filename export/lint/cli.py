@@ -11,6 +11,8 @@ from typing import Any
 from fsa_deploy.contract import META
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.export.fp16_audit import lint_lines
+from fsa_deploy.export.lint import lint_versions, merged_lines
+from fsa_deploy.export.lint.parser import available, parser_verdict
 from fsa_deploy.export.lint.rules import TARGETS, parse_target
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.gate import check_output_file, write_json
@@ -39,8 +41,6 @@ def add_lint(sub: Any, help_text: str) -> argparse.ArgumentParser:
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    from fsa_deploy.export.lint import lint_versions, merged_lines  # noqa: PLC0415 - import cycle (export.lint imports this module)
-
     majors = (args.trt,) if args.trt else TARGETS
     versions = ", ".join(map(str, majors))
     paths = [Path(p) for p in args.onnx]
@@ -49,8 +49,6 @@ def run_lint(args: argparse.Namespace) -> int:
             raise FSAError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     flavour = None
     if args.parser:
-        from fsa_deploy.export.lint.parser import available  # noqa: PLC0415 - import cycle (export.lint imports this module)
-
         flavour = available()
         if flavour is None:
             raise FSAError("--parser: neither TensorRT-RTX nor TensorRT is installed (pip install 'fsa-deploy[rtx]')")
@@ -66,8 +64,6 @@ def run_lint(args: argparse.Namespace) -> int:
         lines = merged_lines(reports)
         real = None
         if flavour is not None:
-            from fsa_deploy.export.lint.parser import parser_verdict  # noqa: PLC0415 - import cycle (export.lint imports this module)
-
             real = parser_verdict(path, flavour)
             if not real.accepted:
                 what = "parser" if not real.parses else "builder"

@@ -87,11 +87,11 @@ def write(args: argparse.Namespace, report: dict[str, Any], rows: list[tuple]) -
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from fsa_deploy.models.activation_stats import model_stats  # noqa: PLC0415 - pulls in torch
-    from fsa_deploy.models.dump import first_crop  # noqa: PLC0415 - pulls in numpy, torch
-    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp  # noqa: PLC0415 - pulls in torch
-    from fsa_deploy.models.real_stats import RECIPE, RECIPES  # noqa: PLC0415 - pulls in torch
-    from fsa_deploy.models.weights import Weights  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.activation_stats import model_stats
+    from fsa_deploy.models.dump import first_crop
+    from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
+    from fsa_deploy.models.real_stats import RECIPE, RECIPES
+    from fsa_deploy.models.weights import Weights
     from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
 
     args = build_parser().parse_args(argv)

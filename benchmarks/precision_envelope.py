@@ -56,7 +56,7 @@ def emulated(folder: Path, photos: list[str]) -> dict[str, float]:
 
     from fsa_deploy.runtime.images import load_image  # noqa: PLC0415 - pulls in numpy
     from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph  # noqa: PLC0415 - pulls in numpy, torch
+    from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
 
     geo = Geometry(crop=112)
     crops = np.concatenate([crops_of(resize_image(load_image(p), geo), geo)[0] for p in photos]).astype(np.float32)

@@ -65,7 +65,7 @@ def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
 
 def run_modelopt(quantize: Callable[..., None], src: Path, out: Path, data: CalibrationData, opts: CalibrationOptions,
                  exclude: list[str], external: bool, scope: str, progress: bool = True) -> None:
-    from fsa_deploy.calibration.reader import DataReader  # noqa: PLC0415 - pulls in numpy, onnxruntime
+    from fsa_deploy.calibration.reader import DataReader
 
     patterns = ([f"^{re.escape(scope)}"] if scope else []) + [re.escape(n) + "$" for n in exclude]
     try:

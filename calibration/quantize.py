@@ -208,7 +208,7 @@ def quantize_into(art: A.Artifact, name: str, quantize: Callable[..., None], dat
             raise FSAError(f"{name}: ModelOpt put Q/DQ next to the fp32 block ({', '.join(summary.in_scope[:3])}); "
                            "not written")
         if opts.lint:
-            from fsa_deploy.export.lint import assert_lint_clean  # noqa: PLC0415 - pulls in onnx
+            from fsa_deploy.export.lint import assert_lint_clean
 
             assert_lint_clean(str(work / name))
         written = [n for n in (name, name + "_data") if (work / n).is_file()]

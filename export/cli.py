@@ -35,7 +35,7 @@ def add_export(sub, help_text: str) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from fsa_deploy.export.onnx_export import describe, export_artifact  # noqa: PLC0415 - pulls in onnx, torch
+    from fsa_deploy.export.onnx_export import describe, export_artifact
 
     fp16 = None
     if args.precision == "fp16":

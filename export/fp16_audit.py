@@ -479,7 +479,7 @@ def calibration_feeds(ref, images: tuple[str, ...], count: int) -> tuple[list[di
     (`FILE crop i`) for the non-finite refusal."""
     import torch
 
-    from fsa_deploy.models.dump import numpy_encoder  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.dump import numpy_encoder
     from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
     files, errors = expand_images(list(images) or sample_photos(), "--images")
@@ -506,7 +506,7 @@ def export_fp16(ref, path: Path, stages: dict[str, str], scope: str, plan: Fp16P
     """The fp32 image graph at `path` -> its fp16 graph, in place; returns the node count."""
     import onnx
 
-    from fsa_deploy.export.onnx_export import save_onnx  # noqa: PLC0415 - pulls in onnx, torch
+    from fsa_deploy.export.onnx_export import save_onnx
 
     ranges = measure(path, *calibration_feeds(ref, plan.images, plan.count))
     fp32 = onnx.load(str(path))

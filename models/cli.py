@@ -43,8 +43,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace):
     """The ModelSpec the options describe (FSAError on a bad combination)."""
-    from fsa_deploy.models.factory import ModelSpec, default_hp  # noqa: PLC0415 - pulls in torch
-    from fsa_deploy.models.weights import Weights  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.factory import ModelSpec, default_hp
+    from fsa_deploy.models.weights import Weights
 
     if args.pretrained:
         weights = Weights(pretrained=args.pretrained, cache_dir=args.hub_cache)
@@ -88,14 +88,14 @@ def add_dump(sub, help_text: str) -> None:
 
 
 def run_dump(args: argparse.Namespace) -> int:
-    from fsa_deploy.models.dump import dump_stages  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.dump import dump_stages
 
     outputs = gate.Outputs()
     outputs.file(args.out, "--out", args.overwrite)  # before the work: a folder, a file under a file, ...
     if not str(args.out).endswith(".npz"):
         raise FSAError(f"--out {args.out}: must end in .npz")
     if args.activation_stats:
-        from fsa_deploy.models.activation_stats import check_stats_path  # noqa: PLC0415 - pulls in torch
+        from fsa_deploy.models.activation_stats import check_stats_path
 
         check_stats_path(args.activation_stats, args.out)
         outputs.file(args.activation_stats, "--activation-stats", args.overwrite)

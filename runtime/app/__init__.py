@@ -105,7 +105,7 @@ def app_pixel_limit() -> int:
 
 
 def guard_of(args: argparse.Namespace, listen: str) -> Guard:
-    from fsa_deploy.runtime.app.web import Guard  # noqa: PLC0415 - pulls in numpy, starlette
+    from fsa_deploy.runtime.app.web import Guard
 
     for origin in args.allow_origin:
         if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
@@ -140,7 +140,7 @@ def run_app(args: argparse.Namespace) -> int:
         import python_multipart  # noqa: F401 - Starlette's form parser, else every upload fails
         import uvicorn  # noqa: F401
 
-        from fsa_deploy.runtime.app.web import starlette_app  # noqa: PLC0415 - pulls in numpy, starlette
+        from fsa_deploy.runtime.app.web import starlette_app
     except ImportError as e:
         raise FSAError(f"needs the web stack: pip install 'fsa-deploy[app]' ({e})") from e
     from fsa_deploy.runtime.app.service import Local, Remote  # noqa: PLC0415 - pulls in numpy

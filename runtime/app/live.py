@@ -189,7 +189,7 @@ def routes(live: LiveSource | None) -> list:
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    from fsa_deploy.runtime.app.web import BadRequest, error, parse_prob_thd  # noqa: PLC0415 - pulls in starlette
+    from fsa_deploy.runtime.app.web import BadRequest, error, parse_prob_thd
 
     def absent() -> Response:
         return error("no --source: start `fsa app DIR --source SRC` to stream a camera, file or stream", 404)

@@ -95,7 +95,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
 
     from fsa_deploy.models.cli import spec_from_args  # noqa: PLC0415 - pulls in numpy
     from fsa_deploy.runtime.text import vocabulary_from_args  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.validation.validate import expand_images  # noqa: PLC0415 - pulls in numpy, torch
+    from fsa_deploy.validation.validate import expand_images
 
     _check_ranges(args)
     from fsa_deploy.runtime import gate  # noqa: PLC0415 - gate is another thing in this module
@@ -144,7 +144,7 @@ def block_classes(args: argparse.Namespace) -> int | None:
 
 def run_block(args: argparse.Namespace) -> int:
     """`--block`: validation/bench/block.py with K classes."""
-    from fsa_deploy.validation.bench.block import main_block  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.validation.bench.block import main_block
 
     classes = block_classes(args)
     if args.tokens is None or classes is None:

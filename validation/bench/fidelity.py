@@ -13,8 +13,8 @@ from fsa_deploy.validation.bench.data import TRT, BenchPlan, BenchRow, Fidelity
 
 def row_fidelity(row: BenchRow, plan: BenchPlan, text: Any, backend: Any | None) -> Fidelity:
     """validate_image on every bench image against validate's reference (PyTorch deploy, fp32, CPU)."""
-    from fsa_deploy.models.factory import Reference, build_reference  # noqa: PLC0415 - pulls in torch
-    from fsa_deploy.validation import validate as V  # noqa: PLC0415 - pulls in numpy, torch
+    from fsa_deploy.models.factory import Reference, build_reference
+    from fsa_deploy.validation import validate as V
 
     if backend is not None:  # a PyTorch row: its own model
         side: Any = V.ArtifactSide.on(backend)

@@ -40,11 +40,11 @@ def measure_work(plan: BenchPlan, devices: tuple[str, ...]) -> dict[str, Any]:
     `fsa segment` caches them), the crop forward's work, and each device's rates."""
     import torch
 
-    from fsa_deploy.models.backend import spec_key  # noqa: PLC0415 - pulls in numpy, torch
-    from fsa_deploy.models.dump import numpy_encoder  # noqa: PLC0415 - pulls in numpy, torch
-    from fsa_deploy.models.factory import build_reference  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.backend import spec_key
+    from fsa_deploy.models.dump import numpy_encoder
+    from fsa_deploy.models.factory import build_reference
     from fsa_deploy.runtime.text import cached_classifier, default_cache_dir  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.validation.bench.flops import count_work, measure_rates  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.validation.bench.flops import count_work, measure_rates
 
     _apply_threads(plan.threads)
     ref = build_reference(plan.spec, "deploy")
@@ -106,7 +106,7 @@ class DeviceMemory:
 def open_row_backend(row: BenchRow, plan: BenchPlan) -> Any:
     """The runtime backend of a row, as `fsa segment` would open it."""
     if row.format in TORCH_FORMATS:
-        from fsa_deploy.models.backend import TorchBackend  # noqa: PLC0415 - pulls in numpy, torch
+        from fsa_deploy.models.backend import TorchBackend
 
         return TorchBackend(plan.spec, device=row.device, dtype=row.precision,
                             formulation="literal" if row.format == LITERAL else "deploy")

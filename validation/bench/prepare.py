@@ -48,8 +48,8 @@ def _attempt(what: str, fn: Callable[[], Source]) -> Source:
 
 def export_into(spec: Any, folder: Path, precision: str) -> Source:
     """`fsa export` into the work folder; a folder exported earlier from the same model is reused."""
-    from fsa_deploy.export.onnx_export import export_artifact  # noqa: PLC0415 - pulls in numpy, onnx, torch
-    from fsa_deploy.models.factory import spec_from_meta  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.export.onnx_export import export_artifact
+    from fsa_deploy.models.factory import spec_from_meta
 
     if (folder / contract.META).is_file():
         with contextlib.suppress(FSAError):
@@ -181,7 +181,7 @@ def work_folder(path: str | None) -> Iterator[Path]:
 
 def model_of(opts: BenchOptions) -> tuple[Any, tuple[str, ...]]:
     """The model selection and prompt templates: the options', or the artefacts' meta.json."""
-    from fsa_deploy.models.factory import spec_from_meta  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.models.factory import spec_from_meta
 
     if not opts.artifacts:
         return opts.spec, tuple(openai_templates())

@@ -54,7 +54,7 @@ class Report:
     results: list[BenchResult] = field(default_factory=list)
 
     def floors(self) -> dict[str, dict[str, float]]:
-        from fsa_deploy.validation.bench.flops import floor_ms  # noqa: PLC0415 - pulls in torch
+        from fsa_deploy.validation.bench.flops import floor_ms
 
         return {d: {p: floor_ms(self.work, r, p) for p in BENCH_PRECISIONS} for d, r in self.rates.items()}
 

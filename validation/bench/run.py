@@ -50,7 +50,7 @@ def run_rows(children: Children, plan: BenchPlan, rows: list[BenchRow], text: An
 
 def add_ratios(results: list[BenchResult], work: dict[str, Any], rates: dict[str, Any]) -> None:
     """Speedup against the literal fp32 row of the same device; distance from the roofline floor."""
-    from fsa_deploy.validation.bench.flops import floor_ms  # noqa: PLC0415 - pulls in torch
+    from fsa_deploy.validation.bench.flops import floor_ms
 
     base = {r.row.device: r.measured for r in results if r.row.baseline and r.measured}
     for r in results:

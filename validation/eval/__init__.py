@@ -364,7 +364,7 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
         backend = plugin("torch")(art, device="auto")
         ident = "pytorch"
         if args.reference_precision == "fp16":
-            from fsa_deploy.validation.eval.precision import Autocast  # noqa: PLC0415 - pulls in torch
+            from fsa_deploy.validation.eval.precision import Autocast
 
             backend = Autocast(backend)
             ident = backend.name

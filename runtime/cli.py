@@ -24,7 +24,9 @@ from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.graph import open_graph
 from fsa_deploy.runtime.images import expand_images
 from fsa_deploy.runtime.schema import refuse_artifact_file
+from fsa_deploy.runtime.segmenter import Segmenter
 from fsa_deploy.runtime.text import add_vocabulary_args, usable_cache_dir, vocabulary_from_args
+from fsa_deploy.runtime.video.outputs import output_paths
 from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
 from fsa_deploy.runtime.video.sources import Selection, SourceSpec, classify
 from fsa_deploy.spellings import add_old_spellings
@@ -149,8 +151,6 @@ def split_sources(items: Sequence[str]) -> tuple[list[str], list[SourceSpec], li
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow
-
     items, videos, errors = split_sources(args.images)
     if errors and len(args.images) == 1:  # the only source: its line is the run's one line
         raise FSAError(errors[0])
@@ -193,8 +193,6 @@ def run_segment(args: argparse.Namespace) -> int:
 def video_names(videos: list, image_stems: Sequence[str], out: Path, overwrite: bool = False) -> list:
     """Video sources with output names that clash with no image's and no other source's (a counter
     added), checked through the output gate like the images' outputs."""
-
-    from fsa_deploy.runtime.video.outputs import output_paths  # noqa: PLC0415 - pulls in Pillow
 
     taken = {s.casefold() for s in image_stems}
     named = []

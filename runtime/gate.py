@@ -32,6 +32,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
+if os.name == "nt":  # no flock on Windows: filelock's msvcrt lock (lock()); folders are not locked there
+    from filelock import FileLock, Timeout
+else:
+    import fcntl
+
 from fsa_deploy import interrupts
 from fsa_deploy.contract import FORMAT, META, OUTPUTS_FORMAT, OUTPUTS_MANIFEST
 from fsa_deploy.errors import FSAError, escape
@@ -211,8 +218,6 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     if os.name == "nt":
         yield
         return
-    import fcntl  # noqa: PLC0415 - fcntl: POSIX only
-
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -429,23 +434,17 @@ def produce(path: PathLike, fn: Callable[..., object], *args: Any, **kw: Any) ->
 
 
 def save_npz(path: PathLike, keep: bool = True, **arrays: Any) -> None:
-    import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
-
     with atomic(path, keep) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
 
 def fill_npz(tmp: PathLike, **arrays: Any) -> None:
     """Arrays into a temporary file `atomic` handed out (the caller renames it with other work)."""
-    import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
-
     with open(guard(tmp), "wb") as f:
         np.savez(f, **arrays)
 
 
 def save_npy(path: PathLike, array: Any, keep: bool = True) -> None:
-    import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
-
     with atomic(path, keep) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
 
@@ -612,8 +611,6 @@ def lock(path: PathLike, timeout: float = -1.0, what: str | None = None) -> Iter
     (released by the kernel if the holder dies). `timeout` < 0 waits forever; FSAError after it."""
     p = Path(path)
     if os.name == "nt":  # no flock: filelock's msvcrt lock (its floor refuses links too)
-        from filelock import FileLock, Timeout  # noqa: PLC0415 - keeps this module's import free of filelock
-
         fl = FileLock(str(p), timeout=timeout)
         try:
             fl.acquire()
@@ -624,8 +621,6 @@ def lock(path: PathLike, timeout: float = -1.0, what: str | None = None) -> Iter
         finally:
             fl.release()
         return
-    import fcntl  # noqa: PLC0415 - fcntl: POSIX only
-
     guard_parent(p) if not _inside_building(p) else None
     try:
         fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0), 0o666)

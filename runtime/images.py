@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import environ
@@ -49,8 +50,6 @@ def to_rgb(img) -> np.ndarray:
 
     Alpha is composited on black; 16-bit and float images are scaled from their range.
     """
-    from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
-
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
         if not np.isfinite(a).all():  # NaN would become black (or class 0) silently
@@ -83,8 +82,6 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 def decode_image(source: str | os.PathLike[str] | BinaryIO, name: object) -> np.ndarray:
     """An image file (a path or a binary file object, e.g. a request's bytes) -> uint8 [3, H, W]
     RGB, EXIF applied, under the one pixel limit; errors are one line that starts with `name`."""
-    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415 - keeps this module's import free of Pillow
-
     limit = max_pixels()
     Image.MAX_IMAGE_PIXELS = limit  # Pillow refuses at twice this in open(); we refuse above it, below
     try:
@@ -116,8 +113,6 @@ SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "mo
 def image_suffixes() -> frozenset[str]:
     """File suffixes Pillow opens (its stub formats, which need a handler installed, left out):
     what a folder given as images expands to, in every verb."""
-    from PIL import Image, ImageFile  # noqa: PLC0415 - keeps this module's import free of Pillow
-
     def opens(fmt: str) -> bool:
         factory = Image.OPEN.get(fmt, (None,))[0]
         return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))

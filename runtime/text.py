@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import regex
 
 from fsa_deploy.contract import CONTEXT_LENGTH, TOKENIZER_VOCAB
 from fsa_deploy.errors import FSAError, escape
@@ -106,8 +107,6 @@ class Tokenizer:
     """CLIP's BPE tokenizer on a merges file (gzip text: a header line, then `a b` per merge)."""
 
     def __init__(self, merges_file: str | os.PathLike[str]):
-        import regex  # noqa: PLC0415 - keeps this module's import free of regex
-
         try:
             with gzip.open(merges_file, "rt", encoding="utf-8") as f:
                 lines = f.read().split("\n")

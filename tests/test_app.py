@@ -789,11 +789,12 @@ def test_default_classes_a_server_cannot_carry_are_refused_at_start(tiny_artifac
     loads or the server is asked (runtime.text.classes_text, the one `fsa eval --server` uses). ~0.1 s."""
     from fsa_deploy.errors import FSAError
     from fsa_deploy.runtime import text
+    from fsa_deploy.runtime.app import service
     from fsa_deploy.runtime.app.service import Local, Remote
 
     classes = tmp_path / "classes.txt"
     classes.write_text("background\ntv, monitor; screen\ncat\n")
-    monkeypatch.setattr(text, "DEFAULT_CLASSES", classes)
+    monkeypatch.setattr(service, "DEFAULT_CLASSES", classes)  # where Local and Remote read it
     for make in (lambda: Local(str(tiny_artifact.root), "onnx"),
                  lambda: Remote(str(tiny_artifact.root), f"127.0.0.1:{free_ports(1)[0]}")):
         with pytest.raises(FSAError, match=r"classes\.txt: class name 'tv, monitor' holds ',' or ';'") as e:

@@ -66,7 +66,7 @@ def test_wheel_holds_one_package_and_every_source_file(wheel):
     base = [ln.split(":", 1)[1].strip() for ln in meta.splitlines()
             if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
     assert sorted(b.split(">")[0].split("<")[0].split("=")[0].strip() for b in base) == [
-        "filelock", "numpy", "onnxruntime", "pillow", "regex"], base
+        "filelock", "numpy", "onnxruntime", "packaging", "pillow", "regex"], base
     entry = zipfile.ZipFile(wheel).read(f"{dist[0]}/entry_points.txt").decode()
     assert "fsa = fsa_deploy.cli:main" in entry
 

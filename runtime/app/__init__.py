@@ -20,11 +20,13 @@ from fsa_deploy.errors import FSAError
 from fsa_deploy.interrupts import shielded
 from fsa_deploy.log import logger
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime.app.live import LiveSource
+from fsa_deploy.runtime.app.service import Local, Remote
+from fsa_deploy.runtime.images import MAX_PIXELS, MAX_PIXELS_ENV, max_pixels
 
 if TYPE_CHECKING:  # the web stack is the `app` extra, imported when the verb runs
     from starlette.applications import Starlette
 
-    from fsa_deploy.runtime.app.live import LiveSource
     from fsa_deploy.runtime.app.web import Guard
 
 LOG = logger("runtime")
@@ -95,8 +97,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def app_pixel_limit() -> int:
     """The upload pixel limit when FSA_MAX_PIXELS is not set: a share of physical memory, at most the CLI's."""
-    from fsa_deploy.runtime.images import MAX_PIXELS  # noqa: PLC0415 - pulls in numpy
-
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a 16 GB machine's share
@@ -143,8 +143,6 @@ def run_app(args: argparse.Namespace) -> int:
         from fsa_deploy.runtime.app.web import starlette_app
     except ImportError as e:
         raise FSAError(f"needs the web stack: pip install 'fsa-deploy[app]' ({e})") from e
-    from fsa_deploy.runtime.app.service import Local, Remote  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.images import MAX_PIXELS_ENV, max_pixels  # noqa: PLC0415 - pulls in numpy
 
     max_pixels()  # a bad FSA_MAX_PIXELS is refused before anything starts
     os.environ.setdefault(MAX_PIXELS_ENV, str(app_pixel_limit()))  # this process's decoder reads it per request
@@ -154,8 +152,6 @@ def run_app(args: argparse.Namespace) -> int:
     try:
         service = Remote(args.artifact, args.server) if args.server else Local(args.artifact, args.backend)
         if args.source:
-            from fsa_deploy.runtime.app.live import LiveSource  # noqa: PLC0415 - pulls in numpy
-
             live = LiveSource(service, args.source, service.info["classes"], args.stream_timeout).start()
             service.info["source"] = args.source
         if not is_loopback(args.host):

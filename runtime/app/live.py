@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.app.service import Job, parse_classes
@@ -129,8 +130,6 @@ class LiveSource:
                 self.cond.notify_all()
 
     def _worker(self) -> None:
-        from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
-
         while not self.stopped.is_set():
             with self.cond:
                 while self.frame is None and not self.stopped.is_set():

@@ -34,8 +34,9 @@ from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.runtime.cancel import stoppable
 from fsa_deploy.runtime.images import decode_image
 from fsa_deploy.runtime.schema import MetaRecord
+from fsa_deploy.runtime.segmenter import SegmentationResult, Segmenter, SegmenterCache, label_image, palette
 from fsa_deploy.runtime.serve.client import SERVED, segment_inputs, server_address
-from fsa_deploy.runtime.text import Vocabulary
+from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text, usable_cache_dir
 
 MAX_QUERIES = 1024  # class names (synonyms included) per request, as fsa_segment's default
 MAX_CLASSES_CHARS = 20_000  # the classes text
@@ -88,8 +89,6 @@ def answer_of(result: Any, job: Job, timings: dict[str, float], summary: dict[st
     """A SegmentationResult -> the bytes `fsa segment` writes for it (runtime.segmenter's own
     drawing), the summary's `image` being the uploaded file's name and its timings_ms gaining
     `timings` (decode, text) and `encode` (these PNGs)."""
-    from fsa_deploy.runtime.segmenter import label_image  # noqa: PLC0415 - pulls in Pillow
-
     t0 = time.perf_counter()
     labels = png_bytes(label_image(result.labels))
     overlay = png_bytes(result.overlay()) if job.overlay else None
@@ -102,8 +101,6 @@ def answer_of(result: Any, job: Job, timings: dict[str, float], summary: dict[st
 
 def class_colors() -> list[list[int]]:
     """Class i's colour at row i (fsa segment's palette): the page's legend shows absent classes too."""
-    from fsa_deploy.runtime.segmenter import palette  # noqa: PLC0415 - pulls in Pillow
-
     return palette()[:UNLABELLED].tolist()
 
 
@@ -139,9 +136,6 @@ class Local:
     """The Segmenter of `fsa segment`, in this process."""
 
     def __init__(self, folder: str, backend: str, cache_dir: Any = None) -> None:
-        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache  # noqa: PLC0415 - pulls in Pillow
-        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text, usable_cache_dir  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
-
         self.default = Vocabulary.from_file(DEFAULT_CLASSES)
         default_text = classes_text(self.default, str(DEFAULT_CLASSES))  # the page sends it back: refused now
         art = Artifact.load(folder)
@@ -175,8 +169,6 @@ class Remote:
     the artefact hash every answer must carry."""
 
     def __init__(self, folder: str, url: str) -> None:
-        from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classes_text  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
-
         try:
             import tritonclient.http  # noqa: F401
         except ImportError as e:
@@ -205,8 +197,6 @@ class Remote:
 
     def segment(self, job: Job) -> Answer:
         from tritonclient.utils import InferenceServerException
-
-        from fsa_deploy.runtime.segmenter import SegmentationResult  # noqa: PLC0415 - pulls in Pillow
 
         vocab = parse_classes(job.classes)
         image, decode_ms = decoded(job)  # refused here before the round trip

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from fsa_deploy.contract import FLAVOURS, RTX_TARGETS
 from fsa_deploy.errors import FSAError
 
@@ -162,8 +164,6 @@ def installed(flavour: Flavour) -> str | None:
 
 
 def same_version(a: str, b: str) -> bool:
-    from packaging.version import InvalidVersion, Version  # noqa: PLC0415 - packaging: an optional dependency
-
     try:
         return Version(a) == Version(b)
     except InvalidVersion:
@@ -171,8 +171,6 @@ def same_version(a: str, b: str) -> bool:
 
 
 def at_least(version: str, minimum: str) -> bool:
-    from packaging.version import Version  # noqa: PLC0415 - packaging: an optional dependency
-
     return Version(version) >= Version(minimum)
 
 

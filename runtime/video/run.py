@@ -30,6 +30,7 @@ import numpy as np
 from fsa_deploy import interrupts
 from fsa_deploy.errors import FSAError, escape
 from fsa_deploy.runtime.pipeline import Canvas, batches, crops_of, postprocess, resize_image
+from fsa_deploy.runtime.video.sink import Sink
 from fsa_deploy.runtime.video.sources import JOIN_MARGIN_S, SEQUENCE_FPS, Selection, Source, SourceSpec, require_av
 
 QUEUE = 4  # frames per queue between two stages
@@ -258,8 +259,6 @@ class VideoRun:
     def run(self) -> dict[str, Any]:
         """Segment every selected frame; the summary written to NAME.json. FSAError (nothing
         written) when no frame could be read."""
-        from fsa_deploy.runtime.video.sink import Sink  # noqa: PLC0415 - pulls in Pillow
-
         require_av()  # the overlay's encoder, for an image sequence too: one line before any work
         o = self.options
         source = Source(self.spec, o.stream_timeout, o.sequence_fps, o.selection.start)

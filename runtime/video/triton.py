@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from fsa_deploy.contract import OUT_LABELS, OUT_SUMMARY, SEGMENT_MODEL
 from fsa_deploy.errors import FSAError
@@ -53,8 +54,6 @@ class StreamStats:
 
 
 def png_of(rgb: np.ndarray) -> bytes:
-    from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

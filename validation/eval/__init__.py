@@ -13,7 +13,7 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -40,19 +40,23 @@ from fsa_deploy.runtime.gate import write_json
 from fsa_deploy.runtime.images import load_image
 from fsa_deploy.runtime.pipeline import postprocess, resize_image, resized_canvas_logits
 from fsa_deploy.runtime.schema import refuse_artifact_file
+from fsa_deploy.runtime.segmenter import Segmenter
 from fsa_deploy.runtime.text import usable_cache_dir
 from fsa_deploy.spellings import add_old_spellings
+from fsa_deploy.validation.eval import datasets as D
+from fsa_deploy.validation.eval import mmcv
+from fsa_deploy.validation.eval import report as R
+from fsa_deploy.validation.eval.datasets import DATASETS
+from fsa_deploy.validation.eval.protocol import Overrides, class_names, declared, resolve
+from fsa_deploy.validation.eval.remote import fan_out, server_row
+from fsa_deploy.validation.eval.report import EvalReport, PaperReport
+from fsa_deploy.validation.eval.runner import Progress, Row, ShowDir, run_rows, work_key
 
 PROG = "fsa eval"
 LOG = logger("validation")
 
-if TYPE_CHECKING:  # report.py imports numpy-heavy runner code; the parser is built without it
-    from fsa_deploy.validation.eval.report import EvalReport, PaperReport
-
 
 def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
-    from fsa_deploy.validation.eval.datasets import DATASETS  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-
     p = sub.add_parser("eval", help=help_text, description=(
         "Score an artefact on a segmentation benchmark as the paper does (mmsegmentation's mIoU, the "
         "official configs' resize, windows, prob_thd and class names for the artefact's method), one row per "
@@ -116,13 +120,6 @@ def add_eval(sub, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
-def _report() -> Any:
-    """validation/eval/report.py, imported when a command runs (not when the CLI's parser is built)."""
-    from fsa_deploy.validation.eval import report  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-
-    return report
-
-
 def run_eval(args: argparse.Namespace) -> int:
     args.resize_given = args.resize is not None
     args.resize = args.resize or RESIZE_MMCV  # the official pipeline
@@ -155,7 +152,7 @@ def run_eval(args: argparse.Namespace) -> int:
         report = evaluate(args, args.dataset, args.root, art, sha, work,
                           Path(args.show_dir) if args.show_dir else None)
     _write_outputs(args, report)
-    print(_report().stdout_text(report), end="", flush=True)
+    print(R.stdout_text(report), end="", flush=True)
     gate(report, args.max_miou_drop)
     return 0
 
@@ -171,21 +168,16 @@ def _check_show_dir(folder: str) -> None:
 
 def _write_outputs(args: argparse.Namespace, report: EvalReport) -> None:
     write_json(args.json, report.to_json())
-    rep = _report()
-    for path, text in ((args.md, rep.markdown), (args.csv, rep.csv_text), (args.latex, rep.latex_text)):
+    for path, text in ((args.md, R.markdown), (args.csv, R.csv_text), (args.latex, R.latex_text)):
         if path:
             outputs_gate.write_text(path, text(report))
     if args.plot:
-        _report().plot(report, args.plot)
+        R.plot(report, args.plot)
 
 
 def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any, sha: str, work: Path,
              show_dir: Path | None) -> EvalReport:
     """One benchmark: the rows run (or read back from `work`) and the report (the JSON's object)."""
-    from fsa_deploy.validation.eval import datasets as D  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-    from fsa_deploy.validation.eval.protocol import Overrides, class_names, declared, resolve  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-    from fsa_deploy.validation.eval.runner import Progress, ShowDir, run_rows, work_key  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-
     lay = D.layout_of(dataset)
     over = Overrides(args.short_side, args.long_side, args.stride, args.prob_thd, args.classes_file, args.resize)
     method, proto, vocab = resolve(art.meta, dataset, over)
@@ -209,8 +201,6 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
     key_of = lambda item: work_key(sha, rows, protocol, classes, item)
     parallel = None
     if args.server:
-        from fsa_deploy.validation.eval.remote import fan_out  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-
         parallel = fan_out(rows, lay.reduce_zero_label, args.concurrency, decode)
     show = None
     if show_dir is not None:
@@ -223,17 +213,15 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
             LOG.error(f"{PROG}: error: {line}")
         raise FSAError(f"{len(failures)} of {len(found)} images failed (named above); no report written")
     shown = None if show is None else {"folder": str(show.folder), "row": rows[show.row].name}
-    return _report().make_report(dataset, method, protocol, classes, class_names(dataset, vocab), len(found), rows,
+    return R.make_report(dataset, method, protocol, classes, class_names(dataset, vocab), len(found), rows,
                            str(art.root), sha, setup, shown)
 
 
 def _decoder(resize: str):
     """The protocol's decoder: OpenCV as mmcv (mmcv resize), Pillow as `fsa segment` (float)."""
     if resize == RESIZE_MMCV:
-        from fsa_deploy.validation.eval.mmcv import cv2, decode  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-
-        cv2()  # a missing OpenCV is one line now, not one per image
-        return decode
+        mmcv.cv2()  # a missing OpenCV is one line now, not one per image
+        return mmcv.decode
 
     return load_image
 
@@ -241,8 +229,6 @@ def _decoder(resize: str):
 def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
     """Every benchmark found under DATA (mmseg's data/ layout), one row per model in the paper's
     column order; each benchmark's report kept in --work (a rerun skips the finished ones)."""
-    from fsa_deploy.validation.eval import datasets as D  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-
     if args.classes_file or args.split:
         raise FSAError("fsa eval paper: --classes-file and --split apply to one dataset; the paper uses each "
                        "benchmark's own")
@@ -278,14 +264,13 @@ def run_paper(args: argparse.Namespace, art: Any, sha: str) -> int:
                 LOG.info(f"{PROG}: {b}: finished in an earlier run ({done}); reused")
             reports[b] = one
             if not args.quiet:
-                print(_report().stdout_text(one), end="", flush=True)
+                print(R.stdout_text(one), end="", flush=True)
     paper = paper_rows(reports, missing, sha)
     write_json(args.json, paper.to_json())
-    rep = _report()
-    for path, text in ((args.md, rep.paper_markdown), (args.csv, rep.paper_csv), (args.latex, rep.paper_latex)):
+    for path, text in ((args.md, R.paper_markdown), (args.csv, R.paper_csv), (args.latex, R.paper_latex)):
         if path:
             outputs_gate.write_text(path, text(paper))
-    print(_report().paper_markdown(paper), end="", flush=True)
+    print(R.paper_markdown(paper), end="", flush=True)
     for done_report in reports.values():
         if done_report is not None:
             gate(done_report, args.max_miou_drop)
@@ -302,7 +287,7 @@ def _read_report(path: Path, sha: str) -> EvalReport | None:
         for r in rep["rows"]:
             if not all(k in r for k in ("name", "backend", "miou")):
                 raise ValueError("rows without mIoU")
-        return _report().EvalReport.from_json(rep)
+        return EvalReport.from_json(rep)
     except (OSError, ValueError, AttributeError, TypeError) as e:
         LOG.warning(f"{PROG}: warning: --work {path}: {str(e)[:80]}; running that benchmark again")
         return None
@@ -323,13 +308,13 @@ def paper_rows(reports: dict[str, EvalReport | None], missing: list[str], sha: s
     for row in out:
         vals = [v for v in row["cells"].values() if v is not None]
         row["avg"] = sum(vals) / len(vals) if vals else None
-    return _report().PaperReport(out, missing, sha)
+    return PaperReport(out, missing, sha)
 
 
 def gate(report: EvalReport, max_drop: float | None) -> None:
     if max_drop is None:
         return
-    bad = [f"{r['name']} ({r['backend']}) mIoU {_report().delta_text(r['miou_delta'])} points"
+    bad = [f"{r['name']} ({r['backend']}) mIoU {R.delta_text(r['miou_delta'])} points"
            for r in report.rows if r.get("miou_delta") is not None and r["miou_delta"] < -max_drop]
     if bad:
         raise CheckFailed(f"below the reference by more than {max_drop * 100:.2f} points: " + "; ".join(bad))
@@ -356,8 +341,6 @@ class _work_dir:
 
 def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: Any, found: list) -> list:
     """The reference row (first) and one row per --graph (or the --backend choice) or per server."""
-    from fsa_deploy.validation.eval.runner import Row  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-
     cache = None if args.no_cache else usable_cache_dir(args.cache_dir)
     rows = []
     if args.reference:
@@ -373,7 +356,6 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
     if args.server:
         if args.graph:
             raise FSAError("--server with --graph: the servers run their own graph; give one or the other")
-        from fsa_deploy.validation.eval.remote import server_row  # noqa: PLC0415 - import cycle (validation.eval imports this module)
 
         rows.append(server_row(args.server, art, sha, proto, vocab, args.server_timeout, found))
         return rows
@@ -395,8 +377,6 @@ def _segment_fn(backend: Backend, art: Any, sha: str, proto: Any, vocab: Any, ar
     """(item, image) -> the label map under the protocol: mmcv's resize of the uint8 image (or
     `fsa segment`'s float one), then the runtime's windows, stitching and post-processing; pixels
     under prob_thd are class 0, the official rule (whatever `fsa segment` draws for them)."""
-    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow
-
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
     seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=list(art.meta["templates"]),
                     model_key=sha, batch=args.batch, cache_dir=cache, prob_thd=proto.prob_thd, below_thd=0,
@@ -409,9 +389,7 @@ def _segment_fn(backend: Backend, art: Any, sha: str, proto: Any, vocab: Any, ar
 
     def run(item: Any, img: np.ndarray) -> np.ndarray:
         if proto.resize == RESIZE_MMCV:
-            from fsa_deploy.validation.eval.mmcv import imrescale  # noqa: PLC0415 - import cycle (validation.eval imports this module)
-
-            resized = imrescale(img, proto.short_side, proto.long_side)
+            resized = mmcv.imrescale(img, proto.short_side, proto.long_side)
         else:
             resized = resize_image(img, seg.geometry)
         canvas = resized_canvas_logits(resized, seg._forward, seg.geometry, seg.batch)

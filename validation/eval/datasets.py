@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from fsa_deploy.errors import FSAError
 
@@ -189,8 +190,6 @@ def _find_image(img_dir: Path, name: str, what: str) -> Path:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image as decoded (EXIF orientation applied), from its header only."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - keeps this module's import free of Pillow
-
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -202,8 +201,6 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def read_raw_mask(path: Path) -> np.ndarray:
     """A mask's values as stored (pillow, unchanged: palette indices for VOC's P-mode PNGs), int64 [H, W]."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - keeps this module's import free of Pillow
-
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):

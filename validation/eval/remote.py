@@ -22,6 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from fsa_deploy.contract import (
     OUT_LABELS,
@@ -144,8 +145,6 @@ class Servers:
     def probe(self, meta: dict[str, Any]) -> None:
         """Every server: a health probe, then a tiny image whose SUMMARY names what it serves; dead
         ones are dropped, one serving another artefact or preset is refused."""
-        from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
-
         want = identity(meta)
         buf = io.BytesIO()
         Image.new("RGB", (16, 12), (120, 90, 60)).save(buf, format="PNG")

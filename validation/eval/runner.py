@@ -29,6 +29,7 @@ from fsa_deploy.log import logger
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import sha256_file
 from fsa_deploy.runtime.images import encode
+from fsa_deploy.runtime.segmenter import label_image
 from fsa_deploy.validation.eval.datasets import Item, read_mask
 from fsa_deploy.validation.eval.metrics import agreement, confusion
 
@@ -151,8 +152,6 @@ class ShowDir:
         return self.folder / rel.parent / f"{item.image.stem}.png"
 
     def write(self, item: Item, labels: np.ndarray) -> None:
-        from fsa_deploy.runtime.segmenter import label_image  # noqa: PLC0415 - pulls in Pillow
-
         path = self.target(item)
         gate.mkdir(path.parent)
         gate.write_bytes(path, encode(label_image(labels)))

@@ -527,7 +527,6 @@ def lint_lines(path: Path) -> tuple[list[str], str | None]:
     Returns (violations, summary lines); ([], None) for a graph without a recorded audit."""
     import onnx
 
-
     if not (path.parent / META).is_file():
         return [], None
     try:

@@ -65,7 +65,6 @@ def stream_to_triton(source: str, url: str, classes: str, rate: float, in_flight
     `in_flight` outstanding; the answers in frame order. A bad reply raises FSAError naming the frame."""
     import tritonclient.http as th
 
-
     spec = classify(source)
     if spec is None:
         raise FSAError(f"{source}: not a video source")

@@ -9,8 +9,12 @@ from typing import Any
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
+from fsa_deploy.models.cli import add_model_args, spec_from_args
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime import gate as outputs_gate  # `gate` here is the --min-agreement check
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.images import sample_photos
+from fsa_deploy.runtime.text import vocabulary_from_args
 from fsa_deploy.spellings import add_old_spellings
 from fsa_deploy.validation.bench.data import DEFAULT_IMAGE, BenchOptions
 from fsa_deploy.validation.bench.report import format_terminal, gate, write_outputs
@@ -20,8 +24,6 @@ LOG = logger("validation")
 
 
 def add_bench(sub: Any, help_text: str) -> argparse.ArgumentParser:
-    from fsa_deploy.models.cli import add_model_args  # noqa: PLC0415 - pulls in numpy
-
     p = sub.add_parser("bench", help=help_text, description=(
         "Export the model (or take --artifact folders) and run every format and precision this machine has: "
         "one table of status, size, fidelity against the reference, latency, throughput, memory and speedup "
@@ -71,8 +73,6 @@ def _check_ranges(args: argparse.Namespace) -> None:
 
 def _model_options_given(args: argparse.Namespace) -> list[str]:
     """Model options that differ from their defaults (with --artifact, meta.json decides the model)."""
-    from fsa_deploy.models.cli import add_model_args  # noqa: PLC0415 - pulls in numpy
-
     probe = argparse.ArgumentParser()
     add_model_args(probe)
     defaults = vars(probe.parse_args([]))
@@ -80,8 +80,6 @@ def _model_options_given(args: argparse.Namespace) -> list[str]:
 
 
 def _default_images() -> tuple[str, ...]:
-    from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
-
     photos = sample_photos()
     chosen = [p for p in photos if Path(p).name == DEFAULT_IMAGE] or photos[:1]
     if not chosen:
@@ -93,18 +91,14 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     """Every check that needs no model, so bad usage fails in a second."""
     import torch
 
-    from fsa_deploy.models.cli import spec_from_args  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.text import vocabulary_from_args  # noqa: PLC0415 - pulls in numpy
     from fsa_deploy.validation.validate import expand_images
 
     _check_ranges(args)
-    from fsa_deploy.runtime import gate  # noqa: PLC0415 - gate is another thing in this module
-
-    outputs = gate.Outputs()  # before minutes of measuring; two options on one file are refused
+    outputs = outputs_gate.Outputs()  # before minutes of measuring; two options on one file are refused
     for path, option in ((args.json, "--json"), (args.md, "--md"), (args.plot, "--plot")):
         outputs.file(path, option, args.overwrite)
     if getattr(args, "work", None):
-        gate.check_folder(args.work, "--work")
+        outputs_gate.check_folder(args.work, "--work")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise FSAError("--device cuda: no CUDA device visible to torch")
     if args.plot and importlib.util.find_spec("matplotlib") is None:

@@ -6,6 +6,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from fsa_deploy.contract import GRAPH_PRECISIONS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
@@ -100,8 +102,6 @@ class Latency:
 
     @classmethod
     def of(cls, samples: list[float]) -> Latency:
-        import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
-
         a = np.asarray(samples, dtype=np.float64)
         med = float(np.median(a))
         return cls(med, float(np.percentile(a, 90)), float(a.min()), float(a.max()),

@@ -8,6 +8,7 @@ from typing import Any
 from fsa_deploy import contract
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 from fsa_deploy.validation.bench.data import TRT, BenchPlan, BenchRow, Fidelity
 
 
@@ -39,8 +40,6 @@ def ort_fp16_note(row: BenchRow) -> str | None:
     """Whether ONNX Runtime's CPU provider runs the fp16 graph natively: it inserts Casts to
     fp32 around nodes it has no fp16 kernel for; count them in its optimized graph."""
     import onnx
-
-    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend  # noqa: PLC0415 - pulls in numpy
 
     with gate.temp_dir() as tmp:
         optimized = Path(tmp) / "optimized.onnx"

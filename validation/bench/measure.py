@@ -8,6 +8,12 @@ from typing import Any
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.backends.onnxrt import CPU_EP, CUDA_EP, OnnxRuntimeBackend
+from fsa_deploy.runtime.backends.trt import TensorRTBackend
+from fsa_deploy.runtime.images import load_image
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image, windows
+from fsa_deploy.runtime.segmenter import Segmenter
+from fsa_deploy.runtime.text import cached_classifier, default_cache_dir
 from fsa_deploy.validation.bench.data import (
     LITERAL,
     MIB,
@@ -43,7 +49,6 @@ def measure_work(plan: BenchPlan, devices: tuple[str, ...]) -> dict[str, Any]:
     from fsa_deploy.models.backend import spec_key
     from fsa_deploy.models.dump import numpy_encoder
     from fsa_deploy.models.factory import build_reference
-    from fsa_deploy.runtime.text import cached_classifier, default_cache_dir  # noqa: PLC0415 - pulls in numpy
     from fsa_deploy.validation.bench.flops import count_work, measure_rates
 
     _apply_threads(plan.threads)
@@ -111,10 +116,7 @@ def open_row_backend(row: BenchRow, plan: BenchPlan) -> Any:
         return TorchBackend(plan.spec, device=row.device, dtype=row.precision,
                             formulation="literal" if row.format == LITERAL else "deploy")
     if row.format == TRT:
-        from fsa_deploy.runtime.backends.trt import TensorRTBackend  # noqa: PLC0415 - pulls in numpy
-
         return TensorRTBackend(str(row.folder), row.precision)
-    from fsa_deploy.runtime.backends.onnxrt import CPU_EP, CUDA_EP, OnnxRuntimeBackend  # noqa: PLC0415 - pulls in numpy
 
     providers = [CUDA_EP, CPU_EP] if row.device == "cuda" else [CPU_EP]
     backend = OnnxRuntimeBackend(str(row.folder), str(row.file), providers=providers, threads=plan.threads)
@@ -139,10 +141,6 @@ def size_mib(row: BenchRow, backend: Any) -> float:
 def timed(plan: BenchPlan, row: BenchRow, text: Any) -> tuple[Measured, Any]:
     """Load the row's backend, time one crop and whole images (the Segmenter `fsa segment`
     runs), read the memory peaks; returns them and the backend."""
-    from fsa_deploy.runtime.images import load_image  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image, windows  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow, numpy
-
     device_memory = DeviceMemory(row)
     backend = open_row_backend(row, plan)
     seg = Segmenter(backend, crop=plan.spec.crop, logit_scale=plan.spec.hp.logit_scale,

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from fsa_deploy.calibration.modelopt_call import MODELOPT_HINT
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.backends.onnxrt import require_onnxruntime
+from fsa_deploy.runtime.backends.select import tensorrt_unusable
 from fsa_deploy.validation.bench.data import (
     BENCH_PRECISIONS,
     DEPLOY,
@@ -37,11 +39,7 @@ class Machine:
     def probe(cls) -> Machine:
         import torch
 
-        from fsa_deploy.runtime.backends.select import tensorrt_unusable  # noqa: PLC0415 - pulls in numpy
-
         try:
-            from fsa_deploy.runtime.backends.onnxrt import require_onnxruntime  # noqa: PLC0415 - pulls in numpy
-
             providers, ort_missing = tuple(require_onnxruntime().get_available_providers()), None
         except FSAError as e:
             providers, ort_missing = (), str(e)

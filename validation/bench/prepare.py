@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fsa_deploy import contract
+from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate, output_name
 from fsa_deploy.contract import EXPORT_PRECISIONS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.export.trt_build import build_engine, engine_jobs
@@ -82,8 +83,6 @@ def writable_copy(folder: str, work: Path) -> Path:
 def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
     """`fsa calibrate` with its defaults (int8, entropy, the sample photos) on `count` crops;
     ModelOpt's chatter goes to calibrate.log in the work folder."""
-    from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate, output_name  # noqa: PLC0415 - pulls in numpy
-
     folder = writable_copy(str(fp32.folder), work)
     log = work / "calibrate.log"
 

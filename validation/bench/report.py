@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fsa_deploy.errors import CheckFailed, FSAError
+from fsa_deploy.runtime import gate as outputs_gate  # `gate` here is the --min-agreement check
 from fsa_deploy.validation.bench.data import BENCH_PRECISIONS, FAILED, INVALID, OK, BenchOptions, BenchResult
 
 
@@ -170,8 +171,6 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
         import matplotlib.ticker
     except ImportError as e:
         raise FSAError(f"--plot {path}: matplotlib is not installed: pip install matplotlib") from e
-    from fsa_deploy.runtime import gate  # noqa: PLC0415 - gate is another thing in this module
-
     # by latency, so that neighbours on the x axis get labels at different heights
     pts = sorted((r for r in rep.results if r.measured and r.agreement is not None),
                  key=lambda r: r.measured.crop.median)  # type: ignore[union-attr]
@@ -206,20 +205,18 @@ def write_plot(rep: Report, path: str, min_agreement: float | None) -> None:
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    gate.mkdir(Path(path).parent)
-    gate.write_with(path, fig.savefig, format="png")
+    outputs_gate.mkdir(Path(path).parent)
+    outputs_gate.write_with(path, fig.savefig, format="png")
     plt.close(fig)
 
 
 def write_outputs(rep: Report, opts: BenchOptions) -> None:
-    from fsa_deploy.runtime import gate  # noqa: PLC0415 - gate is another thing in this module
-
     if opts.json:
-        gate.mkdir(Path(opts.json).parent)
-        gate.write_json(opts.json, rep.as_dict())
+        outputs_gate.mkdir(Path(opts.json).parent)
+        outputs_gate.write_json(opts.json, rep.as_dict())
     if opts.md:
-        gate.mkdir(Path(opts.md).parent)
-        gate.write_text(opts.md, format_markdown(rep))
+        outputs_gate.mkdir(Path(opts.md).parent)
+        outputs_gate.write_text(opts.md, format_markdown(rep))
     if opts.plot:
         write_plot(rep, opts.plot, opts.min_agreement)
 

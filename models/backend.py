@@ -11,28 +11,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from fsa_deploy.contract import PYTORCH
 from fsa_deploy.errors import FSAError
-from fsa_deploy.models.factory import build_reference
+from fsa_deploy.models.factory import ModelSpec, build_reference, spec_from_meta
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.runtime.text import padded
-
-if TYPE_CHECKING:
-    from fsa_deploy.models.factory import ModelSpec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def spec_of(source: Artifact | ModelSpec | str | os.PathLike[str]) -> tuple[ModelSpec, Artifact | None]:
     """The model selection of an artefact (its meta.json) or a ModelSpec given directly."""
-    from fsa_deploy.models.factory import ModelSpec, spec_from_meta  # noqa: PLC0415 - ModelSpec is another thing in this module
-
     if isinstance(source, ModelSpec):
         return source, None
     art = source if isinstance(source, Artifact) else Artifact.load(source)

@@ -20,7 +20,7 @@ from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
 from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
-from fsa_deploy.runtime.text import classifier
+from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
 
 if TYPE_CHECKING:
     from fsa_deploy.calibration.quantize import CalibrationOptions
@@ -84,8 +84,6 @@ def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
 
 
 def default_vocabulary() -> Vocabulary:
-    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
-
     return Vocabulary.from_file(DEFAULT_CLASSES)
 
 

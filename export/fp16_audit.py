@@ -38,6 +38,7 @@ from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.trt_lib import hide_stub_tensorrt
 from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
 from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
 
 SAFE_FP16 = 16384.0  # a quarter of fp16's largest value: headroom for inputs the calibration did not see
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto elem types
@@ -480,7 +481,6 @@ def calibration_feeds(ref, images: tuple[str, ...], count: int) -> tuple[list[di
     import torch
 
     from fsa_deploy.models.dump import numpy_encoder
-    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
     files, errors = expand_images(list(images) or sample_photos(), "--images")
     if errors or not files:

@@ -43,7 +43,14 @@ from fsa_deploy.runtime.backends.trt import TensorRTBackend
 from fsa_deploy.runtime.images import expand_images as expand
 from fsa_deploy.runtime.images import load_image, sample_photos
 from fsa_deploy.runtime.pipeline import Geometry, batches, class_probs, crops_of, labels_of, resize_image, stitch
-from fsa_deploy.runtime.text import add_vocabulary_args, tokenize, vocabulary_from_args
+from fsa_deploy.runtime.text import (
+    DEFAULT_CLASSES,
+    Vocabulary,
+    add_vocabulary_args,
+    classifier,
+    tokenize,
+    vocabulary_from_args,
+)
 from fsa_deploy.spellings import add_old_spellings
 
 if TYPE_CHECKING:  # the reference's types, for the signatures (the modules import where used)
@@ -366,8 +373,6 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
                    overrides: dict[str, float] | None = None,
                    stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
                    progress: bool = False) -> ValidationReport:
-    from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
-
     art = A.Artifact.load(folder)
     art.verify_all()  # refuse a folder whose files do not match meta.json
     name = artifact or IMAGE_ONNX

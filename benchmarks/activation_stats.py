@@ -22,6 +22,7 @@ from fsa_deploy.cli import OneLineParser
 from fsa_deploy.models.registry import proxy_spec
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.images import sample_photos
 
 # How near the recipe a full-size trunk must come (the tiny tests' bounds: tests/test_real_stats.py, as ratios)
 SHARE = (1.0, 7.5)  # high-norm token share over the recipe's trigger_fraction (content placement adds flat patches)
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
     from fsa_deploy.models.real_stats import RECIPE, RECIPES
     from fsa_deploy.models.weights import Weights
-    from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
 
     args = build_parser().parse_args(argv)
     recipe = RECIPES[RECIPE]

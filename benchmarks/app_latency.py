@@ -40,6 +40,10 @@ from fsa_deploy.export.tiny import tiny_artifact
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
+from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+from fsa_deploy.runtime.images import sample_photos
+from fsa_deploy.runtime.segmenter import Segmenter
+from fsa_deploy.runtime.text import Vocabulary, cached_classifier, classifier, padded
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -131,8 +135,6 @@ def page_segment(driver, path: str) -> tuple[float, float]:
 
 
 def photo(name: str) -> str:
-    from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
-
     found = [p for p in sample_photos() if Path(p).name == name]
     if not found:
         raise SystemExit(f"no scikit-image sample photo {name}")
@@ -157,8 +159,6 @@ def screenshot(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
-    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow, numpy
-
     art = Path(args.artifact) if args.artifact else tiny_artifact(TINY)
     photos = [photo(n) for n in args.photos.split(",")]
     rows = []
@@ -219,9 +219,6 @@ def text_bench(args: argparse.Namespace) -> None:
     whole list (the added class makes a new list: all of it encoded again). After: prompts at the
     batch's longest and one cache entry per class (the added class alone is encoded). One process,
     one backend (ONNX Runtime CPU, text.onnx), the four measurements in turn."""
-    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.text import Vocabulary, cached_classifier, classifier, padded  # noqa: PLC0415 - pulls in numpy
-
     art = Artifact.load(args.artifact)
     backend = OnnxRuntimeBackend(art, providers=["CPUExecutionProvider"])
     vocab_file, templates = art.path(TOKENIZER_VOCAB), list(art.meta["templates"])

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageOps
 
 from fsa_deploy.cli import OneLineParser
 from fsa_deploy.export.tiny import tiny_artifact
@@ -37,8 +38,6 @@ CLASSES = "background; sky\ncat; kitty\nperson\nrocket\ncoffee cup\n"
 
 def make_dataset(root: Path, n: int) -> Path:
     """n images and drawn masks in the folder layout (kept between runs)."""
-    from PIL import Image, ImageDraw, ImageOps  # noqa: PLC0415 - keeps this module's import free of Pillow
-
 
     if (root / "masks").is_dir() and len(list((root / "masks").glob("*.png"))) == n:
         return root

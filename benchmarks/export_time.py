@@ -16,10 +16,14 @@ import torch
 
 from fsa_deploy import contract
 from fsa_deploy.cli import OneLineParser
+from fsa_deploy.export.onnx_export import export_artifact
 from fsa_deploy.models.factory import ModelSpec, build_reference, default_hp
 from fsa_deploy.models.weights import Weights
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend
+from fsa_deploy.runtime.images import load_image, sample_photos
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 from fsa_deploy.spellings import add_old_spellings
 from fsa_deploy.validation.bench.report import cpu_model
 from fsa_deploy.validation.bench.timing import time_calls
@@ -47,11 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     import onnx  # noqa: PLC0415 - onnx: heavy, imported where it is used
-
-    from fsa_deploy.export.onnx_export import export_artifact  # noqa: PLC0415 - pulls in numpy, onnx
-    from fsa_deploy.runtime.backends.onnxrt import OnnxRuntimeBackend  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.images import load_image, sample_photos  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image  # noqa: PLC0415 - pulls in numpy
 
     torch.set_grad_enabled(False)
     spec = ModelSpec(model=args.model, weights=Weights(seed=0),

@@ -20,8 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fsa_deploy import cli as fsa_cli  # its main, beside this script's own
 from fsa_deploy.cli import OneLineParser
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.images import load_image, sample_photos
+from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
 
 TARGETS = {"fp16": (0.999, None), "fp16-naive": (0.999, None), "int8": (0.99, 0.97), "fp8": (0.99, 0.97)}
 SCALES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -30,11 +35,9 @@ MODEL = ["--model", "tiny", "--proxy", "tiny-dino", "--crop", "112", "--random-i
 
 def fsa(*args: str | Path) -> tuple[int, str]:
     """The CLI in this process; (exit code, last stderr line)."""
-    from fsa_deploy.cli import main  # noqa: PLC0415 - main is another thing in this module
-
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main([str(a) for a in args])
+        rc = fsa_cli.main([str(a) for a in args])
     lines = err.getvalue().strip().splitlines()
     return rc, lines[-1] if lines else ""
 
@@ -50,12 +53,9 @@ def validated(folder: Path, graph: str, work: Path, photos: list[str]) -> dict[s
 
 def emulated(folder: Path, photos: list[str]) -> dict[str, float]:
     """Pixel agreement of the fp16 graph under each emulation precision model against the fp32 graph (ORT)."""
-    import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
     import onnx
     import onnxruntime as ort
 
-    from fsa_deploy.runtime.images import load_image  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image  # noqa: PLC0415 - pulls in numpy
     from fsa_deploy.validation.fp16_emulate import PRECISION_MODELS, run_graph
 
     geo = Geometry(crop=112)
@@ -133,7 +133,6 @@ def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import numpy as np  # noqa: PLC0415 - keeps this module's import free of numpy
 
         lines_ = [(k, k, None) for k in TARGETS] + [
             (f"{k} emul. {m.split('-')[1]}", k, m) for k in ("fp16", "fp16-naive")
@@ -176,8 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsa_deploy.runtime.images import sample_photos  # noqa: PLC0415 - pulls in numpy
-
     args = build_parser().parse_args(argv)
 
     work = gate.check_folder(args.work, "--work")  # never inside an artefact folder

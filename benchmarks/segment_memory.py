@@ -20,10 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from fsa_deploy.cli import OneLineParser
 from fsa_deploy.export.tiny import tiny_artifact
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.images import encode, sample_photos
+from fsa_deploy.runtime.segmenter import Segmenter
 
 SIZES = {"3000x2250": (3000, 2250), "12MP 4000x3000": (4000, 3000)}  # width x height
 CASES = [("3000x2250", 3), ("3000x2250", 171), ("12MP 4000x3000", 3), ("12MP 4000x3000", 171)]
@@ -37,8 +41,6 @@ def class_names(k: int) -> str:
 
 def one(art: str, image: str, k: int, threads: int) -> dict:
     """Runs in the child: one segmentation and its outputs; returns its own figures."""
-    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow, numpy
-
     t0 = time.perf_counter()
     seg = Segmenter.from_artifact(art, "onnx", threads=threads, cache_dir=None).set_classes(class_names(k))
     res = seg.segment(image)
@@ -51,10 +53,6 @@ def one(art: str, image: str, k: int, threads: int) -> dict:
 
 def prepare(work: Path) -> tuple[Path, dict[str, Path]]:
     """The tiny artefact (exported once) and the upscaled photos."""
-    from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
-
-    from fsa_deploy.runtime.images import encode, sample_photos  # noqa: PLC0415 - pulls in numpy
-
     gate.check_folder(work, "--work")
     art = tiny_artifact(work / "tiny-dino")
     chelsea = next(p for p in sample_photos() if Path(p).name == "chelsea.png")

@@ -31,8 +31,10 @@ from fsa_deploy.export.tiny import tiny_artifact
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.images import sample_photos
+from fsa_deploy.runtime.segmenter import Segmenter
 from fsa_deploy.runtime.serve.repository import RepoOptions
 from fsa_deploy.runtime.serve.server import Server
+from fsa_deploy.runtime.text import DEFAULT_CLASSES
 
 CONCURRENCY = (1, 4, 16)
 
@@ -117,9 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     import tritonclient.grpc as tg
-
-    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow
-    from fsa_deploy.runtime.text import DEFAULT_CLASSES  # noqa: PLC0415 - tests patch DEFAULT_CLASSES on its module
 
     art = args.artifact or tiny_artifact(Path("out/bench/serve-art"))
     classes = ",".join(line for line in DEFAULT_CLASSES.read_text().splitlines() if line.strip())

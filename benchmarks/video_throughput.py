@@ -22,22 +22,24 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image
+
+from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip
 from fsa_deploy.cli import OneLineParser
 from fsa_deploy.export.tiny import tiny_artifact
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.gate import write_json
+from fsa_deploy.runtime.images import encode, sample_photos
+from fsa_deploy.runtime.segmenter import Segmenter
+from fsa_deploy.runtime.video.run import VideoOptions, VideoRun
+from fsa_deploy.runtime.video.sources import classify
 
 CLASSES = "cat, floor, blanket, wall, sky, grass, person"
 FPS = 12
 
 
 def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple[Path, list[Path]]:
-    from PIL import Image  # noqa: PLC0415 - keeps this module's import free of Pillow
-
-    from benchmarks.clips import decoded_frames, pan_zoom_frames, write_clip  # noqa: PLC0415 - pulls in Pillow, numpy
-    from fsa_deploy.runtime.images import encode, sample_photos  # noqa: PLC0415 - pulls in numpy
-
     chelsea = next(p for p in sample_photos() if Path(p).name == "chelsea.png")
     folder = gate.mkdir(work / f"{tag}-{frames}")
     clip = folder / f"{tag}.mp4"
@@ -53,10 +55,6 @@ def make_clip(work: Path, frames: int, size: tuple[int, int], tag: str) -> tuple
 
 def compare(art: Path, clip: Path, pngs: list[Path], out: Path, threads: int | None) -> dict:
     """images/s of the per-image loop and frames/s of the video pipeline, one Segmenter, same frames."""
-    from fsa_deploy.runtime.segmenter import Segmenter  # noqa: PLC0415 - pulls in Pillow, numpy
-    from fsa_deploy.runtime.video.run import VideoOptions, VideoRun  # noqa: PLC0415 - pulls in numpy
-    from fsa_deploy.runtime.video.sources import classify  # noqa: PLC0415 - pulls in numpy
-
     seg = Segmenter.from_artifact(art, "onnx", threads=threads, cache_dir=None).set_classes(CLASSES)
     seg.segment(pngs[0])  # warm-up: ORT's first run
     t0 = time.perf_counter()
@@ -91,8 +89,6 @@ def gif(overlay: Path, target: Path, frames: int = 48, step: int = 2, width: int
     """Every `step`-th of the first frames of an overlay video, `width` wide, as a looping GIF under
     1 MB (docs/)."""
     import av
-
-    from fsa_deploy.runtime.images import encode  # noqa: PLC0415 - pulls in numpy
 
     with av.open(str(overlay)) as c:
         images = [f.to_image() for i, f in zip(range(frames), c.decode(video=0)) if i % step == 0]

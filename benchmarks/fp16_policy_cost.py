@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     base = F.structural_islands(fp32, art.meta["stages"], str(art.meta.get("feedback_scope") or ""))
     print(f"ranges on {len(feeds)} crop(s): {time.perf_counter() - t0:.0f} s; policy: "
           f"{ {k: len(v) for k, v in policy.items()} }", file=sys.stderr, flush=True)
-    rows, sessions = [], []
+    rows: list[dict[str, Any]] = []
+    sessions = []
     for name, always in zip(ROWS, (base, base + [n for v in policy.values() for n in v]), strict=True):
         keep = F.fp32_islands(fp32, ranges, always)
         model = F.to_fp16(path, keep)

@@ -37,7 +37,7 @@ test: setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m "not slow"
 
-# ruff over the repository, mypy over the whole package (tools/typecheck.sh; its cache: build/typecheck).
+# ruff over the repository, mypy over the whole package and benchmarks/ (tools/typecheck.sh; its cache: build/typecheck).
 # `make test` runs both too (tests/test_typecheck.py), so CI does.
 lint: setup
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""`make lint` inside `make test` (so CI runs it): ruff over the repository, mypy over the whole package.
+"""`make lint` inside `make test` (so CI runs it): ruff over the repository, mypy over the whole package and
+benchmarks/.
 
 mypy reads tools/typecheck.sh's tree of links (the installed layout) and checks the TensorRT layer
 against tensorrt-stubs (TensorRT itself cannot be installed here). Its cache lives in build/typecheck:

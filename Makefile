@@ -96,7 +96,7 @@ $(SERVE_STAMP): pyproject.toml $(STAMP)
 	test -d $(SERVE_VENV) || $(PY) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
 	$(SERVE_VENV)/bin/python -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
-	$(SERVE_VENV)/bin/python -m pip install -q "numpy>=1.24,<2" "pillow>=10" "onnxruntime>=1.18,<1.33" "regex" "filelock>=3.20.3"
+	$(SERVE_VENV)/bin/python -m pip install -q "numpy>=1.24,<2" "pillow>=10" "onnxruntime>=1.18,<1.33" "regex" "filelock>=3.20.3" "packaging>=21"
 	$(BIN)/python -m fsa_deploy.runtime.serve.env $(SERVE_VENV)
 	touch $@
 

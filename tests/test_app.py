@@ -675,10 +675,11 @@ def test_a_request_whose_client_left_stops_and_the_next_does_not_wait(app):
     assert app.request("GET", "/api/progress/left")[0] == 404  # gone with its request
 
 
-def test_torch_backend_through_the_entry_point_gives_fsa_segments_labels(tiny_artifact, tmp_path):
-    """--backend torch: the PyTorch reference, reached as `fsa segment` reaches it (entry point)."""
+def test_torch_backend_through_the_entry_point_gives_fsa_segments_labels(tiny_artifact, tmp_path, run_here):
+    """--backend torch: the PyTorch reference, reached as `fsa segment` reaches it (entry point). The
+    page's process is the one under test; `fsa segment`'s labels, its reference, are made in this one."""
     photo = photos()[0]
-    proc = run_cli("segment", photo, "--artifact", tiny_artifact.root, "--out", tmp_path / "out", "--backend",
+    proc = run_here("segment", photo, "--artifact", tiny_artifact.root, "--out", tmp_path / "out", "--backend",
                    "torch", "--classes", OTHER, "--no-cache")
     assert proc.returncode == 0, proc.stderr
     a = App(tiny_artifact.root, tmp_path, "--backend", "torch")

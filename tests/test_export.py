@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -24,6 +27,7 @@ from fsa_deploy.contract import IMAGE, IMAGE_ONNX, LOGITS, META, TEXT_EMBEDDINGS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.export.lint import lint
 from fsa_deploy.export.onnx_export import export_image
+from fsa_deploy.models.factory import spec_from_meta
 from fsa_deploy.models.fsa import ambiguous_entries, top_p_keep, top_p_keep_sort
 from fsa_deploy.models.reference import aligned_stages
 from fsa_deploy.runtime import artifact as A
@@ -57,13 +61,35 @@ def assert_matches_reference(model, stage_map, path, crops, ks=QUERY_COUNTS, wha
         assert err <= 1e-5, f"{what} K={k}: rel L2 {err:.2e}"
 
 
+# `fsa export` of the Q-K base method without FSA: test_fsa_export_cli_prints_progress reads its stderr and
+# test_image_graph_equals_reference[qk-base] its image.onnx (one dynamo export for both)
+CLI_EXPORT = ("--model", "tiny", "--random-init", "--attention", "qk", "--crop", str(CROP), "--no-fsa")
+
+
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory) -> tuple[int, str, Path]:
+    """`fsa export` in this process: (exit code, stderr, the folder)."""
+    from fsa_deploy.cli import main
+
+    out, err = tmp_path_factory.mktemp("cli") / "b", io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["export", "--out", str(out), *CLI_EXPORT])
+    return rc, err.getvalue(), out
+
+
 @pytest.mark.parametrize("fsa", [True, False], ids=["fsa", "base"])
 @pytest.mark.parametrize("attention,proxy", CONFIGS, ids=[p or a for a, p in CONFIGS])
-def test_image_graph_equals_reference(tmp_path, tiny_export, attention, proxy, fsa):
+def test_image_graph_equals_reference(request, tmp_path, tiny_export, attention, proxy, fsa):
     ref = tiny_reference(attention, proxy, fsa)
     if fsa:  # conftest's session export, made as here (test_trt builds its engines from the same folder)
         folder = tiny_export(attention, proxy)
         stage_map = json.loads((folder / META).read_text())["stages"]
+    elif (attention, proxy) == ("qk", None):  # the CLI's export of this very selection (cli_export)
+        rc, err, folder = request.getfixturevalue("cli_export")
+        assert rc == 0, err
+        meta = json.loads((folder / META).read_text())
+        assert spec_from_meta(meta) == ref.spec, meta  # what is compared below is what was exported
+        stage_map = meta["stages"]
     else:
         folder = tmp_path
         with torch.no_grad():
@@ -200,9 +226,8 @@ def test_zero_classes_is_refused(artifact, tmp_path, run_here):
     assert not out.exists() or not list(out.iterdir()), "nothing is written for a refused vocabulary"
 
 
-def test_fsa_export_cli_prints_progress(tmp_path, run_here):
-    proc = run_here("export", "--out", tmp_path / "b", "--model", "tiny", "--random-init", "--attention", "qk",
-                   "--crop", "112", "--no-fsa")
-    assert proc.returncode == 0, proc.stderr
-    assert "[1/6]" in proc.stderr and "linting" in proc.stderr
-    assert (tmp_path / "b" / META).is_file()
+def test_fsa_export_cli_prints_progress(cli_export):
+    rc, err, folder = cli_export
+    assert rc == 0, err
+    assert "[1/6]" in err and "linting" in err
+    assert (folder / META).is_file()

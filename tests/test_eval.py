@@ -6,7 +6,9 @@ Datasets are made here: real photos from scikit-image, shrunk, with masks drawn 
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import signal
 import subprocess
@@ -210,14 +212,28 @@ def eval_cli(art, ds: str, root, out: Path, *extra: str, run=run_cli) -> subproc
                "--cache-dir", out.parent / "cache", *extra)
 
 
+def main_here(*args) -> subprocess.CompletedProcess:
+    """`fsa ...` in this process for a module fixture (run_here's capture is per test): stdout and stderr as
+    the command writes them through sys.stdout / sys.stderr."""
+    from fsa_deploy.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def folder_report(tiny_artifact, folder_ds, tmp_path_factory) -> tuple[dict, Path]:
+    """The reference and artefact rows of the folder dataset, `fsa eval` in this process (a second interpreter
+    would import torch again for --reference; test_stopped_run_resumes_to_the_same_result runs the process)."""
     root, classes = folder_ds
     out = tmp_path_factory.mktemp("eval") / "r.json"
     proc = eval_cli(tiny_artifact.root, "folder", root, out, "--classes-file", classes, "--reference",
                     "--short-side", "120", "--prob-thd", "0.3", "--md", out.with_suffix(".md"),
                     "--plot", out.with_suffix(".png"), "--resize", "float", "--csv", out.with_suffix(".csv"),
-                    "--latex", out.with_suffix(".tex"), "--show-dir", out.parent / "show")
+                    "--latex", out.with_suffix(".tex"), "--show-dir", out.parent / "show", run=main_here)
     assert proc.returncode == 0, proc.stderr
     out.with_suffix(".stdout").write_text(proc.stdout)
     return json.loads(out.read_text()), out

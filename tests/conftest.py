@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -165,11 +167,19 @@ def tiny_artifact(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
+def tiny_export(tmp_path_factory, tiny_artifact):
     """`tiny_export(attention, proxy, precision)` -> an artefact folder holding image.onnx and meta.json
-    (no text.onnx), exported once per session; callers that write into it take a copy."""
-    from fsa_deploy.contract import IMAGE_ONNX
-    from fsa_deploy.export.onnx_export import build_meta, export_image
+    (no text.onnx), exported once per session; callers that write into it take a copy.
+
+    fp16 is `fsa export --precision fp16`'s image step: export_image(..., "fp16") is the fp32 export
+    followed by export_fp16 on the written graph, in place. The fp32 step is this session's fp32
+    export of the same configuration (the same function and arguments), copied, so the dynamo export
+    (~90% of an export's time) runs once per configuration, not once per precision. The default
+    selection's fp32 graph is `tiny_artifact`'s image.onnx (export_artifact calls export_image with the
+    same spec, precision and batch bound), copied."""
+    from fsa_deploy.contract import FEEDBACK_SCOPE, IMAGE_ONNX, META
+    from fsa_deploy.export.fp16_audit import Fp16Plan, export_fp16
+    from fsa_deploy.export.onnx_export import EXTERNAL_DATA_BYTES, build_meta, export_image
     from fsa_deploy.runtime.artifact import Artifact
 
     root = tmp_path_factory.mktemp("tiny-exports")
@@ -181,9 +191,23 @@ def tiny_export(tmp_path_factory):
             spec = tiny_spec(attention, proxy)
             ref = build_reference(spec, "deploy")
             folder = root / f"{proxy or attention}-{precision}"
-            folder.mkdir()
-            with torch.no_grad():
-                mapping, nodes = export_image(ref, folder, precision, 64)  # as `fsa export`
+            if precision == "fp16":
+                fp32 = make(attention, proxy, "fp32")
+                assert not any(fp32.glob("*.data")), "a tiny graph keeps its weights inside"
+                folder.mkdir()
+                shutil.copy(fp32 / IMAGE_ONNX, folder / IMAGE_ONNX)
+                mapping = json.loads((fp32 / META).read_text())["stages"]
+                with torch.no_grad():  # export_image's fp16 branch, as `fsa export --precision fp16`
+                    nodes = export_fp16(ref, folder / IMAGE_ONNX, mapping, FEEDBACK_SCOPE, Fp16Plan(),
+                                        EXTERNAL_DATA_BYTES)
+            elif spec == tiny_spec():  # tiny_artifact's selection
+                folder.mkdir()
+                shutil.copy(tiny_artifact.root / IMAGE_ONNX, folder / IMAGE_ONNX)
+                mapping, nodes = tiny_artifact.meta["stages"], tiny_artifact.files()[IMAGE_ONNX]["nodes"]
+            else:
+                folder.mkdir()
+                with torch.no_grad():
+                    mapping, nodes = export_image(ref, folder, precision, 64)  # as `fsa export`
             art = Artifact(folder, build_meta(spec, ref, precision, mapping))
             art.record(IMAGE_ONNX, role="image", precision=precision, nodes=nodes)
             art.save()

@@ -7,7 +7,9 @@ folder: every check they hit runs before ModelOpt or the graph is touched.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -37,9 +39,15 @@ def fsa(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 def calibrate(folder: Path, *args: str) -> dict:
-    r = fsa("calibrate", folder, "--calibration-count", str(COUNT), *args)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    """`fsa calibrate` in this process (the module's int8 and fp8 graphs; no second interpreter's torch and
+    ModelOpt imports): its JSON line on stdout."""
+    from fsa_deploy.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["calibrate", str(folder), "--calibration-count", str(COUNT), *args])
+    assert rc == 0, out.getvalue()[-3000:]  # stderr: pytest's captured output of this test
+    return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
 def one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
@@ -56,17 +64,15 @@ def one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def artefact(tmp_path_factory) -> Path:
+def artefact(tiny_artifact, tmp_path_factory) -> Path:
+    """A copy of conftest's session export (tiny CLIP + tiny DINO, FSA, crop 112, seed 0: `fsa export`'s
+    image and text graphs): calibration writes its graphs and cache into the copy."""
     if not HAVE_MODELOPT:
         missing("NVIDIA ModelOpt not installed")
-    from fsa_deploy.export.onnx_export import export_artifact
-    from fsa_deploy.models.factory import ModelSpec, default_hp
-    from fsa_deploy.models.weights import Weights
+    import shutil
 
-    spec = ModelSpec(model="tiny", weights=Weights(seed=0), attention="proxy", proxy="tiny-dino", crop=112,
-                     hp=default_hp("tiny", "tiny-dino"))
     out = tmp_path_factory.mktemp("cal") / "art"
-    export_artifact(spec, out, lint=False, progress=False)
+    shutil.copytree(tiny_artifact.root, out)
     return out
 
 
@@ -191,9 +197,9 @@ def test_int8_runs_on_ort_close_to_fp32(artefact: Path, int8: dict) -> None:
 
 @pytest.mark.quant
 @needs_modelopt
-def test_int8_passes_the_int8_profile(artefact: Path, int8: dict, tmp_path: Path) -> None:
+def test_int8_passes_the_int8_profile(artefact: Path, int8: dict, tmp_path: Path, run_here) -> None:
     """The issue's gate: pixel agreement >= 99% (and mIoU >= 0.97) against the fp32 reference, 5 photos."""
-    r = fsa("validate", artefact, "--graph", "image.int8.onnx", "--json", tmp_path / "v.json")
+    r = run_here("validate", artefact, "--graph", "image.int8.onnx", "--json", tmp_path / "v.json")
     summary = json.loads((tmp_path / "v.json").read_text())["summary"]
     print(f"\nint8 vs reference: pixel agreement {summary['pixel_agreement_min']:.4f}, mIoU {summary['miou_min']:.4f}")
     assert r.returncode == 0, r.stdout[-1500:]

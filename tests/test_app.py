@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -115,12 +116,16 @@ def app(tiny_artifact, tmp_path_factory):
 def reference(tiny_artifact, tmp_path_factory):
     """What `fsa segment` writes for two photos and two class lists: {(classes, stem): (png bytes, json)},
     and {("overlay", classes, stem): overlay png bytes}."""
+    from fsa_deploy.cli import main
+
     out: dict[tuple, tuple[bytes, dict] | bytes] = {}
     for classes in (CLASSES, OTHER):
         folder = tmp_path_factory.mktemp("segment")
-        proc = run_cli("segment", *photos()[:2], "--artifact", tiny_artifact.root, "--out", folder, "--backend",
-                       "onnx", "--classes", classes, "--no-cache")
-        assert proc.returncode == 0, proc.stderr
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):  # in this process
+            rc = main(["segment", *photos()[:2], "--artifact", str(tiny_artifact.root), "--out", str(folder),
+                       "--backend", "onnx", "--classes", classes, "--no-cache"])
+        assert rc == 0, err.getvalue()
         for p in photos()[:2]:
             stem = Path(p).stem
             out[classes, stem] = ((folder / f"{stem}.png").read_bytes(),

@@ -28,8 +28,6 @@ from fsa_deploy.contract import (
     EMBEDDINGS,
     EXPORT_PRECISIONS,
     FEEDBACK_SCOPE,
-    FORMAT,
-    FORMAT_VERSION,
     IMAGE,
     IMAGE_ONNX,
     LOGITS,
@@ -52,6 +50,7 @@ from fsa_deploy.models.registry import Tower
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.schema import ExportMeta, FileRecord
 from fsa_deploy.runtime.text import default_vocab_file
 
 LOG = logger("export")
@@ -272,30 +271,27 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def build_meta(spec: ModelSpec, ref: Reference, precision: str, mapping: dict[str, str]) -> dict[str, Any]:
+def build_meta(spec: ModelSpec, ref: Reference, precision: str, mapping: dict[str, str]) -> ExportMeta:
     m = ref.model
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        **spec.describe(),
-        **ref.weights_record(),  # file, sha256 and the layout each checkpoint was recognised as
-        "precision": precision,
-        "feedback_precision": "fp32",
-        "opset": OPSET,
-        "clip_grid": [m.grid, m.grid],
-        "grid": list(m.out_grid),
-        "patch": m.patch,
-        "width": m.width,
-        "heads": m.heads,
-        "embed_dim": m.embed_dim,
-        "logit_scale": spec.hp.logit_scale,
-        "templates": openai_templates(),
-        "context_length": CONTEXT_LENGTH,
-        "stages": mapping,
-        "feedback_scope": FEEDBACK_SCOPE,
-        "versions": library_versions(),
-        "files": {},
-    }
+    return ExportMeta(
+        # the selection, with the file, sha256 and layout each checkpoint was recognised as
+        **{**spec.describe(), **ref.weights_record()},
+        precision=precision,
+        feedback_precision="fp32",
+        opset=OPSET,
+        clip_grid=(m.grid, m.grid),
+        grid=(m.out_grid[0], m.out_grid[1]),
+        patch=m.patch,
+        width=m.width,
+        heads=m.heads,
+        embed_dim=m.embed_dim,
+        logit_scale=spec.hp.logit_scale,
+        templates=tuple(openai_templates()),
+        context_length=CONTEXT_LENGTH,
+        stages=mapping,
+        feedback_scope=FEEDBACK_SCOPE,
+        versions=library_versions(),
+    )
 
 
 def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", overwrite: bool = False,
@@ -320,14 +316,14 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
         n_text = export_text(ref, work, external_data_bytes)
         steps.step("writing meta.json")
         art = A.Artifact(work, build_meta(spec, ref, precision, mapping))
-        art.record(IMAGE_ONNX, role="image", precision=precision, nodes=n_image,
-                   **({"fp16_audit": fp16.record} if precision == "fp16" and fp16.record else {}))
-        art.record(TEXT_ONNX, role="text", precision="fp32", nodes=n_text)
+        art.record(IMAGE_ONNX, FileRecord(role="image", precision=precision, nodes=n_image,
+                                          fp16_audit=fp16.record if precision == "fp16" and fp16.record else None))
+        art.record(TEXT_ONNX, FileRecord(role="text", precision="fp32", nodes=n_text))
         # the tokenizer's merges travel with the artefact: the runtime needs no open_clip
         gate.copy(default_vocab_file(), work / TOKENIZER_VOCAB, keep=False)
-        art.record(TOKENIZER_VOCAB, role="tokenizer")
+        art.record(TOKENIZER_VOCAB, FileRecord(role="tokenizer"))
         for extra in sorted(work.glob("*.data")):
-            art.record(extra.name, role="external-data")
+            art.record(extra.name, FileRecord(role="external-data"))
         art.save()
         if lint:
             steps.step("linting against the ONNX parser rules of TensorRT 10, 11 and TensorRT-RTX")

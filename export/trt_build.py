@@ -56,6 +56,7 @@ from fsa_deploy.runtime.backends.trt_lib import (
     read_header,
     version_tuple,
 )
+from fsa_deploy.runtime.schema import EngineRecord, FileRecord, GpuRecord
 
 LOG = room_logger("export")
 
@@ -222,35 +223,35 @@ def build_plan(
 
 def verified_source(art: Artifact, source: str) -> Path:
     """The source graph, and the external weights beside it (`image.onnx.data`), checked by sha256."""
-    for name, info in art.files().items():
-        if info.get("role") == "external-data" and name.startswith(source):
+    for name, info in art.file_records().items():
+        if info.role == "external-data" and name.startswith(source):
             art.path(name)
     return art.path(source)
 
 
 def engine_info(lib: Any, flavour: Flavour, art: Artifact, job: EngineJob, plan: Plan, opts: BuildOptions,
-                device: tuple[str, str] | None) -> dict[str, Any]:
+                device: tuple[str, str] | None) -> EngineRecord:
     """The meta.json record of a built engine: what the runtime checks before deserialising."""
     header = read_header(plan.data)
-    info: dict[str, Any] = {
-        "flavour": flavour.name,
-        "library": flavour.module,
-        "version": lib.__version__,
+    info = EngineRecord(
+        flavour=flavour.name,
+        library=flavour.module,
+        version=lib.__version__,
         # RTX: what the plan's header says it was compiled for; TensorRT 10/11: the build GPU
-        "targets": list(header.targets) if flavour.targets else [f"sm{device[1].replace('.', '')}"] if device else [],
-        "targets_requested": list(job.targets) if job.targets else None,
-        "gpu": {"name": device[0], "compute_capability": device[1]} if device else None,
-        "source": job.source,
-        "source_sha256": art.files()[job.source]["sha256"],
-        "profiles": plan.profiles,
-        "io": plan.io,
-        "tf32": opts.tf32,
-        "workspace_mib": opts.workspace_mib,
-    }
+        targets=tuple(header.targets) if flavour.targets else (f"sm{device[1].replace('.', '')}",) if device else (),
+        targets_requested=tuple(job.targets) if job.targets else None,
+        gpu=GpuRecord(name=device[0], compute_capability=device[1]) if device else None,
+        source=job.source,
+        source_sha256=art.file(job.source).sha256,
+        profiles=plan.profiles,
+        io=plan.io,
+        tf32=opts.tf32,
+        workspace_mib=opts.workspace_mib,
+    )
     if flavour is TRT and device is not None:  # the fields TensorRT 10/11 records always had
-        info.update(trt_version=lib.__version__, compute_capability=device[1], gpu_name=device[0],
-                    version_compatible=opts.version_compatible, hardware_compatible=opts.hardware_compatible,
-                    dla_core=job.dla_core)
+        info = replace(info, trt_version=lib.__version__, compute_capability=device[1], gpu_name=device[0],
+                       version_compatible=opts.version_compatible, hardware_compatible=opts.hardware_compatible,
+                       dla_core=job.dla_core)
     return info
 
 
@@ -266,26 +267,26 @@ def build_engine(art: Artifact, job: EngineJob, opts: BuildOptions, device: tupl
         plan = build_plan(lib, flavour, source, job, opts, cache)
         gate.write_bytes(art.root / job.engine, plan.data, keep=False)
     if cache is not None and cache.parent.resolve() == art.root.resolve():
-        art.record(cache.name, role="timing-cache")
-    art.record(job.engine, role="engine", precision=job.precision,
-               engine=engine_info(lib, flavour, art, job, plan, opts, device))
+        art.record(cache.name, FileRecord(role="timing-cache"))
+    art.record(job.engine, FileRecord(role="engine", precision=job.precision,
+                                      engine=engine_info(lib, flavour, art, job, plan, opts, device)))
     art.save()
     return plan.seconds
 
 
 def engine_jobs(art: Artifact, opts: BuildOptions, flavour: Flavour = TRT) -> list[EngineJob]:
     """The engines to build, their targets checked: every refusal comes before the first build."""
-    meta, files = art.meta, art.files()
-    crop, dim, context = meta.get("crop"), meta.get("embed_dim"), meta.get("context_length")
+    meta, files = art.info, art.file_records()
+    crop, dim, context = meta.crop, meta.embed_dim, meta.context_length
     jobs = [
         EngineJob(
             engine=flavour.engine_name(opts.precision),
-            source=image_source(files, opts.precision, meta.get("precision", "fp32")),
+            source=image_source(files, opts.precision, meta.precision),
             precision=opts.precision,
             dims={IMAGE: opts.batch, TEXT_EMBEDDINGS: opts.classes},
             tails={
-                IMAGE: None if crop is None else [3, crop, crop],
-                TEXT_EMBEDDINGS: None if dim is None else [dim],
+                IMAGE: [3, crop, crop],
+                TEXT_EMBEDDINGS: [dim],
             },
             outputs=frozenset({LOGITS}),
             dla_core=opts.dla_core,
@@ -297,7 +298,7 @@ def engine_jobs(art: Artifact, opts: BuildOptions, flavour: Flavour = TRT) -> li
             raise FSAError(
                 f"{art.root}: no {TEXT_ONNX} recorded in meta.json; pass --no-text to build the image engine"
             )
-        precision = files[TEXT_ONNX].get("precision") or meta.get("precision", "fp32")
+        precision = files[TEXT_ONNX].precision or meta.precision
         jobs.append(
             EngineJob(
                 engine=flavour.text_engine,
@@ -324,7 +325,7 @@ def run_build(args: argparse.Namespace) -> int:
     art = Artifact.load(args.folder)
     if opts.timing_cache is not None:  # a user's cache file: never a special file or inside another artefact
         gate.guard(opts.timing_cache, f"--timing-cache {opts.timing_cache}")
-    opts = replace(opts, engine=flavour.name, precision=opts.precision or art.meta.get("precision", "fp32"))
+    opts = replace(opts, engine=flavour.name, precision=opts.precision or art.info.precision)
     if opts.hardware_compatible and device and version_tuple(device[1]) < (8, 0):
         raise FSAError(f"--hardware-compatible needs an Ampere or newer GPU (this one is SM {device[1]})")
     jobs = engine_jobs(art, opts, flavour)
@@ -332,7 +333,8 @@ def run_build(args: argparse.Namespace) -> int:
     for job in jobs:
         seconds = build_engine(art, job, opts, device, flavour)
         size = (art.root / job.engine).stat().st_size / 2**20
-        targets = art.files()[job.engine]["engine"]["targets"]
+        engine = art.file(job.engine).engine
+        targets = engine.targets or () if engine else ()
         print(f"{job.engine}: {size:.1f} MiB from {job.source} in {seconds:.1f} s "
               f"({flavour.label} {lib.__version__}, {where}; targets {','.join(targets) or '-'})")
     return 0

@@ -16,6 +16,7 @@ from fsa_deploy.contract import CALIBRATE_PRECISIONS, GRAPH_PRECISIONS, IMAGE_GR
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime.backends.trt_lib import ENGINE_CHOICES, RTX, TRT, Flavour, parse_targets
+from fsa_deploy.runtime.schema import FileRecord
 
 IMAGE_ROLES = ("image", "image-qdq")
 TIMING_CACHE = "timing.cache"
@@ -125,17 +126,18 @@ def job_targets(flavour: Flavour, opts: BuildOptions, precision: str) -> tuple[s
 # ---------------------------------------------------------------- pure helpers
 
 
-def image_source(files: Mapping[str, Mapping[str, Any]], precision: str, default_precision: str) -> str:
+def image_source(files: Mapping[str, FileRecord | Mapping[str, Any]], precision: str, default_precision: str) -> str:
     """The image graph that holds `precision`: the conventional file first, else any recorded one.
 
     A file's precision is its meta.json record's, or the artefact's for image.onnx.
     """
+    records = {n: FileRecord.of(info) for n, info in files.items()}
 
     def precision_of(name: str) -> str | None:
-        p = files[name].get("precision")
+        p = records[name].precision
         return p if p is not None or name != IMAGE_ONNX else default_precision
 
-    graphs = [n for n, info in files.items() if info.get("role") in IMAGE_ROLES and n.endswith(".onnx")]
+    graphs = [n for n, info in records.items() if info.role in IMAGE_ROLES and n.endswith(".onnx")]
     preferred = IMAGE_GRAPHS[precision]
     for name in [preferred, *sorted(graphs)]:
         if name in graphs and precision_of(name) == precision:

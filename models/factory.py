@@ -15,6 +15,7 @@ from fsa_deploy.models.registry import ATTENTIONS, HyperParams, clip_spec, defau
 from fsa_deploy.models.weights import Weights, checked_path
 from fsa_deploy.ranges import RANGES
 from fsa_deploy.runtime.artifact import sha256_file
+from fsa_deploy.runtime.schema import Meta, MetaRecord
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,23 @@ class ModelSpec:
         }
 
 
-def spec_from_meta(meta: dict[str, Any], what: str = "meta.json") -> ModelSpec:
-    """The selection an artefact was exported from (the reference the validator rebuilds)."""
+def spec_from_meta(meta: dict[str, Any] | MetaRecord, what: str = "meta.json") -> ModelSpec:
+    """The selection an artefact was exported from (the reference the validator rebuilds): from its
+    typed record (Artifact.info) or meta.json's fields (a `describe()`)."""
+    if not isinstance(meta, MetaRecord):
+        data = Meta(meta)
+        data.source = what
+        meta = MetaRecord(data)
+    model, weights, attention = meta.model, meta.weights, meta.attention
+    if model is None or weights is None or attention is None:
+        raise FSAError(f"{what}: model selection incomplete or malformed (no model, weights or attention)")
     try:
-        pw = meta.get("proxy_weights") or {}
+        pw = meta.proxy_weights or {}
         return ModelSpec(
-            model=meta["model"], weights=Weights.from_description(meta["weights"], what),
-            attention=meta["attention"], proxy=meta.get("proxy"),
+            model=model, weights=Weights.from_description(weights, what),
+            attention=attention, proxy=meta.proxy,
             proxy_checkpoint=checked_path(pw, what) if pw.get("source") == "checkpoint" else None,
-            crop=int(meta["crop"]), fsa=bool(meta["fsa"]), hp=HyperParams(**meta["hyper_parameters"]),
+            crop=meta.crop, fsa=meta.fsa, hp=HyperParams(**meta.hyper_parameters),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise FSAError(f"{what}: model selection incomplete or malformed ({e})") from e

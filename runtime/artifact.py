@@ -52,14 +52,17 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, scan: onnx_l
 
 @dataclass
 class Artifact:
-    """A loaded artefact folder: `meta` is meta.json as a dict."""
+    """A loaded artefact folder: `meta` is meta.json as a dict (what is written back); `info`,
+    `file` and `file_records` read it as the typed records of runtime.schema."""
 
     root: Path
-    meta: dict[str, Any]
+    meta: dict[str, Any]  # a schema.ExportMeta is accepted too (a fresh export's)
     _verified: set[str] = field(default_factory=set)
     _changed: set[str] = field(default_factory=set)  # records this process made or dropped: save() merges them
 
     def __post_init__(self) -> None:
+        if isinstance(self.meta, schema.ExportMeta):
+            self.meta = self.meta.to_json()
         if not isinstance(self.meta, schema.Meta):  # a missing field is then one line naming it
             self.meta = schema.Meta(self.meta)
             self.meta.source = str(self.root / META)
@@ -95,14 +98,27 @@ class Artifact:
         return schema.MetaRecord.of(self.meta, str(self.root / META))
 
     def files(self) -> dict[str, dict[str, Any]]:
+        """The `files` entries as JSON objects (what is written back); read them with `file`."""
         files: dict[str, dict[str, Any]] = self.meta.setdefault("files", {})
         return files
 
-    def path(self, name: str, verify: bool = True) -> Path:
-        """Path of a file of the folder; with `verify`, its sha256 must match meta.json."""
+    def file(self, name: str) -> schema.FileRecord:
+        """The typed record of a file of the folder; one line naming the folder if it has none."""
         info = self.files().get(name)
         if info is None:
             raise FSAError(f"{self.root}: {name} is not recorded in {META} (files: {', '.join(self.files())})")
+        try:
+            return schema.FileRecord.of(info)
+        except ValueError as e:  # a record this process wrote wrong (a loaded one was checked by load)
+            raise FSAError(f"{self.root / META}: files: {name}: {e}") from None
+
+    def file_records(self) -> dict[str, schema.FileRecord]:
+        """Every file's typed record, by name."""
+        return {name: self.file(name) for name in self.files()}
+
+    def path(self, name: str, verify: bool = True) -> Path:
+        """Path of a file of the folder; with `verify`, its sha256 must match meta.json."""
+        info = self.file(name)
         p = trust.contained(self.root, name, f"{META} files entry")
         if not p.is_file():
             raise FSAError(f"{p}: missing (recorded in {META})")
@@ -111,7 +127,7 @@ class Artifact:
             digest = sha256_file(p, scan=scan)
             if scan is not None:  # external data an .onnx names: plain names, recorded here
                 onnx_locations.check_locations(self.root, name, scan.names, set(self.files()))
-            if digest != info.get("sha256"):
+            if digest != info.sha256:
                 again = "rebuild it (fsa build)" if p.suffix == ".engine" else "re-export"
                 raise FSAError(f"{p}: sha256 does not match {META} (file changed after it was written); {again}")
             self._verified.add(name)
@@ -121,10 +137,13 @@ class Artifact:
         for name in self.files():
             self.path(name)
 
-    def record(self, name: str, **info: Any) -> None:
-        """Record (or refresh) a file of the folder in meta.json, with its hash and size."""
+    def record(self, name: str, entry: schema.FileRecord | None = None, **info: Any) -> None:
+        """Record (or refresh) a file of the folder in meta.json, with its hash and size: `entry`
+        (or its fields as keywords) says what the file is; fields it leaves out keep their value."""
         p = trust.contained(self.root, name, "a file to record")
-        self.files()[name] = {**self.files().get(name, {}), **info, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+        new = schema.dump_record(entry if entry is not None else schema.FileRecord.of(info))
+        new = {k: v for k, v in new.items() if k not in ("sha256", "bytes")}
+        self.files()[name] = {**self.files().get(name, {}), **new, "sha256": sha256_file(p), "bytes": p.stat().st_size}
         self._verified.add(name)
         self._changed.add(name)
 

@@ -12,15 +12,18 @@ lists (`refuse_artifact_file`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.contract import META
+from fsa_deploy.contract import FORMAT, FORMAT_VERSION, META
 from fsa_deploy.errors import FSAError, escape
 from fsa_deploy.runtime.trust import name_problem
 
@@ -74,8 +77,12 @@ def _file_record(v: Any) -> str | None:
     sha = v.get("sha256")
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         return f"sha256 {sha!r} is not 64 hex digits"
-    if "bytes" in v:
-        return _number(0, integer=True)(v["bytes"])
+    if "bytes" in v and (bad := _number(0, integer=True)(v["bytes"])):
+        return bad
+    try:  # every known key of the record and its engine entry: the type its reader expects
+        FileRecord.of(v)
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -216,6 +223,31 @@ class MetaRecord:
         v = self.data.get("weights")
         return dict(v) if isinstance(v, dict) else None
 
+    @property
+    def proxy_weights(self) -> dict[str, Any] | None:
+        v = self.data.get("proxy_weights")
+        return dict(v) if isinstance(v, dict) else None
+
+    @property
+    def fsa(self) -> bool:
+        return bool(self.data["fsa"])
+
+    @property
+    def hyper_parameters(self) -> dict[str, float]:
+        """The method's hyper-parameters (every export records them)."""
+        return {str(k): float(v) for k, v in self.data["hyper_parameters"].items()}
+
+    @property
+    def prob_thd(self) -> float:
+        """The probability threshold below which a pixel is background (0 when not recorded)."""
+        return float(self.data.get("prob_thd", 0.0))
+
+    @property
+    def context_length(self) -> int | None:
+        """The text graph's token count; None when an older export did not record it."""
+        v = self.data.get("context_length")
+        return None if v is None else int(v)
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (NaN and Infinity are refused)")
@@ -247,6 +279,236 @@ def validate(meta: dict[str, Any], source: str = META) -> Meta:
     out = meta if isinstance(meta, Meta) else Meta(meta)
     out.source = source
     return out
+
+
+# ---------------------------------------------------------------- typed records: the one reader and writer of the keys
+#
+# Each record is a dataclass whose field names are meta.json's keys. `load_record` reads a JSON
+# object into one (a value of the wrong type is a ValueError naming the key; keys this version does
+# not know stay in `extra`, so an older or newer record is written back whole); `dump_record` writes
+# one back (a None field is left out unless its metadata says NULL: written as null).
+
+NULL = {"null": True}  # field metadata: written as null when None (the key is always present)
+
+
+def _is_record(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _load_value(tp: Any, v: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if v is None and type(None) in args:
+            return None
+        problem = ValueError(f"{where}: null is not allowed")
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _load_value(a, v, where)
+            except ValueError as e:
+                problem = e
+        raise problem
+    if tp is Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{where}: {v!r} is not finite")
+        return v
+    if _is_record(tp):
+        if not isinstance(v, dict):
+            raise ValueError(f"{where}: {type(v).__name__} where an object is expected")
+        return load_record(tp, v, where)
+    if origin in (tuple, list):
+        if not isinstance(v, list):
+            raise ValueError(f"{where}: {type(v).__name__} where a list is expected")
+        items = [_load_value(args[0], x, f"{where}[{i}]") for i, x in enumerate(v)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise ValueError(f"{where}: {type(v).__name__} where an object is expected")
+        return {str(k): _load_value(args[1], x, f"{where}.{k}") for k, x in v.items()}
+    if tp is float:
+        bad = FINITE(v)
+        if bad:
+            raise ValueError(f"{where}: {bad}")
+        return float(v)
+    if tp is int:
+        bad = _number(integer=True)(v)
+        if bad:
+            raise ValueError(f"{where}: {bad}")
+        return v
+    if not isinstance(v, tp) or (tp is not bool and isinstance(v, bool)):
+        raise ValueError(f"{where}: {v!r} is not {tp.__name__}")
+    return v
+
+
+R = typing.TypeVar("R")
+
+
+def load_record(cls: type[R], data: dict[str, Any], where: str = "") -> R:
+    """A typed record of a JSON object; ValueError naming the key of a value of the wrong type."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
+    values = {k: _load_value(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items() if k in known}
+    extra = {k: _load_value(Any, v, k) for k, v in data.items() if k not in known}
+    return cls(**values, extra=extra)
+
+
+def _dump_value(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return dump_record(v)
+    if isinstance(v, tuple):
+        return [_dump_value(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _dump_value(x) for k, x in v.items()}
+    return v
+
+
+def dump_record(record: Any) -> dict[str, Any]:
+    """The JSON object of a record: its fields in declaration order, then the keys it kept in `extra`."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        v = getattr(record, f.name)
+        if f.name == "extra":
+            out.update(v)
+        elif v is not None or f.metadata.get("null"):
+            out[f.name] = _dump_value(v)
+    return out
+
+
+@dataclass(frozen=True)
+class GpuRecord:
+    """The GPU a TensorRT engine was built on."""
+
+    name: str | None = None
+    compute_capability: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """A built engine's `engine` entry: what the runtime checks before deserialising it.
+
+    Records written before flavours existed have no `flavour` (TensorRT's) and keep the TensorRT
+    10/11 fields (`trt_version`, `compute_capability`, `gpu_name`...), which newer TensorRT builds
+    still write beside the common ones.
+    """
+
+    flavour: str | None = None
+    library: str | None = None
+    version: str | None = None
+    targets: tuple[str, ...] | None = None  # RTX: compiled-for SMs; TensorRT 10/11: the build GPU's
+    targets_requested: tuple[str, ...] | None = field(default=None, metadata=NULL)
+    gpu: GpuRecord | None = field(default=None, metadata=NULL)
+    source: str | None = None
+    source_sha256: str | None = None
+    profiles: dict[str, dict[str, list[int]]] | None = None  # input -> min/opt/max shape
+    io: dict[str, Any] | None = None
+    tf32: bool | None = None
+    workspace_mib: int | None = None
+    trt_version: str | None = None
+    compute_capability: str | None = None
+    gpu_name: str | None = None
+    version_compatible: bool | None = None
+    hardware_compatible: bool | None = None
+    dla_core: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def built_version(self) -> str:
+        """The library version that built it (`trt_version` in the oldest records)."""
+        return str(self.version or self.trt_version)
+
+    @property
+    def built_cc(self) -> str:
+        """The compute capability it was built on (`gpu.compute_capability` in newer records)."""
+        return str(self.compute_capability or (self.gpu.compute_capability if self.gpu else None))
+
+    @property
+    def built_gpu(self) -> str | None:
+        """The build GPU's name (`gpu_name` in the oldest records)."""
+        return self.gpu_name or (self.gpu.name if self.gpu else None)
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """How an int8/fp8 graph was calibrated (a `image-qdq` file's `calibration` entry)."""
+
+    method: str | None = None
+    region: str | None = None
+    count: int | None = None
+    batch: int | None = None
+    op_types: tuple[str, ...] | str | None = None  # the op types quantized, or "modelopt" (its default)
+    images: Any = None
+    classes: int | None = None
+    cache: str | None = None
+    seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One `files` entry: a file of the folder, its hash and size, and what it is.
+
+    `role` names what the file is (contract: image, text, tokenizer, external-data, engine,
+    image-qdq, timing-cache, calibration cache); the other fields belong to some roles only.
+    """
+
+    role: str | None = None
+    precision: str | None = None
+    source: str | None = None  # the file it was made from (engines, calibrated graphs)
+    source_sha256: str | None = None
+    nodes: int | None = None
+    fp16_audit: dict[str, Any] | None = None  # export.fp16_audit's record of an fp16 export
+    engine: EngineRecord | None = None
+    calibration: CalibrationRun | None = None
+    qdq_pairs: int | None = None
+    quantized_ops: dict[str, int] | None = None
+    fp32_nodes: dict[str, Any] | None = None
+    modelopt: str | None = None
+    crops: int | None = None  # a calibration cache: its crop count and the images they came from
+    images: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""  # filled by Artifact.record
+    bytes: int | None = None
+
+    @classmethod
+    def of(cls, data: FileRecord | Mapping[str, Any], where: str = "") -> FileRecord:
+        """The record of a `files` entry (already typed, or its JSON object)."""
+        return data if isinstance(data, FileRecord) else load_record(cls, dict(data), where)
+
+
+@dataclass(frozen=True)
+class ExportMeta:
+    """What `fsa export` writes: every field of a fresh meta.json, in the order written."""
+
+    model: str
+    weights: dict[str, Any]
+    attention: str
+    proxy: str | None = field(metadata=NULL)
+    proxy_weights: dict[str, Any] | None = field(metadata=NULL)
+    crop: int
+    fsa: bool
+    hyper_parameters: dict[str, float]
+    precision: str
+    feedback_precision: str
+    opset: int
+    clip_grid: tuple[int, int]
+    grid: tuple[int, int]
+    patch: int
+    width: int
+    heads: int
+    embed_dim: int
+    logit_scale: float
+    templates: tuple[str, ...]
+    context_length: int
+    stages: dict[str, str]
+    feedback_scope: str
+    versions: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """meta.json's object (no files yet: Artifact.record adds them)."""
+        body = dump_record(self)
+        head = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        return {**head, **body, "files": {}}
 
 
 # ---------------------------------------------------------------- what meta.json records is never overwritten

@@ -25,14 +25,14 @@ def open_graph(art: Artifact, graph: str | None, backend: str = "auto", *, threa
         return b, b.graph_file or IMAGE_ONNX, opened.reason
     if "/" in graph or "\\" in graph:
         raise FSAError(f"--graph {graph}: give a file name of the artefact folder, not a path")
-    info = art.files().get(graph)
-    if info is None:
+    if graph not in art.files():
         raise FSAError(f"--graph {graph}: not in {art.root}/{META} (files: {', '.join(art.files())})")
+    info = art.file(graph)
     if backend == "torch":
         raise FSAError(f"--graph {graph} with --backend torch: the PyTorch reference runs no graph file")
     if graph.endswith(".engine") or backend == "trt":
-        return TensorRTBackend(art, info.get("precision")), graph, "--graph"
-    if info.get("role") not in (None, "image", "image-qdq"):
-        raise FSAError(f"--graph {graph}: a {info.get('role')} file, not an image graph")
+        return TensorRTBackend(art, info.precision), graph, "--graph"
+    if info.role not in (None, "image", "image-qdq"):
+        raise FSAError(f"--graph {graph}: a {info.role} file, not an image graph")
 
     return OnnxRuntimeBackend(art, graph, threads=threads), graph, "--graph"

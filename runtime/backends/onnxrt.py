@@ -109,7 +109,8 @@ class OnnxRuntimeBackend(Backend):
         self.grid = self.artifact.info.grid
         self.embed_dim = self.artifact.info.embed_dim
         # text.onnx and its sha256 when opened: the text graph it encodes with
-        self._text_key = f"{TEXT_ONNX}:{self.artifact.files().get(TEXT_ONNX, {}).get('sha256')}"
+        text = self.artifact.file(TEXT_ONNX).sha256 if TEXT_ONNX in self.artifact.files() else None
+        self._text_key = f"{TEXT_ONNX}:{text}"
         self._graph_file = image_file
 
     def _session(self, name: str, stages: Sequence[str] = (), optimized_to: Any = None) -> Any:
@@ -117,8 +118,8 @@ class OnnxRuntimeBackend(Backend):
         with `stages`, on the graph with those stage tensors as extra outputs."""
         ort = require_onnxruntime()
         path = self.artifact.path(name)
-        for n, info in self.artifact.files().items():
-            if n.startswith(name) and (n == f"{name}.data" or info.get("role") == "external-data"):
+        for n, info in self.artifact.file_records().items():
+            if n.startswith(name) and (n == f"{name}.data" or info.role == "external-data"):
                 self.artifact.path(n)
         opts = session_options(self.threads)
         if optimized_to is not None:

@@ -48,7 +48,7 @@ def plugin(name: str) -> Callable[..., Backend]:
 
 
 def engines_recorded(art: Artifact) -> list[str]:
-    return sorted(name for name, info in art.files().items() if info.get("role") == "engine")
+    return sorted(name for name, info in art.file_records().items() if info.role == "engine")
 
 
 def tensorrt_unusable(art: Artifact | None = None) -> str | None:
@@ -57,7 +57,7 @@ def tensorrt_unusable(art: Artifact | None = None) -> str | None:
     10/11 or TensorRT-RTX); without, TensorRT 10/11."""
     flavours = {TRT}
     if art is not None:
-        flavours = {flavour_of_record(art.files()[name].get("engine")) for name in engines_recorded(art)} or flavours
+        flavours = {flavour_of_record(art.file(name).engine) for name in engines_recorded(art)} or flavours
     if not any(installed(f) for f in flavours):
         try:  # one line naming the install of the first flavour
             require_tensorrt(sorted(flavours, key=lambda f: f.name)[0])
@@ -78,7 +78,7 @@ def select_backend(art: Artifact, backend: str = "auto", *, threads: int | None 
     if backend not in BACKENDS:
         raise FSAError(f"--backend {backend!r}: choose from {', '.join(BACKENDS)}")
     if precision is not None:  # an option that does not apply is refused, never ignored
-        built = sorted({str(art.files()[n].get("precision")) for n in engines_recorded(art)})
+        built = sorted({str(art.file(n).precision) for n in engines_recorded(art)})
         if backend in ("onnx", "torch"):
             raise FSAError(f"--precision {precision}: picks a TensorRT engine; does not apply to --backend {backend}")
         if precision not in built:

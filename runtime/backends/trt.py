@@ -45,6 +45,7 @@ from fsa_deploy.runtime.backends.trt_lib import (
     target_of,
     version_tuple,
 )
+from fsa_deploy.runtime.schema import EngineRecord, FileRecord
 from fsa_deploy.runtime.text import default_cache_dir, padded
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def torch_dtype(trt_name: str) -> torch.dtype:
 
 
 def check_engine_record(
-    record: Mapping[str, Any], version: str, compute_capability: str | None, name: str = "engine"
+    record: FileRecord | Mapping[str, Any], version: str, compute_capability: str | None, name: str = "engine"
 ) -> Flavour:
     """Refuse an engine this machine cannot run, from its meta.json record alone; returns its flavour.
 
@@ -86,10 +87,14 @@ def check_engine_record(
     `version` is the installed library of the record's flavour; `compute_capability` None (no GPU
     looked at yet) checks the library side alone.
     """
-    info = record.get("engine")
-    if record.get("role") != "engine" or not isinstance(info, Mapping):
+    try:
+        record = FileRecord.of(record)
+    except ValueError as e:
+        raise FSAError(f"{name}: meta.json's record of it is malformed ({e}); rebuild it with `fsa build`") from None
+    info = record.engine
+    if record.role != "engine" or info is None:
         raise FSAError(f"{name}: meta.json has no engine record for it; rebuild it with `fsa build`")
-    flavour = flavour_of_record(dict(info))
+    flavour = flavour_of_record(info)
     if flavour is RTX:
         _check_rtx_record(info, version, compute_capability, name)
     else:
@@ -97,14 +102,14 @@ def check_engine_record(
     return flavour
 
 
-def _check_rtx_record(info: Mapping[str, Any], version: str, cc: str | None, name: str) -> None:
-    built = str(info.get("version"))
+def _check_rtx_record(info: EngineRecord, version: str, cc: str | None, name: str) -> None:
+    built = str(info.version)
     if not same_version(built, version):
         raise FSAError(f"{name}: built with TensorRT-RTX {built}, this machine has {version}; "
                        f"rebuild it with `fsa build --engine rtx`")
     if cc is None:
         return
-    targets = list(info.get("targets") or [])
+    targets = list(info.targets or [])
     here = target_of(cc)
     if here in targets or ("later" in targets and version_tuple(cc) > (12, 1)):
         return
@@ -116,9 +121,9 @@ def _check_rtx_record(info: Mapping[str, Any], version: str, cc: str | None, nam
                    f"SM {cc}; rebuild it with `fsa build --engine rtx --targets {here}`")
 
 
-def _check_trt_record(info: Mapping[str, Any], version: str, cc: str | None, name: str) -> None:
-    built = str(info.get("version") or info.get("trt_version"))
-    if info.get("version_compatible"):
+def _check_trt_record(info: EngineRecord, version: str, cc: str | None, name: str) -> None:
+    built = info.built_version
+    if info.version_compatible:
         if not at_least(version, built):
             raise FSAError(
                 f"{name}: built with TensorRT {built}, newer than this machine's {version}; "
@@ -131,9 +136,8 @@ def _check_trt_record(info: Mapping[str, Any], version: str, cc: str | None, nam
         )
     if cc is None:
         return
-    gpu: Mapping[str, Any] = info["gpu"] if isinstance(info.get("gpu"), Mapping) else {}
-    built_cc = str(info.get("compute_capability") or gpu.get("compute_capability"))
-    if info.get("hardware_compatible"):
+    built_cc = info.built_cc
+    if info.hardware_compatible:
         if version_tuple(cc) < (8, 0):
             raise FSAError(
                 f"{name}: hardware-compatible engines run on Ampere or newer (SM 8.0+), "
@@ -141,12 +145,12 @@ def _check_trt_record(info: Mapping[str, Any], version: str, cc: str | None, nam
             )
     elif version_tuple(built_cc) != version_tuple(cc):
         raise FSAError(
-            f"{name}: built for SM {built_cc} ({info.get('gpu_name') or gpu.get('name')}), this GPU is SM {cc}; "
+            f"{name}: built for SM {built_cc} ({info.built_gpu}), this GPU is SM {cc}; "
             "rebuild it here with `fsa build` (or build with --hardware-compatible)"
         )
 
 
-def check_header(data: bytes, record: Mapping[str, Any], flavour: Flavour, name: str) -> None:
+def check_header(data: bytes, record: FileRecord, flavour: Flavour, name: str) -> None:
     """The plan's own bytes agree with its record: flavour magic; TensorRT-RTX: size, version, targets."""
     header = read_header(data)
     if header.flavour is not None and header.flavour != flavour.name:
@@ -155,17 +159,17 @@ def check_header(data: bytes, record: Mapping[str, Any], flavour: Flavour, name:
                        f"rebuild it with `fsa build --engine {flavour.name}`")
     if flavour is not RTX:
         return
-    info = record["engine"]
+    info = record.engine or EngineRecord()
     problems = []
     if header.flavour is None:
         problems.append("no TensorRT-RTX plan header")
     else:
         if header.size != len(data):
             problems.append(f"header size {header.size}, file {len(data)} bytes")
-        if header.version != str(info.get("version")):
-            problems.append(f"header version {header.version}, meta.json {info.get('version')}")
-        if list(header.targets) != list(info.get("targets") or []):
-            problems.append(f"header targets {','.join(header.targets)}, meta.json {','.join(info.get('targets', []))}")
+        if header.version != str(info.version):
+            problems.append(f"header version {header.version}, meta.json {info.version}")
+        if list(header.targets) != list(info.targets or []):
+            problems.append(f"header targets {','.join(header.targets)}, meta.json {','.join(info.targets or [])}")
     if problems:
         raise FSAError(f"{name}: {'; '.join(problems)} (damaged or replaced); rebuild it with `fsa build --engine rtx`")
 
@@ -177,21 +181,21 @@ def read_engine(art: Artifact, name: str, version: str, compute_capability: str 
 
     The sha256 of a (multi-GB) engine is computed once per (path, size, mtime) in a process.
     """
-    record = art.files().get(name)
-    if record is None:
+    if name not in art.files():
         raise FSAError(f"{art.root}: no {name} recorded in meta.json; build it with `fsa build {art.root}`")
+    record = art.file(name)
     flavour = check_engine_record(record, version, compute_capability, name)
     path = art.path(name, verify=False)
     stat = path.stat()
-    if stat.st_size != record.get("bytes"):
+    if stat.st_size != record.bytes:
         raise FSAError(
-            f"{path}: {stat.st_size} bytes, meta.json records {record.get('bytes')} (truncated or replaced); "
+            f"{path}: {stat.st_size} bytes, meta.json records {record.bytes} (truncated or replaced); "
             "rebuild it with `fsa build`"
         )
     data = path.read_bytes()
     check_header(data, record, flavour, name)
 
-    if sha256_file(path, data=data, once=True) != record.get("sha256"):
+    if sha256_file(path, data=data, once=True) != record.sha256:
         raise FSAError(f"{path}: sha256 does not match meta.json (file changed after it was written); "
                        "rebuild it (fsa build)")
     return data
@@ -212,18 +216,18 @@ def check_validity(lib: Any, runtime: Any, data: bytes, name: str) -> None:
 
 
 def deserialize_engine(
-    lib: Any, flavour: Flavour, data: bytes, info: Mapping[str, Any], name: str
+    lib: Any, flavour: Flavour, data: bytes, info: EngineRecord, name: str
 ) -> tuple[trt.Runtime, trt.ICudaEngine]:
     """Runtime and engine; the runtime is returned because it must outlive the engine."""
     runtime: trt.Runtime = lib.Runtime(logger(flavour))
     if flavour is RTX:
         check_validity(lib, runtime, data, name)
-    if info.get("version_compatible"):
+    if info.version_compatible:
         # The plan carries its own lean runtime (host code). Allowed because its sha256
         # matched meta.json, i.e. it is the file `fsa build` wrote.
         runtime.engine_host_code_allowed = True
-    if info.get("dla_core") is not None:
-        runtime.DLA_core = int(info["dla_core"])
+    if info.dla_core is not None:
+        runtime.DLA_core = info.dla_core
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise FSAError(f"{name}: {flavour.label} could not deserialize it (its log above says why); "
@@ -421,12 +425,12 @@ class EngineRunner:
 def image_engines(art: Artifact, flavour: Flavour | None = None) -> dict[str, str]:
     """precision -> engine file name of the image engines recorded in meta.json (of one flavour, or all)."""
     out = {}
-    for name, info in art.files().items():
-        if info.get("role") != "engine" or name.startswith("text"):
+    for name, info in art.file_records().items():
+        if info.role != "engine" or name.startswith("text"):
             continue
-        f = flavour_of_record(info.get("engine") or {})
-        if (flavour is None or f is flavour) and name == f.engine_name(str(info.get("precision"))):
-            out[str(info.get("precision")) + ("" if flavour or f is TRT else f".{f.name}")] = name
+        f = flavour_of_record(info.engine)
+        if (flavour is None or f is flavour) and name == f.engine_name(str(info.precision)):
+            out[str(info.precision) + ("" if flavour or f is TRT else f".{f.name}")] = name
     return out
 
 
@@ -487,17 +491,18 @@ class TensorRTBackend(Backend):
             return flavours[0].engine_name(precision), flavours[0]
         everything = image_engines(self.artifact)
         if everything:
-            other = flavour_of_record(self.artifact.files()[next(iter(everything.values()))]["engine"])
+            other = flavour_of_record(self.artifact.file(next(iter(everything.values()))).engine)
             load(other)  # one line naming the install
         raise FSAError(f"{root}: no TensorRT engine recorded in meta.json; run `fsa build {root}`")
 
     def _load(self, name: str, cuda_graph: bool = False, data: bytes | None = None) -> EngineRunner:
         if data is None:
             data = read_engine(self.artifact, name, self.version, self.compute_capability)
-        check_engine_record(self.artifact.files()[name], self.version, self.compute_capability, name)
-        info = self.artifact.files()[name]["engine"]
+        record = self.artifact.file(name)
+        check_engine_record(record, self.version, self.compute_capability, name)
+        info = record.engine or EngineRecord()
         runtime, engine = deserialize_engine(self.lib, self.flavour, data, info, name)
-        sha = self.artifact.files()[name].get("sha256", "")
+        sha = record.sha256
         cache = RuntimeCache(sha, self.compute_capability) if self.flavour is RTX else None
         return EngineRunner(self.lib, self.flavour, runtime, engine, name, self.stream, cuda_graph, cache)
 

@@ -24,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from fsa_deploy.contract import FLAVOURS, RTX_TARGETS
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.schema import EngineRecord
 
 # ---------------------------------------------------------------- compute-capability targets
 
@@ -107,9 +108,9 @@ def image_engine_name(precision: str, flavour: Flavour = TRT) -> str:
     return flavour.engine_name(precision)
 
 
-def flavour_of_record(info: Any) -> Flavour:
+def flavour_of_record(info: EngineRecord | None) -> Flavour:
     """The flavour an engine record names; records written before flavours existed are TensorRT's."""
-    name = info.get("flavour", TRT.name) if isinstance(info, dict) else TRT.name
+    name = (info.flavour if info is not None else None) or TRT.name
     if name not in FLAVOUR_OF:
         raise FSAError(f"engine flavour {name!r} unknown (this fsa-deploy knows {', '.join(FLAVOURS)}); upgrade")
     return FLAVOUR_OF[name]

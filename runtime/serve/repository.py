@@ -63,6 +63,7 @@ from fsa_deploy.ranges import CROPS_PER_REQUEST
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.gate import staging_folder
+from fsa_deploy.runtime.schema import FileRecord
 from fsa_deploy.runtime.serve.bls import SegmentParams
 from fsa_deploy.runtime.serve.model_config import model_config_pb2
 
@@ -124,11 +125,11 @@ def vendor_runtime(dest: Path) -> None:
     gate.copytree(runtime, pkg / "runtime", ignore=("__pycache__", "*.pyc"))
 
 
-def engine_of(art: Artifact, precision: str | None) -> tuple[str, dict[str, Any]]:
+def engine_of(art: Artifact, precision: str | None) -> tuple[str, FileRecord]:
     """The TensorRT engine recorded in meta.json (by precision when several) and its build record."""
-    engines = {n: i for n, i in art.files().items() if i.get("role") == "engine"}
+    engines = {n: i for n, i in art.file_records().items() if i.role == "engine"}
     if precision:
-        engines = {n: i for n, i in engines.items() if i.get("precision") == precision}
+        engines = {n: i for n, i in engines.items() if i.precision == precision}
     if not engines:
         what = f" of precision {precision}" if precision else ""
         raise FSAError(f"{art.root}: no TensorRT engine{what} recorded in {META} (build one: fsa build)")
@@ -200,7 +201,7 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     trt = not local and opts.image_backend == TENSORRT.triton
     if trt:
         engine, record = engine_of(art, opts.precision)
-        profiles = record.get("engine", {}).get("profiles", {})
+        profiles = (record.engine.profiles if record.engine else None) or {}
         batch = min(batch, int(profiles.get(IMAGE, {}).get("max", [batch])[0]))
         max_classes = min(max_classes, int(profiles.get(TEXT_EMBEDDINGS, {}).get("max", [max_classes])[0]))
 

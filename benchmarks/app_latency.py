@@ -221,7 +221,7 @@ def text_bench(args: argparse.Namespace) -> None:
     one backend (ONNX Runtime CPU, text.onnx), the four measurements in turn."""
     art = Artifact.load(args.artifact)
     backend = OnnxRuntimeBackend(art, providers=["CPUExecutionProvider"])
-    vocab_file, templates = art.path(TOKENIZER_VOCAB), list(art.meta["templates"])
+    vocab_file, templates = art.path(TOKENIZER_VOCAB), art.info.templates
     cold = Vocabulary.parse(args.classes).queries
     added = [*cold, args.added]
     # session loaded and its arena grown (a batch of 64 at 77 tokens), not timed
@@ -255,7 +255,7 @@ def text_bench(args: argparse.Namespace) -> None:
     base = rows[0]["ms"]
     for r in rows:
         r["vs_before_cold"] = r["ms"] / base
-    report = {"artifact": str(art.root), "model": art.meta.get("model"), "classes": args.classes,
+    report = {"artifact": str(art.root), "model": art.info.model, "classes": args.classes,
               "added": args.added, "templates": len(templates), "rows": rows,
               "add_one_vs_cold_after": rows[3]["ms"] / rows[2]["ms"],
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version()}

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = onnx.load(str(art.path(contract.IMAGE_ONNX)), load_external_data=False)
     geo = Geometry(crop=args.crop)
     crop = crops_of(resize_image(load_image(sample_photos()[1]), geo), geo)[0][:1]  # host numpy
-    text = torch.nn.functional.normalize(torch.randn(args.num_classes, art.meta["embed_dim"]), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(args.num_classes, art.info.embed_dim), dim=-1)
     ort = OnnxRuntimeBackend(art)
     literal = build_reference(spec, "literal").model
     crop_t = torch.from_numpy(crop.copy())
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     lit_ms, lit_all = median_ms(lambda: literal(crop_t, text), args.repeats)
     result = {
         "model": args.model, "proxy": args.proxy, "crop": args.crop, "classes": args.num_classes,
-        "export_s": round(export_s, 1), "image_onnx_mb": art.files()[contract.IMAGE_ONNX]["bytes"] / 2**20,
-        "image_onnx_nodes": len(graph.graph.node), "text_onnx_mb": art.files()[contract.TEXT_ONNX]["bytes"] / 2**20,
+        "export_s": round(export_s, 1), "image_onnx_mb": (art.file(contract.IMAGE_ONNX).bytes or 0) / 2**20,
+        "image_onnx_nodes": len(graph.graph.node), "text_onnx_mb": (art.file(contract.TEXT_ONNX).bytes or 0) / 2**20,
         "ort_cpu_crop_ms": ort_ms, "torch_literal_crop_ms": lit_ms, "speedup_vs_literal": lit_ms / ort_ms,
         "ort_cpu_all_ms": ort_all, "torch_literal_all_ms": lit_all,
         "machine": {"cpu": cpu_model(), "cores": torch.get_num_threads(), "torch": torch.__version__},

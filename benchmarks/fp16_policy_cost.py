@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     art = Artifact.load(args.folder)
     path = Path(args.folder) / "image.onnx"
-    geo = Geometry(crop=int(art.meta["crop"]))
-    text = np.random.default_rng(0).standard_normal((21, int(art.meta["embed_dim"]))).astype(np.float32)
+    geo = Geometry(crop=art.info.crop)
+    text = np.random.default_rng(0).standard_normal((21, art.info.embed_dim)).astype(np.float32)
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     crops = [c[None].astype(np.float32) for photo in sample_photos()
              for c in crops_of(resize_image(load_image(photo), geo), geo)[0]][:args.crops]
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ranges = F.measure(path, feeds)
     fp32 = onnx.load(str(path))
     policy = F.precision_policy(fp32)
-    base = F.structural_islands(fp32, art.meta["stages"], str(art.meta.get("feedback_scope") or ""))
+    base = F.structural_islands(fp32, art.info.stages, art.info.feedback_scope)
     print(f"ranges on {len(feeds)} crop(s): {time.perf_counter() - t0:.0f} s; policy: "
           f"{ {k: len(v) for k, v in policy.items()} }", file=sys.stderr, flush=True)
     rows: list[dict[str, Any]] = []
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     table = head + "".join(f"| {r['graph']} | {r['nodes']} | {r['fp16_nodes']} | {r['fp32_islands']} | {r['mib']:.2f} "
                            f"| {r['median_ms']:.1f} | {r['ratio']:.2f}x |\n" for r in rows)
     print(table)
-    report = {"artifact": str(args.folder), "model": art.meta["model"], "proxy": art.meta.get("proxy"),
-              "crop": art.meta["crop"], "weights": art.meta["weights"], "cpu": cpu_model(), "threads": args.threads,
+    report = {"artifact": str(args.folder), "model": art.info.model, "proxy": art.info.proxy,
+              "crop": art.info.crop, "weights": art.info.weights, "cpu": cpu_model(), "threads": args.threads,
               "repeats": args.repeats, "audit_crops": len(feeds), "policy": {k: len(v) for k, v in policy.items()},
               "rows": rows}
     if args.json:

@@ -20,6 +20,7 @@ from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 from fsa_deploy.runtime.images import expand_images, load_image, sample_photos
 from fsa_deploy.runtime.pipeline import Geometry, crops_of, resize_image
+from fsa_deploy.runtime.schema import FileRecord
 from fsa_deploy.runtime.text import DEFAULT_CLASSES, Vocabulary, classifier
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def vocabulary_text(art: A.Artifact, vocab: Vocabulary) -> np.ndarray:
     """
     backend = OnnxRuntimeBackend(art, image_file=None, providers=[CPU_EP])  # the text graph only
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
-    templates = art.meta.get("templates") or openai_templates()
+    templates = list(art.info.recorded.templates or openai_templates())
     return classifier(backend.encode_text, vocab.queries, templates, vocab_file=vocab_file)
 
 
@@ -95,8 +96,8 @@ def data_key(art: A.Artifact, files: Sequence[Path], count: int, vocab: Vocabula
     blob = json.dumps({
         "images": [A.sha256_file(f) for f in files],
         "count": count,
-        "crop": art.meta.get("crop"),
-        "text": art.files().get(TEXT_ONNX, {}).get("sha256"),
+        "crop": art.info.recorded.crop,
+        "text": art.sha256(TEXT_ONNX),
         "queries": vocab.queries,
     })
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -116,12 +117,12 @@ def load_cached(art: A.Artifact, name: str) -> CalibrationData | None:
 def save_cache(art: A.Artifact, name: str, data: CalibrationData) -> None:
     """Write the .npz atomically, drop older caches (they hold crops: tens of MB each), record it."""
     with gate.writing_into(art.root):  # calibrate replaces its own cache and records it
-        for old in [n for n, info in art.files().items() if info.get("role") == CACHE_ROLE and n != name]:
+        for old in [n for n, info in art.file_records().items() if info.role == CACHE_ROLE and n != name]:
             gate.unlink(art.path(old, verify=False))  # a contained name (checked at load)
             art.forget(old)
         gate.save_npz(art.root / name, keep=False, crops=data.crops, text_embeddings=data.text,
                       images=np.array(data.images))
-    art.record(name, role=CACHE_ROLE, crops=int(len(data.crops)), images=data.images)
+    art.record(name, FileRecord(role=CACHE_ROLE, crops=int(len(data.crops)), images=data.images))
     art.save()
 
 
@@ -130,7 +131,7 @@ def calibration_data(art: A.Artifact, files: Sequence[Path], opts: CalibrationOp
     name = f"{CACHE_PREFIX}{data_key(art, files, opts.count, vocab)}.npz"
     if opts.cache and (hit := load_cached(art, name)):
         return hit
-    crops, used = pipeline_crops(files, int(art.meta["crop"]), opts.count)
+    crops, used = pipeline_crops(files, art.info.crop, opts.count)
     data = CalibrationData(crops, vocabulary_text(art, vocab), used, name if opts.cache else None)
     if opts.cache:
         save_cache(art, name, data)

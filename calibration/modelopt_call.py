@@ -55,8 +55,8 @@ def modelopt_version() -> str:
 def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
     """image.onnx (and its external data) linked into the work folder: ModelOpt writes its
     intermediate files beside the input and output, never into the artefact folder."""
-    names = [contract.IMAGE_ONNX] + [n for n, i in art.files().items()
-                                     if i.get("role") == "external-data" and n.startswith(contract.IMAGE_ONNX)]
+    names = [contract.IMAGE_ONNX] + [n for n, i in art.file_records().items()
+                                     if i.role == "external-data" and n.startswith(contract.IMAGE_ONNX)]
     for n in names:
         src = art.path(n).resolve()
         gate.link_or_copy(src, work / n, symbolic=True)

@@ -106,7 +106,7 @@ def source_graph(art: A.Artifact) -> Path:
     if IMAGE_ONNX not in art.files():
         raise FSAError(f"{art.root}: no {IMAGE_ONNX} recorded in {META} (calibrate needs the fp32 image graph "
                        "written by `fsa export`)")
-    precision = art.files()[IMAGE_ONNX].get("precision", "fp32")
+    precision = art.file(IMAGE_ONNX).precision or "fp32"
     if precision != "fp32":
         raise FSAError(f"{art.root / IMAGE_ONNX}: precision {precision}; calibrate needs an fp32 export "
                        "(re-export without --precision)")

@@ -315,7 +315,7 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
         steps.step(f"exporting {TEXT_ONNX}")
         n_text = export_text(ref, work, external_data_bytes)
         steps.step("writing meta.json")
-        art = A.Artifact(work, build_meta(spec, ref, precision, mapping))
+        art = A.Artifact(work, build_meta(spec, ref, precision, mapping).to_json())
         art.record(IMAGE_ONNX, FileRecord(role="image", precision=precision, nodes=n_image,
                                           fp16_audit=fp16.record if precision == "fp16" and fp16.record else None))
         art.record(TEXT_ONNX, FileRecord(role="text", precision="fp32", nodes=n_text))

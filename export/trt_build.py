@@ -277,7 +277,7 @@ def build_engine(art: Artifact, job: EngineJob, opts: BuildOptions, device: tupl
 def engine_jobs(art: Artifact, opts: BuildOptions, flavour: Flavour = TRT) -> list[EngineJob]:
     """The engines to build, their targets checked: every refusal comes before the first build."""
     meta, files = art.info, art.file_records()
-    crop, dim, context = meta.crop, meta.embed_dim, meta.context_length
+    crop, dim, context = meta.recorded.crop, meta.recorded.embed_dim, meta.recorded.context_length
     jobs = [
         EngineJob(
             engine=flavour.engine_name(opts.precision),
@@ -285,8 +285,8 @@ def engine_jobs(art: Artifact, opts: BuildOptions, flavour: Flavour = TRT) -> li
             precision=opts.precision,
             dims={IMAGE: opts.batch, TEXT_EMBEDDINGS: opts.classes},
             tails={
-                IMAGE: [3, crop, crop],
-                TEXT_EMBEDDINGS: [dim],
+                IMAGE: None if crop is None else [3, crop, crop],
+                TEXT_EMBEDDINGS: None if dim is None else [dim],
             },
             outputs=frozenset({LOGITS}),
             dla_core=opts.dla_core,

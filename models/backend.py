@@ -31,7 +31,7 @@ def spec_of(source: Artifact | ModelSpec | str | os.PathLike[str]) -> tuple[Mode
     if isinstance(source, ModelSpec):
         return source, None
     art = source if isinstance(source, Artifact) else Artifact.load(source)
-    return spec_from_meta(art.meta, str(art.root / "meta.json")), art
+    return spec_from_meta(art.info, art.info.source), art
 
 
 class TorchBackend(Backend):

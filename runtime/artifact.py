@@ -112,6 +112,10 @@ class Artifact:
         except ValueError as e:  # a record this process wrote wrong (a loaded one was checked by load)
             raise FSAError(f"{self.root / META}: files: {name}: {e}") from None
 
+    def sha256(self, name: str) -> str | None:
+        """The recorded sha256 of a file; None when the folder records no such file."""
+        return self.file(name).sha256 if name in self.files() else None
+
     def file_records(self) -> dict[str, schema.FileRecord]:
         """Every file's typed record, by name."""
         return {name: self.file(name) for name in self.files()}

@@ -13,6 +13,7 @@ lists (`refuse_artifact_file`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -157,6 +158,15 @@ class MetaRecord:
 
     data: Meta
 
+    @functools.cached_property
+    def recorded(self) -> MetaFields:
+        """Every field as the file holds it, None where absent: for readers that fall back to a
+        default of their own (the properties below are what a reader needs, or one line)."""
+        try:
+            return load_record(MetaFields, {k: v for k, v in self.data.items() if k != "files"})
+        except ValueError as e:
+            raise FSAError(f"{self.source}: field {e}; re-export with `fsa export`") from None
+
     @classmethod
     def of(cls, meta: dict[str, Any], source: str = META) -> MetaRecord:
         """The record of already validated data (Artifact.meta) or of raw data (validated here)."""
@@ -243,10 +253,8 @@ class MetaRecord:
         return float(self.data.get("prob_thd", 0.0))
 
     @property
-    def context_length(self) -> int | None:
-        """The text graph's token count; None when an older export did not record it."""
-        v = self.data.get("context_length")
-        return None if v is None else int(v)
+    def context_length(self) -> int:
+        return int(self.data["context_length"])
 
 
 def _reject_constant(name: str) -> Any:
@@ -348,7 +356,7 @@ def load_record(cls: type[R], data: dict[str, Any], where: str = "") -> R:
     known = {f.name for f in dataclasses.fields(cls)} - {"extra"}  # type: ignore[arg-type]
     values = {k: _load_value(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items() if k in known}
     extra = {k: _load_value(Any, v, k) for k, v in data.items() if k not in known}
-    return cls(**values, extra=extra)
+    return typing.cast(R, typing.cast(Any, cls)(**values, extra=extra))
 
 
 def _dump_value(v: Any) -> Any:
@@ -473,6 +481,39 @@ class FileRecord:
     def of(cls, data: FileRecord | Mapping[str, Any], where: str = "") -> FileRecord:
         """The record of a `files` entry (already typed, or its JSON object)."""
         return data if isinstance(data, FileRecord) else load_record(cls, dict(data), where)
+
+
+@dataclass(frozen=True)
+class MetaFields:
+    """meta.json's fields (but `files`) as read: None where the file has none (older exports)."""
+
+    format: str | None = None
+    format_version: int | None = None
+    model: str | None = None
+    weights: dict[str, Any] | None = None
+    attention: str | None = None
+    proxy: str | None = None
+    proxy_weights: dict[str, Any] | None = None
+    crop: int | None = None
+    fsa: bool | None = None
+    hyper_parameters: dict[str, float] | None = None
+    precision: str | None = None
+    feedback_precision: str | None = None
+    opset: int | None = None
+    clip_grid: tuple[int, ...] | None = None
+    grid: tuple[int, ...] | None = None
+    patch: int | None = None
+    width: int | None = None
+    heads: int | None = None
+    embed_dim: int | None = None
+    logit_scale: float | None = None
+    prob_thd: float | None = None
+    templates: tuple[str, ...] | None = None
+    context_length: int | None = None
+    stages: dict[str, str] | None = None
+    feedback_scope: str | None = None
+    versions: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -348,7 +348,7 @@ class Segmenter:
         else:
             reason = "given"
         vocab = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None  # sha256 checked
-        sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
+        sha = art.sha256(IMAGE_ONNX)
         if not sha:
             raise FSAError(f"{art.root}: meta.json records no {IMAGE_ONNX} hash; re-export")
         info = art.info

@@ -43,6 +43,7 @@ from fsa_deploy.runtime.backends.trt import TensorRTBackend
 from fsa_deploy.runtime.images import expand_images as expand
 from fsa_deploy.runtime.images import load_image, sample_photos
 from fsa_deploy.runtime.pipeline import Geometry, batches, class_probs, crops_of, labels_of, resize_image, stitch
+from fsa_deploy.runtime.schema import MetaRecord
 from fsa_deploy.runtime.text import (
     DEFAULT_CLASSES,
     Vocabulary,
@@ -179,11 +180,11 @@ class ArtifactSide:
     def __init__(self, art: A.Artifact, name: str, backend: str, stages: bool):
         self.name = name
         self.stage_names: list[str] = []
-        info = art.files()[name]
+        info = art.file(name)
         if backend == "trt" or name.endswith(".engine"):
             if stages:
                 raise FSAError("--stages: engines expose no stage tensors; validate the ONNX graph with --stages")
-            self.backend: Backend = TensorRTBackend(art, info.get("precision"))
+            self.backend: Backend = TensorRTBackend(art, info.precision)
             self.kind = "tensorrt"
             return
 
@@ -206,8 +207,8 @@ class ArtifactSide:
         return self.backend.run_stages(crops, text)
 
 
-def reference_side(meta: dict[str, Any], fp64: bool) -> Reference:
-    ref = build_reference(spec_from_meta(meta), "deploy")
+def reference_side(meta: MetaRecord, fp64: bool) -> Reference:
+    ref = build_reference(spec_from_meta(meta, meta.source), "deploy")
     if fp64:
         ref.model.set_precision(torch.float32, torch.float64)
     return ref
@@ -216,17 +217,17 @@ def reference_side(meta: dict[str, Any], fp64: bool) -> Reference:
 # --- one image ------------------------------------------------------------------------------------
 
 
-def compare_crops(ref_model: FSAModel, side: ArtifactSide, crops: np.ndarray, text: np.ndarray, max_batch: int,
+def compare_crops(ref_model: FSAModel, side: ArtifactSide, crops: np.ndarray, text: np.ndarray, batch: int,
                   want_stages: bool) -> dict[str, Any]:
     """Both sides on the same crops (host arrays from the runtime pipeline; tensors for the
-    reference); masks that rounding decides are resolved the artefact's way."""
+    reference), `batch` crops per call; masks that rounding decides are resolved the artefact's way."""
     ref_logits, art_logits, stage_pairs, total = [], [], [], Alignment()
     text_t = torch.from_numpy(np.ascontiguousarray(text))
-    for sl in batches(len(crops), max_batch):
-        batch = np.ascontiguousarray(crops[sl])
-        got = side.run(batch, text)
+    for sl in batches(len(crops), batch):
+        chunk = np.ascontiguousarray(crops[sl])
+        got = side.run(chunk, text)
         with torch.no_grad():
-            ref, al = aligned_stages(ref_model, torch.from_numpy(batch), text_t, got)
+            ref, al = aligned_stages(ref_model, torch.from_numpy(chunk), text_t, got)
         for f in fields(Alignment):
             setattr(total, f.name, getattr(total, f.name) + getattr(al, f.name))
         ref_logits.append(ref["logits"].float().numpy())
@@ -248,21 +249,22 @@ def stage_report(pairs: list[tuple[dict[str, Any], dict[str, Any]]], order: list
 
 
 def validate_image(path: str, ref: Reference, side: ArtifactSide, text: np.ndarray, query_class: list[int],
-                   meta: dict[str, Any],
-                   max_batch: int, stages: bool, stride: int | None, stage_tol: float | None) -> dict[str, Any]:
-    geo = Geometry(crop=int(meta["crop"]), stride=stride)
+                   crop: int, prob_thd: float,
+                   batch: int, stages: bool, stride: int | None, stage_tol: float | None) -> dict[str, Any]:
+    """One image through both sides: `crop` and `prob_thd` the artefact's (MetaRecord), `batch` crops per call."""
+    geo = Geometry(crop=crop, stride=stride)
     image = load_image(path)
     resized = resize_image(image, geo)
     crops, wins = crops_of(resized, geo)
     hp = ref.spec.hp
-    r = compare_crops(ref.model, side, crops, text, max_batch, stages)
+    r = compare_crops(ref.model, side, crops, text, batch, stages)
     al = r["alignment"]
     per_crop_rel = [rel_l2(a, b) for a, b in zip(r["art"], r["ref"])]
     per_crop_cos = [cosine(a, b) for a, b in zip(r["art"], r["ref"])]
     size, out = tuple(resized.shape[-2:]), tuple(image.shape[-2:])
     probs = {k: class_probs(stitch(r[k], wins, size, out, geo.crop), query_class, hp.logit_scale)
              for k in ("ref", "art")}
-    thd = float(meta.get("prob_thd", 0.0))
+    thd = prob_thd
     labels = {k: labels_of(p, thd) for k, p in probs.items()}
     tied = argmax_ties(probs["ref"])
     agree = (labels["ref"] == labels["art"]) | tied
@@ -371,24 +373,24 @@ class ValidationReport:
 def run_validation(folder: str, artifact: str | None = None, backend: str = "auto", images: list[str] | None = None,
                    vocab: Vocabulary | None = None, profile: str | None = None,
                    overrides: dict[str, float] | None = None,
-                   stages: bool = False, fp64: bool = False, max_batch: int = 8, stride: int | None = None,
+                   stages: bool = False, fp64: bool = False, batch: int = 8, stride: int | None = None,
                    progress: bool = False) -> ValidationReport:
     art = A.Artifact.load(folder)
     art.verify_all()  # refuse a folder whose files do not match meta.json
     name = artifact or IMAGE_ONNX
     if name not in art.files():
         raise FSAError(f"--graph {name}: not in {folder}/{META} (files: {', '.join(art.files())})")
-    role = art.files()[name].get("role")
+    role = art.file(name).role
     if role not in (None, "image", "image-qdq", "engine"):
         raise FSAError(f"--graph {name}: its role is {role!r}, not an image graph or engine (validate compares "
                        f"image graphs: e.g. {IMAGE_ONNX})")
-    profile = profile or str(art.files()[name].get("precision") or art.info.precision)
+    profile = profile or str(art.file(name).precision or art.info.precision)
     tol = tolerances_for(profile, overrides or {})
     images = images or sample_photos()
     vocab = vocab or Vocabulary.from_file(DEFAULT_CLASSES)
     side = ArtifactSide(art, name, backend, stages)
-    ref = reference_side(art.meta, fp64)
-    templates: list[str] = art.meta["templates"]  # runtime.schema checked it: a list of prompt templates
+    ref = reference_side(art.info, fp64)
+    templates = art.info.templates  # runtime.schema checked it: a list of prompt templates
 
     with torch.no_grad():
         text = classifier(numpy_encoder(ref), vocab.queries, templates)
@@ -397,8 +399,8 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
         if progress:
             LOG.info(f"[{i + 1}/{len(images)}] {path}")
         try:
-            reports.append(validate_image(path, ref, side, text, vocab.query_class, art.meta, max_batch, stages,
-                                          stride, tol.stage_rel_l2_max))
+            reports.append(validate_image(path, ref, side, text, vocab.query_class, art.info.crop, art.info.prob_thd,
+                                          batch, stages, stride, tol.stage_rel_l2_max))
         except FSAError as e:  # like `fsa segment`: report the bad image, check the others
             msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
             errors.append({"image": str(path), "error": msg})

@@ -177,7 +177,7 @@ class Remote:
         default_text = classes_text(self.default, str(DEFAULT_CLASSES))  # fsa_segment's CLASSES: refused now
         art = Artifact.load(folder)
         self.url = server_address(url)
-        self.sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
+        self.sha = art.sha256(IMAGE_ONNX)
         self.info: dict[str, Any] = {
             "artifact": str(Path(folder)), "artifact_sha256": self.sha, "backend": f"triton {self.url}",
             "backend_reason": "--server", "precision": art.info.precision, "model": art.info.model,

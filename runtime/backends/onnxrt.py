@@ -109,8 +109,7 @@ class OnnxRuntimeBackend(Backend):
         self.grid = self.artifact.info.grid
         self.embed_dim = self.artifact.info.embed_dim
         # text.onnx and its sha256 when opened: the text graph it encodes with
-        text = self.artifact.file(TEXT_ONNX).sha256 if TEXT_ONNX in self.artifact.files() else None
-        self._text_key = f"{TEXT_ONNX}:{text}"
+        self._text_key = f"{TEXT_ONNX}:{self.artifact.sha256(TEXT_ONNX)}"
         self._graph_file = image_file
 
     def _session(self, name: str, stages: Sequence[str] = (), optimized_to: Any = None) -> Any:
@@ -131,7 +130,8 @@ class OnnxRuntimeBackend(Backend):
         # ONNX Runtime 1.32's CPU MatmulTransposeFusion segfaults at session creation on some mixed
         # fp16 / fp32 graphs (AutoCast's, with fp32 islands: the tiny --real-stats export); the fusion
         # only folds a Transpose into a MatMul, so fp16 graphs go without it
-        off = ["MatmulTransposeFusion"] if self.artifact.files().get(name, {}).get("precision") == "fp16" else []
+        record = self.artifact.file_records().get(name)
+        off = ["MatmulTransposeFusion"] if record is not None and record.precision == "fp16" else []
         try:
             return ort.InferenceSession(model, opts, providers=self.providers, disabled_optimizers=off)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)

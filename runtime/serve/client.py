@@ -9,19 +9,19 @@ import numpy as np
 
 from fsa_deploy.contract import IMAGE_ONNX, IN_CLASSES, IN_IMAGE, IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE, TEXT_ONNX
 from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.artifact import Artifact
 
-IDENTITY_KEYS = ("attention", "fsa", "proxy", "crop", "logit_scale", "hyper_parameters")
+IDENTITY_KEYS = ("attention", "fsa", "proxy", "crop", "logit_scale", "hyper_parameters")  # MetaFields names
 SERVED = "served"  # fsa_segment's SUMMARY key holding `identity` of the artefact it serves
 
 
-def identity(meta: dict[str, Any]) -> dict[str, Any]:
+def identity(art: Artifact) -> dict[str, Any]:
     """What a served row's numbers depend on, from meta.json: the image and text graphs' hashes and the
     method preset (attention, FSA on/off, proxy, crop, logit scale, hyper-parameters). fsa_segment
     puts it in SUMMARY; `fsa eval --server` compares it with the local artefact's."""
-    files = meta.get("files") or {}
-    out = {"image_sha256": (files.get(IMAGE_ONNX) or {}).get("sha256"),
-           "text_sha256": (files.get(TEXT_ONNX) or {}).get("sha256")}
-    out.update({k: meta.get(k) for k in IDENTITY_KEYS})
+    got = art.info.recorded
+    out: dict[str, Any] = {"image_sha256": art.sha256(IMAGE_ONNX), "text_sha256": art.sha256(TEXT_ONNX)}
+    out.update({k: getattr(got, k) for k in IDENTITY_KEYS})
     return out
 
 

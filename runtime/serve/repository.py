@@ -256,7 +256,7 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     _python_model(out / SEGMENT_MODEL, "segment_model.py")
     copy = out / SEGMENT_MODEL / "1" / ARTIFACT_COPY
     gate.mkdir(copy)
-    kept = {n: i for n, i in art.files().items() if i.get("role") == "tokenizer"}
+    kept = {n: i for n, i in art.file_records().items() if i.role == "tokenizer"}
     for name in kept:
         gate.copy(art.path(name), copy / name, keep=False)
     # meta.json as recorded: the image graph's hash keys the summary; absent files are never opened

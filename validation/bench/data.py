@@ -184,7 +184,7 @@ class BenchPlan:
     templates: tuple[str, ...]
     repeats: int
     warmup: int
-    max_batch: int
+    batch: int  # crops per call (--batch)
     threads: int | None
 
 
@@ -199,7 +199,7 @@ class BenchOptions:
     vocab: Any
     repeats: int = 3
     warmup: int = 1
-    max_batch: int = 1
+    batch: int = 1  # crops per call (--batch); the bench's engines are built for exactly this many
     threads: int | None = None
     devices: tuple[str, ...] = ("cpu",)
     only: tuple[str, ...] = ()

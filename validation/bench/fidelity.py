@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsa_deploy import contract
 from fsa_deploy.runtime import gate
@@ -11,14 +11,17 @@ from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.onnxrt import CPU_EP, OnnxRuntimeBackend
 from fsa_deploy.validation.bench.data import TRT, BenchPlan, BenchRow, Fidelity
 
+if TYPE_CHECKING:
+    from fsa_deploy.models.backend import TorchBackend
 
-def row_fidelity(row: BenchRow, plan: BenchPlan, text: Any, backend: Any | None) -> Fidelity:
+
+def row_fidelity(row: BenchRow, plan: BenchPlan, text: Any, backend: TorchBackend | None) -> Fidelity:
     """validate_image on every bench image against validate's reference (PyTorch deploy, fp32, CPU)."""
     from fsa_deploy.models.factory import Reference, build_reference
     from fsa_deploy.validation import validate as V
 
     if backend is not None:  # a PyTorch row: its own model
-        side: Any = V.ArtifactSide.on(backend)
+        side = V.ArtifactSide.on(backend)
         cpu32 = row.device == "cpu" and row.precision == "fp32"  # the row's weights are the reference's
         ref = (Reference(plan.spec, backend.ref.model.with_formulation("deploy"), backend.ref.clip) if cpu32
                else build_reference(plan.spec, "deploy"))
@@ -27,8 +30,8 @@ def row_fidelity(row: BenchRow, plan: BenchPlan, text: Any, backend: Any | None)
                               False)
         ref = build_reference(plan.spec, "deploy")
     profile = row.precision if row.precision in contract.PROFILES else "fp32"
-    meta = {"crop": plan.spec.crop}
-    reports = [V.validate_image(p, ref, side, text, plan.vocab.query_class, meta, plan.max_batch, False, None, None)
+    reports = [V.validate_image(p, ref, side, text, plan.vocab.query_class, plan.spec.crop, 0.0, plan.batch, False,
+                                None, None)
                for p in plan.images]
     s = V.summarize(reports, None)
     failures = V.failures_of(s, V.tolerances_for(profile, {}))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
+from fsa_deploy.runtime.backends.base import Backend
 from fsa_deploy.runtime.backends.onnxrt import CPU_EP, CUDA_EP, OnnxRuntimeBackend
 from fsa_deploy.runtime.backends.trt import TensorRTBackend
 from fsa_deploy.runtime.images import load_image
@@ -29,6 +30,9 @@ from fsa_deploy.validation.bench.data import (
 )
 from fsa_deploy.validation.bench.fidelity import ort_fp16_note, row_fidelity
 from fsa_deploy.validation.bench.timing import device_sync, peak_rss_mb, rss_mb, time_calls
+
+if TYPE_CHECKING:
+    from fsa_deploy.models.backend import TorchBackend
 
 
 def _apply_threads(threads: int | None) -> None:
@@ -108,7 +112,7 @@ class DeviceMemory:
         return None if not self.on else "torch max_memory_allocated" if self.allocator else "cudaMemGetInfo growth"
 
 
-def open_row_backend(row: BenchRow, plan: BenchPlan) -> Any:
+def open_row_backend(row: BenchRow, plan: BenchPlan) -> Backend:
     """The runtime backend of a row, as `fsa segment` would open it."""
     if row.format in TORCH_FORMATS:
         from fsa_deploy.models.backend import TorchBackend
@@ -125,27 +129,30 @@ def open_row_backend(row: BenchRow, plan: BenchPlan) -> Any:
     return backend
 
 
-def size_mib(row: BenchRow, backend: Any) -> float:
+def size_mib(row: BenchRow, backend: Backend) -> float:
     """The image graph or engine with its external weights; for PyTorch, the crop forward's weights."""
     if row.format in TORCH_FORMATS:
-        model = backend.ref.model
+        model = cast("TorchBackend", backend).ref.model
         tensors = [*model.parameters(), *model.buffers()]
         return sum(t.numel() * t.element_size() for t in tensors) / MIB
 
-    files = A.Artifact.load(str(row.folder)).files()
+    files = A.Artifact.load(str(row.folder)).file_records()
     file = str(row.file)
-    return sum(int(i.get("bytes", 0)) for n, i in files.items()
-               if n == file or (i.get("role") == "external-data" and n.startswith(file))) / MIB
+    return sum(i.bytes or 0 for n, i in files.items()
+               if n == file or (i.role == "external-data" and n.startswith(file))) / MIB
 
 
-def timed(plan: BenchPlan, row: BenchRow, text: Any) -> tuple[Measured, Any]:
+def timed(plan: BenchPlan, row: BenchRow, text: Any) -> tuple[Measured, Backend]:
     """Load the row's backend, time one crop and whole images (the Segmenter `fsa segment`
     runs), read the memory peaks; returns them and the backend."""
     device_memory = DeviceMemory(row)
     backend = open_row_backend(row, plan)
     seg = Segmenter(backend, crop=plan.spec.crop, logit_scale=plan.spec.hp.logit_scale,
-                    templates=list(plan.templates), model_key="bench", batch=plan.max_batch, cache_dir=None)
+                    templates=list(plan.templates), model_key="bench", batch=plan.batch, cache_dir=None)
     seg.set_classes(plan.vocab, text_embeddings=text)
+    class_text = seg.text  # set_classes set it: the float32 copy the backend runs on
+    if class_text is None:
+        raise FSAError("bench: the Segmenter kept no class embeddings")
     geo = Geometry(crop=plan.spec.crop)
     images = [load_image(p) for p in plan.images]
     crop = crops_of(resize_image(images[0], geo), geo)[0][:1]
@@ -153,7 +160,7 @@ def timed(plan: BenchPlan, row: BenchRow, text: Any) -> tuple[Measured, Any]:
     sync = device_sync(row.device)
     base = reset_peak_rss()
     device_memory.reset()
-    crop_ms = time_calls(lambda: backend.run(crop, seg.text), plan.repeats, plan.warmup, sync)
+    crop_ms = time_calls(lambda: backend.run(crop, class_text), plan.repeats, plan.warmup, sync)
     pass_ms = time_calls(lambda: [seg.segment(im) for im in images], plan.repeats, plan.warmup, sync)
     peak = peak_rss_mb()
     image = Latency.of([t / len(images) for t in pass_ms])
@@ -168,7 +175,7 @@ def measure_row(plan: BenchPlan, row: BenchRow, text_np: Any) -> Measured:
     _apply_threads(plan.threads)
     text = text_np  # host arrays: the Backend protocol
     m, backend = timed(plan, row, text)
-    torch_model = backend if row.format in TORCH_FORMATS else None
+    torch_model = cast("TorchBackend", backend) if row.format in TORCH_FORMATS else None
     del backend
     gc.collect()
     if row.reference:

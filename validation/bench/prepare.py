@@ -55,8 +55,9 @@ def export_into(spec: Any, folder: Path, precision: str) -> Source:
     if (folder / contract.META).is_file():
         with contextlib.suppress(FSAError):
             art = A.Artifact.load(folder)
-            same = spec_from_meta(art.meta).describe() == spec.describe()
-            if same and art.files().get(contract.IMAGE_ONNX, {}).get("precision") == precision:
+            same = spec_from_meta(art.info).describe() == spec.describe()
+            image = art.file_records().get(contract.IMAGE_ONNX)
+            if same and image is not None and image.precision == precision:
                 return Source(str(folder), contract.IMAGE_ONNX)
     export_artifact(spec, folder, precision, overwrite=True, progress=False, lint=False)
     return Source(str(folder), contract.IMAGE_ONNX)
@@ -91,13 +92,13 @@ def calibrate_into(fp32: Source, work: Path, count: int) -> Source:
     return Source(str(folder), output_name("int8"))
 
 
-def build_engine_into(graph: Source, precision: str, work: Path, max_batch: int, classes: int) -> Source:
+def build_engine_into(graph: Source, precision: str, work: Path, batch: int, classes: int) -> Source:
     """`fsa build` of one image engine (no text engine: bench times crops only)."""
     folder = writable_copy(str(graph.folder), work)
     art = A.Artifact.load(folder)
     name = image_engine_name(precision)
     if name not in art.files():
-        opts = BuildOptions(precision=precision, batch=DimRange(max_batch, max_batch),
+        opts = BuildOptions(precision=precision, batch=DimRange(batch, batch),
                             classes=DimRange(classes, max(classes, 256)), prompts=DimRange(1, 1), text=False)
         for job in engine_jobs(art, opts):
             build_engine(art, job, opts, cuda_device())
@@ -131,10 +132,10 @@ def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine
     calibrated into a copy when no folder has it; a missing fp32/fp16 export is skipped."""
     graphs: dict[str, Source] = {}
     for folder in folders:
-        files = A.Artifact.load(folder).files()
+        files = A.Artifact.load(folder).file_records()
         for name, info in files.items():
-            if info.get("role") in ("image", "image-qdq"):
-                graphs.setdefault(str(info.get("precision", "fp32")), Source(folder, name))
+            if info.role in ("image", "image-qdq"):
+                graphs.setdefault(info.precision or "fp32", Source(folder, name))
     for p in EXPORT_PRECISIONS:
         graphs.setdefault(p, Source(status=SKIPPED, why=f"no {p} image graph in the --artifact folders "
                                     f"(fsa export --precision {p}, then add that folder with --artifact)"))
@@ -144,7 +145,7 @@ def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine
     return dict(sorted(graphs.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
-def engine_sources(graphs: dict[str, Source], work: Path, max_batch: int, classes: int, need: set[str]
+def engine_sources(graphs: dict[str, Source], work: Path, batch: int, classes: int, need: set[str]
                    ) -> dict[str, Source]:
     """TensorRT engines of the image graphs the rows need, built into the work folder (or reused)."""
     out = {}
@@ -154,7 +155,7 @@ def engine_sources(graphs: dict[str, Source], work: Path, max_batch: int, classe
         if g.folder is None:
             out[p] = Source(status=g.status, why=g.why)
         else:
-            build = functools.partial(build_engine_into, g, p, work, max_batch, classes)
+            build = functools.partial(build_engine_into, g, p, work, batch, classes)
             out[p] = _attempt(f"build TensorRT {p}", build)
     return out
 
@@ -165,7 +166,7 @@ def prepare(opts: BenchOptions, work: Path, machine: Machine, spec: Any, need: s
         graphs = graphs_from_artifacts(opts.artifacts, work, machine, need, opts.calibration_count)
     else:
         graphs = graphs_from_exports(spec, work, machine, need, opts.calibration_count)
-    engines = engine_sources(graphs, work, opts.max_batch, len(opts.vocab.queries), need_engines)
+    engines = engine_sources(graphs, work, opts.batch, len(opts.vocab.queries), need_engines)
     return graphs, engines
 
 
@@ -185,10 +186,10 @@ def model_of(opts: BenchOptions) -> tuple[Any, tuple[str, ...]]:
     if not opts.artifacts:
         return opts.spec, tuple(openai_templates())
     arts = [Artifact.load(f) for f in opts.artifacts]
-    specs = [spec_from_meta(a.meta, str(a.root / "meta.json")) for a in arts]
+    specs = [spec_from_meta(a.info, str(a.root / contract.META)) for a in arts]
     for a, s in zip(arts[1:], specs[1:]):
         if s.describe() != specs[0].describe():
             raise FSAError(f"--artifact {a.root}: exported from another model than {arts[0].root}")
-    return specs[0], tuple(arts[0].meta.get("templates") or openai_templates())
+    return specs[0], tuple(arts[0].info.recorded.templates or openai_templates())
 
 

@@ -119,7 +119,7 @@ def header_lines(rep: Report) -> list[str]:
     out = [f"model: {mo['model']}{proxy}, {mo['attention']} attention, crop {mo['crop']}, "
            f"weights {json.dumps(mo['weights'])}",
            f"images: {names}; {s['classes']} queries; {s['repeats']} timed repeats after {s['warmup']} warm-up; "
-           f"batch <= {s['max_batch']}",
+           f"batch <= {s.get('batch', s.get('max_batch'))}",
            f"machine: {m['platform']}; CPU {m['cpu']}, {m['cores_usable']} cores, torch {m['torch_threads']} threads; "
            f"GPU {m['gpu'] or 'none'}",
            "work per crop: " + ", ".join(f"{p} {_gflop(w.flops)} / {w.bytes / 1e6:.0f} MB"

@@ -68,7 +68,7 @@ def run_bench(opts: BenchOptions) -> Report:
     """Export (or take) the artefacts, run every row, and return the report."""
     machine = Machine.probe()
     spec, templates = model_of(opts)
-    plan = BenchPlan(spec, opts.images, opts.vocab, templates, opts.repeats, opts.warmup, opts.max_batch, opts.threads)
+    plan = BenchPlan(spec, opts.images, opts.vocab, templates, opts.repeats, opts.warmup, opts.batch, opts.threads)
     need = needed_precisions(opts, machine)
     children = Children()
     with work_folder(opts.work) as work:
@@ -82,7 +82,8 @@ def run_bench(opts: BenchOptions) -> Report:
         results = run_rows(children, plan, rows, w["text"])
     add_ratios(results, w["work"], w["rates"])
     settings = {"images": list(opts.images), "classes": len(opts.vocab.queries), "repeats": opts.repeats,
-                "warmup": opts.warmup, "max_batch": opts.max_batch, "threads": opts.threads,
+                "warmup": opts.warmup, "batch": opts.batch, "threads": opts.threads,
+                "max_batch": opts.batch,  # the key older readers use: the same crops per call
                 "artifacts": list(opts.artifacts), "work": opts.work, "templates": len(templates)}
     return Report(machine_info(opts.threads), spec.describe(), settings, w["work"], w["rates"], results)
 

@@ -143,7 +143,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.show_dir:
         _check_show_dir(args.show_dir)
     art = Artifact.load(args.artifact)
-    sha = art.files().get(IMAGE_ONNX, {}).get("sha256")
+    sha = art.sha256(IMAGE_ONNX)
     if not sha:
         raise FSAError(f"{art.root}: meta.json records no {IMAGE_ONNX} hash; re-export")
     if args.dataset == PAPER:
@@ -180,7 +180,7 @@ def evaluate(args: argparse.Namespace, dataset: str, root: str | Path, art: Any,
     """One benchmark: the rows run (or read back from `work`) and the report (the JSON's object)."""
     lay = D.layout_of(dataset)
     over = Overrides(args.short_side, args.long_side, args.stride, args.prob_thd, args.classes_file, args.resize)
-    method, proto, vocab = resolve(art.meta, dataset, over)
+    method, proto, vocab = resolve(art.info, dataset, over)
     k = len(vocab.classes)
     found = D.items(dataset, root, args.split, args.limit)
     bar = Progress(len(found), not args.quiet and len(found) > 1, f"{dataset}: checking masks", "mask")
@@ -378,7 +378,7 @@ def _segment_fn(backend: Backend, art: Any, sha: str, proto: Any, vocab: Any, ar
     `fsa segment`'s float one), then the runtime's windows, stitching and post-processing; pixels
     under prob_thd are class 0, the official rule (whatever `fsa segment` draws for them)."""
     vocab_file = art.path(TOKENIZER_VOCAB) if TOKENIZER_VOCAB in art.files() else None
-    seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=list(art.meta["templates"]),
+    seg = Segmenter(backend, crop=proto.crop, logit_scale=proto.logit_scale, templates=art.info.templates,
                     model_key=sha, batch=args.batch, cache_dir=cache, prob_thd=proto.prob_thd, below_thd=0,
                     stride=proto.stride, short_side=proto.short_side, long_side=proto.long_side,
                     vocab_file=vocab_file, artifact_sha256=sha)

@@ -22,6 +22,7 @@ from typing import Any
 from fsa_deploy.contract import IMAGE_ONNX, RESIZE_MMCV, TEXT_ONNX
 from fsa_deploy.errors import FSAError
 from fsa_deploy.models.registry import HyperParams, default_lamda
+from fsa_deploy.runtime.schema import MetaRecord
 from fsa_deploy.runtime.text import Vocabulary
 from fsa_deploy.validation.eval.datasets import IGNORE_INDEX, LAYOUTS
 
@@ -99,9 +100,9 @@ METHOD_SOURCES = {"fsa": FSA_SRC, "proxyclip": PROXYCLIP_SRC, "sclip": SCLIP_SRC
 ATTENTION_METHOD = {"sclip": "sclip", "clearclip": "clearclip", "naclip": "naclip", "qk": "proxyclip"}
 
 
-def method_of(meta: dict[str, Any]) -> tuple[str, str, list[str]]:
+def method_of(meta: MetaRecord) -> tuple[str, str, list[str]]:
     """(method name, the preset used, reasons it is not that method's own config) from meta.json."""
-    attention, fsa = str(meta.get("attention")), bool(meta.get("fsa"))
+    attention, fsa = str(meta.attention), bool(meta.recorded.fsa)
     if attention == "proxy":
         return ("fsa", "fsa", []) if fsa else ("proxyclip", "proxyclip", [])
     if attention not in ATTENTION_METHOD:
@@ -178,11 +179,11 @@ class Overrides:
     resize: str = RESIZE_MMCV
 
 
-def resolve(meta: dict[str, Any], dataset: str, over: Overrides) -> tuple[str, Protocol, Vocabulary]:
-    """(method name, the protocol, the classes) for an artefact on a dataset."""
+def resolve(meta: MetaRecord, dataset: str, over: Overrides) -> tuple[str, Protocol, Vocabulary]:
+    """(method name, the protocol, the classes) for an artefact on a dataset (its Artifact.info)."""
     name, base, notes = method_of(meta)
     lay = LAYOUTS[dataset]
-    art_crop = int(meta["crop"])
+    art_crop = meta.crop
     differs = list(notes)
     if dataset == "folder":
         pre = replace(METHODS[base].defaults, source=METHODS[base].defaults.source)
@@ -201,7 +202,8 @@ def resolve(meta: dict[str, Any], dataset: str, over: Overrides) -> tuple[str, P
         differs.append(f"the official config slides windows of {pre.crop} (stride {pre.stride}); the artefact's "
                        f"graphs take {art_crop}: windows of {art_crop} with stride {min(stride, art_crop)}")
     stride = min(stride, art_crop)
-    art_scale = float(meta.get("logit_scale", pre.logit_scale))
+    recorded_scale = meta.recorded.logit_scale
+    art_scale = pre.logit_scale if recorded_scale is None else recorded_scale
     if abs(art_scale - pre.logit_scale) > 1e-9:
         differs.append(f"logit scale {pre.logit_scale:g} (official) used, the artefact records {art_scale:g}")
     if over.classes_file:
@@ -247,13 +249,13 @@ PAPER_MODELS = ("ViT-B-16", "ViT-L-14", "ViT-H-14")
 OFFICIAL_PROXY = "dino"
 
 
-def published_hyper_parameters(meta: dict[str, Any]) -> dict[str, float]:
+def published_hyper_parameters(meta: MetaRecord) -> dict[str, float]:
     """The method's published hyper-parameters for the artefact's backbone and proxy (FSA's
     defaults and hyper_param.txt's lambda, models/registry.py)."""
 
     hp = _asdict(HyperParams())
     with contextlib.suppress(FSAError):  # a backbone or proxy this version does not know: the defaults
-        hp["lamda"] = default_lamda(str(meta.get("model")), meta.get("proxy"))
+        hp["lamda"] = default_lamda(str(meta.model), meta.proxy)
     return hp
 
 
@@ -268,22 +270,21 @@ def _source(w: Any) -> str | None:
 def declared(art: Any, rows: list[Any], reference: bool) -> tuple[dict[str, Any], list[str]]:
     """(the JSON's `setup`: backbone, proxy, weights, precision per row, hyper-parameters, crop,
     hashes; the differences from the official setup, each one line)."""
-    meta = art.meta
-    files = art.files()
-    hp = {k: float(v) for k, v in (meta.get("hyper_parameters") or {}).items()}
+    meta, got = art.info, art.info.recorded
+    files = art.file_records()
+    hp = dict(got.hyper_parameters or {})
     precision = {}
     for r in rows:
         if r.is_reference:
             precision[r.name] = r.precision or "fp32"
         elif r.graph:
-            precision[r.name] = str(files.get(r.graph, {}).get("precision") or meta.get("precision", "fp32"))
+            precision[r.name] = str((files[r.graph].precision if r.graph in files else None) or meta.precision)
         else:
-            precision[r.name] = str(meta.get("precision", "fp32"))
-    setup = {"model": meta.get("model"), "proxy": meta.get("proxy"), "weights": _source(meta.get("weights")),
-             "proxy_weights": _source(meta.get("proxy_weights")), "crop": meta.get("crop"),
+            precision[r.name] = meta.precision
+    setup = {"model": got.model, "proxy": got.proxy, "weights": _source(got.weights),
+             "proxy_weights": _source(got.proxy_weights), "crop": got.crop,
              "precision": precision, "official_precision": OFFICIAL_PRECISION, "hyper_parameters": hp,
-             "artifact_sha256": files.get(IMAGE_ONNX, {}).get("sha256"),
-             "text_sha256": files.get(TEXT_ONNX, {}).get("sha256")}
+             "artifact_sha256": art.sha256(IMAGE_ONNX), "text_sha256": art.sha256(TEXT_ONNX)}
     notes = []
     off = [f"{name} {p}" for name, p in precision.items() if p != OFFICIAL_PRECISION]
     if off:
@@ -293,12 +294,11 @@ def declared(art: Any, rows: list[Any], reference: bool) -> tuple[dict[str, Any]
     for key, value in hp.items():
         if key in published and abs(value - published[key]) > 1e-9 * max(1.0, abs(published[key])):
             notes.append(f"hyper-parameter {key} {value:g}, the method's published value is {published[key]:g}")
-    if meta.get("model") not in PAPER_MODELS:
-        notes.append(f"backbone {meta.get('model')}: not one of the paper's ({', '.join(PAPER_MODELS)})")
-    if meta.get("attention") == "proxy" and meta.get("proxy") != OFFICIAL_PROXY:
-        notes.append(f"proxy {meta.get('proxy')}: the official configs load {OFFICIAL_PROXY} (dino_vitb8)")
-    for key in ("weights", "proxy_weights"):
-        w = meta.get(key)
+    if got.model not in PAPER_MODELS:
+        notes.append(f"backbone {got.model}: not one of the paper's ({', '.join(PAPER_MODELS)})")
+    if got.attention == "proxy" and got.proxy != OFFICIAL_PROXY:
+        notes.append(f"proxy {got.proxy}: the official configs load {OFFICIAL_PROXY} (dino_vitb8)")
+    for what, w in (("weights", got.weights), ("proxy weights", got.proxy_weights)):
         if isinstance(w, dict) and w.get("source") not in ("pretrained", "checkpoint"):
-            notes.append(f"{key.replace('_', ' ')} {_source(w)}: not published weights")
+            notes.append(f"{what} {_source(w)}: not published weights")
     return setup, notes

@@ -31,6 +31,7 @@ from fsa_deploy.contract import (
 )
 from fsa_deploy.errors import FSAError
 from fsa_deploy.log import logger
+from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.serve.client import SERVED, identity, secure_address, segment_inputs
 from fsa_deploy.runtime.text import classes_text
 from fsa_deploy.validation.eval.datasets import Item, image_size, read_mask
@@ -142,10 +143,10 @@ class Servers:
             except Exception as e:  # noqa: BLE001 - transport: connection refused, reset, timeout, ...
                 self.drop(url, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no reply'}")
 
-    def probe(self, meta: dict[str, Any]) -> None:
+    def probe(self, art: Artifact) -> None:
         """Every server: a health probe, then a tiny image whose SUMMARY names what it serves; dead
         ones are dropped, one serving another artefact or preset is refused."""
-        want = identity(meta)
+        want = identity(art)
         buf = io.BytesIO()
         Image.new("RGB", (16, 12), (120, 90, 60)).save(buf, format="PNG")
         for url in list(self.alive):
@@ -174,18 +175,18 @@ class Servers:
             raise FSAError(f"--server: no server answered ({', '.join(self.urls)})")
 
 
-def server_row(urls: list[str], art: Any, sha: str, proto: Any, vocab: Any, timeout: float | None,
+def server_row(urls: list[str], art: Artifact, sha: str, proto: Any, vocab: Any, timeout: float | None,
                found: list[Item]) -> Row:
     """The served row; its `segment` is filled by `fan_out` (the labels come from the servers)."""
-    meta = art.meta
+    scale = art.info.recorded.logit_scale
     if proto.long_side != RESIZE_LONG:
         raise FSAError(f"--server with --long-side {proto.long_side}: fsa_segment resizes with the configs' "
                        f"long side {RESIZE_LONG}")
-    if abs(float(meta.get("logit_scale", proto.logit_scale)) - proto.logit_scale) > 1e-9:
+    if abs((proto.logit_scale if scale is None else scale) - proto.logit_scale) > 1e-9:
         raise FSAError(f"--server: the protocol's logit scale {proto.logit_scale:g} differs from the artefact's "
-                       f"{meta.get('logit_scale')}, which fsa_segment uses")
+                       f"{scale}, which fsa_segment uses")
     servers = Servers(urls, classes_text(vocab), proto.as_json(), timeout or default_timeout(found))
-    servers.probe(meta)
+    servers.probe(art)
     row = Row("server", "triton", None, lambda item, img: np.zeros(0), f"server:{sha}")
     row.servers = servers  # type: ignore[attr-defined]
     return row

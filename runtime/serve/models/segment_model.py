@@ -133,7 +133,7 @@ class TritonPythonModel:
 
 
 def base_meta(folder):
-    """meta.json of the artefact copy beside this file (what `fsa eval --server` checks)."""
+    """The artefact copy beside this file (its meta.json is what `fsa eval --server` checks)."""
     from fsa_deploy.runtime.artifact import Artifact
 
-    return Artifact.load(folder).meta
+    return Artifact.load(folder)

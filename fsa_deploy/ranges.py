@@ -77,7 +77,15 @@ GRAPH_MAX_BATCH = Range(1, 4096, integer=True, why="the largest crop batch the g
 CALIBRATION_COUNT = Range(1, 100_000, integer=True, why="crops calibrating the Q/DQ graph",
                           option="--calibration-count")
 PROB_THD = Range(0.0, 1.0, why="a probability", option="--prob-thd")
-LIBRARY_BOUNDS = (CROPS_PER_CALL, GRAPH_MAX_BATCH, CALIBRATION_COUNT, PROB_THD)
+# ModelSpec: the crop and the FSA hyper-parameters (docs/METHOD.md)
+CROP = Range(14, 1024, integer=True, why="a multiple of the model's patch size", option="--crop")
+# E = Sim * exp(lamda * Sim) stays finite in fp32 for lamda <= 80
+LAMDA = Range(0.0, 80.0, lo_open=True, why="exp(lamda) must stay finite in fp32", option="--lamda")
+BETA = Range(0.0, 10.0, why="S0 - beta * mean(S0): above ~1/mean(S0) every entry is masked", option="--beta")
+GAMMA = Range(0.0, 100.0, lo_open=True, why="a scale of the proxy similarities", option="--gamma")
+TOP_P = Range(0.0, 1.0, lo_open=True, why="a probability mass", option="--top-p")
+HYPER_PARAMETERS = {"lamda": LAMDA, "beta": BETA, "gamma": GAMMA, "top_p": TOP_P}  # HyperParams field -> bound
+LIBRARY_BOUNDS = (CROPS_PER_CALL, GRAPH_MAX_BATCH, CALIBRATION_COUNT, PROB_THD, CROP, *HYPER_PARAMETERS.values())
 
 
 # "--option" or "VERB --option" -> valid range; --help of each option prints it
@@ -85,12 +93,6 @@ RANGES: dict[str, Range] = {
     **{b.option: b for b in LIBRARY_BOUNDS},
     "triton --batch": CROPS_PER_REQUEST,
     "serve --batch": CROPS_PER_REQUEST,
-    # docs/METHOD.md: E = Sim * exp(lamda * Sim) stays finite in fp32 for lamda <= 80
-    "--lamda": Range(0.0, 80.0, lo_open=True, why="exp(lamda) must stay finite in fp32"),
-    "--beta": Range(0.0, 10.0, why="S0 - beta * mean(S0): above ~1/mean(S0) every entry is masked"),
-    "--gamma": Range(0.0, 100.0, lo_open=True, why="a scale of the proxy similarities"),
-    "--top-p": Range(0.0, 1.0, lo_open=True, why="a probability mass"),
-    "--crop": Range(14, 1024, integer=True, why="a multiple of the model's patch size"),
     "--seed": Range(0, 2**32 - 1, integer=True),
     # any finite X > 0: a scale whose fp32 graph overflows is what the fp16 export refuses, not the option
     "--real-stats-scale": Range(0.0, sys.float_info.max, lo_open=True,

@@ -13,7 +13,7 @@ from fsa_deploy.models.proxies import create_proxy
 from fsa_deploy.models.reference import FSAConfig, FSAModel
 from fsa_deploy.models.registry import ATTENTIONS, HyperParams, clip_spec, default_lamda, proxy_spec
 from fsa_deploy.models.weights import Weights, checked_path
-from fsa_deploy.ranges import RANGES
+from fsa_deploy.ranges import CROP, HYPER_PARAMETERS
 from fsa_deploy.runtime.artifact import sha256_file
 from fsa_deploy.runtime.schema import Meta, MetaRecord
 
@@ -32,9 +32,9 @@ class ModelSpec:
     hp: HyperParams = field(default_factory=HyperParams)
 
     def __post_init__(self) -> None:
-        for name in ("lamda", "beta", "gamma", "top_p"):  # the CLI's ranges, for the Python API too
-            RANGES["--" + name.replace("_", "-")].check(getattr(self.hp, name), "--" + name.replace("_", "-"))
-        RANGES["--crop"].check(self.crop, "--crop")
+        for name, bound in HYPER_PARAMETERS.items():  # the library's bounds (the CLI's table holds the same)
+            bound.check(getattr(self.hp, name))
+        CROP.check(self.crop)
         patch = clip_spec(self.model).patch
         if self.crop <= 0 or self.crop % patch:
             raise FSAError(f"--crop {self.crop}: must be a positive multiple of {self.model}'s patch size {patch}")

@@ -294,9 +294,10 @@ def validate(meta: dict[str, Any], source: str = META) -> Meta:
 # Each record is a dataclass whose field names are meta.json's keys. `load_record` reads a JSON
 # object into one (a value of the wrong type is a ValueError naming the key; keys this version does
 # not know stay in `extra`, so an older or newer record is written back whole); `dump_record` writes
-# one back (a None field is left out unless its metadata says NULL: written as null).
+# one back (a None field is left out unless its metadata says NULL: written as null, or TRT_FIELD).
 
 NULL = {"null": True}  # field metadata: written as null when None (the key is always present)
+TRT_FIELD = {"with": "trt_version"}  # written (null when None) wherever the TensorRT 10/11 fields are
 
 
 def _is_record(tp: Any) -> bool:
@@ -376,7 +377,8 @@ def dump_record(record: Any) -> dict[str, Any]:
         v = getattr(record, f.name)
         if f.name == "extra":
             out.update(v)
-        elif v is not None or f.metadata.get("null"):
+        elif v is not None or f.metadata.get("null") or (
+                "with" in f.metadata and getattr(record, f.metadata["with"]) is not None):
             out[f.name] = _dump_value(v)
     return out
 
@@ -416,7 +418,7 @@ class EngineRecord:
     gpu_name: str | None = None
     version_compatible: bool | None = None
     hardware_compatible: bool | None = None
-    dla_core: int | None = None
+    dla_core: int | None = field(default=None, metadata=TRT_FIELD)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

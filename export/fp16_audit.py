@@ -530,10 +530,10 @@ def lint_lines(path: Path) -> tuple[list[str], str | None]:
     if not (path.parent / META).is_file():
         return [], None
     try:
-        info = Artifact.load(path.parent).files().get(path.name) or {}
+        info = Artifact.load(path.parent).file_records().get(path.name)
     except FSAError:
         return [], None  # a meta.json that is not an artefact's: the ONNX lint alone
-    rec = info.get("fp16_audit")
+    rec = info.fp16_audit if info is not None else None
     if not isinstance(rec, dict):
         return [], None
     ranges = Ranges.from_description(rec.get("ranges") or {})

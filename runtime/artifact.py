@@ -144,6 +144,8 @@ class Artifact:
     def record(self, name: str, entry: schema.FileRecord | None = None, **info: Any) -> None:
         """Record (or refresh) a file of the folder in meta.json, with its hash and size: `entry`
         (or its fields as keywords) says what the file is; fields it leaves out keep their value."""
+        if entry is not None and info:
+            raise TypeError("Artifact.record: give a FileRecord or its fields as keywords, not both")
         p = trust.contained(self.root, name, "a file to record")
         new = schema.dump_record(entry if entry is not None else schema.FileRecord.of(info))
         new = {k: v for k, v in new.items() if k not in ("sha256", "bytes")}

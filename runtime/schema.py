@@ -1,4 +1,8 @@
-"""meta.json's schema: one table, checked by Artifact.load for every reader.
+"""meta.json's schema and records: the one module that knows its keys, for every reader and writer.
+
+The typed records below (ExportMeta written by export, MetaRecord / MetaFields read through
+Artifact.info, FileRecord / EngineRecord / CalibrationRun for the `files` entries) carry the keys
+as field names; the JSON on disk keeps the keys docs/CONTRACT.md lists.
 
 Each field has a kind and a valid range. Load checks every field present (a wrong type or
 range is one line naming the field) and requires FORMAT's core fields; the other fields are

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.contract import FORMAT, FORMAT_VERSION, META
+from fsa_deploy.contract import META
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import environ, gate, onnx_locations, schema, trust
 
@@ -80,13 +80,7 @@ class Artifact:
         except (OSError, ValueError) as e:
             raise FSAError(f"{path}: unreadable meta.json ({e})") from e
         meta = schema.parse(text, str(path))  # strict JSON: NaN and Infinity are refused
-        if meta.get("format") != FORMAT:
-            raise FSAError(f"{path}: not an fsa-deploy meta.json (format field missing or wrong)")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise FSAError(
-                f"{path}: format_version {meta.get('format_version')} is not supported "
-                f"(this fsa-deploy reads {FORMAT_VERSION}); re-export"
-            )
+        schema.check_format(meta, str(path))
         art = cls(root, schema.validate(meta, str(path)))  # every field: one line naming a bad one
         for name in art.files():  # before any file is touched: no name leads out of the folder
             trust.contained(root, name, f"{META} files entry")
@@ -236,5 +230,4 @@ def is_artifact(folder: str | os.PathLike[str]) -> bool:
         meta = schema.parse(path.read_text(encoding="utf-8"), str(path))
     except (OSError, ValueError, FSAError):
         return False
-    version = meta.get("format_version")
-    return meta.get("format") == FORMAT and isinstance(version, int) and not isinstance(version, bool)
+    return schema.is_format(meta)

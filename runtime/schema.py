@@ -278,6 +278,21 @@ def parse(text: str, source: str) -> dict[str, Any]:
     return raw
 
 
+def is_format(meta: dict[str, Any]) -> bool:
+    """True if the object names this format (its name and an integer version, whichever)."""
+    version = meta.get("format_version")
+    return meta.get("format") == FORMAT and isinstance(version, int) and not isinstance(version, bool)
+
+
+def check_format(meta: dict[str, Any], source: str) -> None:
+    """One line naming the file unless it is this format at the version this fsa-deploy reads."""
+    if meta.get("format") != FORMAT:
+        raise FSAError(f"{source}: not an fsa-deploy meta.json (format field missing or wrong)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FSAError(f"{source}: format_version {meta.get('format_version')} is not supported "
+                       f"(this fsa-deploy reads {FORMAT_VERSION}); re-export")
+
+
 def validate(meta: dict[str, Any], source: str = META) -> Meta:
     """Check every known field present and the required ones; returns the same data as a Meta."""
     for name, f in FIELDS.items():

@@ -335,5 +335,5 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
 
 
 def describe(art: A.Artifact) -> str:
-    files = {k: v["bytes"] for k, v in art.files().items()}
+    files = {k: v.bytes for k, v in art.file_records().items()}
     return json.dumps({"artifact": str(art.root), "files": files})

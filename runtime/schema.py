@@ -157,7 +157,8 @@ class MetaRecord:
 
     The data stays the dict that is written back (meta.json's bytes and keys do not change); a
     field a reader needs and the file lacks is the one-line error of `Meta.__missing__`, naming
-    the file. `files` stay `Artifact.files()` (records change as build and calibrate add files).
+    the file. The `files` entries are FileRecords (`Artifact.file`): they change as build and
+    calibrate add files. `recorded` holds every field as the file has it (None where absent).
     """
 
     data: Meta
@@ -303,6 +304,10 @@ def validate(meta: dict[str, Any], source: str = META) -> Meta:
         bad = f.check(meta[name])
         if bad:
             raise FSAError(f"{source}: field {name!r}: {bad} (expected {f.what}); re-export with `fsa export`")
+    try:  # the fields outside the table (proxy, proxy_weights, versions...): the types their readers expect
+        load_record(MetaFields, {k: v for k, v in meta.items() if k != "files"})
+    except ValueError as e:
+        raise FSAError(f"{source}: field {e}; re-export with `fsa export`") from None
     out = meta if isinstance(meta, Meta) else Meta(meta)
     out.source = source
     return out

@@ -91,3 +91,18 @@ def test_an_older_engine_record_still_reads(tmp_path: Path) -> None:
                                            "engine": {"trt_version": "10.3.0", "compute_capability": "8.7"}}))
     engine = art.file("x.engine").engine
     assert engine is not None and (engine.flavour, engine.built_version, engine.built_cc) == (None, "10.3.0", "8.7")
+
+
+@pytest.mark.parametrize(("field", "value", "pattern"), [
+    ("proxy", 5, r"field proxy: 5 is not str"),
+    ("proxy_weights", "dino", r"field proxy_weights: str where an object is expected"),
+    ("feedback_precision", ["fp32"], r"field feedback_precision: \['fp32'\] is not str"),
+])
+def test_wrong_types_outside_the_field_table_refuse_the_folder(tmp_path: Path, field: str, value: object,
+                                                               pattern: str) -> None:
+    folder = _folder(tmp_path, {"role": "note"})
+    meta = json.loads((folder / META).read_text())
+    (folder / META).write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(FSAError, match=pattern) as e:
+        Artifact.load(folder)
+    assert str(e.value).startswith(str(folder / META)) and "\n" not in str(e.value)

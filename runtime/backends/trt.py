@@ -472,7 +472,7 @@ class TensorRTBackend(Backend):
         self._text: EngineRunner | None = None
         self.text_engine = self.flavour.text_engine
         # the text engine and its own sha256 (its precision may differ from text.onnx's)
-        self._text_key = f"{self.text_engine}:{self.artifact.files().get(self.text_engine, {}).get('sha256')}"
+        self._text_key = f"{self.text_engine}:{self.artifact.sha256(self.text_engine)}"
         self._graph_file = self.engine_name
 
     def _image_engine(self, precision: str | None, engine: str | None) -> tuple[str, Flavour]:

@@ -365,7 +365,7 @@ def open_rows(args: argparse.Namespace, art: Any, sha: str, proto: Any, vocab: A
             ident = "pytorch"
         else:
             backend, name, _ = open_graph(art, graph, args.backend, threads=args.threads)
-            ident = f"{name}:{art.files().get(name, {}).get('sha256')}"
+            ident = f"{name}:{art.sha256(name)}"
         if any(r.name == name for r in rows):
             name = f"{name} ({backend.name})"
         rows.append(Row(name, backend.name, None if args.backend == "torch" and graph is None else name,

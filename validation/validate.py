@@ -148,14 +148,14 @@ def argmax_ties(probs: np.ndarray) -> np.ndarray:
 
 def error_stats(ref: dict[str, np.ndarray], art: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Per tensor: Polygraphy's error statistics (max / mean / median abs diff) plus rel L2."""
-    from polygraphy.comparator import CompareFunc, IterationResult  # noqa: PLC0415 - polygraphy: heavy, imported where it is used
+    from polygraphy.comparator import IterationResult, SimpleCompareFunc  # noqa: PLC0415 - polygraphy: heavy, imported where it is used
     from polygraphy.logger import G_LOGGER  # noqa: PLC0415 - polygraphy: heavy, imported where it is used
 
     names = [n for n in ref if n in art]
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
     try:
-        compare = CompareFunc.simple(atol=math.inf, rtol=math.inf, check_shapes=True)
+        compare = SimpleCompareFunc(atol=math.inf, rtol=math.inf, check_shapes=True)
         to_f = {n: np.ascontiguousarray(ref[n], np.float64) for n in names}
         from_f = {n: np.ascontiguousarray(art[n], np.float64) for n in names}
         results = compare(IterationResult(to_f, runner_name="reference"),

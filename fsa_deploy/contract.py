@@ -41,6 +41,10 @@ STAGES = ("image", "proxy_features", "values", "text_embeddings", "attn_proxy", 
 EXPORT_PRECISIONS = ("fp32", "fp16")  # `fsa export --precision`: the precision is in the ONNX
 CALIBRATE_PRECISIONS = ("int8", "fp8")  # `fsa calibrate --precision`: Q/DQ graphs
 GRAPH_PRECISIONS = EXPORT_PRECISIONS + CALIBRATE_PRECISIONS  # image graphs an artefact can hold
+# meta.json's `model`: the CLIP models fsa-deploy builds (models/registry.CLIPS holds their specs)
+CLIP_MODELS = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "tiny")
+# meta.json files records: the role the two fixed graph names must carry
+FIXED_ROLES = {IMAGE_ONNX: "image", TEXT_ONNX: "text"}
 IMAGE_GRAPHS = {"fp32": IMAGE_ONNX, "fp16": IMAGE_ONNX, "int8": "image.int8.onnx", "fp8": "image.fp8.onnx"}
 # `fsa validate --profile`: one tolerance profile per image-graph precision (the thresholds: validate.TOLERANCES)
 PROFILES = GRAPH_PRECISIONS

@@ -86,6 +86,8 @@ GAMMA = Range(0.0, 100.0, lo_open=True, why="a scale of the proxy similarities",
 TOP_P = Range(0.0, 1.0, lo_open=True, why="a probability mass", option="--top-p")
 HYPER_PARAMETERS = {"lamda": LAMDA, "beta": BETA, "gamma": GAMMA, "top_p": TOP_P}  # HyperParams field -> bound
 LIBRARY_BOUNDS = (CROPS_PER_CALL, GRAPH_MAX_BATCH, CALIBRATION_COUNT, PROB_THD, CROP, *HYPER_PARAMETERS.values())
+# meta.json: a file record's `bytes` (1 TiB at most: no graph or engine comes near)
+FILE_BYTES = Range(0, 2**40, integer=True, why="a file's size in bytes")
 
 
 # "--option" or "VERB --option" -> valid range; --help of each option prints it

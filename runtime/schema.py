@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.contract import FORMAT, FORMAT_VERSION, META
+from fsa_deploy.contract import CLIP_MODELS, CONTEXT_LENGTH, FIXED_ROLES, FORMAT, FORMAT_VERSION, GRAPH_PRECISIONS, META
 from fsa_deploy.errors import FSAError, escape
+from fsa_deploy.ranges import FILE_BYTES, RANGES
 from fsa_deploy.runtime.trust import name_problem
 
 Check = Callable[[Any], str | None]  # a value -> None if valid, else what is wrong with it
@@ -49,12 +50,15 @@ def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fa
     return check
 
 
-def _of(kind: type[Any], what: str, item: Check | None = None, length: int | None = None) -> Check:
+def _of(kind: type[Any], what: str, item: Check | None = None, length: int | None = None,
+        nonempty: bool = False) -> Check:
     def check(v: Any) -> str | None:
         if not isinstance(v, kind):
             return f"{type(v).__name__} where {what} is expected"
         if length is not None and len(v) != length:
             return f"{len(v)} entries where {length} are expected"
+        if nonempty and not v:
+            return f"empty where {what} is expected"
         if item is not None:
             for x in v.values() if isinstance(v, dict) else v:
                 bad = item(x)
@@ -68,13 +72,34 @@ def _text(v: Any) -> str | None:
     return None if isinstance(v, str) and v else f"{v!r} is not a non-empty string"
 
 
+def _one_of(allowed: tuple[str, ...]) -> Check:
+    def check(v: Any) -> str | None:
+        return None if isinstance(v, str) and v in allowed else f"{v!r} is not one of {', '.join(allowed)}"
+    return check
+
+
+def _ranged(name: str) -> Check:
+    """The bounds ranges.py gives the option that sets the field."""
+    def check(v: Any) -> str | None:
+        bad = RANGES[name].problem(v)
+        return None if bad is None else f"{v!r} is {bad}"
+    return check
+
+
 def _template(v: Any) -> str | None:
     return None if isinstance(v, str) and "{}" in v else f"{v!r} is not a prompt template with {{}}"
 
 
-def _file_record(v: Any) -> str | None:
+def _file_record(v: Any, name: str = "") -> str | None:
     if not isinstance(v, dict):
         return f"{type(v).__name__} where a file record is expected"
+    role = v.get("role")
+    if role is not None and not (isinstance(role, str) and role):
+        return f"role {role!r} is not a non-empty string"
+    if name in FIXED_ROLES and role is not None and role != FIXED_ROLES[name]:
+        return f"role {role!r}: {name} is the {FIXED_ROLES[name]!r} graph"
+    if "precision" in v and (bad := _one_of(GRAPH_PRECISIONS)(v["precision"])):
+        return f"precision {bad}"
     for where, src in (("source", v.get("source")), ("engine.source", (v.get("engine") or {}).get("source")
                                                       if isinstance(v.get("engine"), dict) else None)):
         if src is not None and (bad := name_problem(src)):  # a name read from a record: plain, in the folder
@@ -82,8 +107,8 @@ def _file_record(v: Any) -> str | None:
     sha = v.get("sha256")
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         return f"sha256 {sha!r} is not 64 hex digits"
-    if "bytes" in v and (bad := _number(0, integer=True)(v["bytes"])):
-        return bad
+    if "bytes" in v and (bad := FILE_BYTES.problem(v["bytes"])):
+        return f"bytes {v['bytes']!r} is {bad}"
     try:  # every known key of the record and its engine entry: the type its reader expects
         FileRecord.of(v)
     except ValueError as e:
@@ -98,7 +123,7 @@ def _files(v: Any) -> str | None:
     for name, record in v.items():
         if bad := name_problem(name):
             return f"{bad}; refused, a name must stay inside its folder"
-        if bad := _file_record(record):
+        if bad := _file_record(record, name):
             return f"{escape(name)}: {bad}"
     return None
 
@@ -118,13 +143,13 @@ FIELDS: dict[str, Field] = {
     "format": Field(_text, "the format name", required=True),
     "format_version": Field(_number(integer=True), "the format version", required=True),
     "files": Field(_files, "plain file name -> {sha256, bytes, ...}", required=True),
-    "model": Field(_text, "the CLIP model name"),
+    "model": Field(_one_of(CLIP_MODELS), "the CLIP model name"),
     "weights": Field(_of(dict, "an object"), "where the weights came from"),
     "attention": Field(_text, "the attention type"),
-    "crop": Field(POSITIVE_INT, "the crop size in pixels (> 0)"),
+    "crop": Field(_ranged("--crop"), "the crop size in pixels"),
     "fsa": Field(_of(bool, "true or false"), "FSA on or off"),
     "hyper_parameters": Field(_of(dict, "an object of numbers", FINITE), "finite numbers"),
-    "precision": Field(_text, "the graph precision"),
+    "precision": Field(_one_of(GRAPH_PRECISIONS), "the graph precision"),
     "opset": Field(POSITIVE_INT, "the ONNX opset"),
     "clip_grid": Field(_of(list, "a list", POSITIVE_INT, 2), "[h, w] > 0"),
     "grid": Field(_of(list, "a list", POSITIVE_INT, 2), "[h, w] > 0"),
@@ -134,8 +159,9 @@ FIELDS: dict[str, Field] = {
     "embed_dim": Field(POSITIVE_INT, "the embedding size (> 0)"),
     "logit_scale": Field(_number(0, lo_open=True), "a finite number > 0"),
     "prob_thd": Field(_number(0, 1), "a number in [0, 1]"),
-    "templates": Field(_of(list, "a list", _template), "prompt templates with {}"),
-    "context_length": Field(POSITIVE_INT, "the token count (> 0)"),
+    "templates": Field(_of(list, "a list", _template, nonempty=True), "one or more prompt templates with {}"),
+    "context_length": Field(_number(0, CONTEXT_LENGTH, lo_open=True, integer=True),
+                            f"the token count (1 to {CONTEXT_LENGTH})"),
     "stages": Field(_of(dict, "an object of tensor names", _text), "stage -> tensor name"),
     "feedback_scope": Field(_text, "the feedback node prefix"),
 }
@@ -289,7 +315,11 @@ def check_format(meta: dict[str, Any], source: str) -> None:
     """One line naming the file unless it is this format at the version this fsa-deploy reads."""
     if meta.get("format") != FORMAT:
         raise FSAError(f"{source}: not an fsa-deploy meta.json (format field missing or wrong)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise FSAError(f"{source}: field 'format_version': {version!r} is not an integer "
+                       f"(this fsa-deploy reads {FORMAT_VERSION}); re-export")
+    if version != FORMAT_VERSION:
         raise FSAError(f"{source}: format_version {meta.get('format_version')} is not supported "
                        f"(this fsa-deploy reads {FORMAT_VERSION}); re-export")
 

@@ -1,0 +1,82 @@
+"""Regression tests for defects an outside (hostile) checker found: each the cheapest check that fails on
+the defect. All in-process; no export of their own (meta.json cases use a folder holding only meta.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fsa_deploy.contract import FORMAT, FORMAT_VERSION, IMAGE_ONNX, META, TEXT_ONNX
+from fsa_deploy.errors import FSAError
+from fsa_deploy.runtime.artifact import Artifact
+
+SHA = "0" * 64
+
+
+def _meta_folder(tmp_path: Path, **fields: Any) -> Path:
+    """A folder with only a meta.json: the format fields, two file records and `fields` on top."""
+    meta: dict[str, Any] = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "files": {IMAGE_ONNX: {"sha256": SHA, "bytes": 10, "role": "image", "precision": "fp32"},
+                  TEXT_ONNX: {"sha256": SHA, "bytes": 10, "role": "text", "precision": "fp32"}},
+        "model": "tiny", "precision": "fp32", "templates": ["a photo of a {}."], "context_length": 77,
+    }
+    for key, value in fields.items():
+        if key == "files":
+            for name, record in value.items():
+                meta["files"][name].update(record)
+        else:
+            meta[key] = value
+    root = tmp_path / "art"
+    root.mkdir(exist_ok=True)
+    (root / META).write_text(json.dumps(meta))
+    return root
+
+
+def test_meta_folder_of_these_tests_loads(tmp_path):
+    """The baseline the cases below break one field of (else each could fail for another reason)."""
+    assert Artifact.load(_meta_folder(tmp_path)).info.templates == ["a photo of a {}."]
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"templates": []}, ("'templates'", "empty")),
+    ({"model": "../../etc/passwd"}, ("'model'", "etc/passwd", "ViT-B-16")),
+    ({"format_version": "1"}, ("'format_version'", "not an integer")),
+    ({"precision": "fp64"}, ("'precision'", "fp64")),
+    ({"files": {TEXT_ONNX: {"role": "image"}}}, ("'files'", TEXT_ONNX, "role 'image'")),
+    ({"files": {IMAGE_ONNX: {"precision": "fp64"}}}, ("'files'", IMAGE_ONNX, "precision")),
+    ({"files": {IMAGE_ONNX: {"bytes": 10**18}}}, ("'files'", IMAGE_ONNX, "bytes")),
+    ({"context_length": 10**9}, ("'context_length'", "1000000000")),
+], ids=["templates-empty", "model-path", "version-string", "precision-fp64", "text-role-image",
+        "file-precision", "bytes-huge", "context-huge"])
+def test_meta_field_outside_its_values_is_one_line_naming_meta_json(tmp_path, fields, words):
+    """Each field is checked against its allowed values when the folder is loaded (every reader)."""
+    with pytest.raises(FSAError) as e:
+        Artifact.load(_meta_folder(tmp_path, **fields))
+    line = str(e.value)
+    assert "\n" not in line and META in line
+    for w in words:
+        assert w in line, line
+
+
+def test_clip_models_of_meta_json_are_the_registry_models():
+    """meta.json's allowed `model` values are the models export can build (one list each, kept equal)."""
+    from fsa_deploy.contract import CLIP_MODELS
+    from fsa_deploy.models.registry import CLIPS
+
+    assert tuple(CLIPS) == CLIP_MODELS
+
+
+def test_segment_and_validate_refuse_empty_templates(tmp_path, run_here):
+    """`"templates": []` was a traceback (np.concatenate of nothing) in segment and validate."""
+    from conftest import assert_one_line_error, photos
+
+    art = _meta_folder(tmp_path, templates=[])
+    assert_one_line_error(run_here("segment", "--artifact", art, photos()[0], "--classes", "cat, dog",
+                                   "--out", tmp_path / "out"), META, "'templates'")
+    assert not (tmp_path / "out").exists()
+    assert_one_line_error(run_here("validate", art, "--classes", "cat, dog"), META, "'templates'")

@@ -81,6 +81,9 @@ def _one_of(allowed: tuple[str, ...]) -> Check:
 def _ranged(name: str) -> Check:
     """The bounds ranges.py gives the option that sets the field."""
     def check(v: Any) -> str | None:
+        bad = _number(integer=RANGES[name].integer)(v)  # the type first: "'112' is not an integer"
+        if bad:
+            return bad
         bad = RANGES[name].problem(v)
         return None if bad is None else f"{v!r} is {bad}"
     return check

@@ -292,7 +292,19 @@ def check_file(path: PathLike, option: str, overwrite: bool = False) -> Path:
         raise FSAError(f"{shown}: exists; pass --overwrite to replace it (fsa did not write it, or it was "
                        "changed since)")
     writable(p.parent, shown)
+    _CLEARED.add(os.path.realpath(p))
     return p
+
+
+_CLEARED: set[str] = set()  # real paths check_file let this process write (--overwrite given where needed)
+
+
+def _refuse_unchecked(p: Path) -> None:
+    """The last line of the gate: a result (`keep`) never replaces a file fsa did not write unless
+    check_file let it (a write path that skipped its option's check fails here, not with the user's file)."""
+    if (p.is_symlink() or p.exists()) and not owned(p) and os.path.realpath(p) not in _CLEARED:
+        raise FSAError(f"{escape(str(p))}: exists and fsa did not write it (or it was changed since); "
+                       "refused: pass --overwrite to replace it")
 
 
 def check_folder(path: PathLike, option: str, write: bool = True, create: bool = True) -> Path:
@@ -372,6 +384,8 @@ def atomic(path: PathLike, keep: bool = True) -> Iterator[Path]:
     signal came. `keep`: record the result as ours in its folder's manifest (caches and files an
     artefact's meta.json records pass False)."""
     p = guard(path)
+    if keep and not _inside_building(p):
+        _refuse_unchecked(p)
     if not p.parent.is_dir():
         mkdir(p.parent)
     try:

@@ -80,3 +80,34 @@ def test_segment_and_validate_refuse_empty_templates(tmp_path, run_here):
                                    "--out", tmp_path / "out"), META, "'templates'")
     assert not (tmp_path / "out").exists()
     assert_one_line_error(run_here("validate", art, "--classes", "cat, dog"), META, "'templates'")
+
+
+def test_bench_block_refuses_a_users_json_file(tmp_path, run_here):
+    """`fsa bench --block --json F` wrote over a user's F (its write path skipped the option check)."""
+    from conftest import assert_one_line_error
+
+    user = tmp_path / "p.txt"
+    user.write_text("the user's notes\n")
+    argv = ("bench", "--block", "--tokens", "16", "--num-classes", "4", "--repeats", "1", "--warmup", "0",
+            "--json", user)
+    assert_one_line_error(run_here(*argv), "--json", "p.txt", "--overwrite")
+    assert user.read_text() == "the user's notes\n"
+
+
+def test_gate_refuses_a_result_over_a_foreign_file_not_checked_first(tmp_path):
+    """The gate's last line: a result written without its option's check_file never replaces a user's
+    file; check_file with --overwrite lets it, and a file fsa wrote is replaced on a re-run."""
+    from fsa_deploy.runtime import gate
+
+    user = tmp_path / "user.json"
+    user.write_text("mine\n")
+    with pytest.raises(FSAError, match="--overwrite"):
+        gate.write_json(user, {"a": 1})
+    assert user.read_text() == "mine\n"
+    ours = tmp_path / "ours.json"
+    gate.write_json(ours, {"a": 1})
+    gate.write_json(ours, {"a": 2})  # ours (its manifest): a re-run replaces it
+    assert json.loads(ours.read_text()) == {"a": 2}
+    gate.check_file(user, "--json", overwrite=True)
+    gate.write_json(user, {"a": 3})
+    assert json.loads(user.read_text()) == {"a": 3}

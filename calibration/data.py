@@ -109,9 +109,16 @@ def load_cached(art: A.Artifact, name: str) -> CalibrationData | None:
         return None
     try:
         with np.load(art.path(name)) as z:
-            return CalibrationData(z["crops"], z["text_embeddings"], [str(x) for x in z["images"]], name, True)
+            data = CalibrationData(z["crops"], z["text_embeddings"], [str(x) for x in z["images"]], name, True)
     except (FSAError, OSError, KeyError, ValueError):
         return None
+    for key, array in (("crops", data.crops), ("text_embeddings", data.text)):
+        # its hash matches meta.json, so it is no accident: scales calibrated on NaN are not a graph
+        if array.dtype.kind != "f" or not np.isfinite(array).all():
+            what = "non-finite values (NaN or Infinity)" if array.dtype.kind == "f" else f"dtype {array.dtype}"
+            raise FSAError(f"{art.root / name}: array {key!r} holds {what}; refused as calibration data "
+                           "(delete it, or pass --no-calibration-cache)")
+    return data
 
 
 def save_cache(art: A.Artifact, name: str, data: CalibrationData) -> None:

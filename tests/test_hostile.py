@@ -111,3 +111,22 @@ def test_gate_refuses_a_result_over_a_foreign_file_not_checked_first(tmp_path):
     gate.check_file(user, "--json", overwrite=True)
     gate.write_json(user, {"a": 3})
     assert json.loads(user.read_text()) == {"a": 3}
+
+
+def test_calibration_cache_with_nan_is_refused_naming_it(tmp_path):
+    """A calibration-*.npz of NaN whose hash meta.json records passed with --method max (scales 448/127)."""
+    import numpy as np
+
+    from fsa_deploy.calibration.data import CACHE_ROLE, load_cached
+
+    art = Artifact.load(_meta_folder(tmp_path))
+    name = "calibration-0123456789abcdef.npz"
+    crops = np.full((2, 3, 64, 64), np.nan, np.float32)
+    np.savez(art.root / name, crops=crops, text_embeddings=np.ones((2, 8), np.float32), images=np.array(["a.png"]))
+    art.record(name, role=CACHE_ROLE)
+    with pytest.raises(FSAError, match=rf"{name}: array 'crops' holds non-finite values"):
+        load_cached(art, name)
+    np.savez(art.root / name, crops=np.zeros_like(crops), text_embeddings=np.ones((2, 8), np.float32),
+             images=np.array(["a.png"]))
+    art.record(name, role=CACHE_ROLE)
+    assert load_cached(art, name).crops.shape == (2, 3, 64, 64)  # finite: the cache serves

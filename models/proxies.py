@@ -59,7 +59,8 @@ def create_proxy(name: str, crop: int, weights: Weights, checkpoint: str | None 
     size = spec.input_size or crop
     kwargs = dict(spec.kwargs, img_size=size, num_classes=0)
     if size % spec.patch != 0:
-        raise FSAError(f"--crop {crop}: the {name} proxy's input {size} is not a multiple of its patch")
+        raise FSAError(f"--crop {crop}: the {name} proxy's input {size} is not a multiple of its patch "
+                       f"size {spec.patch}")
     hub_offline_from_env()
     record: dict = {}
     net: Any  # timm.create_model's ViT (explicit attention set below through its `fused_attn`)

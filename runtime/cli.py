@@ -49,8 +49,8 @@ def add_segment(sub, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: a TensorRT engine when this machine can run it, else ONNX Runtime (default auto)")
     add_vocabulary_args(p)
-    add_ranged(p, "--prob-thd", "pixels whose top class probability is below this become class 0 (default 0)",
-               default=0.0)
+    add_ranged(p, "--prob-thd", "pixels whose top class probability is below this get label 255, "
+               "\"unlabelled\" (65535 past 255 classes; not class 0) (default 0)", default=0.0)
     add_ranged(p, "--batch", "crops per backend call (default 16)", default=16)
     add_ranged(p, "--stride", "sliding-window stride, at most the crop size (default crop // 3)", default=None)
     add_ranged(p, "--short-side", "resize so the short side is at most this (default the crop size)", default=None)

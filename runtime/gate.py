@@ -272,10 +272,11 @@ def writable(folder: Path, shown: str) -> None:
 _WRITABLE: set[str] = set()
 
 
-def check_file(path: PathLike, option: str, overwrite: bool = False) -> Path:
+def check_file(path: PathLike, option: str, overwrite: bool = False, action: str = "replace") -> Path:
     """Before any work: `path` may be written as a file. Refused: a folder, a special file, a file
     inside an artefact folder, meta.json or a file it records, an existing file that is not ours
-    (unless `overwrite`: a log fsa appends to is ours when its folder's manifest says so)."""
+    (unless `overwrite`: a log fsa appends to is ours when its folder's manifest says so; `action`
+    says what --overwrite then does to it: "replace", or "append to" for a log)."""
     p = Path(path)
     shown = f"{option} {escape(str(p))}"
     if p.is_dir():
@@ -289,7 +290,7 @@ def check_file(path: PathLike, option: str, overwrite: bool = False) -> Path:
     if art is not None:
         raise FSAError(f"{shown}: inside the artefact folder {escape(str(art))}; write it elsewhere")
     if (p.is_symlink() or p.exists()) and not overwrite and not owned(p):
-        raise FSAError(f"{shown}: exists; pass --overwrite to replace it (fsa did not write it, or it was "
+        raise FSAError(f"{shown}: exists; pass --overwrite to {action} it (fsa did not write it, or it was "
                        "changed since)")
     writable(p.parent, shown)
     _CLEARED.add(os.path.realpath(p))

@@ -130,3 +130,31 @@ def test_calibration_cache_with_nan_is_refused_naming_it(tmp_path):
              images=np.array(["a.png"]))
     art.record(name, role=CACHE_ROLE)
     assert load_cached(art, name).crops.shape == (2, 3, 64, 64)  # finite: the cache serves
+
+
+def test_help_says_what_options_do(run_here):
+    """segment --help said --prob-thd pixels become class 0 (they are label 255); serve --help and the
+    --log-file refusal disagreed on what --overwrite does (tritonserver appends to the log)."""
+    seg = run_here("segment", "--help")
+    assert seg.returncode == 0 and "class 0 (default" not in seg.stdout
+    assert "label 255" in " ".join(seg.stdout.split())
+    serve = run_here("serve", "--help")
+    assert serve.returncode == 0 and "append to a --log-file" in " ".join(serve.stdout.split())
+
+
+def test_log_file_refusal_says_overwrite_appends(tmp_path):
+    from fsa_deploy.runtime import gate
+
+    log = tmp_path / "server.log"
+    log.write_text("a user's log\n")
+    with pytest.raises(FSAError, match="pass --overwrite to append to it"):
+        gate.check_file(log, "--log-file", action="append to")
+
+
+def test_proxy_crop_not_a_multiple_names_the_patch_size():
+    """`--crop 64 --proxy tiny-dinov2`: the line said 'not a multiple of its patch' without the size (14)."""
+    from fsa_deploy.models.proxies import create_proxy
+
+    with pytest.raises(FSAError, match=r"--crop 64: the tiny-dinov2 proxy's input 64 is not a multiple of its patch "
+                                       r"size 14"):
+        create_proxy("tiny-dinov2", 64, None)  # type: ignore[arg-type]  # refused before the weights are used

@@ -57,7 +57,9 @@ def add_serve(sub: argparse._SubParsersAction, text: str) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="class-embedding cache, shared by the instances and kept "
                                                       "across restarts (default $FSA_CACHE_DIR or ~/.cache/fsa-deploy)")
     p.add_argument("--log-file", type=Path, help="tritonserver's log (default: a temp file, gone at exit)")
-    p.add_argument("--overwrite", action="store_true", help="append to a --log-file that fsa did not write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="append to a --log-file that fsa did not write (tritonserver appends; without it such a "
+                        "file is refused)")
     p.add_argument("--serve-venv", type=Path, help="the serving env (default $FSA_SERVE_VENV or <repo>/.venv-serve)")
     add_old_spellings(p, "serve")
     p.set_defaults(func=run_serve)

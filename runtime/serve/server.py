@@ -101,7 +101,7 @@ class Server:
     options: RepoOptions = field(default_factory=lambda: RepoOptions(target="local"))
     venv: Path | None = None
     log_file: Path | None = None
-    overwrite_log: bool = False  # append to a --log-file that fsa did not write
+    overwrite_log: bool = False  # append to a --log-file that fsa did not write (tritonserver appends)
     log_checked: bool = field(default=False, init=False)
     proc: subprocess.Popen | None = field(default=None, init=False)
     repo: Path | None = field(default=None, init=False)
@@ -113,7 +113,8 @@ class Server:
     def prepare(self) -> ServeEnv:
         """Every check that can fail on the user's input, before anything starts (exit 2)."""
         if self.log_file is not None:  # the user's cwd, not the temporary repository tritonserver runs in
-            self.log_file = gate.check_file(Path(os.path.abspath(self.log_file)), "--log-file", self.overwrite_log)
+            self.log_file = gate.check_file(Path(os.path.abspath(self.log_file)), "--log-file", self.overwrite_log,
+                                            action="append to")
             self.log_checked = True
         art = Artifact.load(self.artifact)
         model_config_pb2("fsa serve")  # the repository's configs need the serve extra: say so before anything

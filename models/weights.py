@@ -278,6 +278,9 @@ class StateFile:
 
 def read_state_file(path: str, what: str) -> StateFile:
     """Read .safetensors / a torch pickle (weights_only) / a TorchScript archive; one-line errors."""
+    if os.path.isdir(path):  # a hub snapshot folder, say: the checkpoint is one file inside it
+        raise FSAError(f"{what} {path}: is a folder, not a checkpoint file; give the weights file itself "
+                       "(.safetensors, .bin, .pt or .pth)")
     if not os.path.isfile(path):
         raise FSAError(f"{what} {path}: no such file")
     try:

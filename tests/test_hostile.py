@@ -158,3 +158,11 @@ def test_proxy_crop_not_a_multiple_names_the_patch_size():
     with pytest.raises(FSAError, match=r"--crop 64: the tiny-dinov2 proxy's input 64 is not a multiple of its patch "
                                        r"size 14"):
         create_proxy("tiny-dinov2", 64, None)  # type: ignore[arg-type]  # refused before the weights are used
+
+
+def test_checkpoint_folder_is_named_a_folder(tmp_path):
+    """`--checkpoint imgs` (a folder) said 'no such file'."""
+    from fsa_deploy.models.weights import read_state_file
+
+    with pytest.raises(FSAError, match="--checkpoint .*: is a folder, not a checkpoint file"):
+        read_state_file(str(tmp_path), "--checkpoint")

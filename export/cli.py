@@ -9,6 +9,7 @@ from fsa_deploy.errors import FSAError
 from fsa_deploy.export.fp16_audit import Fp16Plan
 from fsa_deploy.models.cli import add_model_args, spec_from_args
 from fsa_deploy.ranges import add_ranged
+from fsa_deploy.runtime.images import checked_image_files
 from fsa_deploy.spellings import add_old_spellings
 
 
@@ -39,6 +40,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     fp16 = None
     if args.precision == "fp16":
+        if args.images:
+            checked_image_files(args.images, "--images")  # before the model is built and exported
         fp16 = Fp16Plan(images=tuple(args.images or ()), islands=not args.no_fp16_islands)
     elif args.images or args.no_fp16_islands:
         raise FSAError("--images and --no-fp16-islands go with --precision fp16")

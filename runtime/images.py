@@ -142,6 +142,25 @@ def expand_images(items: Sequence[str | os.PathLike[str]], option: str = "") -> 
     return files, errors
 
 
+def checked_image_files(items: Sequence[str | os.PathLike[str]], option: str) -> list[Path]:
+    """`expand_images`, its first error raised, and each file's header read by Pillow: before any work,
+    so a missing or unreadable `--images` file is refused in a second, not after minutes of export."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - keeps this module's import free of Pillow
+
+    files, errors = expand_images(items, option)
+    if errors:
+        raise FSAError(errors[0])
+    for f in files:
+        try:
+            with Image.open(f):
+                pass
+        except UnidentifiedImageError:
+            raise FSAError(f"{option} {f}: not an image Pillow can read") from None
+        except OSError as e:
+            raise FSAError(f"{option} {f}: cannot read it ({e.strerror or e})") from None
+    return files
+
+
 def sample_photos() -> list[str]:
     """Real photos that scikit-image's wheel ships (found by path; skimage is not imported)."""
     spec = importlib.util.find_spec("skimage")

@@ -166,3 +166,17 @@ def test_checkpoint_folder_is_named_a_folder(tmp_path):
 
     with pytest.raises(FSAError, match="--checkpoint .*: is a folder, not a checkpoint file"):
         read_state_file(str(tmp_path), "--checkpoint")
+
+
+@pytest.mark.parametrize("name, words", [("nonexistent.png", ("no such file",)),
+                                         ("notes.png", ("not an image Pillow can read",))])
+def test_export_fp16_refuses_bad_images_before_any_work(tmp_path, run_here, name, words):
+    """`fsa export --precision fp16 --images BAD` was refused only after the model was built and exported."""
+    from conftest import assert_one_line_error
+
+    (tmp_path / "notes.png").write_text("not a picture")
+    out = tmp_path / "art"
+    proc = run_here("export", "--model", "tiny", "--random-init", "--crop", "64", "--proxy", "tiny-dino",
+                    "--precision", "fp16", "--images", tmp_path / name, "--out", out, "-q")
+    assert_one_line_error(proc, "--images", name, *words)
+    assert not out.exists()

@@ -288,6 +288,17 @@ def legend_name(name: str) -> str:
 # ---------------------------------------------------------------- the segmenter
 
 
+def protocol_problems(crop: int, **values: float | None) -> list[tuple[str, str]]:
+    """(parameter, what is wrong) for each bad protocol parameter (prob_thd, stride, short_side,
+    long_side; None is the default): the caller names them as its user spells them (the CLI's
+    `--prob-thd`, the served model's input `PROB_THD`)."""
+    bounds = {"prob_thd": (0.0, 1.0, "must be between 0 and 1"),
+              "stride": (1, crop, f"must be between 1 and the crop size {crop}"),
+              "short_side": (1, math.inf, "must be >= 1"), "long_side": (1, math.inf, "must be >= 1")}
+    return [(name, bounds[name][2]) for name, v in values.items()
+            if v is not None and not bounds[name][0] <= v <= bounds[name][1]]
+
+
 @dataclass
 class Segmenter:
     """A backend, the geometry and post-processing options, and the current classes.
@@ -324,13 +335,9 @@ class Segmenter:
         if isinstance(self.cache_dir, _DefaultCache):
             self.cache_dir = default_cache_dir()
         CROPS_PER_CALL.check(self.batch)
-        if not 0.0 <= self.prob_thd <= 1.0:
-            raise FSAError(f"--prob-thd {self.prob_thd}: must be between 0 and 1")
-        if self.stride is not None and not 1 <= self.stride <= self.crop:
-            raise FSAError(f"--stride {self.stride}: must be between 1 and the crop size {self.crop}")
-        for name in ("short_side", "long_side"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise FSAError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        for name, bad in protocol_problems(self.crop, prob_thd=self.prob_thd, stride=self.stride,
+                                           short_side=self.short_side, long_side=self.long_side):
+            raise FSAError(f"--{name.replace('_', '-')} {getattr(self, name)}: {bad}")  # the CLI's spelling
         self.geometry = Geometry(crop=self.crop, stride=self.stride, short_side=self.short_side,
                                  long_side=self.long_side)
 

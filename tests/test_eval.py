@@ -746,13 +746,15 @@ def test_https_is_tls_or_refused(tiny_artifact, two_servers, capsys):
 
 
 def test_served_protocol_inputs_are_checked(two_servers):
-    """fsa_segment refuses a NaN PROB_THD or a stride above the crop with an error reply."""
+    """fsa_segment refuses a NaN PROB_THD, a stride above the crop or a PROB_THD above 1 with an error reply
+    naming the input."""
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
     data = Path(photos()[1]).read_bytes()
     with th.InferenceServerClient(f"127.0.0.1:{two_servers[0].http}") as client:  # closed: see two_servers
-        for name, dtype, value in (("PROB_THD", "FP32", np.float32("nan")), ("STRIDE", "INT32", np.int32(999))):
+        for name, dtype, value in (("PROB_THD", "FP32", np.float32("nan")), ("STRIDE", "INT32", np.int32(999)),
+                                   ("PROB_THD", "FP32", np.float32(2.0))):
             ins = []
             for n, d, v in (("IMAGE", "BYTES", np.array([data], dtype=np.object_)),
                             ("CLASSES", "BYTES", np.array([b"cat, dog"], dtype=np.object_)),
@@ -760,8 +762,9 @@ def test_served_protocol_inputs_are_checked(two_servers):
                 t = th.InferInput(n, [1], d)
                 t.set_data_from_numpy(v)
                 ins.append(t)
-            with pytest.raises(InferenceServerException, match=name if name == "PROB_THD" else "stride"):
+            with pytest.raises(InferenceServerException, match=f"input {name}: ") as e:  # the input, no CLI flag
                 client.infer("fsa_segment", ins)
+            assert "--" not in str(e.value), e.value
 
 
 def test_offline_check_wants_the_protocol_inputs(tiny_artifact, tmp_path):

@@ -180,3 +180,40 @@ def test_export_fp16_refuses_bad_images_before_any_work(tmp_path, run_here, name
                     "--precision", "fp16", "--images", tmp_path / name, "--out", out, "-q")
     assert_one_line_error(proc, "--images", name, *words)
     assert not out.exists()
+
+
+def test_served_protocol_errors_name_the_input_not_a_cli_flag(monkeypatch):
+    """fsa_segment replied `--prob-thd 2.0: ...` / `--stride 0: ...` (CLI flags) to PROB_THD / STRIDE.
+    The python model's check path in-process: Triton's python-backend utils module is given just the
+    one call the check makes (the server round trip is test_eval's test_served_protocol_inputs_are_checked)."""
+    import sys
+    import types
+
+    import numpy as np
+
+    from fsa_deploy.contract import IN_PROB_THD, IN_SHORT_SIDE, IN_STRIDE
+    from fsa_deploy.runtime.segmenter import protocol_problems
+
+    utils = types.ModuleType("triton_python_backend_utils")
+    utils.get_input_tensor_by_name = lambda request, name: request.get(name)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
+    monkeypatch.delitem(sys.modules, "fsa_deploy.runtime.serve.models.segment_model", raising=False)
+    from fsa_deploy.runtime.serve.models.segment_model import TritonPythonModel
+
+    model = TritonPythonModel()
+    model.FSAError, model.protocol_problems = FSAError, protocol_problems
+    model.protocol_names = (IN_SHORT_SIDE, IN_STRIDE, IN_PROB_THD)
+    seg = types.SimpleNamespace(crop=64)
+
+    class Tensor:
+        def __init__(self, v):
+            self.v = v
+
+        def as_numpy(self):
+            return np.array([self.v])
+
+    for name, value, words in ((IN_PROB_THD, np.float32(2.0), "input PROB_THD: 2.0: must be between 0 and 1"),
+                               (IN_STRIDE, np.int32(0), "input STRIDE: 0: must be between 1 and the crop size 64")):
+        with pytest.raises(FSAError) as e:
+            model._with_protocol(seg, {name: Tensor(value)})
+        assert str(e.value) == words

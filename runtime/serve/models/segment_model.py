@@ -39,10 +39,11 @@ class TritonPythonModel:
         )
         from fsa_deploy.errors import FSAError
         from fsa_deploy.runtime.images import decode_image
-        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache, as_vocabulary
+        from fsa_deploy.runtime.segmenter import Segmenter, SegmenterCache, as_vocabulary, protocol_problems
         from fsa_deploy.runtime.serve.bls import SegmentParams, TritonBackend
 
         self.FSAError, self.decode_image, self.as_vocabulary = FSAError, decode_image, as_vocabulary
+        self.protocol_problems = protocol_problems
         self.names = (IN_IMAGE, IN_CLASSES, OUT_LABELS, OUT_SUMMARY)
         self.protocol_names = (IN_SHORT_SIDE, IN_STRIDE, IN_PROB_THD)
         self.params = SegmentParams.from_config(json.loads(args["model_config"]).get("parameters", {}))
@@ -104,7 +105,10 @@ class TritonPythonModel:
             changes["stride"] = int(stride)
         if thd is not None:
             changes["prob_thd"] = float(thd)
-        out = dataclasses.replace(seg, **changes)  # __post_init__ checks stride and prob_thd
+        inputs = dict(zip(("short_side", "stride", "prob_thd"), self.protocol_names))
+        for name, bad in self.protocol_problems(seg.crop, **{k: v for k, v in changes.items() if k in inputs}):
+            raise self.FSAError(f"input {inputs[name]}: {changes[name]}: {bad}")  # the input, not a CLI flag
+        out = dataclasses.replace(seg, **changes)  # __post_init__ checks them again
         out.vocabulary, out.text, out.last_cache_hit = seg.vocabulary, seg.text, seg.last_cache_hit
         return out
 

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsa_deploy import contract
+from fsa_deploy import contract, interrupts
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import artifact as A
@@ -39,7 +39,8 @@ def require_modelopt() -> Callable[..., None]:
     """modelopt.onnx.quantization.quantize, or one line naming the install command."""
     hide_stub_tensorrt()
     try:
-        from modelopt.onnx.quantization import quantize
+        with interrupts.native():  # its import loads nanobind modules (lief): a signal there must not abort
+            from modelopt.onnx.quantization import quantize
     except ImportError as e:
         raise FSAError(MODELOPT_HINT) from e
     return quantize

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fsa_deploy import interrupts
 from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
 from fsa_deploy.errors import FSAError
 from fsa_deploy.export.trt_options import (
@@ -197,6 +198,33 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
+def stop_on_signal(lib: Any) -> Any:
+    """A progress monitor whose steps ask to go on until a signal is recorded (a build is minutes; the
+    callback runs inside the native build, so it returns False rather than raise), or None when the
+    library has no IProgressMonitor."""
+    base = getattr(lib, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class StopOnSignal(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            pass
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            try:
+                return interrupts.received() is None
+            except BaseException:  # noqa: BLE001 - never raise into the builder: stop it instead
+                return False
+
+    return StopOnSignal()
+
+
 def build_plan(
     lib: Any, flavour: Flavour, source: Path, job: EngineJob, opts: BuildOptions, timing_cache: Path | None
 ) -> Plan:
@@ -205,14 +233,19 @@ def build_plan(
     log = logger(flavour)
     since = len(log.lines)
     t0 = time.perf_counter()
-    builder: trt.Builder = lib.Builder(log)
-    network, _parser = network_from_onnx(lib, flavour, builder, source)
+    with interrupts.native():  # the logger calls back into Python from C++: a signal is acted on after
+        builder: trt.Builder = lib.Builder(log)
+        network, _parser = network_from_onnx(lib, flavour, builder, source)
     io = network_io(network)
     check_io(source, io, set(job.dims), set(job.outputs))
     profiles = {n: profile_shapes(n, io[n]["shape"], job.dims[n], job.tails.get(n)) for n in job.dims}
     config = create_config(lib, flavour, builder, profiles, opts, job.dla_core, job.targets)
     cache = load_timing_cache(config, timing_cache) if timing_cache is not None else None
-    plan = builder.build_serialized_network(network, config)
+    monitor = stop_on_signal(lib)  # referenced until the build returns: TensorRT keeps only a pointer
+    if monitor is not None:
+        config.progress_monitor = monitor
+    with interrupts.native():  # a signal cancels the build at its next step, then is raised here
+        plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise FSAError(f"{flavour.label} could not build {job.engine} from {job.source}: {first_error(log, since)}")
     if cache is not None and timing_cache is not None:

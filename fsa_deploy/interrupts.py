@@ -9,7 +9,10 @@ it into a RuntimeError that a fallback catches), so every signal is also recorde
 points (the renames of runtime.artifact) call `check()` and refuse to publish a result after a
 signal, and the CLI's exit code follows the recorded signal whatever the verb returned.
 Cleanup code runs `shielded()`: a second signal then is recorded, not raised, so the cleanup
-itself is not cut short.
+itself is not cut short. Native code that calls back into Python (a C++ import hook of nanobind or
+pybind11, TensorRT's logger and progress monitor) runs `native()`: an exception raised in such a
+callback cannot cross the C++ frames (nanobind aborts the process, pybind11 prints it and goes on),
+so there the signal is recorded and raised as Interrupted once the native call has returned.
 """
 
 from __future__ import annotations
@@ -93,6 +96,16 @@ def shielded() -> Iterator[None]:
         yield
     finally:
         _shield -= 1
+
+
+@contextlib.contextmanager
+def native() -> Iterator[None]:
+    """A native call that may call back into Python (an extension module's import, a TensorRT build):
+    a signal inside is recorded, not raised there; leaving the block, a recorded signal is raised as
+    Interrupted (also one that came before the block and some library swallowed)."""
+    with shielded():
+        yield
+    check()
 
 
 @contextlib.contextmanager

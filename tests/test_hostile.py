@@ -217,3 +217,65 @@ def test_served_protocol_errors_name_the_input_not_a_cli_flag(monkeypatch):
         with pytest.raises(FSAError) as e:
             model._with_protocol(seg, {name: Tensor(value)})
         assert str(e.value) == words
+
+
+# ---- signals inside native code: recorded there, raised once the native call has returned
+
+
+def test_signal_during_the_modelopt_import_is_raised_after_it(monkeypatch):
+    """SIGINT while `fsa calibrate` imported ModelOpt (lief, a nanobind module, runs Python import hooks)
+    aborted the process (SIGABRT: the handler's exception crossed C++ frames). The import now runs under
+    interrupts.native(): the signal, delivered here during the import, surfaces after it as Interrupted."""
+    import os
+    import signal
+    import sys
+    import types
+
+    from fsa_deploy import interrupts
+    from fsa_deploy.calibration.modelopt_call import require_modelopt
+
+    finished = []
+
+    def attribute(name: str):  # the import's work, in Python, as lief's hooks are: the signal lands in it
+        os.kill(os.getpid(), signal.SIGINT)
+        total = sum(range(10_000))  # bytecode after the signal: a raising handler would have run by now
+        finished.append(total)
+        return lambda *a, **k: None
+
+    module = types.ModuleType("modelopt.onnx.quantization")
+    module.__getattr__ = attribute  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "modelopt.onnx.quantization", module)
+    with interrupts.handling():
+        with pytest.raises(interrupts.Interrupted) as e:
+            require_modelopt()
+        assert finished and e.value.exit_code == 130
+
+
+def test_tensorrt_callbacks_never_raise_and_a_signal_stops_the_build():
+    """SIGINT during `fsa build` printed TensorRT's `Exception caught in log()` and five frames before the
+    one line: the logger callback raised. It now swallows it (the signal stays recorded), and the build's
+    progress monitor asks TensorRT to stop at its next step."""
+    import os
+    import signal
+
+    from fsa_deploy import interrupts
+    from fsa_deploy.export.trt_build import stop_on_signal
+    from fsa_deploy.runtime.backends.trt_lib import RTX, installed, load, logger
+
+    if installed(RTX) is None:
+        pytest.skip("TensorRT-RTX not installed (make setup installs it)")
+    lib = load(RTX)
+    log, monitor = logger(RTX), stop_on_signal(lib)
+
+    class Severity:
+        @property
+        def name(self) -> str:
+            os.kill(os.getpid(), signal.SIGINT)  # the signal lands inside the callback
+            return "VERBOSE" if sum(range(10_000)) else ""
+
+    assert monitor.step_complete("build", 0) is True
+    with interrupts.handling():
+        with pytest.raises(interrupts.Interrupted), interrupts.native():
+            log.log(Severity(), "a line")  # returns: nothing raised into TensorRT
+            assert interrupts.received() == signal.SIGINT
+            assert monitor.step_complete("build", 1) is False

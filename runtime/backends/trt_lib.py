@@ -243,10 +243,15 @@ def logger(flavour: Flavour) -> Any:
             self.echo = True
 
         def log(self, severity: Any, msg: str) -> None:
-            name = getattr(severity, "name", str(severity))
-            self.lines.append((name, msg))
-            if self.echo and name in ("INTERNAL_ERROR", "ERROR", "WARNING"):
-                print(f"[{flavour.label}] {name}: {msg}", flush=True)
+            """Never raises (TensorRT prints an exception from here and goes on): a signal that lands
+            here was recorded by the handler, and interrupts.native() raises it after the native call."""
+            try:
+                name = getattr(severity, "name", str(severity))
+                self.lines.append((name, msg))
+                if self.echo and name in ("INTERNAL_ERROR", "ERROR", "WARNING"):
+                    print(f"[{flavour.label}] {name}: {msg}", flush=True)
+            except BaseException:  # noqa: BLE001 - KeyboardInterrupt included: see above
+                return
 
         def errors(self, since: int = 0) -> list[str]:
             return [m for s, m in self.lines[since:] if s in ("INTERNAL_ERROR", "ERROR")]

@@ -208,7 +208,7 @@ def stop_on_signal(lib: Any) -> Any:
 
     class StopOnSignal(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            base.__init__(self)
+            super().__init__()
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             pass

@@ -147,7 +147,7 @@ def run_block(args: argparse.Namespace) -> int:
         raise FSAError(f"--tokens {args.tokens} --num-classes {classes}: must be >= 1")
     from fsa_deploy.runtime import gate  # noqa: PLC0415 - gate is another thing in this module
 
-    gate.check_output_file(args.json, "--json", args.overwrite)  # the gate of every output: before the timing
+    gate.check_output_file(args.json, "--json", getattr(args, "overwrite", False))  # the gate: before timing
     return main_block(argparse.Namespace(**{**vars(args), "classes": classes, "device": args.device or "cpu"}))
 
 

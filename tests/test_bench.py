@@ -158,6 +158,9 @@ def test_model_options_conflict_with_artifact(tiny_artifact, capsys):
 @pytest.mark.parametrize("classes, num_classes, deprecated", [(None, 3, False), ("3", None, True)])
 def test_block_takes_the_class_count(monkeypatch, capsys, classes, num_classes, deprecated):
     """--num-classes K; the old --block --classes K still works, with one deprecation line."""
+    from fsa_deploy import log
+
+    log.configure()  # as the CLI does: without it the line goes to pytest's log capture, not stderr
     seen = {}
     monkeypatch.setattr("fsa_deploy.validation.bench.block.main_block", lambda ns: seen.setdefault("ns", ns) and 0)
     run_block(argparse.Namespace(tokens=16, classes=classes, num_classes=num_classes, device=None, repeats=3,

@@ -739,7 +739,7 @@ def test_https_is_tls_or_refused(tiny_artifact, two_servers, capsys):
     url = f"https://127.0.0.1:{two_servers[0].http}"
     servers = Servers([url], "cat, dog", {"short_side": 120, "stride": 112, "prob_thd": 0.3}, timeout=5.0)
     with pytest.raises(FSAError, match="no server answered"):
-        servers.probe(Artifact.load(tiny_artifact.root).meta)
+        servers.probe(Artifact.load(tiny_artifact.root))
     assert "dropped" in capsys.readouterr().err
     with pytest.raises(FSAError, match="ftp://"):
         Servers([f"ftp://127.0.0.1:{two_servers[0].http}"], "cat", {}, timeout=5.0)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fsa_deploy.contract import TEXT_ONNX, TOKENIZER_VOCAB
+from fsa_deploy.contract import TEXT_ONNX, TOKENIZER_VOCAB, Role
 from fsa_deploy.errors import FSAError
 from fsa_deploy.models.text import openai_templates
 from fsa_deploy.runtime import artifact as A
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 
 CACHE_PREFIX = "calibration-"
-CACHE_ROLE = "calibration-cache"
 
 
 @dataclass(frozen=True)
@@ -124,12 +123,12 @@ def load_cached(art: A.Artifact, name: str) -> CalibrationData | None:
 def save_cache(art: A.Artifact, name: str, data: CalibrationData) -> None:
     """Write the .npz atomically, drop older caches (they hold crops: tens of MB each), record it."""
     with gate.writing_into(art.root):  # calibrate replaces its own cache and records it
-        for old in [n for n, info in art.file_records().items() if info.role == CACHE_ROLE and n != name]:
+        for old in [n for n, info in art.file_records().items() if info.role == Role.CALIBRATION_CACHE and n != name]:
             gate.unlink(art.path(old, verify=False))  # a contained name (checked at load)
             art.forget(old)
         gate.save_npz(art.root / name, keep=False, crops=data.crops, text_embeddings=data.text,
                       images=np.array(data.images))
-    art.record(name, FileRecord(role=CACHE_ROLE, crops=int(len(data.crops)), images=data.images))
+    art.record(name, FileRecord(role=Role.CALIBRATION_CACHE, crops=int(len(data.crops)), images=data.images))
     art.save()
 
 

@@ -9,6 +9,7 @@ from fsa_deploy.calibration.data import CalibrationData
 from fsa_deploy.calibration.graph import QdqSummary
 from fsa_deploy.calibration.modelopt_call import modelopt_version
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
+from fsa_deploy.contract import Role
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime.schema import CalibrationRun, FileRecord
 
@@ -19,12 +20,12 @@ if TYPE_CHECKING:
 def record(art: A.Artifact, name: str, opts: CalibrationOptions, data: CalibrationData, summary: QdqSummary,
            fp32_nodes: dict[str, int], seconds: float, has_data: bool) -> None:
     if has_data:
-        art.record(name + "_data", FileRecord(role="external-data"))
+        art.record(name + "_data", FileRecord(role=Role.EXTERNAL_DATA))
     run = CalibrationRun(method=opts.method, region=opts.region, count=int(len(data.crops)), batch=opts.batch,
                          op_types=tuple(opts.op_types) or "modelopt", images=data.images, classes=int(len(data.text)),
                          cache=data.cache, seconds=round(seconds, 1))
     art.record(name, FileRecord(
-        role="image-qdq", precision=opts.precision, source=contract.IMAGE_ONNX,
+        role=Role.IMAGE_QDQ, precision=opts.precision, source=contract.IMAGE_ONNX,
         source_sha256=art.file(contract.IMAGE_ONNX).sha256, calibration=run,
         qdq_pairs=summary.pairs, quantized_ops=dict(summary.quantized_ops),
         fp32_nodes={"scope": art.info.feedback_scope or None, **fp32_nodes, "op_types": list(EXCLUDED_OP_TYPES)},

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from fsa_deploy import contract, interrupts
 from fsa_deploy.calibration.rules import EXCLUDED_OP_TYPES
+from fsa_deploy.contract import Role
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
@@ -57,7 +58,7 @@ def link_source(art: A.Artifact, work: Path) -> tuple[Path, bool]:
     """image.onnx (and its external data) linked into the work folder: ModelOpt writes its
     intermediate files beside the input and output, never into the artefact folder."""
     names = [contract.IMAGE_ONNX] + [n for n, i in art.file_records().items()
-                                     if i.role == "external-data" and n.startswith(contract.IMAGE_ONNX)]
+                                     if i.role == Role.EXTERNAL_DATA and n.startswith(contract.IMAGE_ONNX)]
     for n in names:
         src = art.path(n).resolve()
         gate.link_or_copy(src, work / n, symbolic=True)

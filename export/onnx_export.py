@@ -38,6 +38,7 @@ from fsa_deploy.contract import (
     TEXT_ONNX,
     TOKENIZER_VOCAB,
     TOKENS,
+    Role,
 )
 from fsa_deploy.errors import FSAError
 from fsa_deploy.export.fp16_audit import Fp16Plan, export_fp16
@@ -316,14 +317,14 @@ def export_artifact(spec: ModelSpec, out: str | Path, precision: str = "fp32", o
         n_text = export_text(ref, work, external_data_bytes)
         steps.step("writing meta.json")
         art = A.Artifact(work, build_meta(spec, ref, precision, mapping).to_json())
-        art.record(IMAGE_ONNX, FileRecord(role="image", precision=precision, nodes=n_image,
+        art.record(IMAGE_ONNX, FileRecord(role=Role.IMAGE, precision=precision, nodes=n_image,
                                           fp16_audit=fp16.record if precision == "fp16" and fp16.record else None))
-        art.record(TEXT_ONNX, FileRecord(role="text", precision="fp32", nodes=n_text))
+        art.record(TEXT_ONNX, FileRecord(role=Role.TEXT, precision="fp32", nodes=n_text))
         # the tokenizer's merges travel with the artefact: the runtime needs no open_clip
         gate.copy(default_vocab_file(), work / TOKENIZER_VOCAB, keep=False)
-        art.record(TOKENIZER_VOCAB, FileRecord(role="tokenizer"))
+        art.record(TOKENIZER_VOCAB, FileRecord(role=Role.TOKENIZER))
         for extra in sorted(work.glob("*.data")):
-            art.record(extra.name, FileRecord(role="external-data"))
+            art.record(extra.name, FileRecord(role=Role.EXTERNAL_DATA))
         art.save()
         if lint:
             steps.step("linting against the ONNX parser rules of TensorRT 10, 11 and TensorRT-RTX")

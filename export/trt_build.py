@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fsa_deploy import interrupts
-from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS, Role
 from fsa_deploy.errors import FSAError
 from fsa_deploy.export.trt_options import (
     TIMING_CACHE,
@@ -257,7 +257,7 @@ def build_plan(
 def verified_source(art: Artifact, source: str) -> Path:
     """The source graph, and the external weights beside it (`image.onnx.data`), checked by sha256."""
     for name, info in art.file_records().items():
-        if info.role == "external-data" and name.startswith(source):
+        if info.role == Role.EXTERNAL_DATA and name.startswith(source):
             art.path(name)
     return art.path(source)
 
@@ -300,8 +300,8 @@ def build_engine(art: Artifact, job: EngineJob, opts: BuildOptions, device: tupl
         plan = build_plan(lib, flavour, source, job, opts, cache)
         gate.write_bytes(art.root / job.engine, plan.data, keep=False)
     if cache is not None and cache.parent.resolve() == art.root.resolve():
-        art.record(cache.name, FileRecord(role="timing-cache"))
-    art.record(job.engine, FileRecord(role="engine", precision=job.precision,
+        art.record(cache.name, FileRecord(role=Role.TIMING_CACHE))
+    art.record(job.engine, FileRecord(role=Role.ENGINE, precision=job.precision,
                                       engine=engine_info(lib, flavour, art, job, plan, opts, device)))
     art.save()
     return plan.seconds

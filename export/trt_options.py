@@ -12,13 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsa_deploy.contract import CALIBRATE_PRECISIONS, GRAPH_PRECISIONS, IMAGE_GRAPHS, IMAGE_ONNX, RTX_TARGETS
+from fsa_deploy.contract import (
+    CALIBRATE_PRECISIONS,
+    GRAPH_PRECISIONS,
+    IMAGE_GRAPHS,
+    IMAGE_ONNX,
+    IMAGE_ROLES,
+    RTX_TARGETS,
+)
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import add_ranged
 from fsa_deploy.runtime.backends.trt_lib import ENGINE_CHOICES, RTX, TRT, Flavour, parse_targets
 from fsa_deploy.runtime.schema import FileRecord
 
-IMAGE_ROLES = ("image", "image-qdq")
 TIMING_CACHE = "timing.cache"
 
 # ---------------------------------------------------------------- options as data

@@ -43,8 +43,24 @@ CALIBRATE_PRECISIONS = ("int8", "fp8")  # `fsa calibrate --precision`: Q/DQ grap
 GRAPH_PRECISIONS = EXPORT_PRECISIONS + CALIBRATE_PRECISIONS  # image graphs an artefact can hold
 # meta.json's `model`: the CLIP models fsa-deploy builds (models/registry.CLIPS holds their specs)
 CLIP_MODELS = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "tiny")
-# meta.json files records: the role the two fixed graph names must carry
-FIXED_ROLES = {IMAGE_ONNX: "image", TEXT_ONNX: "text"}
+
+
+class Role:
+    """meta.json files records' `role`: what a file of the artefact is (docs/CONTRACT.md's files table).
+    Plain strings (not an Enum): they compare equal to the roles read back from JSON and print as written."""
+
+    IMAGE = "image"
+    TEXT = "text"
+    TOKENIZER = "tokenizer"
+    EXTERNAL_DATA = "external-data"  # an ONNX graph's weights stored beside it (graphs over 2 GB)
+    IMAGE_QDQ = "image-qdq"  # a calibrated int8 / fp8 image graph
+    CALIBRATION_CACHE = "calibration-cache"
+    ENGINE = "engine"
+    TIMING_CACHE = "timing-cache"
+
+
+IMAGE_ROLES = (Role.IMAGE, Role.IMAGE_QDQ)  # the image graphs an engine or a backend can be made from
+FIXED_ROLES = {IMAGE_ONNX: Role.IMAGE, TEXT_ONNX: Role.TEXT}  # the role the two fixed graph names must carry
 IMAGE_GRAPHS = {"fp32": IMAGE_ONNX, "fp16": IMAGE_ONNX, "int8": "image.int8.onnx", "fp8": "image.fp8.onnx"}
 # `fsa validate --profile`: one tolerance profile per image-graph precision (the thresholds: validate.TOLERANCES)
 PROFILES = GRAPH_PRECISIONS

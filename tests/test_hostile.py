@@ -117,18 +117,19 @@ def test_calibration_cache_with_nan_is_refused_naming_it(tmp_path):
     """A calibration-*.npz of NaN whose hash meta.json records passed with --method max (scales 448/127)."""
     import numpy as np
 
-    from fsa_deploy.calibration.data import CACHE_ROLE, load_cached
+    from fsa_deploy.calibration.data import load_cached
+    from fsa_deploy.contract import Role
 
     art = Artifact.load(_meta_folder(tmp_path))
     name = "calibration-0123456789abcdef.npz"
     crops = np.full((2, 3, 64, 64), np.nan, np.float32)
     np.savez(art.root / name, crops=crops, text_embeddings=np.ones((2, 8), np.float32), images=np.array(["a.png"]))
-    art.record(name, role=CACHE_ROLE)
+    art.record(name, role=Role.CALIBRATION_CACHE)
     with pytest.raises(FSAError, match=rf"{name}: array 'crops' holds non-finite values"):
         load_cached(art, name)
     np.savez(art.root / name, crops=np.zeros_like(crops), text_embeddings=np.ones((2, 8), np.float32),
              images=np.array(["a.png"]))
-    art.record(name, role=CACHE_ROLE)
+    art.record(name, role=Role.CALIBRATION_CACHE)
     assert load_cached(art, name).crops.shape == (2, 3, 64, 64)  # finite: the cache serves
 
 

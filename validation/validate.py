@@ -23,11 +23,13 @@ from fsa_deploy.contract import (
     ARTIFACT_BACKENDS,
     BACKENDS,
     IMAGE_ONNX,
+    IMAGE_ROLES,
     META,
     PROFILES,
     STAGES,
     TEXT_ONNX,
     TOKENIZER_VOCAB,
+    Role,
 )
 from fsa_deploy.errors import CheckFailed, FSAError
 from fsa_deploy.log import logger
@@ -381,7 +383,7 @@ def run_validation(folder: str, artifact: str | None = None, backend: str = "aut
     if name not in art.files():
         raise FSAError(f"--graph {name}: not in {folder}/{META} (files: {', '.join(art.files())})")
     role = art.file(name).role
-    if role not in (None, "image", "image-qdq", "engine"):
+    if role not in (None, *IMAGE_ROLES, Role.ENGINE):
         raise FSAError(f"--graph {name}: its role is {role!r}, not an image graph or engine (validate compares "
                        f"image graphs: e.g. {IMAGE_ONNX})")
     profile = profile or str(art.file(name).precision or art.info.precision)

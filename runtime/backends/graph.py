@@ -7,7 +7,7 @@ that precision, an ONNX graph on ONNX Runtime.
 
 from __future__ import annotations
 
-from fsa_deploy.contract import IMAGE_ONNX, META
+from fsa_deploy.contract import IMAGE_ONNX, IMAGE_ROLES, META
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
@@ -32,7 +32,7 @@ def open_graph(art: Artifact, graph: str | None, backend: str = "auto", *, threa
         raise FSAError(f"--graph {graph} with --backend torch: the PyTorch reference runs no graph file")
     if graph.endswith(".engine") or backend == "trt":
         return TensorRTBackend(art, info.precision), graph, "--graph"
-    if info.role not in (None, "image", "image-qdq"):
+    if info.role not in (None, *IMAGE_ROLES):
         raise FSAError(f"--graph {graph}: a {info.role} file, not an image graph")
 
     return OnnxRuntimeBackend(art, graph, threads=threads), graph, "--graph"

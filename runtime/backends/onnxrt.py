@@ -13,7 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from fsa_deploy.contract import EMBEDDINGS, IMAGE, IMAGE_ONNX, LOGITS, ONNXRUNTIME, TEXT_EMBEDDINGS, TEXT_ONNX, TOKENS
+from fsa_deploy.contract import (
+    EMBEDDINGS,
+    IMAGE,
+    IMAGE_ONNX,
+    LOGITS,
+    ONNXRUNTIME,
+    TEXT_EMBEDDINGS,
+    TEXT_ONNX,
+    TOKENS,
+    Role,
+)
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.artifact import Artifact, with_stage_outputs
 from fsa_deploy.runtime.backends.base import Backend
@@ -118,7 +128,7 @@ class OnnxRuntimeBackend(Backend):
         ort = require_onnxruntime()
         path = self.artifact.path(name)
         for n, info in self.artifact.file_records().items():
-            if n.startswith(name) and (n == f"{name}.data" or info.role == "external-data"):
+            if n.startswith(name) and (n == f"{name}.data" or info.role == Role.EXTERNAL_DATA):
                 self.artifact.path(n)
         opts = session_options(self.threads)
         if optimized_to is not None:

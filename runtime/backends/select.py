@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from fsa_deploy.contract import BACKENDS
+from fsa_deploy.contract import BACKENDS, Role
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend
@@ -48,7 +48,7 @@ def plugin(name: str) -> Callable[..., Backend]:
 
 
 def engines_recorded(art: Artifact) -> list[str]:
-    return sorted(name for name, info in art.file_records().items() if info.role == "engine")
+    return sorted(name for name, info in art.file_records().items() if info.role == Role.ENGINE)
 
 
 def tensorrt_unusable(art: Artifact | None = None) -> str | None:

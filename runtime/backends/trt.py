@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, RTX_TARGETS, TENSORRT, TEXT_EMBEDDINGS, TOKENS
+from fsa_deploy.contract import EMBEDDINGS, IMAGE, LOGITS, RTX_TARGETS, TENSORRT, TEXT_EMBEDDINGS, TOKENS, Role
 from fsa_deploy.errors import FSAError
 from fsa_deploy.errors import FSAError as Refused
 from fsa_deploy.runtime import gate
@@ -92,7 +92,7 @@ def check_engine_record(
     except ValueError as e:
         raise FSAError(f"{name}: meta.json's record of it is malformed ({e}); rebuild it with `fsa build`") from None
     info = record.engine
-    if record.role != "engine" or info is None:
+    if record.role != Role.ENGINE or info is None:
         raise FSAError(f"{name}: meta.json has no engine record for it; rebuild it with `fsa build`")
     flavour = flavour_of_record(info)
     if flavour is RTX:
@@ -426,7 +426,7 @@ def image_engines(art: Artifact, flavour: Flavour | None = None) -> dict[str, st
     """precision -> engine file name of the image engines recorded in meta.json (of one flavour, or all)."""
     out = {}
     for name, info in art.file_records().items():
-        if info.role != "engine" or name.startswith("text"):
+        if info.role != Role.ENGINE or name.startswith("text"):
             continue
         f = flavour_of_record(info.engine)
         if (flavour is None or f is flavour) and name == f.engine_name(str(info.precision)):

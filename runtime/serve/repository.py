@@ -57,6 +57,7 @@ from fsa_deploy.contract import (
     TEXT_ONNX,
     TOKENS,
     TRITON_BACKENDS,
+    Role,
 )
 from fsa_deploy.errors import FSAError
 from fsa_deploy.ranges import CROPS_PER_REQUEST
@@ -127,7 +128,7 @@ def vendor_runtime(dest: Path) -> None:
 
 def engine_of(art: Artifact, precision: str | None) -> tuple[str, FileRecord]:
     """The TensorRT engine recorded in meta.json (by precision when several) and its build record."""
-    engines = {n: i for n, i in art.file_records().items() if i.role == "engine"}
+    engines = {n: i for n, i in art.file_records().items() if i.role == Role.ENGINE}
     if precision:
         engines = {n: i for n, i in engines.items() if i.precision == precision}
     if not engines:
@@ -256,7 +257,7 @@ def _write_models(art: Artifact, out: Path, opts: RepoOptions) -> None:
     _python_model(out / SEGMENT_MODEL, "segment_model.py")
     copy = out / SEGMENT_MODEL / "1" / ARTIFACT_COPY
     gate.mkdir(copy)
-    kept = {n: i for n, i in art.file_records().items() if i.role == "tokenizer"}
+    kept = {n: i for n, i in art.file_records().items() if i.role == Role.TOKENIZER}
     for name in kept:
         gate.copy(art.path(name), copy / name, keep=False)
     # meta.json as recorded: the image graph's hash keys the summary; absent files are never opened

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from typing import TYPE_CHECKING, Any, cast
 
+from fsa_deploy.contract import Role
 from fsa_deploy.errors import FSAError
 from fsa_deploy.runtime import artifact as A
 from fsa_deploy.runtime import gate
@@ -139,7 +140,7 @@ def size_mib(row: BenchRow, backend: Backend) -> float:
     files = A.Artifact.load(str(row.folder)).file_records()
     file = str(row.file)
     return sum(i.bytes or 0 for n, i in files.items()
-               if n == file or (i.role == "external-data" and n.startswith(file))) / MIB
+               if n == file or (i.role == Role.EXTERNAL_DATA and n.startswith(file))) / MIB
 
 
 def timed(plan: BenchPlan, row: BenchRow, text: Any) -> tuple[Measured, Backend]:

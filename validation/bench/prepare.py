@@ -11,7 +11,7 @@ from typing import Any
 
 from fsa_deploy import contract
 from fsa_deploy.calibration.quantize import CalibrationOptions, calibrate, output_name
-from fsa_deploy.contract import EXPORT_PRECISIONS
+from fsa_deploy.contract import EXPORT_PRECISIONS, IMAGE_ROLES
 from fsa_deploy.errors import FSAError
 from fsa_deploy.export.trt_build import build_engine, engine_jobs
 from fsa_deploy.export.trt_options import BuildOptions, DimRange
@@ -134,7 +134,7 @@ def graphs_from_artifacts(folders: tuple[str, ...], work: Path, machine: Machine
     for folder in folders:
         files = A.Artifact.load(folder).file_records()
         for name, info in files.items():
-            if info.role in ("image", "image-qdq"):
+            if info.role in IMAGE_ROLES:
                 graphs.setdefault(info.precision or "fp32", Source(folder, name))
     for p in EXPORT_PRECISIONS:
         graphs.setdefault(p, Source(status=SKIPPED, why=f"no {p} image graph in the --artifact folders "

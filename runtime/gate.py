@@ -270,6 +270,7 @@ def writable(folder: Path, shown: str) -> None:
 
 
 _WRITABLE: set[str] = set()
+_CLEARED: set[str] = set()  # real paths check_file let this process write (--overwrite given where needed)
 
 
 def check_file(path: PathLike, option: str, overwrite: bool = False, action: str = "replace") -> Path:
@@ -295,9 +296,6 @@ def check_file(path: PathLike, option: str, overwrite: bool = False, action: str
     writable(p.parent, shown)
     _CLEARED.add(os.path.realpath(p))
     return p
-
-
-_CLEARED: set[str] = set()  # real paths check_file let this process write (--overwrite given where needed)
 
 
 def _refuse_unchecked(p: Path) -> None:

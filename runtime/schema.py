@@ -30,7 +30,7 @@ from typing import Any
 
 from fsa_deploy.contract import CLIP_MODELS, CONTEXT_LENGTH, FIXED_ROLES, FORMAT, FORMAT_VERSION, GRAPH_PRECISIONS, META
 from fsa_deploy.errors import FSAError, escape
-from fsa_deploy.ranges import FILE_BYTES, RANGES
+from fsa_deploy.ranges import CROP, FILE_BYTES, Range
 from fsa_deploy.runtime.trust import name_problem
 
 Check = Callable[[Any], str | None]  # a value -> None if valid, else what is wrong with it
@@ -78,13 +78,13 @@ def _one_of(allowed: tuple[str, ...]) -> Check:
     return check
 
 
-def _ranged(name: str) -> Check:
-    """The bounds ranges.py gives the option that sets the field."""
+def _ranged(bound: Range) -> Check:
+    """The field's bounds from ranges.py (the same the option that sets it is held to)."""
     def check(v: Any) -> str | None:
-        bad = _number(integer=RANGES[name].integer)(v)  # the type first: "'112' is not an integer"
+        bad = _number(integer=bound.integer)(v)  # the type first: "'112' is not an integer"
         if bad:
             return bad
-        bad = RANGES[name].problem(v)
+        bad = bound.problem(v)
         return None if bad is None else f"{v!r} is {bad}"
     return check
 
@@ -149,7 +149,7 @@ FIELDS: dict[str, Field] = {
     "model": Field(_one_of(CLIP_MODELS), "the CLIP model name"),
     "weights": Field(_of(dict, "an object"), "where the weights came from"),
     "attention": Field(_text, "the attention type"),
-    "crop": Field(_ranged("--crop"), "the crop size in pixels"),
+    "crop": Field(_ranged(CROP), "the crop size in pixels"),
     "fsa": Field(_of(bool, "true or false"), "FSA on or off"),
     "hyper_parameters": Field(_of(dict, "an object of numbers", FINITE), "finite numbers"),
     "precision": Field(_one_of(GRAPH_PRECISIONS), "the graph precision"),

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from fsa_deploy.contract import IMAGE_ONNX, TOKENIZER_VOCAB, UNLABELLED, UNLABELLED_NAME, UNLABELLED_WIDE
 from fsa_deploy.errors import FSAError
-from fsa_deploy.ranges import CROPS_PER_CALL
+from fsa_deploy.ranges import CROPS_PER_CALL, PROB_THD
 from fsa_deploy.runtime import gate
 from fsa_deploy.runtime.artifact import Artifact
 from fsa_deploy.runtime.backends.base import Backend, as_backend
@@ -292,7 +292,7 @@ def protocol_problems(crop: int, **values: float | None) -> list[tuple[str, str]
     """(parameter, what is wrong) for each bad protocol parameter (prob_thd, stride, short_side,
     long_side; None is the default): the caller names them as its user spells them (the CLI's
     `--prob-thd`, the served model's input `PROB_THD`)."""
-    bounds = {"prob_thd": (0.0, 1.0, "must be between 0 and 1"),
+    bounds = {"prob_thd": (PROB_THD.lo, PROB_THD.hi, f"must be between {PROB_THD.lo:g} and {PROB_THD.hi:g}"),
               "stride": (1, crop, f"must be between 1 and the crop size {crop}"),
               "short_side": (1, math.inf, "must be >= 1"), "long_side": (1, math.inf, "must be >= 1")}
     return [(name, bounds[name][2]) for name, v in values.items()
